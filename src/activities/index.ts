@@ -1,0 +1,60 @@
+/** Builds every activity from explicit dependencies, so tests hand them real local servers. */
+import type Redis from 'ioredis';
+import path from 'node:path';
+import type { Dispatcher } from 'undici';
+import type { Config } from '../config';
+import { withTypedFailures } from '../errors';
+import type { ProgressUpdate } from '../messages';
+import type { Metrics } from '../metrics';
+import { createApkActivities } from './apk';
+import type { ApkCache } from './apk-cache';
+import { createDeviceAgentActivities } from './device-agent';
+import { createReportSinkActivities } from './report-sink';
+import { createResultPublisherActivities } from './result-publisher';
+import { createTraversalRunnerActivities } from './traversal-runner';
+
+/** Everything the activities need; created by the worker entry point (or a test). */
+export interface ActivityDeps {
+  config: Config;
+  cache: ApkCache;
+  dispatcher: Dispatcher;
+  redis: Redis;
+  metrics: Metrics;
+  /** Base URL of the artifact server as agents reach it (known once the server listens). */
+  artifactBaseUrl: () => string;
+  /** Sends progress to a running traversal workflow. */
+  pushProgress?: (workflowId: string, update: ProgressUpdate) => Promise<void>;
+  /** Prefix of every Redis key written (tests use a unique one). */
+  redisKeyPrefix?: string;
+}
+
+/** The activity implementations, each wrapped so project errors become typed ApplicationFailures. */
+export function createActivities(deps: ActivityDeps) {
+  const { config } = deps;
+  return withTypedFailures({
+    ...createApkActivities({
+      cache: deps.cache,
+      dispatcher: deps.dispatcher,
+      artifactBaseUrl: deps.artifactBaseUrl,
+      delivery: config.delivery,
+    }),
+    ...createDeviceAgentActivities({ dispatcher: deps.dispatcher, metrics: deps.metrics }),
+    ...createTraversalRunnerActivities({
+      runsDir: path.join(config.dataDir, 'runs'),
+      pidsDir: path.join(config.dataDir, 'pids'),
+      command: config.traversalCommand,
+      resumeArgs: config.traversalResumeArgs,
+      jar: config.traversalJar,
+      progressPattern: config.progressPattern,
+      killGraceMs: config.killGraceMs,
+      pushProgress: deps.pushProgress,
+      progressPushMs: config.progressSignalMs,
+      metrics: deps.metrics,
+    }),
+    ...createReportSinkActivities({ runsDir: path.join(config.dataDir, 'runs'), sink: config.reportSink, token: config.reportSinkToken, dispatcher: deps.dispatcher }),
+    ...createResultPublisherActivities({ redis: deps.redis, keyPrefix: deps.redisKeyPrefix }),
+  });
+}
+
+/** The activity interface workflows proxy. */
+export type Activities = ReturnType<typeof createActivities>;

@@ -1,0 +1,324 @@
+/**
+ * Runs the traversal command (by default the simulator jar via `java -jar`) as a child process:
+ * an argument array and never a shell, its own process group, output to a log file line by line,
+ * progress lines turned into heartbeats (the checkpoint a retry resumes from).
+ */
+import { Context } from '@temporalio/activity';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { TraversalExitError, TraversalStartError } from '../errors';
+import type { ProgressUpdate } from '../messages';
+import type { Metrics } from '../metrics';
+
+/** Options of the traversal runner. */
+export interface TraversalRunnerDeps {
+  /** Root of per-run folders (reports and logs). */
+  runsDir: string;
+  /** Folder of per-device process records, used to end a stale run left by a killed worker. */
+  pidsDir: string;
+  /** Command template (argument array with placeholders). */
+  command: string[];
+  /** Arguments added on resume; placeholder {checkpoint}. */
+  resumeArgs: string[];
+  /** Values for {jar} and any other fixed placeholders. */
+  jar: string;
+  /** Regex with named groups percent, screens, crashes, anrs, checkpoint. */
+  progressPattern: RegExp;
+  /** TERM-to-KILL grace period, ms. */
+  killGraceMs: number;
+  /** Pushes progress to the workflow (throttled by the caller); failures are ignored. */
+  pushProgress?: (workflowId: string, update: ProgressUpdate) => Promise<void>;
+  /** Minimum time between two progress pushes, ms. */
+  progressPushMs: number;
+  metrics?: Metrics;
+}
+
+/** Input of runTraversal. */
+export interface RunTraversalInput {
+  taskId: string;
+  deviceId: string;
+  agentUrl: string;
+  packageName: string;
+  mainActivity?: string;
+  durationSec: number;
+  extraArgs?: string[];
+}
+
+/** What a finished traversal produced. */
+export interface RunTraversalResult {
+  status: string;
+  screens: number;
+  crashes: number;
+  anrs: number;
+  reportDir: string;
+  logFile: string;
+  resumedFrom?: string;
+  attempt: number;
+  exitCode: number;
+  durationMs: number;
+}
+
+/** Heartbeat details of runTraversal; the checkpoint is what a retry resumes from. */
+export interface TraversalCheckpoint {
+  checkpoint?: string;
+  percent: number;
+  screens: number;
+  crashes: number;
+  anrs: number;
+  pid?: number;
+}
+
+/** Environment variable set in the child so a stale process can be recognised after a crash. */
+const MARKER = 'DT_TRAVERSAL_DEVICE';
+/** Variables never handed to the traversal command: credentials of this service. */
+const SECRET_ENV = /^(TEMPORAL_|REDIS_|DT_REPORT_SINK_TOKEN|DT_ARTIFACT_TOKEN)/;
+
+/** Folder of one run (report, logs, control file). */
+export function runDir(runsDir: string, taskId: string, deviceId: string): string {
+  return path.join(runsDir, taskId, deviceId);
+}
+
+/** Fills `{name}` placeholders; unknown names are left as they are. */
+export function fillTemplate(args: string[], values: Record<string, string>): string[] {
+  return args.map((a) => a.replace(/\{(\w+)\}/g, (m, k: string) => values[k] ?? m));
+}
+
+/** Builds the runTraversal activity. */
+export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
+  return {
+    /** Runs the traversal command to the end, heartbeating its progress; resumes from the last checkpoint on retry. */
+    async runTraversal(input: RunTraversalInput): Promise<RunTraversalResult> {
+      const ctx = Context.current();
+      const info = ctx.info;
+      const previous = (info.heartbeatDetails ?? undefined) as TraversalCheckpoint | undefined;
+      const dir = runDir(deps.runsDir, input.taskId, input.deviceId);
+      const reportDir = path.join(dir, 'report');
+      const controlFile = path.join(dir, 'control');
+      const logFile = path.join(dir, `attempt-${info.attempt}.log`);
+      await fsp.mkdir(dir, { recursive: true });
+      await endStaleRun(deps, input.deviceId, ctx.log);
+
+      const resumeFrom = previous?.checkpoint && previous.checkpoint !== '0' ? previous.checkpoint : undefined;
+      if (!resumeFrom) await fsp.rm(reportDir, { recursive: true, force: true });
+      await fsp.mkdir(reportDir, { recursive: true });
+      await fsp.rm(controlFile, { force: true });
+
+      const values: Record<string, string> = {
+        jar: deps.jar,
+        device: input.deviceId,
+        agent: input.agentUrl,
+        package: input.packageName,
+        activity: input.mainActivity ?? '',
+        outDir: reportDir,
+        durationSec: String(input.durationSec),
+        controlFile,
+      };
+      const argv = fillTemplate(deps.command, values);
+      if (resumeFrom) argv.push(...fillTemplate(deps.resumeArgs, { ...values, checkpoint: resumeFrom }));
+      argv.push(...(input.extraArgs ?? []));
+      const [cmd, ...args] = argv as [string, ...string[]];
+
+      const env: NodeJS.ProcessEnv = { [MARKER]: input.deviceId };
+      for (const [k, v] of Object.entries(process.env)) if (!SECRET_ENV.test(k)) env[k] = v;
+      env[MARKER] = input.deviceId;
+
+      const log = createWriteStream(logFile, { flags: 'a' });
+      log.write(`# attempt ${info.attempt} ${new Date().toISOString()} argv=${JSON.stringify(argv)}\n`);
+      const started = Date.now();
+      const child = spawn(cmd, args, { cwd: dir, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+      const spawned = await new Promise<Error | undefined>((resolve) => {
+        child.once('spawn', () => resolve(undefined));
+        child.once('error', (err) => resolve(err));
+      });
+      if (spawned) {
+        log.end();
+        throw new TraversalStartError(cmd, spawned.message);
+      }
+      const pid = child.pid!;
+      await recordRun(deps, input.deviceId, pid, (info.workflowExecution?.workflowId ?? ""));
+      ctx.log.info('traversal command started', { pid, deviceId: input.deviceId, taskId: input.taskId, resumeFrom, logFile });
+
+      const progress: TraversalCheckpoint = {
+        checkpoint: resumeFrom,
+        percent: previous?.percent ?? 0,
+        screens: previous?.screens ?? 0,
+        crashes: previous?.crashes ?? 0,
+        anrs: previous?.anrs ?? 0,
+        pid,
+      };
+      let lastPush = 0;
+      let pushing = false;
+      const push = (force: boolean) => {
+        const now = Date.now();
+        if (!deps.pushProgress || pushing || (!force && now - lastPush < deps.progressPushMs)) return;
+        lastPush = now;
+        pushing = true;
+        const update: ProgressUpdate = { ...progress, attempt: info.attempt };
+        delete (update as { pid?: number }).pid;
+        deps
+          .pushProgress((info.workflowExecution?.workflowId ?? ""), update)
+          .catch((err) => ctx.log.debug('progress push failed', { error: String(err) }))
+          .finally(() => (pushing = false));
+      };
+
+      const stderrTail: string[] = [];
+      const out = readline.createInterface({ input: child.stdout!, crlfDelay: Infinity });
+      out.on('line', (line) => {
+        log.write(line + '\n');
+        const m = deps.progressPattern.exec(line);
+        if (!m?.groups) return;
+        const g = m.groups;
+        progress.percent = Number(g.percent ?? progress.percent);
+        progress.screens = Number(g.screens ?? progress.screens);
+        progress.crashes = Number(g.crashes ?? progress.crashes);
+        progress.anrs = Number(g.anrs ?? progress.anrs);
+        if (g.checkpoint !== undefined) progress.checkpoint = g.checkpoint;
+        ctx.heartbeat(progress);
+        push(false);
+      });
+      const err = readline.createInterface({ input: child.stderr!, crlfDelay: Infinity });
+      err.on('line', (line) => {
+        log.write(`[stderr] ${line}\n`);
+        stderrTail.push(line.length > 500 ? line.slice(0, 500) + '…' : line);
+        if (stderrTail.length > 20) stderrTail.shift();
+      });
+
+      const onCancel = () => {
+        ctx.log.warn('traversal cancelled; stopping its process group', { pid });
+        void killGroup(child, deps.killGraceMs);
+      };
+      ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
+      ctx.heartbeat(progress);
+      push(true);
+
+      const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+        child.once('close', (code, signal) => resolve({ code, signal }));
+      });
+      ctx.cancellationSignal.removeEventListener('abort', onCancel);
+      await new Promise<void>((resolve) => log.end(resolve));
+      await forgetRun(deps, input.deviceId, pid);
+      const durationMs = Date.now() - started;
+      deps.metrics?.traversalSeconds.inc({}, durationMs / 1000);
+
+      if (ctx.cancellationSignal.aborted) {
+        deps.metrics?.traversals.inc({ outcome: 'cancelled' });
+        throw ctx.cancellationSignal.reason;
+      }
+      if (exit.code !== 0) {
+        deps.metrics?.traversals.inc({ outcome: 'failed' });
+        throw new TraversalExitError(exit.code, exit.signal, stderrTail.join('\n'));
+      }
+      const summary = await readSummary(reportDir);
+      deps.metrics?.traversals.inc({ outcome: 'completed' });
+      progress.percent = 100;
+      push(true);
+      return {
+        status: typeof summary.status === 'string' ? summary.status : 'completed',
+        screens: num(summary.screens, progress.screens),
+        crashes: num(summary.crashes, progress.crashes),
+        anrs: num(summary.anrs, progress.anrs),
+        reportDir,
+        logFile,
+        ...(resumeFrom ? { resumedFrom: resumeFrom } : {}),
+        attempt: info.attempt,
+        exitCode: 0,
+        durationMs,
+      };
+    },
+  };
+}
+
+function num(v: unknown, fallback: number): number {
+  return typeof v === 'number' && Number.isFinite(v) ? v : fallback;
+}
+
+async function readSummary(reportDir: string): Promise<Record<string, unknown>> {
+  try {
+    return JSON.parse(await fsp.readFile(path.join(reportDir, 'summary.json'), 'utf8')) as Record<string, unknown>;
+  } catch {
+    return {};
+  }
+}
+
+/** Sends TERM to the whole group, then KILL after the grace period if anything is left. */
+export async function killGroup(child: ChildProcess, graceMs: number): Promise<void> {
+  const pid = child.pid;
+  if (!pid) return;
+  signalGroup(pid, 'SIGTERM');
+  const exited = new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve();
+    else child.once('exit', () => resolve());
+  });
+  const timer = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
+  await Promise.race([exited, timer]);
+  // The leader may be gone while grandchildren still hold the group: KILL the group regardless.
+  signalGroup(pid, 'SIGKILL');
+}
+
+function signalGroup(pgid: number, sig: NodeJS.Signals): boolean {
+  try {
+    process.kill(-pgid, sig);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function pidFile(deps: TraversalRunnerDeps, deviceId: string): string {
+  return path.join(deps.pidsDir, `${deviceId}.json`);
+}
+
+async function recordRun(deps: TraversalRunnerDeps, deviceId: string, pid: number, workflowId: string): Promise<void> {
+  await fsp.mkdir(deps.pidsDir, { recursive: true });
+  await fsp.writeFile(pidFile(deps, deviceId), JSON.stringify({ pid, workflowId, startedAt: new Date().toISOString() }));
+}
+
+async function forgetRun(deps: TraversalRunnerDeps, deviceId: string, pid: number): Promise<void> {
+  try {
+    const rec = JSON.parse(await fsp.readFile(pidFile(deps, deviceId), 'utf8')) as { pid: number };
+    if (rec.pid === pid) await fsp.rm(pidFile(deps, deviceId), { force: true });
+  } catch {
+    // nothing recorded
+  }
+}
+
+/**
+ * Ends a traversal of this device left running by a worker that died (a child process outlives
+ * its parent). The process is recognised by the marker variable in /proc/<pid>/environ, so a
+ * recycled pid belonging to something else is never signalled.
+ */
+export async function endStaleRun(
+  deps: Pick<TraversalRunnerDeps, 'pidsDir' | 'killGraceMs'>,
+  deviceId: string,
+  log?: { warn(msg: string, meta?: Record<string, unknown>): void },
+): Promise<boolean> {
+  let rec: { pid: number; workflowId?: string };
+  try {
+    rec = JSON.parse(await fsp.readFile(path.join(deps.pidsDir, `${deviceId}.json`), 'utf8')) as { pid: number };
+  } catch {
+    return false;
+  }
+  const alive = await isOurProcess(rec.pid, deviceId);
+  if (alive) {
+    log?.warn('ending stale traversal process group left by a previous attempt', { pid: rec.pid, deviceId, workflowId: rec.workflowId });
+    signalGroup(rec.pid, 'SIGTERM');
+    const deadline = Date.now() + deps.killGraceMs;
+    while (Date.now() < deadline && (await isOurProcess(rec.pid, deviceId))) await new Promise((r) => setTimeout(r, 100));
+    signalGroup(rec.pid, 'SIGKILL');
+  }
+  await fsp.rm(path.join(deps.pidsDir, `${deviceId}.json`), { force: true });
+  return alive;
+}
+
+async function isOurProcess(pid: number, deviceId: string): Promise<boolean> {
+  try {
+    const environ = await fsp.readFile(`/proc/${pid}/environ`, 'utf8');
+    const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
+    if (/\) Z /.test(stat)) return false; // a zombie is already dead
+    return environ.split('\0').includes(`${MARKER}=${deviceId}`);
+  } catch {
+    return false;
+  }
+}

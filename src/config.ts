@@ -1,0 +1,179 @@
+/**
+ * The one place that reads the environment. Every option is declared once with its variable,
+ * default, unit and a sentence; `loadConfig` validates eagerly and names the variable to fix.
+ * The README's configuration table mirrors OPTIONS.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import type { Delivery } from './messages';
+
+/** Root of the project checkout (config.ts lives in src/ or lib/src/). */
+export const PROJECT_ROOT = path.resolve(__dirname, __dirname.includes(`${path.sep}lib${path.sep}`) ? '../..' : '..');
+
+type Kind = 'string' | 'int' | 'bytes' | 'duration' | 'float' | 'enum' | 'url' | 'json-array';
+
+interface OptionSpec {
+  env: string;
+  kind: Kind;
+  default: string;
+  doc: string;
+  values?: string[];
+}
+
+/** Every option of the service, in README order. */
+export const OPTIONS = {
+  redisUrl: { env: 'REDIS_URL', kind: 'url', default: 'redis://127.0.0.1:6379', doc: 'Redis holding tasks, dead letters and results.' },
+  taskQueue: { env: 'TASK_QUEUE', kind: 'string', default: 'device-traversal', doc: 'Temporal task queue of workers and starters.' },
+  dataDir: { env: 'DT_DATA_DIR', kind: 'string', default: '.data', doc: 'Folder for the APK cache, run logs and the default report sink (relative to the project).' },
+  apkCacheDir: { env: 'DT_APK_CACHE_DIR', kind: 'string', default: '', doc: 'APK cache folder; empty means <DT_DATA_DIR>/apk-cache.' },
+  apkMaxBytes: { env: 'DT_APK_MAX_BYTES', kind: 'bytes', default: '4GiB', doc: 'Largest APK accepted, bytes (suffixes KiB, MiB, GiB allowed).' },
+  delivery: { env: 'DT_DELIVERY', kind: 'enum', values: ['cache', 'direct'], default: 'cache', doc: "How agents get the APK: 'cache' (from this worker's artifact server) or 'direct' (from the origin URL)." },
+  artifactHost: { env: 'DT_ARTIFACT_HOST', kind: 'string', default: '127.0.0.1', doc: 'Bind address of the artifact and metrics server.' },
+  artifactPort: { env: 'DT_ARTIFACT_PORT', kind: 'int', default: '7380', doc: 'Port of the artifact and metrics server; 0 picks a free one.' },
+  artifactPublicUrl: { env: 'DT_ARTIFACT_PUBLIC_URL', kind: 'string', default: '', doc: 'Base URL agents use to reach the artifact server; empty means http://<host>:<port>.' },
+  reportSink: { env: 'DT_REPORT_SINK', kind: 'string', default: '', doc: 'Where reports go: file:///dir or an http(s) base URL (streamed PUT); empty means file://<DT_DATA_DIR>/reports.' },
+  reportSinkToken: { env: 'DT_REPORT_SINK_TOKEN', kind: 'string', default: '', doc: 'Bearer token for an HTTP report sink (never logged).' },
+  traversalJar: { env: 'DT_TRAVERSAL_JAR', kind: 'string', default: '.tools/traversal-sim.jar', doc: 'Traversal jar used by the default command (relative to the project).' },
+  traversalCommand: { env: 'DT_TRAVERSAL_COMMAND', kind: 'json-array', default: '["java","-jar","{jar}","--device","{device}","--agent","{agent}","--package","{package}","--out","{outDir}","--duration","{durationSec}"]', doc: 'Command template as a JSON array; placeholders {jar} {device} {agent} {package} {activity} {outDir} {durationSec} {controlFile}.' },
+  traversalResumeArgs: { env: 'DT_TRAVERSAL_RESUME_ARGS', kind: 'json-array', default: '["--resume-from","{checkpoint}"]', doc: 'Arguments added when a retried attempt resumes from a checkpoint.' },
+  progressPattern: { env: 'DT_PROGRESS_PATTERN', kind: 'string', default: '^PROGRESS .*?percent=(?<percent>\\d+) screens=(?<screens>\\d+) crashes=(?<crashes>\\d+) anrs=(?<anrs>\\d+) checkpoint=(?<checkpoint>\\S+)', doc: 'Regex with named groups percent, screens, crashes, anrs, checkpoint matching progress lines.' },
+  killGraceMs: { env: 'DT_KILL_GRACE', kind: 'duration', default: '5s', doc: 'Time between TERM and KILL when a traversal is stopped, ms or a duration like 5s.' },
+  maxConcurrentTraversals: { env: 'DT_MAX_CONCURRENT_TRAVERSALS', kind: 'int', default: '20', doc: 'Traversal activities one worker runs at once.' },
+  maxConcurrentActivities: { env: 'DT_MAX_CONCURRENT_ACTIVITIES', kind: 'int', default: '60', doc: 'All activities one worker runs at once (downloads, agent calls, traversals).' },
+  maxCachedWorkflows: { env: 'DT_MAX_CACHED_WORKFLOWS', kind: 'int', default: '200', doc: 'Workflow executions kept in the worker cache.' },
+  defaultAgentUrl: { env: 'DT_DEFAULT_AGENT_URL', kind: 'string', default: '', doc: 'Agent for devices that the task and the registry do not place.' },
+  deviceRegistry: { env: 'DT_DEVICE_REGISTRY', kind: 'string', default: '', doc: 'JSON file mapping device ids to agent URLs: {"sim-1": "http://host:7301"}.' },
+  starterId: { env: 'DT_STARTER_ID', kind: 'string', default: '', doc: 'Stable name of this starter (its processing list survives restarts); empty means the host name.' },
+  heartbeatTimeoutMs: { env: 'DT_HEARTBEAT_TIMEOUT', kind: 'duration', default: '30s', doc: 'Heartbeat timeout of long activities; a dead worker is noticed after it, ms or duration.' },
+  maxAttempts: { env: 'DT_MAX_ATTEMPTS', kind: 'int', default: '3', doc: 'Attempts of the traversal step before a run fails.' },
+  measureLaunch: { env: 'DT_MEASURE_LAUNCH', kind: 'enum', values: ['true', 'false'], default: 'true', doc: 'Measure the cold start time of the app before traversing.' },
+  progressSignalMs: { env: 'DT_PROGRESS_SIGNAL_INTERVAL', kind: 'duration', default: '3s', doc: 'How often running traversals push progress to their workflow, ms or duration.' },
+  logLevel: { env: 'DT_LOG_LEVEL', kind: 'enum', values: ['debug', 'info', 'warn', 'error'], default: 'info', doc: 'Least severe log level printed.' },
+} satisfies Record<string, OptionSpec>;
+
+/** The validated configuration, passed down from entry points. */
+export interface Config {
+  redisUrl: string;
+  taskQueue: string;
+  dataDir: string;
+  apkCacheDir: string;
+  apkMaxBytes: number;
+  delivery: Delivery;
+  artifactHost: string;
+  artifactPort: number;
+  artifactPublicUrl: string;
+  reportSink: string;
+  reportSinkToken: string;
+  traversalJar: string;
+  traversalCommand: string[];
+  traversalResumeArgs: string[];
+  progressPattern: RegExp;
+  killGraceMs: number;
+  maxConcurrentTraversals: number;
+  maxConcurrentActivities: number;
+  maxCachedWorkflows: number;
+  defaultAgentUrl: string;
+  deviceRegistry: string;
+  starterId: string;
+  heartbeatTimeoutMs: number;
+  maxAttempts: number;
+  measureLaunch: boolean;
+  progressSignalMs: number;
+  logLevel: 'debug' | 'info' | 'warn' | 'error';
+}
+
+/** Raised when an option is malformed; the message names the variable and the fix. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+const UNITS: Record<string, number> = { '': 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 1024 ** 2, g: 1e9, gb: 1e9, gib: 1024 ** 3 };
+const DURATIONS: Record<string, number> = { '': 1, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Parses "512MiB", "2GB" or a plain byte count. */
+export function parseBytes(text: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
+  const unit = m && UNITS[m[2]!.toLowerCase()];
+  return m && unit ? Math.round(Number(m[1]) * unit) : undefined;
+}
+
+/** Parses "30s", "1500ms", "2m" or plain milliseconds. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
+  const unit = m && DURATIONS[m[2] ?? ''];
+  return m && unit ? Math.round(Number(m[1]) * unit) : undefined;
+}
+
+function convert(key: string, spec: OptionSpec, raw: string): unknown {
+  const bad = (rule: string) => new ConfigError(`${spec.env}=${JSON.stringify(raw)} is invalid: ${rule} (default ${spec.default || 'empty'})`);
+  switch (spec.kind) {
+    case 'string':
+      return raw;
+    case 'int': {
+      if (!/^\d+$/.test(raw.trim())) throw bad('expected a whole number');
+      return Number(raw);
+    }
+    case 'float': {
+      const n = Number(raw);
+      if (!Number.isFinite(n)) throw bad('expected a number');
+      return n;
+    }
+    case 'bytes': {
+      const n = parseBytes(raw);
+      if (n === undefined || n <= 0) throw bad('expected a size like 512MiB or 1073741824');
+      return n;
+    }
+    case 'duration': {
+      const n = parseDuration(raw);
+      if (n === undefined || n <= 0) throw bad('expected milliseconds or a duration like 30s');
+      return n;
+    }
+    case 'enum':
+      if (!spec.values!.includes(raw)) throw bad(`expected one of ${spec.values!.join(', ')}`);
+      return key === 'measureLaunch' ? raw === 'true' : raw;
+    case 'url':
+      try {
+        new URL(raw);
+      } catch {
+        throw bad('expected a URL');
+      }
+      return raw;
+    case 'json-array': {
+      let v: unknown;
+      try {
+        v = JSON.parse(raw);
+      } catch {
+        throw bad('expected a JSON array of strings');
+      }
+      if (!Array.isArray(v) || v.length === 0 || !v.every((x) => typeof x === 'string')) throw bad('expected a non-empty JSON array of strings');
+      return v;
+    }
+  }
+}
+
+/** Reads and validates the configuration from an environment (process.env by default). */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Config> = {}): Config {
+  const out: Record<string, unknown> = {};
+  for (const [key, spec] of Object.entries(OPTIONS) as [string, OptionSpec][]) {
+    const raw = env[spec.env];
+    out[key] = convert(key, spec, raw === undefined || raw === '' ? spec.default : raw);
+  }
+  const cfg = out as unknown as Config & { progressPattern: string | RegExp };
+  try {
+    cfg.progressPattern = new RegExp(cfg.progressPattern as string);
+  } catch (err) {
+    throw new ConfigError(`DT_PROGRESS_PATTERN is not a valid regular expression: ${(err as Error).message}`);
+  }
+  cfg.dataDir = path.resolve(PROJECT_ROOT, cfg.dataDir);
+  cfg.apkCacheDir = cfg.apkCacheDir ? path.resolve(PROJECT_ROOT, cfg.apkCacheDir) : path.join(cfg.dataDir, 'apk-cache');
+  cfg.traversalJar = path.resolve(PROJECT_ROOT, cfg.traversalJar);
+  cfg.reportSink = cfg.reportSink || `file://${path.join(cfg.dataDir, 'reports')}`;
+  if (!/^(file|https?):\/\//.test(cfg.reportSink)) {
+    throw new ConfigError(`DT_REPORT_SINK=${cfg.reportSink} is invalid: expected file:///dir or an http(s) URL`);
+  }
+  cfg.starterId = cfg.starterId || os.hostname();
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(cfg.starterId)) {
+    throw new ConfigError(`DT_STARTER_ID=${cfg.starterId} is invalid: use 1-64 letters, digits, dot, dash or underscore`);
+  }
+  return { ...(cfg as Config), ...overrides };
+}

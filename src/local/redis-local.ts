@@ -1,0 +1,54 @@
+/** A local redis-server for the demo and the tests, with append-only persistence. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { canConnect, waitForPort } from './ports';
+
+/** A running local Redis. */
+export interface LocalRedis {
+  url: string;
+  port: number;
+  process?: ChildProcess;
+  /** Stops it when this process started it; safe to call twice. */
+  stop(): Promise<void>;
+}
+
+/** Starts redis-server on 127.0.0.1:<port> with its files in `dir`. */
+export async function startRedis(opts: { port: number; dir: string; bin?: string }): Promise<LocalRedis> {
+  mkdirSync(opts.dir, { recursive: true });
+  const bin = opts.bin ?? 'redis-server';
+  const child = spawn(
+    bin,
+    ['--port', String(opts.port), '--bind', '127.0.0.1', '--dir', opts.dir, '--appendonly', 'yes', '--save', '', '--protected-mode', 'yes'],
+    { stdio: 'ignore' },
+  );
+  let exitNote: string | undefined;
+  child.once('error', (err) =>
+    (exitNote = `${err.message}; install it (Debian: apt-get install redis-server) or set REDIS_URL to a running Redis`),
+  );
+  child.once('exit', (code, sig) => (exitNote ??= `exit ${code ?? sig}`));
+  await waitForPort('127.0.0.1', opts.port, 30_000, 'redis-server', () => exitNote);
+  let stopped = false;
+  return {
+    url: `redis://127.0.0.1:${opts.port}`,
+    port: opts.port,
+    process: child,
+    async stop() {
+      if (stopped || child.exitCode !== null || child.signalCode !== null) return;
+      stopped = true;
+      const exited = new Promise<void>((r) => child.once('exit', () => r()));
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+/** Uses the Redis at `url` when reachable; otherwise starts one on that port when the URL is local. */
+export async function ensureRedis(url: string, dir: string): Promise<LocalRedis> {
+  const u = new URL(url);
+  const port = Number(u.port || 6379);
+  if (await canConnect(u.hostname, port)) return { url, port, stop: async () => undefined };
+  if (!['127.0.0.1', 'localhost', '::1', '[::1]'].includes(u.hostname)) {
+    throw new Error(`Redis at ${u.hostname}:${port} is not reachable; check REDIS_URL`);
+  }
+  return startRedis({ port, dir });
+}

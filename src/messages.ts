@@ -1,0 +1,168 @@
+/**
+ * Messages and payloads shared by workflows, activities, the starter, scripts and tests.
+ * Only types and message definitions live here, so workflow code can import it safely.
+ */
+import { defineQuery, defineSignal } from '@temporalio/workflow';
+
+/** How the agent gets the APK: from this worker's cache server, or straight from the origin. */
+export type Delivery = 'cache' | 'direct';
+
+/** Knobs of one run that the starter fills from its configuration; every field has a workflow default. */
+export interface RunPolicy {
+  /** Heartbeat timeout of long activities, ms (default 30000). */
+  heartbeatTimeoutMs?: number;
+  /** Attempts per activity before the traversal fails (default 3; downloads and agent calls get more). */
+  maxAttempts?: number;
+  /** First retry delay, ms (default 1000). */
+  initialRetryMs?: number;
+  /** APK delivery mode (default 'cache'). */
+  delivery?: Delivery;
+  /** Whether to measure the app's cold start (default true). */
+  measureLaunch?: boolean;
+}
+
+/** One traversal of one app on one device: what the starter signals to a device workflow. */
+export interface TraversalRequest {
+  taskId: string;
+  deviceId: string;
+  agentUrl: string;
+  apkUrl: string;
+  packageName: string;
+  apkSha256?: string;
+  mainActivity?: string;
+  traversal: TraversalSettings;
+  policy?: RunPolicy;
+  /** ISO time the starter accepted the task. */
+  enqueuedAt?: string;
+}
+
+/** Settings handed to the traversal command. */
+export interface TraversalSettings {
+  /** Time budget of the traversal, seconds. */
+  durationSec: number;
+  /** Extra arguments appended to the command (an argument array; never passed through a shell). */
+  extraArgs?: string[];
+}
+
+/** The eight steps of a traversal, in order. */
+export const STEPS = [
+  'resolveApk',
+  'prepareDevice',
+  'installApp',
+  'measureLaunch',
+  'runTraversal',
+  'uploadReport',
+  'cleanupDevice',
+  'publishResult',
+] as const;
+/** One step name. */
+export type StepName = (typeof STEPS)[number];
+
+/** Phase shown in the progress query and the TraversalPhase search attribute. */
+export type Phase =
+  | 'queued'
+  | 'downloading'
+  | 'preparing'
+  | 'installing'
+  | 'launching'
+  | 'traversing'
+  | 'uploading'
+  | 'cleaning'
+  | 'publishing'
+  | 'paused'
+  | 'completed'
+  | 'failed'
+  | 'cancelled';
+
+/** Answer of the `progress` query. */
+export interface TraversalProgress {
+  taskId: string;
+  deviceId: string;
+  phase: Phase;
+  percent: number;
+  screens: number;
+  crashes: number;
+  anrs: number;
+  elapsedMs: number;
+  attempt: number;
+  paused: boolean;
+}
+
+/** Progress pushed from the running traversal command to its workflow. */
+export interface ProgressUpdate {
+  percent: number;
+  screens: number;
+  crashes: number;
+  anrs: number;
+  checkpoint?: string;
+  attempt: number;
+}
+
+/** Final status of a traversal. `completed` means the tool ran to the end, findings or not. */
+export type TraversalStatus = 'completed' | 'failed' | 'cancelled';
+
+/** The result of a traversal, returned by the workflow and published to Redis. */
+export interface TraversalResult {
+  taskId: string;
+  deviceId: string;
+  packageName: string;
+  apkUrl: string;
+  status: TraversalStatus;
+  /** Milliseconds per step that ran. */
+  timings: Partial<Record<StepName, number>>;
+  apk?: { sha256: string; size: number; installUrl: string; fromCache: boolean };
+  installMs?: number;
+  coldStartMs?: number;
+  screens: number;
+  crashes: number;
+  anrs: number;
+  reportUrl?: string;
+  /** Failure type (e.g. ApkNotFound) and message when status is failed or cancelled. */
+  error?: { type: string; message: string; step?: StepName; nonRetryable?: boolean };
+  startedAt: string;
+  finishedAt: string;
+  workflowId: string;
+  runId: string;
+}
+
+/** Input of a device workflow; queue and dedupe memory are carried across continue-as-new. */
+export interface DeviceWorkflowInput {
+  deviceId: string;
+  queue?: TraversalRequest[];
+  seenTaskIds?: string[];
+  paused?: boolean;
+  completed?: number;
+}
+
+/** Answer of the device workflow's `state` query. */
+export interface DeviceState {
+  deviceId: string;
+  paused: boolean;
+  queue: { taskId: string; packageName: string }[];
+  current?: { taskId: string; workflowId: string; packageName: string };
+  completed: number;
+  seen: number;
+}
+
+/** Adds a traversal request to a device's queue (duplicates by taskId are ignored). */
+export const enqueueSignal = defineSignal<[TraversalRequest]>('enqueue');
+/** Pauses a device (stops dequeuing) or a traversal (stops between steps). */
+export const pauseSignal = defineSignal('pause');
+/** Resumes what `pause` stopped. */
+export const resumeSignal = defineSignal('resume');
+/** Progress of the running traversal command, sent by the runTraversal activity. */
+export const progressSignal = defineSignal<[ProgressUpdate]>('progress-update');
+/** Progress of a traversal. */
+export const progressQuery = defineQuery<TraversalProgress>('progress');
+/** Queue and current run of a device. */
+export const deviceStateQuery = defineQuery<DeviceState>('state');
+
+/** Workflow id of a device's entity workflow. */
+export function deviceWorkflowId(deviceId: string): string {
+  return `device/${deviceId}`;
+}
+
+/** Workflow id of one traversal. */
+export function traversalWorkflowId(taskId: string, deviceId: string): string {
+  return `traversal/${taskId}/${deviceId}`;
+}

@@ -1,0 +1,62 @@
+/** A small Prometheus text-format registry for the worker's own counters. */
+
+type Labels = Record<string, string>;
+
+function key(labels: Labels): string {
+  return Object.keys(labels)
+    .sort()
+    .map((k) => `${k}="${String(labels[k]).replace(/["\\\n]/g, '_')}"`)
+    .join(',');
+}
+
+/** A monotonically increasing counter with optional labels. */
+export class Counter {
+  private readonly values = new Map<string, number>();
+  constructor(
+    readonly name: string,
+    readonly help: string,
+  ) {}
+  /** Adds `n` (default 1) to the series with these labels. */
+  inc(labels: Labels = {}, n = 1): void {
+    const k = key(labels);
+    this.values.set(k, (this.values.get(k) ?? 0) + n);
+  }
+  /** Current value of one series. */
+  get(labels: Labels = {}): number {
+    return this.values.get(key(labels)) ?? 0;
+  }
+  /** Prometheus exposition lines. */
+  render(): string {
+    const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`];
+    if (this.values.size === 0) lines.push(`${this.name} 0`);
+    for (const [k, v] of this.values) lines.push(k ? `${this.name}{${k}} ${v}` : `${this.name} ${v}`);
+    return lines.join('\n');
+  }
+}
+
+/** The worker's metrics; one instance per worker process, handed to activities. */
+export class Metrics {
+  readonly originDownloads = new Counter('dt_apk_origin_downloads_total', 'APK downloads started against an origin');
+  readonly cacheHits = new Counter('dt_apk_cache_hits_total', 'APK requests served from the local cache without a download');
+  readonly bytesDownloaded = new Counter('dt_apk_bytes_downloaded_total', 'Bytes streamed from APK origins to the cache');
+  readonly bytesServed = new Counter('dt_artifact_bytes_served_total', 'Bytes served by the artifact server to agents');
+  readonly installs = new Counter('dt_installs_total', 'Install-by-URL calls that succeeded');
+  readonly traversals = new Counter('dt_traversals_total', 'Traversal command runs by outcome');
+  readonly traversalSeconds = new Counter('dt_traversal_seconds_total', 'Seconds spent running traversal commands');
+  readonly failures = new Counter('dt_activity_failures_total', 'Activity failures by error type');
+
+  /** Full exposition text, including process memory. */
+  render(): string {
+    const mem = process.memoryUsage();
+    const gauges = [
+      '# HELP dt_process_resident_memory_bytes Resident set size of the worker process',
+      '# TYPE dt_process_resident_memory_bytes gauge',
+      `dt_process_resident_memory_bytes ${mem.rss}`,
+      '# HELP dt_process_heap_used_bytes V8 heap in use',
+      '# TYPE dt_process_heap_used_bytes gauge',
+      `dt_process_heap_used_bytes ${mem.heapUsed}`,
+    ];
+    const counters = Object.values(this).filter((v): v is Counter => v instanceof Counter);
+    return [...counters.map((c) => c.render()), ...gauges].join('\n') + '\n';
+  }
+}

@@ -1,0 +1,192 @@
+/**
+ * The bridge from Redis to Temporal. Reliable consumption: BLMOVE takes an item from the task list
+ * into this starter's own processing list atomically; it leaves that list only after Temporal
+ * accepted every request in it (or after it went to the dead-letter list). On start the processing
+ * list is replayed, so a starter killed mid-item loses nothing; the device workflow's dedupe by
+ * taskId makes the replay harmless.
+ */
+import type { Client } from '@temporalio/client';
+import type Redis from 'ioredis';
+import { InvalidTaskError } from './errors';
+import { deviceWorkflowId, enqueueSignal, type RunPolicy, type TraversalRequest } from './messages';
+import { DEVICE_ID } from './search-attributes';
+import { parseTask, type AgentDirectory } from './task';
+import { deviceWorkflow } from './workflows/device';
+
+/** Redis keys used by the starter. */
+export function starterKeys(starterId: string, prefix = '') {
+  return {
+    tasks: `${prefix}traversal:tasks`,
+    dead: `${prefix}traversal:tasks:dead`,
+    processing: `${prefix}traversal:tasks:processing:${starterId}`,
+  };
+}
+
+/** Options of the bridge. */
+export interface TaskBridgeOptions {
+  /** Connection for ordinary commands. */
+  redis: Redis;
+  /** Dedicated connection for the blocking BLMOVE. */
+  blocking: Redis;
+  client: Client;
+  taskQueue: string;
+  starterId: string;
+  agents: AgentDirectory;
+  /** Run policy copied into every request. */
+  policy?: RunPolicy;
+  keyPrefix?: string;
+  /** Seconds one BLMOVE waits before checking for stop. */
+  blockTimeoutSec?: number;
+  log?: (level: 'info' | 'warn' | 'error', msg: string, meta?: Record<string, unknown>) => void;
+  /** Called for each request Temporal accepted. */
+  onStarted?: (req: TraversalRequest) => void;
+  /** Called for each item dead-lettered. */
+  onDead?: (reason: string, raw: string) => void;
+}
+
+/** Counters of one bridge. */
+export interface BridgeStats {
+  items: number;
+  started: number;
+  dead: number;
+  replayed: number;
+  temporalRetries: number;
+}
+
+/** Consumes `traversal:tasks` until stopped. */
+export class TaskBridge {
+  readonly keys: ReturnType<typeof starterKeys>;
+  readonly stats: BridgeStats = { items: 0, started: 0, dead: 0, replayed: 0, temporalRetries: 0 };
+  private stopping = false;
+  private running?: Promise<void>;
+  private wake?: () => void;
+
+  constructor(private readonly opts: TaskBridgeOptions) {
+    this.keys = starterKeys(opts.starterId, opts.keyPrefix);
+  }
+
+  /** Starts consuming in the background; the promise of `done()` settles when it stops. */
+  start(): this {
+    this.running ??= this.loop();
+    return this;
+  }
+
+  /** Resolves when the loop has ended. */
+  done(): Promise<void> {
+    return this.running ?? Promise.resolve();
+  }
+
+  /** Stops after the current item; safe to call twice. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.wake?.();
+    await this.done();
+  }
+
+  private async loop(): Promise<void> {
+    const { redis, blocking } = this.opts;
+    // Items left by an earlier run of this starter id, oldest first (BLMOVE pushes on the left).
+    const leftover = await redis.lrange(this.keys.processing, 0, -1);
+    for (const raw of leftover.reverse()) {
+      if (this.stopping) return;
+      this.stats.replayed++;
+      this.opts.log?.('info', 'replaying task left in the processing list', { processing: this.keys.processing });
+      await this.handle(raw);
+    }
+    while (!this.stopping) {
+      let raw: string | null;
+      try {
+        raw = await blocking.blmove(this.keys.tasks, this.keys.processing, 'RIGHT', 'LEFT', this.opts.blockTimeoutSec ?? 1);
+      } catch (err) {
+        if (this.stopping) break;
+        this.opts.log?.('warn', 'waiting for Redis', { error: (err as Error).message });
+        await this.pause(1000);
+        continue;
+      }
+      if (raw !== null) await this.handle(raw);
+    }
+  }
+
+  /** Validates one item and starts its requests, or dead-letters it. */
+  private async handle(raw: string): Promise<void> {
+    this.stats.items++;
+    let requests: TraversalRequest[];
+    try {
+      requests = parseTask(raw, this.opts.agents);
+    } catch (err) {
+      const reason = err instanceof InvalidTaskError ? err.message : `unexpected validation failure: ${String(err)}`;
+      await this.deadLetter(raw, reason, err instanceof InvalidTaskError ? err.problems : [reason]);
+      return;
+    }
+    const enqueuedAt = new Date().toISOString();
+    for (const req of requests) {
+      const full: TraversalRequest = { ...req, enqueuedAt, ...(this.opts.policy ? { policy: this.opts.policy } : {}) };
+      const accepted = await this.startWithRetry(full);
+      if (!accepted) return; // stopping: the item stays in the processing list and is replayed later
+    }
+    await this.withRedisRetry(() => this.opts.redis.lrem(this.keys.processing, 1, raw));
+  }
+
+  private async startWithRetry(req: TraversalRequest): Promise<boolean> {
+    let delay = 500;
+    for (;;) {
+      try {
+        await this.opts.client.workflow.signalWithStart(deviceWorkflow, {
+          workflowId: deviceWorkflowId(req.deviceId),
+          taskQueue: this.opts.taskQueue,
+          args: [{ deviceId: req.deviceId }],
+          signal: enqueueSignal,
+          signalArgs: [req],
+          typedSearchAttributes: [{ key: DEVICE_ID, value: req.deviceId }],
+          staticSummary: `device ${req.deviceId}: FIFO queue of traversals`,
+        });
+        this.stats.started++;
+        this.opts.log?.('info', 'traversal requested', { taskId: req.taskId, deviceId: req.deviceId, packageName: req.packageName });
+        this.opts.onStarted?.(req);
+        return true;
+      } catch (err) {
+        if (this.stopping) return false;
+        this.stats.temporalRetries++;
+        this.opts.log?.('warn', 'Temporal did not accept the request; retrying', {
+          taskId: req.taskId,
+          deviceId: req.deviceId,
+          error: (err as Error).message,
+          retryInMs: delay,
+        });
+        await this.pause(delay);
+        if (this.stopping) return false;
+        delay = Math.min(delay * 2, 30_000);
+      }
+    }
+  }
+
+  private async deadLetter(raw: string, reason: string, problems: string[]): Promise<void> {
+    this.stats.dead++;
+    const entry = JSON.stringify({ reason, problems, payload: raw, starterId: this.opts.starterId, at: new Date().toISOString() });
+    this.opts.log?.('warn', 'task dead-lettered', { reason: reason.slice(0, 500), dead: this.keys.dead });
+    await this.withRedisRetry(() => this.opts.redis.multi().lpush(this.keys.dead, entry).lrem(this.keys.processing, 1, raw).exec());
+    this.opts.onDead?.(reason, raw);
+  }
+
+  private async withRedisRetry<T>(fn: () => Promise<T>): Promise<T | undefined> {
+    for (let delay = 200; ; delay = Math.min(delay * 2, 5000)) {
+      try {
+        return await fn();
+      } catch (err) {
+        if (this.stopping && delay > 2000) return undefined;
+        this.opts.log?.('warn', 'Redis command failed; retrying', { error: (err as Error).message });
+        await this.pause(delay);
+      }
+    }
+  }
+
+  private pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+  }
+}

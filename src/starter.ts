@@ -1,0 +1,58 @@
+/** Starter entry point (`npm run starter`): bridges `traversal:tasks` in Redis into device workflows. */
+import Redis from 'ioredis';
+import { loadConfig } from './config';
+import { loadDeviceRegistry } from './device-registry';
+import { JsonLogger } from './logger';
+import { TaskBridge } from './starter-core';
+import { connectClient, temporalSettings } from './temporal-connection';
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const temporal = temporalSettings();
+  const secrets = [process.env.TEMPORAL_API_KEY ?? '', new URL(config.redisUrl).password].filter(Boolean);
+  const logger = new JsonLogger({ service: 'starter', starterId: config.starterId }, config.logLevel, process.stdout, secrets);
+  const agents = loadDeviceRegistry(config.deviceRegistry, config.defaultAgentUrl);
+
+  // Keep retrying Redis forever: a restarted Redis must not end the starter.
+  const redisOptions = { maxRetriesPerRequest: null, retryStrategy: (n: number) => Math.min(n * 200, 2000) };
+  const redis = new Redis(config.redisUrl, redisOptions);
+  const blocking = new Redis(config.redisUrl, redisOptions);
+  redis.on('error', (err) => logger.warn('redis connection problem', { error: err.message }));
+  blocking.on('error', () => undefined);
+  const { client, connection } = await connectClient(temporal);
+  try {
+    const bridge = new TaskBridge({
+      redis,
+      blocking,
+      client,
+      taskQueue: config.taskQueue,
+      starterId: config.starterId,
+      agents,
+      policy: {
+        heartbeatTimeoutMs: config.heartbeatTimeoutMs,
+        maxAttempts: config.maxAttempts,
+        delivery: config.delivery,
+        measureLaunch: config.measureLaunch,
+      },
+      log: (level, msg, meta) => logger[level](msg, meta),
+    });
+    logger.info('starter consuming', { tasks: bridge.keys.tasks, processing: bridge.keys.processing, temporal: temporal.address, taskQueue: config.taskQueue });
+    const stop = (sig: string) => {
+      logger.info('stopping after the current task', { signal: sig });
+      void bridge.stop();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+    await bridge.start().done();
+    logger.info('starter stopped', { ...bridge.stats });
+  } finally {
+    await connection.close().catch(() => undefined);
+    redis.disconnect();
+    blocking.disconnect();
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`starter failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+  process.exit(1);
+});

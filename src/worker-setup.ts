@@ -1,0 +1,127 @@
+/**
+ * Assembles a traversal worker from explicit parts: APK cache, artifact server, activities and the
+ * Temporal Worker. Used by src/worker.ts and by the tests (which hand in their own servers).
+ */
+import type { Client } from '@temporalio/client';
+import { Worker, type NativeConnection, type WorkflowBundleOption } from '@temporalio/worker';
+import type Redis from 'ioredis';
+import path from 'node:path';
+import { Agent, interceptors, type Dispatcher } from 'undici';
+import { createActivities } from './activities';
+import { ApkCache } from './activities/apk-cache';
+import { endStaleRun } from './activities/traversal-runner';
+import { ArtifactServer } from './artifact-server';
+import type { Config } from './config';
+import { progressSignal } from './messages';
+import { Metrics } from './metrics';
+import { promises as fsp } from 'node:fs';
+
+/** Parts a worker needs; the caller owns and closes the connection, client and Redis. */
+export interface TraversalWorkerOptions {
+  config: Config;
+  connection: NativeConnection;
+  namespace: string;
+  /** Client used to push progress into running traversal workflows. */
+  client: Client;
+  redis: Redis;
+  /** Prebuilt workflow bundle; default bundles src/workflows at start. */
+  workflowBundle?: WorkflowBundleOption;
+  /** Prefix for Redis keys written by activities (tests). */
+  redisKeyPrefix?: string;
+  /** Worker identity shown in the Web UI. */
+  identity?: string;
+  log?: (msg: string, meta?: Record<string, unknown>) => void;
+}
+
+/** A worker with its side servers; `run()` polls until `shutdown()`. */
+export interface TraversalWorker {
+  worker: Worker;
+  artifactServer: ArtifactServer;
+  artifactUrl: string;
+  metrics: Metrics;
+  cache: ApkCache;
+  dispatcher: Dispatcher;
+  /** Runs the worker until shutdown, then closes the side servers. */
+  run(): Promise<void>;
+  /** Asks the worker to stop (graceful); safe to call twice. */
+  shutdown(): void;
+}
+
+/** HTTP dispatcher for origins, agents and sinks: bounded connections, timeouts, a few redirects. */
+export function createDispatcher(): Dispatcher {
+  return new Agent({
+    connections: 64,
+    connectTimeout: 10_000,
+    headersTimeout: 60_000,
+    bodyTimeout: 60_000,
+    keepAliveTimeout: 10_000,
+  }).compose(interceptors.redirect({ maxRedirections: 5 }));
+}
+
+/** Builds a worker and its artifact server (listening once this resolves). */
+export async function createTraversalWorker(opts: TraversalWorkerOptions): Promise<TraversalWorker> {
+  const { config } = opts;
+  const metrics = new Metrics();
+  const dispatcher = createDispatcher();
+  const cache = new ApkCache({ dir: config.apkCacheDir, maxBytes: config.apkMaxBytes, dispatcher, metrics, log: opts.log });
+  const artifactServer = new ArtifactServer({ cache, metrics, host: config.artifactHost, port: config.artifactPort, log: opts.log });
+  const boundUrl = await artifactServer.start();
+  const artifactUrl = config.artifactPublicUrl ? config.artifactPublicUrl.replace(/\/+$/, '') : boundUrl;
+
+  // A worker that died left its traversal processes running; end them before taking new work.
+  const pidsDir = path.join(config.dataDir, 'pids');
+  const stale = await fsp.readdir(pidsDir).catch(() => [] as string[]);
+  for (const f of stale.filter((n) => n.endsWith('.json'))) {
+    await endStaleRun({ pidsDir, killGraceMs: config.killGraceMs }, f.slice(0, -5));
+  }
+
+  const activities = createActivities({
+    config,
+    cache,
+    dispatcher,
+    redis: opts.redis,
+    metrics,
+    artifactBaseUrl: () => artifactUrl,
+    redisKeyPrefix: opts.redisKeyPrefix,
+    pushProgress: async (workflowId, update) => {
+      await opts.client.workflow.getHandle(workflowId).signal(progressSignal, update);
+    },
+  });
+
+  const worker = await Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace,
+    taskQueue: config.taskQueue,
+    ...(opts.identity ? { identity: opts.identity } : {}),
+    ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: require.resolve('./workflows') }),
+    activities,
+    maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,
+    maxCachedWorkflows: config.maxCachedWorkflows,
+    maxConcurrentWorkflowTaskExecutions: 20,
+    shutdownGraceTime: '10s',
+  });
+
+  let closed = false;
+  return {
+    worker,
+    artifactServer,
+    artifactUrl,
+    metrics,
+    cache,
+    dispatcher,
+    async run() {
+      try {
+        await worker.run();
+      } finally {
+        await artifactServer.close();
+        if (!closed) {
+          closed = true;
+          await dispatcher.close().catch(() => undefined);
+        }
+      }
+    },
+    shutdown() {
+      if (worker.getState() === 'RUNNING') worker.shutdown();
+    },
+  };
+}

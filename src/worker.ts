@@ -1,0 +1,54 @@
+/** Worker entry point (`npm run worker`): reads config once, builds clients, runs until SIGTERM/SIGINT. */
+import { DefaultLogger, Runtime } from '@temporalio/worker';
+import Redis from 'ioredis';
+import { loadConfig } from './config';
+import { JsonLogger } from './logger';
+import { connectClient, connectWorker, temporalSettings } from './temporal-connection';
+import { createTraversalWorker } from './worker-setup';
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const temporal = temporalSettings();
+  const secrets = [process.env.TEMPORAL_API_KEY ?? '', config.reportSinkToken, new URL(config.redisUrl).password].filter(Boolean);
+  const logger = new JsonLogger({ service: 'worker', pid: process.pid }, config.logLevel, process.stdout, secrets);
+  Runtime.install({ logger: logger as unknown as DefaultLogger });
+
+  const redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 20 });
+  await redis.connect();
+  const connection = await connectWorker(temporal);
+  const { client, connection: clientConnection } = await connectClient(temporal);
+  try {
+    const tw = await createTraversalWorker({
+      config,
+      connection,
+      namespace: temporal.namespace,
+      client,
+      redis,
+      log: (msg, meta) => logger.info(msg, meta),
+    });
+    logger.info('worker started', {
+      temporal: temporal.address,
+      namespace: temporal.namespace,
+      taskQueue: config.taskQueue,
+      artifactServer: tw.artifactUrl,
+      metrics: `${tw.artifactUrl}/metrics`,
+      cacheDir: config.apkCacheDir,
+    });
+    const stop = (sig: string) => {
+      logger.info('shutting down', { signal: sig });
+      tw.shutdown();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+    await tw.run();
+  } finally {
+    await clientConnection.close().catch(() => undefined);
+    await connection.close().catch(() => undefined);
+    redis.disconnect();
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`worker failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+  process.exit(1);
+});

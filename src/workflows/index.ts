@@ -1,0 +1,3 @@
+/** Workflow entry points registered by the worker. */
+export { deviceWorkflow } from './device';
+export { traversalWorkflow } from './traversal';

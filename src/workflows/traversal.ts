@@ -1,0 +1,250 @@
+/**
+ * One app on one device: resolveApk → prepareDevice → installApp → measureLaunch → runTraversal →
+ * uploadReport, then cleanupDevice and publishResult always, also after a failure or a cancel.
+ */
+import {
+  ActivityCancellationType,
+  ApplicationFailure,
+  CancellationScope,
+  condition,
+  isCancellation,
+  log,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+  ActivityFailure,
+  TimeoutFailure,
+  type ActivityOptions,
+} from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import type { ResolvedApk } from '../activities/apk';
+import type { RunTraversalResult } from '../activities/traversal-runner';
+import { PERMANENT_ERROR_TYPES } from '../errors';
+import {
+  pauseSignal,
+  progressQuery,
+  progressSignal,
+  resumeSignal,
+  type Phase,
+  type StepName,
+  type TraversalProgress,
+  type TraversalRequest,
+  type TraversalResult,
+} from '../messages';
+import { TRAVERSAL_PHASE } from '../search-attributes';
+
+function retry(maximumAttempts: number, initialMs: number): ActivityOptions['retry'] {
+  return {
+    initialInterval: initialMs,
+    backoffCoefficient: 2,
+    maximumInterval: '30s',
+    maximumAttempts,
+    nonRetryableErrorTypes: PERMANENT_ERROR_TYPES,
+  };
+}
+
+/** Describes a failure for the result: the root ApplicationFailure's type and message where there is one. */
+function describeFailure(err: unknown): { type: string; message: string; nonRetryable?: boolean } {
+  let e: unknown = err;
+  while (e instanceof ActivityFailure && e.cause) e = e.cause;
+  if (e instanceof ApplicationFailure) return { type: e.type ?? 'Error', message: e.message, nonRetryable: e.nonRetryable ?? undefined };
+  if (e instanceof TimeoutFailure) return { type: `Timeout${e.timeoutType !== undefined ? `:${e.timeoutType}` : ''}`, message: e.message };
+  if (isCancellation(err)) return { type: 'Cancelled', message: 'the traversal was cancelled' };
+  return { type: (e as Error)?.name ?? 'Error', message: (e as Error)?.message ?? String(e) };
+}
+
+/** The traversal workflow (id `traversal/<taskId>/<deviceId>`). */
+export async function traversalWorkflow(req: TraversalRequest): Promise<TraversalResult> {
+  const info = workflowInfo();
+  const policy = { heartbeatTimeoutMs: 30_000, maxAttempts: 3, initialRetryMs: 1000, measureLaunch: true, ...req.policy };
+  const hb = policy.heartbeatTimeoutMs;
+  const init = policy.initialRetryMs;
+  const startedAt = Date.now();
+
+  const download = proxyActivities<Activities>({
+    startToCloseTimeout: '2h',
+    heartbeatTimeout: hb,
+    retry: retry(10, init),
+    summary: `download ${req.apkUrl}`,
+  });
+  const agentQuick = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry: retry(5, init) });
+  const agentInstall = proxyActivities<Activities>({ startToCloseTimeout: '30m', heartbeatTimeout: hb, retry: retry(5, init) });
+  const runner = proxyActivities<Activities>({
+    startToCloseTimeout: Math.round(req.traversal.durationSec * 3000) + 30 * 60_000,
+    heartbeatTimeout: hb,
+    retry: retry(policy.maxAttempts, init),
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    summary: `traverse ${req.packageName} on ${req.deviceId}`,
+  });
+  const uploader = proxyActivities<Activities>({ startToCloseTimeout: '30m', heartbeatTimeout: hb, retry: retry(5, init) });
+  const publisher = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry(10, init) });
+
+  const progress: TraversalProgress = {
+    taskId: req.taskId,
+    deviceId: req.deviceId,
+    phase: 'queued',
+    percent: 0,
+    screens: 0,
+    crashes: 0,
+    anrs: 0,
+    elapsedMs: 0,
+    attempt: 1,
+    paused: false,
+  };
+  let paused = false;
+  setHandler(progressQuery, () => ({ ...progress, elapsedMs: Date.now() - startedAt, paused }));
+  setHandler(pauseSignal, () => void (paused = true));
+  setHandler(resumeSignal, () => void (paused = false));
+  setHandler(progressSignal, (u) => {
+    if (progress.phase !== 'traversing' && progress.phase !== 'paused') return;
+    Object.assign(progress, { percent: u.percent, screens: u.screens, crashes: u.crashes, anrs: u.anrs, attempt: u.attempt });
+    describe();
+  });
+
+  function describe(): void {
+    const pct = progress.phase === 'traversing' ? `, ${progress.percent}%, ${progress.screens} screens` : '';
+    setCurrentDetails(`${req.packageName} on ${req.deviceId} — ${progress.phase}${pct}`);
+  }
+  function setPhase(phase: Phase): void {
+    progress.phase = phase;
+    upsertSearchAttributes([{ key: TRAVERSAL_PHASE, value: phase }]);
+    describe();
+  }
+  /** Pause takes effect between steps; a paused run keeps holding its device. */
+  async function pausePoint(): Promise<void> {
+    if (!paused) return;
+    const before = progress.phase;
+    setPhase('paused');
+    log.info('traversal paused', { taskId: req.taskId, deviceId: req.deviceId });
+    await condition(() => !paused);
+    setPhase(before);
+  }
+
+  const timings: Partial<Record<StepName, number>> = {};
+  let currentStep: StepName | undefined;
+  async function step<T>(name: StepName, phase: Phase, fn: () => Promise<T>): Promise<T> {
+    await pausePoint();
+    currentStep = name;
+    setPhase(phase);
+    const t0 = Date.now();
+    try {
+      return await fn();
+    } finally {
+      timings[name] = Date.now() - t0;
+    }
+  }
+
+  const device = { deviceId: req.deviceId, agentUrl: req.agentUrl };
+  let apk: ResolvedApk | undefined;
+  let installMs: number | undefined;
+  let coldStartMs: number | undefined;
+  let run: RunTraversalResult | undefined;
+  let reportUrl: string | undefined;
+  let failure: unknown;
+  let failedStep: StepName | undefined;
+
+  try {
+    apk = await step('resolveApk', 'downloading', () =>
+      download.resolveApk({ url: req.apkUrl, sha256: req.apkSha256, delivery: policy.delivery }),
+    );
+    await step('prepareDevice', 'preparing', () => agentQuick.prepareDevice(device));
+    const installed = await step('installApp', 'installing', () =>
+      agentInstall.installApp({ ...device, url: apk!.installUrl, packageName: req.packageName, sha256: apk!.sha256 }),
+    );
+    installMs = installed.ms;
+    if (policy.measureLaunch) {
+      const launch = await step('measureLaunch', 'launching', () =>
+        agentQuick.measureLaunch({ ...device, packageName: req.packageName, activity: req.mainActivity }),
+      );
+      coldStartMs = launch.coldStartMs;
+    }
+    run = await step('runTraversal', 'traversing', () =>
+      runner.runTraversal({
+        taskId: req.taskId,
+        deviceId: req.deviceId,
+        agentUrl: req.agentUrl,
+        packageName: req.packageName,
+        mainActivity: req.mainActivity,
+        durationSec: req.traversal.durationSec,
+        extraArgs: req.traversal.extraArgs,
+      }),
+    );
+    Object.assign(progress, { percent: 100, screens: run.screens, crashes: run.crashes, anrs: run.anrs, attempt: run.attempt });
+    const uploaded = await step('uploadReport', 'uploading', () =>
+      uploader.uploadReport({ taskId: req.taskId, deviceId: req.deviceId, reportDir: run!.reportDir }),
+    );
+    reportUrl = uploaded.url;
+  } catch (err) {
+    failure = err;
+    failedStep = currentStep;
+    log.warn('traversal step failed', { step: currentStep, error: describeFailure(err) });
+  }
+
+  const cancelled = failure !== undefined && isCancellation(failure);
+  const status = failure === undefined ? 'completed' : cancelled ? 'cancelled' : 'failed';
+  let result: TraversalResult | undefined;
+  await CancellationScope.nonCancellable(async () => {
+    // A run stopped during the traversal still leaves what it found: upload the partial report.
+    if (failure !== undefined && failedStep === 'runTraversal') {
+      try {
+        const uploaded = await uploader.uploadReport({
+          taskId: req.taskId,
+          deviceId: req.deviceId,
+          partial: true,
+        });
+        reportUrl = uploaded.url;
+      } catch (err) {
+        log.warn('partial report upload failed', { error: describeFailure(err) });
+      }
+    }
+    setPhase('cleaning');
+    const t0 = Date.now();
+    try {
+      await agentQuick.cleanupDevice({ ...device, packageName: req.packageName });
+    } catch (err) {
+      log.error('device cleanup failed', { deviceId: req.deviceId, error: describeFailure(err) });
+    }
+    timings.cleanupDevice = Date.now() - t0;
+    const finishedAt = Date.now();
+    result = {
+      taskId: req.taskId,
+      deviceId: req.deviceId,
+      packageName: req.packageName,
+      apkUrl: req.apkUrl,
+      status,
+      timings,
+      ...(apk?.sha256 && apk.size !== undefined
+        ? { apk: { sha256: apk.sha256, size: apk.size, installUrl: apk.installUrl, fromCache: apk.fromCache } }
+        : {}),
+      installMs,
+      coldStartMs,
+      screens: run?.screens ?? progress.screens,
+      crashes: run?.crashes ?? progress.crashes,
+      anrs: run?.anrs ?? progress.anrs,
+      reportUrl,
+      ...(failure !== undefined ? { error: { ...describeFailure(failure), step: failedStep } } : {}),
+      startedAt: new Date(startedAt).toISOString(),
+      finishedAt: new Date(finishedAt).toISOString(),
+      workflowId: info.workflowId,
+      runId: info.runId,
+    };
+    setPhase('publishing');
+    const p0 = Date.now();
+    try {
+      await publisher.publishResult(result);
+    } catch (err) {
+      log.error('publishing the result failed', { error: describeFailure(err) });
+    }
+    timings.publishResult = Date.now() - p0;
+    setPhase(status);
+  });
+
+  if (failure !== undefined) {
+    if (cancelled) throw failure;
+    const d = describeFailure(failure);
+    throw ApplicationFailure.create({ type: d.type, message: d.message, nonRetryable: true, details: [result], cause: failure as Error });
+  }
+  return result!;
+}

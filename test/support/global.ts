@@ -1,0 +1,40 @@
+/**
+ * Mocha global fixture: one real Temporal dev server and one real redis-server for the whole run,
+ * on free ports. Suites isolate themselves with unique task queues and Redis key prefixes.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { startDevServer, type DevServer } from '../../src/local/temporal-dev';
+import { startRedis, type LocalRedis } from '../../src/local/redis-local';
+import { freePort } from '../../src/local/ports';
+
+let temporal: DevServer | undefined;
+let redis: LocalRedis | undefined;
+let dir: string | undefined;
+
+export async function mochaGlobalSetup(): Promise<void> {
+  dir = mkdtempSync(path.join(os.tmpdir(), 'dt-test-'));
+  const [tport, rport] = [await freePort(), await freePort()];
+  const t0 = Date.now();
+  [temporal, redis] = await Promise.all([
+    process.env.TEST_TEMPORAL_ADDRESS
+      ? Promise.resolve(undefined)
+      : startDevServer({
+          port: tport,
+          uiPort: 0,
+          logFile: path.join(dir, 'temporal.log'),
+          extraArgs: ['--http-port', String(await freePort()), '--metrics-port', String(await freePort())],
+        }),
+    process.env.TEST_REDIS_URL ? Promise.resolve(undefined) : startRedis({ port: rport, dir: path.join(dir, 'redis') }),
+  ]);
+  if (temporal) process.env.TEST_TEMPORAL_ADDRESS = temporal.address;
+  if (redis) process.env.TEST_REDIS_URL = redis.url;
+  process.env.TEST_TEMPORAL_CLI = temporal?.cli ?? '';
+  console.log(`[global] temporal ${process.env.TEST_TEMPORAL_ADDRESS}, redis ${process.env.TEST_REDIS_URL} ready in ${Date.now() - t0} ms`);
+}
+
+export async function mochaGlobalTeardown(): Promise<void> {
+  await Promise.all([temporal?.stop(), redis?.stop()]);
+  if (dir) rmSync(dir, { recursive: true, force: true });
+}

@@ -1,0 +1,182 @@
+/**
+ * A real local stack for one suite: a worker (in this process) on a unique task queue, an APK origin,
+ * a device agent simulator, Redis with a unique key prefix, and optionally a starter bridge.
+ */
+import { Client, Connection } from '@temporalio/client';
+import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import Redis from 'ioredis';
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { loadConfig, PROJECT_ROOT, type Config } from '../../src/config';
+import { resultKey } from '../../src/activities/result-publisher';
+import type { TraversalResult } from '../../src/messages';
+import { AgentSimulator, type AgentSimOptions } from '../../src/sim/agent-sim';
+import { ApkOrigin, type ApkInfo } from '../../src/sim/origin';
+import { TaskBridge } from '../../src/starter-core';
+import { createTraversalWorker, type TraversalWorker } from '../../src/worker-setup';
+import type { AgentDirectory } from '../../src/task';
+
+let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
+let runtimeInstalled = false;
+
+/** The workflow bundle, built once per test process. */
+export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
+  if (!runtimeInstalled) {
+    runtimeInstalled = true;
+    Runtime.install({ logger: new DefaultLogger(process.env.TEST_LOG_LEVEL === 'debug' ? 'DEBUG' : 'ERROR') });
+  }
+  bundle ??= bundleWorkflowCode({ workflowsPath: require.resolve('../../src/workflows'), logger: new DefaultLogger('WARN') });
+  return bundle;
+}
+
+/** Options of a test stack. */
+export interface StackOptions {
+  devices: string[];
+  apks?: { name: string; size: number }[];
+  agent?: Partial<AgentSimOptions>;
+  config?: Partial<Config>;
+  /** Start a starter bridge too. */
+  starter?: boolean;
+}
+
+/** A running stack; `stop()` tears everything down. */
+export interface Stack {
+  prefix: string;
+  taskQueue: string;
+  config: Config;
+  client: Client;
+  redis: Redis;
+  agent: AgentSimulator;
+  origin: ApkOrigin;
+  apks: Record<string, ApkInfo & { url: string }>;
+  worker: TraversalWorker;
+  bridge?: TaskBridge;
+  dataDir: string;
+  /** LPUSH a task (object or raw string) into this stack's task list. */
+  push(task: unknown): Promise<void>;
+  /** Polls Redis until the result of taskId on deviceId appears. */
+  waitResult(taskId: string, deviceId: string, timeoutMs?: number): Promise<TraversalResult>;
+  stop(): Promise<void>;
+}
+
+/** Starts a stack against the global dev server and Redis. */
+export async function startStack(opts: StackOptions): Promise<Stack> {
+  const id = randomUUID().slice(0, 8);
+  const prefix = `t${id}:`;
+  const taskQueue = `tq-${id}`;
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), `dt-stack-${id}-`));
+  const config = loadConfig(
+    {},
+    {
+      taskQueue,
+      dataDir,
+      apkCacheDir: path.join(dataDir, 'apk-cache'),
+      reportSink: `file://${path.join(dataDir, 'sink')}`,
+      artifactPort: 0,
+      traversalJar: path.join(PROJECT_ROOT, '.tools', 'traversal-sim.jar'),
+      heartbeatTimeoutMs: 10_000,
+      killGraceMs: 2000,
+      progressSignalMs: 500,
+      ...opts.config,
+    },
+  );
+  const address = process.env.TEST_TEMPORAL_ADDRESS!;
+  const redisUrl = process.env.TEST_REDIS_URL!;
+  const wfBundle = await workflowBundle();
+
+  const origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
+  await origin.start();
+  const apks: Stack['apks'] = {};
+  for (const a of opts.apks ?? []) {
+    const info = await origin.addApk(a.name, a.size);
+    apks[a.name] = { ...info, url: origin.url(a.name) };
+  }
+  const agent = new AgentSimulator({ devices: opts.devices, coldStartMs: [100, 200], ...opts.agent });
+  const agentUrl = await agent.start();
+
+  const redis = new Redis(redisUrl);
+  const connection = await Connection.connect({ address });
+  const client = new Client({ connection });
+  const native = await NativeConnection.connect({ address });
+  const worker = await createTraversalWorker({
+    config,
+    connection: native,
+    namespace: 'default',
+    client,
+    redis,
+    workflowBundle: wfBundle,
+    redisKeyPrefix: prefix,
+  });
+  const running = worker.run();
+
+  let bridge: TaskBridge | undefined;
+  let blocking: Redis | undefined;
+  if (opts.starter) {
+    blocking = new Redis(redisUrl);
+    const agents: AgentDirectory = { agentFor: () => agentUrl };
+    bridge = new TaskBridge({
+      redis,
+      blocking,
+      client,
+      taskQueue,
+      starterId: `starter-${id}`,
+      agents,
+      keyPrefix: prefix,
+      policy: { heartbeatTimeoutMs: config.heartbeatTimeoutMs, maxAttempts: config.maxAttempts, initialRetryMs: 200 },
+    }).start();
+  }
+
+  let stopped = false;
+  return {
+    prefix,
+    taskQueue,
+    config,
+    client,
+    redis,
+    agent,
+    origin,
+    apks,
+    worker,
+    bridge,
+    dataDir,
+    async push(task) {
+      await redis.lpush(`${prefix}traversal:tasks`, typeof task === 'string' ? task : JSON.stringify(task));
+    },
+    async waitResult(taskId, deviceId, timeoutMs = 120_000) {
+      const deadline = Date.now() + timeoutMs;
+      const key = resultKey(taskId, deviceId, prefix);
+      while (Date.now() < deadline) {
+        const raw = await redis.get(key);
+        if (raw) return JSON.parse(raw) as TraversalResult;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      throw new Error(`no result at ${key} within ${timeoutMs} ms`);
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await bridge?.stop();
+      worker.shutdown();
+      await running.catch(() => undefined);
+      await native.close();
+      await connection.close();
+      blocking?.disconnect();
+      redis.disconnect();
+      await agent.close();
+      await origin.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A task for the stack's agent with sensible test defaults. */
+export function task(stack: Stack, fields: Record<string, unknown>): Record<string, unknown> {
+  return {
+    agentUrl: stack.agent.url,
+    packageName: 'com.example.app',
+    traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
+    ...fields,
+  };
+}
