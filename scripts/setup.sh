@@ -63,4 +63,6 @@ bash sim/traversal-sim/build.sh "$TOOLS/traversal-sim.jar"
 # 6. compiled JavaScript for the worker and starter processes (incremental)
 say "compiling TypeScript"
 npx tsc -p tsconfig.json
+# 7. the prebuilt workflow bundle used by the demo and production workers (DT_WORKFLOW_BUNDLE)
+npx ts-node --transpile-only scripts/build-bundle.ts
 say "ready"

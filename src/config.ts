@@ -37,6 +37,7 @@ export const OPTIONS = {
   traversalCommand: { env: 'DT_TRAVERSAL_COMMAND', kind: 'json-array', default: '["java","-jar","{jar}","--device","{device}","--agent","{agent}","--package","{package}","--out","{outDir}","--duration","{durationSec}"]', doc: 'Command template as a JSON array; placeholders {jar} {device} {agent} {package} {activity} {outDir} {durationSec} {controlFile}.' },
   traversalResumeArgs: { env: 'DT_TRAVERSAL_RESUME_ARGS', kind: 'json-array', default: '["--resume-from","{checkpoint}"]', doc: 'Arguments added when a retried attempt resumes from a checkpoint.' },
   progressPattern: { env: 'DT_PROGRESS_PATTERN', kind: 'string', default: '^PROGRESS .*?percent=(?<percent>\\d+) screens=(?<screens>\\d+) crashes=(?<crashes>\\d+) anrs=(?<anrs>\\d+) checkpoint=(?<checkpoint>\\S+)', doc: 'Regex with named groups percent, screens, crashes, anrs, checkpoint matching progress lines.' },
+  workflowBundle: { env: 'DT_WORKFLOW_BUNDLE', kind: 'string', default: '', doc: 'Prebuilt workflow bundle (built by scripts/setup.sh into lib/workflow-bundle.js); empty bundles src/workflows at start.' },
   killGraceMs: { env: 'DT_KILL_GRACE', kind: 'duration', default: '5s', doc: 'Time between TERM and KILL when a traversal is stopped, ms or a duration like 5s.' },
   maxConcurrentTraversals: { env: 'DT_MAX_CONCURRENT_TRAVERSALS', kind: 'int', default: '20', doc: 'Traversal activities one worker runs at once.' },
   maxConcurrentActivities: { env: 'DT_MAX_CONCURRENT_ACTIVITIES', kind: 'int', default: '60', doc: 'All activities one worker runs at once (downloads, agent calls, traversals).' },
@@ -68,6 +69,7 @@ export interface Config {
   traversalCommand: string[];
   traversalResumeArgs: string[];
   progressPattern: RegExp;
+  workflowBundle: string;
   killGraceMs: number;
   maxConcurrentTraversals: number;
   maxConcurrentActivities: number;
@@ -167,6 +169,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   cfg.dataDir = path.resolve(PROJECT_ROOT, cfg.dataDir);
   cfg.apkCacheDir = cfg.apkCacheDir ? path.resolve(PROJECT_ROOT, cfg.apkCacheDir) : path.join(cfg.dataDir, 'apk-cache');
   cfg.traversalJar = path.resolve(PROJECT_ROOT, cfg.traversalJar);
+  if (cfg.workflowBundle) cfg.workflowBundle = path.resolve(PROJECT_ROOT, cfg.workflowBundle);
   cfg.reportSink = cfg.reportSink || `file://${path.join(cfg.dataDir, 'reports')}`;
   if (!/^(file|https?):\/\//.test(cfg.reportSink)) {
     throw new ConfigError(`DT_REPORT_SINK=${cfg.reportSink} is invalid: expected file:///dir or an http(s) URL`);

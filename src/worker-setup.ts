@@ -65,8 +65,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
   const dispatcher = createDispatcher();
   const cache = new ApkCache({ dir: config.apkCacheDir, maxBytes: config.apkMaxBytes, dispatcher, metrics, log: opts.log });
   const artifactServer = new ArtifactServer({ cache, metrics, host: config.artifactHost, port: config.artifactPort, log: opts.log });
-  const boundUrl = await artifactServer.start();
-  const artifactUrl = config.artifactPublicUrl ? config.artifactPublicUrl.replace(/\/+$/, '') : boundUrl;
+  let artifactUrl = config.artifactPublicUrl.replace(/\/+$/, '');
 
   // A worker that died left its traversal processes running; end them before taking new work.
   const pidsDir = path.join(config.dataDir, 'pids');
@@ -100,6 +99,9 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     maxConcurrentWorkflowTaskExecutions: 20,
     shutdownGraceTime: '10s',
   });
+  // Listen only once the worker exists, so an open port means the worker is ready.
+  const boundUrl = await artifactServer.start();
+  artifactUrl ||= boundUrl;
 
   let closed = false;
   return {

@@ -24,6 +24,7 @@ async function main(): Promise<void> {
       namespace: temporal.namespace,
       client,
       redis,
+      ...(config.workflowBundle ? { workflowBundle: { codePath: config.workflowBundle } } : {}),
       log: (msg, meta) => logger.info(msg, meta),
     });
     logger.info('worker started', {
