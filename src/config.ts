@@ -46,6 +46,7 @@ export const OPTIONS = {
   deviceRegistry: { env: 'DT_DEVICE_REGISTRY', kind: 'string', default: '', doc: 'JSON file mapping device ids to agent URLs: {"sim-1": "http://host:7301"}.' },
   starterId: { env: 'DT_STARTER_ID', kind: 'string', default: '', doc: 'Stable name of this starter (its processing list survives restarts); empty means the host name.' },
   heartbeatTimeoutMs: { env: 'DT_HEARTBEAT_TIMEOUT', kind: 'duration', default: '30s', doc: 'Heartbeat timeout of long activities; a dead worker is noticed after it, ms or duration.' },
+  heartbeatThrottleMs: { env: 'DT_HEARTBEAT_THROTTLE', kind: 'duration', default: '1s', doc: 'Longest gap between heartbeats sent to the server; a cancel reaches a running activity within about this time, ms or duration.' },
   maxAttempts: { env: 'DT_MAX_ATTEMPTS', kind: 'int', default: '3', doc: 'Attempts of the traversal step before a run fails.' },
   measureLaunch: { env: 'DT_MEASURE_LAUNCH', kind: 'enum', values: ['true', 'false'], default: 'true', doc: 'Measure the cold start time of the app before traversing.' },
   progressSignalMs: { env: 'DT_PROGRESS_SIGNAL_INTERVAL', kind: 'duration', default: '3s', doc: 'How often running traversals push progress to their workflow, ms or duration.' },
@@ -78,6 +79,7 @@ export interface Config {
   deviceRegistry: string;
   starterId: string;
   heartbeatTimeoutMs: number;
+  heartbeatThrottleMs: number;
   maxAttempts: number;
   measureLaunch: boolean;
   progressSignalMs: number;

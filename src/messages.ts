@@ -117,6 +117,9 @@ export interface TraversalResult {
   crashes: number;
   anrs: number;
   reportUrl?: string;
+  /** Attempt of the traversal step that finished, and the checkpoint it resumed from (if any). */
+  traversalAttempt?: number;
+  resumedFrom?: string;
   /** Failure type (e.g. ApkNotFound) and message when status is failed or cancelled. */
   error?: { type: string; message: string; step?: StepName; nonRetryable?: boolean };
   startedAt: string;
@@ -132,6 +135,8 @@ export interface DeviceWorkflowInput {
   seenTaskIds?: string[];
   paused?: boolean;
   completed?: number;
+  /** History length after which the workflow continues as new between children (default 5000). */
+  historyLimit?: number;
 }
 
 /** Answer of the device workflow's `state` query. */

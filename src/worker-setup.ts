@@ -98,6 +98,9 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     maxCachedWorkflows: config.maxCachedWorkflows,
     maxConcurrentWorkflowTaskExecutions: 20,
     shutdownGraceTime: '10s',
+    // Heartbeats normally wait up to 0.8 × heartbeatTimeout; a cancel only arrives with one, so keep them frequent.
+    maxHeartbeatThrottleInterval: config.heartbeatThrottleMs,
+    defaultHeartbeatThrottleInterval: config.heartbeatThrottleMs,
   });
   // Listen only once the worker exists, so an open port means the worker is ready.
   const boundUrl = await artifactServer.start();

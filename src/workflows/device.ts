@@ -41,6 +41,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
   let paused = input.paused ?? false;
   let completed = input.completed ?? 0;
   let current: DeviceState['current'];
+  const historyLimit = input.historyLimit ?? HISTORY_LIMIT;
 
   const describe = () =>
     setCurrentDetails(
@@ -79,12 +80,19 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
   }));
   describe();
 
-  const shouldRollOver = () => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > HISTORY_LIMIT;
+  const shouldRollOver = () => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > historyLimit;
   for (;;) {
     await condition(() => (!paused && queue.length > 0) || shouldRollOver());
     if (shouldRollOver()) {
       await condition(allHandlersFinished);
-      await continueAsNew<typeof deviceWorkflow>({ deviceId, queue, seenTaskIds: [...seen], paused, completed });
+      await continueAsNew<typeof deviceWorkflow>({
+        deviceId,
+        queue,
+        seenTaskIds: [...seen],
+        paused,
+        completed,
+        ...(input.historyLimit ? { historyLimit: input.historyLimit } : {}),
+      });
     }
     const req = queue.shift()!;
     const workflowId = traversalWorkflowId(req.taskId, deviceId);

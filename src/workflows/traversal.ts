@@ -224,6 +224,8 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       crashes: run?.crashes ?? progress.crashes,
       anrs: run?.anrs ?? progress.anrs,
       reportUrl,
+      traversalAttempt: run?.attempt,
+      resumedFrom: run?.resumedFrom,
       ...(failure !== undefined ? { error: { ...describeFailure(failure), step: failedStep } } : {}),
       startedAt: new Date(startedAt).toISOString(),
       finishedAt: new Date(finishedAt).toISOString(),

@@ -32,7 +32,9 @@ final class Options {
             "  --exit-code <n>        exit code used by --fail-at (default 3)",
             "  --crash-at <percent>   throw an uncaught exception at <percent> (exit code 1)",
             "  --hang-at <percent>    stop output and sleep until killed at <percent>",
-            "  --stderr-noise <n>     write n filler lines to stderr over the run");
+            "  --stderr-noise <n>     write n filler lines to stderr over the run",
+            "  --faults-once <path>   fire the fault knobs only while <path> does not exist (created when one fires),",
+            "                         so a retried attempt runs clean");
 
     private static final Pattern UNSIGNED_INT = Pattern.compile("[0-9]+");
     private static final Pattern UNSIGNED_DECIMAL = Pattern.compile("[0-9]+(\\.[0-9]*)?|\\.[0-9]+");
@@ -52,6 +54,7 @@ final class Options {
     Double hangAt;
     long stderrNoise;
     Path controlFile;
+    Path faultsOnce;
     boolean help;
 
     /** Raised for anything wrong on the command line; the caller prints usage and exits 2. */
@@ -161,6 +164,9 @@ final class Options {
                 break;
             case "control":
                 controlFile = toPath(name, value);
+                break;
+            case "faults-once":
+                faultsOnce = toPath(name, value);
                 break;
             default:
                 throw new UsageException("unknown option --" + name);

@@ -155,13 +155,13 @@ public final class TraversalSim {
             }
 
             int pct = percentOf(next, currentTotal);
-            if (opt.crashAt != null && pct >= opt.crashAt) {
+            if (opt.crashAt != null && pct >= opt.crashAt && faultArmed()) {
                 simulateCrash();
             }
-            if (opt.failAt != null && pct >= opt.failAt) {
+            if (opt.failAt != null && pct >= opt.failAt && faultArmed()) {
                 return simulateFailure();
             }
-            if (opt.hangAt != null && pct >= opt.hangAt) {
+            if (opt.hangAt != null && pct >= opt.hangAt && faultArmed()) {
                 simulateHang();
             }
 
@@ -404,5 +404,23 @@ public final class TraversalSim {
         finish("stopped");
         out.flush();
         err.flush();
+    }
+
+    /**
+     * True when a fault knob may fire. With --faults-once the first firing leaves a marker file,
+     * so the next attempt (which resumes) runs without the fault.
+     */
+    private boolean faultArmed() {
+        if (opt.faultsOnce == null) {
+            return true;
+        }
+        try {
+            java.nio.file.Files.createFile(opt.faultsOnce);
+            return true;
+        } catch (java.nio.file.FileAlreadyExistsException e) {
+            return false;
+        } catch (java.io.IOException e) {
+            return true;
+        }
     }
 }
