@@ -50,7 +50,9 @@ async function main(): Promise<void> {
     if (await canConnect(HOST, p)) {
       console.error(
         `Something already listens on ${HOST}:${p} (the ${what} port). ` +
-          (what === 'gRPC' ? 'Maybe a dev server is running already: use it, stop it, or pass --port <other>.' : 'Pass --ui-port <other>.'),
+          (what === 'gRPC'
+            ? 'Maybe a dev server is running already: use it, stop it, or pass --port <other>.'
+            : 'Pass --ui-port <other>.'),
       );
       process.exit(1);
     }
@@ -71,7 +73,9 @@ Press Ctrl-C to stop.`);
     const onSignal = (signal: NodeJS.Signals) => resolve({ signal });
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
-    server.process.once('exit', (code, sig) => resolve({ exit: code !== null ? `exit code ${code}` : `signal ${sig}` }));
+    server.process.once('exit', (code, sig) =>
+      resolve({ exit: code !== null ? `exit code ${code}` : `signal ${sig}` }),
+    );
   });
 
   if ('exit' in outcome) {

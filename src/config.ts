@@ -34,11 +34,12 @@ export const OPTIONS = {
   reportSink: { env: 'DT_REPORT_SINK', kind: 'string', default: '', doc: 'Where reports go: file:///dir or an http(s) base URL (streamed PUT); empty means file://<DT_DATA_DIR>/reports.' },
   reportSinkToken: { env: 'DT_REPORT_SINK_TOKEN', kind: 'string', default: '', doc: 'Bearer token for an HTTP report sink (never logged).' },
   traversalJar: { env: 'DT_TRAVERSAL_JAR', kind: 'string', default: '.tools/traversal-sim.jar', doc: 'Traversal jar used by the default command (relative to the project).' },
-  traversalCommand: { env: 'DT_TRAVERSAL_COMMAND', kind: 'json-array', default: '["java","-jar","{jar}","--device","{device}","--agent","{agent}","--package","{package}","--out","{outDir}","--duration","{durationSec}"]', doc: 'Command template as a JSON array; placeholders {jar} {device} {agent} {package} {activity} {outDir} {durationSec} {controlFile}.' },
+  traversalCommand: { env: 'DT_TRAVERSAL_COMMAND', kind: 'json-array', default: '["java","-jar","{jar}","--device","{device}","--agent","{agent}","--package","{package}","--out","{outDir}","--duration","{durationSec}","--control","{controlFile}"]', doc: 'Command template as a JSON array; placeholders {jar} {device} {agent} {package} {activity} {outDir} {durationSec} {controlFile}.' },
   traversalResumeArgs: { env: 'DT_TRAVERSAL_RESUME_ARGS', kind: 'json-array', default: '["--resume-from","{checkpoint}"]', doc: 'Arguments added when a retried attempt resumes from a checkpoint.' },
   progressPattern: { env: 'DT_PROGRESS_PATTERN', kind: 'string', default: '^PROGRESS .*?percent=(?<percent>\\d+) screens=(?<screens>\\d+) crashes=(?<crashes>\\d+) anrs=(?<anrs>\\d+) checkpoint=(?<checkpoint>\\S+)', doc: 'Regex with named groups percent, screens, crashes, anrs, checkpoint matching progress lines.' },
   workflowBundle: { env: 'DT_WORKFLOW_BUNDLE', kind: 'string', default: '', doc: 'Prebuilt workflow bundle (built by scripts/setup.sh into lib/workflow-bundle.js); empty bundles src/workflows at start.' },
   killGraceMs: { env: 'DT_KILL_GRACE', kind: 'duration', default: '5s', doc: 'Time between TERM and KILL when a traversal is stopped, ms or a duration like 5s.' },
+  sdkMetricsPort: { env: 'DT_SDK_METRICS_PORT', kind: 'int', default: '0', doc: "Port of the Temporal SDK's own Prometheus exporter on 127.0.0.1 (merged into /metrics); 0 picks a free one." },
   maxConcurrentTraversals: { env: 'DT_MAX_CONCURRENT_TRAVERSALS', kind: 'int', default: '20', doc: 'Traversal activities one worker runs at once.' },
   maxConcurrentActivities: { env: 'DT_MAX_CONCURRENT_ACTIVITIES', kind: 'int', default: '60', doc: 'All activities one worker runs at once (downloads, agent calls, traversals).' },
   maxCachedWorkflows: { env: 'DT_MAX_CACHED_WORKFLOWS', kind: 'int', default: '200', doc: 'Workflow executions kept in the worker cache.' },
@@ -50,6 +51,7 @@ export const OPTIONS = {
   maxAttempts: { env: 'DT_MAX_ATTEMPTS', kind: 'int', default: '3', doc: 'Attempts of the traversal step before a run fails.' },
   measureLaunch: { env: 'DT_MEASURE_LAUNCH', kind: 'enum', values: ['true', 'false'], default: 'true', doc: 'Measure the cold start time of the app before traversing.' },
   progressSignalMs: { env: 'DT_PROGRESS_SIGNAL_INTERVAL', kind: 'duration', default: '3s', doc: 'How often running traversals push progress to their workflow, ms or duration.' },
+  progress: { env: 'DT_PROGRESS', kind: 'enum', values: ['auto', 'bars', 'lines', 'off'], default: 'auto', doc: "Starter's live progress: bars on a terminal, plain lines otherwise ('auto'), or forced/off." },
   logLevel: { env: 'DT_LOG_LEVEL', kind: 'enum', values: ['debug', 'info', 'warn', 'error'], default: 'info', doc: 'Least severe log level printed.' },
 } satisfies Record<string, OptionSpec>;
 
@@ -72,6 +74,7 @@ export interface Config {
   progressPattern: RegExp;
   workflowBundle: string;
   killGraceMs: number;
+  sdkMetricsPort: number;
   maxConcurrentTraversals: number;
   maxConcurrentActivities: number;
   maxCachedWorkflows: number;
@@ -83,6 +86,7 @@ export interface Config {
   maxAttempts: number;
   measureLaunch: boolean;
   progressSignalMs: number;
+  progress: 'auto' | 'bars' | 'lines' | 'off';
   logLevel: 'debug' | 'info' | 'warn' | 'error';
 }
 

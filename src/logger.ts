@@ -23,6 +23,16 @@ export class JsonLogger implements Logger {
       // The SDK passes its own fields (workflowId, activityType…) in meta; keep them flat.
       entry[k] = v instanceof Error ? { name: v.name, message: v.message } : v;
     }
+    // Workflow ids carry the task and device (traversal/<taskId>/<deviceId>, device/<deviceId>):
+    // surface them as fields so every line can be filtered by task or device.
+    if (typeof entry.workflowId === 'string') {
+      const t = /^traversal\/([^/]+)\/([^/]+)$/.exec(entry.workflowId);
+      const d = /^device\/([^/]+)$/.exec(entry.workflowId);
+      if (t) {
+        entry.taskId ??= t[1];
+        entry.deviceId ??= t[2];
+      } else if (d) entry.deviceId ??= d[1];
+    }
     let line = safeStringify(entry);
     for (const secret of this.redact) if (secret) line = line.split(secret).join('***');
     this.out.write(line + '\n');

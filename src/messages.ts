@@ -98,6 +98,23 @@ export interface ProgressUpdate {
   attempt: number;
 }
 
+/** A change of a traversal's time budget, sent with the `budget` signal. */
+export interface BudgetChange {
+  /** New total budget, seconds. */
+  durationSec?: number;
+  /** Seconds added to the current budget. */
+  extendBySec?: number;
+  /** Stop the tool now, keep and upload what it found. */
+  finishNow?: boolean;
+}
+
+/** The budget in force; `version` grows with every change so the runner can tell what is new. */
+export interface TraversalBudget {
+  durationSec: number;
+  finishNow: boolean;
+  version: number;
+}
+
 /** Final status of a traversal. `completed` means the tool ran to the end, findings or not. */
 export type TraversalStatus = 'completed' | 'failed' | 'cancelled';
 
@@ -120,6 +137,10 @@ export interface TraversalResult {
   /** Attempt of the traversal step that finished, and the checkpoint it resumed from (if any). */
   traversalAttempt?: number;
   resumedFrom?: string;
+  /** True when the tool was told to finish before its budget ran out. */
+  stoppedEarly?: boolean;
+  /** Time budget in force at the end, seconds. */
+  budgetSec?: number;
   /** Failure type (e.g. ApkNotFound) and message when status is failed or cancelled. */
   error?: { type: string; message: string; step?: StepName; nonRetryable?: boolean };
   startedAt: string;
@@ -157,6 +178,10 @@ export const pauseSignal = defineSignal('pause');
 export const resumeSignal = defineSignal('resume');
 /** Progress of the running traversal command, sent by the runTraversal activity. */
 export const progressSignal = defineSignal<[ProgressUpdate]>('progress-update');
+/** Changes the time budget of a running traversal: a new total, an extension, or finish now. */
+export const budgetSignal = defineSignal<[BudgetChange]>('budget');
+/** The current time budget of a traversal (read by the running traversal activity). */
+export const budgetQuery = defineQuery<TraversalBudget>('budget');
 /** Progress of a traversal. */
 export const progressQuery = defineQuery<TraversalProgress>('progress');
 /** Queue and current run of a device. */

@@ -3,6 +3,7 @@ import Redis from 'ioredis';
 import { loadConfig } from './config';
 import { loadDeviceRegistry } from './device-registry';
 import { JsonLogger } from './logger';
+import { ProgressBoard } from './progress-board';
 import { TaskBridge } from './starter-core';
 import { connectClient, temporalSettings } from './temporal-connection';
 
@@ -10,7 +11,12 @@ async function main(): Promise<void> {
   const config = loadConfig();
   const temporal = temporalSettings();
   const secrets = [process.env.TEMPORAL_API_KEY ?? '', new URL(config.redisUrl).password].filter(Boolean);
-  const logger = new JsonLogger({ service: 'starter', starterId: config.starterId }, config.logLevel, process.stdout, secrets);
+  const mode = config.progress === 'auto' ? (process.stdout.isTTY ? 'bars' : 'lines') : config.progress;
+  // With bars on the terminal, only warnings and errors are logged (to stderr) so they do not tear the board.
+  const logger =
+    mode === 'bars'
+      ? new JsonLogger({ service: 'starter', starterId: config.starterId }, 'warn', process.stderr, secrets)
+      : new JsonLogger({ service: 'starter', starterId: config.starterId }, config.logLevel, process.stdout, secrets);
   const agents = loadDeviceRegistry(config.deviceRegistry, config.defaultAgentUrl);
 
   // Keep retrying Redis forever: a restarted Redis must not end the starter.
@@ -43,7 +49,9 @@ async function main(): Promise<void> {
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
+    const board = new ProgressBoard(client, config.taskQueue, mode).start();
     await bridge.start().done();
+    board.stop();
     logger.info('starter stopped', { ...bridge.stats });
   } finally {
     await connection.close().catch(() => undefined);

@@ -12,7 +12,7 @@ import { ApkCache } from './activities/apk-cache';
 import { endStaleRun } from './activities/traversal-runner';
 import { ArtifactServer } from './artifact-server';
 import type { Config } from './config';
-import { progressSignal } from './messages';
+import { budgetQuery, progressSignal } from './messages';
 import { Metrics } from './metrics';
 import { promises as fsp } from 'node:fs';
 
@@ -28,6 +28,8 @@ export interface TraversalWorkerOptions {
   workflowBundle?: WorkflowBundleOption;
   /** Prefix for Redis keys written by activities (tests). */
   redisKeyPrefix?: string;
+  /** Extra exposition text appended to /metrics (the SDK's own metrics). */
+  sdkMetrics?: () => Promise<string>;
   /** Worker identity shown in the Web UI. */
   identity?: string;
   log?: (msg: string, meta?: Record<string, unknown>) => void;
@@ -64,7 +66,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
   const metrics = new Metrics();
   const dispatcher = createDispatcher();
   const cache = new ApkCache({ dir: config.apkCacheDir, maxBytes: config.apkMaxBytes, dispatcher, metrics, log: opts.log });
-  const artifactServer = new ArtifactServer({ cache, metrics, host: config.artifactHost, port: config.artifactPort, log: opts.log });
+  const artifactServer = new ArtifactServer({ cache, metrics, host: config.artifactHost, port: config.artifactPort, extraMetrics: opts.sdkMetrics, log: opts.log });
   let artifactUrl = config.artifactPublicUrl.replace(/\/+$/, '');
 
   // A worker that died left its traversal processes running; end them before taking new work.
@@ -85,6 +87,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     pushProgress: async (workflowId, update) => {
       await opts.client.workflow.getHandle(workflowId).signal(progressSignal, update);
     },
+    readBudget: (workflowId) => opts.client.workflow.getHandle(workflowId).query(budgetQuery),
   });
 
   const worker = await Worker.create({

@@ -3,6 +3,8 @@ import { DefaultLogger, Runtime } from '@temporalio/worker';
 import Redis from 'ioredis';
 import { loadConfig } from './config';
 import { JsonLogger } from './logger';
+import { freePort } from './local/ports';
+import { request } from 'undici';
 import { connectClient, connectWorker, temporalSettings } from './temporal-connection';
 import { createTraversalWorker } from './worker-setup';
 
@@ -11,7 +13,11 @@ async function main(): Promise<void> {
   const temporal = temporalSettings();
   const secrets = [process.env.TEMPORAL_API_KEY ?? '', config.reportSinkToken, new URL(config.redisUrl).password].filter(Boolean);
   const logger = new JsonLogger({ service: 'worker', pid: process.pid }, config.logLevel, process.stdout, secrets);
-  Runtime.install({ logger: logger as unknown as DefaultLogger });
+  const sdkMetricsPort = config.sdkMetricsPort || (await freePort());
+  Runtime.install({
+    logger: logger as unknown as DefaultLogger,
+    telemetryOptions: { metrics: { prometheus: { bindAddress: `127.0.0.1:${sdkMetricsPort}` } } },
+  });
 
   const redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 20 });
   await redis.connect();
@@ -24,6 +30,11 @@ async function main(): Promise<void> {
       namespace: temporal.namespace,
       client,
       redis,
+      sdkMetrics: async () => {
+        // The SDK's exporter runs in its native core; fetch its text so one scrape gets both.
+        const res = await request(`http://127.0.0.1:${sdkMetricsPort}/metrics`).catch(() => undefined);
+        return res ? `# Temporal SDK metrics\n${await res.body.text()}` : '';
+      },
       ...(config.workflowBundle ? { workflowBundle: { codePath: config.workflowBundle } } : {}),
       log: (msg, meta) => logger.info(msg, meta),
     });

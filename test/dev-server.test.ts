@@ -19,7 +19,17 @@ const SCRIPT = path.join(PROJECT_ROOT, 'scripts', 'dev-server.ts');
 
 /** Custom search attributes and their types, as the CLI lists them. */
 async function customAttributes(server: DevServer): Promise<Record<string, string>> {
-  const { stdout } = await run(server.cli, ['operator', 'search-attribute', 'list', '-o', 'json', '--address', server.address, '-n', server.namespace]);
+  const { stdout } = await run(server.cli, [
+    'operator',
+    'search-attribute',
+    'list',
+    '-o',
+    'json',
+    '--address',
+    server.address,
+    '-n',
+    server.namespace,
+  ]);
   const doc = JSON.parse(stdout) as { customAttributes?: Record<string, string> };
   return doc.customAttributes ?? {};
 }
@@ -59,7 +69,11 @@ describe('local dev server', function () {
   let server: DevServer | undefined;
   // The script must not see the test run's Temporal or data settings.
   const scriptEnv = (): NodeJS.ProcessEnv => {
-    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, DT_DATA_DIR: path.join(dir, 'data') };
+    const env: NodeJS.ProcessEnv = {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      DT_DATA_DIR: path.join(dir, 'data'),
+    };
     if (process.env.TEMPORAL_CLI) env.TEMPORAL_CLI = process.env.TEMPORAL_CLI;
     return env;
   };
@@ -79,14 +93,22 @@ describe('local dev server', function () {
     const dbFile = path.join(dir, 'restart', 'temporal.db');
     server = await startDevServer({ port: await freePort(), uiPort: 0, dbFile });
     assertRegistered(await customAttributes(server));
-    assert.deepEqual(await ensureSearchAttributes(server.cli, server.address, server.namespace), [], 'nothing left to register');
+    assert.deepEqual(
+      await ensureSearchAttributes(server.cli, server.address, server.namespace),
+      [],
+      'nothing left to register',
+    );
     await server.stop();
     await server.stop(); // safe twice
     assert.ok(existsSync(dbFile), 'the SQLite file was written');
 
     server = await startDevServer({ port: await freePort(), uiPort: 0, dbFile });
     assertRegistered(await customAttributes(server));
-    assert.deepEqual(await ensureSearchAttributes(server.cli, server.address, server.namespace), [], 'still nothing to register');
+    assert.deepEqual(
+      await ensureSearchAttributes(server.cli, server.address, server.namespace),
+      [],
+      'still nothing to register',
+    );
   });
 
   it('`npm run dev:server` refuses a port that is already in use', async function () {
@@ -103,7 +125,11 @@ describe('local dev server', function () {
     const dbFile = path.join(dir, 'script', 'temporal.db');
     const script = runScript(['--port', String(port), '--ui-port', String(uiPort), '--db', dbFile], scriptEnv());
     try {
-      await until(() => script.output().includes('Press Ctrl-C') || script.child.exitCode !== null, 60_000, 'the dev server script');
+      await until(
+        () => script.output().includes('Press Ctrl-C') || script.child.exitCode !== null,
+        60_000,
+        'the dev server script',
+      );
       const out = script.output();
       assert.ok(out.includes(`127.0.0.1:${port}`), out);
       assert.ok(out.includes(`http://127.0.0.1:${uiPort}`), out);

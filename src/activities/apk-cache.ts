@@ -7,7 +7,7 @@
  *   tmp/<urlKey>.part       a download in progress (kept across crashes so a retry can resume)
  *   locks/<urlKey>.lock     the process downloading that URL (cross-process single flight)
  */
-import { createHash, type Hash } from 'node:crypto';
+import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -66,6 +66,12 @@ interface Flight {
 }
 
 const SHA_RE = /^[a-f0-9]{64}$/;
+/** How often the lock holder touches its lock file, ms. */
+const LOCK_REFRESH_MS = 15_000;
+/** A lock file untouched for this long is abandoned whatever it says (owner on a gone host, reused pid), ms. */
+const LOCK_STALE_MS = 120_000;
+/** Lock files this process holds right now, across all cache instances (they share one pid). */
+const heldLocks = new Set<string>();
 
 /** Disk cache of APKs with in-process and cross-process single flight. */
 export class ApkCache {
@@ -112,13 +118,23 @@ export class ApkCache {
       return hit;
     }
     let flight = this.flights.get(key);
-    if (!flight) {
+    if (!flight || flight.controller.signal.aborted) {
+      // A flight whose waiters all left is still winding down (it may hold the lock); joining it
+      // would only inherit its cancellation, so start a new one once it has settled.
+      const previous = flight?.promise.then(() => undefined, () => undefined) ?? Promise.resolve();
       const controller = new AbortController();
       const state: DownloadState = { bytes: 0, phase: 'waiting-lock' };
-      const promise = this.fetchLocked(key, url, expectedSha, state, controller.signal).finally(() => {
-        this.flights.delete(key);
-      });
-      flight = { promise, state, controller, waiters: 0 };
+      const created: Flight = {
+        promise: previous
+          .then(() => this.fetchLocked(key, url, expectedSha, state, controller.signal))
+          .finally(() => {
+            if (this.flights.get(key) === created) this.flights.delete(key);
+          }),
+        state,
+        controller,
+        waiters: 0,
+      };
+      flight = created;
       this.flights.set(key, flight);
     } else {
       this.opts.metrics?.cacheHits.inc();
@@ -205,7 +221,7 @@ export class ApkCache {
     state: DownloadState,
     signal: AbortSignal,
   ): Promise<CachedApk> {
-    const lockPath = path.join(this.opts.dir, 'locks', `${key}.lock`);
+    const lockPath = path.resolve(this.opts.dir, 'locks', `${key}.lock`);
     const partPath = path.join(this.opts.dir, 'tmp', `${key}.part`);
     for (;;) {
       signal.throwIfAborted();
@@ -214,20 +230,33 @@ export class ApkCache {
         throw err;
       });
       if (handle) {
+        heldLocks.add(lockPath);
+        const body = JSON.stringify({ pid: process.pid, host: os.hostname(), url, at: new Date().toISOString(), nonce: randomUUID() });
+        // The mtime is the heartbeat other hosts judge the lock by.
+        const refresh = setInterval(() => {
+          const now = new Date();
+          fsp.utimes(lockPath, now, now).catch(() => undefined);
+        }, LOCK_REFRESH_MS);
+        refresh.unref();
         try {
-          await handle.writeFile(JSON.stringify({ pid: process.pid, host: os.hostname(), url, at: new Date().toISOString() }));
+          await handle.writeFile(body);
           await handle.close();
           const done = await this.lookup(key, url, expectedSha);
           if (done) return done;
           return await this.download(key, url, expectedSha, partPath, state, signal);
         } finally {
-          await fsp.rm(lockPath, { force: true });
+          clearInterval(refresh);
+          heldLocks.delete(lockPath);
+          // Remove only our own lock; if it was broken and taken over meanwhile, the new owner keeps it.
+          const current = await fsp.readFile(lockPath, 'utf8').catch(() => undefined);
+          if (current === body) await fsp.rm(lockPath, { force: true });
         }
       }
       // Someone else holds the lock: wait for it, or break it when its owner is gone.
-      if (await this.lockIsStale(lockPath)) {
+      const stale = await this.staleLock(lockPath);
+      if (stale) {
         this.opts.log?.('breaking stale APK download lock', { lockPath });
-        await fsp.rm(lockPath, { force: true });
+        await breakLock(lockPath, stale);
         continue;
       }
       state.phase = 'waiting-lock';
@@ -238,26 +267,35 @@ export class ApkCache {
     }
   }
 
-  private async lockIsStale(lockPath: string): Promise<boolean> {
+  /** The lock file as judged abandoned (content and inode, for breakLock), or undefined while its owner may live. */
+  private async staleLock(lockPath: string): Promise<StaleLock | undefined> {
+    let judged: StaleLock;
+    let mtimeMs: number;
     try {
-      const owner = JSON.parse(await fsp.readFile(lockPath, 'utf8')) as { pid?: number; host?: string };
-      if (owner.host && owner.host !== os.hostname()) return false;
-      if (typeof owner.pid !== 'number') return true;
-      if (owner.pid === process.pid) return !this.flightsOwnLock();
-      process.kill(owner.pid, 0);
-      return false;
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') return false; // released meanwhile
-      if (code === 'EPERM') return false; // alive, owned by someone else
-      return true; // ESRCH (owner dead) or an unreadable, half-written lock file
+      const [raw, st] = await Promise.all([fsp.readFile(lockPath, 'utf8'), fsp.stat(lockPath)]);
+      judged = { raw, ino: st.ino };
+      mtimeMs = st.mtimeMs;
+    } catch {
+      return undefined; // released meanwhile; the next round tries to take it
     }
-  }
-
-  private flightsOwnLock(): boolean {
-    // Inside one process the flight map already serialises callers, so a lock held by our own
-    // pid without a flight can only be left over from an earlier crash of this same pid number.
-    return this.flights.size > 0;
+    if (Date.now() - mtimeMs > LOCK_STALE_MS) return judged; // the holder stopped refreshing it
+    let owner: { pid?: unknown; host?: unknown };
+    try {
+      owner = JSON.parse(judged.raw) as typeof owner;
+    } catch {
+      return undefined; // its owner is between creating and writing it; only age breaks it
+    }
+    if (owner.host && owner.host !== os.hostname()) return undefined; // cannot probe another host's pid; age decides
+    if (typeof owner.pid !== 'number') return judged;
+    // Our own pid on a lock we do not hold: left by an earlier process that had the same pid
+    // (common in containers, where the worker is often pid 1 after every restart).
+    if (owner.pid === process.pid) return heldLocks.has(lockPath) ? undefined : judged;
+    try {
+      process.kill(owner.pid, 0);
+      return undefined;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'EPERM' ? undefined : judged; // EPERM: alive, another user's
+    }
   }
 
   /** Streams the URL into the part file (resuming it when possible), verifies and publishes the blob. */
@@ -378,6 +416,7 @@ export class ApkCache {
     } catch (err) {
       if (err instanceof ApkTooLargeError) {
         await fsp.rm(partPath, { force: true });
+        await fsp.rm(`${partPath}.json`, { force: true });
         throw err;
       }
       throw classifyNetworkError(url, err, signal);
@@ -407,6 +446,30 @@ export class ApkCache {
       downloadedBytes: written - offset,
       ...(offset > 0 ? { resumedFrom: offset } : {}),
     };
+  }
+}
+
+interface StaleLock {
+  raw: string;
+  ino: number;
+}
+
+/**
+ * Removes a lock judged abandoned. Two waiters may judge the same lock at once; the one that
+ * renames second could move the first one's fresh lock aside, so it checks and puts that back.
+ */
+async function breakLock(lockPath: string, judged: StaleLock): Promise<void> {
+  const aside = `${lockPath}.${process.pid}.${randomUUID()}.stale`;
+  try {
+    await fsp.rename(lockPath, aside);
+  } catch {
+    return; // already gone
+  }
+  try {
+    const [raw, st] = await Promise.all([fsp.readFile(aside, 'utf8'), fsp.stat(aside)]);
+    if (raw !== judged.raw || st.ino !== judged.ino) await fsp.link(aside, lockPath).catch(() => undefined);
+  } finally {
+    await fsp.rm(aside, { force: true });
   }
 }
 

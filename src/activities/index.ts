@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Dispatcher } from 'undici';
 import type { Config } from '../config';
 import { withTypedFailures } from '../errors';
-import type { ProgressUpdate } from '../messages';
+import type { ProgressUpdate, TraversalBudget } from '../messages';
 import type { Metrics } from '../metrics';
 import { createApkActivities } from './apk';
 import type { ApkCache } from './apk-cache';
@@ -24,6 +24,8 @@ export interface ActivityDeps {
   artifactBaseUrl: () => string;
   /** Sends progress to a running traversal workflow. */
   pushProgress?: (workflowId: string, update: ProgressUpdate) => Promise<void>;
+  /** Reads a running traversal's time budget. */
+  readBudget?: (workflowId: string) => Promise<TraversalBudget | undefined>;
   /** Prefix of every Redis key written (tests use a unique one). */
   redisKeyPrefix?: string;
 }
@@ -48,12 +50,13 @@ export function createActivities(deps: ActivityDeps) {
       progressPattern: config.progressPattern,
       killGraceMs: config.killGraceMs,
       pushProgress: deps.pushProgress,
+      readBudget: deps.readBudget,
       progressPushMs: config.progressSignalMs,
       metrics: deps.metrics,
     }),
     ...createReportSinkActivities({ runsDir: path.join(config.dataDir, 'runs'), sink: config.reportSink, token: config.reportSinkToken, dispatcher: deps.dispatcher }),
     ...createResultPublisherActivities({ redis: deps.redis, keyPrefix: deps.redisKeyPrefix }),
-  });
+  }, (activity, type) => deps.metrics.failures.inc({ activity, type }));
 }
 
 /** The activity interface workflows proxy. */

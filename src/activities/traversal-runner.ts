@@ -9,7 +9,7 @@ import { createWriteStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { TraversalExitError, TraversalStartError } from '../errors';
-import type { ProgressUpdate } from '../messages';
+import type { ProgressUpdate, TraversalBudget } from '../messages';
 import type { Metrics } from '../metrics';
 
 /** Options of the traversal runner. */
@@ -30,6 +30,8 @@ export interface TraversalRunnerDeps {
   killGraceMs: number;
   /** Pushes progress to the workflow (throttled by the caller); failures are ignored. */
   pushProgress?: (workflowId: string, update: ProgressUpdate) => Promise<void>;
+  /** Reads the workflow's current time budget (polled with each progress push). */
+  readBudget?: (workflowId: string) => Promise<TraversalBudget | undefined>;
   /** Minimum time between two progress pushes, ms. */
   progressPushMs: number;
   metrics?: Metrics;
@@ -148,6 +150,25 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
         anrs: previous?.anrs ?? 0,
         pid,
       };
+      const workflowId = info.workflowExecution?.workflowId ?? '';
+      const usesControlFile = deps.command.some((a) => a.includes('{controlFile}'));
+      let budgetVersion = 0;
+      let stopRequested = false;
+      const applyBudget = async (b: TraversalBudget | undefined) => {
+        if (!b || b.version <= budgetVersion) return;
+        budgetVersion = b.version;
+        ctx.log.info('applying a new time budget', { durationSec: b.durationSec, finishNow: b.finishNow, deviceId: input.deviceId });
+        if (usesControlFile) {
+          // The tool polls this file: 'stop' ends it gracefully, 'duration=N' changes its budget.
+          const tmp = `${controlFile}.tmp`;
+          await fsp.writeFile(tmp, b.finishNow ? 'stop\n' : `duration=${b.durationSec}\n`);
+          await fsp.rename(tmp, controlFile);
+        } else if (b.finishNow && !stopRequested) {
+          // A tool without a control channel is asked to stop with TERM and keeps its report.
+          stopRequested = true;
+          signalGroup(pid, 'SIGTERM');
+        }
+      };
       let lastPush = 0;
       let pushing = false;
       const push = (force: boolean) => {
@@ -158,10 +179,14 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
         const update: ProgressUpdate = { ...progress, attempt: info.attempt };
         delete (update as { pid?: number }).pid;
         deps
-          .pushProgress((info.workflowExecution?.workflowId ?? ""), update)
+          .pushProgress(workflowId, update)
+          .then(() => deps.readBudget?.(workflowId))
+          .then(applyBudget)
           .catch((err) => ctx.log.debug('progress push failed', { error: String(err) }))
           .finally(() => (pushing = false));
       };
+      // Budget changes must arrive even while the tool prints nothing.
+      const budgetTimer = setInterval(() => push(false), deps.progressPushMs);
 
       const stderrTail: string[] = [];
       const out = readline.createInterface({ input: child.stdout!, crlfDelay: Infinity });
@@ -197,6 +222,7 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
         child.once('close', (code, signal) => resolve({ code, signal }));
       });
       ctx.cancellationSignal.removeEventListener('abort', onCancel);
+      clearInterval(budgetTimer);
       await new Promise<void>((resolve) => log.end(resolve));
       await forgetRun(deps, input.deviceId, pid);
       const durationMs = Date.now() - started;
@@ -206,7 +232,8 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
         deps.metrics?.traversals.inc({ outcome: 'cancelled' });
         throw ctx.cancellationSignal.reason;
       }
-      if (exit.code !== 0) {
+      const stoppedOnRequest = stopRequested && (exit.signal === 'SIGTERM' || exit.code === 143);
+      if (exit.code !== 0 && !stoppedOnRequest) {
         deps.metrics?.traversals.inc({ outcome: 'failed' });
         throw new TraversalExitError(exit.code, exit.signal, stderrTail.join('\n'));
       }
@@ -215,7 +242,7 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
       progress.percent = 100;
       push(true);
       return {
-        status: typeof summary.status === 'string' ? summary.status : 'completed',
+        status: stoppedOnRequest ? 'stopped' : typeof summary.status === 'string' ? summary.status : 'completed',
         screens: num(summary.screens, progress.screens),
         crashes: num(summary.crashes, progress.crashes),
         anrs: num(summary.anrs, progress.anrs),

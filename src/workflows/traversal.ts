@@ -23,12 +23,15 @@ import type { ResolvedApk } from '../activities/apk';
 import type { RunTraversalResult } from '../activities/traversal-runner';
 import { PERMANENT_ERROR_TYPES } from '../errors';
 import {
+  budgetQuery,
+  budgetSignal,
   pauseSignal,
   progressQuery,
   progressSignal,
   resumeSignal,
   type Phase,
   type StepName,
+  type TraversalBudget,
   type TraversalProgress,
   type TraversalRequest,
   type TraversalResult,
@@ -72,7 +75,8 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   const agentQuick = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry: retry(5, init) });
   const agentInstall = proxyActivities<Activities>({ startToCloseTimeout: '30m', heartbeatTimeout: hb, retry: retry(5, init) });
   const runner = proxyActivities<Activities>({
-    startToCloseTimeout: Math.round(req.traversal.durationSec * 3000) + 30 * 60_000,
+    // A hung tool is caught by the heartbeat timeout; this only bounds runs whose budget was extended.
+    startToCloseTimeout: Math.round(req.traversal.durationSec * 3000) + 24 * 3600_000,
     heartbeatTimeout: hb,
     retry: retry(policy.maxAttempts, init),
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -94,6 +98,15 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     paused: false,
   };
   let paused = false;
+  const budget: TraversalBudget = { durationSec: req.traversal.durationSec, finishNow: false, version: 0 };
+  setHandler(budgetQuery, () => ({ ...budget }));
+  setHandler(budgetSignal, (change) => {
+    if (change.finishNow) budget.finishNow = true;
+    if (typeof change.durationSec === 'number' && change.durationSec >= 0) budget.durationSec = change.durationSec;
+    if (typeof change.extendBySec === 'number') budget.durationSec = Math.max(0, budget.durationSec + change.extendBySec);
+    budget.version++;
+    log.info('traversal budget changed', { taskId: req.taskId, deviceId: req.deviceId, ...budget });
+  });
   setHandler(progressQuery, () => ({ ...progress, elapsedMs: Date.now() - startedAt, paused }));
   setHandler(pauseSignal, () => void (paused = true));
   setHandler(resumeSignal, () => void (paused = false));
@@ -225,6 +238,8 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       anrs: run?.anrs ?? progress.anrs,
       reportUrl,
       traversalAttempt: run?.attempt,
+      stoppedEarly: run ? run.status === 'stopped' : undefined,
+      budgetSec: budget.durationSec,
       resumedFrom: run?.resumedFrom,
       ...(failure !== undefined ? { error: { ...describeFailure(failure), step: failedStep } } : {}),
       startedAt: new Date(startedAt).toISOString(),

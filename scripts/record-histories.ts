@@ -1,0 +1,281 @@
+/**
+ * Records the workflow histories that test/replay.test.ts replays against the current workflow code
+ * (the determinism guard). It runs a few real scenarios on a throwaway stack: an in-memory dev
+ * server, a local Redis, the APK origin and agent simulators and the traversal jar, then writes one
+ * JSON file per history to test/histories/ and replays each once as a self-check.
+ *
+ *   npx ts-node --transpile-only scripts/record-histories.ts [--only <name>]
+ *
+ * Re-record only on purpose: a history recorded by old code is exactly what the guard needs. When a
+ * workflow change is made behind `patched()`, add a new recording next to the old ones.
+ */
+import type { WorkflowHandle } from '@temporalio/client';
+import { Worker } from '@temporalio/worker';
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs, promisify } from 'node:util';
+import { PROJECT_ROOT } from '../src/config';
+import { freePort } from '../src/local/ports';
+import { startRedis, type LocalRedis } from '../src/local/redis-local';
+import { startDevServer, type DevServer } from '../src/local/temporal-dev';
+import { deviceWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/messages';
+import { startStack, task, workflowBundle, type Stack } from '../test/support/stack';
+
+/** Where the recordings live; test/replay.test.ts reads every *.json here. */
+const HISTORIES_DIR = path.join(PROJECT_ROOT, 'test', 'histories');
+
+/** One recorded file: the history in the standard JSON form, plus what replay needs besides it. */
+interface RecordedHistory {
+  /** Histories do not carry the workflow id, and the traversal puts it into its result. */
+  workflowId: string;
+  workflowType: string;
+  /** What the scenario did, for whoever reads a failing replay. */
+  scenario: string;
+  /** The history exactly as `temporal workflow show -o json` writes it (proto JSON). */
+  history: unknown;
+}
+
+const run = promisify(execFile);
+
+const MiB = 1024 * 1024;
+
+/** One scenario: drives the stack, returns the handle whose history to keep. */
+interface Scenario {
+  name: string;
+  scenario: string;
+  run(stack: Stack): Promise<WorkflowHandle>;
+}
+
+const SCENARIOS: Scenario[] = [
+  {
+    name: 'traversal-completed',
+    scenario: 'a traversal that ran every step and completed',
+    async run(stack) {
+      const apk = stack.apks['app.apk']!;
+      await stack.push(task(stack, { taskId: 'completed', deviceId: 'rec-1', apkUrl: apk.url, apkSha256: apk.sha256 }));
+      const r = await stack.waitResult('completed', 'rec-1');
+      expect(r.status === 'completed', `traversal-completed ended ${r.status}: ${JSON.stringify(r.error)}`);
+      return stack.client.workflow.getHandle(traversalWorkflowId('completed', 'rec-1'));
+    },
+  },
+  {
+    name: 'traversal-apk-not-found',
+    scenario: 'a traversal whose APK URL answered 404: failed at resolveApk, cleanup and publish still ran',
+    async run(stack) {
+      const url = stack.origin.url('app.apk').replace('app.apk', 'missing.apk');
+      await stack.push(
+        task(stack, { taskId: 'missing', deviceId: 'rec-2', apkUrl: url, packageName: 'com.example.missing' }),
+      );
+      const r = await stack.waitResult('missing', 'rec-2');
+      expect(
+        r.status === 'failed' && r.error?.type === 'ApkNotFound',
+        `traversal-apk-not-found ended ${r.status} ${r.error?.type}`,
+      );
+      return stack.client.workflow.getHandle(traversalWorkflowId('missing', 'rec-2'));
+    },
+  },
+  {
+    name: 'traversal-cancelled',
+    scenario: 'a traversal cancelled while the jar ran: partial report, cleanup and publish in a non-cancellable scope',
+    async run(stack) {
+      const apk = stack.apks['app.apk']!;
+      await stack.push(
+        task(stack, {
+          taskId: 'cancel',
+          deviceId: 'rec-3',
+          apkUrl: apk.url,
+          packageName: 'com.example.cancel',
+          traversal: { durationSec: 60, extraArgs: ['--tick-ms', '100'] },
+        }),
+      );
+      const handle = await handleOnceStarted(stack, traversalWorkflowId('cancel', 'rec-3'));
+      await waitFor(
+        async () => (await handle.query<TraversalProgress>('progress')).screens > 0,
+        'the cancel scenario to traverse',
+      );
+      await handle.cancel();
+      const r = await stack.waitResult('cancel', 'rec-3');
+      expect(r.status === 'cancelled', `traversal-cancelled ended ${r.status}`);
+      return handle;
+    },
+  },
+  {
+    name: 'traversal-paused-resumed',
+    scenario: 'a traversal paused by signal while traversing (the pause took effect before the upload), then resumed',
+    async run(stack) {
+      const apk = stack.apks['app.apk']!;
+      await stack.push(
+        task(stack, {
+          taskId: 'pause',
+          deviceId: 'rec-4',
+          apkUrl: apk.url,
+          packageName: 'com.example.pause',
+          traversal: { durationSec: 3, extraArgs: ['--tick-ms', '100'] },
+        }),
+      );
+      const handle = await handleOnceStarted(stack, traversalWorkflowId('pause', 'rec-4'));
+      await waitFor(
+        async () => (await handle.query<TraversalProgress>('progress')).phase === 'traversing',
+        'the pause scenario to traverse',
+      );
+      await handle.signal('pause');
+      await waitFor(
+        async () => (await handle.query<TraversalProgress>('progress')).phase === 'paused',
+        'the traversal to pause',
+      );
+      await handle.signal('resume');
+      const r = await stack.waitResult('pause', 'rec-4');
+      expect(r.status === 'completed', `traversal-paused-resumed ended ${r.status}`);
+      return handle;
+    },
+  },
+  {
+    name: 'device-two-tasks',
+    scenario:
+      'a device workflow that ran two traversals one after the other and is idle (device workflows never complete)',
+    async run(stack) {
+      const apk = stack.apks['app.apk']!;
+      await stack.push(
+        task(stack, { taskId: 'first', deviceId: 'rec-5', apkUrl: apk.url, packageName: 'com.example.first' }),
+      );
+      await stack.push(
+        task(stack, { taskId: 'second', deviceId: 'rec-5', apkUrl: apk.url, packageName: 'com.example.second' }),
+      );
+      await stack.waitResult('first', 'rec-5');
+      await stack.waitResult('second', 'rec-5');
+      const handle = stack.client.workflow.getHandle(deviceWorkflowId('rec-5'));
+      await waitFor(async () => {
+        const s = await handle.query<DeviceState>('state');
+        return s.completed === 2 && s.current === undefined && s.queue.length === 0;
+      }, 'the device workflow to finish both children');
+      return handle;
+    },
+  },
+];
+
+function expect(ok: boolean, message: string): asserts ok {
+  if (!ok) throw new Error(message);
+}
+
+async function waitFor(pred: () => Promise<boolean>, what: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      if (await pred()) return;
+    } catch {
+      // Not started yet, or a query raced a workflow task; ask again.
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function handleOnceStarted(stack: Stack, workflowId: string): Promise<WorkflowHandle> {
+  const handle = stack.client.workflow.getHandle(workflowId);
+  await waitFor(async () => (await handle.describe()) !== undefined, `${workflowId} to start`);
+  return handle;
+}
+
+/**
+ * The history once it has settled: closed, or (for the never-ending device workflow) ending in a
+ * completed workflow task with no activity or child pending, so the recording stops at a quiet point.
+ */
+async function quietHistory(handle: WorkflowHandle) {
+  let history = await handle.fetchHistory();
+  await waitFor(async () => {
+    const desc = await handle.describe();
+    history = await handle.fetchHistory();
+    if (desc.status.name !== 'RUNNING') return true;
+    const last = history.events?.at(-1);
+    return (
+      last?.workflowTaskCompletedEventAttributes != null &&
+      !desc.raw.pendingActivities?.length &&
+      !desc.raw.pendingChildren?.length
+    );
+  }, `${handle.workflowId} to go quiet`);
+  return history;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { only: { type: 'string', multiple: true } } });
+  const chosen = values.only?.length ? SCENARIOS.filter((s) => values.only!.includes(s.name)) : SCENARIOS;
+  if (chosen.length === 0)
+    throw new Error(`--only matched nothing; scenarios: ${SCENARIOS.map((s) => s.name).join(', ')}`);
+
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'dt-record-'));
+  let temporal: DevServer | undefined;
+  let redis: LocalRedis | undefined;
+  let stack: Stack | undefined;
+  try {
+    [temporal, redis] = await Promise.all([
+      startDevServer({ port: await freePort(), uiPort: 0, logFile: path.join(dir, 'temporal.log') }),
+      freePort().then((port) => startRedis({ port, dir: path.join(dir, 'redis') })),
+    ]);
+    // startStack is the test helper; it takes its servers from these two variables.
+    process.env.TEST_TEMPORAL_ADDRESS = temporal.address;
+    process.env.TEST_REDIS_URL = redis.url;
+    stack = await startStack({
+      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5'],
+      apks: [{ name: 'app.apk', size: 2 * MiB }],
+      starter: true,
+    });
+
+    mkdirSync(HISTORIES_DIR, { recursive: true });
+    const bundle = await workflowBundle();
+    for (const s of chosen) {
+      const t0 = Date.now();
+      const handle = await s.run(stack);
+      const history = await quietHistory(handle);
+      const desc = await handle.describe();
+      // Prove the run replays before keeping it.
+      await Worker.runReplayHistory({ workflowBundle: bundle }, history, handle.workflowId);
+      // The CLI writes the standard proto JSON; the SDK's historyToJSON throws "type must be a Type"
+      // in this install (two copies of protobufjs 8, see test/replay.test.ts).
+      const shown = await run(
+        temporal.cli,
+        [
+          'workflow',
+          'show',
+          '--address',
+          temporal.address,
+          '-n',
+          temporal.namespace,
+          '-w',
+          handle.workflowId,
+          '-o',
+          'json',
+        ],
+        {
+          maxBuffer: 64 * 1024 * 1024,
+        },
+      );
+      const json = JSON.parse(shown.stdout) as { events?: unknown[] };
+      expect(
+        json.events?.length === history.events?.length,
+        `the CLI showed ${json.events?.length} events of ${handle.workflowId}, the SDK fetched ${history.events?.length}`,
+      );
+      const record: RecordedHistory = {
+        workflowId: handle.workflowId,
+        workflowType: desc.type,
+        scenario: s.scenario,
+        history: json,
+      };
+      const file = path.join(HISTORIES_DIR, `${s.name}.json`);
+      writeFileSync(file, `${JSON.stringify(record, null, 2)}\n`);
+      console.log(
+        `${s.name}: ${history.events?.length ?? 0} events, ${desc.status.name}, ${Date.now() - t0} ms → ${path.relative(PROJECT_ROOT, file)}`,
+      );
+    }
+  } finally {
+    await stack?.stop();
+    await Promise.all([temporal?.stop(), redis?.stop()]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(`record-histories: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+  process.exit(1);
+});

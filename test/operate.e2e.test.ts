@@ -1,0 +1,204 @@
+/**
+ * Operating runs with the real `temporal` CLI: query progress, pause/resume traversals and devices,
+ * cancel, change a running traversal's time budget, and find runs by search attribute.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { readFileSync, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { deviceWorkflow } from '../src/workflows/device';
+import { deviceWorkflowId, enqueueSignal, traversalWorkflowId, type TraversalRequest } from '../src/messages';
+import { findTemporalCli } from '../src/local/temporal-dev';
+import { startStack, type Stack } from './support/stack';
+
+const run = promisify(execFile);
+const MiB = 1024 * 1024;
+
+/** Runs the real CLI against the test server; returns stdout. */
+async function temporal(...args: string[]): Promise<string> {
+  const cli = process.env.TEST_TEMPORAL_CLI || findTemporalCli();
+  const { stdout } = await run(cli, [...args, '--address', process.env.TEST_TEMPORAL_ADDRESS!, '--namespace', 'default'], { timeout: 30_000 });
+  return stdout;
+}
+
+/** The progress object in `temporal workflow query -o json` output, whatever envelope the CLI uses. */
+function findProgress(json: unknown): Record<string, unknown> | undefined {
+  if (json && typeof json === 'object') {
+    if ('phase' in json && 'percent' in json) return json as Record<string, unknown>;
+    for (const v of Object.values(json)) {
+      const found = findProgress(v);
+      if (found) return found;
+    }
+  }
+  return undefined;
+}
+
+async function queryProgress(workflowId: string): Promise<Record<string, unknown> | undefined> {
+  try {
+    return findProgress(JSON.parse(await temporal('workflow', 'query', '--workflow-id', workflowId, '--name', 'progress', '-o', 'json')));
+  } catch {
+    return undefined;
+  }
+}
+
+async function waitFor<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 60_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const v = await fn();
+    if (v) return v;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`${what} not met within ${timeoutMs} ms`);
+}
+
+function pidsOf(deviceId: string): number[] {
+  const out: number[] = [];
+  for (const entry of require('node:fs').readdirSync('/proc') as string[]) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const env = readFileSync(`/proc/${entry}/environ`, 'utf8');
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (env.split('\0').includes(`DT_TRAVERSAL_DEVICE=${deviceId}`) && !/\) Z /.test(stat)) out.push(Number(entry));
+    } catch {
+      // not ours or gone
+    }
+  }
+  return out;
+}
+
+describe('operating runs with the temporal CLI', function () {
+  let stack: Stack;
+  const devices = ['op-1', 'op-2', 'op-3', 'op-4', 'op-5', 'op-6'];
+
+  function req(taskId: string, deviceId: string, durationSec: number, tickMs = 100): TraversalRequest {
+    return {
+      taskId,
+      deviceId,
+      agentUrl: stack.agent.url,
+      apkUrl: stack.apks['op.apk']!.url,
+      packageName: 'com.example.operate',
+      traversal: { durationSec, extraArgs: ['--tick-ms', String(tickMs)] },
+      policy: { heartbeatTimeoutMs: 10_000, initialRetryMs: 200 },
+    };
+  }
+  async function enqueue(r: TraversalRequest): Promise<void> {
+    await stack.client.workflow.signalWithStart(deviceWorkflow, {
+      workflowId: deviceWorkflowId(r.deviceId),
+      taskQueue: stack.taskQueue,
+      args: [{ deviceId: r.deviceId }],
+      signal: enqueueSignal,
+      signalArgs: [r],
+    });
+  }
+  const traversing = (id: string, minScreens = 1) =>
+    waitFor(async () => {
+      const p = await queryProgress(id);
+      return p && p.phase === 'traversing' && Number(p.screens) >= minScreens ? p : undefined;
+    }, 60_000, `${id} traversing`);
+
+  before(async function () {
+    stack = await startStack({ devices, apks: [{ name: 'op.apk', size: 1 * MiB }] });
+  });
+  after(async function () {
+    await stack?.stop();
+  });
+
+  it('`workflow query --name progress` returns phase, percent, screens, elapsed and attempt', async function () {
+    await enqueue(req('q', 'op-1', 30));
+    const p = await traversing(traversalWorkflowId('q', 'op-1'), 2);
+    for (const k of ['phase', 'percent', 'screens', 'elapsedMs', 'attempt', 'taskId', 'deviceId']) assert.ok(k in p, `progress has ${k}`);
+    assert.equal(p.deviceId, 'op-1');
+    assert.ok(Number(p.elapsedMs) > 0);
+    assert.equal(p.attempt, 1);
+    await temporal('workflow', 'signal', '--workflow-id', traversalWorkflowId('q', 'op-1'), '--name', 'budget', '--input', '{"finishNow": true}');
+    assert.equal((await stack.waitResult('q', 'op-1')).status, 'completed');
+  });
+
+  it('`signal --name budget` with finishNow stops the tool early and still uploads its report', async function () {
+    await enqueue(req('early', 'op-2', 120));
+    await traversing(traversalWorkflowId('early', 'op-2'), 5);
+    const t0 = Date.now();
+    await temporal('workflow', 'signal', '--workflow-id', traversalWorkflowId('early', 'op-2'), '--name', 'budget', '--input', '{"finishNow": true}');
+    const r = await stack.waitResult('early', 'op-2');
+    assert.ok(Date.now() - t0 < 20_000, 'finished soon after the signal');
+    assert.equal(r.status, 'completed');
+    assert.equal(r.stoppedEarly, true);
+    assert.ok(r.reportUrl, 'report uploaded');
+    const summary = JSON.parse(readFileSync(path.join(stack.dataDir, 'runs', 'early', 'op-2', 'report', 'summary.json'), 'utf8'));
+    assert.equal(summary.status, 'stopped');
+    assert.ok(summary.steps < summary.totalSteps, `stopped at step ${summary.steps} of ${summary.totalSteps}`);
+  });
+
+  it('`signal --name budget` with extendBySec lengthens a running traversal', async function () {
+    await enqueue(req('longer', 'op-3', 2));
+    await traversing(traversalWorkflowId('longer', 'op-3'));
+    await temporal('workflow', 'signal', '--workflow-id', traversalWorkflowId('longer', 'op-3'), '--name', 'budget', '--input', '{"extendBySec": 2}');
+    const r = await stack.waitResult('longer', 'op-3');
+    assert.equal(r.status, 'completed');
+    assert.equal(r.budgetSec, 4);
+    const summary = JSON.parse(readFileSync(path.join(stack.dataDir, 'runs', 'longer', 'op-3', 'report', 'summary.json'), 'utf8'));
+    assert.equal(summary.totalSteps, 40, 'the tool recomputed its steps for 4 s at 100 ms ticks');
+    assert.ok(r.timings.runTraversal! >= 3500, `ran ${r.timings.runTraversal} ms`);
+  });
+
+  it('`signal --name pause` holds a traversal between steps until `resume`', async function () {
+    await enqueue(req('pause', 'op-4', 1.5));
+    const id = traversalWorkflowId('pause', 'op-4');
+    await traversing(id);
+    await temporal('workflow', 'signal', '--workflow-id', id, '--name', 'pause');
+    // The traversal step finishes, then the run waits before uploading.
+    await waitFor(async () => (await queryProgress(id))?.phase === 'paused', 30_000, 'paused');
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal((await queryProgress(id))?.phase, 'paused', 'still paused');
+    assert.equal(await stack.redis.get(`${stack.prefix}traversal:result:pause:op-4`), null, 'no result while paused');
+    await temporal('workflow', 'signal', '--workflow-id', id, '--name', 'resume');
+    assert.equal((await stack.waitResult('pause', 'op-4')).status, 'completed');
+  });
+
+  it('`signal --name pause` on a device stops it taking work until `resume`', async function () {
+    await enqueue(req('dev-first', 'op-5', 0));
+    await stack.waitResult('dev-first', 'op-5');
+    await temporal('workflow', 'signal', '--workflow-id', deviceWorkflowId('op-5'), '--name', 'pause');
+    await enqueue(req('dev-held', 'op-5', 0));
+    await new Promise((r) => setTimeout(r, 2000));
+    const state = JSON.parse(await temporal('workflow', 'query', '--workflow-id', deviceWorkflowId('op-5'), '--name', 'state', '-o', 'json'));
+    const s = JSON.stringify(state);
+    assert.match(s, /"paused":\s*true/);
+    assert.match(s, /dev-held/, 'the task waits in the queue');
+    assert.equal(await stack.redis.get(`${stack.prefix}traversal:result:dev-held:op-5`), null);
+    await temporal('workflow', 'signal', '--workflow-id', deviceWorkflowId('op-5'), '--name', 'resume');
+    assert.equal((await stack.waitResult('dev-held', 'op-5')).status, 'completed');
+  });
+
+  it('`workflow cancel` ends the jar within 5 s, uploads the partial report, cleans up and lets the next task start', async function () {
+    await enqueue(req('cli-cancel', 'op-6', 120));
+    await enqueue(req('cli-next', 'op-6', 0));
+    const id = traversalWorkflowId('cli-cancel', 'op-6');
+    await traversing(id, 3);
+    assert.ok(pidsOf('op-6').length > 0);
+    const t0 = Date.now();
+    await temporal('workflow', 'cancel', '--workflow-id', id);
+    await waitFor(async () => pidsOf('op-6').length === 0, 5000, 'process group gone');
+    const goneMs = Date.now() - t0;
+    const r = await stack.waitResult('cli-cancel', 'op-6');
+    assert.equal(r.status, 'cancelled');
+    assert.ok(r.reportUrl?.includes('partial'), 'partial report uploaded');
+    assert.ok(stack.agent.calls.some((c) => c.deviceId === 'op-6' && c.op === 'uninstall'));
+    assert.equal((await stack.waitResult('cli-next', 'op-6')).status, 'completed', 'the next queued task ran');
+    console.log(`      (jar process group gone ${goneMs} ms after the cancel command)`);
+  });
+
+  it('`workflow list --query` finds runs by DeviceId, TaskId, AppPackage and TraversalPhase', async function () {
+    const list = async (q: string) => JSON.parse(await temporal('workflow', 'list', '--query', q, '-o', 'json')) as { execution?: { workflowId?: string }; workflowId?: string }[];
+    const ids = (rows: { execution?: { workflowId?: string } }[]) => rows.map((r) => r.execution?.workflowId ?? (r as { workflowId?: string }).workflowId);
+    await waitFor(async () => ids(await list('DeviceId="op-4" AND WorkflowType="traversalWorkflow"')).includes('traversal/pause/op-4'), 20_000, 'DeviceId query');
+    assert.deepEqual(ids(await list('TaskId="longer"')), ['traversal/longer/op-3']);
+    const byPackage = ids(await list('AppPackage="com.example.operate" AND TaskId="early"'));
+    assert.deepEqual(byPackage, ['traversal/early/op-2']);
+    await waitFor(async () => ids(await list('TraversalPhase="cancelled" AND DeviceId="op-6"')).includes('traversal/cli-cancel/op-6'), 20_000, 'phase query');
+    const completed = ids(await list('TraversalPhase="completed" AND DeviceId="op-6"'));
+    assert.deepEqual(completed, ['traversal/cli-next/op-6']);
+    await fsp.access(stack.dataDir);
+  });
+});
