@@ -57,6 +57,12 @@ if ! command -v javac >/dev/null || ! command -v java >/dev/null; then
   apt_install openjdk-17-jdk-headless || { echo "[setup] java/javac missing: install a JDK 17" >&2; exit 1; }
 fi
 
+# 4b. Debian's chromium for the Web UI browser test (playwright-core drives it; no browser download)
+if [ ! -x /usr/bin/chromium ]; then
+  say "installing chromium (Debian package) for the Web UI test"
+  apt_install chromium || echo "[setup] warning: chromium could not be installed; the Web UI test will fail" >&2
+fi
+
 # 5. the traversal simulator jar
 bash sim/traversal-sim/build.sh "$TOOLS/traversal-sim.jar"
 

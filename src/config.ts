@@ -50,6 +50,11 @@ export const OPTIONS = {
   heartbeatThrottleMs: { env: 'DT_HEARTBEAT_THROTTLE', kind: 'duration', default: '1s', doc: 'Longest gap between heartbeats sent to the server; a cancel reaches a running activity within about this time, ms or duration.' },
   maxAttempts: { env: 'DT_MAX_ATTEMPTS', kind: 'int', default: '3', doc: 'Attempts of the traversal step before a run fails.' },
   measureLaunch: { env: 'DT_MEASURE_LAUNCH', kind: 'enum', values: ['true', 'false'], default: 'true', doc: 'Measure the cold start time of the app before traversing.' },
+  agentTimeoutMs: { env: 'DT_AGENT_TIMEOUT', kind: 'duration', default: '15m', doc: 'Longest wait for one device agent answer (installs of big APKs included) before the call fails as AgentUnavailable and is retried, ms or duration.' },
+  deviceCheckMs: { env: 'DT_DEVICE_CHECK_INTERVAL', kind: 'duration', default: '5s', doc: 'How often a running traversal asks the agent whether its device is still online; an offline device fails the attempt as DeviceOffline, ms or duration.' },
+  quarantineAfter: { env: 'DT_QUARANTINE_AFTER', kind: 'int', default: '3', doc: 'Consecutive infrastructure failures (offline, agent down, busy, timeouts) after which a device stops taking work until a resume signal; 0 never quarantines.' },
+  stickyTimeoutMs: { env: 'DT_STICKY_TIMEOUT', kind: 'duration', default: '10s', doc: "How long a workflow task waits for the worker that cached its workflow before any worker may take it (Temporal's sticky queue timeout); after a worker dies, its workflows stall up to this long, ms or duration." },
+  redisKeyPrefix: { env: 'DT_REDIS_KEY_PREFIX', kind: 'string', default: '', doc: 'Prefix put before every Redis key the starter and worker use (tasks, dead letters, results), for sharing one Redis between deployments.' },
   progressSignalMs: { env: 'DT_PROGRESS_SIGNAL_INTERVAL', kind: 'duration', default: '3s', doc: 'How often running traversals push progress to their workflow, ms or duration.' },
   progress: { env: 'DT_PROGRESS', kind: 'enum', values: ['auto', 'bars', 'lines', 'off'], default: 'auto', doc: "Starter's live progress: bars on a terminal, plain lines otherwise ('auto'), or forced/off." },
   logLevel: { env: 'DT_LOG_LEVEL', kind: 'enum', values: ['debug', 'info', 'warn', 'error'], default: 'info', doc: 'Least severe log level printed.' },
@@ -85,6 +90,11 @@ export interface Config {
   heartbeatThrottleMs: number;
   maxAttempts: number;
   measureLaunch: boolean;
+  agentTimeoutMs: number;
+  deviceCheckMs: number;
+  quarantineAfter: number;
+  stickyTimeoutMs: number;
+  redisKeyPrefix: string;
   progressSignalMs: number;
   progress: 'auto' | 'bars' | 'lines' | 'off';
   logLevel: 'debug' | 'info' | 'warn' | 'error';

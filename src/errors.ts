@@ -167,6 +167,38 @@ export const PERMANENT_ERROR_TYPES = [
   'TraversalStartFailed',
 ];
 
+/**
+ * Failure types that say the infrastructure is in trouble rather than the task or the tool: they
+ * count towards a device's quarantine. Timeouts (`Timeout:…`) belong here too.
+ */
+export const INFRASTRUCTURE_ERROR_TYPES = ['DeviceOffline', 'DeviceBusy', 'AgentUnavailable', 'ApkDownloadFailed', 'ReportUploadFailed'];
+/** Failure types of the traversal command itself. */
+export const TOOL_ERROR_TYPES = ['TraversalExit', 'TraversalStartFailed'];
+
+/** Classifies a failure type (an ApplicationFailure type, `Timeout:…` or `Cancelled`); see FailureKind. */
+export function failureKind(type: string): 'infrastructure' | 'task' | 'tool' | 'cancelled' {
+  if (type === 'Cancelled') return 'cancelled';
+  if (TOOL_ERROR_TYPES.includes(type)) return 'tool';
+  if (INFRASTRUCTURE_ERROR_TYPES.includes(type) || type.startsWith('Timeout')) return 'infrastructure';
+  if (PERMANENT_ERROR_TYPES.includes(type)) return 'task';
+  // Anything else (an unexpected exception in an activity) is the service's own trouble, not the task's.
+  return 'infrastructure';
+}
+
+/** Failure types that point at the device or its agent. */
+export const DEVICE_FAULT_TYPES = ['DeviceOffline', 'DeviceBusy', 'AgentUnavailable'];
+/** Steps that talk to the device; a timeout in one of them counts against the device. */
+const DEVICE_STEPS = ['prepareDevice', 'installApp', 'measureLaunch', 'runTraversal', 'cleanupDevice'];
+
+/**
+ * True when a failed traversal counts towards its device's quarantine: the device or its agent
+ * failed (offline, busy, unreachable) or a device step timed out. A slow origin, a bad task or a
+ * failing tool says nothing about the phone and never quarantines it.
+ */
+export function isDeviceFault(type: string, step?: string): boolean {
+  return DEVICE_FAULT_TYPES.includes(type) || (type.startsWith('Timeout') && step !== undefined && DEVICE_STEPS.includes(step));
+}
+
 /** Turns a project error into the ApplicationFailure Temporal records; other errors pass through unchanged. */
 export function toFailure(err: unknown): unknown {
   if (err instanceof TraversalError) {

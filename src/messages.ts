@@ -19,6 +19,8 @@ export interface RunPolicy {
   delivery?: Delivery;
   /** Whether to measure the app's cold start (default true). */
   measureLaunch?: boolean;
+  /** Consecutive infrastructure failures after which the device workflow quarantines its device (default 3; 0 never). */
+  quarantineAfter?: number;
 }
 
 /** One traversal of one app on one device: what the starter signals to a device workflow. */
@@ -115,6 +117,13 @@ export interface TraversalBudget {
   version: number;
 }
 
+/**
+ * What a failure says about whom: `infrastructure` (device offline, agent down or busy, network,
+ * timeouts: retry elsewhere or later), `task` (bad input: missing APK, wrong hash, unknown device),
+ * `tool` (the traversal command itself failed), `cancelled` (someone asked it to stop).
+ */
+export type FailureKind = 'infrastructure' | 'task' | 'tool' | 'cancelled';
+
 /** Final status of a traversal. `completed` means the tool ran to the end, findings or not. */
 export type TraversalStatus = 'completed' | 'failed' | 'cancelled';
 
@@ -141,8 +150,12 @@ export interface TraversalResult {
   stoppedEarly?: boolean;
   /** Time budget in force at the end, seconds. */
   budgetSec?: number;
-  /** Failure type (e.g. ApkNotFound) and message when status is failed or cancelled. */
-  error?: { type: string; message: string; step?: StepName; nonRetryable?: boolean };
+  /**
+   * Failure type (e.g. ApkNotFound) and message when status is failed or cancelled. `kind` keeps
+   * infrastructure trouble apart from a bad task and from a failing traversal tool; what the app
+   * under test did wrong is never an error, it is counted in `crashes` and `anrs`.
+   */
+  error?: { type: string; message: string; kind: FailureKind; step?: StepName; nonRetryable?: boolean };
   startedAt: string;
   finishedAt: string;
   workflowId: string;
@@ -158,6 +171,25 @@ export interface DeviceWorkflowInput {
   completed?: number;
   /** History length after which the workflow continues as new between children (default 5000). */
   historyLimit?: number;
+  /** Consecutive infrastructure failures so far, carried across continue-as-new. */
+  infraFailures?: InfraFailure[];
+  /** Quarantine in force, carried across continue-as-new. */
+  quarantine?: DeviceQuarantine;
+}
+
+/** One infrastructure failure of a traversal on a device. */
+export interface InfraFailure {
+  taskId: string;
+  type: string;
+  message: string;
+  at: string;
+}
+
+/** Why a device stopped taking work; cleared by the `resume` signal. */
+export interface DeviceQuarantine {
+  reason: string;
+  since: string;
+  failures: InfraFailure[];
 }
 
 /** Answer of the device workflow's `state` query. */
@@ -168,13 +200,17 @@ export interface DeviceState {
   current?: { taskId: string; workflowId: string; packageName: string };
   completed: number;
   seen: number;
+  /** Set while the device is quarantined after repeated infrastructure failures. */
+  quarantine?: DeviceQuarantine;
+  /** Infrastructure failures in a row since the last success. */
+  infraFailuresInRow?: number;
 }
 
 /** Adds a traversal request to a device's queue (duplicates by taskId are ignored). */
 export const enqueueSignal = defineSignal<[TraversalRequest]>('enqueue');
 /** Pauses a device (stops dequeuing) or a traversal (stops between steps). */
 export const pauseSignal = defineSignal('pause');
-/** Resumes what `pause` stopped. */
+/** Resumes what `pause` stopped; on a device it also lifts a quarantine. */
 export const resumeSignal = defineSignal('resume');
 /** Progress of the running traversal command, sent by the runTraversal activity. */
 export const progressSignal = defineSignal<[ProgressUpdate]>('progress-update');

@@ -10,5 +10,8 @@ export const APP_PACKAGE = defineSearchAttributeKey('AppPackage', SearchAttribut
 /** The current phase of a traversal (downloading, traversing, completed…). */
 export const TRAVERSAL_PHASE = defineSearchAttributeKey('TraversalPhase', SearchAttributeType.KEYWORD);
 
+/** Health of a device workflow: 'quarantined' after repeated infrastructure failures, 'ok' once resumed. */
+export const DEVICE_HEALTH = defineSearchAttributeKey('DeviceHealth', SearchAttributeType.KEYWORD);
+
 /** Names of the attributes, for registration on a server. */
-export const SEARCH_ATTRIBUTE_NAMES = ['TaskId', 'DeviceId', 'AppPackage', 'TraversalPhase'] as const;
+export const SEARCH_ATTRIBUTE_NAMES = ['TaskId', 'DeviceId', 'AppPackage', 'TraversalPhase', 'DeviceHealth'] as const;

@@ -60,9 +60,19 @@ export class TaskBridge {
   private stopping = false;
   private running?: Promise<void>;
   private wake?: () => void;
+  private connectedBefore: boolean;
+  private replayPending = false;
 
   constructor(private readonly opts: TaskBridgeOptions) {
     this.keys = starterKeys(opts.starterId, opts.keyPrefix);
+    // A BLMOVE that Redis executed just before the connection dropped has its reply lost, and the
+    // client sends it again after reconnecting: the first item would sit in the processing list
+    // until a restart. So every reconnect replays the processing list (dedupe makes that harmless).
+    this.connectedBefore = opts.blocking.status === 'ready';
+    opts.blocking.on('ready', () => {
+      if (this.connectedBefore) this.replayPending = true;
+      this.connectedBefore = true;
+    });
   }
 
   /** Starts consuming in the background; the promise of `done()` settles when it stops. */
@@ -84,16 +94,16 @@ export class TaskBridge {
   }
 
   private async loop(): Promise<void> {
-    const { redis, blocking } = this.opts;
-    // Items left by an earlier run of this starter id, oldest first (BLMOVE pushes on the left).
-    const leftover = await redis.lrange(this.keys.processing, 0, -1);
-    for (const raw of leftover.reverse()) {
-      if (this.stopping) return;
-      this.stats.replayed++;
-      this.opts.log?.('info', 'replaying task left in the processing list', { processing: this.keys.processing });
-      await this.handle(raw);
-    }
+    const { blocking } = this.opts;
+    // Items left by an earlier run of this starter id.
+    await this.replay();
     while (!this.stopping) {
+      if (this.replayPending) {
+        this.replayPending = false;
+        this.opts.log?.('info', 'Redis reconnected; replaying the processing list', { processing: this.keys.processing });
+        await this.replay();
+        continue;
+      }
       let raw: string | null;
       try {
         raw = await blocking.blmove(this.keys.tasks, this.keys.processing, 'RIGHT', 'LEFT', this.opts.blockTimeoutSec ?? 1);
@@ -104,6 +114,17 @@ export class TaskBridge {
         continue;
       }
       if (raw !== null) await this.handle(raw);
+    }
+  }
+
+  /** Handles every item in this starter's processing list, oldest first (BLMOVE pushes on the left). */
+  private async replay(): Promise<void> {
+    const leftover = await this.withRedisRetry(() => this.opts.redis.lrange(this.keys.processing, 0, -1));
+    for (const raw of (leftover ?? []).reverse()) {
+      if (this.stopping) return;
+      this.stats.replayed++;
+      this.opts.log?.('info', 'replaying task left in the processing list', { processing: this.keys.processing });
+      await this.handle(raw);
     }
   }
 

@@ -34,11 +34,13 @@ async function main(): Promise<void> {
       taskQueue: config.taskQueue,
       starterId: config.starterId,
       agents,
+      keyPrefix: config.redisKeyPrefix,
       policy: {
         heartbeatTimeoutMs: config.heartbeatTimeoutMs,
         maxAttempts: config.maxAttempts,
         delivery: config.delivery,
         measureLaunch: config.measureLaunch,
+        quarantineAfter: config.quarantineAfter,
       },
       log: (level, msg, meta) => logger[level](msg, meta),
     });

@@ -100,6 +100,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,
     maxCachedWorkflows: config.maxCachedWorkflows,
     maxConcurrentWorkflowTaskExecutions: 20,
+    stickyQueueScheduleToStartTimeout: config.stickyTimeoutMs,
     shutdownGraceTime: '10s',
     // Heartbeats normally wait up to 0.8 × heartbeatTimeout; a cancel only arrives with one, so keep them frequent.
     maxHeartbeatThrottleInterval: config.heartbeatThrottleMs,

@@ -30,6 +30,7 @@ async function main(): Promise<void> {
       namespace: temporal.namespace,
       client,
       redis,
+      redisKeyPrefix: config.redisKeyPrefix,
       sdkMetrics: async () => {
         // The SDK's exporter runs in its native core; fetch its text so one scrape gets both.
         const res = await request(`http://127.0.0.1:${sdkMetricsPort}/metrics`).catch(() => undefined);

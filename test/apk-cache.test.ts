@@ -65,7 +65,11 @@ async function deadPid(): Promise<number> {
 }
 
 /** Sends a request with a path exactly as given (undici would normalise `..` away). */
-function rawGet(base: string, rawPath: string, method = 'GET'): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }> {
+function rawGet(
+  base: string,
+  rawPath: string,
+  method = 'GET',
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }> {
   const { hostname, port } = new URL(base);
   return new Promise((resolve, reject) => {
     const req = http.request({ host: hostname, port, path: rawPath, method, agent: false }, (res) => {
@@ -114,7 +118,9 @@ describe('APK cache', function () {
     it('downloads a URL once when ten callers in one process ask for it at the same time', async () => {
       const apk = await origin.addApk('cache-shared.apk', 4 * MiB);
       const { cache, metrics } = await freshCache();
-      const results = await Promise.all(Array.from({ length: 10 }, () => cache.resolve(origin.url('cache-shared.apk'))));
+      const results = await Promise.all(
+        Array.from({ length: 10 }, () => cache.resolve(origin.url('cache-shared.apk'))),
+      );
 
       const stats = origin.stats('cache-shared.apk');
       assert.equal(stats.gets, 1);
@@ -138,7 +144,11 @@ describe('APK cache', function () {
       try {
         for (let i = 0; i < 3; i++) {
           children.push(
-            spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', 'test/support/cache-worker.ts', dir, url], { cwd: PROJECT_ROOT }),
+            spawn(
+              process.execPath,
+              ['-r', 'ts-node/register/transpile-only', 'test/support/cache-worker.ts', dir, url],
+              { cwd: PROJECT_ROOT },
+            ),
           );
         }
         const outputs = children.map((child) => {
@@ -204,7 +214,10 @@ describe('APK cache', function () {
       const stats = origin.stats('cache-resume.apk');
       assert.equal(stats.gets, 2);
       assert.equal(stats.rangeGets, 1);
-      assert.ok(stats.bytesServed <= 1.05 * apk.size, `origin served ${stats.bytesServed} bytes for a ${apk.size} byte file`);
+      assert.ok(
+        stats.bytesServed <= 1.05 * apk.size,
+        `origin served ${stats.bytesServed} bytes for a ${apk.size} byte file`,
+      );
       assert.equal(second.sha256, apk.sha256);
       assert.ok(second.resumedFrom !== undefined && second.resumedFrom > 0);
       assert.equal(second.downloadedBytes, apk.size - second.resumedFrom);
@@ -219,13 +232,20 @@ describe('APK cache', function () {
       const { cache, dir } = await freshCache();
       const partPath = path.join(dir, 'tmp', `${urlKey(url)}.part`);
       origin.throttleBytesPerSec = 2 * MiB;
-      const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', 'test/support/cache-worker.ts', dir, url], { cwd: PROJECT_ROOT });
+      const child = spawn(
+        process.execPath,
+        ['-r', 'ts-node/register/transpile-only', 'test/support/cache-worker.ts', dir, url],
+        { cwd: PROJECT_ROOT },
+      );
       const exited = new Promise((resolve) => child.once('exit', resolve));
       try {
         await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
         child.stdin.write('go\n');
         for (let i = 0; ; i++) {
-          const size = await fsp.stat(partPath).then((s) => s.size, () => 0);
+          const size = await fsp.stat(partPath).then(
+            (s) => s.size,
+            () => 0,
+          );
           if (size >= MiB) break;
           assert.ok(i < 500, 'the worker never started writing its part file');
           await new Promise((r) => setTimeout(r, 10));
@@ -251,7 +271,10 @@ describe('APK cache', function () {
       const { cache, dir } = await freshCache();
       await fsp.mkdir(path.join(dir, 'locks'), { recursive: true });
       const lockPath = path.join(dir, 'locks', `${urlKey(url)}.lock`);
-      await fsp.writeFile(lockPath, JSON.stringify({ pid: await deadPid(), host: os.hostname(), url, at: new Date().toISOString() }));
+      await fsp.writeFile(
+        lockPath,
+        JSON.stringify({ pid: await deadPid(), host: os.hostname(), url, at: new Date().toISOString() }),
+      );
 
       const r = await cache.resolve(url, undefined, { signal: AbortSignal.timeout(5_000) });
       assert.equal(r.sha256, apk.sha256);
@@ -264,7 +287,10 @@ describe('APK cache', function () {
       const { cache, dir } = await freshCache();
       await fsp.mkdir(path.join(dir, 'locks'), { recursive: true });
       const lockPath = path.join(dir, 'locks', `${urlKey(url)}.lock`);
-      await fsp.writeFile(lockPath, JSON.stringify({ pid: process.pid, host: os.hostname(), url, at: new Date().toISOString() }));
+      await fsp.writeFile(
+        lockPath,
+        JSON.stringify({ pid: process.pid, host: os.hostname(), url, at: new Date().toISOString() }),
+      );
 
       const r = await cache.resolve(url, undefined, { signal: AbortSignal.timeout(5_000) });
       assert.equal(r.sha256, apk.sha256);
@@ -279,7 +305,9 @@ describe('APK cache', function () {
       const holder = { pid: process.ppid, host: os.hostname(), url, at: new Date().toISOString() };
       await fsp.writeFile(lockPath, JSON.stringify(holder));
 
-      await assert.rejects(cache.resolve(url, undefined, { signal: AbortSignal.timeout(300) }), { name: 'TimeoutError' });
+      await assert.rejects(cache.resolve(url, undefined, { signal: AbortSignal.timeout(300) }), {
+        name: 'TimeoutError',
+      });
       assert.equal(origin.stats('cache-live.apk').gets, 0);
       assert.deepEqual(JSON.parse(await fsp.readFile(lockPath, 'utf8')), holder);
     });
@@ -290,10 +318,15 @@ describe('APK cache', function () {
       const { cache, dir } = await freshCache();
       await fsp.mkdir(path.join(dir, 'locks'), { recursive: true });
       const lockPath = path.join(dir, 'locks', `${urlKey(url)}.lock`);
-      await fsp.writeFile(lockPath, JSON.stringify({ pid: 1, host: 'container-that-is-gone', url, at: new Date().toISOString() }));
+      await fsp.writeFile(
+        lockPath,
+        JSON.stringify({ pid: 1, host: 'container-that-is-gone', url, at: new Date().toISOString() }),
+      );
 
       // Fresh: the other host may still be downloading, so wait.
-      await assert.rejects(cache.resolve(url, undefined, { signal: AbortSignal.timeout(300) }), { name: 'TimeoutError' });
+      await assert.rejects(cache.resolve(url, undefined, { signal: AbortSignal.timeout(300) }), {
+        name: 'TimeoutError',
+      });
       // Untouched for an hour: its owner is gone (a container restart gets a new hostname).
       const hourAgo = new Date(Date.now() - 3600_000);
       await fsp.utimes(lockPath, hourAgo, hourAgo);
@@ -363,7 +396,10 @@ describe('APK cache', function () {
       origin.lieAboutLength('cache-truncated.apk', apk.size / 2);
       try {
         const { cache, dir } = await freshCache();
-        await assert.rejects(cache.resolve(origin.url('cache-truncated.apk'), apk.sha256), coded('ApkHashMismatch', true));
+        await assert.rejects(
+          cache.resolve(origin.url('cache-truncated.apk'), apk.sha256),
+          coded('ApkHashMismatch', true),
+        );
         assert.deepEqual(await listDir(path.join(dir, 'blobs')), []);
       } finally {
         origin.lieAboutLength('cache-truncated.apk', undefined);
@@ -412,7 +448,10 @@ describe('APK cache', function () {
         await hungUp;
         assert.ok(sent < 32 * MiB, `server wrote ${sent} bytes before the client hung up`);
         assert.deepEqual(await listDir(path.join(dir, 'blobs')), []);
-        assert.deepEqual((await listDir(path.join(dir, 'tmp'))).filter((f) => f.endsWith('.part')), []);
+        assert.deepEqual(
+          (await listDir(path.join(dir, 'tmp'))).filter((f) => f.endsWith('.part')),
+          [],
+        );
       });
     });
   });
@@ -457,7 +496,10 @@ describe('APK cache', function () {
       origin.respondWith('cache-503.apk', 503);
       const { cache } = await freshCache();
       try {
-        await assert.rejects(cache.resolve(origin.url('cache-503.apk')), coded('ApkDownloadFailed', false, (e) => assert.match(e.message, /HTTP 503/)));
+        await assert.rejects(
+          cache.resolve(origin.url('cache-503.apk')),
+          coded('ApkDownloadFailed', false, (e) => assert.match(e.message, /HTTP 503/)),
+        );
       } finally {
         origin.respondWith('cache-503.apk', undefined);
       }
@@ -632,7 +674,14 @@ describe('artifact server', function () {
     await fsp.writeFile(path.join(tmpRoot, 'tmp', `${key}.part`), 'partial bytes');
     await fsp.writeFile(path.join(tmpRoot, 'tmp', `${fake}.part`), 'partial bytes');
     await fsp.writeFile(path.join(tmpRoot, 'tmp', `${fake}.apk`), 'partial bytes');
-    for (const p of [`/apk/${key}.part`, `/apk/${key}.apk`, `/apk/${key}`, `/apk/${fake}.part`, `/apk/${fake}.apk`, `/apk/${fake}`]) {
+    for (const p of [
+      `/apk/${key}.part`,
+      `/apk/${key}.apk`,
+      `/apk/${key}`,
+      `/apk/${fake}.part`,
+      `/apk/${fake}.apk`,
+      `/apk/${fake}`,
+    ]) {
       assert.equal((await get(p)).status, 404, p);
     }
   });

@@ -121,7 +121,7 @@ export class ApkCache {
     if (!flight || flight.controller.signal.aborted) {
       // A flight whose waiters all left is still winding down (it may hold the lock); joining it
       // would only inherit its cancellation, so start a new one once it has settled.
-      const previous = flight?.promise.then(() => undefined, () => undefined) ?? Promise.resolve();
+      const previous = flight ? flight.promise.catch(() => undefined) : Promise.resolve();
       const controller = new AbortController();
       const state: DownloadState = { bytes: 0, phase: 'waiting-lock' };
       const created: Flight = {
@@ -231,7 +231,8 @@ export class ApkCache {
       });
       if (handle) {
         heldLocks.add(lockPath);
-        const body = JSON.stringify({ pid: process.pid, host: os.hostname(), url, at: new Date().toISOString(), nonce: randomUUID() });
+        const owner = { pid: process.pid, host: os.hostname(), url, at: new Date().toISOString(), nonce: randomUUID() };
+        const body = JSON.stringify(owner);
         // The mtime is the heartbeat other hosts judge the lock by.
         const refresh = setInterval(() => {
           const now = new Date();

@@ -35,6 +35,12 @@ export interface DeviceAgentDeps {
   metrics?: Metrics;
   /** Timeout of one agent call, ms (installs of big APKs take long; default 15 min). */
   callTimeoutMs?: number;
+  /**
+   * This worker's own URL for a cached APK, when it has the blob. A retried install may run on
+   * another worker than the download (or on a restarted one with a new port), so the URL recorded
+   * by resolveApk can point at an artifact server that is gone.
+   */
+  localInstallUrl?: (sha256: string) => Promise<string | undefined>;
 }
 
 /** Sends one JSON request to an agent and maps failures to typed errors. */
@@ -88,6 +94,22 @@ export async function agentCall<T>(
   }
 }
 
+/**
+ * Throws DeviceOfflineError when the agent reports the device offline (503 or online=false).
+ * Other agent trouble is returned, not thrown: a running traversal does not stop because one
+ * status call failed.
+ */
+export async function checkDeviceOnline(deps: DeviceAgentDeps, agentUrl: string, deviceId: string, signal?: AbortSignal): Promise<Error | undefined> {
+  try {
+    const status = await agentCall<DeviceStatus>({ ...deps, callTimeoutMs: Math.min(deps.callTimeoutMs ?? 10_000, 10_000) }, agentUrl, deviceId, '', undefined, signal);
+    if (status.online === false) throw new DeviceOfflineError(deviceId, 'the agent reports it offline');
+    return undefined;
+  } catch (err) {
+    if (err instanceof DeviceOfflineError) throw err;
+    return err as Error;
+  }
+}
+
 /** Heartbeats every second while a long call is pending, so a dead worker is noticed and cancels arrive. */
 export function keepAlive(details?: () => unknown): () => void {
   const ctx = Context.current();
@@ -109,10 +131,15 @@ export function createDeviceAgentActivities(deps: DeviceAgentDeps) {
     /** Checks the device is online and resets its environment. */
     async prepareDevice(input: DeviceRef): Promise<DeviceStatus> {
       const signal = Context.current().cancellationSignal;
-      const status = await agentCall<DeviceStatus>(deps, input.agentUrl, input.deviceId, '', undefined, signal);
-      if (!status.online) throw new DeviceOfflineError(input.deviceId, 'the agent reports it offline');
-      await agentCall(deps, input.agentUrl, input.deviceId, 'reset', {}, signal);
-      return { online: true, model: status.model, sdk: status.sdk };
+      const stop = keepAlive();
+      try {
+        const status = await agentCall<DeviceStatus>(deps, input.agentUrl, input.deviceId, '', undefined, signal);
+        if (!status.online) throw new DeviceOfflineError(input.deviceId, 'the agent reports it offline');
+        await agentCall(deps, input.agentUrl, input.deviceId, 'reset', {}, signal);
+        return { online: true, model: status.model, sdk: status.sdk };
+      } finally {
+        stop();
+      }
     },
 
     /** Tells the agent to download the APK from a URL and install it; APK bytes never pass through here. */
@@ -120,12 +147,20 @@ export function createDeviceAgentActivities(deps: DeviceAgentDeps) {
       const stop = keepAlive();
       try {
         const started = Date.now();
+        let url = input.url;
+        if (input.sha256 && url.endsWith(`/apk/${input.sha256}.apk`)) {
+          const own = await deps.localInstallUrl?.(input.sha256);
+          if (own && own !== url) {
+            Context.current().log.info('installing from this worker’s artifact server', { recorded: url, url: own });
+            url = own;
+          }
+        }
         const res = await agentCall<InstallResult>(
           deps,
           input.agentUrl,
           input.deviceId,
           'installApp',
-          { url: input.url, packageName: input.packageName, ...(input.sha256 ? { sha256: input.sha256 } : {}) },
+          { url, packageName: input.packageName, ...(input.sha256 ? { sha256: input.sha256 } : {}) },
           Context.current().cancellationSignal,
         );
         deps.metrics?.installs.inc();
@@ -137,30 +172,40 @@ export function createDeviceAgentActivities(deps: DeviceAgentDeps) {
 
     /** Launches the app once and returns its cold start time. */
     async measureLaunch(input: DeviceRef & { packageName: string; activity?: string }): Promise<{ coldStartMs: number }> {
-      const res = await agentCall<{ coldStartMs: number }>(
-        deps,
-        input.agentUrl,
-        input.deviceId,
-        'launchApp',
-        { packageName: input.packageName, ...(input.activity ? { activity: input.activity } : {}) },
-        Context.current().cancellationSignal,
-      );
-      return { coldStartMs: Number(res.coldStartMs) };
+      const stop = keepAlive();
+      try {
+        const res = await agentCall<{ coldStartMs: number }>(
+          deps,
+          input.agentUrl,
+          input.deviceId,
+          'launchApp',
+          { packageName: input.packageName, ...(input.activity ? { activity: input.activity } : {}) },
+          Context.current().cancellationSignal,
+        );
+        return { coldStartMs: Number(res.coldStartMs) };
+      } finally {
+        stop();
+      }
     },
 
     /** Uninstalls the app and resets the device; succeeds when there is nothing to remove. */
     async cleanupDevice(input: DeviceRef & { packageName: string }): Promise<{ uninstalled: boolean }> {
       const signal = Context.current().cancellationSignal;
-      const res = await agentCall<{ uninstalled?: boolean }>(
-        deps,
-        input.agentUrl,
-        input.deviceId,
-        'uninstallApp',
-        { packageName: input.packageName },
-        signal,
-      );
-      await agentCall(deps, input.agentUrl, input.deviceId, 'reset', {}, signal);
-      return { uninstalled: res.uninstalled === true };
+      const stop = keepAlive();
+      try {
+        const res = await agentCall<{ uninstalled?: boolean }>(
+          deps,
+          input.agentUrl,
+          input.deviceId,
+          'uninstallApp',
+          { packageName: input.packageName },
+          signal,
+        );
+        await agentCall(deps, input.agentUrl, input.deviceId, 'reset', {}, signal);
+        return { uninstalled: res.uninstalled === true };
+      } finally {
+        stop();
+      }
     },
   };
 }

@@ -8,7 +8,7 @@ import type { ProgressUpdate, TraversalBudget } from '../messages';
 import type { Metrics } from '../metrics';
 import { createApkActivities } from './apk';
 import type { ApkCache } from './apk-cache';
-import { createDeviceAgentActivities } from './device-agent';
+import { checkDeviceOnline, createDeviceAgentActivities, type DeviceAgentDeps } from './device-agent';
 import { createReportSinkActivities } from './report-sink';
 import { createResultPublisherActivities } from './result-publisher';
 import { createTraversalRunnerActivities } from './traversal-runner';
@@ -33,6 +33,12 @@ export interface ActivityDeps {
 /** The activity implementations, each wrapped so project errors become typed ApplicationFailures. */
 export function createActivities(deps: ActivityDeps) {
   const { config } = deps;
+  const agentDeps: DeviceAgentDeps = {
+    dispatcher: deps.dispatcher,
+    metrics: deps.metrics,
+    callTimeoutMs: config.agentTimeoutMs,
+    localInstallUrl: async (sha256) => ((await deps.cache.stat(sha256)) !== undefined ? `${deps.artifactBaseUrl()}/apk/${sha256}.apk` : undefined),
+  };
   return withTypedFailures({
     ...createApkActivities({
       cache: deps.cache,
@@ -40,7 +46,7 @@ export function createActivities(deps: ActivityDeps) {
       artifactBaseUrl: deps.artifactBaseUrl,
       delivery: config.delivery,
     }),
-    ...createDeviceAgentActivities({ dispatcher: deps.dispatcher, metrics: deps.metrics }),
+    ...createDeviceAgentActivities(agentDeps),
     ...createTraversalRunnerActivities({
       runsDir: path.join(config.dataDir, 'runs'),
       pidsDir: path.join(config.dataDir, 'pids'),
@@ -53,6 +59,8 @@ export function createActivities(deps: ActivityDeps) {
       readBudget: deps.readBudget,
       progressPushMs: config.progressSignalMs,
       metrics: deps.metrics,
+      checkDevice: (agentUrl, deviceId, signal) => checkDeviceOnline(agentDeps, agentUrl, deviceId, signal),
+      deviceCheckMs: config.deviceCheckMs,
     }),
     ...createReportSinkActivities({ runsDir: path.join(config.dataDir, 'runs'), sink: config.reportSink, token: config.reportSinkToken, dispatcher: deps.dispatcher }),
     ...createResultPublisherActivities({ redis: deps.redis, keyPrefix: deps.redisKeyPrefix }),

@@ -34,6 +34,13 @@ export interface TraversalRunnerDeps {
   readBudget?: (workflowId: string) => Promise<TraversalBudget | undefined>;
   /** Minimum time between two progress pushes, ms. */
   progressPushMs: number;
+  /**
+   * Asks the agent whether the device is online: throws DeviceOfflineError when it is not,
+   * returns other trouble (agent unreachable) without throwing. Unset: the device is not watched.
+   */
+  checkDevice?: (agentUrl: string, deviceId: string, signal: AbortSignal) => Promise<Error | undefined>;
+  /** Time between two device checks while the command runs, ms (default 5000). */
+  deviceCheckMs?: number;
   metrics?: Metrics;
 }
 
@@ -101,6 +108,8 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
       const logFile = path.join(dir, `attempt-${info.attempt}.log`);
       await fsp.mkdir(dir, { recursive: true });
       await endStaleRun(deps, input.deviceId, ctx.log);
+      // A retry after the device dropped off fails fast here instead of starting the tool blind.
+      await deps.checkDevice?.(input.agentUrl, input.deviceId, ctx.cancellationSignal);
 
       const resumeFrom = previous?.checkpoint && previous.checkpoint !== '0' ? previous.checkpoint : undefined;
       if (!resumeFrom) await fsp.rm(reportDir, { recursive: true, force: true });
@@ -218,11 +227,33 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
       ctx.heartbeat(progress);
       push(true);
 
+      // The tool may not notice a phone that dropped off; stop it and let a retry resume later.
+      let offline: Error | undefined;
+      let checking = false;
+      const deviceTimer = deps.checkDevice
+        ? setInterval(() => {
+            if (checking || offline) return;
+            checking = true;
+            deps.checkDevice!(input.agentUrl, input.deviceId, ctx.cancellationSignal)
+              .then((trouble) => {
+                if (trouble) ctx.log.debug('device check failed', { deviceId: input.deviceId, error: trouble.message });
+              })
+              .catch((err: Error) => {
+                if (ctx.cancellationSignal.aborted) return;
+                offline = err;
+                ctx.log.warn('device went offline; stopping the traversal so a retry resumes it', { deviceId: input.deviceId, pid, error: err.message });
+                void killGroup(child, deps.killGraceMs);
+              })
+              .finally(() => (checking = false));
+          }, deps.deviceCheckMs ?? 5000)
+        : undefined;
+
       const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
         child.once('close', (code, signal) => resolve({ code, signal }));
       });
       ctx.cancellationSignal.removeEventListener('abort', onCancel);
       clearInterval(budgetTimer);
+      if (deviceTimer) clearInterval(deviceTimer);
       await new Promise<void>((resolve) => log.end(resolve));
       await forgetRun(deps, input.deviceId, pid);
       const durationMs = Date.now() - started;
@@ -231,6 +262,10 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
       if (ctx.cancellationSignal.aborted) {
         deps.metrics?.traversals.inc({ outcome: 'cancelled' });
         throw ctx.cancellationSignal.reason;
+      }
+      if (offline) {
+        deps.metrics?.traversals.inc({ outcome: 'device-offline' });
+        throw offline;
       }
       const stoppedOnRequest = stopRequested && (exit.signal === 'SIGTERM' || exit.code === 143);
       if (exit.code !== 0 && !stoppedOnRequest) {

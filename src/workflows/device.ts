@@ -5,13 +5,17 @@
  */
 import {
   allHandlersFinished,
+  ApplicationFailure,
+  ChildWorkflowFailure,
   condition,
   continueAsNew,
   executeChild,
   log,
   ParentClosePolicy,
+  patched,
   setCurrentDetails,
   setHandler,
+  upsertSearchAttributes,
   workflowInfo,
   WorkflowIdReusePolicy,
 } from '@temporalio/workflow';
@@ -21,17 +25,33 @@ import {
   pauseSignal,
   resumeSignal,
   traversalWorkflowId,
+  type DeviceQuarantine,
   type DeviceState,
   type DeviceWorkflowInput,
+  type InfraFailure,
   type TraversalRequest,
+  type TraversalResult,
 } from '../messages';
-import { APP_PACKAGE, DEVICE_ID, TASK_ID, TRAVERSAL_PHASE } from '../search-attributes';
+import { isDeviceFault } from '../errors';
+import { APP_PACKAGE, DEVICE_HEALTH, DEVICE_ID, TASK_ID, TRAVERSAL_PHASE } from '../search-attributes';
 import { traversalWorkflow } from './traversal';
 
 /** How many task ids the dedupe memory keeps (oldest forgotten first). */
 export const DEDUPE_MEMORY = 2000;
 /** History length after which the workflow continues as new between children. */
 export const HISTORY_LIMIT = 5000;
+/** Consecutive device faults after which a device is quarantined when the request does not say. */
+export const QUARANTINE_AFTER = 3;
+
+/** The device fault behind a failed child, or undefined when the failure is not the device's. */
+function deviceFault(err: unknown, taskId: string): InfraFailure | undefined {
+  const app = err instanceof ChildWorkflowFailure ? err.cause : undefined;
+  if (!(app instanceof ApplicationFailure)) return undefined;
+  const result = app.details?.[0] as Partial<TraversalResult> | undefined;
+  const type = app.type ?? 'Error';
+  if (!isDeviceFault(type, result?.error?.step)) return undefined;
+  return { taskId, type, message: app.message, at: result?.finishedAt ?? new Date().toISOString() };
+}
 
 /** The device workflow. */
 export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> {
@@ -42,11 +62,22 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
   let completed = input.completed ?? 0;
   let current: DeviceState['current'];
   const historyLimit = input.historyLimit ?? HISTORY_LIMIT;
+  // Quarantine changes which children start, so runs recorded before it existed replay without it.
+  const quarantines = patched('device-quarantine');
+  let infraFailures: InfraFailure[] = [...(input.infraFailures ?? [])];
+  let quarantine: DeviceQuarantine | undefined = input.quarantine;
 
-  const describe = () =>
-    setCurrentDetails(
-      `${deviceId}: ${paused ? 'paused' : current ? `running ${current.taskId} (${current.packageName})` : 'idle'}, ${queue.length} queued, ${completed} done`,
-    );
+  const describe = () => {
+    const doing = quarantine
+      ? `QUARANTINED (${quarantine.reason}); send the resume signal once fixed`
+      : paused
+        ? 'paused'
+        : current
+          ? `running ${current.taskId} (${current.packageName})`
+          : 'idle';
+    setCurrentDetails(`${deviceId}: ${doing}, ${queue.length} queued, ${completed} done`);
+  };
+  const setHealth = (value: 'ok' | 'quarantined') => upsertSearchAttributes([{ key: DEVICE_HEALTH, value }]);
 
   setHandler(enqueueSignal, (req) => {
     if (req.deviceId !== deviceId) {
@@ -68,6 +99,12 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
   });
   setHandler(resumeSignal, () => {
     paused = false;
+    if (quarantine) {
+      log.info('device quarantine lifted', { deviceId, reason: quarantine.reason });
+      quarantine = undefined;
+      infraFailures = [];
+      setHealth('ok');
+    }
     describe();
   });
   setHandler(deviceStateQuery, () => ({
@@ -77,12 +114,14 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
     current,
     completed,
     seen: seen.size,
+    ...(quarantine ? { quarantine } : {}),
+    infraFailuresInRow: infraFailures.length,
   }));
   describe();
 
   const shouldRollOver = () => workflowInfo().continueAsNewSuggested || workflowInfo().historyLength > historyLimit;
   for (;;) {
-    await condition(() => (!paused && queue.length > 0) || shouldRollOver());
+    await condition(() => (!paused && !quarantine && queue.length > 0) || shouldRollOver());
     if (shouldRollOver()) {
       await condition(allHandlersFinished);
       await continueAsNew<typeof deviceWorkflow>({
@@ -92,6 +131,8 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
         paused,
         completed,
         ...(input.historyLimit ? { historyLimit: input.historyLimit } : {}),
+        ...(infraFailures.length > 0 ? { infraFailures } : {}),
+        ...(quarantine ? { quarantine } : {}),
       });
     }
     const req = queue.shift()!;
@@ -114,8 +155,23 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
           { key: TRAVERSAL_PHASE, value: 'queued' },
         ],
       });
+      infraFailures = [];
     } catch (err) {
       log.warn('traversal ended without success', { deviceId, taskId: req.taskId, error: (err as Error).message });
+      const fault = quarantines ? deviceFault(err, req.taskId) : undefined;
+      if (fault) {
+        infraFailures.push(fault);
+        const limit = req.policy?.quarantineAfter ?? QUARANTINE_AFTER;
+        if (limit > 0 && infraFailures.length >= limit) {
+          quarantine = {
+            reason: `${infraFailures.length} infrastructure failures in a row, last ${fault.type}: ${fault.message.slice(0, 200)}`,
+            since: fault.at,
+            failures: infraFailures.slice(-limit),
+          };
+          log.warn('device quarantined: it takes no work until the resume signal', { deviceId, reason: quarantine.reason });
+          setHealth('quarantined');
+        }
+      }
     }
     current = undefined;
     completed++;

@@ -9,6 +9,7 @@ import {
   condition,
   isCancellation,
   log,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -21,7 +22,7 @@ import {
 import type { Activities } from '../activities';
 import type { ResolvedApk } from '../activities/apk';
 import type { RunTraversalResult } from '../activities/traversal-runner';
-import { PERMANENT_ERROR_TYPES } from '../errors';
+import { failureKind, PERMANENT_ERROR_TYPES } from '../errors';
 import {
   budgetQuery,
   budgetSignal,
@@ -58,6 +59,12 @@ function describeFailure(err: unknown): { type: string; message: string; nonRetr
   return { type: (e as Error)?.name ?? 'Error', message: (e as Error)?.message ?? String(e) };
 }
 
+/** The result's error: the failure, what kind of trouble it is, and the step it happened in. */
+function errorOf(failure: unknown, step: StepName | undefined): NonNullable<TraversalResult['error']> {
+  const d = describeFailure(failure);
+  return { ...d, kind: failureKind(d.type), step };
+}
+
 /** The traversal workflow (id `traversal/<taskId>/<deviceId>`). */
 export async function traversalWorkflow(req: TraversalRequest): Promise<TraversalResult> {
   const info = workflowInfo();
@@ -72,7 +79,13 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     retry: retry(10, init),
     summary: `download ${req.apkUrl}`,
   });
-  const agentQuick = proxyActivities<Activities>({ startToCloseTimeout: '2m', retry: retry(5, init) });
+  // Quick agent calls heartbeat too, so a worker killed during one is noticed after the heartbeat
+  // timeout instead of the 2-minute start-to-close timeout (runs recorded before lack the marker).
+  const agentQuick = proxyActivities<Activities>({
+    startToCloseTimeout: '2m',
+    ...(patched('agent-call-heartbeats') ? { heartbeatTimeout: hb } : {}),
+    retry: retry(5, init),
+  });
   const agentInstall = proxyActivities<Activities>({ startToCloseTimeout: '30m', heartbeatTimeout: hb, retry: retry(5, init) });
   const runner = proxyActivities<Activities>({
     // A hung tool is caught by the heartbeat timeout; this only bounds runs whose budget was extended.
@@ -241,7 +254,7 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       stoppedEarly: run ? run.status === 'stopped' : undefined,
       budgetSec: budget.durationSec,
       resumedFrom: run?.resumedFrom,
-      ...(failure !== undefined ? { error: { ...describeFailure(failure), step: failedStep } } : {}),
+      ...(failure !== undefined ? { error: errorOf(failure, failedStep) } : {}),
       startedAt: new Date(startedAt).toISOString(),
       finishedAt: new Date(finishedAt).toISOString(),
       workflowId: info.workflowId,

@@ -17,16 +17,29 @@ import { ApkOrigin, type ApkInfo } from '../../src/sim/origin';
 import { TaskBridge } from '../../src/starter-core';
 import { createTraversalWorker, type TraversalWorker } from '../../src/worker-setup';
 import type { AgentDirectory } from '../../src/task';
+import { freePort } from '../../src/local/ports';
+import { request } from 'undici';
 
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
-let runtimeInstalled = false;
+let runtime: Promise<void> | undefined;
+/** Port of the SDK's Prometheus exporter in this test process. */
+export let sdkMetricsPort = 0;
+
+/** Installs the SDK runtime once per test process (quiet logger, Prometheus exporter on a free port). */
+export function installRuntime(): Promise<void> {
+  runtime ??= (async () => {
+    sdkMetricsPort = await freePort();
+    Runtime.install({
+      logger: new DefaultLogger(process.env.TEST_LOG_LEVEL === 'debug' ? 'DEBUG' : 'ERROR'),
+      telemetryOptions: { metrics: { prometheus: { bindAddress: `127.0.0.1:${sdkMetricsPort}` } } },
+    });
+  })();
+  return runtime;
+}
 
 /** The workflow bundle, built once per test process. */
-export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
-  if (!runtimeInstalled) {
-    runtimeInstalled = true;
-    Runtime.install({ logger: new DefaultLogger(process.env.TEST_LOG_LEVEL === 'debug' ? 'DEBUG' : 'ERROR') });
-  }
+export async function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
+  await installRuntime();
   bundle ??= bundleWorkflowCode({ workflowsPath: require.resolve('../../src/workflows'), logger: new DefaultLogger('WARN') });
   return bundle;
 }
@@ -39,6 +52,8 @@ export interface StackOptions {
   config?: Partial<Config>;
   /** Start a starter bridge too. */
   starter?: boolean;
+  /** Temporal address (default: the global test server). */
+  address?: string;
 }
 
 /** A running stack; `stop()` tears everything down. */
@@ -82,7 +97,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       ...opts.config,
     },
   );
-  const address = process.env.TEST_TEMPORAL_ADDRESS!;
+  const address = opts.address ?? process.env.TEST_TEMPORAL_ADDRESS!;
   const redisUrl = process.env.TEST_REDIS_URL!;
   const wfBundle = await workflowBundle();
 
@@ -108,6 +123,10 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     redis,
     workflowBundle: wfBundle,
     redisKeyPrefix: prefix,
+    sdkMetrics: async () => {
+      const res = await request(`http://127.0.0.1:${sdkMetricsPort}/metrics`).catch(() => undefined);
+      return res ? await res.body.text() : '';
+    },
   });
   const running = worker.run();
 
