@@ -20,6 +20,7 @@ import { AgentSimulator } from '../src/sim/agent-sim';
 import { ApkOrigin } from '../src/sim/origin';
 import { temporalSettings } from '../src/temporal-connection';
 
+let interrupted = false;
 const DEVICES = ['sim-1', 'sim-2', 'sim-3', 'sim-4', 'sim-5'];
 const MiB = 1024 * 1024;
 
@@ -48,6 +49,7 @@ async function main(): Promise<void> {
     for (const fn of cleanups.reverse()) await Promise.resolve(fn()).catch(() => undefined);
   };
   process.once('SIGINT', () => {
+    interrupted = true;
     process.stdout.write('\nstopping everything the demo started…\n');
     void stopAll().then(() => process.exit(130));
   });
@@ -280,6 +282,7 @@ function table(head: string[], rows: string[][]): void {
 main()
   .then(() => process.exit(0))
   .catch((err) => {
+    if (interrupted) return; // the SIGINT handler owns the exit
     process.stderr.write(`demo failed: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exit(1);
   });

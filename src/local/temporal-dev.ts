@@ -146,7 +146,7 @@ export async function ensureSearchAttributes(cli: string, address: string, names
   }
   const missing = SEARCH_ATTRIBUTE_NAMES.filter((n) => !existing.has(n));
   for (const name of missing) {
-    await run(cli, ['operator', 'search-attribute', 'create', '--address', address, '-n', namespace, '--name', name, '--type', 'Keyword', '--yes', ...extraArgs]);
+    await run(cli, ['operator', 'search-attribute', 'create', '--address', address, '-n', namespace, '--name', name, '--type', 'Keyword', ...extraArgs]);
   }
   return missing;
 }
