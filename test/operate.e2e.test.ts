@@ -11,6 +11,7 @@ import { deviceWorkflow } from '../src/workflows/device';
 import { deviceWorkflowId, enqueueSignal, traversalWorkflowId, type TraversalRequest } from '../src/messages';
 import { findTemporalCli } from '../src/local/temporal-dev';
 import { startStack, type Stack } from './support/stack';
+import { traversalPids, waitFor } from './support/wait';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -40,31 +41,6 @@ async function queryProgress(workflowId: string): Promise<Record<string, unknown
   } catch {
     return undefined;
   }
-}
-
-async function waitFor<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 60_000, what = 'condition'): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const v = await fn();
-    if (v) return v;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`${what} not met within ${timeoutMs} ms`);
-}
-
-function pidsOf(deviceId: string): number[] {
-  const out: number[] = [];
-  for (const entry of require('node:fs').readdirSync('/proc') as string[]) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const env = readFileSync(`/proc/${entry}/environ`, 'utf8');
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      if (env.split('\0').includes(`DT_TRAVERSAL_DEVICE=${deviceId}`) && !/\) Z /.test(stat)) out.push(Number(entry));
-    } catch {
-      // not ours or gone
-    }
-  }
-  return out;
 }
 
 describe('operating runs with the temporal CLI', function () {
@@ -176,10 +152,10 @@ describe('operating runs with the temporal CLI', function () {
     await enqueue(req('cli-next', 'op-6', 0));
     const id = traversalWorkflowId('cli-cancel', 'op-6');
     await traversing(id, 3);
-    assert.ok(pidsOf('op-6').length > 0);
+    assert.ok(traversalPids('op-6').length > 0);
     const t0 = Date.now();
     await temporal('workflow', 'cancel', '--workflow-id', id);
-    await waitFor(async () => pidsOf('op-6').length === 0, 5000, 'process group gone');
+    await waitFor(async () => traversalPids('op-6').length === 0, 5000, 'process group gone');
     const goneMs = Date.now() - t0;
     const r = await stack.waitResult('cli-cancel', 'op-6');
     assert.equal(r.status, 'cancelled');

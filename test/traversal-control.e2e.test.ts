@@ -3,7 +3,7 @@
  * on the same real parts as the main end-to-end suite.
  */
 import assert from 'node:assert/strict';
-import { promises as fsp, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -20,6 +20,7 @@ import {
 } from '../src/messages';
 import { TaskBridge } from '../src/starter-core';
 import { startStack, task, type Stack } from './support/stack';
+import { traversalPids, waitFor } from './support/wait';
 
 const MiB = 1024 * 1024;
 
@@ -42,22 +43,6 @@ async function enqueue(stack: Stack, req: TraversalRequest, extra: { historyLimi
     signal: enqueueSignal,
     signalArgs: [req],
   });
-}
-
-/** Pids of live processes started for a device (recognised by the marker variable in their environment). */
-async function traversalPids(deviceId: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const entry of await fsp.readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const env = readFileSync(`/proc/${entry}/environ`, 'utf8');
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      if (env.split('\0').includes(`DT_TRAVERSAL_DEVICE=${deviceId}`) && !/\) Z /.test(stat)) pids.push(Number(entry));
-    } catch {
-      // gone or not ours
-    }
-  }
-  return pids;
 }
 
 describe('controlling traversals', function () {
@@ -106,10 +91,10 @@ describe('controlling traversals', function () {
         return false;
       }
     });
-    assert.ok((await traversalPids(deviceId)).length > 0, 'the jar is running');
+    assert.ok((traversalPids(deviceId)).length > 0, 'the jar is running');
     const cancelledAt = Date.now();
     await handle.cancel();
-    await waitFor(async () => (await traversalPids(deviceId)).length === 0, 5000);
+    await waitFor(async () => (traversalPids(deviceId)).length === 0, 5000);
     const goneMs = Date.now() - cancelledAt;
     assert.ok(goneMs <= 5000, `process group gone in ${goneMs} ms`);
     const r = await stack.waitResult('cancel', deviceId);
@@ -219,12 +204,3 @@ describe('an HTTP report sink', function () {
     assert.equal(r.reportUrl, `${stack.config.reportSink}/put/put-1.tar.gz`);
   });
 });
-
-async function waitFor(pred: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await pred()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`condition not met within ${timeoutMs} ms`);
-}

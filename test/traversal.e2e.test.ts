@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ActivityFailure, ApplicationFailure } from '@temporalio/common';
 import { startStack, task, type Stack } from './support/stack';
+import { waitFor } from './support/wait';
 import { traversalWorkflowId } from '../src/messages';
 
 const MiB = 1024 * 1024;
@@ -81,7 +82,7 @@ describe('a traversal end to end', function () {
     const r = await stack.waitResult('twice', 'sim-2');
     assert.equal(r.status, 'completed');
     // Let the starter bridge the second copy, then check the device ran it once.
-    await waitFor(async () => (await stack.redis.llen(`${stack.prefix}traversal:tasks`)) === 0);
+    await waitFor(async () => (await stack.redis.llen(`${stack.prefix}traversal:tasks`)) === 0, 30_000, 'task list drained');
     await new Promise((res) => setTimeout(res, 1500));
     const installs = stack.agent.calls.filter((c) => c.op === 'install' && c.packageName === 'com.example.twice');
     assert.equal(installs.length, 1);
@@ -171,12 +172,3 @@ describe('a traversal end to end', function () {
     assert.equal(await stack.redis.llen(stack.bridge!.keys.processing), 0, 'nothing left in processing');
   });
 });
-
-async function waitFor(pred: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await pred()) return;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error('condition not met in time');
-}
