@@ -106,6 +106,8 @@ async function main(): Promise<void> {
       DT_DATA_DIR: demoDir,
       DT_ARTIFACT_PORT: String(metricsPort),
       DT_DEFAULT_AGENT_URL: agentUrl,
+      // The demo's origin and devices listen on loopback, which the URL policy refuses unless allow-listed.
+      DT_ALLOWED_HOSTS: '127.0.0.1,localhost',
       DT_STARTER_ID: 'demo-starter',
       DT_WORKFLOW_BUNDLE: process.env.DT_WORKFLOW_BUNDLE ?? path.join(PROJECT_ROOT, 'lib', 'workflow-bundle.js'),
       DT_HEARTBEAT_TIMEOUT: process.env.DT_HEARTBEAT_TIMEOUT ?? '15s',

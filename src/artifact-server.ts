@@ -1,7 +1,13 @@
 /**
  * HTTP server inside the worker: serves completed APK cache entries by sha256 (with Range) so
  * agents can install from a URL, plus `/metrics` and `/healthz`. Read-only, no listing.
+ *
+ * With a token configured every request must carry it, as `Authorization: Bearer <token>` or
+ * `?token=<token>`. Agents only ever receive a URL, and that URL is recorded in workflow history
+ * (it is part of resolveApk's result), so install URLs never carry the secret itself: they carry
+ * `?token=<expiry>.<HMAC(secret, sha256 and expiry)>`, which opens that one APK until it expires.
  */
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -20,10 +26,48 @@ export interface ArtifactServerOptions {
   port?: number;
   /** Extra exposition text appended to /metrics (e.g. the SDK's metrics). */
   extraMetrics?: () => Promise<string> | string;
+  /** Secret every request must present (bearer token, raw or signed ?token=); empty: no check. */
+  token?: string;
   log?: (msg: string, meta?: Record<string, unknown>) => void;
 }
 
 const APK_PATH = /^\/apk\/([a-f0-9]{64})(?:\.apk)?$/;
+
+function signature(secret: string, sha256: string, expires: number): string {
+  return createHmac('sha256', secret).update(`apk:${sha256}:${expires}`).digest('base64url');
+}
+
+/** Compares secrets in constant time whatever their lengths. */
+function sameSecret(a: string, b: string): boolean {
+  const ha = createHmac('sha256', 'compare').update(a).digest();
+  const hb = createHmac('sha256', 'compare').update(b).digest();
+  return timingSafeEqual(ha, hb) && a.length === b.length;
+}
+
+/**
+ * The URL an agent installs a cached APK from. With a secret it carries a signature valid for
+ * `ttlMs`, never the secret itself.
+ */
+export function artifactInstallUrl(baseUrl: string, sha256: string, secret = '', ttlMs = 24 * 3_600_000, now = Date.now()): string {
+  const url = `${baseUrl.replace(/\/+$/, '')}/apk/${sha256}.apk`;
+  if (!secret) return url;
+  const expires = Math.floor((now + ttlMs) / 1000);
+  return `${url}?token=${expires}.${signature(secret, sha256, expires)}`;
+}
+
+/** True when a request for `sha256` (or for any path when undefined) presents the secret or a valid signature. */
+export function authorised(secret: string, headers: http.IncomingHttpHeaders, query: URLSearchParams, sha256?: string, now = Date.now()): boolean {
+  if (!secret) return true;
+  const auth = headers.authorization;
+  if (typeof auth === 'string' && /^Bearer\s+/i.test(auth) && sameSecret(auth.replace(/^Bearer\s+/i, ''), secret)) return true;
+  const token = query.get('token');
+  if (token === null) return false;
+  if (sameSecret(token, secret)) return true;
+  const m = /^(\d{1,12})\.([A-Za-z0-9_-]{43})$/.exec(token);
+  if (!m || !sha256) return false;
+  const expires = Number(m[1]);
+  return expires * 1000 >= now && sameSecret(m[2]!, signature(secret, sha256, expires));
+}
 
 /** The worker's artifact and metrics server. */
 export class ArtifactServer {
@@ -36,7 +80,8 @@ export class ArtifactServer {
   async start(): Promise<string> {
     const server = http.createServer((req, res) => {
       this.handle(req, res).catch((err) => {
-        this.opts.log?.('artifact server request failed', { url: req.url, error: String(err) });
+        // The path only: the query may hold a token.
+        this.opts.log?.('artifact server request failed', { path: (req.url ?? '').split('?')[0], error: String(err) });
         if (!res.headersSent) res.writeHead(500).end();
         else res.destroy();
       });
@@ -71,6 +116,11 @@ export class ArtifactServer {
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
       return;
     }
+    const sha = APK_PATH.exec(url.pathname)?.[1];
+    if (!authorised(this.opts.token ?? '', req.headers, url.searchParams, sha)) {
+      res.writeHead(401, { 'www-authenticate': 'Bearer realm="device-traversal artifacts"', 'content-type': 'text/plain' }).end('unauthorised\n');
+      return;
+    }
     if (url.pathname === '/healthz') {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
       return;
@@ -80,14 +130,14 @@ export class ArtifactServer {
       res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(this.opts.metrics.render() + extra);
       return;
     }
-    const m = APK_PATH.exec(url.pathname);
-    const sha = m?.[1];
     const size = sha ? await this.opts.cache.stat(sha) : undefined;
     if (!sha || size === undefined) {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
       return;
     }
+    // Retained while streaming (this process never evicts it) and leased (nor does any other).
     const release = this.opts.cache.retain(sha);
+    await this.opts.cache.touch(sha);
     try {
       await this.sendFile(req, res, this.opts.cache.blobPath(sha), size, sha);
     } finally {

@@ -6,6 +6,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import type { Delivery } from './messages';
+import { parseAllowList } from './url-policy';
 
 /** Root of the project checkout (config.ts lives in src/ or lib/src/). */
 export const PROJECT_ROOT = path.resolve(__dirname, __dirname.includes(`${path.sep}lib${path.sep}`) ? '../..' : '..');
@@ -27,12 +28,19 @@ export const OPTIONS = {
   dataDir: { env: 'DT_DATA_DIR', kind: 'string', default: '.data', doc: 'Folder for the APK cache, run logs and the default report sink (relative to the project).' },
   apkCacheDir: { env: 'DT_APK_CACHE_DIR', kind: 'string', default: '', doc: 'APK cache folder; empty means <DT_DATA_DIR>/apk-cache.' },
   apkMaxBytes: { env: 'DT_APK_MAX_BYTES', kind: 'bytes', default: '4GiB', doc: 'Largest APK accepted, bytes (suffixes KiB, MiB, GiB allowed).' },
+  apkCacheMaxBytes: { env: 'DT_APK_CACHE_MAX_BYTES', kind: 'bytes', default: '20GiB', doc: 'Size cap of the APK cache, bytes; least recently used APKs not in use are evicted after a download pushes it over.' },
+  apkCacheLeaseMs: { env: 'DT_APK_CACHE_LEASE', kind: 'duration', default: '1h', doc: 'How long an APK resolved for a traversal (or served to an agent) is kept from eviction, ms or a duration like 1h.' },
+  maxOriginDownloads: { env: 'DT_MAX_ORIGIN_DOWNLOADS', kind: 'int', default: '4', doc: 'Origin downloads one worker runs at once; more wait for a slot; 0 means no cap.' },
+  allowedHosts: { env: 'DT_ALLOWED_HOSTS', kind: 'string', default: '', doc: "Comma-separated host names, *.suffixes, IPs or CIDRs that may be private or loopback addresses (APK origins, agents, report sinks) and that tasks may name as agentUrl; '*' trusts all. Link-local and metadata addresses are always refused." },
   delivery: { env: 'DT_DELIVERY', kind: 'enum', values: ['cache', 'direct'], default: 'cache', doc: "How agents get the APK: 'cache' (from this worker's artifact server) or 'direct' (from the origin URL)." },
   artifactHost: { env: 'DT_ARTIFACT_HOST', kind: 'string', default: '127.0.0.1', doc: 'Bind address of the artifact and metrics server.' },
   artifactPort: { env: 'DT_ARTIFACT_PORT', kind: 'int', default: '7380', doc: 'Port of the artifact and metrics server; 0 picks a free one.' },
+  artifactToken: { env: 'DT_ARTIFACT_TOKEN', kind: 'string', default: '', doc: 'Secret of the artifact server: when set, every request needs it (Authorization: Bearer or ?token=) and install URLs carry an expiring per-APK signature instead (never logged).' },
+  artifactUrlTtlMs: { env: 'DT_ARTIFACT_URL_TTL', kind: 'duration', default: '24h', doc: 'Validity of a signed install URL when DT_ARTIFACT_TOKEN is set, ms or a duration like 24h.' },
   artifactPublicUrl: { env: 'DT_ARTIFACT_PUBLIC_URL', kind: 'string', default: '', doc: 'Base URL agents use to reach the artifact server; empty means http://<host>:<port>.' },
   reportSink: { env: 'DT_REPORT_SINK', kind: 'string', default: '', doc: 'Where reports go: file:///dir or an http(s) base URL (streamed PUT); empty means file://<DT_DATA_DIR>/reports.' },
   reportSinkToken: { env: 'DT_REPORT_SINK_TOKEN', kind: 'string', default: '', doc: 'Bearer token for an HTTP report sink (never logged).' },
+  reportMaxBytes: { env: 'DT_REPORT_MAX_BYTES', kind: 'bytes', default: '1GiB', doc: 'Largest report archive uploaded, bytes; a larger one fails the upload as ReportTooLarge.' },
   traversalJar: { env: 'DT_TRAVERSAL_JAR', kind: 'string', default: '.tools/traversal-sim.jar', doc: 'Traversal jar used by the default command (relative to the project).' },
   traversalCommand: { env: 'DT_TRAVERSAL_COMMAND', kind: 'json-array', default: '["java","-jar","{jar}","--device","{device}","--agent","{agent}","--package","{package}","--out","{outDir}","--duration","{durationSec}","--control","{controlFile}"]', doc: 'Command template as a JSON array; placeholders {jar} {device} {agent} {package} {activity} {outDir} {durationSec} {controlFile}.' },
   traversalResumeArgs: { env: 'DT_TRAVERSAL_RESUME_ARGS', kind: 'json-array', default: '["--resume-from","{checkpoint}"]', doc: 'Arguments added when a retried attempt resumes from a checkpoint.' },
@@ -67,12 +75,19 @@ export interface Config {
   dataDir: string;
   apkCacheDir: string;
   apkMaxBytes: number;
+  apkCacheMaxBytes: number;
+  apkCacheLeaseMs: number;
+  maxOriginDownloads: number;
+  allowedHosts: string;
   delivery: Delivery;
   artifactHost: string;
   artifactPort: number;
+  artifactToken: string;
+  artifactUrlTtlMs: number;
   artifactPublicUrl: string;
   reportSink: string;
   reportSinkToken: string;
+  reportMaxBytes: number;
   traversalJar: string;
   traversalCommand: string[];
   traversalResumeArgs: string[];
@@ -189,6 +204,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   cfg.reportSink = cfg.reportSink || `file://${path.join(cfg.dataDir, 'reports')}`;
   if (!/^(file|https?):\/\//.test(cfg.reportSink)) {
     throw new ConfigError(`DT_REPORT_SINK=${cfg.reportSink} is invalid: expected file:///dir or an http(s) URL`);
+  }
+  if (/^https?:/.test(cfg.reportSink) && /^https?:\/\/[^/]*@/.test(cfg.reportSink)) {
+    throw new ConfigError('DT_REPORT_SINK is invalid: it carries credentials; put the token in DT_REPORT_SINK_TOKEN instead');
+  }
+  try {
+    parseAllowList(cfg.allowedHosts);
+  } catch (err) {
+    throw new ConfigError(`DT_ALLOWED_HOSTS=${JSON.stringify(cfg.allowedHosts)} is invalid: ${(err as Error).message}`);
   }
   cfg.starterId = cfg.starterId || os.hostname();
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(cfg.starterId)) {

@@ -1,9 +1,17 @@
 /** The device registry: a JSON file mapping device ids to agent URLs, plus a default agent. */
 import { readFileSync } from 'node:fs';
 import { checkHttpUrl, DEVICE_ID_PATTERN, type AgentDirectory } from './task';
+import { UrlPolicy, type UrlPolicyOptions } from './url-policy';
+
+/** A loaded registry: lookups, its device ids and every agent URL it names (the default included). */
+export type DeviceRegistry = AgentDirectory & { devices: string[]; agentUrls: string[] };
+
+function normalise(url: string): string {
+  return url.replace(/\/+$/, '');
+}
 
 /** Loads the registry file (if any); throws naming the file and the bad entry. */
-export function loadDeviceRegistry(file: string, defaultAgentUrl = ''): AgentDirectory & { devices: string[] } {
+export function loadDeviceRegistry(file: string, defaultAgentUrl = ''): DeviceRegistry {
   const map = new Map<string, string>();
   if (file) {
     let doc: unknown;
@@ -12,20 +20,43 @@ export function loadDeviceRegistry(file: string, defaultAgentUrl = ''): AgentDir
     } catch (err) {
       throw new Error(`DT_DEVICE_REGISTRY=${file} cannot be read as JSON: ${(err as Error).message}`);
     }
-    if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new Error(`${file}: expected an object {"deviceId": "http://agent"}`);
+    if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
+      throw new Error(`${file}: expected an object {"deviceId": "http://agent"}`);
     for (const [id, url] of Object.entries(doc as Record<string, unknown>)) {
-      if (!DEVICE_ID_PATTERN.test(id)) throw new Error(`${file}: device id ${JSON.stringify(id)} must match ${DEVICE_ID_PATTERN.source}`);
+      if (!DEVICE_ID_PATTERN.test(id))
+        throw new Error(`${file}: device id ${JSON.stringify(id).slice(0, 80)} must match ${DEVICE_ID_PATTERN.source}`);
       const problem = checkHttpUrl(`agent of ${id}`, url);
       if (problem) throw new Error(`${file}: ${problem}`);
-      map.set(id, (url as string).replace(/\/+$/, ''));
+      map.set(id, normalise(url as string));
     }
   }
   if (defaultAgentUrl) {
     const problem = checkHttpUrl('DT_DEFAULT_AGENT_URL', defaultAgentUrl);
     if (problem) throw new Error(problem);
   }
+  const agentUrls = [...new Set([...map.values(), ...(defaultAgentUrl ? [normalise(defaultAgentUrl)] : [])])];
   return {
     devices: [...map.keys()],
-    agentFor: (deviceId) => map.get(deviceId) ?? (defaultAgentUrl ? defaultAgentUrl.replace(/\/+$/, '') : undefined),
+    agentUrls,
+    agentFor: (deviceId) => map.get(deviceId) ?? (defaultAgentUrl ? normalise(defaultAgentUrl) : undefined),
+    knows: (agentUrl) => agentUrls.includes(normalise(agentUrl)),
   };
+}
+
+/**
+ * The URL policy of a worker or starter: DT_ALLOWED_HOSTS plus the hosts of the agents the operator
+ * configured (registry and default agent), which are trusted because they are configuration, not
+ * task input. Throws naming DT_ALLOWED_HOSTS when an entry is malformed.
+ */
+export function urlPolicyFor(
+  config: { allowedHosts: string; deviceRegistry: string; defaultAgentUrl: string },
+  opts: UrlPolicyOptions = {},
+): UrlPolicy {
+  const registry = loadDeviceRegistry(config.deviceRegistry, config.defaultAgentUrl);
+  const agentHosts = registry.agentUrls.map((u) => new URL(u).hostname);
+  try {
+    return new UrlPolicy([config.allowedHosts, ...agentHosts].filter(Boolean), opts);
+  } catch (err) {
+    throw new Error(`DT_ALLOWED_HOSTS=${config.allowedHosts} is invalid: ${(err as Error).message}`);
+  }
 }

@@ -175,12 +175,15 @@ export const INFRASTRUCTURE_ERROR_TYPES = ['DeviceOffline', 'DeviceBusy', 'Agent
 /** Failure types of the traversal command itself. */
 export const TOOL_ERROR_TYPES = ['TraversalExit', 'TraversalStartFailed'];
 
-/** Classifies a failure type (an ApplicationFailure type, `Timeout:…` or `Cancelled`); see FailureKind. */
-export function failureKind(type: string): 'infrastructure' | 'task' | 'tool' | 'cancelled' {
+/**
+ * Classifies a failure (an ApplicationFailure type, `Timeout:…` or `Cancelled`, and whether it was
+ * marked non-retryable); see FailureKind. Non-retryable failures other than the tool's are the task's.
+ */
+export function failureKind(type: string, nonRetryable?: boolean): 'infrastructure' | 'task' | 'tool' | 'cancelled' {
   if (type === 'Cancelled') return 'cancelled';
   if (TOOL_ERROR_TYPES.includes(type)) return 'tool';
   if (INFRASTRUCTURE_ERROR_TYPES.includes(type) || type.startsWith('Timeout')) return 'infrastructure';
-  if (PERMANENT_ERROR_TYPES.includes(type)) return 'task';
+  if (PERMANENT_ERROR_TYPES.includes(type) || nonRetryable) return 'task';
   // Anything else (an unexpected exception in an activity) is the service's own trouble, not the task's.
   return 'infrastructure';
 }

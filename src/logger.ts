@@ -6,6 +6,7 @@ const ORDER: Record<string, number> = { TRACE: 0, DEBUG: 1, INFO: 2, WARN: 3, ER
 /** A logger writing one JSON object per line; secrets listed in `redact` are masked in every line. */
 export class JsonLogger implements Logger {
   private readonly min: number;
+  private readonly masks: string[];
   constructor(
     private readonly base: Record<string, unknown> = {},
     level: string = 'info',
@@ -13,6 +14,7 @@ export class JsonLogger implements Logger {
     private readonly redact: string[] = [],
   ) {
     this.min = ORDER[level.toUpperCase()] ?? 2;
+    this.masks = secretForms(redact);
   }
 
   /** Writes one line at `level`. */
@@ -34,7 +36,7 @@ export class JsonLogger implements Logger {
       } else if (d) entry.deviceId ??= d[1];
     }
     let line = safeStringify(entry);
-    for (const secret of this.redact) if (secret) line = line.split(secret).join('***');
+    for (const form of this.masks) line = line.split(form).join('***');
     this.out.write(line + '\n');
   }
   trace(message: string, meta?: LogMetadata): void {
@@ -56,6 +58,28 @@ export class JsonLogger implements Logger {
   child(fields: Record<string, unknown>): JsonLogger {
     return new JsonLogger({ ...this.base, ...fields }, Object.keys(ORDER).find((k) => ORDER[k] === this.min), this.out, this.redact);
   }
+}
+
+/**
+ * Every form a secret may take in a JSON line: as given, URL-decoded (a password taken from
+ * REDIS_URL is percent-encoded), URL-encoded (inside a logged URL) and JSON-escaped (quotes,
+ * backslashes, control characters). Longest first, so a longer form is masked whole.
+ */
+export function secretForms(secrets: string[]): string[] {
+  const forms = new Set<string>();
+  for (const s of secrets.filter(Boolean)) {
+    const variants = [s, encodeURIComponent(s)];
+    try {
+      variants.push(decodeURIComponent(s));
+    } catch {
+      // not percent-encoded
+    }
+    for (const v of variants) {
+      forms.add(v);
+      forms.add(JSON.stringify(v).slice(1, -1));
+    }
+  }
+  return [...forms].filter(Boolean).sort((a, b) => b.length - a.length);
 }
 
 function safeStringify(value: unknown): string {

@@ -11,6 +11,7 @@ import { InvalidTaskError } from './errors';
 import { deviceWorkflowId, enqueueSignal, type RunPolicy, type TraversalRequest } from './messages';
 import { DEVICE_ID } from './search-attributes';
 import { parseTask, type AgentDirectory } from './task';
+import type { UrlPolicy } from './url-policy';
 import { deviceWorkflow } from './workflows/device';
 
 /** Redis keys used by the starter. */
@@ -32,14 +33,22 @@ export interface TaskBridgeOptions {
   taskQueue: string;
   starterId: string;
   agents: AgentDirectory;
+  /** URL policy tasks are checked against (apkUrl/agentUrl literals, agents named by tasks). */
+  urlPolicy?: UrlPolicy;
   /** Run policy copied into every request. */
   policy?: RunPolicy;
   keyPrefix?: string;
   /** Seconds one BLMOVE waits before checking for stop. */
   blockTimeoutSec?: number;
+  /**
+   * Deadline of one request to Temporal, ms (default 10000). Without one, a request on a
+   * connection that went silent (a partition, a server that hangs) waits for gRPC keepalive to
+   * give up, about 45 s; with one it is retried. A retried request that did arrive is a no-op.
+   */
+  temporalTimeoutMs?: number;
   log?: (level: 'info' | 'warn' | 'error', msg: string, meta?: Record<string, unknown>) => void;
-  /** Called for each request Temporal accepted. */
-  onStarted?: (req: TraversalRequest) => void;
+  /** Called for each request Temporal accepted, with the raw item it came from. */
+  onStarted?: (req: TraversalRequest, raw: string) => void;
   /** Called for each item dead-lettered. */
   onDead?: (reason: string, raw: string) => void;
 }
@@ -133,7 +142,7 @@ export class TaskBridge {
     this.stats.items++;
     let requests: TraversalRequest[];
     try {
-      requests = parseTask(raw, this.opts.agents);
+      requests = parseTask(raw, this.opts.agents, { policy: this.opts.urlPolicy });
     } catch (err) {
       const reason = err instanceof InvalidTaskError ? err.message : `unexpected validation failure: ${String(err)}`;
       await this.deadLetter(raw, reason, err instanceof InvalidTaskError ? err.problems : [reason]);
@@ -142,28 +151,31 @@ export class TaskBridge {
     const enqueuedAt = new Date().toISOString();
     for (const req of requests) {
       const full: TraversalRequest = { ...req, enqueuedAt, ...(this.opts.policy ? { policy: this.opts.policy } : {}) };
-      const accepted = await this.startWithRetry(full);
+      const accepted = await this.startWithRetry(full, raw);
       if (!accepted) return; // stopping: the item stays in the processing list and is replayed later
     }
     await this.withRedisRetry(() => this.opts.redis.lrem(this.keys.processing, 1, raw));
   }
 
-  private async startWithRetry(req: TraversalRequest): Promise<boolean> {
+  private async startWithRetry(req: TraversalRequest, raw: string): Promise<boolean> {
     let delay = 500;
     for (;;) {
       try {
-        await this.opts.client.workflow.signalWithStart(deviceWorkflow, {
-          workflowId: deviceWorkflowId(req.deviceId),
-          taskQueue: this.opts.taskQueue,
-          args: [{ deviceId: req.deviceId }],
-          signal: enqueueSignal,
-          signalArgs: [req],
-          typedSearchAttributes: [{ key: DEVICE_ID, value: req.deviceId }],
-          staticSummary: `device ${req.deviceId}: FIFO queue of traversals`,
-        });
+        const deadline = Date.now() + (this.opts.temporalTimeoutMs ?? 10_000);
+        await this.opts.client.withDeadline(deadline, () =>
+          this.opts.client.workflow.signalWithStart(deviceWorkflow, {
+            workflowId: deviceWorkflowId(req.deviceId),
+            taskQueue: this.opts.taskQueue,
+            args: [{ deviceId: req.deviceId }],
+            signal: enqueueSignal,
+            signalArgs: [req],
+            typedSearchAttributes: [{ key: DEVICE_ID, value: req.deviceId }],
+            staticSummary: `device ${req.deviceId}: FIFO queue of traversals`,
+          }),
+        );
         this.stats.started++;
         this.opts.log?.('info', 'traversal requested', { taskId: req.taskId, deviceId: req.deviceId, packageName: req.packageName });
-        this.opts.onStarted?.(req);
+        this.opts.onStarted?.(req, raw);
         return true;
       } catch (err) {
         if (this.stopping) return false;

@@ -1,7 +1,7 @@
 /** Starter entry point (`npm run starter`): bridges `traversal:tasks` in Redis into device workflows. */
 import Redis from 'ioredis';
 import { loadConfig } from './config';
-import { loadDeviceRegistry } from './device-registry';
+import { loadDeviceRegistry, urlPolicyFor } from './device-registry';
 import { JsonLogger } from './logger';
 import { ProgressBoard } from './progress-board';
 import { TaskBridge } from './starter-core';
@@ -10,7 +10,7 @@ import { connectClient, temporalSettings } from './temporal-connection';
 async function main(): Promise<void> {
   const config = loadConfig();
   const temporal = temporalSettings();
-  const secrets = [process.env.TEMPORAL_API_KEY ?? '', new URL(config.redisUrl).password].filter(Boolean);
+  const secrets = [process.env.TEMPORAL_API_KEY ?? '', new URL(config.redisUrl).password, config.artifactToken, config.reportSinkToken].filter(Boolean);
   const mode = config.progress === 'auto' ? (process.stdout.isTTY ? 'bars' : 'lines') : config.progress;
   // With bars on the terminal, only warnings and errors are logged (to stderr) so they do not tear the board.
   const logger =
@@ -18,6 +18,7 @@ async function main(): Promise<void> {
       ? new JsonLogger({ service: 'starter', starterId: config.starterId }, 'warn', process.stderr, secrets)
       : new JsonLogger({ service: 'starter', starterId: config.starterId }, config.logLevel, process.stdout, secrets);
   const agents = loadDeviceRegistry(config.deviceRegistry, config.defaultAgentUrl);
+  const urlPolicy = urlPolicyFor(config);
 
   // Keep retrying Redis forever: a restarted Redis must not end the starter.
   const redisOptions = { maxRetriesPerRequest: null, retryStrategy: (n: number) => Math.min(n * 200, 2000) };
@@ -34,6 +35,7 @@ async function main(): Promise<void> {
       taskQueue: config.taskQueue,
       starterId: config.starterId,
       agents,
+      urlPolicy,
       keyPrefix: config.redisKeyPrefix,
       policy: {
         heartbeatTimeoutMs: config.heartbeatTimeoutMs,

@@ -1,17 +1,20 @@
 /**
- * Parsing and validation of the task JSON that producers push into Redis.
- * Identifiers are checked against strict patterns here, before they reach a file path,
- * a URL, a Redis key, a workflow id or a command's argv.
+ * Parsing and validation of the task JSON that producers push into Redis. Tasks come from a shared
+ * Redis that many systems write to, so every field is checked against a declared schema (type,
+ * length, format) and every problem is reported as `<field>: <rule>`. Identifiers are checked
+ * against strict patterns here, before they reach a file path, a URL, a Redis key, a workflow id or
+ * a command's argv.
  */
 import { InvalidTaskError } from './errors';
 import type { TraversalRequest } from './messages';
+import { UrlPolicy } from './url-policy';
 
 /** Task ids: letters, digits, dot, dash, underscore; 1–128 characters; no leading dot. */
 export const TASK_ID_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
 /** Device ids: same alphabet, 1–64 characters. */
 export const DEVICE_ID_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
-/** Android application ids: at least two dot-separated Java identifiers. */
-export const PACKAGE_PATTERN = /^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$/;
+/** Android application ids: at least two dot-separated Java identifiers, at most 255 characters. */
+export const PACKAGE_PATTERN = /^(?=.{3,255}$)[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$/;
 /** Activity names as given to `am start` (relative `.Main` or fully qualified). */
 export const ACTIVITY_PATTERN = /^[A-Za-z0-9_.$/]{1,255}$/;
 const SHA256_PATTERN = /^[A-Fa-f0-9]{64}$/;
@@ -19,162 +22,308 @@ const MAX_URL_LENGTH = 2048;
 const MAX_DURATION_SEC = 7 * 24 * 3600;
 const MAX_DEVICES = 200;
 const MAX_EXTRA_ARGS = 32;
+const MAX_EXTRA_ARG_LENGTH = 256;
 /** Largest raw task accepted, bytes; anything larger is dead-lettered unparsed. */
 export const MAX_TASK_BYTES = 64 * 1024;
-
-const TOP_FIELDS = new Set([
-  'taskId',
-  'deviceId',
-  'devices',
-  'agentUrl',
-  'apkUrl',
-  'packageName',
-  'apkSha256',
-  'mainActivity',
-  'traversal',
-]);
-const TRAVERSAL_FIELDS = new Set(['durationSec', 'extraArgs']);
+/** At most this many problems are listed; the rest are counted. */
+const MAX_PROBLEMS = 20;
 
 /** Where device ids are looked up when a task names no agent. */
 export interface AgentDirectory {
   /** Agent base URL for a device, or undefined when unknown. */
   agentFor(deviceId: string): string | undefined;
+  /** True when the URL is one of the directory's agents (so a task may name it). */
+  knows?(agentUrl: string): boolean;
 }
 
-/** Checks a URL is absolute http(s) and reasonably short; returns the problem or undefined. */
+/** Options of parseTask. */
+export interface ParseOptions {
+  /**
+   * URL policy of this deployment: apkUrl and agentUrl literals are prechecked against it, and a
+   * task may name an agent that is not in the directory only when its host is on the allow-list.
+   * Without it only the never-allowed addresses (metadata, link-local) are refused here and agents
+   * must come from the directory.
+   */
+  policy?: UrlPolicy;
+}
+
+/** A short, printable preview of a bad value for an error message. */
+function preview(v: unknown): string {
+  if (typeof v === 'string') {
+    const j = JSON.stringify(v.length > 40 ? v.slice(0, 40) : v);
+    return v.length > 40 ? `${j.slice(0, -1)}…" (${v.length} characters)` : j;
+  }
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  return `a ${typeof v}`;
+}
+
+/** A field name from the payload, made safe to print. */
+function fieldName(k: string): string {
+  return /^[A-Za-z0-9_]{1,40}$/.test(k) ? k : preview(k);
+}
+
+/** One rule of the schema: returns the rule broken, or undefined. */
+type Check = (v: unknown) => string | undefined;
+
+const str =
+  (pattern: RegExp, rule: string): Check =>
+  (v) => {
+    if (typeof v !== 'string') return `must be a string (${rule}), got ${preview(v)}`;
+    return pattern.test(v) ? undefined : `must be ${rule}, got ${preview(v)}`;
+  };
+
+/** Rules of the identifiers, shared with the activities' defence-in-depth checks. */
+export const ID_RULES = {
+  taskId: { pattern: TASK_ID_PATTERN, rule: "1-128 letters, digits, '.', '_' or '-', not starting with '.'" },
+  deviceId: { pattern: DEVICE_ID_PATTERN, rule: "1-64 letters, digits, '.', '_' or '-', not starting with '.'" },
+  packageName: {
+    pattern: PACKAGE_PATTERN,
+    rule: 'an Android application id like com.example.app (at most 255 characters)',
+  },
+} as const;
+
+/** Checks one identifier; returns `<field>: <rule>` or undefined. */
+export function checkIdentifier(
+  field: keyof typeof ID_RULES,
+  value: unknown,
+  label: string = field,
+): string | undefined {
+  const { pattern, rule } = ID_RULES[field];
+  const p = str(pattern, rule)(value);
+  return p ? `${label}: ${p}` : undefined;
+}
+
+/** Checks a URL is absolute http(s), short and without credentials; returns the problem or undefined. */
 export function checkHttpUrl(field: string, value: unknown): string | undefined {
-  if (typeof value !== 'string') return `${field} must be a string URL`;
-  if (value.length > MAX_URL_LENGTH) return `${field} is longer than ${MAX_URL_LENGTH} characters`;
+  if (typeof value !== 'string') return `${field}: must be a string URL, got ${preview(value)}`;
+  if (value.length > MAX_URL_LENGTH)
+    return `${field}: must be at most ${MAX_URL_LENGTH} characters, got ${value.length}`;
   let url: URL;
   try {
     url = new URL(value);
   } catch {
-    return `${field} is not a valid URL`;
+    return `${field}: must be an absolute URL, got ${preview(value)}`;
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') return `${field} must use http or https, not ${url.protocol}`;
-  if (url.username || url.password) return `${field} must not carry credentials`;
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    return `${field}: must use http or https, not ${url.protocol}`;
+  if (url.username || url.password) return `${field}: must not carry credentials`;
   return undefined;
 }
 
-function checkId(field: string, value: unknown, pattern: RegExp): string | undefined {
-  if (typeof value !== 'string') return `${field} must be a string`;
-  if (!pattern.test(value)) return `${field} must match ${pattern.source}`;
-  return undefined;
+/** Only the never-allowed rules; used when no policy is given. */
+const BASE_POLICY = new UrlPolicy('*');
+
+function checkUrl(field: string, value: unknown, policy: UrlPolicy): string | undefined {
+  const p = checkHttpUrl(field, value);
+  if (p) return p;
+  const refused = policy.precheck(value as string);
+  return refused ? `${field}: refused by the URL policy: ${refused}` : undefined;
+}
+
+/** The schema of one task: every accepted top-level field, its rule and whether it is required. */
+export const TASK_SCHEMA: Record<string, { required?: boolean; rule: string }> = {
+  taskId: { required: true, rule: ID_RULES.taskId.rule },
+  deviceId: { rule: `${ID_RULES.deviceId.rule}; exactly one of deviceId or devices` },
+  devices: { rule: `1-${MAX_DEVICES} distinct device ids or {"deviceId","agentUrl"} objects` },
+  agentUrl: {
+    rule: `http(s) URL of at most ${MAX_URL_LENGTH} characters, an agent of the registry or on DT_ALLOWED_HOSTS`,
+  },
+  apkUrl: {
+    required: true,
+    rule: `http(s) URL of at most ${MAX_URL_LENGTH} characters, no credentials, allowed by the URL policy`,
+  },
+  packageName: { required: true, rule: ID_RULES.packageName.rule },
+  apkSha256: { rule: '64 hexadecimal characters' },
+  mainActivity: { rule: "1-255 letters, digits, '.', '_', '$' or '/'" },
+  traversal: {
+    required: true,
+    rule: `{"durationSec": 0-${MAX_DURATION_SEC}, "extraArgs"?: up to ${MAX_EXTRA_ARGS} strings}`,
+  },
+};
+const TRAVERSAL_FIELDS = new Set(['durationSec', 'extraArgs']);
+const DEVICE_ENTRY_FIELDS = new Set(['deviceId', 'agentUrl']);
+
+function labelled(field: string, problem: string | undefined): string | undefined {
+  return problem ? `${field}: ${problem}` : undefined;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function unknownFields(
+  where: string,
+  obj: Record<string, unknown>,
+  allowed: { has(k: string): boolean },
+): string | undefined {
+  const extra = Object.keys(obj).filter((k) => !allowed.has(k));
+  if (!extra.length) return undefined;
+  const shown = extra.slice(0, 5).map(fieldName).join(', ');
+  return `${where}: unknown field(s) ${shown}${extra.length > 5 ? ` and ${extra.length - 5} more` : ''}`;
+}
+
+function sameAgent(a: string, b: string): boolean {
+  try {
+    const x = new URL(a);
+    const y = new URL(b);
+    return x.origin === y.origin && x.pathname.replace(/\/+$/, '') === y.pathname.replace(/\/+$/, '');
+  } catch {
+    return false;
+  }
 }
 
 /**
  * Parses one raw Redis item into one request per device.
- * Throws InvalidTaskError naming every problem found; never throws anything else.
+ * Throws InvalidTaskError naming every problem found (`<field>: <rule>`); never throws anything else.
  */
-export function parseTask(raw: string, agents: AgentDirectory): TraversalRequest[] {
-  if (Buffer.byteLength(raw) > MAX_TASK_BYTES) throw new InvalidTaskError([`task is larger than ${MAX_TASK_BYTES} bytes`]);
+export function parseTask(raw: string, agents: AgentDirectory, opts: ParseOptions = {}): TraversalRequest[] {
+  try {
+    return parse(raw, agents, opts);
+  } catch (err) {
+    if (err instanceof InvalidTaskError) throw err;
+    // A validator bug must still dead-letter the task, not crash the starter.
+    throw new InvalidTaskError([
+      `task: could not be validated (${String((err as Error)?.message ?? err).slice(0, 200)})`,
+    ]);
+  }
+}
+
+function parse(raw: string, agents: AgentDirectory, opts: ParseOptions): TraversalRequest[] {
+  const policy = opts.policy ?? BASE_POLICY;
+  if (typeof raw !== 'string') throw new InvalidTaskError(['task: must be a string of JSON']);
+  if (Buffer.byteLength(raw) > MAX_TASK_BYTES)
+    throw new InvalidTaskError([`task: must be at most ${MAX_TASK_BYTES} bytes, got ${Buffer.byteLength(raw)}`]);
   let doc: unknown;
   try {
     doc = JSON.parse(raw);
   } catch (err) {
-    throw new InvalidTaskError([`not JSON: ${(err as Error).message}`]);
+    throw new InvalidTaskError([`task: not JSON: ${(err as Error).message.slice(0, 200)}`]);
   }
-  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
-    throw new InvalidTaskError(['task must be a JSON object']);
-  }
-  const t = doc as Record<string, unknown>;
+  if (!isObject(doc)) throw new InvalidTaskError([`task: must be a JSON object, got ${preview(doc)}`]);
+  const t = doc;
   const problems: string[] = [];
-  const unknown = Object.keys(t).filter((k) => !TOP_FIELDS.has(k));
-  if (unknown.length) problems.push(`unknown field(s): ${unknown.slice(0, 10).join(', ')}`);
+  const add = (p: string | undefined) => {
+    if (p) problems.push(p);
+  };
 
-  const idProblem = checkId('taskId', t.taskId, TASK_ID_PATTERN);
-  if (idProblem) problems.push(idProblem);
-  const urlProblem = checkHttpUrl('apkUrl', t.apkUrl);
-  if (urlProblem) problems.push(urlProblem);
-  const pkgProblem = checkId('packageName', t.packageName, PACKAGE_PATTERN);
-  if (pkgProblem) problems.push(pkgProblem);
-  else if ((t.packageName as string).length > 255) problems.push('packageName is longer than 255 characters');
-  if (t.apkSha256 !== undefined && (typeof t.apkSha256 !== 'string' || !SHA256_PATTERN.test(t.apkSha256))) {
-    problems.push('apkSha256 must be 64 hex characters');
+  add(unknownFields('task', t, new Set(Object.keys(TASK_SCHEMA))));
+  for (const [field, spec] of Object.entries(TASK_SCHEMA)) {
+    if (spec.required && t[field] === undefined) problems.push(`${field}: is required (${spec.rule})`);
   }
-  if (t.mainActivity !== undefined) {
-    const p = checkId('mainActivity', t.mainActivity, ACTIVITY_PATTERN);
-    if (p) problems.push(p);
-  }
-  if (t.agentUrl !== undefined) {
-    const p = checkHttpUrl('agentUrl', t.agentUrl);
-    if (p) problems.push(p);
-  }
+  if (t.taskId !== undefined) add(checkIdentifier('taskId', t.taskId));
+  if (t.apkUrl !== undefined) add(checkUrl('apkUrl', t.apkUrl, policy));
+  if (t.packageName !== undefined) add(checkIdentifier('packageName', t.packageName));
+  if (t.apkSha256 !== undefined)
+    add(labelled('apkSha256', str(SHA256_PATTERN, TASK_SCHEMA.apkSha256!.rule)(t.apkSha256)));
+  if (t.mainActivity !== undefined)
+    add(labelled('mainActivity', str(ACTIVITY_PATTERN, TASK_SCHEMA.mainActivity!.rule)(t.mainActivity)));
+  // Agents: only the never-allowed rules here; whether a task may name this agent at all is decided
+  // per device below (registry or allow-list), which covers private addresses.
+  if (t.agentUrl !== undefined) add(checkUrl('agentUrl', t.agentUrl, BASE_POLICY));
 
   // Traversal settings.
   let durationSec = 0;
   let extraArgs: string[] | undefined;
-  if (typeof t.traversal !== 'object' || t.traversal === null || Array.isArray(t.traversal)) {
-    problems.push('traversal must be an object like {"durationSec": 60}');
-  } else {
-    const tr = t.traversal as Record<string, unknown>;
-    const unknownTr = Object.keys(tr).filter((k) => !TRAVERSAL_FIELDS.has(k));
-    if (unknownTr.length) problems.push(`unknown field(s) in traversal: ${unknownTr.slice(0, 10).join(', ')}`);
+  if (t.traversal !== undefined && !isObject(t.traversal)) {
+    problems.push(`traversal: must be an object like {"durationSec": 60}, got ${preview(t.traversal)}`);
+  } else if (isObject(t.traversal)) {
+    const tr = t.traversal;
+    add(unknownFields('traversal', tr, TRAVERSAL_FIELDS));
     if (typeof tr.durationSec !== 'number' || !Number.isFinite(tr.durationSec)) {
-      problems.push('traversal.durationSec must be a number of seconds');
+      problems.push(`traversal.durationSec: must be a number of seconds, got ${preview(tr.durationSec)}`);
     } else if (tr.durationSec < 0 || tr.durationSec > MAX_DURATION_SEC) {
-      problems.push(`traversal.durationSec must be between 0 and ${MAX_DURATION_SEC}`);
+      problems.push(`traversal.durationSec: must be between 0 and ${MAX_DURATION_SEC}, got ${tr.durationSec}`);
     } else {
       durationSec = tr.durationSec;
     }
     if (tr.extraArgs !== undefined) {
       if (!Array.isArray(tr.extraArgs) || tr.extraArgs.length > MAX_EXTRA_ARGS) {
-        problems.push(`traversal.extraArgs must be an array of at most ${MAX_EXTRA_ARGS} strings`);
-      } else if (!tr.extraArgs.every((a) => typeof a === 'string' && a.length <= 256 && !/[\0\r\n]/.test(a))) {
-        problems.push('traversal.extraArgs entries must be strings of at most 256 characters without NUL or newlines');
+        problems.push(`traversal.extraArgs: must be an array of at most ${MAX_EXTRA_ARGS} strings`);
       } else {
-        extraArgs = tr.extraArgs as string[];
+        const bad = tr.extraArgs.findIndex(
+          (a) => typeof a !== 'string' || a.length > MAX_EXTRA_ARG_LENGTH || /[\0\r\n]/.test(a),
+        );
+        if (bad >= 0) {
+          problems.push(
+            `traversal.extraArgs[${bad}]: must be a string of at most ${MAX_EXTRA_ARG_LENGTH} characters without NUL or line breaks, got ${preview(tr.extraArgs[bad])}`,
+          );
+        } else extraArgs = tr.extraArgs as string[];
       }
     }
   }
 
   // Devices: exactly one of deviceId or devices[]; entries are ids or {deviceId, agentUrl}.
-  const targets: { deviceId: string; agentUrl?: string }[] = [];
+  const targets: { deviceId: string; agentUrl?: string; field: string }[] = [];
   if (t.deviceId !== undefined && t.devices !== undefined) {
-    problems.push('give either deviceId or devices, not both');
+    problems.push('deviceId: give either deviceId or devices, not both');
   } else if (t.deviceId !== undefined) {
-    const p = checkId('deviceId', t.deviceId, DEVICE_ID_PATTERN);
+    const p = checkIdentifier('deviceId', t.deviceId);
     if (p) problems.push(p);
-    else targets.push({ deviceId: t.deviceId as string });
+    else targets.push({ deviceId: t.deviceId as string, field: 'agentUrl' });
   } else if (Array.isArray(t.devices)) {
     if (t.devices.length === 0 || t.devices.length > MAX_DEVICES) {
-      problems.push(`devices must list 1 to ${MAX_DEVICES} devices`);
+      problems.push(`devices: must list 1 to ${MAX_DEVICES} devices, got ${t.devices.length}`);
     } else {
       t.devices.forEach((d: unknown, i: number) => {
         if (typeof d === 'string') {
-          const p = checkId(`devices[${i}]`, d, DEVICE_ID_PATTERN);
+          const p = checkIdentifier('deviceId', d, `devices[${i}]`);
           if (p) problems.push(p);
-          else targets.push({ deviceId: d });
-        } else if (typeof d === 'object' && d !== null && !Array.isArray(d)) {
-          const e = d as Record<string, unknown>;
-          const extra = Object.keys(e).filter((k) => k !== 'deviceId' && k !== 'agentUrl');
-          if (extra.length) problems.push(`unknown field(s) in devices[${i}]: ${extra.slice(0, 5).join(', ')}`);
-          const p = checkId(`devices[${i}].deviceId`, e.deviceId, DEVICE_ID_PATTERN);
-          if (p) problems.push(p);
-          const u = e.agentUrl === undefined ? undefined : checkHttpUrl(`devices[${i}].agentUrl`, e.agentUrl);
-          if (u) problems.push(u);
-          if (!p && !u) targets.push({ deviceId: e.deviceId as string, agentUrl: e.agentUrl as string | undefined });
+          else targets.push({ deviceId: d, field: 'agentUrl' });
+        } else if (isObject(d)) {
+          add(unknownFields(`devices[${i}]`, d, DEVICE_ENTRY_FIELDS));
+          const p = checkIdentifier('deviceId', d.deviceId, `devices[${i}].deviceId`);
+          add(p);
+          const u = d.agentUrl === undefined ? undefined : checkUrl(`devices[${i}].agentUrl`, d.agentUrl, BASE_POLICY);
+          add(u);
+          if (!p && !u)
+            targets.push({
+              deviceId: d.deviceId as string,
+              agentUrl: d.agentUrl as string | undefined,
+              field: `devices[${i}].agentUrl`,
+            });
         } else {
-          problems.push(`devices[${i}] must be a device id or {"deviceId","agentUrl"}`);
+          problems.push(`devices[${i}]: must be a device id or {"deviceId","agentUrl"}, got ${preview(d)}`);
         }
       });
       const ids = targets.map((x) => x.deviceId);
-      if (new Set(ids).size !== ids.length) problems.push('devices lists a device more than once');
+      if (new Set(ids).size !== ids.length) problems.push('devices: lists a device more than once');
     }
   } else if (t.devices !== undefined) {
-    problems.push('devices must be an array');
+    problems.push(`devices: must be an array, got ${preview(t.devices)}`);
   } else {
-    problems.push('deviceId (or devices) is required');
+    problems.push('deviceId: is required (or devices)');
   }
 
-  // Every device needs an agent: from the task, the registry, or the default.
+  // Every device needs an agent: from the task, the registry, or the default. A task may name an
+  // agent only when the directory knows it or its host is on the allow-list: otherwise any producer
+  // could make the worker send requests (and the install URL) to a host of its choice.
+  const topAgent =
+    typeof t.agentUrl === 'string' && !problems.some((p) => p.startsWith('agentUrl:')) ? t.agentUrl : undefined;
   for (const target of targets) {
-    const agentUrl = target.agentUrl ?? (t.agentUrl as string | undefined) ?? agents.agentFor(target.deviceId);
-    if (!agentUrl) problems.push(`no agent known for device ${target.deviceId}: give agentUrl or add it to the device registry`);
+    const named = target.agentUrl ?? topAgent;
+    const field = target.agentUrl !== undefined ? target.field : 'agentUrl';
+    if (named !== undefined) {
+      const directory = agents.agentFor(target.deviceId);
+      const known = agents.knows?.(named) === true || (directory !== undefined && sameAgent(directory, named));
+      if (!known && !(opts.policy?.hostAllowListed(new URL(named).hostname) ?? false)) {
+        const msg = `${field}: ${preview(named)} is not an agent of the device registry and its host is not on DT_ALLOWED_HOSTS`;
+        if (!problems.includes(msg)) problems.push(msg);
+      }
+    }
+    const agentUrl = named ?? agents.agentFor(target.deviceId);
+    if (!agentUrl)
+      problems.push(
+        `agentUrl: no agent known for device ${target.deviceId}; give agentUrl or add the device to the registry`,
+      );
     target.agentUrl = agentUrl;
   }
 
-  if (problems.length) throw new InvalidTaskError(problems);
+  if (problems.length) {
+    const shown = problems.slice(0, MAX_PROBLEMS);
+    if (problems.length > MAX_PROBLEMS) shown.push(`task: ${problems.length - MAX_PROBLEMS} more problem(s)`);
+    throw new InvalidTaskError(shown);
+  }
   return targets.map((target) => ({
     taskId: t.taskId as string,
     deviceId: target.deviceId,

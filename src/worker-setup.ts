@@ -7,6 +7,8 @@ import { Worker, type NativeConnection, type WorkflowBundleOption } from '@tempo
 import type Redis from 'ioredis';
 import path from 'node:path';
 import { Agent, interceptors, type Dispatcher } from 'undici';
+import { urlPolicyFor } from './device-registry';
+import { MAX_REDIRECTS, policedRedirects, type UrlPolicy } from './url-policy';
 import { createActivities } from './activities';
 import { ApkCache } from './activities/apk-cache';
 import { endStaleRun } from './activities/traversal-runner';
@@ -32,6 +34,8 @@ export interface TraversalWorkerOptions {
   sdkMetrics?: () => Promise<string>;
   /** Worker identity shown in the Web UI. */
   identity?: string;
+  /** Where outgoing requests may go; default built from config (DT_ALLOWED_HOSTS plus registry agents). */
+  urlPolicy?: UrlPolicy;
   log?: (msg: string, meta?: Record<string, unknown>) => void;
 }
 
@@ -49,24 +53,46 @@ export interface TraversalWorker {
   shutdown(): void;
 }
 
-/** HTTP dispatcher for origins, agents and sinks: bounded connections, timeouts, a few redirects. */
-export function createDispatcher(): Dispatcher {
-  return new Agent({
+/**
+ * HTTP dispatcher for origins, agents and sinks: bounded connections, timeouts, a few redirects.
+ * With a policy every connection (each redirect hop included) is resolved and checked by it; the
+ * worker always passes one, only tests of other parts call this without.
+ */
+export function createDispatcher(policy?: UrlPolicy): Dispatcher {
+  const agent = new Agent({
     connections: 64,
-    connectTimeout: 10_000,
+    ...(policy ? { connect: policy.connector({ timeout: 10_000 }) } : { connectTimeout: 10_000 }),
     headersTimeout: 60_000,
     bodyTimeout: 60_000,
     keepAliveTimeout: 10_000,
-  }).compose(interceptors.redirect({ maxRedirections: 5 }));
+  });
+  return policy ? agent.compose(policedRedirects(policy)) : agent.compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }));
 }
 
 /** Builds a worker and its artifact server (listening once this resolves). */
 export async function createTraversalWorker(opts: TraversalWorkerOptions): Promise<TraversalWorker> {
   const { config } = opts;
   const metrics = new Metrics();
-  const dispatcher = createDispatcher();
-  const cache = new ApkCache({ dir: config.apkCacheDir, maxBytes: config.apkMaxBytes, dispatcher, metrics, log: opts.log });
-  const artifactServer = new ArtifactServer({ cache, metrics, host: config.artifactHost, port: config.artifactPort, extraMetrics: opts.sdkMetrics, log: opts.log });
+  const dispatcher = createDispatcher(opts.urlPolicy ?? urlPolicyFor(config));
+  const cache = new ApkCache({
+    dir: config.apkCacheDir,
+    maxBytes: config.apkMaxBytes,
+    maxCacheBytes: config.apkCacheMaxBytes,
+    leaseMs: config.apkCacheLeaseMs,
+    maxConcurrentDownloads: config.maxOriginDownloads,
+    dispatcher,
+    metrics,
+    log: opts.log,
+  });
+  const artifactServer = new ArtifactServer({
+    cache,
+    metrics,
+    host: config.artifactHost,
+    port: config.artifactPort,
+    extraMetrics: opts.sdkMetrics,
+    token: config.artifactToken,
+    log: opts.log,
+  });
   let artifactUrl = config.artifactPublicUrl.replace(/\/+$/, '');
 
   // A worker that died left its traversal processes running; end them before taking new work.

@@ -11,7 +11,7 @@ import { createTraversalWorker } from './worker-setup';
 async function main(): Promise<void> {
   const config = loadConfig();
   const temporal = temporalSettings();
-  const secrets = [process.env.TEMPORAL_API_KEY ?? '', config.reportSinkToken, new URL(config.redisUrl).password].filter(Boolean);
+  const secrets = [process.env.TEMPORAL_API_KEY ?? '', config.reportSinkToken, config.artifactToken, new URL(config.redisUrl).password].filter(Boolean);
   const logger = new JsonLogger({ service: 'worker', pid: process.pid }, config.logLevel, process.stdout, secrets);
   const sdkMetricsPort = config.sdkMetricsPort || (await freePort());
   Runtime.install({

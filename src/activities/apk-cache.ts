@@ -6,6 +6,12 @@
  *   index/<urlKey>.json     which blob a URL resolved to
  *   tmp/<urlKey>.part       a download in progress (kept across crashes so a retry can resume)
  *   locks/<urlKey>.lock     the process downloading that URL (cross-process single flight)
+ *
+ * Size cap and eviction: a blob's mtime is its lease. Using a blob (resolving it, serving it) sets
+ * its mtime to now + leaseMs, so every process sharing the folder sees it as in use until then.
+ * After a download pushes the folder over its cap, the least recently used blobs are removed,
+ * skipping leased ones (mtime in the future) and those this process is serving (retain()). The cap
+ * is soft: when everything is in use the folder stays over it until leases run out.
  */
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
@@ -23,6 +29,7 @@ import {
   TraversalError,
 } from '../errors';
 import type { Metrics } from '../metrics';
+import { MAX_REDIRECTS, refusedFor, UrlRefusedError } from '../url-policy';
 
 /** Options of the cache. */
 export interface ApkCacheOptions {
@@ -35,6 +42,12 @@ export interface ApkCacheOptions {
   metrics?: Metrics;
   /** Poll interval while another process holds the download lock, ms. */
   lockPollMs?: number;
+  /** Size cap of all completed blobs, bytes; unset means no cap. */
+  maxCacheBytes?: number;
+  /** How long a resolved or served blob is protected from eviction, ms (default 1 h). */
+  leaseMs?: number;
+  /** Origin downloads this cache runs at once; 0 or unset means no cap. */
+  maxConcurrentDownloads?: number;
   log?: (msg: string, meta?: Record<string, unknown>) => void;
 }
 
@@ -55,7 +68,7 @@ export interface CachedApk {
 export interface DownloadState {
   bytes: number;
   total?: number;
-  phase: 'waiting-lock' | 'hashing-partial' | 'downloading' | 'done';
+  phase: 'waiting-lock' | 'waiting-slot' | 'hashing-partial' | 'downloading' | 'done';
 }
 
 interface Flight {
@@ -77,13 +90,74 @@ const heldLocks = new Set<string>();
 export class ApkCache {
   private readonly flights = new Map<string, Flight>();
   private readonly inUse = new Map<string, number>();
+  private readonly slots: Slots;
   private ready?: Promise<void>;
+  private evicting: Promise<unknown> = Promise.resolve();
 
-  constructor(private readonly opts: ApkCacheOptions) {}
+  constructor(private readonly opts: ApkCacheOptions) {
+    this.slots = new Slots(opts.maxConcurrentDownloads ?? 0);
+  }
 
-  /** Path of the blob for a sha256. */
+  /** Path of the blob for a sha256; throws for anything that is not a sha256 (no path tricks). */
   blobPath(sha256: string): string {
+    if (!SHA_RE.test(sha256)) throw new Error(`not a sha256: ${JSON.stringify(sha256).slice(0, 80)}`);
     return path.join(this.opts.dir, 'blobs', `${sha256}.apk`);
+  }
+
+  /**
+   * Marks a blob as used now and leases it for leaseMs (its mtime moves into the future).
+   * Returns false when the blob does not exist (never downloaded, or evicted).
+   */
+  async touch(sha256: string): Promise<boolean> {
+    if (!SHA_RE.test(sha256)) return false;
+    const until = new Date(Date.now() + (this.opts.leaseMs ?? 3_600_000));
+    try {
+      await fsp.utimes(this.blobPath(sha256), new Date(), until);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Removes least recently used blobs until the folder is within maxCacheBytes, never one that is
+   * leased, served by this process, or listed in `keep`. Returns the evicted sha256s.
+   * Runs one at a time per cache.
+   */
+  evict(keep: string[] = []): Promise<string[]> {
+    const run = this.evicting.then(() => this.evictNow(new Set(keep)));
+    this.evicting = run.catch(() => undefined);
+    return run;
+  }
+
+  private async evictNow(keep: Set<string>): Promise<string[]> {
+    const cap = this.opts.maxCacheBytes;
+    if (!cap) return [];
+    const dir = path.join(this.opts.dir, 'blobs');
+    const names = await fsp.readdir(dir).catch(() => [] as string[]);
+    const blobs: { sha: string; size: number; mtimeMs: number }[] = [];
+    for (const name of names) {
+      const sha = name.slice(0, -4);
+      if (!name.endsWith('.apk') || !SHA_RE.test(sha)) continue;
+      const st = await fsp.stat(path.join(dir, name)).catch(() => undefined);
+      if (st) blobs.push({ sha, size: st.size, mtimeMs: st.mtimeMs });
+    }
+    let total = blobs.reduce((n, b) => n + b.size, 0);
+    const evicted: string[] = [];
+    for (const b of blobs.sort((x, y) => x.mtimeMs - y.mtimeMs)) {
+      if (total <= cap) break;
+      if (keep.has(b.sha) || this.usersOf(b.sha) > 0) continue;
+      // Look again right before removing: another process may have leased it meanwhile.
+      const st = await fsp.stat(this.blobPath(b.sha)).catch(() => undefined);
+      if (!st || st.mtimeMs > Date.now() || this.usersOf(b.sha) > 0) continue;
+      await fsp.rm(this.blobPath(b.sha), { force: true });
+      total -= b.size;
+      evicted.push(b.sha);
+    }
+    if (evicted.length || total > cap) {
+      this.opts.log?.('APK cache eviction', { evicted, totalBytes: total, capBytes: cap, overCap: total > cap });
+    }
+    return evicted;
   }
 
   /** Size of a completed blob, or undefined when absent or the name is not a sha256. */
@@ -111,6 +185,13 @@ export class ApkCache {
     opts: { signal?: AbortSignal; onState?: (s: DownloadState) => void } = {},
   ): Promise<CachedApk> {
     await this.init();
+    let protocol: string;
+    try {
+      protocol = new URL(url).protocol;
+    } catch {
+      throw new UrlRefusedError(`APK URL ${JSON.stringify(url).slice(0, 100)}`, 'not a valid URL');
+    }
+    if (protocol !== 'http:' && protocol !== 'https:') throw new UrlRefusedError(`APK URL ${url}`, 'only http and https are allowed');
     const key = urlKey(url);
     const hit = await this.lookup(key, url, expectedSha);
     if (hit) {
@@ -195,7 +276,9 @@ export class ApkCache {
   private async lookup(key: string, url: string, expectedSha?: string): Promise<CachedApk | undefined> {
     if (expectedSha) {
       const size = await this.stat(expectedSha);
-      if (size !== undefined) return { sha256: expectedSha, size, path: this.blobPath(expectedSha), fromCache: true, downloadedBytes: 0 };
+      if (size !== undefined && (await this.touch(expectedSha))) {
+        return { sha256: expectedSha, size, path: this.blobPath(expectedSha), fromCache: true, downloadedBytes: 0 };
+      }
     }
     try {
       const entry = JSON.parse(await fsp.readFile(this.indexPath(key), 'utf8')) as { url: string; sha256: string };
@@ -203,6 +286,7 @@ export class ApkCache {
       const size = await this.stat(entry.sha256);
       if (size === undefined) return undefined;
       if (expectedSha && expectedSha !== entry.sha256) return undefined; // the origin may have changed; fetch again
+      if (!(await this.touch(entry.sha256))) return undefined; // evicted just now
       return { sha256: entry.sha256, size, path: this.blobPath(entry.sha256), fromCache: true, downloadedBytes: 0 };
     } catch {
       return undefined;
@@ -244,7 +328,13 @@ export class ApkCache {
           await handle.close();
           const done = await this.lookup(key, url, expectedSha);
           if (done) return done;
-          return await this.download(key, url, expectedSha, partPath, state, signal);
+          state.phase = 'waiting-slot';
+          const release = await this.slots.acquire(signal);
+          try {
+            return await this.download(key, url, expectedSha, partPath, state, signal);
+          } finally {
+            release();
+          }
         } finally {
           clearInterval(refresh);
           heldLocks.delete(lockPath);
@@ -437,6 +527,8 @@ export class ApkCache {
     const tmpIndex = `${this.indexPath(key)}.${process.pid}.tmp`;
     await fsp.writeFile(tmpIndex, JSON.stringify({ url, sha256, size: written, at: new Date().toISOString() }));
     await fsp.rename(tmpIndex, this.indexPath(key));
+    await this.touch(sha256);
+    await this.evict([sha256]).catch((err: unknown) => this.opts.log?.('APK cache eviction failed', { error: String(err) }));
     state.phase = 'done';
     this.opts.log?.('APK cached', { url, sha256, size: written, resumedFrom: offset || undefined });
     return {
@@ -483,6 +575,8 @@ function checkStatus(url: string, res: Dispatcher.ResponseData): void {
   const status = res.statusCode;
   if (status === 200 || status === 206) return;
   discard(res);
+  // The redirect interceptor hands back the last 3xx once its limit is reached.
+  if (status >= 300 && status < 400) throw new UrlRefusedError(`APK URL ${url}`, `more than ${MAX_REDIRECTS} redirects (last HTTP ${status})`);
   if (status === 404 || status === 410) throw new ApkNotFoundError(url, status);
   if (status === 408 || status === 429 || status >= 500) throw new ApkDownloadError(url, `HTTP ${status}`);
   throw new ApkFetchRejectedError(url, status);
@@ -490,6 +584,7 @@ function checkStatus(url: string, res: Dispatcher.ResponseData): void {
 
 /** Maps undici and socket failures to a retryable download error, keeping project errors. */
 function classifyNetworkError(url: string, err: unknown, signal: AbortSignal): unknown {
+  if (err instanceof UrlRefusedError) return refusedFor(`APK URL ${url}`, err);
   if (err instanceof TraversalError) return err;
   if (signal.aborted) return signal.reason ?? err;
   const e = err as { code?: string; message?: string };
@@ -532,4 +627,44 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 function discard(res: Dispatcher.ResponseData): void {
   res.body.on('error', () => undefined);
   res.body.destroy();
+}
+
+/** A counting semaphore whose waiters can be aborted. */
+class Slots {
+  private active = 0;
+  private readonly waiting: (() => void)[] = [];
+
+  constructor(private readonly max: number) {}
+
+  /** Waits for a free slot; resolves to the function that frees it (safe to call twice). */
+  async acquire(signal: AbortSignal): Promise<() => void> {
+    signal.throwIfAborted();
+    if (this.max <= 0) return () => undefined;
+    if (this.active < this.max) {
+      this.active++;
+    } else {
+      // A freed slot passes straight to the next waiter, so `active` does not change.
+      await new Promise<void>((resolve, reject) => {
+        const wake = () => {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        };
+        const onAbort = () => {
+          const i = this.waiting.indexOf(wake);
+          if (i >= 0) this.waiting.splice(i, 1);
+          reject(signal.reason);
+        };
+        this.waiting.push(wake);
+        signal.addEventListener('abort', onAbort, { once: true });
+      });
+    }
+    let freed = false;
+    return () => {
+      if (freed) return;
+      freed = true;
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.active--;
+    };
+  }
 }

@@ -3,6 +3,7 @@ import { Context } from '@temporalio/activity';
 import { request, type Dispatcher } from 'undici';
 import { ApkDownloadError, ApkFetchRejectedError, ApkNotFoundError } from '../errors';
 import type { Delivery } from '../messages';
+import { MAX_REDIRECTS, refusedFor, UrlRefusedError } from '../url-policy';
 import type { ApkCache, DownloadState } from './apk-cache';
 
 /** Dependencies of resolveApk. */
@@ -11,6 +12,8 @@ export interface ApkActivityDeps {
   dispatcher: Dispatcher;
   /** Base URL of this worker's artifact server, as agents reach it. */
   artifactBaseUrl: () => string;
+  /** URL of a cached APK for agents (signed when the artifact server has a token); default <base>/apk/<sha256>.apk. */
+  installUrlFor?: (sha256: string) => string;
   /** Default delivery mode when the request does not choose. */
   delivery: Delivery;
 }
@@ -47,10 +50,14 @@ export function createApkActivities(deps: ApkActivityDeps) {
       if (delivery === 'direct') {
         const res = await request(input.url, { method: 'HEAD', dispatcher: deps.dispatcher, signal: ctx.cancellationSignal }).catch(
           (err: { code?: string; message?: string }) => {
+            if (err instanceof UrlRefusedError) throw refusedFor(`APK URL ${input.url}`, err);
             throw new ApkDownloadError(input.url, `${err.code ?? ''} ${err.message ?? ''}`.trim());
           },
         );
         await res.body.dump();
+        if (res.statusCode >= 300 && res.statusCode < 400) {
+          throw new UrlRefusedError(`APK URL ${input.url}`, `more than ${MAX_REDIRECTS} redirects (last HTTP ${res.statusCode})`);
+        }
         if (res.statusCode === 404 || res.statusCode === 410) throw new ApkNotFoundError(input.url, res.statusCode);
         if (res.statusCode >= 500) throw new ApkDownloadError(input.url, `HTTP ${res.statusCode}`);
         if (res.statusCode >= 400) throw new ApkFetchRejectedError(input.url, res.statusCode);
@@ -70,7 +77,7 @@ export function createApkActivities(deps: ApkActivityDeps) {
       return {
         sha256: apk.sha256,
         size: apk.size,
-        installUrl: `${deps.artifactBaseUrl()}/apk/${apk.sha256}.apk`,
+        installUrl: deps.installUrlFor?.(apk.sha256) ?? `${deps.artifactBaseUrl()}/apk/${apk.sha256}.apk`,
         fromCache: apk.fromCache,
         downloadedBytes: apk.downloadedBytes,
         ...(apk.resumedFrom !== undefined ? { resumedFrom: apk.resumedFrom } : {}),

@@ -13,6 +13,7 @@ import {
   UnknownDeviceError,
 } from '../errors';
 import type { Metrics } from '../metrics';
+import { refusedFor, UrlRefusedError } from '../url-policy';
 
 /** What a device reports about itself. */
 export interface DeviceStatus {
@@ -66,6 +67,8 @@ export async function agentCall<T>(
     });
   } catch (err) {
     if (signal?.aborted) throw signal.reason ?? err;
+    // The URL policy refused the agent's address: permanent, not an unreachable agent.
+    if (err instanceof UrlRefusedError) throw refusedFor(`device agent ${agentUrl}`, err);
     const e = err as { code?: string; message?: string };
     throw new AgentUnavailableError(agentUrl, op || 'status', e.code ? `${e.code} ${e.message ?? ''}`.trim() : String(err));
   }
@@ -148,10 +151,12 @@ export function createDeviceAgentActivities(deps: DeviceAgentDeps) {
       try {
         const started = Date.now();
         let url = input.url;
-        if (input.sha256 && url.endsWith(`/apk/${input.sha256}.apk`)) {
+        // Compare paths only: a signed install URL carries ?token=…, which also stays out of the logs.
+        const pathOf = (u: string) => u.split(/[?#]/)[0]!;
+        if (input.sha256 && pathOf(url).endsWith(`/apk/${input.sha256}.apk`)) {
           const own = await deps.localInstallUrl?.(input.sha256);
           if (own && own !== url) {
-            Context.current().log.info('installing from this worker’s artifact server', { recorded: url, url: own });
+            Context.current().log.info('installing from this worker’s artifact server', { recorded: pathOf(url), url: pathOf(own) });
             url = own;
           }
         }

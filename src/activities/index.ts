@@ -6,9 +6,11 @@ import type { Config } from '../config';
 import { withTypedFailures } from '../errors';
 import type { ProgressUpdate, TraversalBudget } from '../messages';
 import type { Metrics } from '../metrics';
+import { artifactInstallUrl } from '../artifact-server';
 import { createApkActivities } from './apk';
 import type { ApkCache } from './apk-cache';
 import { checkDeviceOnline, createDeviceAgentActivities, type DeviceAgentDeps } from './device-agent';
+import { guardIdentifiers } from './guard';
 import { createReportSinkActivities } from './report-sink';
 import { createResultPublisherActivities } from './result-publisher';
 import { createTraversalRunnerActivities } from './traversal-runner';
@@ -33,17 +35,20 @@ export interface ActivityDeps {
 /** The activity implementations, each wrapped so project errors become typed ApplicationFailures. */
 export function createActivities(deps: ActivityDeps) {
   const { config } = deps;
+  const installUrlFor = (sha256: string) => artifactInstallUrl(deps.artifactBaseUrl(), sha256, config.artifactToken, config.artifactUrlTtlMs);
   const agentDeps: DeviceAgentDeps = {
     dispatcher: deps.dispatcher,
     metrics: deps.metrics,
     callTimeoutMs: config.agentTimeoutMs,
-    localInstallUrl: async (sha256) => ((await deps.cache.stat(sha256)) !== undefined ? `${deps.artifactBaseUrl()}/apk/${sha256}.apk` : undefined),
+    // Renews the blob's lease too, so it is not evicted before the agent has fetched it.
+    localInstallUrl: async (sha256) => ((await deps.cache.touch(sha256)) ? installUrlFor(sha256) : undefined),
   };
-  return withTypedFailures({
+  return withTypedFailures(guardIdentifiers({
     ...createApkActivities({
       cache: deps.cache,
       dispatcher: deps.dispatcher,
       artifactBaseUrl: deps.artifactBaseUrl,
+      installUrlFor,
       delivery: config.delivery,
     }),
     ...createDeviceAgentActivities(agentDeps),
@@ -62,9 +67,15 @@ export function createActivities(deps: ActivityDeps) {
       checkDevice: (agentUrl, deviceId, signal) => checkDeviceOnline(agentDeps, agentUrl, deviceId, signal),
       deviceCheckMs: config.deviceCheckMs,
     }),
-    ...createReportSinkActivities({ runsDir: path.join(config.dataDir, 'runs'), sink: config.reportSink, token: config.reportSinkToken, dispatcher: deps.dispatcher }),
+    ...createReportSinkActivities({
+      runsDir: path.join(config.dataDir, 'runs'),
+      sink: config.reportSink,
+      token: config.reportSinkToken,
+      dispatcher: deps.dispatcher,
+      maxBytes: config.reportMaxBytes,
+    }),
     ...createResultPublisherActivities({ redis: deps.redis, keyPrefix: deps.redisKeyPrefix }),
-  }, (activity, type) => deps.metrics.failures.inc({ activity, type }));
+  }), (activity, type) => deps.metrics.failures.inc({ activity, type }));
 }
 
 /** The activity interface workflows proxy. */

@@ -11,7 +11,36 @@ import { fileURLToPath } from 'node:url';
 import { createGzip } from 'node:zlib';
 import * as tar from 'tar-stream';
 import { request, type Dispatcher } from 'undici';
-import { ReportUploadError } from '../errors';
+import { InvalidTaskError, ReportUploadError, TraversalError } from '../errors';
+import { checkIdentifier } from '../task';
+import { refusedFor, UrlRefusedError } from '../url-policy';
+
+/** The report is larger than the configured cap; retrying produces the same report. */
+export class ReportTooLargeError extends TraversalError {
+  readonly code = 'ReportTooLarge';
+  readonly nonRetryable = true;
+  constructor(limitBytes: number) {
+    super(`report archive exceeds the cap of ${limitBytes} bytes; raise DT_REPORT_MAX_BYTES if intended`);
+    this.details = { limitBytes };
+  }
+}
+
+/**
+ * Defence in depth: ids become folder and file names here, so they are checked again even though
+ * the starter validated them (a workflow can be started by other means than the starter).
+ */
+function checkIds(input: { taskId: unknown; deviceId: unknown }): void {
+  const problems = [checkIdentifier('taskId', input.taskId), checkIdentifier('deviceId', input.deviceId)].filter((p): p is string => !!p);
+  if (problems.length) throw new InvalidTaskError(problems);
+}
+
+/** Resolves `dir` and throws unless it lies inside `root` (no `..` or symlink-free tricks in the string). */
+function insideRoot(root: string, dir: string): string {
+  const r = path.resolve(root);
+  const d = path.resolve(r, dir);
+  if (d !== r && !d.startsWith(r + path.sep)) throw new InvalidTaskError([`reportDir: must lie inside the runs folder, got ${JSON.stringify(dir).slice(0, 120)}`]);
+  return d;
+}
 
 /** Options of the report sink. */
 export interface ReportSinkDeps {
@@ -73,24 +102,33 @@ export function tarGzFolder(root: string, files: string[]): Readable {
     }
     pack.finalize();
   })().catch((err) => pack.destroy(err as Error));
-  return pack.pipe(createGzip());
+  const gz = createGzip();
+  // pipe() forwards no errors: a failed file read must fail the stream its consumer reads, and a
+  // consumer that stops (cap reached, sink refused) destroys the pack too, which must not leave an
+  // 'error' event without a listener (that would end the worker process).
+  pack.on('error', (err: Error) => {
+    if (!gz.destroyed) gz.destroy(err);
+  });
+  return pack.pipe(gz);
 }
 
 /** Builds the uploadReport activity. */
 export function createReportSinkActivities(deps: ReportSinkDeps) {
   const maxBytes = deps.maxBytes ?? 1024 ** 3;
+  if (/^https?:\/\/[^/]*@/.test(deps.sink)) throw new Error('the report sink URL carries credentials; give the token separately (DT_REPORT_SINK_TOKEN)');
   return {
     /** Packs the report folder and streams it to the sink; returns the report's URL. */
     async uploadReport(input: UploadReportInput): Promise<UploadReportResult> {
       const ctx = Context.current();
-      const reportDir = input.reportDir ?? path.join(deps.runsDir, input.taskId, input.deviceId, 'report');
+      checkIds(input);
+      const reportDir = insideRoot(deps.runsDir, input.reportDir ?? path.join(input.taskId, input.deviceId, 'report'));
       const files = await listFiles(reportDir);
       const name = `${input.deviceId}${input.partial ? '.partial' : ''}.tar.gz`;
       let bytes = 0;
       const meter = new Transform({
         transform(chunk: Buffer, _e, cb) {
           bytes += chunk.length;
-          if (bytes > maxBytes) return cb(new ReportUploadError(deps.sink, `report larger than ${maxBytes} bytes`));
+          if (bytes > maxBytes) return cb(new ReportTooLargeError(maxBytes));
           ctx.heartbeat({ bytes });
           cb(null, chunk);
         },
@@ -101,13 +139,19 @@ export function createReportSinkActivities(deps: ReportSinkDeps) {
         await fsp.mkdir(dir, { recursive: true });
         const dest = path.join(dir, name);
         const tmp = `${dest}.${process.pid}.tmp`;
-        await pipeline(source, meter, createWriteStream(tmp), { signal: ctx.cancellationSignal });
+        try {
+          await pipeline(source, meter, createWriteStream(tmp), { signal: ctx.cancellationSignal });
+        } catch (err) {
+          await fsp.rm(tmp, { force: true });
+          throw err;
+        }
         await fsp.rename(tmp, dest);
         return { url: `file://${dest}`, bytes, files: files.length };
       }
       const url = `${deps.sink.replace(/\/+$/, '')}/${encodeURIComponent(input.taskId)}/${encodeURIComponent(name)}`;
       const body = new PassThrough();
       const pumping = pipeline(source, meter, body);
+      pumping.catch(() => undefined); // observed below; this only keeps an early failure from counting as unhandled
       try {
         const res = await request(url, {
           method: 'PUT',
@@ -124,8 +168,11 @@ export function createReportSinkActivities(deps: ReportSinkDeps) {
         if (res.statusCode >= 300) throw new ReportUploadError(deps.sink, `HTTP ${res.statusCode}`);
       } catch (err) {
         body.destroy();
-        await pumping.catch(() => undefined);
-        if (err instanceof ReportUploadError || ctx.cancellationSignal.aborted) throw err;
+        // A cap hit while streaming surfaces as the pump's error; prefer it to the aborted request.
+        const pumpErr = await pumping.then(() => undefined, (e: unknown) => e);
+        if (pumpErr instanceof ReportTooLargeError) throw pumpErr;
+        if (err instanceof UrlRefusedError) throw refusedFor(`report sink ${deps.sink}`, err);
+        if (err instanceof TraversalError || ctx.cancellationSignal.aborted) throw err;
         const e = err as { code?: string; message?: string };
         throw new ReportUploadError(deps.sink, `${e.code ?? ''} ${e.message ?? String(err)}`.trim());
       }

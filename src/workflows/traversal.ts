@@ -62,7 +62,7 @@ function describeFailure(err: unknown): { type: string; message: string; nonRetr
 /** The result's error: the failure, what kind of trouble it is, and the step it happened in. */
 function errorOf(failure: unknown, step: StepName | undefined): NonNullable<TraversalResult['error']> {
   const d = describeFailure(failure);
-  return { ...d, kind: failureKind(d.type), step };
+  return { ...d, kind: failureKind(d.type, d.nonRetryable), step };
 }
 
 /** The traversal workflow (id `traversal/<taskId>/<deviceId>`). */

@@ -18,6 +18,7 @@ import { TaskBridge } from '../../src/starter-core';
 import { createTraversalWorker, type TraversalWorker } from '../../src/worker-setup';
 import type { AgentDirectory } from '../../src/task';
 import { freePort } from '../../src/local/ports';
+import { UrlPolicy } from '../../src/url-policy';
 import { request } from 'undici';
 
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
@@ -54,6 +55,8 @@ export interface StackOptions {
   starter?: boolean;
   /** Temporal address (default: the global test server). */
   address?: string;
+  /** URL policy of the worker and starter (default: config.allowedHosts, which allows 127.0.0.1 here). */
+  urlPolicy?: UrlPolicy;
 }
 
 /** A running stack; `stop()` tears everything down. */
@@ -94,6 +97,8 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       heartbeatTimeoutMs: 10_000,
       killGraceMs: 2000,
       progressSignalMs: 500,
+      // The test servers all listen on loopback; the URL policy refuses it unless allow-listed.
+      allowedHosts: '127.0.0.1',
       ...opts.config,
     },
   );
@@ -123,6 +128,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     redis,
     workflowBundle: wfBundle,
     redisKeyPrefix: prefix,
+    urlPolicy: opts.urlPolicy ?? new UrlPolicy(config.allowedHosts),
     sdkMetrics: async () => {
       const res = await request(`http://127.0.0.1:${sdkMetricsPort}/metrics`).catch(() => undefined);
       return res ? await res.body.text() : '';
@@ -142,6 +148,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       taskQueue,
       starterId: `starter-${id}`,
       agents,
+      urlPolicy: opts.urlPolicy ?? new UrlPolicy(config.allowedHosts),
       keyPrefix: prefix,
       policy: { heartbeatTimeoutMs: config.heartbeatTimeoutMs, maxAttempts: config.maxAttempts, initialRetryMs: 200 },
     }).start();

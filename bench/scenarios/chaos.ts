@@ -1,0 +1,432 @@
+/**
+ * chaos — the soak of "kill it anywhere": traversals on 5 simulated devices while the worker
+ * process is killed with SIGKILL at random moments and started again on the same data folder.
+ * Prints traversals completed / failed / lost, traversals that overlapped on one device (from the
+ * agent's call timeline, and from samples of the jar processes), extra origin bytes against the
+ * ideal of one download per APK, and the crash-to-resume time of every interrupted traversal.
+ *
+ * The worker runs from the current source (ts-node and a workflow bundle built at start), so the
+ * soak always tests the code in the tree, built or not.
+ *
+ * Options: --quick, --tasks 12 (tasks per device; each names all devices), --kills 12,
+ * --duration 6 (traversal seconds), --heartbeat 5 (heartbeat timeout, s), --apk-mib 16,
+ * --kill-gap 3-8 (seconds between a resume and the next kill), --seed 1.
+ *
+ * Alone: `npx ts-node --transpile-only bench/scenarios/chaos.ts [options]`.
+ */
+import { Client, WorkflowNotFoundError } from '@temporalio/client';
+import { bundleWorkflowCode, DefaultLogger } from '@temporalio/worker';
+import Redis from 'ioredis';
+import { spawn } from 'node:child_process';
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { resultKey } from '../../src/activities/result-publisher';
+import { PROJECT_ROOT } from '../../src/config';
+import { traversalWorkflowId, type TraversalResult } from '../../src/messages';
+import { AgentSimulator } from '../../src/sim/agent-sim';
+import { ApkOrigin } from '../../src/sim/origin';
+import { TaskBridge } from '../../src/starter-core';
+import { UrlPolicy } from '../../src/url-policy';
+import { mdTable, median, MiB, parseOptions, percentile, round, say, type ScenarioRun } from '../lib/report';
+import { Scope } from '../lib/scope';
+import { startBenchRedis, startTemporal } from '../lib/services';
+
+const DEVICES = ['chaos-1', 'chaos-2', 'chaos-3', 'chaos-4', 'chaos-5'];
+const APK_COUNT = 3;
+
+/** A worker process of the soak. */
+interface WorkerProc {
+  pid: number;
+  alive(): boolean;
+  kill(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** One kill and what it interrupted. */
+interface Kill {
+  at: number;
+  interrupted: number;
+  /** Milliseconds from the kill until each interrupted traversal had an activity running again. */
+  resumeMs: number[];
+  /** Traversals that did not resume within the watch window. */
+  stuck: string[];
+}
+
+/** Small deterministic random source (mulberry32), so a seed reproduces the kill schedule. */
+function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function spawnWorker(env: Record<string, string>, logFile: string): Promise<WorkerProc> {
+  const clean: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env))
+    if (!/^(TEMPORAL_|REDIS_URL$|TASK_QUEUE$|DT_)/.test(k)) clean[k] = v;
+  const fd = openSync(logFile, 'a');
+  const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', 'src/worker.ts'], {
+    cwd: PROJECT_ROOT,
+    env: { ...clean, ...env },
+    stdio: ['ignore', fd, fd],
+  });
+  closeSync(fd);
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const alive = () => child.exitCode === null && child.signalCode === null;
+  const proc: WorkerProc = {
+    pid: child.pid!,
+    alive,
+    async kill() {
+      if (alive()) child.kill('SIGKILL');
+      await exited;
+    },
+    async stop() {
+      if (!alive()) return;
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+  // Ready once it logged "worker started" (it polls right after).
+  return new Promise((resolve, reject) => {
+    const deadline = Date.now() + 90_000;
+    const poll = setInterval(() => {
+      const started = readFileSync(logFile, 'utf8')
+        .split('\n')
+        .some((line) => line.includes('"msg":"worker started"') && line.includes(`"pid":${proc.pid},`));
+      if (started) {
+        clearInterval(poll);
+        resolve(proc);
+      } else if (!alive() || Date.now() > deadline) {
+        clearInterval(poll);
+        reject(new Error(`worker ${proc.pid} did not start; see ${logFile}`));
+      }
+    }, 100);
+  });
+}
+
+/** Live jar processes per device, recognised by the marker variable the runner sets. */
+function jarsPerDevice(): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const env = readFileSync(`/proc/${entry}/environ`, 'utf8');
+      const m = /(?:^|\0)DT_TRAVERSAL_DEVICE=([^\0]+)/.exec(env);
+      if (!m || /\) Z /.test(readFileSync(`/proc/${entry}/stat`, 'utf8'))) continue;
+      out.set(m[1]!, (out.get(m[1]!) ?? 0) + 1);
+    } catch {
+      // gone, or not ours
+    }
+  }
+  return out;
+}
+
+function tsMs(ts: { seconds?: unknown; nanos?: number | null } | null | undefined): number | undefined {
+  if (!ts?.seconds) return undefined;
+  return Number(String(ts.seconds)) * 1000 + Math.floor((ts.nanos ?? 0) / 1e6);
+}
+
+/** Runs the soak. */
+export const run: ScenarioRun = async ({ args }) => {
+  const o = parseOptions(args);
+  const quick = o.has('quick');
+  const tasksPerDevice = o.num('tasks', quick ? 4 : 12);
+  const killTarget = o.num('kills', quick ? 4 : 12);
+  const durationSec = o.num('duration', 6);
+  const heartbeatSec = o.num('heartbeat', 5);
+  const apkSize = o.num('apk-mib', 16) * MiB;
+  const [gapMin, gapMax] = o.str('kill-gap', '3-8').split('-').map(Number) as [number, number];
+  const rand = random(o.num('seed', 1));
+  const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'chaos');
+  rmSync(workDir, { recursive: true, force: true });
+  mkdirSync(workDir, { recursive: true });
+  const scope = new Scope('chaos');
+  try {
+    const temporal = await startTemporal(scope, workDir);
+    const redisLocal = await startBenchRedis(scope, path.join(workDir, 'redis'));
+    const redis = new Redis(redisLocal.url, { maxRetriesPerRequest: null });
+    const blocking = new Redis(redisLocal.url, { maxRetriesPerRequest: null });
+    scope.add('redis clients', () => {
+      redis.disconnect();
+      blocking.disconnect();
+    });
+
+    const origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
+    // Downloads last about a second, so some kills land in one.
+    origin.throttleBytesPerSec = apkSize;
+    const apks = [];
+    for (let i = 1; i <= APK_COUNT; i++) apks.push(await origin.addApk(`chaos-${i}.apk`, apkSize));
+    await origin.start();
+    scope.add('origin', () => origin.close());
+    const agent = new AgentSimulator({ devices: DEVICES, installDelayMs: 300, coldStartMs: [200, 400] });
+    const agentUrl = await agent.start();
+    scope.add('agent simulator', () => agent.close());
+
+    say('chaos: bundling the workflow code of the current source');
+    const { code } = await bundleWorkflowCode({
+      workflowsPath: require.resolve('../../src/workflows'),
+      logger: new DefaultLogger('WARN'),
+    });
+    const bundleFile = path.join(workDir, 'workflow-bundle.js');
+    writeFileSync(bundleFile, code);
+    const taskQueue = 'chaos';
+    const workerEnv = {
+      TEMPORAL_ADDRESS: temporal.address,
+      TEMPORAL_NAMESPACE: 'default',
+      REDIS_URL: redisLocal.url,
+      TASK_QUEUE: taskQueue,
+      DT_DATA_DIR: path.join(workDir, 'worker'),
+      DT_ARTIFACT_PORT: '0',
+      DT_WORKFLOW_BUNDLE: bundleFile,
+      DT_HEARTBEAT_TIMEOUT: `${heartbeatSec}s`,
+      DT_STICKY_TIMEOUT: '2s',
+      DT_KILL_GRACE: '2s',
+      DT_DEVICE_CHECK_INTERVAL: '2s',
+      DT_LOG_LEVEL: 'info',
+      // Origin and agent listen on loopback, which the URL policy refuses unless allow-listed.
+      DT_ALLOWED_HOSTS: '127.0.0.1',
+    };
+    const logFile = path.join(workDir, 'worker.log');
+    let worker = await spawnWorker(workerEnv, logFile);
+    scope.add('worker', () => worker.stop());
+
+    const bridge = new TaskBridge({
+      redis,
+      blocking,
+      client: temporal.client,
+      taskQueue,
+      starterId: 'chaos',
+      agents: { agentFor: () => agentUrl },
+      urlPolicy: new UrlPolicy('127.0.0.1'),
+      // Every kill interrupts all running traversals, so one may be hit several times.
+      policy: { heartbeatTimeoutMs: heartbeatSec * 1000, maxAttempts: 10, initialRetryMs: 500, measureLaunch: false },
+    }).start();
+    scope.add('starter bridge', () => bridge.stop());
+
+    type Job = { taskId: string; deviceId: string; packageName: string };
+    const jobs: Job[] = [];
+    for (let t = 0; t < tasksPerDevice; t++) {
+      const taskId = `chaos-${t}`;
+      const packageName = `com.example.chaos${t}`;
+      await redis.lpush(
+        'traversal:tasks',
+        JSON.stringify({
+          taskId,
+          devices: DEVICES,
+          apkUrl: origin.url(`chaos-${(t % APK_COUNT) + 1}.apk`),
+          apkSha256: apks[t % APK_COUNT]!.sha256,
+          packageName,
+          traversal: { durationSec, extraArgs: ['--tick-ms', '100'] },
+        }),
+      );
+      for (const deviceId of DEVICES) jobs.push({ taskId, deviceId, packageName });
+    }
+    say(`chaos: ${jobs.length} traversals on ${DEVICES.length} devices, at least ${killTarget} kills`);
+    const t0 = Date.now();
+
+    const finished = new Map<string, TraversalResult>();
+    const poll = async () => {
+      for (const j of jobs) {
+        const key = `${j.taskId}/${j.deviceId}`;
+        if (finished.has(key)) continue;
+        const raw = await redis.get(resultKey(j.taskId, j.deviceId));
+        if (raw) finished.set(key, JSON.parse(raw) as TraversalResult);
+      }
+    };
+    let maxJarsOnOneDevice = 0;
+    let jarOverlapSamples = 0;
+    const sampler = setInterval(() => {
+      for (const n of jarsPerDevice().values()) {
+        maxJarsOnOneDevice = Math.max(maxJarsOnOneDevice, n);
+        if (n > 1) jarOverlapSamples++;
+      }
+    }, 250);
+    scope.add('sampler', () => clearInterval(sampler));
+
+    const kills: Kill[] = [];
+    const deadline = Date.now() + 30 * 60_000;
+    while (finished.size < jobs.length && Date.now() < deadline) {
+      await poll();
+      if (kills.length >= killTarget) {
+        await new Promise((r) => setTimeout(r, 1000));
+        continue;
+      }
+      await new Promise((r) => setTimeout(r, (gapMin + rand() * (gapMax - gapMin)) * 1000));
+      await poll();
+      const running = await runningTraversals(
+        temporal.client,
+        jobs.filter((j) => !finished.has(`${j.taskId}/${j.deviceId}`)),
+      );
+      if (running.length === 0) continue;
+      const at = Date.now();
+      await worker.kill();
+      say(`chaos: kill ${kills.length + 1} of worker ${worker.pid} with ${running.length} traversals running`);
+      worker = await spawnWorker(workerEnv, logFile);
+      kills.push(await watchResume(temporal.client, running, at, redis));
+    }
+    clearInterval(sampler);
+    await poll();
+    const wallS = round((Date.now() - t0) / 1000, 0);
+
+    const results = [...finished.values()];
+    const completed = results.filter((r) => r.status === 'completed').length;
+    const failed = results.filter((r) => r.status !== 'completed');
+    const lost = jobs.length - results.length;
+    const overlaps = agentOverlaps(agent, jobs);
+    const ideal = APK_COUNT * apkSize;
+    const extraRatio = (origin.totalBytesServed - ideal) / ideal;
+    const resume = kills.flatMap((k) => k.resumeMs);
+    const stuck = kills.flatMap((k) => k.stuck);
+    const p50 = resume.length ? median(resume) / 1000 : NaN;
+    const p95 = resume.length ? percentile(resume, 95) / 1000 : NaN;
+    const resumeTarget = heartbeatSec + 5;
+    const retried = results.filter((r) => (r.traversalAttempt ?? 1) > 1).length;
+    const targets = {
+      lost: lost === 0,
+      overlapping: overlaps.length === 0 && maxJarsOnOneDevice <= 1,
+      resumeP95: p95 <= resumeTarget,
+      kills: kills.length >= 10 || quick,
+      traversals: jobs.length >= 50 || quick,
+    };
+
+    const markdown = [
+      `${jobs.length} traversals of ${durationSec} s on ${DEVICES.length} simulated devices; the worker was killed with SIGKILL ${kills.length} times ` +
+        `(${gapMin}–${gapMax} s after the previous resume) and restarted on the same data folder; heartbeat timeout ${heartbeatSec} s; ` +
+        `${APK_COUNT} APKs of ${apkSize / MiB} MiB. Wall time ${wallS} s.`,
+      '',
+      mdTable(
+        ['figure', 'value', 'target'],
+        [
+          ['traversals completed', `${completed} / ${jobs.length}`, 'all'],
+          ['failed', failed.length, '0'],
+          ['lost (no result)', lost, '0'],
+          ['run twice in parallel on one device (agent timeline)', overlaps.length, '0'],
+          ['most jars alive at once for one device', maxJarsOnOneDevice, '1'],
+          ['traversals that resumed on a later attempt', retried, ''],
+          [
+            'extra origin bytes / ideal',
+            `${round(extraRatio, 3)} (${round(origin.totalBytesServed / MiB, 1)} MiB served, ideal ${round(ideal / MiB, 1)} MiB)`,
+            'small',
+          ],
+          ['interrupted traversals measured', resume.length, ''],
+          ['crash-to-resume p50', `${round(p50, 1)} s`, ''],
+          ['crash-to-resume p95', `${round(p95, 1)} s`, `≤ ${resumeTarget} s`],
+          ['crash-to-resume max', `${round(Math.max(...resume, 0) / 1000, 1)} s`, ''],
+          ['not resumed within 60 s of a kill', stuck.length, '0'],
+        ],
+      ),
+      '',
+      `Targets: ${Object.entries(targets)
+        .map(([k, ok]) => `${k} ${ok ? 'met' : 'MISSED'}`)
+        .join(', ')}.`,
+      failed.length ? `\nFailed: ${failed.map((r) => `${r.taskId}/${r.deviceId} ${r.error?.type}`).join(', ')}` : '',
+      '',
+      'Crash-to-resume: from the SIGKILL to the moment an activity of the interrupted traversal was running again on the restarted ' +
+        'worker (the server’s start time of the attempt). Overlap: two traversals whose agent calls (install to uninstall) on one ' +
+        'device intersect in time; the jar count samples /proc every 250 ms.',
+    ].join('\n');
+    const json = {
+      traversals: jobs.length,
+      devices: DEVICES.length,
+      kills: kills.map((k) => ({ interrupted: k.interrupted, resumeMs: k.resumeMs, stuck: k.stuck })),
+      completed,
+      failed: failed.map((r) => ({ taskId: r.taskId, deviceId: r.deviceId, error: r.error })),
+      lost,
+      overlapping: overlaps,
+      maxJarsOnOneDevice,
+      jarOverlapSamples,
+      retried,
+      origin: { bytesServed: origin.totalBytesServed, ideal, extraRatio },
+      resumeSeconds: { p50, p95, max: Math.max(...resume, 0) / 1000, target: resumeTarget },
+      targets,
+      settings: { tasksPerDevice, killTarget, durationSec, heartbeatSec, apkSize, gap: [gapMin, gapMax] },
+      wallS,
+    };
+    return { markdown, json };
+  } finally {
+    await scope.close();
+  }
+};
+
+/** The jobs whose traversal workflow is running now (children not yet started are skipped). */
+async function runningTraversals(client: Client, jobs: { taskId: string; deviceId: string }[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const j of jobs) {
+    const id = traversalWorkflowId(j.taskId, j.deviceId);
+    try {
+      const d = await client.workflow.getHandle(id).describe();
+      if (d.status.name === 'RUNNING') out.push(id);
+    } catch (err) {
+      if (!(err instanceof WorkflowNotFoundError)) throw err;
+    }
+  }
+  return out;
+}
+
+/**
+ * Watches the traversals that were running at a kill until each has an activity started after
+ * the kill (or has finished): that start, by the server's clock, is when it resumed.
+ */
+async function watchResume(client: Client, ids: string[], at: number, redis: Redis): Promise<Kill> {
+  const resumeMs = new Map<string, number>();
+  const until = at + 60_000;
+  while (resumeMs.size < ids.length && Date.now() < until) {
+    for (const id of ids) {
+      if (resumeMs.has(id)) continue;
+      const d = await client.workflow.getHandle(id).describe();
+      const started = (d.raw.pendingActivities ?? [])
+        .map((a) => tsMs(a.lastStartedTime))
+        .filter((t): t is number => t !== undefined && t > at);
+      if (started.length) resumeMs.set(id, Math.min(...started) - at);
+      else if (d.status.name !== 'RUNNING') resumeMs.set(id, Date.now() - at);
+      else {
+        // Finished its last activity and published meanwhile: it resumed at least by now.
+        const [, taskId, deviceId] = id.split('/');
+        if (await redis.exists(resultKey(taskId!, deviceId!))) resumeMs.set(id, Date.now() - at);
+      }
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return {
+    at,
+    interrupted: ids.length,
+    resumeMs: [...resumeMs.values()],
+    stuck: ids.filter((id) => !resumeMs.has(id)),
+  };
+}
+
+/** Pairs of traversals whose agent calls on one device overlap in time. */
+function agentOverlaps(agent: AgentSimulator, jobs: { deviceId: string; packageName: string }[]): string[] {
+  const out: string[] = [];
+  for (const deviceId of new Set(jobs.map((j) => j.deviceId))) {
+    const spans = new Map<string, [number, number]>();
+    for (const c of agent.calls) {
+      if (c.deviceId !== deviceId || !c.packageName) continue;
+      const s = spans.get(c.packageName);
+      spans.set(c.packageName, s ? [Math.min(s[0], c.startedAt), Math.max(s[1], c.endedAt)] : [c.startedAt, c.endedAt]);
+    }
+    const list = [...spans.entries()].sort((a, b) => a[1][0] - b[1][0]);
+    for (let i = 1; i < list.length; i++) {
+      if (list[i]![1][0] < list[i - 1]![1][1]) out.push(`${deviceId}: ${list[i - 1]![0]} and ${list[i]![0]}`);
+    }
+  }
+  return out;
+}
+
+if (require.main === module) {
+  run({ args: process.argv.slice(2), resultsDir: path.join(PROJECT_ROOT, 'bench', 'results') })
+    .then(({ markdown, json }) => {
+      process.stdout.write(`${markdown}\n\n${JSON.stringify(json, null, 2)}\n`);
+      process.exit(0);
+    })
+    .catch((err: unknown) => {
+      process.stderr.write(`chaos failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      process.exit(1);
+    });
+}

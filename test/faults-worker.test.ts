@@ -1,0 +1,299 @@
+/**
+ * Fault injection, part 1: worker processes killed with SIGKILL at every step of a traversal.
+ * Workers are real `src/worker.ts` processes sharing one data folder (one host); the Temporal
+ * dev server and Redis are the suite-wide ones; origin and agent are real HTTP servers here.
+ */
+import assert from 'node:assert/strict';
+import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
+import Redis from 'ioredis';
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { PROJECT_ROOT } from '../src/config';
+import { resultKey } from '../src/activities/result-publisher';
+import {
+  deviceWorkflowId,
+  enqueueSignal,
+  traversalWorkflowId,
+  type TraversalRequest,
+  type TraversalResult,
+} from '../src/messages';
+import { AgentSimulator } from '../src/sim/agent-sim';
+import { ApkOrigin, type ApkInfo } from '../src/sim/origin';
+import { deviceWorkflow } from '../src/workflows/device';
+import {
+  pendingActivity,
+  phaseOf,
+  pidAlive,
+  sleep,
+  spawnWorker,
+  traversalPids,
+  waitFor,
+  type Proc,
+} from './support/procs';
+
+const MiB = 1024 * 1024;
+const HEARTBEAT_MS = 3000;
+
+describe('a worker killed anywhere: the run resumes and nothing is lost', function () {
+  const id = randomUUID().slice(0, 8);
+  const taskQueue = `faults-w-${id}`;
+  const prefix = `fw${id}:`;
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), `dt-faults-w-${id}-`));
+  const logDir = path.join(dataDir, 'logs');
+  const devices = ['fw-dl', 'fw-run', 'fw-inst', 'fw-two'];
+  let origin: ApkOrigin;
+  let agent: AgentSimulator;
+  let slowAgent: AgentSimulator;
+  let big: ApkInfo & { url: string };
+  let small: ApkInfo & { url: string };
+  let connection: Connection;
+  let client: Client;
+  let redis: Redis;
+  const workers: Proc[] = [];
+
+  const startWorker = async () => {
+    const w = await spawnWorker({
+      temporalAddress: process.env.TEST_TEMPORAL_ADDRESS!,
+      redisUrl: process.env.TEST_REDIS_URL!,
+      taskQueue,
+      redisKeyPrefix: prefix,
+      dataDir,
+      logDir,
+      env: { DT_HEARTBEAT_TIMEOUT: `${HEARTBEAT_MS}ms`, DT_DEVICE_CHECK_INTERVAL: '1s', DT_STICKY_TIMEOUT: '2s' },
+    });
+    workers.push(w);
+    return w;
+  };
+  const live = () => workers.filter((w) => w.alive());
+  const ensureOneWorker = async () => {
+    if (live().length === 0) await startWorker();
+  };
+
+  function request(fields: Partial<TraversalRequest> & { taskId: string; deviceId: string }): TraversalRequest {
+    return {
+      agentUrl: agent.url,
+      apkUrl: small.url,
+      apkSha256: small.sha256,
+      packageName: `com.example.${fields.taskId.replace(/\W/g, '')}`,
+      traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
+      policy: { heartbeatTimeoutMs: HEARTBEAT_MS, initialRetryMs: 200, maxAttempts: 3, measureLaunch: false },
+      ...fields,
+    };
+  }
+  async function enqueue(req: TraversalRequest): Promise<WorkflowHandle> {
+    await client.workflow.signalWithStart(deviceWorkflow, {
+      workflowId: deviceWorkflowId(req.deviceId),
+      taskQueue,
+      args: [{ deviceId: req.deviceId }],
+      signal: enqueueSignal,
+      signalArgs: [req],
+    });
+    return client.workflow.getHandle(traversalWorkflowId(req.taskId, req.deviceId));
+  }
+  async function waitResult(taskId: string, deviceId: string, timeoutMs = 90_000): Promise<TraversalResult> {
+    let raw: string | null = null;
+    await waitFor(
+      async () => (raw = await redis.get(resultKey(taskId, deviceId, prefix))) !== null,
+      timeoutMs,
+      `the result of ${taskId}`,
+    );
+    return JSON.parse(raw!) as TraversalResult;
+  }
+  /** The worker process that ran the last attempt of an activity (identity is `<pid>@<host>`). */
+  const workerOf = (identity: string | undefined) => live().find((w) => identity?.startsWith(`${w.pid}@`));
+
+  before(async function () {
+    origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
+    await origin.start();
+    big = { ...(await origin.addApk('faults-big.apk', 16 * MiB)), url: origin.url('faults-big.apk') };
+    small = { ...(await origin.addApk('faults-small.apk', 1 * MiB)), url: origin.url('faults-small.apk') };
+    agent = new AgentSimulator({ devices, coldStartMs: [100, 200] });
+    await agent.start();
+    // Installs take 4 s after the bytes arrived, so a worker can be killed in the middle of one.
+    slowAgent = new AgentSimulator({ devices: ['fw-inst'], installDelayMs: 4000, coldStartMs: [100, 200] });
+    await slowAgent.start();
+    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
+    client = new Client({ connection });
+    redis = new Redis(process.env.TEST_REDIS_URL!);
+    await startWorker();
+  });
+
+  after(async function () {
+    await Promise.all(workers.map((w) => w.stop()));
+    redis?.disconnect();
+    await connection?.close();
+    await Promise.all([agent?.close(), slowAgent?.close(), origin?.close()]);
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('killed during the APK download: the next attempt resumes with a Range request and the origin serves the APK about once', async function () {
+    await ensureOneWorker();
+    origin.throttleBytesPerSec = 4 * MiB; // 16 MiB in about 4 s
+    try {
+      const handle = await enqueue(
+        request({ taskId: 'dl', deviceId: 'fw-dl', apkUrl: big.url, apkSha256: big.sha256 }),
+      );
+      let heartbeatBytes = 0;
+      await waitFor(
+        async () => {
+          const a = await pendingActivity(handle, 'resolveApk');
+          heartbeatBytes = Number(a?.details?.bytes ?? 0);
+          return heartbeatBytes >= 0.3 * big.size;
+        },
+        30_000,
+        'a download heartbeat past 30%',
+      );
+      const [victim] = live();
+      await victim!.kill('SIGKILL');
+      const survivor = await startWorker();
+
+      const r = await waitResult('dl', 'fw-dl');
+      assert.equal(r.status, 'completed', JSON.stringify(r.error));
+      assert.equal(r.apk?.sha256, big.sha256, 'the resumed file has the right hash');
+      const resumed = survivor.logs().find((e) => e.msg === 'downloading APK' && e.url === big.url);
+      assert.ok(resumed, 'the new worker downloaded');
+      assert.ok(
+        Number(resumed.resumeFrom) >= heartbeatBytes,
+        `Range from ${String(resumed.resumeFrom)}, last heartbeat said ${heartbeatBytes}`,
+      );
+      const stats = origin.stats('faults-big.apk');
+      assert.equal(stats.rangeGets, 1, 'one Range request');
+      assert.ok(
+        stats.bytesServed <= 1.05 * big.size,
+        `origin served ${(stats.bytesServed / big.size).toFixed(3)} × the APK size`,
+      );
+    } finally {
+      origin.throttleBytesPerSec = undefined;
+    }
+  });
+
+  it('killed during the traversal: the next attempt resumes from the last checkpoint, installs nothing again, cleans once, leaves no orphan', async function () {
+    await ensureOneWorker();
+    const deviceId = 'fw-run';
+    const handle = await enqueue(
+      request({ taskId: 'run', deviceId, traversal: { durationSec: 6, extraArgs: ['--tick-ms', '100'] } }),
+    );
+    let checkpoint = 0;
+    await waitFor(
+      async () => {
+        const a = await pendingActivity(handle, 'runTraversal');
+        checkpoint = Number(a?.details?.checkpoint ?? 0);
+        return Number(a?.details?.percent ?? 0) >= 30;
+      },
+      30_000,
+      'a traversal heartbeat past 30%',
+    );
+    const [javaPid] = traversalPids(deviceId);
+    assert.ok(javaPid, 'the jar runs');
+    const [victim] = live();
+    await victim!.kill('SIGKILL');
+    assert.ok(pidAlive(javaPid), 'the jar outlives the worker that spawned it');
+    await startWorker();
+    // The new worker ends the stale process group before it takes work.
+    await waitFor(() => !pidAlive(javaPid), 10_000, 'the orphaned jar to be ended');
+
+    const r = await waitResult('run', deviceId);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.equal(r.traversalAttempt, 2);
+    assert.ok(
+      Number(r.resumedFrom) >= checkpoint && checkpoint > 0,
+      `resumed from ${r.resumedFrom}, last heartbeat checkpoint ${checkpoint}`,
+    );
+    const log2 = readFileSync(path.join(dataDir, 'runs', 'run', deviceId, 'attempt-2.log'), 'utf8');
+    assert.match(log2, new RegExp(`RESUMED from=${r.resumedFrom}\\b`), 'the jar confirmed it resumed');
+    const calls = agent.calls.filter((c) => c.deviceId === deviceId);
+    assert.equal(calls.filter((c) => c.op === 'install').length, 1, 'installed once');
+    assert.equal(calls.filter((c) => c.op === 'uninstall').length, 1, 'cleaned once');
+    assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');
+  });
+
+  it('killed during the install and again during the cleanup: the retries are harmless and the device ends clean', async function () {
+    await ensureOneWorker();
+    const deviceId = 'fw-inst';
+    const handle = await enqueue(
+      request({
+        taskId: 'inst',
+        deviceId,
+        agentUrl: slowAgent.url,
+        traversal: { durationSec: 0.5, extraArgs: ['--tick-ms', '100'] },
+      }),
+    );
+    await waitFor(async () => (await phaseOf(handle)) === 'installing', 30_000, 'the install');
+    await sleep(1000);
+    await live()[0]!.kill('SIGKILL');
+    const second = await startWorker();
+    const secondUrl = String(second.logs().find((e) => e.msg === 'worker started')?.artifactServer);
+
+    // Once the retried install went through, make agent calls slow so the cleanup can be interrupted.
+    await waitFor(
+      () =>
+        slowAgent.calls.some((c) => c.op === 'install' && c.status === 200 && c.url?.startsWith(secondUrl) === true),
+      60_000,
+      'the retried install',
+    );
+    slowAgent.setLatency(2500);
+    await waitFor(async () => (await phaseOf(handle)) === 'cleaning', 60_000, 'the cleanup');
+    await sleep(800);
+    await second.kill('SIGKILL');
+    slowAgent.setLatency(0);
+    await startWorker();
+
+    const r = await waitResult('inst', deviceId);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.deepEqual(slowAgent.installed(deviceId), [], 'nothing left installed');
+    const ok = slowAgent.calls.filter((c) => c.status === 200);
+    assert.ok(ok.filter((c) => c.op === 'install').length >= 2, 'the install was repeated');
+    // The interrupted uninstall may be answered with an error: its client is gone.
+    assert.ok(slowAgent.calls.filter((c) => c.op === 'uninstall').length >= 2, 'the cleanup was repeated');
+    const sorted = ok.filter((c) => c.op !== 'status').sort((a, b) => a.startedAt - b.startedAt);
+    for (let i = 1; i < sorted.length; i++)
+      assert.ok(sorted[i]!.startedAt >= sorted[i - 1]!.endedAt, 'device calls never overlap');
+  });
+
+  it('two workers, the one running the traversal killed: the survivor takes over within the heartbeat timeout plus a few seconds', async function () {
+    while (live().length < 2) await startWorker();
+    const deviceId = 'fw-two';
+    const handle = await enqueue(
+      request({ taskId: 'two', deviceId, traversal: { durationSec: 8, extraArgs: ['--tick-ms', '100'] } }),
+    );
+    let identity: string | undefined;
+    await waitFor(
+      async () => {
+        const a = await pendingActivity(handle, 'runTraversal');
+        identity = a?.workerIdentity;
+        return Number(a?.details?.percent ?? 0) >= 20;
+      },
+      30_000,
+      'the traversal to run',
+    );
+    const victim = workerOf(identity);
+    assert.ok(victim, `the running worker (${identity}) is one of ours`);
+    const [javaPid] = traversalPids(deviceId);
+    await victim.kill('SIGKILL');
+    const killedAt = Date.now();
+    const survivor = live()[0]!;
+    await waitFor(
+      async () => {
+        const a = await pendingActivity(handle, 'runTraversal');
+        return (
+          a !== undefined && a.attempt >= 2 && a.started && a.workerIdentity?.startsWith(`${survivor.pid}@`) === true
+        );
+      },
+      30_000,
+      'the survivor to take the traversal over',
+    );
+    const takeoverMs = Date.now() - killedAt;
+    console.log(
+      `      takeover after ${(takeoverMs / 1000).toFixed(1)} s (heartbeat timeout ${HEARTBEAT_MS / 1000} s)`,
+    );
+    assert.ok(takeoverMs <= HEARTBEAT_MS + 5000, `took ${takeoverMs} ms`);
+
+    const r = await waitResult('two', deviceId);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.equal(r.traversalAttempt, 2);
+    assert.ok(Number(r.resumedFrom) > 0, 'resumed from a checkpoint');
+    assert.ok(javaPid && !pidAlive(javaPid), 'the killed worker’s jar was ended by the survivor');
+  });
+});

@@ -1,0 +1,265 @@
+/**
+ * Identifiers reach file paths, URL path segments, Redis keys, workflow ids and argv. Hostile ids
+ * (`../`, `/`, NUL, newlines, 10,000 characters, shell metacharacters) are refused by the starter
+ * and again at the activity boundary; no process is ever started through a shell.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, promises as fsp, readFileSync } from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { DefaultLogger } from '@temporalio/worker';
+import { guardIdentifiers } from '../src/activities/guard';
+import { createReportSinkActivities } from '../src/activities/report-sink';
+import { createTraversalRunnerActivities } from '../src/activities/traversal-runner';
+import { ApkCache } from '../src/activities/apk-cache';
+import { ArtifactServer } from '../src/artifact-server';
+import { PROJECT_ROOT } from '../src/config';
+import { InvalidTaskError } from '../src/errors';
+import { Metrics } from '../src/metrics';
+import { parseTask, type AgentDirectory } from '../src/task';
+import { createDispatcher } from '../src/worker-setup';
+
+/** Identifiers that must never pass. */
+export const HOSTILE_IDS: [string, string][] = [
+  ['../', 'parent directory'],
+  ['../../etc/passwd', 'path traversal'],
+  ['..', 'dot-dot'],
+  ['.hidden', 'leading dot'],
+  ['a/b', 'slash'],
+  ['a\\b', 'backslash'],
+  ['a\0b', 'NUL'],
+  ['a\nb', 'newline'],
+  ['a\rb', 'carriage return'],
+  ['x'.repeat(10_000), '10,000 characters'],
+  ['$(touch /tmp/pwned)', 'command substitution'],
+  ['`id`', 'backticks'],
+  ['a;rm -rf /', 'semicolon'],
+  ['a|b', 'pipe'],
+  ['a&&b', 'and-and'],
+  ['-rf', 'leading dash (option injection)'],
+  ['a b', 'space'],
+  ['a:b', 'colon (Redis key separator)'],
+  ['%2e%2e%2f', 'percent-encoding'],
+  ['é', 'non-ASCII'],
+  ['', 'empty'],
+];
+
+const agents: AgentDirectory = { agentFor: () => 'http://127.0.0.1:9' };
+const quiet = () => new MockActivityEnvironment(undefined, { logger: new DefaultLogger('ERROR') });
+const base = {
+  taskId: 't1',
+  deviceId: 'd1',
+  apkUrl: 'https://apk.example.com/a.apk',
+  packageName: 'com.example.app',
+  traversal: { durationSec: 1 },
+};
+
+function problemsOf(task: Record<string, unknown>): string[] {
+  try {
+    parseTask(JSON.stringify(task), agents);
+  } catch (err) {
+    assert.ok(err instanceof InvalidTaskError, String(err));
+    return err.problems;
+  }
+  return [];
+}
+
+describe('identifiers', function () {
+  this.timeout(30_000);
+  let tmp: string;
+  before(async () => {
+    tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'dt-ids-'));
+  });
+  after(async () => {
+    await fsp.rm(tmp, { recursive: true, force: true });
+  });
+
+  it('the starter refuses every hostile taskId, deviceId, devices entry and packageName, naming the field', () => {
+    for (const [id, what] of HOSTILE_IDS) {
+      const cases: [Record<string, unknown>, RegExp][] = [
+        [{ ...base, taskId: id }, /^taskId: must be 1-128 letters/],
+        [{ ...base, deviceId: id }, /^deviceId: must be 1-64 letters/],
+        [{ ...base, deviceId: undefined, devices: ['ok-1', id] }, /^devices\[1\]: must be 1-64 letters/],
+        [
+          { ...base, deviceId: undefined, devices: [{ deviceId: id }] },
+          /^devices\[0\]\.deviceId: must be 1-64 letters/,
+        ],
+        [{ ...base, packageName: id }, /^packageName: must be an Android application id/],
+      ];
+      for (const [task, rule] of cases) {
+        const problems = problemsOf(task);
+        assert.ok(
+          problems.some((p) => rule.test(p)),
+          `${what} (${JSON.stringify(id).slice(0, 30)}): ${problems.join(' | ')}`,
+        );
+        assert.ok(
+          problems.every((p) => p.length < 400),
+          'a 10,000-character id is previewed, not echoed',
+        );
+      }
+    }
+  });
+
+  it('activities refuse hostile ids before touching the disk or starting a process (a workflow started around the starter)', async () => {
+    const runsDir = path.join(tmp, 'runs');
+    const acts = guardIdentifiers(
+      createTraversalRunnerActivities({
+        runsDir,
+        pidsDir: path.join(tmp, 'pids'),
+        command: ['/bin/true'],
+        resumeArgs: [],
+        jar: '',
+        progressPattern: /^$/,
+        killGraceMs: 100,
+        progressPushMs: 1000,
+      }),
+    );
+    for (const [id] of HOSTILE_IDS) {
+      for (const field of ['taskId', 'deviceId', 'packageName'] as const) {
+        const input = {
+          taskId: 't1',
+          deviceId: 'd1',
+          agentUrl: 'http://127.0.0.1:9',
+          packageName: 'com.example.app',
+          durationSec: 1,
+          [field]: id,
+        };
+        await assert.rejects(
+          quiet().run(acts.runTraversal, input),
+          (err: InvalidTaskError) => err.code === 'InvalidTask' && err.problems[0]!.startsWith(`${field}: `),
+        );
+      }
+    }
+    assert.equal(existsSync(runsDir), false, 'no run folder was created');
+  });
+
+  it('the report sink refuses hostile ids and report folders outside the runs folder', async () => {
+    const runsDir = path.join(tmp, 'sink-runs');
+    const sinkDir = path.join(tmp, 'sink');
+    await fsp.mkdir(path.join(runsDir, 't1', 'd1', 'report'), { recursive: true });
+    const acts = createReportSinkActivities({ runsDir, sink: `file://${sinkDir}`, dispatcher: createDispatcher() });
+    for (const [id] of HOSTILE_IDS) {
+      await assert.rejects(quiet().run(acts.uploadReport, { taskId: id, deviceId: 'd1' }), { code: 'InvalidTask' });
+      await assert.rejects(quiet().run(acts.uploadReport, { taskId: 't1', deviceId: id }), { code: 'InvalidTask' });
+    }
+    for (const reportDir of ['/etc', path.join(runsDir, '..', '..'), `${runsDir}-other/x`]) {
+      await assert.rejects(
+        quiet().run(acts.uploadReport, { taskId: 't1', deviceId: 'd1', reportDir }),
+        /reportDir: must lie inside the runs folder/,
+      );
+    }
+    assert.equal(existsSync(sinkDir), false, 'nothing was written to the sink');
+  });
+
+  it('the artifact server answers 404 to NUL, newline and encoded tricks in the APK path', async () => {
+    const dir = path.join(tmp, 'cache');
+    const cache = new ApkCache({ dir, maxBytes: 1024, dispatcher: createDispatcher() });
+    await fsp.mkdir(path.join(dir, 'blobs'), { recursive: true });
+    const sha = 'a'.repeat(64);
+    await fsp.writeFile(path.join(dir, 'blobs', `${sha}.apk`), 'apk');
+    await fsp.writeFile(path.join(dir, 'secret.txt'), 'secret');
+    const server = new ArtifactServer({ cache, metrics: new Metrics() });
+    const url = new URL(await server.start());
+    try {
+      const get = (p: string) =>
+        new Promise<number>((resolve, reject) => {
+          const req = http.request({ host: url.hostname, port: url.port, path: p, agent: false }, (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          });
+          req.on('error', reject);
+          req.end();
+        });
+      assert.equal(await get(`/apk/${sha}.apk`), 200);
+      for (const p of [
+        `/apk/${sha}%00.apk`,
+        `/apk/${sha}.apk%0a`,
+        `/apk/${sha}%2f..%2f..%2fsecret.txt`,
+        '/apk/..%2fsecret.txt',
+        '/secret.txt',
+        '/apk/',
+        '/apk',
+      ]) {
+        assert.equal(await get(p), 404, p);
+      }
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('passes shell metacharacters to the traversal command as plain argv entries, never through a shell', async () => {
+    const runsDir = path.join(tmp, 'argv-runs');
+    const marker = path.join(tmp, 'pwned');
+    const hostile = [
+      `$(touch ${marker}-1)`,
+      `\`touch ${marker}-2\``,
+      `x; touch ${marker}-3`,
+      `| touch ${marker}-4`,
+      `&& touch ${marker}-5`,
+      '\'"*?~{a,b}>out',
+    ];
+    // A command that only records the argv it received.
+    const record = "require('fs').writeFileSync(process.argv[1] + '/argv.json', JSON.stringify(process.argv.slice(2)))";
+    const acts = createTraversalRunnerActivities({
+      runsDir,
+      pidsDir: path.join(tmp, 'argv-pids'),
+      command: [process.execPath, '-e', record, '{outDir}', '{device}', '{package}'],
+      resumeArgs: [],
+      jar: '',
+      progressPattern: /^$/,
+      killGraceMs: 100,
+      progressPushMs: 60_000,
+    });
+    await quiet().run(acts.runTraversal, {
+      taskId: 'argv',
+      deviceId: 'dev-1',
+      agentUrl: 'http://127.0.0.1:9',
+      packageName: 'com.example.app',
+      durationSec: 1,
+      extraArgs: hostile,
+    });
+    const argv = JSON.parse(
+      await fsp.readFile(path.join(runsDir, 'argv', 'dev-1', 'report', 'argv.json'), 'utf8'),
+    ) as string[];
+    assert.deepEqual(argv, ['dev-1', 'com.example.app', ...hostile]);
+    for (let i = 1; i <= 5; i++)
+      assert.equal(existsSync(`${marker}-${i}`), false, `marker ${i} was created: a shell ran`);
+    assert.equal(existsSync(path.join(runsDir, 'argv', 'dev-1', 'out')), false);
+  });
+
+  it('no source file starts a process through a shell', async () => {
+    const files: string[] = [];
+    const walk = async (dir: string) => {
+      for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+        const full = path.join(dir, e.name);
+        if (e.isDirectory()) await walk(full);
+        else if (e.name.endsWith('.ts')) files.push(full);
+      }
+    };
+    await walk(path.join(PROJECT_ROOT, 'src'));
+    const spawning = files.filter((f) => /from ['"](node:)?child_process['"]/.test(readFileSync(f, 'utf8')));
+    assert.ok(
+      spawning.some((f) => f.endsWith('traversal-runner.ts')),
+      'the scan sees the runner',
+    );
+    for (const f of spawning) {
+      const text = readFileSync(f, 'utf8');
+      const imported = /import\s*\{([^}]*)\}\s*from ['"](?:node:)?child_process['"]/.exec(text)?.[1] ?? '';
+      const names = imported.split(',').map(
+        (s) =>
+          s
+            .trim()
+            .replace(/^type\s+/, '')
+            .split(/\s+as\s+/)[0],
+      );
+      assert.ok(
+        !names.includes('exec') && !names.includes('execSync'),
+        `${f} imports exec/execSync, which run a shell`,
+      );
+      assert.doesNotMatch(text, /\bshell\s*:\s*(true|['"`])/, `${f} passes shell: to a child process`);
+      assert.doesNotMatch(text, /['"](\/bin\/)?(ba)?sh['"]\s*,\s*\[\s*['"]-c['"]/, `${f} runs sh -c`);
+    }
+  });
+});

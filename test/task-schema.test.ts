@@ -1,0 +1,122 @@
+/**
+ * The task schema's messages: every problem names the field and the rule it broke, unknown fields
+ * are listed by name, and all problems of a task are reported at once.
+ */
+import assert from 'node:assert/strict';
+import { InvalidTaskError } from '../src/errors';
+import { MAX_TASK_BYTES, parseTask, TASK_SCHEMA, type AgentDirectory } from '../src/task';
+import { UrlPolicy } from '../src/url-policy';
+
+const agents: AgentDirectory = { agentFor: (d) => (d.startsWith('lab-') ? 'http://10.0.0.5:7301' : undefined) };
+const policy = new UrlPolicy('10.0.0.0/8');
+const good = {
+  taskId: 't-1',
+  deviceId: 'lab-1',
+  apkUrl: 'https://apk.example.com/a.apk',
+  packageName: 'com.example.app',
+  traversal: { durationSec: 60 },
+};
+
+function problems(raw: unknown): string[] {
+  try {
+    parseTask(typeof raw === 'string' ? raw : JSON.stringify(raw), agents, { policy });
+  } catch (err) {
+    assert.ok(err instanceof InvalidTaskError);
+    return err.problems;
+  }
+  assert.fail('the task was accepted');
+}
+
+/** Bad input, and the problem it must produce (also listed in docs/SECURITY.md). */
+export const SCHEMA_CASES: [string, unknown, RegExp][] = [
+  ['truncated JSON', '{"taskId": "t-1", ', /^task: not JSON: /],
+  ['a JSON array', '[1,2]', /^task: must be a JSON object, got an array/],
+  ['a JSON string', '"task"', /^task: must be a JSON object, got "task"/],
+  ['oversized payload', `{"taskId":"${'x'.repeat(MAX_TASK_BYTES)}"}`, /^task: must be at most 65536 bytes/],
+  ['missing apkUrl', { ...good, apkUrl: undefined }, /^apkUrl: is required/],
+  ['taskId as a number', { ...good, taskId: 42 }, /^taskId: must be a string .*got a number/],
+  [
+    'durationSec as a string',
+    { ...good, traversal: { durationSec: '60' } },
+    /^traversal\.durationSec: must be a number of seconds, got "60"/,
+  ],
+  [
+    'negative duration',
+    { ...good, traversal: { durationSec: -1 } },
+    /^traversal\.durationSec: must be between 0 and 604800/,
+  ],
+  [
+    'extraArgs with a newline',
+    { ...good, traversal: { durationSec: 1, extraArgs: ['ok', 'a\nb'] } },
+    /^traversal\.extraArgs\[1\]: must be a string .* without NUL or line breaks/,
+  ],
+  [
+    '33 extraArgs',
+    { ...good, traversal: { durationSec: 1, extraArgs: Array(33).fill('x') } },
+    /^traversal\.extraArgs: must be an array of at most 32 strings/,
+  ],
+  ['unknown fields', { ...good, priority: 1, 'we\u0000ird': 2 }, /^task: unknown field\(s\) priority, "we\\u0000ird"/],
+  [
+    'unknown traversal field',
+    { ...good, traversal: { durationSec: 1, shell: 'rm -rf /' } },
+    /^traversal: unknown field\(s\) shell/,
+  ],
+  ['bad sha256', { ...good, apkSha256: 'abc' }, /^apkSha256: must be 64 hexadecimal characters, got "abc"/],
+  ['deviceId and devices', { ...good, devices: ['lab-2'] }, /^deviceId: give either deviceId or devices, not both/],
+  ['empty devices', { ...good, deviceId: undefined, devices: [] }, /^devices: must list 1 to 200 devices, got 0/],
+  [
+    'duplicate devices',
+    { ...good, deviceId: undefined, devices: ['lab-1', 'lab-1'] },
+    /^devices: lists a device more than once/,
+  ],
+  ['device without an agent', { ...good, deviceId: 'nowhere-1' }, /^agentUrl: no agent known for device nowhere-1/],
+  [
+    'apkUrl with credentials',
+    { ...good, apkUrl: 'https://u:p@apk.example.com/a.apk' },
+    /^apkUrl: must not carry credentials/,
+  ],
+  [
+    'apkUrl of 3000 characters',
+    { ...good, apkUrl: `https://a.example.com/${'x'.repeat(3000)}` },
+    /^apkUrl: must be at most 2048 characters/,
+  ],
+  ['relative apkUrl', { ...good, apkUrl: '/a.apk' }, /^apkUrl: must be an absolute URL/],
+];
+
+describe('task schema', () => {
+  it('accepts a well-formed task', () => {
+    const [req] = parseTask(JSON.stringify(good), agents, { policy });
+    assert.equal(req!.agentUrl, 'http://10.0.0.5:7301');
+  });
+
+  for (const [what, raw, rule] of SCHEMA_CASES) {
+    it(`reports ${what} by field and rule`, () => {
+      const ps = problems(raw);
+      assert.ok(
+        ps.some((p) => rule.test(p)),
+        ps.join(' | '),
+      );
+    });
+  }
+
+  it('reports every problem of a task at once', () => {
+    const ps = problems({
+      taskId: '../x',
+      deviceId: 'a/b',
+      apkUrl: 'ftp://x/a.apk',
+      packageName: 'nodots',
+      traversal: 5,
+      extra: true,
+    });
+    for (const field of ['task', 'taskId', 'deviceId', 'apkUrl', 'packageName', 'traversal']) {
+      assert.ok(
+        ps.some((p) => p.startsWith(`${field}: `)),
+        `${field} missing from ${ps.join(' | ')}`,
+      );
+    }
+  });
+
+  it('declares a rule for every field it accepts', () => {
+    for (const [field, spec] of Object.entries(TASK_SCHEMA)) assert.ok(spec.rule.length > 5, field);
+  });
+});
