@@ -107,22 +107,26 @@ describe('operating runs with the temporal CLI', function () {
   });
 
   it('`signal --name budget` with extendBySec lengthens a running traversal', async function () {
-    await enqueue(req('longer', 'op-3', 2));
+    // 6 s leaves room for a slow CLI on a loaded machine to deliver the signal before the end.
+    await enqueue(req('longer', 'op-3', 6));
     await traversing(traversalWorkflowId('longer', 'op-3'));
-    await temporal('workflow', 'signal', '--workflow-id', traversalWorkflowId('longer', 'op-3'), '--name', 'budget', '--input', '{"extendBySec": 2}');
+    await temporal('workflow', 'signal', '--workflow-id', traversalWorkflowId('longer', 'op-3'), '--name', 'budget', '--input', '{"extendBySec": 4}');
     const r = await stack.waitResult('longer', 'op-3');
     assert.equal(r.status, 'completed');
-    assert.equal(r.budgetSec, 4);
+    assert.equal(r.budgetSec, 10);
     const summary = JSON.parse(readFileSync(path.join(stack.dataDir, 'runs', 'longer', 'op-3', 'report', 'summary.json'), 'utf8'));
-    assert.equal(summary.totalSteps, 40, 'the tool recomputed its steps for 4 s at 100 ms ticks');
-    assert.ok(r.timings.runTraversal! >= 3500, `ran ${r.timings.runTraversal} ms`);
+    assert.equal(summary.totalSteps, 100, 'the tool recomputed its steps for 10 s at 100 ms ticks');
+    assert.ok(r.timings.runTraversal! >= 9000, `ran ${r.timings.runTraversal} ms`);
   });
 
   it('`signal --name pause` holds a traversal between steps until `resume`', async function () {
-    await enqueue(req('pause', 'op-4', 1.5));
+    // A long budget so the run is surely still traversing when the test sees it (the CLI is slow to
+    // start on a loaded machine); finishNow then ends the traversal step after the pause arrived.
+    await enqueue(req('pause', 'op-4', 60));
     const id = traversalWorkflowId('pause', 'op-4');
     await traversing(id);
     await temporal('workflow', 'signal', '--workflow-id', id, '--name', 'pause');
+    await temporal('workflow', 'signal', '--workflow-id', id, '--name', 'budget', '--input', '{"finishNow": true}');
     // The traversal step finishes, then the run waits before uploading.
     await waitFor(async () => (await queryProgress(id))?.phase === 'paused', 30_000, 'paused');
     await new Promise((r) => setTimeout(r, 1000));

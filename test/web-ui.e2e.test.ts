@@ -56,12 +56,19 @@ describe('the Temporal Web UI', function () {
     const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
     const query = encodeURIComponent('DeviceId="ui-1" AND WorkflowType="traversalWorkflow"');
     await page.goto(`${server.uiUrl}/namespaces/default/workflows?query=${query}`);
-    await page.getByText(workflowId).first().waitFor({ timeout: 60_000 });
+    await page.getByText(workflowId).filter({ visible: true }).first().waitFor({ timeout: 60_000 });
     await page.screenshot({ path: path.join(OUT, 'web-ui-list.png'), fullPage: true });
 
     await page.goto(`${server.uiUrl}/namespaces/default/workflows/${encodeURIComponent(workflowId)}/${result.runId}/history`);
-    await page.getByText('User Metadata', { exact: true }).first().click({ timeout: 60_000 });
-    await page.getByText('com.example.ui on ui-1 (task ui-task)').first().waitFor({ timeout: 60_000 });
+    try {
+      await page.getByText('User Metadata', { exact: true }).filter({ visible: true }).first().click({ timeout: 60_000 });
+      // The summary text can also sit in hidden elements (tooltips); wait for a visible copy.
+      await page.getByText('com.example.ui on ui-1 (task ui-task)').filter({ visible: true }).first().waitFor({ timeout: 60_000 });
+    } catch (err) {
+      // Keep what the page showed, so a failure here can be read from the test output.
+      await page.screenshot({ path: path.join(OUT, 'web-ui-failure.png'), fullPage: true });
+      throw err;
+    }
     // Current details come from a query answered by the worker; the UI may render them in a frame.
     const deadline = Date.now() + 60_000;
     let seen = false;
