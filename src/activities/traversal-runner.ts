@@ -139,6 +139,10 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
       log.write(`# attempt ${info.attempt} ${new Date().toISOString()} argv=${JSON.stringify(argv)}\n`);
       const started = Date.now();
       const child = spawn(cmd, args, { cwd: dir, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+      // Listen for the end at once: a command that exits quickly must not be missed while we await below.
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+        child.once('close', (code, signal) => resolve({ code, signal }));
+      });
       const spawned = await new Promise<Error | undefined>((resolve) => {
         child.once('spawn', () => resolve(undefined));
         child.once('error', (err) => resolve(err));
@@ -148,7 +152,7 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
         throw new TraversalStartError(cmd, spawned.message);
       }
       const pid = child.pid!;
-      await recordRun(deps, input.deviceId, pid, (info.workflowExecution?.workflowId ?? ""));
+      await recordRun(deps, input.deviceId, pid, info.workflowExecution?.workflowId ?? '');
       ctx.log.info('traversal command started', { pid, deviceId: input.deviceId, taskId: input.taskId, resumeFrom, logFile });
 
       const progress: TraversalCheckpoint = {
@@ -248,9 +252,7 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
           }, deps.deviceCheckMs ?? 5000)
         : undefined;
 
-      const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-        child.once('close', (code, signal) => resolve({ code, signal }));
-      });
+      const exit = await exited;
       ctx.cancellationSignal.removeEventListener('abort', onCancel);
       clearInterval(budgetTimer);
       if (deviceTimer) clearInterval(deviceTimer);
