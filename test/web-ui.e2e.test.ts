@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { chromium, type Browser } from 'playwright-core';
+import { chromium, type Browser, type Page } from 'playwright-core';
 import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/local/ports';
 import { startDevServer, type DevServer } from '../src/local/temporal-dev';
@@ -16,6 +16,19 @@ import { startStack, task, type Stack } from './support/stack';
 
 const CHROMIUM = '/usr/bin/chromium';
 const OUT = path.join(PROJECT_ROOT, 'test-output');
+
+/** Polls every frame of the page until one shows `text`; false after `timeoutMs`. */
+async function textInSomeFrame(page: Page, text: string, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    for (const frame of page.frames()) {
+      const body = await frame.locator('body').innerText({ timeout: 2000 }).catch(() => '');
+      if (body.includes(text)) return true;
+    }
+    await page.waitForTimeout(500);
+  }
+  return false;
+}
 
 describe('the Temporal Web UI', function () {
   let server: DevServer;
@@ -60,28 +73,15 @@ describe('the Temporal Web UI', function () {
     await page.screenshot({ path: path.join(OUT, 'web-ui-list.png'), fullPage: true });
 
     await page.goto(`${server.uiUrl}/namespaces/default/workflows/${encodeURIComponent(workflowId)}/${result.runId}/history`);
-    try {
-      await page.getByText('User Metadata', { exact: true }).filter({ visible: true }).first().click({ timeout: 60_000 });
-      // The summary text can also sit in hidden elements (tooltips); wait for a visible copy.
-      await page.getByText('com.example.ui on ui-1 (task ui-task)').filter({ visible: true }).first().waitFor({ timeout: 60_000 });
-    } catch (err) {
-      // Keep what the page showed, so a failure here can be read from the test output.
-      await page.screenshot({ path: path.join(OUT, 'web-ui-failure.png'), fullPage: true });
-      throw err;
-    }
-    // Current details come from a query answered by the worker; the UI may render them in a frame.
-    const deadline = Date.now() + 60_000;
-    let seen = false;
-    while (!seen && Date.now() < deadline) {
-      for (const frame of page.frames()) {
-        const text = await frame.locator('body').innerText().catch(() => '');
-        if (text.includes('com.example.ui on ui-1 — completed')) seen = true;
-      }
-      if (!seen) await page.waitForTimeout(500);
-    }
+    await page.getByText('User Metadata', { exact: true }).filter({ visible: true }).first().click({ timeout: 60_000 });
+    // The UI renders summary and details as Markdown, sometimes inside an iframe: look in every frame.
+    const summarySeen = await textInSomeFrame(page, 'com.example.ui on ui-1 (task ui-task)', 60_000);
+    const detailsSeen = summarySeen && (await textInSomeFrame(page, 'com.example.ui on ui-1 — completed', 60_000));
+    if (!summarySeen || !detailsSeen) await page.screenshot({ path: path.join(OUT, 'web-ui-failure.png'), fullPage: true });
+    assert.ok(summarySeen, 'the static summary is shown (see test-output/web-ui-failure.png)');
+    assert.ok(detailsSeen, 'the current details are shown (see test-output/web-ui-failure.png)');
     const shot = path.join(OUT, 'web-ui-workflow.png');
     await page.screenshot({ path: shot, fullPage: true });
-    assert.ok(seen, 'current details are shown');
     assert.ok(existsSync(shot));
     console.log(`      screenshots: ${path.relative(PROJECT_ROOT, OUT)}/web-ui-list.png, ${path.relative(PROJECT_ROOT, shot)}`);
   });
