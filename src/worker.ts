@@ -55,13 +55,19 @@ async function main(): Promise<void> {
     process.once('SIGINT', () => stop('SIGINT'));
     await tw.run();
   } finally {
-    await clientConnection.close().catch(() => undefined);
+    // The client connection is left to the process exit: an activity's signal may still be waiting
+    // to retry on it, and grpc-js throws from a timer when a retry meets a closed channel.
+    void clientConnection;
     await connection.close().catch(() => undefined);
     redis.disconnect();
   }
 }
 
-main().catch((err) => {
-  process.stderr.write(`worker failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
-  process.exit(1);
-});
+main().then(
+  // Exit at once: a gRPC retry timer still pending on a closed connection would otherwise throw.
+  () => process.exit(0),
+  (err) => {
+    process.stderr.write(`worker failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+    process.exit(1);
+  },
+);

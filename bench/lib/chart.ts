@@ -75,7 +75,7 @@ export function lineChart(opts: LineChartOptions): string {
     );
   }
   for (const x of xs) {
-    const px = fix(xAt(x));
+    const px = xAt(x);
     out.push(
       `<line x1="${px}" x2="${px}" y1="${PLOT.top}" y2="${PLOT.bottom}" stroke="#eee"/>`,
       `<text x="${px}" y="${PLOT.bottom + 18}" text-anchor="middle" fill="#444">${x}</text>`,
@@ -90,7 +90,7 @@ export function lineChart(opts: LineChartOptions): string {
     const y = yAt(r.y);
     out.push(
       `<line x1="${PLOT.left}" x2="${PLOT.right}" y1="${fix(y)}" y2="${fix(y)}" stroke="${esc(r.color)}" stroke-dasharray="2 3" stroke-width="1.5"/>`,
-      `<text x="${PLOT.right - 4}" y="${fix(y - 5)}" text-anchor="end" fill="${esc(r.color)}">${esc(r.label)}</text>`,
+      `<text x="${PLOT.right - 4}" y="${Math.round(y) - 5}" text-anchor="end" fill="${esc(r.color)}">${esc(r.label)}</text>`,
     );
   }
   opts.series.forEach((s, i) => {

@@ -153,7 +153,7 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
       }
       const pid = child.pid!;
       await recordRun(deps, input.deviceId, pid, info.workflowExecution?.workflowId ?? '');
-      ctx.log.info('traversal command started', { pid, deviceId: input.deviceId, taskId: input.taskId, resumeFrom, logFile });
+      ctx.log.info('traversal command started', { childPid: pid, deviceId: input.deviceId, taskId: input.taskId, resumeFrom, logFile });
 
       const progress: TraversalCheckpoint = {
         checkpoint: resumeFrom,
@@ -224,7 +224,7 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
       });
 
       const onCancel = () => {
-        ctx.log.warn('traversal cancelled; stopping its process group', { pid });
+        ctx.log.warn('traversal cancelled; stopping its process group', { childPid: pid });
         void killGroup(child, deps.killGraceMs);
       };
       ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
@@ -245,7 +245,7 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
               .catch((err: Error) => {
                 if (ctx.cancellationSignal.aborted) return;
                 offline = err;
-                ctx.log.warn('device went offline; stopping the traversal so a retry resumes it', { deviceId: input.deviceId, pid, error: err.message });
+                ctx.log.warn('device went offline; stopping the traversal so a retry resumes it', { deviceId: input.deviceId, childPid: pid, error: err.message });
                 void killGroup(child, deps.killGraceMs);
               })
               .finally(() => (checking = false));
