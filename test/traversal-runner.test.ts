@@ -3,7 +3,7 @@
  * environment standing in for a worker (no server is needed to run one activity).
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DefaultLogger } from '@temporalio/worker';
@@ -47,5 +47,15 @@ describe('the traversal runner', function () {
       assert.match(String((err as { details?: unknown }).details ?? err.message) + err.message, /boom on stderr/);
       return true;
     });
+  });
+
+  it('runs at most maxConcurrent commands at once; the others wait for a slot', async function () {
+    this.timeout(30_000);
+    const marks = path.join(tmp, 'marks.txt');
+    const script = `const f = require('fs'); f.appendFileSync(${JSON.stringify(marks)}, 'start\\n'); setTimeout(() => f.appendFileSync(${JSON.stringify(marks)}, 'end\\n'), 700);`;
+    const acts = createTraversalRunnerActivities({ ...deps([process.execPath, '-e', script]), maxConcurrent: 1 });
+    await Promise.all(['d1', 'd2', 'd3'].map((deviceId) => env().run(acts.runTraversal, { ...input, deviceId })));
+    const lines = readFileSync(marks, 'utf8').trim().split('\n');
+    assert.deepEqual(lines, ['start', 'end', 'start', 'end', 'start', 'end'], 'never two commands at once');
   });
 });

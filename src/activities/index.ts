@@ -63,6 +63,7 @@ export function createActivities(deps: ActivityDeps) {
       pushProgress: deps.pushProgress,
       readBudget: deps.readBudget,
       progressPushMs: config.progressSignalMs,
+      maxConcurrent: config.maxConcurrentTraversals,
       metrics: deps.metrics,
       checkDevice: (agentUrl, deviceId, signal) => checkDeviceOnline(agentDeps, agentUrl, deviceId, signal),
       deviceCheckMs: config.deviceCheckMs,

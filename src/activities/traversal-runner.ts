@@ -41,6 +41,8 @@ export interface TraversalRunnerDeps {
   checkDevice?: (agentUrl: string, deviceId: string, signal: AbortSignal) => Promise<Error | undefined>;
   /** Time between two device checks while the command runs, ms (default 5000). */
   deviceCheckMs?: number;
+  /** Commands this worker runs at once; later calls wait (heartbeating) for a slot. 0 or unset: no limit. */
+  maxConcurrent?: number;
   metrics?: Metrics;
 }
 
@@ -96,201 +98,243 @@ export function fillTemplate(args: string[], values: Record<string, string>): st
 
 /** Builds the runTraversal activity. */
 export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
+  let running = 0;
   return {
     /** Runs the traversal command to the end, heartbeating its progress; resumes from the last checkpoint on retry. */
     async runTraversal(input: RunTraversalInput): Promise<RunTraversalResult> {
       const ctx = Context.current();
-      const info = ctx.info;
-      const previous = (info.heartbeatDetails ?? undefined) as TraversalCheckpoint | undefined;
-      const dir = runDir(deps.runsDir, input.taskId, input.deviceId);
-      const reportDir = path.join(dir, 'report');
-      const controlFile = path.join(dir, 'control');
-      const logFile = path.join(dir, `attempt-${info.attempt}.log`);
-      await fsp.mkdir(dir, { recursive: true });
-      await endStaleRun(deps, input.deviceId, ctx.log);
-      // A retry after the device dropped off fails fast here instead of starting the tool blind.
-      await deps.checkDevice?.(input.agentUrl, input.deviceId, ctx.cancellationSignal);
-
-      const resumeFrom = previous?.checkpoint && previous.checkpoint !== '0' ? previous.checkpoint : undefined;
-      if (!resumeFrom) await fsp.rm(reportDir, { recursive: true, force: true });
-      await fsp.mkdir(reportDir, { recursive: true });
-      await fsp.rm(controlFile, { force: true });
-
-      const values: Record<string, string> = {
-        jar: deps.jar,
-        device: input.deviceId,
-        agent: input.agentUrl,
-        package: input.packageName,
-        activity: input.mainActivity ?? '',
-        outDir: reportDir,
-        durationSec: String(input.durationSec),
-        controlFile,
-      };
-      const argv = fillTemplate(deps.command, values);
-      if (resumeFrom) argv.push(...fillTemplate(deps.resumeArgs, { ...values, checkpoint: resumeFrom }));
-      argv.push(...(input.extraArgs ?? []));
-      const [cmd, ...args] = argv as [string, ...string[]];
-
-      const env: NodeJS.ProcessEnv = { [MARKER]: input.deviceId };
-      for (const [k, v] of Object.entries(process.env)) if (!SECRET_ENV.test(k)) env[k] = v;
-      env[MARKER] = input.deviceId;
-
-      const log = createWriteStream(logFile, { flags: 'a' });
-      log.write(`# attempt ${info.attempt} ${new Date().toISOString()} argv=${JSON.stringify(argv)}\n`);
-      const started = Date.now();
-      const child = spawn(cmd, args, { cwd: dir, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-      // Listen for the end at once: a command that exits quickly must not be missed while we await below.
-      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-        child.once('close', (code, signal) => resolve({ code, signal }));
-      });
-      const spawned = await new Promise<Error | undefined>((resolve) => {
-        child.once('spawn', () => resolve(undefined));
-        child.once('error', (err) => resolve(err));
-      });
-      if (spawned) {
-        log.end();
-        throw new TraversalStartError(cmd, spawned.message);
-      }
-      const pid = child.pid!;
-      await recordRun(deps, input.deviceId, pid, info.workflowExecution?.workflowId ?? '');
-      ctx.log.info('traversal command started', { childPid: pid, deviceId: input.deviceId, taskId: input.taskId, resumeFrom, logFile });
-
-      const progress: TraversalCheckpoint = {
-        checkpoint: resumeFrom,
-        percent: previous?.percent ?? 0,
-        screens: previous?.screens ?? 0,
-        crashes: previous?.crashes ?? 0,
-        anrs: previous?.anrs ?? 0,
-        pid,
-      };
-      const workflowId = info.workflowExecution?.workflowId ?? '';
-      const usesControlFile = deps.command.some((a) => a.includes('{controlFile}'));
-      let budgetVersion = 0;
-      let stopRequested = false;
-      const applyBudget = async (b: TraversalBudget | undefined) => {
-        if (!b || b.version <= budgetVersion) return;
-        budgetVersion = b.version;
-        ctx.log.info('applying a new time budget', { durationSec: b.durationSec, finishNow: b.finishNow, deviceId: input.deviceId });
-        if (usesControlFile) {
-          // The tool polls this file: 'stop' ends it gracefully, 'duration=N' changes its budget.
-          const tmp = `${controlFile}.tmp`;
-          await fsp.writeFile(tmp, b.finishNow ? 'stop\n' : `duration=${b.durationSec}\n`);
-          await fsp.rename(tmp, controlFile);
-        } else if (b.finishNow && !stopRequested) {
-          // A tool without a control channel is asked to stop with TERM and keeps its report.
-          stopRequested = true;
-          signalGroup(pid, 'SIGTERM');
+      const previous = (ctx.info.heartbeatDetails ?? undefined) as TraversalCheckpoint | undefined;
+      if (deps.maxConcurrent && running >= deps.maxConcurrent) {
+        ctx.log.info('waiting for a free traversal slot', {
+          deviceId: input.deviceId,
+          running,
+          max: deps.maxConcurrent,
+        });
+        // Heartbeat the earlier checkpoint while waiting, so a resume point is not lost; sleep ends on cancel.
+        while (running >= deps.maxConcurrent) {
+          ctx.heartbeat(previous);
+          await ctx.sleep(500);
         }
-      };
-      let lastPush = 0;
-      let pushing = false;
-      const push = (force: boolean) => {
-        const now = Date.now();
-        if (!deps.pushProgress || pushing || (!force && now - lastPush < deps.progressPushMs)) return;
-        lastPush = now;
-        pushing = true;
-        const update: ProgressUpdate = { ...progress, attempt: info.attempt };
-        delete (update as { pid?: number }).pid;
-        deps
-          .pushProgress(workflowId, update)
-          .then(() => deps.readBudget?.(workflowId))
-          .then(applyBudget)
-          .catch((err) => ctx.log.debug('progress push failed', { error: String(err) }))
-          .finally(() => (pushing = false));
-      };
-      // Budget changes must arrive even while the tool prints nothing.
-      const budgetTimer = setInterval(() => push(false), deps.progressPushMs);
-
-      const stderrTail: string[] = [];
-      const out = readline.createInterface({ input: child.stdout!, crlfDelay: Infinity });
-      out.on('line', (line) => {
-        log.write(line + '\n');
-        const m = deps.progressPattern.exec(line);
-        if (!m?.groups) return;
-        const g = m.groups;
-        progress.percent = Number(g.percent ?? progress.percent);
-        progress.screens = Number(g.screens ?? progress.screens);
-        progress.crashes = Number(g.crashes ?? progress.crashes);
-        progress.anrs = Number(g.anrs ?? progress.anrs);
-        if (g.checkpoint !== undefined) progress.checkpoint = g.checkpoint;
-        ctx.heartbeat(progress);
-        push(false);
-      });
-      const err = readline.createInterface({ input: child.stderr!, crlfDelay: Infinity });
-      err.on('line', (line) => {
-        log.write(`[stderr] ${line}\n`);
-        stderrTail.push(line.length > 500 ? line.slice(0, 500) + '…' : line);
-        if (stderrTail.length > 20) stderrTail.shift();
-      });
-
-      const onCancel = () => {
-        ctx.log.warn('traversal cancelled; stopping its process group', { childPid: pid });
-        void killGroup(child, deps.killGraceMs);
-      };
-      ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
-      ctx.heartbeat(progress);
-      push(true);
-
-      // The tool may not notice a phone that dropped off; stop it and let a retry resume later.
-      let offline: Error | undefined;
-      let checking = false;
-      const deviceTimer = deps.checkDevice
-        ? setInterval(() => {
-            if (checking || offline) return;
-            checking = true;
-            deps.checkDevice!(input.agentUrl, input.deviceId, ctx.cancellationSignal)
-              .then((trouble) => {
-                if (trouble) ctx.log.debug('device check failed', { deviceId: input.deviceId, error: trouble.message });
-              })
-              .catch((err: Error) => {
-                if (ctx.cancellationSignal.aborted) return;
-                offline = err;
-                ctx.log.warn('device went offline; stopping the traversal so a retry resumes it', { deviceId: input.deviceId, childPid: pid, error: err.message });
-                void killGroup(child, deps.killGraceMs);
-              })
-              .finally(() => (checking = false));
-          }, deps.deviceCheckMs ?? 5000)
-        : undefined;
-
-      const exit = await exited;
-      ctx.cancellationSignal.removeEventListener('abort', onCancel);
-      clearInterval(budgetTimer);
-      if (deviceTimer) clearInterval(deviceTimer);
-      await new Promise<void>((resolve) => log.end(resolve));
-      await forgetRun(deps, input.deviceId, pid);
-      const durationMs = Date.now() - started;
-      deps.metrics?.traversalSeconds.inc({}, durationMs / 1000);
-
-      if (ctx.cancellationSignal.aborted) {
-        deps.metrics?.traversals.inc({ outcome: 'cancelled' });
-        throw ctx.cancellationSignal.reason;
       }
-      if (offline) {
-        deps.metrics?.traversals.inc({ outcome: 'device-offline' });
-        throw offline;
+      running++;
+      try {
+        return await runOne(deps, ctx, input, previous);
+      } finally {
+        running--;
       }
-      const stoppedOnRequest = stopRequested && (exit.signal === 'SIGTERM' || exit.code === 143);
-      if (exit.code !== 0 && !stoppedOnRequest) {
-        deps.metrics?.traversals.inc({ outcome: 'failed' });
-        throw new TraversalExitError(exit.code, exit.signal, stderrTail.join('\n'));
-      }
-      const summary = await readSummary(reportDir);
-      deps.metrics?.traversals.inc({ outcome: 'completed' });
-      progress.percent = 100;
-      push(true);
-      return {
-        status: stoppedOnRequest ? 'stopped' : typeof summary.status === 'string' ? summary.status : 'completed',
-        screens: num(summary.screens, progress.screens),
-        crashes: num(summary.crashes, progress.crashes),
-        anrs: num(summary.anrs, progress.anrs),
-        reportDir,
-        logFile,
-        ...(resumeFrom ? { resumedFrom: resumeFrom } : {}),
-        attempt: info.attempt,
-        exitCode: 0,
-        durationMs,
-      };
     },
+  };
+}
+
+/** One run of the command, from spawn to its result. */
+async function runOne(
+  deps: TraversalRunnerDeps,
+  ctx: Context,
+  input: RunTraversalInput,
+  previous: TraversalCheckpoint | undefined,
+): Promise<RunTraversalResult> {
+  const info = ctx.info;
+  const dir = runDir(deps.runsDir, input.taskId, input.deviceId);
+  const reportDir = path.join(dir, 'report');
+  const controlFile = path.join(dir, 'control');
+  const logFile = path.join(dir, `attempt-${info.attempt}.log`);
+  await fsp.mkdir(dir, { recursive: true });
+  await endStaleRun(deps, input.deviceId, ctx.log);
+  // A retry after the device dropped off fails fast here instead of starting the tool blind.
+  await deps.checkDevice?.(input.agentUrl, input.deviceId, ctx.cancellationSignal);
+
+  const resumeFrom = previous?.checkpoint && previous.checkpoint !== '0' ? previous.checkpoint : undefined;
+  if (!resumeFrom) await fsp.rm(reportDir, { recursive: true, force: true });
+  await fsp.mkdir(reportDir, { recursive: true });
+  await fsp.rm(controlFile, { force: true });
+
+  const values: Record<string, string> = {
+    jar: deps.jar,
+    device: input.deviceId,
+    agent: input.agentUrl,
+    package: input.packageName,
+    activity: input.mainActivity ?? '',
+    outDir: reportDir,
+    durationSec: String(input.durationSec),
+    controlFile,
+  };
+  const argv = fillTemplate(deps.command, values);
+  if (resumeFrom) argv.push(...fillTemplate(deps.resumeArgs, { ...values, checkpoint: resumeFrom }));
+  argv.push(...(input.extraArgs ?? []));
+  const [cmd, ...args] = argv as [string, ...string[]];
+
+  const env: NodeJS.ProcessEnv = { [MARKER]: input.deviceId };
+  for (const [k, v] of Object.entries(process.env)) if (!SECRET_ENV.test(k)) env[k] = v;
+  env[MARKER] = input.deviceId;
+
+  const log = createWriteStream(logFile, { flags: 'a' });
+  log.write(`# attempt ${info.attempt} ${new Date().toISOString()} argv=${JSON.stringify(argv)}\n`);
+  const started = Date.now();
+  const child = spawn(cmd, args, { cwd: dir, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Listen for the end at once: a command that exits quickly must not be missed while we await below.
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once('close', (code, signal) => resolve({ code, signal }));
+  });
+  const spawned = await new Promise<Error | undefined>((resolve) => {
+    child.once('spawn', () => resolve(undefined));
+    child.once('error', (err) => resolve(err));
+  });
+  if (spawned) {
+    log.end();
+    throw new TraversalStartError(cmd, spawned.message);
+  }
+  const pid = child.pid!;
+  await recordRun(deps, input.deviceId, pid, info.workflowExecution?.workflowId ?? '');
+  ctx.log.info('traversal command started', {
+    childPid: pid,
+    deviceId: input.deviceId,
+    taskId: input.taskId,
+    resumeFrom,
+    logFile,
+  });
+
+  const progress: TraversalCheckpoint = {
+    checkpoint: resumeFrom,
+    percent: previous?.percent ?? 0,
+    screens: previous?.screens ?? 0,
+    crashes: previous?.crashes ?? 0,
+    anrs: previous?.anrs ?? 0,
+    pid,
+  };
+  const workflowId = info.workflowExecution?.workflowId ?? '';
+  const usesControlFile = deps.command.some((a) => a.includes('{controlFile}'));
+  let budgetVersion = 0;
+  let stopRequested = false;
+  const applyBudget = async (b: TraversalBudget | undefined) => {
+    if (!b || b.version <= budgetVersion) return;
+    budgetVersion = b.version;
+    ctx.log.info('applying a new time budget', {
+      durationSec: b.durationSec,
+      finishNow: b.finishNow,
+      deviceId: input.deviceId,
+    });
+    if (usesControlFile) {
+      // The tool polls this file: 'stop' ends it gracefully, 'duration=N' changes its budget.
+      const tmp = `${controlFile}.tmp`;
+      await fsp.writeFile(tmp, b.finishNow ? 'stop\n' : `duration=${b.durationSec}\n`);
+      await fsp.rename(tmp, controlFile);
+    } else if (b.finishNow && !stopRequested) {
+      // A tool without a control channel is asked to stop with TERM and keeps its report.
+      stopRequested = true;
+      signalGroup(pid, 'SIGTERM');
+    }
+  };
+  let lastPush = 0;
+  let pushing = false;
+  const push = (force: boolean) => {
+    const now = Date.now();
+    if (!deps.pushProgress || pushing || (!force && now - lastPush < deps.progressPushMs)) return;
+    lastPush = now;
+    pushing = true;
+    const update: ProgressUpdate = { ...progress, attempt: info.attempt };
+    delete (update as { pid?: number }).pid;
+    deps
+      .pushProgress(workflowId, update)
+      .then(() => deps.readBudget?.(workflowId))
+      .then(applyBudget)
+      .catch((err) => ctx.log.debug('progress push failed', { error: String(err) }))
+      .finally(() => (pushing = false));
+  };
+  // Budget changes must arrive even while the tool prints nothing.
+  const budgetTimer = setInterval(() => push(false), deps.progressPushMs);
+
+  const stderrTail: string[] = [];
+  const out = readline.createInterface({ input: child.stdout!, crlfDelay: Infinity });
+  out.on('line', (line) => {
+    log.write(line + '\n');
+    const m = deps.progressPattern.exec(line);
+    if (!m?.groups) return;
+    const g = m.groups;
+    progress.percent = Number(g.percent ?? progress.percent);
+    progress.screens = Number(g.screens ?? progress.screens);
+    progress.crashes = Number(g.crashes ?? progress.crashes);
+    progress.anrs = Number(g.anrs ?? progress.anrs);
+    if (g.checkpoint !== undefined) progress.checkpoint = g.checkpoint;
+    ctx.heartbeat(progress);
+    push(false);
+  });
+  const err = readline.createInterface({ input: child.stderr!, crlfDelay: Infinity });
+  err.on('line', (line) => {
+    log.write(`[stderr] ${line}\n`);
+    stderrTail.push(line.length > 500 ? line.slice(0, 500) + '…' : line);
+    if (stderrTail.length > 20) stderrTail.shift();
+  });
+
+  const onCancel = () => {
+    ctx.log.warn('traversal cancelled; stopping its process group', { childPid: pid });
+    void killGroup(child, deps.killGraceMs);
+  };
+  ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
+  ctx.heartbeat(progress);
+  push(true);
+
+  // The tool may not notice a phone that dropped off; stop it and let a retry resume later.
+  let offline: Error | undefined;
+  let checking = false;
+  const deviceTimer = deps.checkDevice
+    ? setInterval(() => {
+        if (checking || offline) return;
+        checking = true;
+        deps.checkDevice!(input.agentUrl, input.deviceId, ctx.cancellationSignal)
+          .then((trouble) => {
+            if (trouble) ctx.log.debug('device check failed', { deviceId: input.deviceId, error: trouble.message });
+          })
+          .catch((err: Error) => {
+            if (ctx.cancellationSignal.aborted) return;
+            offline = err;
+            ctx.log.warn('device went offline; stopping the traversal so a retry resumes it', {
+              deviceId: input.deviceId,
+              childPid: pid,
+              error: err.message,
+            });
+            void killGroup(child, deps.killGraceMs);
+          })
+          .finally(() => (checking = false));
+      }, deps.deviceCheckMs ?? 5000)
+    : undefined;
+
+  const exit = await exited;
+  ctx.cancellationSignal.removeEventListener('abort', onCancel);
+  clearInterval(budgetTimer);
+  if (deviceTimer) clearInterval(deviceTimer);
+  await new Promise<void>((resolve) => log.end(resolve));
+  await forgetRun(deps, input.deviceId, pid);
+  const durationMs = Date.now() - started;
+  deps.metrics?.traversalSeconds.inc({}, durationMs / 1000);
+
+  if (ctx.cancellationSignal.aborted) {
+    deps.metrics?.traversals.inc({ outcome: 'cancelled' });
+    throw ctx.cancellationSignal.reason;
+  }
+  if (offline) {
+    deps.metrics?.traversals.inc({ outcome: 'device-offline' });
+    throw offline;
+  }
+  const stoppedOnRequest = stopRequested && (exit.signal === 'SIGTERM' || exit.code === 143);
+  if (exit.code !== 0 && !stoppedOnRequest) {
+    deps.metrics?.traversals.inc({ outcome: 'failed' });
+    throw new TraversalExitError(exit.code, exit.signal, stderrTail.join('\n'));
+  }
+  const summary = await readSummary(reportDir);
+  deps.metrics?.traversals.inc({ outcome: 'completed' });
+  progress.percent = 100;
+  push(true);
+  return {
+    status: stoppedOnRequest ? 'stopped' : typeof summary.status === 'string' ? summary.status : 'completed',
+    screens: num(summary.screens, progress.screens),
+    crashes: num(summary.crashes, progress.crashes),
+    anrs: num(summary.anrs, progress.anrs),
+    reportDir,
+    logFile,
+    ...(resumeFrom ? { resumedFrom: resumeFrom } : {}),
+    attempt: info.attempt,
+    exitCode: 0,
+    durationMs,
   };
 }
 
@@ -336,7 +380,10 @@ function pidFile(deps: TraversalRunnerDeps, deviceId: string): string {
 
 async function recordRun(deps: TraversalRunnerDeps, deviceId: string, pid: number, workflowId: string): Promise<void> {
   await fsp.mkdir(deps.pidsDir, { recursive: true });
-  await fsp.writeFile(pidFile(deps, deviceId), JSON.stringify({ pid, workflowId, startedAt: new Date().toISOString() }));
+  await fsp.writeFile(
+    pidFile(deps, deviceId),
+    JSON.stringify({ pid, workflowId, startedAt: new Date().toISOString() }),
+  );
 }
 
 async function forgetRun(deps: TraversalRunnerDeps, deviceId: string, pid: number): Promise<void> {
@@ -366,10 +413,15 @@ export async function endStaleRun(
   }
   const alive = await isOurProcess(rec.pid, deviceId);
   if (alive) {
-    log?.warn('ending stale traversal process group left by a previous attempt', { pid: rec.pid, deviceId, workflowId: rec.workflowId });
+    log?.warn('ending stale traversal process group left by a previous attempt', {
+      pid: rec.pid,
+      deviceId,
+      workflowId: rec.workflowId,
+    });
     signalGroup(rec.pid, 'SIGTERM');
     const deadline = Date.now() + deps.killGraceMs;
-    while (Date.now() < deadline && (await isOurProcess(rec.pid, deviceId))) await new Promise((r) => setTimeout(r, 100));
+    while (Date.now() < deadline && (await isOurProcess(rec.pid, deviceId)))
+      await new Promise((r) => setTimeout(r, 100));
     signalGroup(rec.pid, 'SIGKILL');
   }
   await fsp.rm(path.join(deps.pidsDir, `${deviceId}.json`), { force: true });
