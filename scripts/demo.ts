@@ -112,7 +112,13 @@ async function main(): Promise<void> {
       DT_WORKFLOW_BUNDLE: process.env.DT_WORKFLOW_BUNDLE ?? path.join(PROJECT_ROOT, 'lib', 'workflow-bundle.js'),
       DT_HEARTBEAT_TIMEOUT: process.env.DT_HEARTBEAT_TIMEOUT ?? '15s',
     };
-    const worker = launch('worker', path.join(PROJECT_ROOT, 'lib/src/worker.js'), env, path.join(demoDir, 'worker.log'));
+    // The memory flags of README "Sizing a container" (one malloc arena, small young generation, heap cap).
+    const workerEnv = {
+      ...env,
+      MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '1',
+      NODE_OPTIONS: process.env.NODE_OPTIONS ?? '--max-semi-space-size=1 --max-old-space-size=256',
+    };
+    const worker = launch('worker', path.join(PROJECT_ROOT, 'lib/src/worker.js'), workerEnv, path.join(demoDir, 'worker.log'));
     cleanups.push(() => stopChild(worker));
     const sampler = new RssSampler(worker.pid!).start();
     cleanups.push(() => sampler.stop());
