@@ -54,6 +54,7 @@ export const OPTIONS = {
   defaultAgentUrl: { env: 'DT_DEFAULT_AGENT_URL', kind: 'string', default: '', doc: 'Agent for devices that the task and the registry do not place.' },
   deviceRegistry: { env: 'DT_DEVICE_REGISTRY', kind: 'string', default: '', doc: 'JSON file mapping device ids to agent URLs: {"sim-1": "http://host:7301"}.' },
   starterId: { env: 'DT_STARTER_ID', kind: 'string', default: '', doc: 'Stable name of this starter (its processing list survives restarts); empty means the host name.' },
+  starterConcurrency: { env: 'DT_STARTER_CONCURRENCY', kind: 'int', default: '8', doc: 'Tasks one starter hands to Temporal at once; requests for one device keep their order.' },
   heartbeatTimeoutMs: { env: 'DT_HEARTBEAT_TIMEOUT', kind: 'duration', default: '30s', doc: 'Heartbeat timeout of long activities; a dead worker is noticed after it, ms or duration.' },
   heartbeatThrottleMs: { env: 'DT_HEARTBEAT_THROTTLE', kind: 'duration', default: '1s', doc: 'Longest gap between heartbeats sent to the server; a cancel reaches a running activity within about this time, ms or duration.' },
   maxAttempts: { env: 'DT_MAX_ATTEMPTS', kind: 'int', default: '3', doc: 'Attempts of the traversal step before a run fails.' },
@@ -101,6 +102,7 @@ export interface Config {
   defaultAgentUrl: string;
   deviceRegistry: string;
   starterId: string;
+  starterConcurrency: number;
   heartbeatTimeoutMs: number;
   heartbeatThrottleMs: number;
   maxAttempts: number;

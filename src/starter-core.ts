@@ -38,6 +38,11 @@ export interface TaskBridgeOptions {
   /** Run policy copied into every request. */
   policy?: RunPolicy;
   keyPrefix?: string;
+  /**
+   * Items handled at once (default 8). Requests for one device are still sent in the order their
+   * items left the task list; only requests for different devices overlap.
+   */
+  concurrency?: number;
   /** Seconds one BLMOVE waits before checking for stop. */
   blockTimeoutSec?: number;
   /**
@@ -68,9 +73,14 @@ export class TaskBridge {
   readonly stats: BridgeStats = { items: 0, started: 0, dead: 0, replayed: 0, temporalRetries: 0 };
   private stopping = false;
   private running?: Promise<void>;
-  private wake?: () => void;
+  /** Ends every pause in progress (items in flight may each be waiting to retry). */
+  private readonly wakers = new Set<() => void>();
   private connectedBefore: boolean;
   private replayPending = false;
+  /** Items being handled now. */
+  private readonly inFlight = new Set<Promise<void>>();
+  /** Per device, settles with whether the last request sent for it was accepted. */
+  private readonly deviceTail = new Map<string, Promise<boolean>>();
 
   constructor(private readonly opts: TaskBridgeOptions) {
     this.keys = starterKeys(opts.starterId, opts.keyPrefix);
@@ -98,7 +108,7 @@ export class TaskBridge {
   /** Stops after the current item; safe to call twice. */
   async stop(): Promise<void> {
     this.stopping = true;
-    this.wake?.();
+    for (const wake of this.wakers) wake();
     await this.done();
   }
 
@@ -110,7 +120,12 @@ export class TaskBridge {
       if (this.replayPending) {
         this.replayPending = false;
         this.opts.log?.('info', 'Redis reconnected; replaying the processing list', { processing: this.keys.processing });
+        await this.drain();
         await this.replay();
+        continue;
+      }
+      if (this.inFlight.size >= Math.max(1, this.opts.concurrency ?? 8)) {
+        await Promise.race(this.inFlight);
         continue;
       }
       let raw: string | null;
@@ -122,8 +137,20 @@ export class TaskBridge {
         await this.pause(1000);
         continue;
       }
-      if (raw !== null) await this.handle(raw);
+      if (raw !== null) this.track(this.handle(raw));
     }
+    await this.drain();
+  }
+
+  private track(item: Promise<void>): void {
+    const settled = item.catch((err) => this.opts.log?.('error', 'task handling failed', { error: String(err) }));
+    const done = settled.finally(() => this.inFlight.delete(done));
+    this.inFlight.add(done);
+  }
+
+  /** Waits until every item taken so far has been handled. */
+  private async drain(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.all(this.inFlight);
   }
 
   /** Handles every item in this starter's processing list, oldest first (BLMOVE pushes on the left). */
@@ -133,7 +160,7 @@ export class TaskBridge {
       if (this.stopping) return;
       this.stats.replayed++;
       this.opts.log?.('info', 'replaying task left in the processing list', { processing: this.keys.processing });
-      await this.handle(raw);
+      this.track(this.handle(raw));
     }
   }
 
@@ -149,11 +176,21 @@ export class TaskBridge {
       return;
     }
     const enqueuedAt = new Date().toISOString();
-    for (const req of requests) {
+    // Chain each request behind the previous one for its device, synchronously (before any await),
+    // so requests for one device keep the order of their items even with several items in flight.
+    const sent = requests.map((req) => {
       const full: TraversalRequest = { ...req, enqueuedAt, ...(this.opts.policy ? { policy: this.opts.policy } : {}) };
-      const accepted = await this.startWithRetry(full, raw);
-      if (!accepted) return; // stopping: the item stays in the processing list and is replayed later
-    }
+      const before = this.deviceTail.get(req.deviceId) ?? Promise.resolve(true);
+      // A request whose predecessor was not sent (stopping) is not sent either: both are replayed later, in order.
+      const mine = before.then((ok) => (ok ? this.startWithRetry(full, raw) : false));
+      this.deviceTail.set(req.deviceId, mine);
+      void mine.then(() => {
+        if (this.deviceTail.get(req.deviceId) === mine) this.deviceTail.delete(req.deviceId);
+      });
+      return mine;
+    });
+    const accepted = await Promise.all(sent);
+    if (accepted.includes(false)) return; // stopping: the item stays in the processing list and is replayed later
     await this.withRedisRetry(() => this.opts.redis.lrem(this.keys.processing, 1, raw));
   }
 
@@ -215,11 +252,13 @@ export class TaskBridge {
 
   private pause(ms: number): Promise<void> {
     return new Promise((resolve) => {
-      const t = setTimeout(resolve, ms);
-      this.wake = () => {
+      const wake = () => {
         clearTimeout(t);
+        this.wakers.delete(wake);
         resolve();
       };
+      const t = setTimeout(wake, ms);
+      this.wakers.add(wake);
     });
   }
 }

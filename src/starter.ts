@@ -34,6 +34,7 @@ async function main(): Promise<void> {
       client,
       taskQueue: config.taskQueue,
       starterId: config.starterId,
+      concurrency: config.starterConcurrency,
       agents,
       urlPolicy,
       keyPrefix: config.redisKeyPrefix,

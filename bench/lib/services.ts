@@ -22,7 +22,7 @@ import { PROJECT_ROOT } from '../../src/config';
 import { freePort, waitForPort } from '../../src/local/ports';
 import { startRedis, type LocalRedis } from '../../src/local/redis-local';
 import { startDevServer, type DevServer } from '../../src/local/temporal-dev';
-import { say, sleep } from './report';
+import { say } from './report';
 import type { Scope } from './scope';
 
 /** Generated APKs, kept and reused across runs (the tests use the same folder). */
@@ -266,9 +266,14 @@ export interface WorkerProc {
   artifactUrl: string;
 }
 
-/** Starts `node lib/src/worker.js` with the prebuilt bundle and waits until it polls. */
+/**
+ * Starts `node lib/src/worker.js` with the prebuilt bundle and waits until it is ready: its artifact
+ * server listens only once the Temporal worker exists (src/worker-setup.ts), so an open port means
+ * ready whatever DT_LOG_LEVEL says.
+ */
 export async function startWorkerProc(scope: Scope, opts: WorkerProcOptions): Promise<WorkerProc> {
   mkdirSync(opts.dataDir, { recursive: true });
+  const port = await freePort();
   const proc = spawnLogged(scope, `worker ${opts.taskQueue}`, process.execPath, [...(opts.nodeArgs ?? []), WORKER_JS], {
     logFile: opts.logFile,
     env: {
@@ -277,7 +282,8 @@ export async function startWorkerProc(scope: Scope, opts: WorkerProcOptions): Pr
       REDIS_URL: opts.redisUrl,
       TASK_QUEUE: opts.taskQueue,
       DT_DATA_DIR: opts.dataDir,
-      DT_ARTIFACT_PORT: '0',
+      DT_ARTIFACT_HOST: '127.0.0.1',
+      DT_ARTIFACT_PORT: String(port),
       DT_SDK_METRICS_PORT: '0',
       DT_WORKFLOW_BUNDLE: BUNDLE_JS,
       // Origin and agents listen on loopback, which the URL policy refuses unless allow-listed.
@@ -285,35 +291,10 @@ export async function startWorkerProc(scope: Scope, opts: WorkerProcOptions): Pr
       ...opts.env,
     },
   });
-  // Ready once it logged "worker started": it polls right after, and the line names its artifact server.
-  const deadline = Date.now() + 120_000;
-  for (;;) {
-    const started = startedLine(proc.logFile, proc.pid);
-    if (started) return { proc, artifactUrl: started };
-    const dead = proc.exitNote();
-    if (dead) throw new Error(`worker did not start: ${dead}\n${tail(proc.logFile)}`);
-    if (Date.now() > deadline)
-      throw new Error(`worker did not log "worker started" within 120 s; see ${proc.logFile}\n${tail(proc.logFile)}`);
-    await sleep(100);
-  }
-}
-
-/** The artifact server URL from the worker's "worker started" line, once it is there. */
-function startedLine(logFile: string, pid: number): string | undefined {
-  let text: string;
   try {
-    text = readFileSync(logFile, 'utf8');
-  } catch {
-    return undefined;
+    await waitForPort('127.0.0.1', port, 120_000, `worker ${opts.taskQueue}`, () => proc.exitNote());
+  } catch (err) {
+    throw new Error(`${(err as Error).message}\n${tail(proc.logFile)}`);
   }
-  for (const line of text.split('\n')) {
-    if (!line.includes('"worker started"')) continue;
-    try {
-      const e = JSON.parse(line) as { msg?: string; pid?: number; artifactServer?: string };
-      if (e.msg === 'worker started' && e.pid === pid && e.artifactServer) return e.artifactServer;
-    } catch {
-      // a partly written line
-    }
-  }
-  return undefined;
+  return { proc, artifactUrl: `http://127.0.0.1:${port}` };
 }

@@ -1,0 +1,78 @@
+/**
+ * The starter's bridge with several items in flight, against the real dev server and Redis. No
+ * worker polls the task queue, so the device workflows only record the signals they were sent:
+ * their histories show the order in which requests reached each device.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { Client, Connection } from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
+import { defaultPayloadConverter } from '@temporalio/common';
+import Redis from 'ioredis';
+import { deviceWorkflowId, type TraversalRequest } from '../src/messages';
+import { TaskBridge } from '../src/starter-core';
+import { waitFor } from './support/wait';
+
+const EventType = temporal.api.enums.v1.EventType;
+
+describe('the starter with several items in flight', function () {
+  let connection: Connection;
+  let client: Client;
+  let redis: Redis;
+  let blocking: Redis;
+  const id = randomUUID().slice(0, 8);
+  const prefix = `st${id}:`;
+
+  before(async () => {
+    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
+    client = new Client({ connection });
+    redis = new Redis(process.env.TEST_REDIS_URL!);
+    blocking = new Redis(process.env.TEST_REDIS_URL!);
+  });
+  after(async () => {
+    redis?.disconnect();
+    blocking?.disconnect();
+    await connection?.close();
+  });
+
+  it('keeps the order of requests for each device and starts every task once', async function () {
+    const devices = ['a', 'b', 'c'].map((d) => `st-${id}-${d}`);
+    const pushed = new Map<string, string[]>(devices.map((d) => [d, []]));
+    const bridge = new TaskBridge({
+      redis,
+      blocking,
+      client,
+      taskQueue: `tq-nobody-${id}`,
+      starterId: `starter-${id}`,
+      agents: { agentFor: () => 'http://127.0.0.1:9' },
+      keyPrefix: prefix,
+      concurrency: 8,
+    });
+    // 60 items, interleaved over three devices, some of them fanned out to two devices.
+    for (let i = 0; i < 60; i++) {
+      const first = devices[i % 3]!;
+      const second = i % 7 === 0 ? devices[(i + 1) % 3]! : undefined;
+      const taskId = `t${String(i).padStart(2, '0')}`;
+      const targets = second ? [first, second] : [first];
+      for (const d of targets) pushed.get(d)!.push(taskId);
+      const item = { taskId, apkUrl: 'http://127.0.0.1:9/app.apk', packageName: 'com.example.order', traversal: { durationSec: 1 }, ...(second ? { devices: targets } : { deviceId: first }) };
+      await redis.lpush(bridge.keys.tasks, JSON.stringify(item));
+    }
+    bridge.start();
+    try {
+      const total = [...pushed.values()].reduce((n, l) => n + l.length, 0);
+      await waitFor(async () => bridge.stats.dead > 0 || bridge.stats.started === total && (await redis.llen(bridge.keys.processing)) === 0, 60_000, 'all started');
+      assert.equal(bridge.stats.dead, 0);
+      for (const deviceId of devices) {
+        const history = await client.workflow.getHandle(deviceWorkflowId(deviceId)).fetchHistory();
+        const received = (history.events ?? [])
+          .filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
+          .map((e) => defaultPayloadConverter.fromPayload<TraversalRequest>(e.workflowExecutionSignaledEventAttributes!.input!.payloads![0]!).taskId);
+        assert.deepEqual(received, pushed.get(deviceId), `requests for ${deviceId} arrive in push order, each once`);
+      }
+    } finally {
+      await bridge.stop();
+      for (const d of devices) await client.workflow.getHandle(deviceWorkflowId(d)).terminate('test over').catch(() => undefined);
+    }
+  });
+});
