@@ -23,6 +23,22 @@ export function starterKeys(starterId: string, prefix = '') {
   };
 }
 
+/**
+ * Puts one traversal request into its device's queue, starting the device workflow when it is not
+ * running: the one call the bridge makes to Temporal per request (a repeat is deduped by taskId).
+ */
+export async function requestTraversal(client: Client, taskQueue: string, req: TraversalRequest): Promise<void> {
+  await client.workflow.signalWithStart(deviceWorkflow, {
+    workflowId: deviceWorkflowId(req.deviceId),
+    taskQueue,
+    args: [{ deviceId: req.deviceId }],
+    signal: enqueueSignal,
+    signalArgs: [req],
+    typedSearchAttributes: [{ key: DEVICE_ID, value: req.deviceId }],
+    staticSummary: `device ${req.deviceId}: FIFO queue of traversals`,
+  });
+}
+
 /** Options of the bridge. */
 export interface TaskBridgeOptions {
   /** Connection for ordinary commands. */
@@ -200,15 +216,7 @@ export class TaskBridge {
       try {
         const deadline = Date.now() + (this.opts.temporalTimeoutMs ?? 10_000);
         await this.opts.client.withDeadline(deadline, () =>
-          this.opts.client.workflow.signalWithStart(deviceWorkflow, {
-            workflowId: deviceWorkflowId(req.deviceId),
-            taskQueue: this.opts.taskQueue,
-            args: [{ deviceId: req.deviceId }],
-            signal: enqueueSignal,
-            signalArgs: [req],
-            typedSearchAttributes: [{ key: DEVICE_ID, value: req.deviceId }],
-            staticSummary: `device ${req.deviceId}: FIFO queue of traversals`,
-          }),
+          requestTraversal(this.opts.client, this.opts.taskQueue, req),
         );
         this.stats.started++;
         this.opts.log?.('info', 'traversal requested', { taskId: req.taskId, deviceId: req.deviceId, packageName: req.packageName });

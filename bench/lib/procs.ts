@@ -2,6 +2,10 @@
  * Memory of a process and of every process below it, sampled from /proc. The root's RSS comes from
  * /proc/<pid>/status (VmRSS, and the kernel's high-water mark VmHWM); descendants are found by
  * their parent pid in /proc/<pid>/stat on every sample, so short-lived children are seen too.
+ *
+ * A descendant with the root's own command name is not counted: it is a child caught between fork
+ * and exec (20 traversals spawned at once make that window visible at 20 Hz), whose RSS is the
+ * parent's memory, not a process of its own. The traversal commands never run the root's program.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { readMemory } from '../../src/local/rss';
@@ -114,8 +118,10 @@ export class TreeSampler {
     this.samples++;
     this.peak = Math.max(this.peak, root.rss);
     this.hwm = Math.max(this.hwm, root.hwm);
+    const table = processTable();
+    const rootComm = table.find((p) => p.pid === this.pid)?.comm;
     const byParent = new Map<number, ProcEntry[]>();
-    for (const p of processTable()) {
+    for (const p of table) {
       const list = byParent.get(p.ppid);
       if (list) list.push(p);
       else byParent.set(p.ppid, [p]);
@@ -125,6 +131,7 @@ export class TreeSampler {
     const queue = [this.pid];
     for (let pid = queue.pop(); pid !== undefined; pid = queue.pop()) {
       for (const child of byParent.get(pid) ?? []) {
+        if (child.comm === rootComm) continue;
         sum += child.rss;
         count++;
         this.childMaxRss = Math.max(this.childMaxRss, child.rss);

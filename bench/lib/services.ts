@@ -198,7 +198,18 @@ export async function startBenchRedis(scope: Scope, dir: string): Promise<LocalR
 /** A Redis connection that the scope disconnects; commands wait for a reconnect rather than fail. */
 export function redisClient(scope: Scope, url: string): Redis {
   const redis = new Redis(url, { maxRetriesPerRequest: null });
-  scope.add('Redis connection', () => redis.disconnect());
+  // ioredis emits an error per failed reconnect; one line says it, and a stopped server is no news.
+  let reported = false;
+  let closed = false;
+  redis.on('error', (err: Error) => {
+    if (closed || reported) return;
+    reported = true;
+    say(`Redis connection to ${url}: ${err.message} (retrying)`);
+  });
+  scope.add('Redis connection', () => {
+    closed = true;
+    redis.disconnect();
+  });
   return redis;
 }
 

@@ -5,25 +5,13 @@
 import type { Client } from '@temporalio/client';
 import type Redis from 'ioredis';
 import { resultKey, resultsStream } from '../../src/activities/result-publisher';
-import { deviceWorkflowId, enqueueSignal, type TraversalRequest, type TraversalResult } from '../../src/messages';
-import { DEVICE_ID } from '../../src/search-attributes';
-import { deviceWorkflow } from '../../src/workflows/device';
+import type { TraversalRequest, TraversalResult } from '../../src/messages';
+import { requestTraversal } from '../../src/starter-core';
 import { sleep } from './report';
 
-/**
- * Puts one traversal request into its device's queue, starting the device workflow when needed:
- * the call TaskBridge makes for every request it accepts (src/starter-core.ts).
- */
+/** Sends one request the way TaskBridge does (src/starter-core.ts), stamped with the time it was sent. */
 export async function enqueue(client: Client, taskQueue: string, req: TraversalRequest): Promise<void> {
-  await client.workflow.signalWithStart(deviceWorkflow, {
-    workflowId: deviceWorkflowId(req.deviceId),
-    taskQueue,
-    args: [{ deviceId: req.deviceId }],
-    signal: enqueueSignal,
-    signalArgs: [{ enqueuedAt: new Date().toISOString(), ...req }],
-    typedSearchAttributes: [{ key: DEVICE_ID, value: req.deviceId }],
-    staticSummary: `device ${req.deviceId}: FIFO queue of traversals`,
-  });
+  await requestTraversal(client, taskQueue, { enqueuedAt: new Date().toISOString(), ...req });
 }
 
 /** Identifies one traversal. */
