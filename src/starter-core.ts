@@ -110,6 +110,11 @@ export class TaskBridge {
     });
   }
 
+  /** Items handled at once. */
+  private get limit(): number {
+    return Math.max(1, this.opts.concurrency ?? 8);
+  }
+
   /** Starts consuming in the background; the promise of `done()` settles when it stops. */
   start(): this {
     this.running ??= this.loop();
@@ -140,7 +145,7 @@ export class TaskBridge {
         await this.replay();
         continue;
       }
-      if (this.inFlight.size >= Math.max(1, this.opts.concurrency ?? 8)) {
+      if (this.inFlight.size >= this.limit) {
         await Promise.race(this.inFlight);
         continue;
       }
@@ -176,6 +181,7 @@ export class TaskBridge {
       if (this.stopping) return;
       this.stats.replayed++;
       this.opts.log?.('info', 'replaying task left in the processing list', { processing: this.keys.processing });
+      while (this.inFlight.size >= this.limit) await Promise.race(this.inFlight);
       this.track(this.handle(raw));
     }
   }
