@@ -135,6 +135,16 @@ export class TraversalExitError extends TraversalError {
   }
 }
 
+/** The traversal command printed no progress for longer than the heartbeat timeout and was ended. */
+export class TraversalHungError extends TraversalError {
+  readonly code = 'TraversalHung';
+  readonly nonRetryable = false;
+  constructor(silentMs: number, pid: number) {
+    super(`traversal command (pid ${pid}) printed no progress for ${Math.round(silentMs / 1000)} s; its process group was ended`);
+    this.details = { silentMs, pid };
+  }
+}
+
 /** The traversal command could not be started at all (missing java, missing jar). */
 export class TraversalStartError extends TraversalError {
   readonly code = 'TraversalStartFailed';
@@ -173,7 +183,7 @@ export const PERMANENT_ERROR_TYPES = [
  */
 export const INFRASTRUCTURE_ERROR_TYPES = ['DeviceOffline', 'DeviceBusy', 'AgentUnavailable', 'ApkDownloadFailed', 'ReportUploadFailed'];
 /** Failure types of the traversal command itself. */
-export const TOOL_ERROR_TYPES = ['TraversalExit', 'TraversalStartFailed'];
+export const TOOL_ERROR_TYPES = ['TraversalExit', 'TraversalHung', 'TraversalStartFailed'];
 
 /**
  * Classifies a failure (an ApplicationFailure type, `Timeout:…` or `Cancelled`, and whether it was

@@ -95,11 +95,12 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
   });
   let artifactUrl = config.artifactPublicUrl.replace(/\/+$/, '');
 
-  // A worker that died left its traversal processes running; end them before taking new work.
+  // A worker that died left its traversal processes running; end them before taking new work
+  // (runs of other live workers sharing this data folder are left alone).
   const pidsDir = path.join(config.dataDir, 'pids');
   const stale = await fsp.readdir(pidsDir).catch(() => [] as string[]);
   for (const f of stale.filter((n) => n.endsWith('.json'))) {
-    await endStaleRun({ pidsDir, killGraceMs: config.killGraceMs }, f.slice(0, -5));
+    await endStaleRun({ pidsDir, killGraceMs: config.killGraceMs }, f.slice(0, -5), undefined, { onlyOrphans: true });
   }
 
   const activities = createActivities({

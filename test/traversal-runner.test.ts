@@ -3,12 +3,18 @@
  * environment standing in for a worker (no server is needed to run one activity).
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DefaultLogger } from '@temporalio/worker';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { createTraversalRunnerActivities, type TraversalRunnerDeps } from '../src/activities/traversal-runner';
+import {
+  createTraversalRunnerActivities,
+  endStaleRun,
+  type TraversalRunnerDeps,
+} from '../src/activities/traversal-runner';
+import { waitFor } from './support/wait';
 
 describe('the traversal runner', function () {
   let tmp: string;
@@ -25,7 +31,13 @@ describe('the traversal runner', function () {
     killGraceMs: 200,
     progressPushMs: 1000,
   });
-  const input = { taskId: 't1', deviceId: 'd1', agentUrl: 'http://127.0.0.1:9', packageName: 'com.example.app', durationSec: 0 };
+  const input = {
+    taskId: 't1',
+    deviceId: 'd1',
+    agentUrl: 'http://127.0.0.1:9',
+    packageName: 'com.example.app',
+    durationSec: 0,
+  };
   const env = () => new MockActivityEnvironment(undefined, { logger: new DefaultLogger('ERROR') });
 
   it('returns promptly for a command that exits at once, with and without output', async function () {
@@ -42,11 +54,14 @@ describe('the traversal runner', function () {
   it('reports a quick non-zero exit with its code and stderr tail', async function () {
     this.timeout(20_000);
     const command = [process.execPath, '-e', 'console.error("boom on stderr"); process.exit(3)'];
-    await assert.rejects(env().run(createTraversalRunnerActivities(deps(command)).runTraversal, input), (err: Error) => {
-      assert.match(err.message, /3/);
-      assert.match(String((err as { details?: unknown }).details ?? err.message) + err.message, /boom on stderr/);
-      return true;
-    });
+    await assert.rejects(
+      env().run(createTraversalRunnerActivities(deps(command)).runTraversal, input),
+      (err: Error) => {
+        assert.match(err.message, /exit code 3|code 3/);
+        assert.match(String((err as { details?: unknown }).details ?? err.message) + err.message, /boom on stderr/);
+        return true;
+      },
+    );
   });
 
   it('runs at most maxConcurrent commands at once; the others wait for a slot', async function () {
@@ -57,5 +72,57 @@ describe('the traversal runner', function () {
     await Promise.all(['d1', 'd2', 'd3'].map((deviceId) => env().run(acts.runTraversal, { ...input, deviceId })));
     const lines = readFileSync(marks, 'utf8').trim().split('\n');
     assert.deepEqual(lines, ['start', 'end', 'start', 'end', 'start', 'end'], 'never two commands at once');
+  });
+
+  it("a starting worker ends only runs whose worker died, never a live worker's run", async function () {
+    this.timeout(30_000);
+    const d = deps([process.execPath, '-e', 'setTimeout(() => {}, 60_000)']);
+    const acts = createTraversalRunnerActivities(d);
+    const running = env().run(acts.runTraversal, input);
+    running.catch(() => undefined);
+    const record = path.join(d.pidsDir, 'd1.json');
+    await waitFor(async () => existsSync(record), 10_000, 'the run recorded');
+    const rec = JSON.parse(readFileSync(record, 'utf8')) as { pid: number; workerPid: number };
+    assert.equal(rec.workerPid, process.pid);
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+
+    // This process (the run's worker) is alive: a starting worker's sweep leaves the run alone.
+    assert.equal(await endStaleRun(d, 'd1', undefined, { onlyOrphans: true }), false);
+    assert.ok(alive(rec.pid), 'the live worker kept its traversal');
+
+    // Now pretend the recording worker died: the same sweep ends the orphan.
+    const gone = spawnSync('true').pid!;
+    writeFileSync(record, JSON.stringify({ ...rec, workerPid: gone }));
+    assert.equal(await endStaleRun(d, 'd1', undefined, { onlyOrphans: true }), true);
+    await waitFor(async () => !alive(rec.pid), 10_000, 'the orphan ended');
+    await assert.rejects(running);
+  });
+
+  it('ends a command that prints no progress for longer than the heartbeat timeout, as a retryable TraversalHung', async function () {
+    this.timeout(30_000);
+    const d = deps([process.execPath, '-e', 'console.log("starting"); setTimeout(() => {}, 60_000)']);
+    const hungEnv = new MockActivityEnvironment({ heartbeatTimeoutMs: 1000 }, { logger: new DefaultLogger('ERROR') });
+    const t0 = Date.now();
+    let pid = 0;
+    await assert.rejects(
+      hungEnv.run(createTraversalRunnerActivities(d).runTraversal, input),
+      (err: Error & { code?: string; nonRetryable?: boolean; details?: { pid: number } }) => {
+        // The raw activity throws the project's error; the worker turns it into an ApplicationFailure of this type.
+        assert.equal(err.code, 'TraversalHung', err.message);
+        assert.equal(err.nonRetryable, false);
+        pid = err.details!.pid;
+        return true;
+      },
+    );
+    const ms = Date.now() - t0;
+    assert.ok(ms >= 2000 && ms < 10_000, `ended after ${ms} ms (heartbeat timeout 1 s + 1 s)`);
+    assert.throws(() => process.kill(pid, 0), 'the silent process is gone');
   });
 });

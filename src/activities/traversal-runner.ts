@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
-import { TraversalExitError, TraversalStartError } from '../errors';
+import { TraversalExitError, TraversalHungError, TraversalStartError } from '../errors';
 import type { ProgressUpdate, TraversalBudget } from '../messages';
 import type { Metrics } from '../metrics';
 
@@ -255,6 +255,7 @@ async function runOne(
     progress.crashes = Number(g.crashes ?? progress.crashes);
     progress.anrs = Number(g.anrs ?? progress.anrs);
     if (g.checkpoint !== undefined) progress.checkpoint = g.checkpoint;
+    lastProgressAt = Date.now();
     ctx.heartbeat(progress);
     push(false);
   });
@@ -276,6 +277,24 @@ async function runOne(
   // The tool may not notice a phone that dropped off; stop it and let a retry resume later.
   let offline: Error | undefined;
   let checking = false;
+  // A silent tool stops heartbeating, so the server times the attempt out and retries it, maybe on
+  // another host; end it here too (a second after the server's timeout), so it does not run on alone.
+  let lastProgressAt = Date.now();
+  let hung: TraversalHungError | undefined;
+  const silenceLimitMs = info.heartbeatTimeoutMs ? info.heartbeatTimeoutMs + 1000 : undefined;
+  const hangTimer = silenceLimitMs
+    ? setInterval(() => {
+        const silentMs = Date.now() - lastProgressAt;
+        if (hung || silentMs <= silenceLimitMs) return;
+        hung = new TraversalHungError(silentMs, pid);
+        ctx.log.warn('traversal command printed no progress within the heartbeat timeout; ending it', {
+          deviceId: input.deviceId,
+          childPid: pid,
+          silentMs,
+        });
+        void killGroup(child, deps.killGraceMs);
+      }, Math.min(1000, silenceLimitMs / 4))
+    : undefined;
   const deviceTimer = deps.checkDevice
     ? setInterval(() => {
         if (checking || offline) return;
@@ -302,6 +321,7 @@ async function runOne(
   ctx.cancellationSignal.removeEventListener('abort', onCancel);
   clearInterval(budgetTimer);
   if (deviceTimer) clearInterval(deviceTimer);
+  if (hangTimer) clearInterval(hangTimer);
   await new Promise<void>((resolve) => log.end(resolve));
   await forgetRun(deps, input.deviceId, pid);
   const durationMs = Date.now() - started;
@@ -310,6 +330,10 @@ async function runOne(
   if (ctx.cancellationSignal.aborted) {
     deps.metrics?.traversals.inc({ outcome: 'cancelled' });
     throw ctx.cancellationSignal.reason;
+  }
+  if (hung) {
+    deps.metrics?.traversals.inc({ outcome: 'hung' });
+    throw hung;
   }
   if (offline) {
     deps.metrics?.traversals.inc({ outcome: 'device-offline' });
@@ -382,7 +406,13 @@ async function recordRun(deps: TraversalRunnerDeps, deviceId: string, pid: numbe
   await fsp.mkdir(deps.pidsDir, { recursive: true });
   await fsp.writeFile(
     pidFile(deps, deviceId),
-    JSON.stringify({ pid, workflowId, startedAt: new Date().toISOString() }),
+    JSON.stringify({
+      pid,
+      workflowId,
+      startedAt: new Date().toISOString(),
+      workerPid: process.pid,
+      workerStart: await processStartTime(process.pid),
+    }),
   );
 }
 
@@ -404,13 +434,17 @@ export async function endStaleRun(
   deps: Pick<TraversalRunnerDeps, 'pidsDir' | 'killGraceMs'>,
   deviceId: string,
   log?: { warn(msg: string, meta?: Record<string, unknown>): void },
+  opts: { onlyOrphans?: boolean } = {},
 ): Promise<boolean> {
-  let rec: { pid: number; workflowId?: string };
+  let rec: RunRecord;
   try {
-    rec = JSON.parse(await fsp.readFile(path.join(deps.pidsDir, `${deviceId}.json`), 'utf8')) as { pid: number };
+    rec = JSON.parse(await fsp.readFile(path.join(deps.pidsDir, `${deviceId}.json`), 'utf8')) as RunRecord;
   } catch {
     return false;
   }
+  // A worker starting up ends only runs whose worker is gone: workers sharing a data folder must not
+  // end each other's runs. (A new attempt for the device ends the old run whoever started it.)
+  if (opts.onlyOrphans && (await workerAlive(rec))) return false;
   const alive = await isOurProcess(rec.pid, deviceId);
   if (alive) {
     log?.warn('ending stale traversal process group left by a previous attempt', {
@@ -426,6 +460,32 @@ export async function endStaleRun(
   }
   await fsp.rm(path.join(deps.pidsDir, `${deviceId}.json`), { force: true });
   return alive;
+}
+
+/** What a worker records about a running traversal command, one file per device. */
+interface RunRecord {
+  pid: number;
+  workflowId?: string;
+  workerPid?: number;
+  workerStart?: string;
+}
+
+/** The start time of a process (clock ticks since boot, /proc/<pid>/stat field 22), to tell a reused pid apart. */
+export async function processStartTime(pid: number): Promise<string | undefined> {
+  try {
+    const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name, which may itself contain spaces and parentheses.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** True when the worker that recorded a run is still that same living process. */
+async function workerAlive(rec: RunRecord): Promise<boolean> {
+  if (!rec.workerPid || !rec.workerStart) return false;
+  const start = await processStartTime(rec.workerPid);
+  return start === rec.workerStart;
 }
 
 async function isOurProcess(pid: number, deviceId: string): Promise<boolean> {
