@@ -29,6 +29,8 @@ export class ProgressBoard {
     private readonly mode: ProgressMode,
     private readonly out: NodeJS.WriteStream = process.stdout,
     private readonly intervalMs = 1000,
+    /** In 'lines' mode, receives each change instead of a text line (e.g. a JSON logger). */
+    private readonly emit?: (p: TraversalProgress) => void,
   ) {}
 
   /** Starts polling (no-op in mode 'off'). */
@@ -86,7 +88,8 @@ export class ProgressBoard {
       const bucket = `${p.phase}:${Math.floor(p.percent / 25)}`;
       if (this.lastPhase.get(key) === bucket) continue;
       this.lastPhase.set(key, bucket);
-      this.out.write(`progress ${key} ${p.phase} ${Math.round(p.percent)}% ${p.screens} screens\n`);
+      if (this.emit) this.emit(p);
+      else this.out.write(`progress ${key} ${p.phase} ${Math.round(p.percent)}% ${p.screens} screens\n`);
     }
   }
 }

@@ -54,7 +54,10 @@ async function main(): Promise<void> {
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
-    const board = new ProgressBoard(client, config.taskQueue, mode).start();
+    // Without a terminal the progress goes through the logger, so stdout stays JSON lines.
+    const board = new ProgressBoard(client, config.taskQueue, mode, process.stdout, 1000, (p) =>
+      logger.info('progress', { taskId: p.taskId, deviceId: p.deviceId, phase: p.phase, percent: Math.round(p.percent), screens: p.screens }),
+    ).start();
     await bridge.start().done();
     board.stop();
     logger.info('starter stopped', { ...bridge.stats });

@@ -8,7 +8,8 @@ import { readFileSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { deviceWorkflow } from '../src/workflows/device';
-import { deviceWorkflowId, enqueueSignal, traversalWorkflowId, type TraversalRequest } from '../src/messages';
+import { deviceWorkflowId, enqueueSignal, traversalWorkflowId, type TraversalProgress, type TraversalRequest } from '../src/messages';
+import { ProgressBoard } from '../src/progress-board';
 import { findTemporalCli } from '../src/local/temporal-dev';
 import { startStack, type Stack } from './support/stack';
 import { traversalPids, waitFor } from './support/wait';
@@ -87,6 +88,26 @@ describe('operating runs with the temporal CLI', function () {
     assert.equal(p.deviceId, 'op-1');
     assert.ok(Number(p.elapsedMs) > 0);
     assert.equal(p.attempt, 1);
+
+    // The starter's progress board on the same run: bars for a terminal, one record per change otherwise.
+    const written: string[] = [];
+    const out = { write: (t: string) => written.push(t) } as unknown as NodeJS.WriteStream;
+    await new ProgressBoard(stack.client, stack.taskQueue, 'bars', out).tick();
+    assert.match(written.join(''), /op-1\s+q\s+traversing\s+[█░]{20}\s+\d+%\s+\d+ screens/);
+    const emitted: TraversalProgress[] = [];
+    const board = new ProgressBoard(stack.client, stack.taskQueue, 'lines', out, 1000, (row) => emitted.push(row));
+    await board.tick();
+    assert.deepEqual(
+      emitted.map((row) => [row.taskId, row.deviceId, row.phase]),
+      [['q', 'op-1', 'traversing']],
+    );
+    await board.tick();
+    const bucket = (row: TraversalProgress) => Math.floor(row.percent / 25);
+    assert.ok(
+      emitted.length === 1 || (emitted.length === 2 && bucket(emitted[1]!) !== bucket(emitted[0]!)),
+      'one record per change (phase or 25 % step), not one per poll',
+    );
+
     await temporal('workflow', 'signal', '--workflow-id', traversalWorkflowId('q', 'op-1'), '--name', 'budget', '--input', '{"finishNow": true}');
     assert.equal((await stack.waitResult('q', 'op-1')).status, 'completed');
   });
