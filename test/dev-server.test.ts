@@ -5,13 +5,19 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/local/ports';
-import { ensureSearchAttributes, startDevServer, type DevServer } from '../src/local/temporal-dev';
+import {
+  ensureSearchAttributes,
+  findTemporalCli,
+  startDevServer,
+  waitForNamespace,
+  type DevServer,
+} from '../src/local/temporal-dev';
 import { SEARCH_ATTRIBUTE_NAMES } from '../src/search-attributes';
 
 const run = promisify(execFile);
@@ -109,6 +115,76 @@ describe('local dev server', function () {
       [],
       'still nothing to register',
     );
+  });
+
+  it('registers missing search attributes on an existing database that was created without them', async function () {
+    const cli = findTemporalCli();
+    const dbFile = path.join(dir, 'plain', 'temporal.db');
+    mkdirSync(path.dirname(dbFile), { recursive: true });
+    // A database made by a plain `temporal server start-dev`, as a user may already have.
+    const port = await freePort();
+    const address = `127.0.0.1:${port}`;
+    const plain = spawn(
+      cli,
+      [
+        'server',
+        'start-dev',
+        '--ip',
+        '127.0.0.1',
+        '--port',
+        String(port),
+        '--headless',
+        '--db-filename',
+        dbFile,
+        '--log-level',
+        'error',
+      ],
+      { stdio: 'ignore' },
+    );
+    const plainExited = new Promise((resolve) => plain.once('exit', resolve));
+    try {
+      await waitForNamespace(cli, address, 'default', 60_000);
+      const listed = async () => await customAttributes({ cli, address, namespace: 'default' } as DevServer);
+      for (const name of SEARCH_ATTRIBUTE_NAMES) assert.ok(!(name in (await listed())), `${name} absent at first`);
+      // The registration step creates every missing one, and only those.
+      assert.deepEqual(
+        [...(await ensureSearchAttributes(cli, address, 'default'))].sort(),
+        [...SEARCH_ATTRIBUTE_NAMES].sort(),
+      );
+      assertRegistered(await listed());
+      assert.deepEqual(await ensureSearchAttributes(cli, address, 'default'), [], 'idempotent');
+    } finally {
+      plain.kill('SIGTERM');
+      await plainExited;
+    }
+
+    // Another plain database, then the project's own start on it: the attributes are there.
+    const dbFile2 = path.join(dir, 'plain2', 'temporal.db');
+    mkdirSync(path.dirname(dbFile2), { recursive: true });
+    const port2 = await freePort();
+    const plain2 = spawn(
+      cli,
+      [
+        'server',
+        'start-dev',
+        '--ip',
+        '127.0.0.1',
+        '--port',
+        String(port2),
+        '--headless',
+        '--db-filename',
+        dbFile2,
+        '--log-level',
+        'error',
+      ],
+      { stdio: 'ignore' },
+    );
+    const plain2Exited = new Promise((resolve) => plain2.once('exit', resolve));
+    await waitForNamespace(cli, `127.0.0.1:${port2}`, 'default', 60_000);
+    plain2.kill('SIGTERM');
+    await plain2Exited;
+    server = await startDevServer({ port: await freePort(), uiPort: 0, dbFile: dbFile2 });
+    assertRegistered(await customAttributes(server));
   });
 
   it('`npm run dev:server` refuses a port that is already in use', async function () {
