@@ -20,7 +20,8 @@ import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/local/ports';
 import { startRedis, type LocalRedis } from '../src/local/redis-local';
 import { startDevServer, type DevServer } from '../src/local/temporal-dev';
-import { deviceWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/messages';
+import { deviceWorkflowId, enqueueSignal, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/messages';
+import { deviceWorkflow } from '../src/workflows/device';
 import { startStack, task, workflowBundle, type Stack } from '../test/support/stack';
 
 /** Where the recordings live; test/replay.test.ts reads every *.json here. */
@@ -153,6 +154,62 @@ const SCENARIOS: Scenario[] = [
       return handle;
     },
   },
+  {
+    name: 'traversal-completed-agent-heartbeats',
+    scenario:
+      'a completed traversal recorded after the agent-call-heartbeats patch (agent steps heartbeat; the patch marker is in the history)',
+    async run(stack) {
+      const apk = stack.apks['app.apk']!;
+      await stack.push(
+        task(stack, { taskId: 'patched', deviceId: 'rec-1', apkUrl: apk.url, apkSha256: apk.sha256, packageName: 'com.example.patched' }),
+      );
+      const r = await stack.waitResult('patched', 'rec-1');
+      expect(r.status === 'completed', `traversal-completed-agent-heartbeats ended ${r.status}: ${JSON.stringify(r.error)}`);
+      return stack.client.workflow.getHandle(traversalWorkflowId('patched', 'rec-1'));
+    },
+  },
+  {
+    name: 'device-quarantined-resumed',
+    scenario:
+      'a device workflow (device-quarantine patch) whose agent was offline: two DeviceOffline failures quarantined it, ' +
+      'a resume signal released it and the held task completed',
+    async run(stack) {
+      const apk = stack.apks['app.apk']!;
+      const deviceId = 'rec-6';
+      stack.agent.setOffline(deviceId, true);
+      const policy = { heartbeatTimeoutMs: 3000, initialRetryMs: 100, maxAttempts: 2, measureLaunch: false, quarantineAfter: 2 };
+      for (const taskId of ['q1', 'q2', 'q3']) {
+        await stack.client.workflow.signalWithStart(deviceWorkflow, {
+          workflowId: deviceWorkflowId(deviceId),
+          taskQueue: stack.taskQueue,
+          args: [{ deviceId }],
+          signal: enqueueSignal,
+          signalArgs: [
+            {
+              taskId,
+              deviceId,
+              agentUrl: stack.agent.url,
+              apkUrl: apk.url,
+              packageName: 'com.example.quarantine',
+              traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
+              policy,
+            },
+          ],
+        });
+      }
+      const handle = stack.client.workflow.getHandle(deviceWorkflowId(deviceId));
+      await waitFor(async () => (await handle.query<DeviceState>('state')).quarantine !== undefined, 'the quarantine', 120_000);
+      stack.agent.setOffline(deviceId, false);
+      await handle.signal('resume');
+      const r = await stack.waitResult('q3', deviceId);
+      expect(r.status === 'completed', `the held task ended ${r.status}`);
+      await waitFor(async () => {
+        const st = await handle.query<DeviceState>('state');
+        return st.completed === 3 && st.current === undefined && st.queue.length === 0 && st.quarantine === undefined;
+      }, 'the device workflow to settle after the resume');
+      return handle;
+    },
+  },
 ];
 
 function expect(ok: boolean, message: string): asserts ok {
@@ -217,7 +274,7 @@ async function main(): Promise<void> {
     process.env.TEST_TEMPORAL_ADDRESS = temporal.address;
     process.env.TEST_REDIS_URL = redis.url;
     stack = await startStack({
-      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5'],
+      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6'],
       apks: [{ name: 'app.apk', size: 2 * MiB }],
       starter: true,
     });
