@@ -125,4 +125,24 @@ describe('the traversal runner', function () {
     assert.ok(ms >= 2000 && ms < 10_000, `ended after ${ms} ms (heartbeat timeout 1 s + 1 s)`);
     assert.throws(() => process.kill(pid, 0), 'the silent process is gone');
   });
+
+  it('asks a tool without a control file to stop with TERM when the budget says finish now, and reports it stopped', async function () {
+    this.timeout(30_000);
+    const script = 'let p = 0; setInterval(() => console.log(`progress percent=${Math.min(99, ++p)}`), 100);';
+    let asked = 0;
+    const d: TraversalRunnerDeps = {
+      ...deps([process.execPath, '-e', script]),
+      progressPushMs: 200,
+      pushProgress: async () => undefined,
+      // The workflow's budget, read with each progress push: "finish now" from the second read on.
+      readBudget: async () => (++asked >= 2 ? { version: 1, durationSec: 60, finishNow: true } : undefined),
+    };
+    const t0 = Date.now();
+    const result = (await env().run(createTraversalRunnerActivities(d).runTraversal, {
+      ...input,
+      durationSec: 60,
+    })) as { status: string };
+    assert.equal(result.status, 'stopped');
+    assert.ok(Date.now() - t0 < 10_000, 'stopped soon after the request, not at the end of its 60 s');
+  });
 });
