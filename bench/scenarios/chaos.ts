@@ -291,9 +291,15 @@ export const run: ScenarioRun = async ({ args }) => {
       lost: lost === 0,
       overlapping: overlaps.length === 0 && maxJarsOnOneDevice <= 1,
       resumeP95: p95 <= resumeTarget,
-      kills: kills.length >= 10 || quick,
-      traversals: jobs.length >= 50 || quick,
+      kills: kills.length >= 10,
+      traversals: jobs.length >= 50,
     };
+    // `targets` keeps the plain comparisons; the report says `targetStatus`. A quick run is too small
+    // for the size targets by design, so they are not judged there.
+    const sizeTargets = new Set<string>(quick ? ['kills', 'traversals'] : []);
+    const targetStatus = Object.fromEntries(
+      Object.entries(targets).map(([k, ok]) => [k, sizeTargets.has(k) ? 'n/a (quick run)' : ok ? 'met' : 'MISSED']),
+    );
 
     const markdown = [
       `${jobs.length} traversals of ${durationSec} s on ${DEVICES.length} simulated devices; the worker was killed with SIGKILL ${kills.length} times ` +
@@ -322,8 +328,8 @@ export const run: ScenarioRun = async ({ args }) => {
         ],
       ),
       '',
-      `Targets: ${Object.entries(targets)
-        .map(([k, ok]) => `${k} ${ok ? 'met' : 'MISSED'}`)
+      `Targets: ${Object.entries(targetStatus)
+        .map(([k, status]) => `${k} ${status}`)
         .join(', ')}.`,
       failed.length ? `\nFailed: ${failed.map((r) => `${r.taskId}/${r.deviceId} ${r.error?.type}`).join(', ')}` : '',
       '',
@@ -345,6 +351,7 @@ export const run: ScenarioRun = async ({ args }) => {
       origin: { bytesServed: origin.totalBytesServed, ideal, extraRatio },
       resumeSeconds: { p50, p95, max: Math.max(...resume, 0) / 1000, target: resumeTarget },
       targets,
+      targetStatus,
       settings: { tasksPerDevice, killTarget, durationSec, heartbeatSec, apkSize, gap: [gapMin, gapMax] },
       wallS,
     };
