@@ -26,6 +26,12 @@ export function temporalSettings(env: NodeJS.ProcessEnv = process.env): Temporal
   return { connectionOptions: { ...cfg.connectionOptions, address }, namespace: cfg.namespace ?? 'default', address };
 }
 
+/** The API key in use, from the environment or a profile of the config file ('' when none), for log masking. */
+export function temporalApiKey(s: TemporalSettings): string {
+  const key = (s.connectionOptions as { apiKey?: unknown }).apiKey;
+  return typeof key === 'string' ? key : '';
+}
+
 /** Connects a client (for starters, scripts and tests). */
 export async function connectClient(s: TemporalSettings): Promise<{ client: Client; connection: Connection }> {
   const connection = await Connection.connect(s.connectionOptions as Parameters<typeof Connection.connect>[0]);

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { mkdtempSync, promises as fsp, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
@@ -26,6 +26,7 @@ import { deviceWorkflowId, traversalWorkflowId, type TraversalResult } from '../
 import { Metrics } from '../src/metrics';
 import { AgentSimulator } from '../src/sim/agent-sim';
 import { ApkOrigin } from '../src/sim/origin';
+import { temporalApiKey, temporalSettings } from '../src/temporal-connection';
 import { createDispatcher } from '../src/worker-setup';
 import { workflowBundle } from './support/stack';
 
@@ -340,5 +341,23 @@ describe('secrets stay out of logs, errors, histories and Redis', function () {
     console.log(
       `      searched ${Object.keys(places).length} logs, histories and Redis keys (${Object.values(places).reduce((n, t) => n + t.length, 0)} characters) for 4 secrets`,
     );
+  });
+});
+
+describe('the Temporal API key from a config-file profile', function () {
+  it('is known to the log masking even when it is not in the environment', function () {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'dt-profile-'));
+    try {
+      const file = path.join(dir, 'temporal.toml');
+      writeFileSync(file, '[profile.default]\naddress = "127.0.0.1:7233"\napi_key = "key-from-profile-123"\n');
+      const settings = temporalSettings({ TEMPORAL_CONFIG_FILE: file });
+      assert.equal(temporalApiKey(settings), 'key-from-profile-123');
+      const lines: string[] = [];
+      const sink = { write: (t: string) => lines.push(t) } as unknown as NodeJS.WritableStream;
+      new JsonLogger({ service: 'test' }, 'info', sink, [temporalApiKey(settings)]).info('connecting with key-from-profile-123');
+      assert.ok(!lines.join('').includes('key-from-profile-123'), lines.join(''));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
