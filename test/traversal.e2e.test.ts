@@ -130,6 +130,12 @@ describe('a traversal end to end', function () {
     assert.equal(r.error?.nonRetryable, true);
     assert.ok(r.error!.message.includes(wrong), 'names the expected hash');
     assert.ok(r.error!.message.includes(apk.sha256), 'names the actual hash');
+    // Not retried: resolveApk was scheduled once and ran once.
+    const history = await stack.client.workflow.getHandle(traversalWorkflowId('hash', 'sim-4')).fetchHistory();
+    const scheduled = history.events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'resolveApk');
+    assert.equal(scheduled.length, 1);
+    const started = history.events!.find((e) => Number(e.activityTaskStartedEventAttributes?.scheduledEventId) === Number(scheduled[0]!.eventId));
+    assert.equal(started?.activityTaskStartedEventAttributes?.attempt, 1);
   });
 
   it('a jar exiting non-zero is retried by policy, then recorded as failed with the exit code and stderr tail', async function () {
