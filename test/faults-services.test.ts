@@ -138,6 +138,32 @@ describe('starters killed: every task is started exactly once', function () {
       for (const [taskId, n] of await enqueueSignals(stack.client, d)) if (taskId.startsWith('s-pair-')) signals += n;
     console.log(`      16 tasks, ${signals} enqueue signals, ${tasks.length} traversals`);
   });
+
+  it('a starter stopped with SIGTERM mid-stream exits 0 and leaves every task either started or still queued', async function () {
+    const first = await starter('graceful');
+    const tasks = Array.from({ length: 40 }, (_, i) => task(`s-term-${i}`, devices[i % devices.length]!));
+    await stack.redis.lpush(`${stack.prefix}traversal:tasks`, ...tasks.map((t) => JSON.stringify(t)));
+    await first.waitForLog('traversal requested', 10_000);
+    await first.kill('SIGTERM');
+    assert.equal((await first.exited).code, 0, 'exit code 0');
+    const stopped = first.logs().find((l) => l.msg === 'starter stopped');
+    assert.ok(stopped, 'logged "starter stopped" with its counters');
+    // Whatever it took it either handed to Temporal or left in its processing list; nothing in between.
+    const processing = starterKeys('graceful', stack.prefix).processing;
+    const left = (await stack.redis.lrange(processing, 0, -1)).length;
+    const queued = await stack.redis.llen(`${stack.prefix}traversal:tasks`);
+    assert.equal(Number(stopped.started) + left + queued, tasks.length, `${stopped.started} started + ${left} in processing + ${queued} queued`);
+
+    // A restart carries on; every task runs exactly once.
+    await starter('graceful');
+    const results = await Promise.all(tasks.map((t) => stack.waitResult(t.taskId, t.deviceId)));
+    for (const r of results) assert.equal(r.status, 'completed', `${r.taskId}: ${JSON.stringify(r.error)}`);
+    for (const t of tasks) {
+      const installs = stack.agent.calls.filter((c) => c.op === 'install' && c.packageName === t.packageName);
+      assert.equal(installs.length, 1, `${t.taskId} ran once`);
+    }
+    assert.equal(await stack.redis.llen(processing), 0);
+  });
 });
 
 describe('the Temporal server and Redis killed and restarted', function () {
