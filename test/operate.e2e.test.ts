@@ -89,6 +89,15 @@ describe('operating runs with the temporal CLI', function () {
     assert.ok(Number(p.elapsedMs) > 0);
     assert.equal(p.attempt, 1);
 
+    // While it runs, the Web UI's view of it is current: the phase attribute and the details line.
+    await waitFor(
+      async () => /traversal\/q\/op-1/.test(await temporal('workflow', 'list', '--query', 'TraversalPhase="traversing" AND DeviceId="op-1"', '-o', 'json')),
+      10_000,
+      'the run listed as traversing',
+    );
+    const meta = await stack.client.workflow.getHandle(traversalWorkflowId('q', 'op-1')).query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+    assert.match(String(meta.currentDetails), /^com\.example\.operate on op-1 — traversing, \d+%, \d+ screens$/);
+
     // The starter's progress board on the same run: bars for a terminal, one record per change otherwise.
     const written: string[] = [];
     const out = { write: (t: string) => written.push(t) } as unknown as NodeJS.WriteStream;
