@@ -39,6 +39,9 @@ export interface TraversalWorkerOptions {
   log?: (msg: string, meta?: Record<string, unknown>) => void;
 }
 
+/** Deadline of one progress signal or budget query sent by an activity, ms. */
+const CLIENT_CALL_DEADLINE_MS = 5000;
+
 /** A worker with its side servers; `run()` polls until `shutdown()`. */
 export interface TraversalWorker {
   worker: Worker;
@@ -103,6 +106,17 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     await endStaleRun({ pidsDir, killGraceMs: config.killGraceMs }, f.slice(0, -5), undefined, { onlyOrphans: true });
   }
 
+  // Progress signals and budget queries are best effort and may outlive the activity that sent
+  // them; give each a deadline and let run() wait for them, so the client connection is never
+  // closed under a call that is still retrying (grpc-js throws from a timer then).
+  const pendingCalls = new Set<Promise<unknown>>();
+  const clientCall = <T>(fn: () => Promise<T>): Promise<T> => {
+    const call = opts.client.withDeadline(Date.now() + CLIENT_CALL_DEADLINE_MS, fn);
+    const tracked = call.catch(() => undefined).finally(() => pendingCalls.delete(tracked));
+    pendingCalls.add(tracked);
+    return call;
+  };
+
   const activities = createActivities({
     config,
     cache,
@@ -111,10 +125,9 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     metrics,
     artifactBaseUrl: () => artifactUrl,
     redisKeyPrefix: opts.redisKeyPrefix,
-    pushProgress: async (workflowId, update) => {
-      await opts.client.workflow.getHandle(workflowId).signal(progressSignal, update);
-    },
-    readBudget: (workflowId) => opts.client.workflow.getHandle(workflowId).query(budgetQuery),
+    pushProgress: (workflowId, update) =>
+      clientCall(() => opts.client.workflow.getHandle(workflowId).signal(progressSignal, update)),
+    readBudget: (workflowId) => clientCall(() => opts.client.workflow.getHandle(workflowId).query(budgetQuery)),
   });
 
   const worker = await Worker.create({
@@ -149,6 +162,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
       try {
         await worker.run();
       } finally {
+        await Promise.all([...pendingCalls]);
         await artifactServer.close();
         if (!closed) {
           closed = true;

@@ -140,6 +140,8 @@ describe('starters killed: every task is started exactly once', function () {
   });
 
   it('a starter stopped with SIGTERM mid-stream exits 0 and leaves every task either started or still queued', async function () {
+    // Alone on the queue, so its counters account for every task.
+    await Promise.all(procs.map((p) => p.stop()));
     const first = await starter('graceful');
     const tasks = Array.from({ length: 40 }, (_, i) => task(`s-term-${i}`, devices[i % devices.length]!));
     await stack.redis.lpush(`${stack.prefix}traversal:tasks`, ...tasks.map((t) => JSON.stringify(t)));
