@@ -20,9 +20,10 @@ import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/local/ports';
 import { startRedis, type LocalRedis } from '../src/local/redis-local';
 import { startDevServer, type DevServer } from '../src/local/temporal-dev';
-import { deviceWorkflowId, enqueueSignal, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/messages';
-import { deviceWorkflow } from '../src/workflows/device';
+import { requestTraversal } from '../src/starter-core';
+import { deviceWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/messages';
 import { startStack, task, workflowBundle, type Stack } from '../test/support/stack';
+import { waitFor as pollUntil } from '../test/support/wait';
 
 /** Where the recordings live; test/replay.test.ts reads every *.json here. */
 const HISTORIES_DIR = path.join(PROJECT_ROOT, 'test', 'histories');
@@ -161,10 +162,19 @@ const SCENARIOS: Scenario[] = [
     async run(stack) {
       const apk = stack.apks['app.apk']!;
       await stack.push(
-        task(stack, { taskId: 'patched', deviceId: 'rec-1', apkUrl: apk.url, apkSha256: apk.sha256, packageName: 'com.example.patched' }),
+        task(stack, {
+          taskId: 'patched',
+          deviceId: 'rec-1',
+          apkUrl: apk.url,
+          apkSha256: apk.sha256,
+          packageName: 'com.example.patched',
+        }),
       );
       const r = await stack.waitResult('patched', 'rec-1');
-      expect(r.status === 'completed', `traversal-completed-agent-heartbeats ended ${r.status}: ${JSON.stringify(r.error)}`);
+      expect(
+        r.status === 'completed',
+        `traversal-completed-agent-heartbeats ended ${r.status}: ${JSON.stringify(r.error)}`,
+      );
       return stack.client.workflow.getHandle(traversalWorkflowId('patched', 'rec-1'));
     },
   },
@@ -177,28 +187,30 @@ const SCENARIOS: Scenario[] = [
       const apk = stack.apks['app.apk']!;
       const deviceId = 'rec-6';
       stack.agent.setOffline(deviceId, true);
-      const policy = { heartbeatTimeoutMs: 3000, initialRetryMs: 100, maxAttempts: 2, measureLaunch: false, quarantineAfter: 2 };
+      const policy = {
+        heartbeatTimeoutMs: 3000,
+        initialRetryMs: 100,
+        maxAttempts: 2,
+        measureLaunch: false,
+        quarantineAfter: 2,
+      };
       for (const taskId of ['q1', 'q2', 'q3']) {
-        await stack.client.workflow.signalWithStart(deviceWorkflow, {
-          workflowId: deviceWorkflowId(deviceId),
-          taskQueue: stack.taskQueue,
-          args: [{ deviceId }],
-          signal: enqueueSignal,
-          signalArgs: [
-            {
-              taskId,
-              deviceId,
-              agentUrl: stack.agent.url,
-              apkUrl: apk.url,
-              packageName: 'com.example.quarantine',
-              traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
-              policy,
-            },
-          ],
+        await requestTraversal(stack.client, stack.taskQueue, {
+          taskId,
+          deviceId,
+          agentUrl: stack.agent.url,
+          apkUrl: apk.url,
+          packageName: 'com.example.quarantine',
+          traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
+          policy,
         });
       }
       const handle = stack.client.workflow.getHandle(deviceWorkflowId(deviceId));
-      await waitFor(async () => (await handle.query<DeviceState>('state')).quarantine !== undefined, 'the quarantine', 120_000);
+      await waitFor(
+        async () => (await handle.query<DeviceState>('state')).quarantine !== undefined,
+        'the quarantine',
+        120_000,
+      );
       stack.agent.setOffline(deviceId, false);
       await handle.signal('resume');
       const r = await stack.waitResult('q3', deviceId);
@@ -216,17 +228,9 @@ function expect(ok: boolean, message: string): asserts ok {
   if (!ok) throw new Error(message);
 }
 
+/** The tests' polling helper (a throwing predicate counts as "not yet"), in this script's argument order. */
 async function waitFor(pred: () => Promise<boolean>, what: string, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      if (await pred()) return;
-    } catch {
-      // Not started yet, or a query raced a workflow task; ask again.
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await pollUntil(pred, timeoutMs, what);
 }
 
 async function handleOnceStarted(stack: Stack, workflowId: string): Promise<WorkflowHandle> {

@@ -227,7 +227,11 @@ export class UrlPolicy {
    */
   hostAllowListed(hostname: string): boolean {
     const host = normaliseHost(hostname);
-    const ip = ipValue(host);
+    return this.listed(host, ipValue(host));
+  }
+
+  /** True when an entry names `host` (a normalised name or IP literal) or a network holding `ip`. */
+  private listed(host: string, ip: { v6: boolean; value: bigint } | undefined): boolean {
     return this.entries.some((e) => {
       switch (e.kind) {
         case 'any':
@@ -249,21 +253,7 @@ export class UrlPolicy {
     if (cls === 'public') return undefined;
     const via = normaliseHost(hostname) === normaliseHost(address) ? address : `${hostname} resolves to ${address}`;
     if (NEVER_ALLOWED.has(cls)) return `${via}, a ${cls} address, which is never allowed`;
-    const host = normaliseHost(hostname);
-    const ip = ipValue(address)!;
-    const allowed = this.entries.some((e) => {
-      switch (e.kind) {
-        case 'any':
-          return true;
-        case 'name':
-          return e.name === host;
-        case 'suffix':
-          return host.endsWith(e.suffix) && host.length > e.suffix.length;
-        case 'net':
-          return inCidr(e.cidr, ip.v6, ip.value);
-      }
-    });
-    return allowed
+    return this.listed(normaliseHost(hostname), ipValue(address))
       ? undefined
       : `${via}, a ${cls} address; add the host or its network to ${this.setting} if it is trusted`;
   }

@@ -22,7 +22,9 @@ async function main(): Promise<void> {
   const redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 20 });
   await redis.connect();
   const connection = await connectWorker(temporal);
-  const { client, connection: clientConnection } = await connectClient(temporal);
+  // The client connection is left to the process exit: closing it under a call that is still
+  // retrying makes grpc-js throw from a timer.
+  const { client } = await connectClient(temporal);
   try {
     const tw = await createTraversalWorker({
       config,
@@ -55,9 +57,6 @@ async function main(): Promise<void> {
     process.once('SIGINT', () => stop('SIGINT'));
     await tw.run();
   } finally {
-    // The client connection is left to the process exit: an activity's signal may still be waiting
-    // to retry on it, and grpc-js throws from a timer when a retry meets a closed channel.
-    void clientConnection;
     await connection.close().catch(() => undefined);
     redis.disconnect();
   }

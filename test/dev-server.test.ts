@@ -69,6 +69,27 @@ async function until(pred: () => boolean, timeoutMs: number, what: string): Prom
   }
 }
 
+/** A dev server started the plain way (no search attributes) on `dbFile`, until `stop()`. */
+async function startPlainDevServer(cli: string, dbFile: string): Promise<{ address: string; stop(): Promise<void> }> {
+  mkdirSync(path.dirname(dbFile), { recursive: true });
+  const port = await freePort();
+  const address = `127.0.0.1:${port}`;
+  const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--headless'];
+  const child = spawn(cli, [...args, '--db-filename', dbFile, '--log-level', 'error'], { stdio: 'ignore' });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const stop = async () => {
+    child.kill('SIGTERM');
+    await exited;
+  };
+  try {
+    await waitForNamespace(cli, address, 'default', 60_000);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { address, stop };
+}
+
 describe('local dev server', function () {
   this.timeout(90_000);
   let dir: string;
@@ -119,70 +140,25 @@ describe('local dev server', function () {
 
   it('registers missing search attributes on an existing database that was created without them', async function () {
     const cli = findTemporalCli();
-    const dbFile = path.join(dir, 'plain', 'temporal.db');
-    mkdirSync(path.dirname(dbFile), { recursive: true });
     // A database made by a plain `temporal server start-dev`, as a user may already have.
-    const port = await freePort();
-    const address = `127.0.0.1:${port}`;
-    const plain = spawn(
-      cli,
-      [
-        'server',
-        'start-dev',
-        '--ip',
-        '127.0.0.1',
-        '--port',
-        String(port),
-        '--headless',
-        '--db-filename',
-        dbFile,
-        '--log-level',
-        'error',
-      ],
-      { stdio: 'ignore' },
-    );
-    const plainExited = new Promise((resolve) => plain.once('exit', resolve));
+    const plain = await startPlainDevServer(cli, path.join(dir, 'plain', 'temporal.db'));
     try {
-      await waitForNamespace(cli, address, 'default', 60_000);
-      const listed = async () => await customAttributes({ cli, address, namespace: 'default' } as DevServer);
+      const listed = () => customAttributes({ cli, address: plain.address, namespace: 'default' } as DevServer);
       for (const name of SEARCH_ATTRIBUTE_NAMES) assert.ok(!(name in (await listed())), `${name} absent at first`);
       // The registration step creates every missing one, and only those.
       assert.deepEqual(
-        [...(await ensureSearchAttributes(cli, address, 'default'))].sort(),
+        [...(await ensureSearchAttributes(cli, plain.address, 'default'))].sort(),
         [...SEARCH_ATTRIBUTE_NAMES].sort(),
       );
       assertRegistered(await listed());
-      assert.deepEqual(await ensureSearchAttributes(cli, address, 'default'), [], 'idempotent');
+      assert.deepEqual(await ensureSearchAttributes(cli, plain.address, 'default'), [], 'idempotent');
     } finally {
-      plain.kill('SIGTERM');
-      await plainExited;
+      await plain.stop();
     }
 
     // Another plain database, then the project's own start on it: the attributes are there.
     const dbFile2 = path.join(dir, 'plain2', 'temporal.db');
-    mkdirSync(path.dirname(dbFile2), { recursive: true });
-    const port2 = await freePort();
-    const plain2 = spawn(
-      cli,
-      [
-        'server',
-        'start-dev',
-        '--ip',
-        '127.0.0.1',
-        '--port',
-        String(port2),
-        '--headless',
-        '--db-filename',
-        dbFile2,
-        '--log-level',
-        'error',
-      ],
-      { stdio: 'ignore' },
-    );
-    const plain2Exited = new Promise((resolve) => plain2.once('exit', resolve));
-    await waitForNamespace(cli, `127.0.0.1:${port2}`, 'default', 60_000);
-    plain2.kill('SIGTERM');
-    await plain2Exited;
+    await (await startPlainDevServer(cli, dbFile2)).stop();
     server = await startDevServer({ port: await freePort(), uiPort: 0, dbFile: dbFile2 });
     assertRegistered(await customAttributes(server));
   });

@@ -3,19 +3,18 @@
  * timeouts from the agent, a phone dropping off mid-run, a hanging jar — and device quarantine.
  * The worker runs in this process; agent, origin and `java` are real.
  */
+import { requestTraversal } from '../src/starter-core';
 import assert from 'node:assert/strict';
 import type { WorkflowHandle } from '@temporalio/client';
 import {
   deviceStateQuery,
   deviceWorkflowId,
-  enqueueSignal,
   progressQuery,
   resumeSignal,
   traversalWorkflowId,
   type TraversalRequest,
 } from '../src/messages';
 import { DEVICE_HEALTH } from '../src/search-attributes';
-import { deviceWorkflow } from '../src/workflows/device';
 import { pendingActivity, pidAlive, traversalPids, waitFor } from './support/procs';
 import { startStack, type Stack } from './support/stack';
 
@@ -47,13 +46,7 @@ describe('agent, device and tool trouble', function () {
     };
   }
   async function enqueue(req: TraversalRequest): Promise<WorkflowHandle> {
-    await stack.client.workflow.signalWithStart(deviceWorkflow, {
-      workflowId: deviceWorkflowId(req.deviceId),
-      taskQueue: stack.taskQueue,
-      args: [{ deviceId: req.deviceId }],
-      signal: enqueueSignal,
-      signalArgs: [req],
-    });
+    await requestTraversal(stack.client, stack.taskQueue, req);
     return stack.client.workflow.getHandle(traversalWorkflowId(req.taskId, req.deviceId));
   }
   const failures = (activity: string, type: string) => stack.worker.metrics.failures.get({ activity, type });

@@ -4,6 +4,7 @@
  * its append-only file. Starters and workers are real processes; server and Redis are this
  * suite's own, so killing them leaves the other suites alone.
  */
+import { requestTraversal } from '../src/starter-core';
 import assert from 'node:assert/strict';
 import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import Redis from 'ioredis';
@@ -11,23 +12,16 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { resultKey } from '../src/activities/result-publisher';
 import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/local/ports';
 import { startRedis, type LocalRedis } from '../src/local/redis-local';
 import { startDevServer, type DevServer } from '../src/local/temporal-dev';
-import {
-  deviceWorkflowId,
-  enqueueSignal,
-  traversalWorkflowId,
-  type TraversalRequest,
-  type TraversalResult,
-} from '../src/messages';
+import { deviceWorkflowId, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../src/messages';
 import { AgentSimulator } from '../src/sim/agent-sim';
 import { ApkOrigin } from '../src/sim/origin';
 import { starterKeys } from '../src/starter-core';
-import { deviceWorkflow } from '../src/workflows/device';
 import { pendingActivity, sleep, spawnStarter, spawnWorker, TcpProxy, waitFor, type Proc } from './support/procs';
+import { waitForResult } from './support/wait';
 import { startStack, type Stack } from './support/stack';
 
 const MiB = 1024 * 1024;
@@ -154,7 +148,11 @@ describe('starters killed: every task is started exactly once', function () {
     const processing = starterKeys('graceful', stack.prefix).processing;
     const left = (await stack.redis.lrange(processing, 0, -1)).length;
     const queued = await stack.redis.llen(`${stack.prefix}traversal:tasks`);
-    assert.equal(Number(stopped.started) + left + queued, tasks.length, `${stopped.started} started + ${left} in processing + ${queued} queued`);
+    assert.equal(
+      Number(stopped.started) + left + queued,
+      tasks.length,
+      `${stopped.started} started + ${left} in processing + ${queued} queued`,
+    );
 
     // A restart carries on; every task runs exactly once.
     await starter('graceful');
@@ -185,15 +183,8 @@ describe('the Temporal server and Redis killed and restarted', function () {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  async function waitResult(taskId: string, deviceId: string, timeoutMs = 120_000): Promise<TraversalResult> {
-    let raw: string | null = null;
-    await waitFor(
-      async () => (raw = await results.get(resultKey(taskId, deviceId, prefix))) !== null,
-      timeoutMs,
-      `the result of ${taskId}`,
-    );
-    return JSON.parse(raw!) as TraversalResult;
-  }
+  const waitResult = (taskId: string, deviceId: string, timeoutMs = 120_000): Promise<TraversalResult> =>
+    waitForResult(results, prefix, taskId, deviceId, timeoutMs);
 
   it('the dev server killed and restarted on the same database file: running traversals continue to completion', async function () {
     const ports = { port: await freePort(), http: await freePort(), metrics: await freePort() };
@@ -234,13 +225,7 @@ describe('the Temporal server and Redis killed and restarted', function () {
           traversal: { durationSec: 6, extraArgs: ['--tick-ms', '100'] },
           policy: { heartbeatTimeoutMs: 5000, initialRetryMs: 200, maxAttempts: 3, measureLaunch: false },
         };
-        await client.workflow.signalWithStart(deviceWorkflow, {
-          workflowId: deviceWorkflowId(deviceId),
-          taskQueue: `faults-srv-${id}`,
-          args: [{ deviceId }],
-          signal: enqueueSignal,
-          signalArgs: [req],
-        });
+        await requestTraversal(client, `faults-srv-${id}`, req);
         handles.push(client.workflow.getHandle(traversalWorkflowId(req.taskId, deviceId)));
       }
       for (const h of handles) {

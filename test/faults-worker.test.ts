@@ -3,6 +3,7 @@
  * Workers are real `src/worker.ts` processes sharing one data folder (one host); the Temporal
  * dev server and Redis are the suite-wide ones; origin and agent are real HTTP servers here.
  */
+import { requestTraversal } from '../src/starter-core';
 import assert from 'node:assert/strict';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import Redis from 'ioredis';
@@ -11,17 +12,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PROJECT_ROOT } from '../src/config';
-import { resultKey } from '../src/activities/result-publisher';
-import {
-  deviceWorkflowId,
-  enqueueSignal,
-  traversalWorkflowId,
-  type TraversalRequest,
-  type TraversalResult,
-} from '../src/messages';
+import { traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../src/messages';
 import { AgentSimulator } from '../src/sim/agent-sim';
 import { ApkOrigin, type ApkInfo } from '../src/sim/origin';
-import { deviceWorkflow } from '../src/workflows/device';
 import {
   pendingActivity,
   phaseOf,
@@ -32,6 +25,7 @@ import {
   waitFor,
   type Proc,
 } from './support/procs';
+import { waitForResult } from './support/wait';
 
 const MiB = 1024 * 1024;
 const HEARTBEAT_MS = 3000;
@@ -83,24 +77,11 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
     };
   }
   async function enqueue(req: TraversalRequest): Promise<WorkflowHandle> {
-    await client.workflow.signalWithStart(deviceWorkflow, {
-      workflowId: deviceWorkflowId(req.deviceId),
-      taskQueue,
-      args: [{ deviceId: req.deviceId }],
-      signal: enqueueSignal,
-      signalArgs: [req],
-    });
+    await requestTraversal(client, taskQueue, req);
     return client.workflow.getHandle(traversalWorkflowId(req.taskId, req.deviceId));
   }
-  async function waitResult(taskId: string, deviceId: string, timeoutMs = 90_000): Promise<TraversalResult> {
-    let raw: string | null = null;
-    await waitFor(
-      async () => (raw = await redis.get(resultKey(taskId, deviceId, prefix))) !== null,
-      timeoutMs,
-      `the result of ${taskId}`,
-    );
-    return JSON.parse(raw!) as TraversalResult;
-  }
+  const waitResult = (taskId: string, deviceId: string, timeoutMs = 90_000): Promise<TraversalResult> =>
+    waitForResult(redis, prefix, taskId, deviceId, timeoutMs);
   /** The worker process that ran the last attempt of an activity (identity is `<pid>@<host>`). */
   const workerOf = (identity: string | undefined) => live().find((w) => identity?.startsWith(`${w.pid}@`));
 

@@ -2,13 +2,13 @@
  * Operating runs with the real `temporal` CLI: query progress, pause/resume traversals and devices,
  * cancel, change a running traversal's time budget, and find runs by search attribute.
  */
+import { requestTraversal } from '../src/starter-core';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readFileSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { deviceWorkflow } from '../src/workflows/device';
-import { deviceWorkflowId, enqueueSignal, traversalWorkflowId, type TraversalProgress, type TraversalRequest } from '../src/messages';
+import { deviceWorkflowId, traversalWorkflowId, type TraversalProgress, type TraversalRequest } from '../src/messages';
 import { ProgressBoard } from '../src/progress-board';
 import { findTemporalCli } from '../src/local/temporal-dev';
 import { startStack, type Stack } from './support/stack';
@@ -20,7 +20,11 @@ const MiB = 1024 * 1024;
 /** Runs the real CLI against the test server; returns stdout. */
 async function temporal(...args: string[]): Promise<string> {
   const cli = process.env.TEST_TEMPORAL_CLI || findTemporalCli();
-  const { stdout } = await run(cli, [...args, '--address', process.env.TEST_TEMPORAL_ADDRESS!, '--namespace', 'default'], { timeout: 30_000 });
+  const { stdout } = await run(
+    cli,
+    [...args, '--address', process.env.TEST_TEMPORAL_ADDRESS!, '--namespace', 'default'],
+    { timeout: 30_000 },
+  );
   return stdout;
 }
 
@@ -38,7 +42,9 @@ function findProgress(json: unknown): Record<string, unknown> | undefined {
 
 async function queryProgress(workflowId: string): Promise<Record<string, unknown> | undefined> {
   try {
-    return findProgress(JSON.parse(await temporal('workflow', 'query', '--workflow-id', workflowId, '--name', 'progress', '-o', 'json')));
+    return findProgress(
+      JSON.parse(await temporal('workflow', 'query', '--workflow-id', workflowId, '--name', 'progress', '-o', 'json')),
+    );
   } catch {
     return undefined;
   }
@@ -60,19 +66,17 @@ describe('operating runs with the temporal CLI', function () {
     };
   }
   async function enqueue(r: TraversalRequest): Promise<void> {
-    await stack.client.workflow.signalWithStart(deviceWorkflow, {
-      workflowId: deviceWorkflowId(r.deviceId),
-      taskQueue: stack.taskQueue,
-      args: [{ deviceId: r.deviceId }],
-      signal: enqueueSignal,
-      signalArgs: [r],
-    });
+    await requestTraversal(stack.client, stack.taskQueue, r);
   }
   const traversing = (id: string, minScreens = 1) =>
-    waitFor(async () => {
-      const p = await queryProgress(id);
-      return p && p.phase === 'traversing' && Number(p.screens) >= minScreens ? p : undefined;
-    }, 60_000, `${id} traversing`);
+    waitFor(
+      async () => {
+        const p = await queryProgress(id);
+        return p && p.phase === 'traversing' && Number(p.screens) >= minScreens ? p : undefined;
+      },
+      60_000,
+      `${id} traversing`,
+    );
 
   before(async function () {
     stack = await startStack({ devices, apks: [{ name: 'op.apk', size: 1 * MiB }] });
@@ -84,18 +88,31 @@ describe('operating runs with the temporal CLI', function () {
   it('`workflow query --name progress` returns phase, percent, screens, elapsed and attempt', async function () {
     await enqueue(req('q', 'op-1', 30));
     const p = await traversing(traversalWorkflowId('q', 'op-1'), 2);
-    for (const k of ['phase', 'percent', 'screens', 'elapsedMs', 'attempt', 'taskId', 'deviceId']) assert.ok(k in p, `progress has ${k}`);
+    for (const k of ['phase', 'percent', 'screens', 'elapsedMs', 'attempt', 'taskId', 'deviceId'])
+      assert.ok(k in p, `progress has ${k}`);
     assert.equal(p.deviceId, 'op-1');
     assert.ok(Number(p.elapsedMs) > 0);
     assert.equal(p.attempt, 1);
 
     // While it runs, the Web UI's view of it is current: the phase attribute and the details line.
     await waitFor(
-      async () => /traversal\/q\/op-1/.test(await temporal('workflow', 'list', '--query', 'TraversalPhase="traversing" AND DeviceId="op-1"', '-o', 'json')),
+      async () =>
+        /traversal\/q\/op-1/.test(
+          await temporal(
+            'workflow',
+            'list',
+            '--query',
+            'TraversalPhase="traversing" AND DeviceId="op-1"',
+            '-o',
+            'json',
+          ),
+        ),
       10_000,
       'the run listed as traversing',
     );
-    const meta = await stack.client.workflow.getHandle(traversalWorkflowId('q', 'op-1')).query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+    const meta = await stack.client.workflow
+      .getHandle(traversalWorkflowId('q', 'op-1'))
+      .query<{ currentDetails?: string }>('__temporal_workflow_metadata');
     assert.match(String(meta.currentDetails), /^com\.example\.operate on op-1 — traversing, \d+%, \d+ screens$/);
 
     // The starter's progress board on the same run: bars for a terminal, one record per change otherwise.
@@ -117,7 +134,16 @@ describe('operating runs with the temporal CLI', function () {
       'one record per change (phase or 25 % step), not one per poll',
     );
 
-    await temporal('workflow', 'signal', '--workflow-id', traversalWorkflowId('q', 'op-1'), '--name', 'budget', '--input', '{"finishNow": true}');
+    await temporal(
+      'workflow',
+      'signal',
+      '--workflow-id',
+      traversalWorkflowId('q', 'op-1'),
+      '--name',
+      'budget',
+      '--input',
+      '{"finishNow": true}',
+    );
     assert.equal((await stack.waitResult('q', 'op-1')).status, 'completed');
   });
 
@@ -125,13 +151,24 @@ describe('operating runs with the temporal CLI', function () {
     await enqueue(req('early', 'op-2', 120));
     await traversing(traversalWorkflowId('early', 'op-2'), 5);
     const t0 = Date.now();
-    await temporal('workflow', 'signal', '--workflow-id', traversalWorkflowId('early', 'op-2'), '--name', 'budget', '--input', '{"finishNow": true}');
+    await temporal(
+      'workflow',
+      'signal',
+      '--workflow-id',
+      traversalWorkflowId('early', 'op-2'),
+      '--name',
+      'budget',
+      '--input',
+      '{"finishNow": true}',
+    );
     const r = await stack.waitResult('early', 'op-2');
     assert.ok(Date.now() - t0 < 20_000, 'finished soon after the signal');
     assert.equal(r.status, 'completed');
     assert.equal(r.stoppedEarly, true);
     assert.ok(r.reportUrl, 'report uploaded');
-    const summary = JSON.parse(readFileSync(path.join(stack.dataDir, 'runs', 'early', 'op-2', 'report', 'summary.json'), 'utf8'));
+    const summary = JSON.parse(
+      readFileSync(path.join(stack.dataDir, 'runs', 'early', 'op-2', 'report', 'summary.json'), 'utf8'),
+    );
     assert.equal(summary.status, 'stopped');
     assert.ok(summary.steps < summary.totalSteps, `stopped at step ${summary.steps} of ${summary.totalSteps}`);
   });
@@ -140,11 +177,22 @@ describe('operating runs with the temporal CLI', function () {
     // 6 s leaves room for a slow CLI on a loaded machine to deliver the signal before the end.
     await enqueue(req('longer', 'op-3', 6));
     await traversing(traversalWorkflowId('longer', 'op-3'));
-    await temporal('workflow', 'signal', '--workflow-id', traversalWorkflowId('longer', 'op-3'), '--name', 'budget', '--input', '{"extendBySec": 4}');
+    await temporal(
+      'workflow',
+      'signal',
+      '--workflow-id',
+      traversalWorkflowId('longer', 'op-3'),
+      '--name',
+      'budget',
+      '--input',
+      '{"extendBySec": 4}',
+    );
     const r = await stack.waitResult('longer', 'op-3');
     assert.equal(r.status, 'completed');
     assert.equal(r.budgetSec, 10);
-    const summary = JSON.parse(readFileSync(path.join(stack.dataDir, 'runs', 'longer', 'op-3', 'report', 'summary.json'), 'utf8'));
+    const summary = JSON.parse(
+      readFileSync(path.join(stack.dataDir, 'runs', 'longer', 'op-3', 'report', 'summary.json'), 'utf8'),
+    );
     assert.equal(summary.totalSteps, 100, 'the tool recomputed its steps for 10 s at 100 ms ticks');
     assert.ok(r.timings.runTraversal! >= 9000, `ran ${r.timings.runTraversal} ms`);
   });
@@ -172,7 +220,9 @@ describe('operating runs with the temporal CLI', function () {
     await temporal('workflow', 'signal', '--workflow-id', deviceWorkflowId('op-5'), '--name', 'pause');
     await enqueue(req('dev-held', 'op-5', 0));
     await new Promise((r) => setTimeout(r, 2000));
-    const state = JSON.parse(await temporal('workflow', 'query', '--workflow-id', deviceWorkflowId('op-5'), '--name', 'state', '-o', 'json'));
+    const state = JSON.parse(
+      await temporal('workflow', 'query', '--workflow-id', deviceWorkflowId('op-5'), '--name', 'state', '-o', 'json'),
+    );
     const s = JSON.stringify(state);
     assert.match(s, /"paused":\s*true/);
     assert.match(s, /dev-held/, 'the task waits in the queue');
@@ -200,13 +250,28 @@ describe('operating runs with the temporal CLI', function () {
   });
 
   it('`workflow list --query` finds runs by DeviceId, TaskId, AppPackage and TraversalPhase', async function () {
-    const list = async (q: string) => JSON.parse(await temporal('workflow', 'list', '--query', q, '-o', 'json')) as { execution?: { workflowId?: string }; workflowId?: string }[];
-    const ids = (rows: { execution?: { workflowId?: string } }[]) => rows.map((r) => r.execution?.workflowId ?? (r as { workflowId?: string }).workflowId);
-    await waitFor(async () => ids(await list('DeviceId="op-4" AND WorkflowType="traversalWorkflow"')).includes('traversal/pause/op-4'), 20_000, 'DeviceId query');
+    const list = async (q: string) =>
+      JSON.parse(await temporal('workflow', 'list', '--query', q, '-o', 'json')) as {
+        execution?: { workflowId?: string };
+        workflowId?: string;
+      }[];
+    const ids = (rows: { execution?: { workflowId?: string } }[]) =>
+      rows.map((r) => r.execution?.workflowId ?? (r as { workflowId?: string }).workflowId);
+    await waitFor(
+      async () =>
+        ids(await list('DeviceId="op-4" AND WorkflowType="traversalWorkflow"')).includes('traversal/pause/op-4'),
+      20_000,
+      'DeviceId query',
+    );
     assert.deepEqual(ids(await list('TaskId="longer"')), ['traversal/longer/op-3']);
     const byPackage = ids(await list('AppPackage="com.example.operate" AND TaskId="early"'));
     assert.deepEqual(byPackage, ['traversal/early/op-2']);
-    await waitFor(async () => ids(await list('TraversalPhase="cancelled" AND DeviceId="op-6"')).includes('traversal/cli-cancel/op-6'), 20_000, 'phase query');
+    await waitFor(
+      async () =>
+        ids(await list('TraversalPhase="cancelled" AND DeviceId="op-6"')).includes('traversal/cli-cancel/op-6'),
+      20_000,
+      'phase query',
+    );
     const completed = ids(await list('TraversalPhase="completed" AND DeviceId="op-6"'));
     assert.deepEqual(completed, ['traversal/cli-next/op-6']);
     await fsp.access(stack.dataDir);

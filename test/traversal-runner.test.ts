@@ -1,6 +1,9 @@
 /**
- * The traversal runner on its own, with real child processes and Temporal's activity test
- * environment standing in for a worker (no server is needed to run one activity).
+ * The traversal runner on its own: real child processes (node, /bin/true), real files and signals.
+ * Temporal's MockActivityEnvironment stands in for the worker here, because these cases are about
+ * process handling whose timing a full stack would blur (a command that exits in a millisecond, a
+ * silent one, an orphan left by a dead worker). A hung jar and the jars of a killed worker are also
+ * tested end to end (dev server, Redis, agent simulator, the real jar) in test/faults-*.test.ts.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -14,6 +17,7 @@ import {
   endStaleRun,
   type TraversalRunnerDeps,
 } from '../src/activities/traversal-runner';
+import { pidAlive } from './support/procs';
 import { waitFor } from './support/wait';
 
 describe('the traversal runner', function () {
@@ -84,24 +88,15 @@ describe('the traversal runner', function () {
     await waitFor(async () => existsSync(record), 10_000, 'the run recorded');
     const rec = JSON.parse(readFileSync(record, 'utf8')) as { pid: number; workerPid: number };
     assert.equal(rec.workerPid, process.pid);
-    const alive = (pid: number) => {
-      try {
-        process.kill(pid, 0);
-        return true;
-      } catch {
-        return false;
-      }
-    };
-
     // This process (the run's worker) is alive: a starting worker's sweep leaves the run alone.
     assert.equal(await endStaleRun(d, 'd1', undefined, { onlyOrphans: true }), false);
-    assert.ok(alive(rec.pid), 'the live worker kept its traversal');
+    assert.ok(pidAlive(rec.pid), 'the live worker kept its traversal');
 
     // Now pretend the recording worker died: the same sweep ends the orphan.
     const gone = spawnSync('true').pid!;
     writeFileSync(record, JSON.stringify({ ...rec, workerPid: gone }));
     assert.equal(await endStaleRun(d, 'd1', undefined, { onlyOrphans: true }), true);
-    await waitFor(async () => !alive(rec.pid), 10_000, 'the orphan ended');
+    await waitFor(async () => !pidAlive(rec.pid), 10_000, 'the orphan ended');
     await assert.rejects(running);
   });
 
@@ -123,7 +118,7 @@ describe('the traversal runner', function () {
     );
     const ms = Date.now() - t0;
     assert.ok(ms >= 2000 && ms < 10_000, `ended after ${ms} ms (heartbeat timeout 1 s + 1 s)`);
-    assert.throws(() => process.kill(pid, 0), 'the silent process is gone');
+    assert.ok(!pidAlive(pid), 'the silent process is gone');
   });
 
   it('asks a tool without a control file to stop with TERM when the budget says finish now, and reports it stopped', async function () {

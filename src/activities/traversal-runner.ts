@@ -411,7 +411,7 @@ async function recordRun(deps: TraversalRunnerDeps, deviceId: string, pid: numbe
       workflowId,
       startedAt: new Date().toISOString(),
       workerPid: process.pid,
-      workerStart: await processStartTime(process.pid),
+      workerStart: await OWN_START,
     }),
   );
 }
@@ -480,6 +480,9 @@ export async function processStartTime(pid: number): Promise<string | undefined>
     return undefined;
   }
 }
+
+/** This process's start time, read once. */
+const OWN_START = processStartTime(process.pid);
 
 /** True when the worker that recorded a run is still that same living process. */
 async function workerAlive(rec: RunRecord): Promise<boolean> {

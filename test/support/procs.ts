@@ -270,22 +270,8 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
-/**
- * Polls `pred` every 100 ms until it holds; fails naming `what` after the timeout. Unlike the
- * helper in wait.ts, a throwing `pred` counts as "not yet" (a query while no worker runs, say).
- */
-export async function waitFor(pred: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      if (await pred()) return;
-    } catch {
-      // not ready yet (a query to a workflow without a worker, say)
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(100);
-  }
-}
+/** The shared polling helper (a throwing predicate counts as "not yet"). */
+export { waitFor } from './wait';
 
 /** Resolves after `ms`. */
 export function sleep(ms: number): Promise<void> {

@@ -10,8 +10,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadConfig, PROJECT_ROOT, type Config } from '../../src/config';
-import { resultKey } from '../../src/activities/result-publisher';
 import type { TraversalResult } from '../../src/messages';
+import { waitForResult } from './wait';
 import { AgentSimulator, type AgentSimOptions } from '../../src/sim/agent-sim';
 import { ApkOrigin, type ApkInfo } from '../../src/sim/origin';
 import { TaskBridge } from '../../src/starter-core';
@@ -170,16 +170,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     async push(task) {
       await redis.lpush(`${prefix}traversal:tasks`, typeof task === 'string' ? task : JSON.stringify(task));
     },
-    async waitResult(taskId, deviceId, timeoutMs = 120_000) {
-      const deadline = Date.now() + timeoutMs;
-      const key = resultKey(taskId, deviceId, prefix);
-      while (Date.now() < deadline) {
-        const raw = await redis.get(key);
-        if (raw) return JSON.parse(raw) as TraversalResult;
-        await new Promise((r) => setTimeout(r, 250));
-      }
-      throw new Error(`no result at ${key} within ${timeoutMs} ms`);
-    },
+    waitResult: (taskId, deviceId, timeoutMs) => waitForResult(redis, prefix, taskId, deviceId, timeoutMs),
     async stop() {
       if (stopped) return;
       stopped = true;

@@ -1,15 +1,47 @@
 /** Small polling helpers shared by the end-to-end tests. */
+import type Redis from 'ioredis';
 import { readdirSync, readFileSync } from 'node:fs';
+import { resultKey } from '../../src/activities/result-publisher';
+import type { TraversalResult } from '../../src/messages';
 
-/** Polls `fn` until it returns something truthy; throws naming `what` after the timeout. */
-export async function waitFor<T>(fn: () => Promise<T | undefined | false | null>, timeoutMs = 60_000, what = 'condition'): Promise<T> {
+/**
+ * Polls `fn` every 100 ms until it returns something truthy and returns that; throws naming `what`
+ * after the timeout. A throwing `fn` counts as "not yet" (a query before a worker runs, a server
+ * restarting); the last error is quoted in the timeout message.
+ */
+export async function waitFor<T>(
+  fn: () => T | undefined | false | null | Promise<T | undefined | false | null>,
+  timeoutMs = 60_000,
+  what = 'condition',
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const v = await fn();
-    if (v) return v;
+  let lastError: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) {
+      lastError = err;
+    }
+    if (Date.now() > deadline) {
+      const cause = lastError ? ` (last error: ${lastError instanceof Error ? lastError.message : String(lastError)})` : '';
+      throw new Error(`${what} not met within ${timeoutMs} ms${cause}`);
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`${what} not met within ${timeoutMs} ms`);
+}
+
+/** Waits for the result a traversal publishes in Redis (`prefix` as the stack's key prefix). */
+export async function waitForResult(
+  redis: Redis,
+  prefix: string,
+  taskId: string,
+  deviceId: string,
+  timeoutMs = 120_000,
+): Promise<TraversalResult> {
+  const key = resultKey(taskId, deviceId, prefix);
+  const raw = await waitFor(() => redis.get(key), timeoutMs, `the result at ${key}`);
+  return JSON.parse(raw) as TraversalResult;
 }
 
 /** Pids of live processes started by a worker for a device (the runner marks them with DT_TRAVERSAL_DEVICE). */
