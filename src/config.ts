@@ -45,6 +45,8 @@ export const OPTIONS = {
   traversalCommand: { env: 'DT_TRAVERSAL_COMMAND', kind: 'json-array', default: '["java","-jar","{jar}","--device","{device}","--agent","{agent}","--package","{package}","--out","{outDir}","--duration","{durationSec}","--control","{controlFile}"]', doc: 'Command template as a JSON array; placeholders {jar} {device} {agent} {package} {activity} {outDir} {durationSec} {controlFile}.' },
   traversalResumeArgs: { env: 'DT_TRAVERSAL_RESUME_ARGS', kind: 'json-array', default: '["--resume-from","{checkpoint}"]', doc: 'Arguments added when a retried attempt resumes from a checkpoint.' },
   progressPattern: { env: 'DT_PROGRESS_PATTERN', kind: 'string', default: '^PROGRESS .*?percent=(?<percent>\\d+) screens=(?<screens>\\d+) crashes=(?<crashes>\\d+) anrs=(?<anrs>\\d+) checkpoint=(?<checkpoint>\\S+)', doc: 'Regex with named groups percent, screens, crashes, anrs, checkpoint matching progress lines.' },
+  findingPattern: { env: 'DT_FINDING_PATTERN', kind: 'string', default: '^FINDING (?<json>\\{.*\\})\\s*$', doc: 'Regex with a named group json matching a line on which the tool reports one crash or ANR as a JSON object {kind, exception, message, frames, step, screenshot}.' },
+  reportShipMs: { env: 'DT_REPORT_SHIP_INTERVAL', kind: 'duration', default: '30s', doc: 'How often a running traversal ships its new and changed report files to the report sink (findings are shipped as soon as they are printed), ms or duration.' },
   workflowBundle: { env: 'DT_WORKFLOW_BUNDLE', kind: 'string', default: '', doc: 'Prebuilt workflow bundle (built by scripts/setup.sh into lib/workflow-bundle.js); empty bundles src/workflows at start.' },
   killGraceMs: { env: 'DT_KILL_GRACE', kind: 'duration', default: '5s', doc: 'Time between TERM and KILL when a traversal is stopped, ms or a duration like 5s.' },
   sdkMetricsPort: { env: 'DT_SDK_METRICS_PORT', kind: 'int', default: '0', doc: "Port of the Temporal SDK's own Prometheus exporter on 127.0.0.1 (merged into /metrics); 0 picks a free one." },
@@ -64,7 +66,7 @@ export const OPTIONS = {
   quarantineAfter: { env: 'DT_QUARANTINE_AFTER', kind: 'int', default: '3', doc: "Read by the starter, which puts it in each request's run policy; the worker's own value is ignored. Consecutive infrastructure failures (offline, agent down, busy, timeouts) after which a device stops taking work until a resume signal; 0 never quarantines." },
   stickyTimeoutMs: { env: 'DT_STICKY_TIMEOUT', kind: 'duration', default: '10s', doc: "How long a workflow task waits for the worker that cached its workflow before any worker may take it (Temporal's sticky queue timeout); after a worker dies, its workflows stall up to this long, ms or duration." },
   redisKeyPrefix: { env: 'DT_REDIS_KEY_PREFIX', kind: 'string', default: '', doc: 'Prefix put before every Redis key the starter and worker use (tasks, dead letters, results), for sharing one Redis between deployments.' },
-  progressSignalMs: { env: 'DT_PROGRESS_SIGNAL_INTERVAL', kind: 'duration', default: '3s', doc: 'How often running traversals push progress to their workflow, ms or duration.' },
+  controlPollMs: { env: 'DT_CONTROL_POLL_INTERVAL', kind: 'duration', default: '2s', doc: "How often a running traversal asks its workflow (by query, which writes no history) for budget changes and pause; a budget or pause signal reaches the tool within about this time, ms or duration." },
   progress: { env: 'DT_PROGRESS', kind: 'enum', values: ['auto', 'bars', 'lines', 'off'], default: 'auto', doc: "Starter's live progress: bars on a terminal, plain lines otherwise ('auto'), or forced/off." },
   logLevel: { env: 'DT_LOG_LEVEL', kind: 'enum', values: ['debug', 'info', 'warn', 'error'], default: 'info', doc: 'Least severe log level printed.' },
 } satisfies Record<string, OptionSpec>;
@@ -93,6 +95,8 @@ export interface Config {
   traversalCommand: string[];
   traversalResumeArgs: string[];
   progressPattern: RegExp;
+  findingPattern: RegExp;
+  reportShipMs: number;
   workflowBundle: string;
   killGraceMs: number;
   sdkMetricsPort: number;
@@ -112,7 +116,7 @@ export interface Config {
   quarantineAfter: number;
   stickyTimeoutMs: number;
   redisKeyPrefix: string;
-  progressSignalMs: number;
+  controlPollMs: number;
   progress: 'auto' | 'bars' | 'lines' | 'off';
   logLevel: 'debug' | 'info' | 'warn' | 'error';
 }
@@ -193,12 +197,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     const raw = env[spec.env];
     out[key] = convert(key, spec, raw === undefined || raw === '' ? spec.default : raw);
   }
-  const cfg = out as unknown as Config & { progressPattern: string | RegExp };
+  const cfg = out as unknown as Config & { progressPattern: string | RegExp; findingPattern: string | RegExp };
   try {
     cfg.progressPattern = new RegExp(cfg.progressPattern as string);
   } catch (err) {
     throw new ConfigError(`DT_PROGRESS_PATTERN is not a valid regular expression: ${(err as Error).message}`);
   }
+  try {
+    cfg.findingPattern = new RegExp(cfg.findingPattern as string);
+  } catch (err) {
+    throw new ConfigError(`DT_FINDING_PATTERN is not a valid regular expression: ${(err as Error).message}`);
+  }
+  if (!/\(\?<json>/.test(cfg.findingPattern.source)) throw new ConfigError('DT_FINDING_PATTERN is invalid: it needs a named group (?<json>…)');
   cfg.dataDir = path.resolve(PROJECT_ROOT, cfg.dataDir);
   cfg.apkCacheDir = cfg.apkCacheDir ? path.resolve(PROJECT_ROOT, cfg.apkCacheDir) : path.join(cfg.dataDir, 'apk-cache');
   cfg.traversalJar = path.resolve(PROJECT_ROOT, cfg.traversalJar);

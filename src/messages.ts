@@ -100,6 +100,32 @@ export interface ProgressUpdate {
   attempt: number;
 }
 
+/** What a finding is: an app crash or an ANR (Application Not Responding). */
+export type FindingKind = 'crash' | 'anr';
+
+/**
+ * One crash or ANR the traversal tool reported, as it was found. `signature` is a short stable hash
+ * of the kind, the exception class and the top in-app frames (src/findings.ts), equal for the same
+ * bug on any device, attempt or run.
+ */
+export interface Finding {
+  kind: FindingKind;
+  signature: string;
+  /** Exception class (for an ANR, what the tool calls it, e.g. "ANR"). */
+  exception: string;
+  message: string;
+  /** Stack frames as the tool printed them, top first (empty on repeats of a signature in a result). */
+  frames: string[];
+  /** The tool's step (checkpoint unit) at which it was found. */
+  step?: number;
+  /** Attempt of the traversal step that found it. */
+  attempt: number;
+  /** ISO time it was found. */
+  foundAt: string;
+  /** Screenshot path inside the report archive. */
+  screenshot?: string;
+}
+
 /** A change of a traversal's time budget, sent with the `budget` signal. */
 export interface BudgetChange {
   /** New total budget, seconds. */
@@ -110,11 +136,16 @@ export interface BudgetChange {
   finishNow?: boolean;
 }
 
-/** The budget in force; `version` grows with every change so the runner can tell what is new. */
+/**
+ * The budget in force and whether the run is paused; `version` grows with every budget change so
+ * the runner can tell what is new. The running traversal reads it with the `budget` query.
+ */
 export interface TraversalBudget {
   durationSec: number;
   finishNow: boolean;
   version: number;
+  /** True while a `pause` signal holds the run (the tool is held too, not only the next step). */
+  paused?: boolean;
 }
 
 /**
@@ -140,8 +171,16 @@ export interface TraversalResult {
   installMs?: number;
   coldStartMs?: number;
   screens: number;
+  /** Crashes and ANRs found: the counts of their kind in `findings` (plus `findingsOmitted`). */
   crashes: number;
   anrs: number;
+  /**
+   * Every crash and ANR found, across all attempts and hosts, in the order found. Repeats of one
+   * signature carry no message or frames; the report's findings.json has everything.
+   */
+  findings: Finding[];
+  /** Findings left out of `findings` to keep the result small (all are in findings.json). */
+  findingsOmitted?: number;
   reportUrl?: string;
   /** Attempt of the traversal step that finished, and the checkpoint it resumed from (if any). */
   traversalAttempt?: number;

@@ -113,7 +113,7 @@ describe('identifiers', function () {
         jar: '',
         progressPattern: /^$/,
         killGraceMs: 100,
-        progressPushMs: 1000,
+        controlPollMs: 1000,
       }),
     );
     for (const [id] of HOSTILE_IDS) {
@@ -210,7 +210,7 @@ describe('identifiers', function () {
       jar: '',
       progressPattern: /^$/,
       killGraceMs: 100,
-      progressPushMs: 60_000,
+      controlPollMs: 60_000,
     });
     await quiet().run(acts.runTraversal, {
       taskId: 'argv',

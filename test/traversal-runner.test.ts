@@ -33,7 +33,7 @@ describe('the traversal runner', function () {
     jar: '',
     progressPattern: /^progress percent=(?<percent>\d+)$/,
     killGraceMs: 200,
-    progressPushMs: 1000,
+    controlPollMs: 1000,
   });
   const input = {
     taskId: 't1',
@@ -127,7 +127,7 @@ describe('the traversal runner', function () {
     let asked = 0;
     const d: TraversalRunnerDeps = {
       ...deps([process.execPath, '-e', script]),
-      progressPushMs: 200,
+      controlPollMs: 200,
       pushProgress: async () => undefined,
       // The workflow's budget, read with each progress push: "finish now" from the second read on.
       readBudget: async () => (++asked >= 2 ? { version: 1, durationSec: 60, finishNow: true } : undefined),

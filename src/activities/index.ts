@@ -12,6 +12,7 @@ import type { ApkCache } from './apk-cache';
 import { checkDeviceOnline, createDeviceAgentActivities, type DeviceAgentDeps } from './device-agent';
 import { guardIdentifiers } from './guard';
 import { createReportSinkActivities } from './report-sink';
+import { ReportStore } from './report-store';
 import { createResultPublisherActivities } from './result-publisher';
 import { createTraversalRunnerActivities } from './traversal-runner';
 
@@ -43,6 +44,7 @@ export function createActivities(deps: ActivityDeps) {
     // Renews the blob's lease too, so it is not evicted before the agent has fetched it.
     localInstallUrl: async (sha256) => ((await deps.cache.touch(sha256)) ? installUrlFor(sha256) : undefined),
   };
+  const store = new ReportStore({ sink: config.reportSink, token: config.reportSinkToken, dispatcher: deps.dispatcher });
   return withTypedFailures(guardIdentifiers({
     ...createApkActivities({
       cache: deps.cache,
@@ -59,10 +61,13 @@ export function createActivities(deps: ActivityDeps) {
       resumeArgs: config.traversalResumeArgs,
       jar: config.traversalJar,
       progressPattern: config.progressPattern,
+      findingPattern: config.findingPattern,
+      store,
+      reportShipMs: config.reportShipMs,
       killGraceMs: config.killGraceMs,
       pushProgress: deps.pushProgress,
       readBudget: deps.readBudget,
-      progressPushMs: config.progressSignalMs,
+      controlPollMs: config.controlPollMs,
       maxConcurrent: config.maxConcurrentTraversals,
       metrics: deps.metrics,
       checkDevice: (agentUrl, deviceId, signal) => checkDeviceOnline(agentDeps, agentUrl, deviceId, signal),

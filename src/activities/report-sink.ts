@@ -1,19 +1,24 @@
 /**
- * Streams a report folder as tar.gz to the report sink: a local folder (`file:///dir`) or an
- * HTTP(S) endpoint (streamed PUT). The archive is never built in memory.
+ * The final report: merges what every attempt of a traversal produced, on this host or shipped
+ * from others (report-parts.ts), into one tar.gz streamed to the sink (a local folder or an HTTP(S)
+ * endpoint). The archive holds the last attempt's report folder at its root, files that only
+ * earlier attempts wrote under `attempts/attempt-<n>/`, and `findings.json` with every finding.
+ * It is never built in memory: parts from an HTTP sink are staged on disk first.
  */
 import { Context } from '@temporalio/activity';
 import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { PassThrough, Transform, type Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { fileURLToPath } from 'node:url';
-import { createGzip } from 'node:zlib';
 import * as tar from 'tar-stream';
-import { request, type Dispatcher } from 'undici';
-import { InvalidTaskError, ReportUploadError, TraversalError } from '../errors';
+import { createGzip } from 'node:zlib';
+import type { Dispatcher } from 'undici';
+import { InvalidTaskError, TraversalError } from '../errors';
+import { findingsForResult, mergeFindings } from '../findings';
+import type { Finding } from '../messages';
 import { checkIdentifier } from '../task';
-import { refusedFor, UrlRefusedError } from '../url-policy';
+import { listReportFiles, localFindingsFile } from './report-parts';
+import { partKey, ReportStore, type AttemptManifest } from './report-store';
 
 /** The report is larger than the configured cap; retrying produces the same report. */
 export class ReportTooLargeError extends TraversalError {
@@ -44,7 +49,7 @@ function insideRoot(root: string, dir: string): string {
 
 /** Options of the report sink. */
 export interface ReportSinkDeps {
-  /** Root of per-run folders; a report without an explicit folder is found here. */
+  /** Root of per-run folders; a run's report is found here. */
   runsDir: string;
   /** `file:///dir` or an http(s) base URL. */
   sink: string;
@@ -59,46 +64,40 @@ export interface ReportSinkDeps {
 export interface UploadReportInput {
   taskId: string;
   deviceId: string;
-  /** Report folder; default <runsDir>/<taskId>/<deviceId>/report. */
+  /** Highest attempt of the traversal step that may have left parts (default 1). */
+  attempts?: number;
+  /** Report folder of a run that left no attempt parts; default <runsDir>/<taskId>/<deviceId>/report. */
   reportDir?: string;
   /** True when the run did not finish (cancelled or failed): the archive name says so. */
   partial?: boolean;
 }
 
-/** Where the report went. */
+/** Where the report went, and every finding it holds. */
 export interface UploadReportResult {
   url: string;
   bytes: number;
   files: number;
+  /** Findings of all attempts, as a result carries them (see findingsForResult). */
+  findings: Finding[];
+  findingsOmitted?: number;
+  crashes: number;
+  anrs: number;
+  /** Attempts whose parts went into the archive. */
+  attempts: number[];
 }
 
-async function listFiles(root: string): Promise<string[]> {
-  const out: string[] = [];
-  async function walk(dir: string): Promise<void> {
-    let entries: import('node:fs').Dirent[];
-    try {
-      entries = await fsp.readdir(dir, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries.sort((a, b) => a.name.localeCompare(b.name))) {
-      const full = path.join(dir, e.name);
-      if (e.isDirectory()) await walk(full);
-      else if (e.isFile()) out.push(full);
-    }
-  }
-  await walk(root);
-  return out;
-}
-
-/** A readable tar.gz stream of a folder, written file by file. */
-export function tarGzFolder(root: string, files: string[]): Readable {
+/** A tar.gz stream of named files read from disk one after the other. */
+export function tarGz(entries: { name: string; file?: string; data?: Buffer }[]): Readable {
   const pack = tar.pack();
   (async () => {
-    for (const file of files) {
-      const st = await fsp.stat(file);
-      const entry = pack.entry({ name: path.relative(root, file).split(path.sep).join('/'), size: st.size, mode: 0o644, mtime: st.mtime });
-      await pipeline(createReadStream(file), entry);
+    for (const e of entries) {
+      if (e.data) {
+        pack.entry({ name: e.name, mode: 0o644 }, e.data);
+        continue;
+      }
+      const st = await fsp.stat(e.file!);
+      const entry = pack.entry({ name: e.name, size: st.size, mode: 0o644, mtime: st.mtime });
+      await pipeline(createReadStream(e.file!), entry);
     }
     pack.finalize();
   })().catch((err) => pack.destroy(err as Error));
@@ -112,71 +111,155 @@ export function tarGzFolder(root: string, files: string[]): Readable {
   return pack.pipe(gz);
 }
 
+/** The findings of a local JSON-lines file (lines cut by a crash are skipped). */
+async function readLocalFindings(file: string): Promise<Finding[]> {
+  const text = await fsp.readFile(file, 'utf8').catch(() => '');
+  const out: Finding[] = [];
+  for (const line of text.split('\n'))
+    if (line.trim())
+      try {
+        out.push(JSON.parse(line) as Finding);
+      } catch {
+        // a line cut short when its worker died
+      }
+  return out;
+}
+
+/** What one attempt left, on this host or in the sink. */
+interface AttemptSource {
+  attempt: number;
+  /** Ran on this host: its files are in the local report folder. */
+  local: boolean;
+  /** Report files, relative path → file on disk (local, in a file sink, or staged from HTTP). */
+  files: Map<string, string>;
+  findings: Finding[];
+}
+
 /** Builds the uploadReport activity. */
 export function createReportSinkActivities(deps: ReportSinkDeps) {
   const maxBytes = deps.maxBytes ?? 1024 ** 3;
   if (/^https?:\/\/[^/]*@/.test(deps.sink)) throw new Error('the report sink URL carries credentials; give the token separately (DT_REPORT_SINK_TOKEN)');
+  const store = new ReportStore({ sink: deps.sink, token: deps.token, dispatcher: deps.dispatcher });
+
+  /** A file of the sink on disk: itself for a file sink, else downloaded into `staging`. */
+  async function fetchPart(key: string[], staging: string, signal: AbortSignal): Promise<string | undefined> {
+    const direct = store.localPath(key);
+    if (direct) return (await fsp.stat(direct).catch(() => undefined))?.isFile() ? direct : undefined;
+    const body = await store.get(key, signal);
+    if (!body) return undefined;
+    const file = path.join(staging, ...key);
+    await fsp.mkdir(path.dirname(file), { recursive: true });
+    await pipeline(body, createWriteStream(file), { signal });
+    return file;
+  }
+
+  /** Reads what attempt `n` shipped to the sink; undefined when it left nothing. */
+  async function sinkAttempt(taskId: string, deviceId: string, n: number, staging: string, signal: AbortSignal): Promise<AttemptSource | undefined> {
+    const manifest = await store.getJson<AttemptManifest>(partKey(taskId, deviceId, n, 'manifest.json'), signal);
+    const findings: Finding[] = [];
+    // Findings are numbered without gaps; a shipper that died may have got past its last manifest.
+    for (let seq = 1, misses = 0; misses < 3 || seq <= (manifest?.findings ?? 0); seq++) {
+      const f = await store.getJson<Finding>(partKey(taskId, deviceId, n, 'findings', `${seq}.json`), signal);
+      if (f) {
+        findings.push(f);
+        misses = 0;
+      } else misses++;
+    }
+    if (!manifest && findings.length === 0) return undefined;
+    const wanted = new Set([...(manifest?.files ?? []).map((f) => f.path), ...findings.flatMap((f) => (f.screenshot ? [f.screenshot] : []))]);
+    const files = new Map<string, string>();
+    for (const rel of wanted) {
+      const file = await fetchPart(partKey(taskId, deviceId, n, 'files', ...rel.split('/')), staging, signal);
+      if (file) files.set(rel, file);
+    }
+    return { attempt: n, local: false, files, findings };
+  }
+
   return {
-    /** Packs the report folder and streams it to the sink; returns the report's URL. */
+    /** Merges every attempt's report and findings into one tar.gz in the sink; returns its URL and the findings. */
     async uploadReport(input: UploadReportInput): Promise<UploadReportResult> {
       const ctx = Context.current();
+      const signal = ctx.cancellationSignal;
       checkIds(input);
-      const reportDir = insideRoot(deps.runsDir, input.reportDir ?? path.join(input.taskId, input.deviceId, 'report'));
-      const files = await listFiles(reportDir);
-      const name = `${input.deviceId}${input.partial ? '.partial' : ''}.tar.gz`;
-      let bytes = 0;
-      const meter = new Transform({
-        transform(chunk: Buffer, _e, cb) {
-          bytes += chunk.length;
-          if (bytes > maxBytes) return cb(new ReportTooLargeError(maxBytes));
-          ctx.heartbeat({ bytes });
-          cb(null, chunk);
-        },
-      });
-      const source = tarGzFolder(reportDir, files);
-      if (deps.sink.startsWith('file://')) {
-        const dir = path.join(fileURLToPath(deps.sink), input.taskId);
-        await fsp.mkdir(dir, { recursive: true });
-        const dest = path.join(dir, name);
-        const tmp = `${dest}.${process.pid}.tmp`;
+      const runDir = insideRoot(deps.runsDir, path.join(input.taskId, input.deviceId));
+      const localReport = insideRoot(deps.runsDir, input.reportDir ?? path.join(input.taskId, input.deviceId, 'report'));
+      const staging = path.join(runDir, `.merge-${process.pid}-${Date.now()}`);
+      try {
+        const localFiles = async () => new Map((await listReportFiles(localReport)).map((rel) => [rel, path.join(localReport, rel)]));
+        const sources: AttemptSource[] = [];
+        for (let n = 1; n <= Math.max(1, input.attempts ?? 1); n++) {
+          const marker = localFindingsFile(runDir, n);
+          if (await fsp.stat(marker).then(() => true, () => false)) {
+            sources.push({ attempt: n, local: true, files: await localFiles(), findings: await readLocalFindings(marker) });
+          } else {
+            const s = await sinkAttempt(input.taskId, input.deviceId, n, staging, signal);
+            if (s) sources.push(s);
+          }
+          ctx.heartbeat({ attempt: n });
+        }
+        // A run that left no attempt traces (an older run, or a direct call): its local folder.
+        if (sources.length === 0) sources.push({ attempt: 0, local: true, files: await localFiles(), findings: [] });
+
+        // The last attempt's folder is the root; what only earlier attempts wrote goes under attempts/.
+        const last = sources[sources.length - 1]!;
+        const entries: { name: string; file?: string; data?: Buffer }[] = [];
+        const placed = new Map<string, string>(); // "<attempt>:<rel>" → archive name
+        for (const [rel, file] of last.files) {
+          entries.push({ name: rel, file });
+          placed.set(`${last.attempt}:${rel}`, rel);
+        }
+        for (const s of sources.slice(0, -1)) {
+          for (const [rel, file] of s.files) {
+            // Attempts on this host share one local folder; a file the last attempt also wrote is its newer copy.
+            if ((s.local && last.local) || last.files.has(rel)) placed.set(`${s.attempt}:${rel}`, rel);
+            else {
+              const name = `attempts/attempt-${s.attempt}/${rel}`;
+              entries.push({ name, file });
+              placed.set(`${s.attempt}:${rel}`, name);
+            }
+          }
+        }
+        const all = mergeFindings(sources.map((s) => s.findings)).map((f) => {
+          const where = f.screenshot ? placed.get(`${f.attempt}:${f.screenshot}`) : undefined;
+          const moved: Finding = { ...f, screenshot: where };
+          if (!where) delete moved.screenshot;
+          return moved;
+        });
+        entries.push({ name: 'findings.json', data: Buffer.from(`${JSON.stringify(all, null, 2)}\n`) });
+
+        let bytes = 0;
+        const meter = new Transform({
+          transform(chunk: Buffer, _e, cb) {
+            bytes += chunk.length;
+            if (bytes > maxBytes) return cb(new ReportTooLargeError(maxBytes));
+            ctx.heartbeat({ bytes });
+            cb(null, chunk);
+          },
+        });
+        // pipeline() ends the archive too when the meter stops it; the put below sees the error.
+        pipeline(tarGz(entries), meter).catch(() => undefined);
+        const key = [input.taskId, `${input.deviceId}${input.partial ? '.partial' : ''}.tar.gz`];
         try {
-          await pipeline(source, meter, createWriteStream(tmp), { signal: ctx.cancellationSignal });
+          await store.put(key, meter, signal);
         } catch (err) {
-          await fsp.rm(tmp, { force: true });
+          // A cap hit while streaming surfaces as an aborted request; report the cap.
+          if (bytes > maxBytes) throw new ReportTooLargeError(maxBytes);
           throw err;
         }
-        await fsp.rename(tmp, dest);
-        return { url: `file://${dest}`, bytes, files: files.length };
+        const result = findingsForResult(all);
+        return {
+          url: store.url(key),
+          bytes,
+          files: entries.length,
+          findings: result.findings,
+          ...(result.omitted ? { findingsOmitted: result.omitted } : {}),
+          crashes: result.crashes,
+          anrs: result.anrs,
+          attempts: sources.map((s) => s.attempt).filter((n) => n > 0),
+        };
+      } finally {
+        await fsp.rm(staging, { recursive: true, force: true });
       }
-      const url = `${deps.sink.replace(/\/+$/, '')}/${encodeURIComponent(input.taskId)}/${encodeURIComponent(name)}`;
-      const body = new PassThrough();
-      const pumping = pipeline(source, meter, body);
-      pumping.catch(() => undefined); // observed below; this only keeps an early failure from counting as unhandled
-      try {
-        const res = await request(url, {
-          method: 'PUT',
-          body,
-          headers: {
-            'content-type': 'application/gzip',
-            ...(deps.token ? { authorization: `Bearer ${deps.token}` } : {}),
-          },
-          dispatcher: deps.dispatcher,
-          signal: ctx.cancellationSignal,
-        });
-        await res.body.dump();
-        await pumping;
-        if (res.statusCode >= 300) throw new ReportUploadError(deps.sink, `HTTP ${res.statusCode}`);
-      } catch (err) {
-        body.destroy();
-        // A cap hit while streaming surfaces as the pump's error; prefer it to the aborted request.
-        const pumpErr = await pumping.then(() => undefined, (e: unknown) => e);
-        if (pumpErr instanceof ReportTooLargeError) throw pumpErr;
-        if (err instanceof UrlRefusedError) throw refusedFor(`report sink ${deps.sink}`, err);
-        if (err instanceof TraversalError || ctx.cancellationSignal.aborted) throw err;
-        const e = err as { code?: string; message?: string };
-        throw new ReportUploadError(deps.sink, `${e.code ?? ''} ${e.message ?? String(err)}`.trim());
-      }
-      return { url, bytes, files: files.length };
     },
   };
 }

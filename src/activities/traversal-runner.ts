@@ -1,16 +1,29 @@
 /**
  * Runs the traversal command (by default the simulator jar via `java -jar`) as a child process:
- * an argument array and never a shell, its own process group, output to a log file line by line,
- * progress lines turned into heartbeats (the checkpoint a retry resumes from).
+ * an argument array and never a shell, its own process group, output to a log file line by line.
+ *
+ * What reaches Temporal, and what it costs in workflow history (a 10-hour run must stay far below
+ * the 10,240-event warning, so nothing periodic may write history):
+ * - every progress line → a heartbeat with the checkpoint (no history; throttled by the SDK), which
+ *   the Web UI and `temporal workflow describe` show and a retry resumes from;
+ * - a signal to the workflow only when the phase starts or the percent crosses a 5-point step
+ *   (at most ~21 per attempt, whatever the duration), for the `progress` query and the details;
+ * - budget and pause are read with a query every DT_CONTROL_POLL_INTERVAL (no history);
+ * - each finding (crash or ANR) is shipped to the report sink at once, and the report files every
+ *   DT_REPORT_SHIP_INTERVAL (report-parts.ts); the checkpoint does not move past a finding until it
+ *   is in the sink, so a lost host at worst makes the retry find it again.
  */
 import { Context } from '@temporalio/activity';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
-import { TraversalExitError, TraversalHungError, TraversalStartError } from '../errors';
+import { ReportUploadError, TraversalExitError, TraversalHungError, TraversalStartError } from '../errors';
+import { parseFindingLine, toFinding } from '../findings';
 import type { ProgressUpdate, TraversalBudget } from '../messages';
 import type { Metrics } from '../metrics';
+import { AttemptShipper } from './report-parts';
+import type { ReportStore } from './report-store';
 
 /** Options of the traversal runner. */
 export interface TraversalRunnerDeps {
@@ -26,14 +39,20 @@ export interface TraversalRunnerDeps {
   jar: string;
   /** Regex with named groups percent, screens, crashes, anrs, checkpoint. */
   progressPattern: RegExp;
+  /** Regex with a named group json: a line reporting one finding. Unset: findings are not parsed. */
+  findingPattern?: RegExp;
+  /** The report sink, where findings and report files go while the tool runs. Unset: they stay local. */
+  store?: ReportStore;
+  /** Time between two shipments of changed report files, ms (default 30000). */
+  reportShipMs?: number;
   /** TERM-to-KILL grace period, ms. */
   killGraceMs: number;
-  /** Pushes progress to the workflow (throttled by the caller); failures are ignored. */
+  /** Signals progress to the workflow (called on phase start and 5-point steps); failures are ignored. */
   pushProgress?: (workflowId: string, update: ProgressUpdate) => Promise<void>;
-  /** Reads the workflow's current time budget (polled with each progress push). */
+  /** Reads the workflow's current time budget and pause state (a query: no history). */
   readBudget?: (workflowId: string) => Promise<TraversalBudget | undefined>;
-  /** Minimum time between two progress pushes, ms. */
-  progressPushMs: number;
+  /** Time between two budget reads, ms. */
+  controlPollMs: number;
   /**
    * Asks the agent whether the device is online: throws DeviceOfflineError when it is not,
    * returns other trouble (agent unreachable) without throwing. Unset: the device is not watched.
@@ -63,6 +82,8 @@ export interface RunTraversalResult {
   screens: number;
   crashes: number;
   anrs: number;
+  /** Findings this attempt reported (all attempts' are merged by uploadReport). */
+  findings?: number;
   reportDir: string;
   logFile: string;
   resumedFrom?: string;
@@ -79,12 +100,19 @@ export interface TraversalCheckpoint {
   crashes: number;
   anrs: number;
   pid?: number;
+  /** Findings this attempt reported so far. */
+  findings?: number;
+  paused?: boolean;
 }
 
 /** Environment variable set in the child so a stale process can be recognised after a crash. */
 const MARKER = 'DT_TRAVERSAL_DEVICE';
 /** Variables never handed to the traversal command: credentials of this service. */
 const SECRET_ENV = /^(TEMPORAL_|REDIS_|DT_REPORT_SINK_TOKEN|DT_ARTIFACT_TOKEN)/;
+/** Progress reaches the workflow in steps of this many percent. */
+export const PROGRESS_STEP_PERCENT = 5;
+/** Longest wait for the last shipment of an attempt's report parts, ms. */
+const FINAL_SHIP_MS = 120_000;
 
 /** Folder of one run (report, logs, control file). */
 export function runDir(runsDir: string, taskId: string, deviceId: string): string {
@@ -94,6 +122,11 @@ export function runDir(runsDir: string, taskId: string, deviceId: string): strin
 /** Fills `{name}` placeholders; unknown names are left as they are. */
 export function fillTemplate(args: string[], values: Record<string, string>): string[] {
   return args.map((a) => a.replace(/\{(\w+)\}/g, (m, k: string) => values[k] ?? m));
+}
+
+/** The control file's text: the budget, and `pause` or `stop` when asked. */
+export function controlText(b: TraversalBudget): string {
+  return `duration=${b.durationSec}\n${b.paused ? 'pause\n' : ''}${b.finishNow ? 'stop\n' : ''}`;
 }
 
 /** Builds the runTraversal activity. */
@@ -126,6 +159,145 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
   };
 }
 
+/**
+ * The progress of one attempt and where it goes: heartbeats on every change, a signal to the
+ * workflow only on a new 5-point step. The checkpoint in the heartbeat is held back while a
+ * finding is on its way to the sink.
+ */
+class ProgressReporter {
+  readonly state: TraversalCheckpoint;
+  /** The tool's latest checkpoint; `state.checkpoint` lags behind it while findings ship. */
+  private latest?: string;
+  private lastStep = -1;
+  private pushing?: Promise<void>;
+
+  constructor(
+    private readonly ctx: Context,
+    private readonly deps: TraversalRunnerDeps,
+    private readonly workflowId: string,
+    previous: TraversalCheckpoint | undefined,
+    resumeFrom: string | undefined,
+    pid: number,
+    private readonly shipper: AttemptShipper,
+  ) {
+    this.latest = resumeFrom;
+    this.state = {
+      checkpoint: resumeFrom,
+      percent: previous?.percent ?? 0,
+      screens: previous?.screens ?? 0,
+      crashes: previous?.crashes ?? 0,
+      anrs: previous?.anrs ?? 0,
+      pid,
+      findings: 0,
+    };
+  }
+
+  /** Takes one parsed progress line. */
+  update(g: Record<string, string | undefined>): void {
+    const s = this.state;
+    s.percent = Number(g.percent ?? s.percent);
+    s.screens = Number(g.screens ?? s.screens);
+    s.crashes = Number(g.crashes ?? s.crashes);
+    s.anrs = Number(g.anrs ?? s.anrs);
+    if (g.checkpoint !== undefined) this.latest = g.checkpoint;
+    this.release();
+    this.heartbeat();
+    this.signal(false);
+  }
+
+  /** Moves the heartbeat's checkpoint up to the tool's once no finding is in flight. */
+  release(): void {
+    if (!this.shipper.busy) this.state.checkpoint = this.latest;
+    this.state.findings = this.shipper.findings;
+  }
+
+  heartbeat(): void {
+    this.ctx.heartbeat(this.state);
+  }
+
+  /** Signals the workflow when the percent entered a new step (or always with `force`). */
+  signal(force: boolean): void {
+    const step = Math.floor(this.state.percent / PROGRESS_STEP_PERCENT);
+    if (!this.deps.pushProgress || this.pushing || (!force && step === this.lastStep)) return;
+    this.lastStep = step;
+    const { percent, screens, crashes, anrs, checkpoint } = this.state;
+    this.pushing = this.deps
+      .pushProgress(this.workflowId, { percent, screens, crashes, anrs, checkpoint, attempt: this.ctx.info.attempt })
+      .catch((err) => this.ctx.log.debug('progress signal failed', { error: String(err) }))
+      .finally(() => (this.pushing = undefined));
+  }
+
+  /** Waits for a signal still on its way (so the last one is not lost when the activity returns). */
+  async settle(): Promise<void> {
+    await this.pushing;
+  }
+}
+
+/**
+ * Brings budget changes and pause from the workflow to the running tool: through its control file
+ * when the command has one, else with TERM (finish now) and STOP/CONT of its process group (pause).
+ */
+class ControlChannel {
+  private version = 0;
+  private paused = false;
+  stopRequested = false;
+  private reading = false;
+
+  constructor(
+    private readonly ctx: Context,
+    private readonly deps: TraversalRunnerDeps,
+    private readonly workflowId: string,
+    private readonly controlFile: string,
+    private readonly pid: number,
+    private readonly onPause: (paused: boolean) => void,
+  ) {}
+
+  private get usesFile(): boolean {
+    return this.deps.command.some((a) => a.includes('{controlFile}'));
+  }
+
+  /** One read of the workflow's budget and pause state. */
+  poll(): void {
+    if (!this.deps.readBudget || this.reading) return;
+    this.reading = true;
+    this.deps
+      .readBudget(this.workflowId)
+      .then((b) => this.apply(b))
+      .catch((err) => this.ctx.log.debug('reading the traversal budget failed', { error: String(err) }))
+      .finally(() => (this.reading = false));
+  }
+
+  private async apply(b: TraversalBudget | undefined): Promise<void> {
+    if (!b) return;
+    const paused = b.paused === true;
+    if (b.version <= this.version && paused === this.paused) return;
+    const pauseChanged = paused !== this.paused;
+    this.version = Math.max(this.version, b.version);
+    this.paused = paused;
+    this.ctx.log.info(pauseChanged ? (paused ? 'pausing the traversal tool' : 'continuing the traversal tool') : 'applying a new time budget', {
+      durationSec: b.durationSec,
+      finishNow: b.finishNow,
+      paused,
+      childPid: this.pid,
+    });
+    if (this.usesFile) {
+      // The tool polls this file: 'stop' ends it gracefully, 'pause' holds it, 'duration=N' sets its budget.
+      const tmp = `${this.controlFile}.tmp`;
+      await fsp.writeFile(tmp, controlText(b));
+      await fsp.rename(tmp, this.controlFile);
+    } else {
+      if (pauseChanged) signalGroup(this.pid, paused ? 'SIGSTOP' : 'SIGCONT');
+      if (b.finishNow && !this.stopRequested) {
+        // A tool without a control channel is asked to stop with TERM and keeps its report.
+        this.stopRequested = true;
+        if (paused) signalGroup(this.pid, 'SIGCONT');
+        signalGroup(this.pid, 'SIGTERM');
+      }
+    }
+    if (pauseChanged) this.onPause(paused);
+  }
+}
+
 /** One run of the command, from spawn to its result. */
 async function runOne(
   deps: TraversalRunnerDeps,
@@ -138,6 +310,7 @@ async function runOne(
   const reportDir = path.join(dir, 'report');
   const controlFile = path.join(dir, 'control');
   const logFile = path.join(dir, `attempt-${info.attempt}.log`);
+  const workflowId = info.workflowExecution?.workflowId ?? '';
   await fsp.mkdir(dir, { recursive: true });
   await endStaleRun(deps, input.deviceId, ctx.log);
   // A retry after the device dropped off fails fast here instead of starting the tool blind.
@@ -147,6 +320,16 @@ async function runOne(
   if (!resumeFrom) await fsp.rm(reportDir, { recursive: true, force: true });
   await fsp.mkdir(reportDir, { recursive: true });
   await fsp.rm(controlFile, { force: true });
+  const shipper = new AttemptShipper({
+    store: deps.store,
+    taskId: input.taskId,
+    deviceId: input.deviceId,
+    attempt: info.attempt,
+    reportDir,
+    runDir: dir,
+    log: ctx.log,
+  });
+  await shipper.open();
 
   const values: Record<string, string> = {
     jar: deps.jar,
@@ -181,10 +364,11 @@ async function runOne(
   });
   if (spawned) {
     log.end();
+    await shipper.close();
     throw new TraversalStartError(cmd, spawned.message);
   }
   const pid = child.pid!;
-  await recordRun(deps, input.deviceId, pid, info.workflowExecution?.workflowId ?? '');
+  await recordRun(deps, input.deviceId, pid, workflowId);
   ctx.log.info('traversal command started', {
     childPid: pid,
     deviceId: input.deviceId,
@@ -193,71 +377,42 @@ async function runOne(
     logFile,
   });
 
-  const progress: TraversalCheckpoint = {
-    checkpoint: resumeFrom,
-    percent: previous?.percent ?? 0,
-    screens: previous?.screens ?? 0,
-    crashes: previous?.crashes ?? 0,
-    anrs: previous?.anrs ?? 0,
-    pid,
-  };
-  const workflowId = info.workflowExecution?.workflowId ?? '';
-  const usesControlFile = deps.command.some((a) => a.includes('{controlFile}'));
-  let budgetVersion = 0;
-  let stopRequested = false;
-  const applyBudget = async (b: TraversalBudget | undefined) => {
-    if (!b || b.version <= budgetVersion) return;
-    budgetVersion = b.version;
-    ctx.log.info('applying a new time budget', {
-      durationSec: b.durationSec,
-      finishNow: b.finishNow,
-      deviceId: input.deviceId,
-    });
-    if (usesControlFile) {
-      // The tool polls this file: 'stop' ends it gracefully, 'duration=N' changes its budget.
-      const tmp = `${controlFile}.tmp`;
-      await fsp.writeFile(tmp, b.finishNow ? 'stop\n' : `duration=${b.durationSec}\n`);
-      await fsp.rename(tmp, controlFile);
-    } else if (b.finishNow && !stopRequested) {
-      // A tool without a control channel is asked to stop with TERM and keeps its report.
-      stopRequested = true;
-      signalGroup(pid, 'SIGTERM');
-    }
-  };
-  let lastPush = 0;
-  let pushing = false;
-  const push = (force: boolean) => {
-    const now = Date.now();
-    if (!deps.pushProgress || pushing || (!force && now - lastPush < deps.progressPushMs)) return;
-    lastPush = now;
-    pushing = true;
-    const update: ProgressUpdate = { ...progress, attempt: info.attempt };
-    delete (update as { pid?: number }).pid;
-    deps
-      .pushProgress(workflowId, update)
-      .then(() => deps.readBudget?.(workflowId))
-      .then(applyBudget)
-      .catch((err) => ctx.log.debug('progress push failed', { error: String(err) }))
-      .finally(() => (pushing = false));
-  };
-  // Budget changes must arrive even while the tool prints nothing.
-  const budgetTimer = setInterval(() => push(false), deps.progressPushMs);
+  const progress = new ProgressReporter(ctx, deps, workflowId, previous, resumeFrom, pid, shipper);
+  // A silent tool stops heartbeating, so the server times the attempt out and retries it, maybe on
+  // another host; end it here too (a second after the server's timeout), so it does not run on alone.
+  // A paused tool is silent on purpose: the clock starts again when it continues.
+  let lastProgressAt = Date.now();
+  let paused = false;
+  const control = new ControlChannel(ctx, deps, workflowId, controlFile, pid, (p) => {
+    paused = p;
+    progress.state.paused = p || undefined;
+    lastProgressAt = Date.now();
+    progress.heartbeat();
+  });
+  // Budget and pause must arrive even while the tool prints nothing.
+  const controlTimer = setInterval(() => control.poll(), deps.controlPollMs);
+  const shipTimer = setInterval(() => void shipper.shipFiles(), deps.reportShipMs ?? 30_000);
+  // While paused no line arrives; keep the heartbeat (and with it a cancel) flowing.
+  const pausedTimer = setInterval(() => paused && progress.heartbeat(), 1000);
 
   const stderrTail: string[] = [];
   const out = readline.createInterface({ input: child.stdout!, crlfDelay: Infinity });
   out.on('line', (line) => {
     log.write(line + '\n');
+    const raw = deps.findingPattern ? parseFindingLine(line, deps.findingPattern) : undefined;
+    if (raw) {
+      const finding = toFinding(raw, info.attempt);
+      if (typeof finding === 'string') ctx.log.warn('ignoring a malformed finding line', { problem: finding, deviceId: input.deviceId });
+      else {
+        ctx.log.info('finding reported', { kind: finding.kind, signature: finding.signature, exception: finding.exception, step: finding.step, deviceId: input.deviceId });
+        shipper.addFinding(finding, () => progress.release());
+      }
+      return;
+    }
     const m = deps.progressPattern.exec(line);
     if (!m?.groups) return;
-    const g = m.groups;
-    progress.percent = Number(g.percent ?? progress.percent);
-    progress.screens = Number(g.screens ?? progress.screens);
-    progress.crashes = Number(g.crashes ?? progress.crashes);
-    progress.anrs = Number(g.anrs ?? progress.anrs);
-    if (g.checkpoint !== undefined) progress.checkpoint = g.checkpoint;
     lastProgressAt = Date.now();
-    ctx.heartbeat(progress);
-    push(false);
+    progress.update(m.groups);
   });
   const err = readline.createInterface({ input: child.stderr!, crlfDelay: Infinity });
   err.on('line', (line) => {
@@ -268,24 +423,22 @@ async function runOne(
 
   const onCancel = () => {
     ctx.log.warn('traversal cancelled; stopping its process group', { childPid: pid });
+    signalGroup(pid, 'SIGCONT');
     void killGroup(child, deps.killGraceMs);
   };
   ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
-  ctx.heartbeat(progress);
-  push(true);
+  progress.heartbeat();
+  progress.signal(true);
 
   // The tool may not notice a phone that dropped off; stop it and let a retry resume later.
   let offline: Error | undefined;
   let checking = false;
-  // A silent tool stops heartbeating, so the server times the attempt out and retries it, maybe on
-  // another host; end it here too (a second after the server's timeout), so it does not run on alone.
-  let lastProgressAt = Date.now();
   let hung: TraversalHungError | undefined;
   const silenceLimitMs = info.heartbeatTimeoutMs ? info.heartbeatTimeoutMs + 1000 : undefined;
   const hangTimer = silenceLimitMs
     ? setInterval(() => {
         const silentMs = Date.now() - lastProgressAt;
-        if (hung || silentMs <= silenceLimitMs) return;
+        if (hung || paused || silentMs <= silenceLimitMs) return;
         hung = new TraversalHungError(silentMs, pid);
         ctx.log.warn('traversal command printed no progress within the heartbeat timeout; ending it', {
           deviceId: input.deviceId,
@@ -311,6 +464,7 @@ async function runOne(
               childPid: pid,
               error: err.message,
             });
+            signalGroup(pid, 'SIGCONT');
             void killGroup(child, deps.killGraceMs);
           })
           .finally(() => (checking = false));
@@ -319,13 +473,21 @@ async function runOne(
 
   const exit = await exited;
   ctx.cancellationSignal.removeEventListener('abort', onCancel);
-  clearInterval(budgetTimer);
-  if (deviceTimer) clearInterval(deviceTimer);
-  if (hangTimer) clearInterval(hangTimer);
+  for (const t of [controlTimer, shipTimer, pausedTimer, hangTimer, deviceTimer]) if (t) clearInterval(t);
   await new Promise<void>((resolve) => log.end(resolve));
   await forgetRun(deps, input.deviceId, pid);
   const durationMs = Date.now() - started;
   deps.metrics?.traversalSeconds.inc({}, durationMs / 1000);
+
+  // Everything found must be in the sink before the attempt ends, whatever the outcome; keep
+  // heartbeating meanwhile (the sink may be slow).
+  const shipping = setInterval(() => progress.heartbeat(), 1000);
+  const problems = await Promise.race([
+    shipper.close(),
+    new Promise<string[]>((r) => setTimeout(() => r(['timed out']), FINAL_SHIP_MS).unref()),
+  ]).finally(() => clearInterval(shipping));
+  progress.release();
+  if (problems.length) ctx.log.warn('report parts did not all reach the sink', { problems: problems.slice(0, 5), deviceId: input.deviceId });
 
   if (ctx.cancellationSignal.aborted) {
     deps.metrics?.traversals.inc({ outcome: 'cancelled' });
@@ -339,20 +501,24 @@ async function runOne(
     deps.metrics?.traversals.inc({ outcome: 'device-offline' });
     throw offline;
   }
-  const stoppedOnRequest = stopRequested && (exit.signal === 'SIGTERM' || exit.code === 143);
+  const stoppedOnRequest = control.stopRequested && (exit.signal === 'SIGTERM' || exit.code === 143);
   if (exit.code !== 0 && !stoppedOnRequest) {
     deps.metrics?.traversals.inc({ outcome: 'failed' });
     throw new TraversalExitError(exit.code, exit.signal, stderrTail.join('\n'));
   }
+  // A retry resumes at the end and ships again; nothing found is given up for a sink hiccup.
+  if (problems.length && deps.store) throw new ReportUploadError(deps.store.url([input.taskId]), `report parts not shipped: ${problems.slice(0, 3).join(', ')}`);
   const summary = await readSummary(reportDir);
   deps.metrics?.traversals.inc({ outcome: 'completed' });
-  progress.percent = 100;
-  push(true);
+  progress.state.percent = 100;
+  progress.signal(false);
+  await progress.settle();
   return {
     status: stoppedOnRequest ? 'stopped' : typeof summary.status === 'string' ? summary.status : 'completed',
-    screens: num(summary.screens, progress.screens),
-    crashes: num(summary.crashes, progress.crashes),
-    anrs: num(summary.anrs, progress.anrs),
+    screens: num(summary.screens, progress.state.screens),
+    crashes: num(summary.crashes, progress.state.crashes),
+    anrs: num(summary.anrs, progress.state.anrs),
+    findings: shipper.findings,
     reportDir,
     logFile,
     ...(resumeFrom ? { resumedFrom: resumeFrom } : {}),

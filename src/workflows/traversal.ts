@@ -21,6 +21,7 @@ import {
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { ResolvedApk } from '../activities/apk';
+import type { UploadReportResult } from '../activities/report-sink';
 import type { RunTraversalResult } from '../activities/traversal-runner';
 import { failureKind, PERMANENT_ERROR_TYPES } from '../errors';
 import {
@@ -112,7 +113,8 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   };
   let paused = false;
   const budget: TraversalBudget = { durationSec: req.traversal.durationSec, finishNow: false, version: 0 };
-  setHandler(budgetQuery, () => ({ ...budget }));
+  // The running tool reads this every few seconds (a query writes no history), pause included.
+  setHandler(budgetQuery, () => ({ ...budget, paused }));
   setHandler(budgetSignal, (change) => {
     if (change.finishNow) budget.finishNow = true;
     if (typeof change.durationSec === 'number' && change.durationSec >= 0) budget.durationSec = change.durationSec;
@@ -121,8 +123,14 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     log.info('traversal budget changed', { taskId: req.taskId, deviceId: req.deviceId, ...budget });
   });
   setHandler(progressQuery, () => ({ ...progress, elapsedMs: Date.now() - startedAt, paused }));
-  setHandler(pauseSignal, () => void (paused = true));
-  setHandler(resumeSignal, () => void (paused = false));
+  setHandler(pauseSignal, () => {
+    paused = true;
+    describe();
+  });
+  setHandler(resumeSignal, () => {
+    paused = false;
+    describe();
+  });
   setHandler(progressSignal, (u) => {
     if (progress.phase !== 'traversing' && progress.phase !== 'paused') return;
     Object.assign(progress, { percent: u.percent, screens: u.screens, crashes: u.crashes, anrs: u.anrs, attempt: u.attempt });
@@ -130,7 +138,8 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   });
 
   function describe(): void {
-    const pct = progress.phase === 'traversing' ? `, ${progress.percent}%, ${progress.screens} screens` : '';
+    const found = progress.crashes + progress.anrs > 0 ? `, ${progress.crashes} crashes, ${progress.anrs} ANRs` : '';
+    const pct = progress.phase === 'traversing' ? `${paused ? ' (paused)' : ''}, ${progress.percent}%, ${progress.screens} screens${found}` : '';
     setCurrentDetails(`${req.packageName} on ${req.deviceId} — ${progress.phase}${pct}`);
   }
   function setPhase(phase: Phase): void {
@@ -168,6 +177,7 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   let coldStartMs: number | undefined;
   let run: RunTraversalResult | undefined;
   let reportUrl: string | undefined;
+  let report: UploadReportResult | undefined;
   let failure: unknown;
   let failedStep: StepName | undefined;
 
@@ -198,10 +208,11 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       }),
     );
     Object.assign(progress, { percent: 100, screens: run.screens, crashes: run.crashes, anrs: run.anrs, attempt: run.attempt });
-    const uploaded = await step('uploadReport', 'uploading', () =>
-      uploader.uploadReport({ taskId: req.taskId, deviceId: req.deviceId, reportDir: run!.reportDir }),
+    // Built from every attempt's parts, wherever they ran, so a run resumed on another host keeps all it found.
+    report = await step('uploadReport', 'uploading', () =>
+      uploader.uploadReport({ taskId: req.taskId, deviceId: req.deviceId, attempts: run!.attempt }),
     );
-    reportUrl = uploaded.url;
+    reportUrl = report.url;
   } catch (err) {
     failure = err;
     failedStep = currentStep;
@@ -215,12 +226,13 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     // A run stopped during the traversal still leaves what it found: upload the partial report.
     if (failure !== undefined && failedStep === 'runTraversal') {
       try {
-        const uploaded = await uploader.uploadReport({
+        report = await uploader.uploadReport({
           taskId: req.taskId,
           deviceId: req.deviceId,
+          attempts: policy.maxAttempts,
           partial: true,
         });
-        reportUrl = uploaded.url;
+        reportUrl = report.url;
       } catch (err) {
         log.warn('partial report upload failed', { error: describeFailure(err) });
       }
@@ -247,8 +259,12 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       installMs,
       coldStartMs,
       screens: run?.screens ?? progress.screens,
-      crashes: run?.crashes ?? progress.crashes,
-      anrs: run?.anrs ?? progress.anrs,
+      // The counts are those of the merged findings (every attempt, every host); a tool that prints
+      // no finding lines keeps the counts of its own report.
+      crashes: report?.findings?.length ? report.crashes : (run?.crashes ?? progress.crashes),
+      anrs: report?.findings?.length ? report.anrs : (run?.anrs ?? progress.anrs),
+      findings: report?.findings ?? [],
+      ...(report?.findingsOmitted ? { findingsOmitted: report.findingsOmitted } : {}),
       reportUrl,
       traversalAttempt: run?.attempt,
       stoppedEarly: run ? run.status === 'stopped' : undefined,

@@ -96,7 +96,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       traversalJar: path.join(PROJECT_ROOT, '.tools', 'traversal-sim.jar'),
       heartbeatTimeoutMs: 10_000,
       killGraceMs: 2000,
-      progressSignalMs: 500,
+      controlPollMs: 500,
       // The test servers all listen on loopback; the URL policy refuses it unless allow-listed.
       allowedHosts: '127.0.0.1',
       ...opts.config,
