@@ -3,10 +3,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import readline from 'node:readline';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { ApkOrigin, type ApkInfo } from '../src/sim/origin';
 import { AgentSimulator, parseMultipart, type PartInfo } from '../src/sim/agent-sim';
+import { PROJECT_ROOT } from '../src/config';
 
 interface Reply {
   status: number;
@@ -336,6 +339,246 @@ describe('sims', function () {
       assert.equal(last?.deviceId, 'sim-3');
       assert.equal(last?.op, 'status');
       assert.ok((last?.endedAt ?? 0) >= (last?.startedAt ?? Infinity));
+    });
+  });
+
+  describe('traversal simulator jar', () => {
+    const jar = path.join(PROJECT_ROOT, '.tools', 'traversal-sim.jar');
+    const running = new Set<ChildProcess>();
+    let runs = 0;
+
+    interface Line {
+      text: string;
+      at: number;
+    }
+    interface FindingJson {
+      kind: string;
+      index: number;
+      exception: string;
+      message: string;
+      frames: string[];
+      step: number;
+      screen: string;
+      screenshot: string;
+      foundAt: string;
+    }
+    const FINDING_KEYS = ['kind', 'index', 'exception', 'message', 'frames', 'step', 'screen', 'screenshot', 'foundAt'];
+
+    before(() => {
+      execFileSync('bash', [path.join(PROJECT_ROOT, 'sim', 'traversal-sim', 'build.sh'), jar], { stdio: 'pipe' });
+    });
+
+    after(() => {
+      for (const child of running) child.kill('SIGKILL');
+    });
+
+    const outDir = (): string => path.join(tmp, 'traversal', `run-${++runs}`);
+
+    /** Runs the jar; onLine sees every stdout line the moment it arrives (files it names must exist then). */
+    function runSim(
+      args: string[],
+      onLine: (line: Line) => void = () => {},
+    ): { lines: Line[]; done: Promise<{ lines: Line[]; code: number | null }> } {
+      const child = spawn('java', ['-jar', jar, '--package', 'com.example.app', ...args], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      running.add(child);
+      const lines: Line[] = [];
+      readline.createInterface({ input: child.stdout! }).on('line', (text) => {
+        const line = { text, at: Date.now() };
+        lines.push(line);
+        onLine(line);
+      });
+      child.stderr!.resume();
+      const done = new Promise<{ lines: Line[]; code: number | null }>((resolve, reject) => {
+        child.on('error', reject);
+        // 'close' waits for stdout to end, so every line has been seen.
+        child.on('close', (code) => {
+          running.delete(child);
+          resolve({ lines, code });
+        });
+      });
+      return { lines, done };
+    }
+
+    const findingsOf = (lines: Line[]): FindingJson[] =>
+      lines
+        .filter((l) => l.text.startsWith('FINDING '))
+        .map((l) => JSON.parse(l.text.slice('FINDING '.length)) as FindingJson);
+    const stepOf = (line: Line): number => Number(/^PROGRESS step=(\d+) /.exec(line.text)?.[1] ?? NaN);
+    /** What a grouper keeps: the exception and the in-app frames without line numbers. */
+    const signature = (f: FindingJson): string =>
+      [
+        f.exception,
+        ...f.frames.filter((fr) => fr.startsWith('com.example.app.')).map((fr) => fr.replace(/\(.*\)$/, '')),
+      ].join('|');
+
+    it('prints each finding once its record and screenshot are written, before the PROGRESS line of its step', async () => {
+      const out = outDir();
+      const problems: string[] = [];
+      const { done } = runSim(
+        ['--device', 'a', '--out', out, '--duration', '1.5', '--tick-ms', '25', '--crashes', '3', '--anrs', '2'],
+        (line) => {
+          if (!line.text.startsWith('FINDING ')) return;
+          const f = JSON.parse(line.text.slice('FINDING '.length)) as FindingJson;
+          const record = path.join(out, 'findings', `${f.kind}-${f.index}.json`);
+          if (!fs.existsSync(path.join(out, f.screenshot)))
+            problems.push(`${f.screenshot} missing when its line was printed`);
+          if (!fs.existsSync(record)) problems.push(`${record} missing when its line was printed`);
+          else if (fs.readFileSync(record, 'utf8').trim() !== line.text.slice('FINDING '.length))
+            problems.push(`${record} differs from its line`);
+        },
+      );
+      const { lines, code } = await done;
+      assert.equal(code, 0);
+      assert.deepEqual(problems, []);
+
+      const findings = findingsOf(lines);
+      assert.deepEqual(
+        findings.filter((f) => f.kind === 'crash').map((f) => f.index),
+        [1, 2, 3],
+      );
+      assert.deepEqual(
+        findings.filter((f) => f.kind === 'anr').map((f) => f.index),
+        [1, 2],
+      );
+      for (const f of findings) {
+        assert.deepEqual(Object.keys(f), FINDING_KEYS);
+        assert.equal(f.exception === 'ANR', f.kind === 'anr');
+        assert.match(f.exception, /^(ANR|[a-z]+(\.[a-z]+)+\.[A-Z][\w$]*)$/);
+        assert.ok(f.message.length > 0);
+        assert.ok(f.frames.length >= 6 && f.frames.length <= 12, `${f.frames.length} frames`);
+        assert.ok(
+          f.frames.some((fr) => /^com\.example\.app\.[\w.$]+\.lambda\$\w+\$\d+\(\w+\.java:\d+\)$/.test(fr)),
+          'a lambda frame',
+        );
+        assert.ok(
+          f.frames.some((fr) => fr.includes('$$ExternalSyntheticLambda')),
+          'a synthetic lambda frame',
+        );
+        assert.equal(
+          f.frames.at(-1)?.replace(/:\d+\)$/, ')'),
+          'com.android.internal.os.ZygoteInit.main(ZygoteInit.java)',
+        );
+        assert.equal(f.screen, `screen-${f.step}`);
+        assert.equal(f.screenshot, `findings/${f.kind}-${f.index}.png`);
+        assert.ok(Math.abs(Date.parse(f.foundAt) - Date.now()) < 60_000, f.foundAt);
+      }
+      // The line right after a step's findings is that step's PROGRESS line.
+      lines.forEach((l, i) => {
+        if (!l.text.startsWith('FINDING ')) return;
+        const step = (JSON.parse(l.text.slice('FINDING '.length)) as FindingJson).step;
+        const next = lines.slice(i + 1).find((n) => !n.text.startsWith('FINDING '));
+        assert.ok(next && stepOf(next) === step, `after ${l.text.slice(0, 60)} came ${next?.text}`);
+      });
+      assert.match(lines.at(-1)?.text ?? '', /^DONE .* crashes=3 anrs=2 status=completed$/);
+
+      const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')) as {
+        crashes: number;
+        findings: unknown[];
+      };
+      assert.equal(summary.crashes, 3);
+      assert.deepEqual(
+        summary.findings,
+        findings.map((f) => ({ kind: f.kind, index: f.index, exception: f.exception, step: f.step })),
+      );
+      const html = fs.readFileSync(path.join(out, 'index.html'), 'utf8');
+      for (const f of findings)
+        assert.ok(html.includes(`<a href="${f.screenshot}">`), `index.html links ${f.screenshot}`);
+    });
+
+    it('gives an index the same bug on every device and different indexes different bugs', async () => {
+      const args = ['--duration', '0.2', '--tick-ms', '10', '--crashes', '6', '--anrs', '4'];
+      const [a, b] = await Promise.all([
+        runSim(['--device', 'a', '--out', outDir(), ...args]).done,
+        runSim(['--device', 'emulator-5554', '--out', outDir(), ...args]).done,
+      ]);
+      const fa = findingsOf(a.lines);
+      const fb = findingsOf(b.lines);
+      assert.equal(fa.length, 10);
+      assert.deepEqual(fa.map(signature), fb.map(signature));
+      assert.deepEqual(
+        fa.map((f) => f.message.replace(/@?\b[0-9a-f]{7}\b/g, '')),
+        fb.map((f) => f.message.replace(/@?\b[0-9a-f]{7}\b/g, '')),
+      );
+      // Line numbers are what differs between these two devices; a grouper has to ignore them.
+      assert.notDeepEqual(
+        fa.map((f) => f.frames),
+        fb.map((f) => f.frames),
+      );
+      for (const kind of ['crash', 'anr']) {
+        const sigs = fa.filter((f) => f.kind === kind).map(signature);
+        assert.equal(new Set(sigs).size, sigs.length, `${kind} signatures repeat: ${sigs.join('\n')}`);
+      }
+    });
+
+    it('continues the numbering after --resume-from without printing earlier findings again', async () => {
+      const args = ['--device', 'a', '--duration', '1', '--tick-ms', '10', '--crashes', '5', '--anrs', '3'];
+      const full = findingsOf((await runSim([...args, '--out', outDir()]).done).lines);
+      const out = outDir();
+      const { lines, code } = await runSim([...args, '--out', out, '--resume-from', '50']).done;
+      assert.equal(code, 0);
+      assert.equal(lines[0]?.text, 'RESUMED from=50');
+      const strip = (f: FindingJson) => ({ ...f, foundAt: '' });
+      assert.deepEqual(findingsOf(lines).map(strip), full.filter((f) => f.step > 50).map(strip));
+      assert.deepEqual(
+        findingsOf(lines)
+          .filter((f) => f.kind === 'crash')
+          .map((f) => f.index),
+        [3, 4, 5],
+      );
+      // The report still lists what the earlier attempt found.
+      const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')) as {
+        findings: Array<{ kind: string; index: number }>;
+      };
+      assert.equal(summary.findings.length, 8);
+    });
+
+    it('holds the step count while the control file says pause and continues without catching up', async () => {
+      const out = outDir();
+      const control = path.join(out, 'control');
+      fs.mkdirSync(out, { recursive: true });
+      const write = (text: string) => {
+        fs.writeFileSync(`${control}.tmp`, text);
+        fs.renameSync(`${control}.tmp`, control);
+      };
+      let requested = false;
+      const { lines, done } = runSim(
+        ['--device', 'a', '--out', out, '--duration', '20', '--tick-ms', '20', '--control', control],
+        (line) => {
+          if (!requested && stepOf(line) >= 5) {
+            requested = true;
+            write('duration=20\npause\n');
+          }
+        },
+      );
+      const lineWith = (prefix: string): number => lines.findIndex((l) => l.text.startsWith(prefix));
+      await waitFor(() => lineWith('PAUSED ') >= 0, 10_000);
+      const paused = lines[lineWith('PAUSED ')]!;
+      const pausedStep = Number(/^PAUSED step=(\d+)$/.exec(paused.text)?.[1]);
+      assert.ok(pausedStep >= 5, paused.text);
+      await new Promise((r) => setTimeout(r, 600));
+      assert.deepEqual(
+        lines.slice(lineWith('PAUSED ') + 1).map((l) => l.text),
+        [],
+        'no steps while paused',
+      );
+
+      write('duration=20\n');
+      await waitFor(() => lines.filter((l) => l.at >= paused.at && stepOf(l) > 0).length >= 10, 10_000);
+      const continued = lines[lineWith('CONTINUED ')]!;
+      assert.equal(continued.text, `CONTINUED step=${pausedStep}`);
+      const after = lines.slice(lineWith('CONTINUED ') + 1);
+      assert.equal(after[0]?.text.startsWith(`PROGRESS step=${pausedStep + 1} total=1000 `), true, after[0]?.text);
+      // Without a fresh tick deadline the 600 ms paused would be made up by ~30 steps in a burst.
+      const tenth = after[9]!;
+      assert.equal(stepOf(tenth), pausedStep + 10);
+      assert.ok(tenth.at - continued.at >= 9 * 20 - 30, `10 steps took ${tenth.at - continued.at} ms after CONTINUED`);
+
+      write('pause\nstop\n');
+      const { code } = await done;
+      assert.equal(code, 0);
+      assert.match(lines.at(-1)?.text ?? '', /^DONE .*status=stopped$/);
     });
   });
 });

@@ -11,11 +11,12 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.time.Instant;
+import java.util.List;
 import javax.imageio.ImageIO;
 
 /**
- * Writes the report folder: summary.json, index.html and a few PNG screenshots.
- * Every file goes to a temporary name first and is then renamed into place, so a reader
+ * Writes the report folder: summary.json, index.html, a few PNG screenshots and, per finding,
+ * findings/<kind>-<index>.png and findings/<kind>-<index>.json. Every file goes to a temporary name first and is then renamed into place, so a reader
  * polling the folder never sees a half-written file.
  */
 final class Report {
@@ -38,6 +39,8 @@ final class Report {
         long tickMs;
         Instant startedAt;
         Instant finishedAt;
+        /** Every finding so far, carried-over ones from earlier attempts first. */
+        List<Finding> findings = List.of();
     }
 
     private final Path dir;
@@ -52,18 +55,51 @@ final class Report {
         // One base colour per fake screen.
         Color[] colours = {new Color(0x3B82F6), new Color(0x10B981), new Color(0xF59E0B)};
         for (int i = 0; i < SCREENSHOT_COUNT; i++) {
-            BufferedImage img = drawScreen(colours[i % colours.length], i);
-            Path target = shots.resolve(screenshotName(i + 1));
-            Path tmp = tempFor(target);
-            try {
-                if (!ImageIO.write(img, "png", tmp.toFile())) {
-                    throw new IOException("no PNG writer available");
-                }
-                moveIntoPlace(tmp, target);
-            } finally {
-                Files.deleteIfExists(tmp);
-            }
+            writePng(drawScreen(colours[i % colours.length], i), shots.resolve(screenshotName(i + 1)));
         }
+    }
+
+    /** Writes the finding's screenshot, then its record; the caller prints the FINDING line after both. */
+    void writeFinding(Finding f) throws IOException {
+        Files.createDirectories(dir.resolve("findings"));
+        Color base = new Color(0x3B82F6 ^ (int) ((f.index() * 0x2F1D3L) & 0x7F7F7F));
+        writePng(drawFinding(drawScreen(base, (int) (f.index() % 3)), f.kind()), dir.resolve(f.screenshot()));
+        writeText(dir.resolve(f.record()), f.toJson() + "\n");
+    }
+
+    private static void writePng(BufferedImage img, Path target) throws IOException {
+        Path tmp = tempFor(target);
+        try {
+            if (!ImageIO.write(img, "png", tmp.toFile())) {
+                throw new IOException("no PNG writer available");
+            }
+            moveIntoPlace(tmp, target);
+        } finally {
+            Files.deleteIfExists(tmp);
+        }
+    }
+
+    /** Greys the screen out and puts an "app has stopped" dialog with a red (crash) or amber (ANR) banner on it. */
+    private static BufferedImage drawFinding(BufferedImage img, String kind) {
+        Graphics2D g = img.createGraphics();
+        try {
+            int w = img.getWidth();
+            int h = img.getHeight();
+            g.setColor(new Color(0, 0, 0, 110));
+            g.fillRect(0, 0, w, h);
+            g.setColor(Color.WHITE);
+            g.fillRect(12, 60, w - 24, 80);
+            g.setColor(BugCatalogue.ANR.equals(kind) ? new Color(0xF59E0B) : new Color(0xDC2626));
+            g.fillRect(12, 60, w - 24, 18);
+            g.setColor(new Color(0x94A3B8));
+            g.fillRect(20, 88, w - 40, 6);
+            g.fillRect(20, 100, w - 56, 6);
+            g.setColor(new Color(0x2563EB));
+            g.fillRect(w - 50, 120, 30, 10);
+        } finally {
+            g.dispose();
+        }
+        return img;
     }
 
     static String screenshotName(int n) {
@@ -118,6 +154,7 @@ final class Report {
         field(sb, "screens", Long.toString(f.screens), false);
         field(sb, "crashes", Long.toString(f.crashes), false);
         field(sb, "anrs", Long.toString(f.anrs), false);
+        field(sb, "findings", findingsJson(f.findings), false);
         field(sb, "steps", Long.toString(f.steps), false);
         field(sb, "totalSteps", Long.toString(f.totalSteps), false);
         field(sb, "durationSec", number(f.durationSec), false);
@@ -128,6 +165,22 @@ final class Report {
         field(sb, "tickMs", Long.toString(f.tickMs), true);
         sb.append("}\n");
         return sb.toString();
+    }
+
+    private static String findingsJson(List<Finding> findings) {
+        if (findings.isEmpty()) {
+            return "[]";
+        }
+        StringBuilder sb = new StringBuilder("[\n");
+        for (int i = 0; i < findings.size(); i++) {
+            Finding x = findings.get(i);
+            sb.append("    {\"kind\": ").append(jsonString(x.kind()))
+                    .append(", \"index\": ").append(x.index())
+                    .append(", \"exception\": ").append(jsonString(x.bug().exception()))
+                    .append(", \"step\": ").append(x.step())
+                    .append(i + 1 < findings.size() ? "},\n" : "}\n");
+        }
+        return sb.append("  ]").toString();
     }
 
     private static void field(StringBuilder sb, String key, String rawValue, boolean last) {
@@ -240,8 +293,28 @@ final class Report {
             sb.append("<img src=\"screenshots/").append(name).append("\" alt=\"screen ").append(i)
                     .append("\" width=\"120\" height=\"200\">\n");
         }
-        sb.append("</div>\n</body>\n</html>\n");
+        sb.append("</div>\n");
+        findingsTable(sb, f.findings);
+        sb.append("</body>\n</html>\n");
         return sb.toString();
+    }
+
+    private static void findingsTable(StringBuilder sb, List<Finding> findings) {
+        sb.append("<h2>Findings</h2>\n");
+        if (findings.isEmpty()) {
+            sb.append("<p>None.</p>\n");
+            return;
+        }
+        sb.append("<table>\n<tr><th>Kind</th><th>Exception</th><th>Message</th><th>Step</th><th>Screenshot</th></tr>\n");
+        for (Finding x : findings) {
+            sb.append("<tr><td>").append(html(x.kind() + " " + x.index()))
+                    .append("</td><td>").append(html(x.bug().exception()))
+                    .append("</td><td>").append(html(x.bug().message()))
+                    .append("</td><td>").append(x.step())
+                    .append("</td><td><a href=\"").append(html(x.screenshot())).append("\">")
+                    .append(html(x.kind() + "-" + x.index() + ".png")).append("</a></td></tr>\n");
+        }
+        sb.append("</table>\n");
     }
 
     private static void row(StringBuilder sb, String label, String value) {

@@ -8,14 +8,24 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.time.Instant;
+import java.time.format.DateTimeParseException;
+import java.util.ArrayList;
+import java.util.Comparator;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 
 /**
  * Stand-in for an Android app-crawler jar. It pretends to walk through the screens of an
  * app for a given time budget, prints machine-readable progress lines on stdout and leaves
  * a report folder behind. Several knobs make it fail in the ways a real crawler can, so the
  * code that drives it can be tested without a device.
+ *
+ * <p>Stdout lines: {@code RESUMED from=<step>}, {@code PROGRESS ...} once per step,
+ * {@code FINDING <json>} for each crash or ANR (printed after its files are written and before
+ * the PROGRESS line of its step), {@code PAUSED step=<n>} / {@code CONTINUED step=<n>} around a
+ * pause requested through the control file, and {@code DONE ...} at the end.
  *
  * <p>Everything that touches shared state goes through {@link #lock}, because the shutdown
  * hook (SIGTERM) runs on its own thread while the main loop may still be going.
@@ -26,6 +36,8 @@ public final class TraversalSim {
     private static final int EXIT_REPORT_FAILED = 4;
     /** How often (in steps) the partial summary is refreshed while running. */
     private static final long SUMMARY_EVERY = 10;
+    private static final Pattern RECORD_STEP = Pattern.compile(",\"step\":(\\d+),\"screen\":");
+    private static final Pattern RECORD_FOUND_AT = Pattern.compile("\"foundAt\":\"([^\"]+)\"");
 
     private final Options opt;
     private final Report report;
@@ -39,6 +51,8 @@ public final class TraversalSim {
     private double durationSec;
     private long crashesFound;
     private long anrsFound;
+    /** Findings in the order they were found; those of earlier attempts first. */
+    private final List<Finding> findings = new ArrayList<>();
     private String status = "running";
     private Instant startedAt;
     private Instant finishedAt;
@@ -47,6 +61,10 @@ public final class TraversalSim {
 
     // ---- main-thread only ----
     private boolean stopRequested;
+    /** The control file currently holds a 'pause' line. */
+    private boolean pauseRequested;
+    /** PAUSED has been printed and CONTINUED not yet. */
+    private boolean paused;
     private String lastBadControlLine;
     private long noisePrinted;
 
@@ -103,7 +121,7 @@ public final class TraversalSim {
                 done = Math.min(opt.resumeFrom, total);
             }
             startStep = done;
-            updateFindings();
+            carryOverFindings();
         }
         if (opt.resumeFrom != null) {
             emit("RESUMED from=" + opt.resumeFrom);
@@ -136,7 +154,9 @@ public final class TraversalSim {
                 next = done + 1;
                 currentTotal = total;
             }
-            if (currentDuration() > 0) {
+            if (paused) {
+                TimeUnit.MILLISECONDS.sleep(opt.tickMs);
+            } else if (currentDuration() > 0) {
                 deadline += tickNanos;
                 sleepUntil(deadline);
             }
@@ -147,11 +167,27 @@ public final class TraversalSim {
             synchronized (lock) {
                 if (done >= total) {
                     // The budget was cut to what is already done: report 100% and stop.
-                    updateFindings();
+                    reportNewFindings();
                     printProgress();
                     break;
                 }
                 currentTotal = total;
+            }
+            if (pauseRequested != paused) {
+                synchronized (lock) {
+                    if (finalized) {
+                        return 0;
+                    }
+                    paused = pauseRequested;
+                    emit((paused ? "PAUSED step=" : "CONTINUED step=") + done);
+                }
+                if (paused) {
+                    continue;
+                }
+                // Take this step now and pace from here: the paused ticks are not made up for.
+                deadline = System.nanoTime();
+            } else if (paused) {
+                continue;
             }
 
             int pct = percentOf(next, currentTotal);
@@ -170,7 +206,7 @@ public final class TraversalSim {
                     return 0; // a signal arrived; the shutdown hook owns the ending
                 }
                 done = next;
-                updateFindings();
+                reportNewFindings();
                 printProgress();
             }
             printNoise(startStep, false);
@@ -194,10 +230,71 @@ public final class TraversalSim {
         return (int) Math.min(100, step * 100 / total);
     }
 
-    /** Findings are spread evenly: after step n of total, floor(count * n / total) have been found. */
-    private void updateFindings() {
-        crashesFound = Math.max(crashesFound, spread(opt.crashes, done, total));
-        anrsFound = Math.max(anrsFound, spread(opt.anrs, done, total));
+    /**
+     * Findings are spread evenly: after step n of total, floor(count * n / total) have been found.
+     * Writes and prints the ones that step n adds; call with the lock held, before printProgress().
+     */
+    private void reportNewFindings() {
+        long crashTarget = spread(opt.crashes, done, total);
+        while (crashesFound < crashTarget) {
+            crashesFound++;
+            reportFinding(BugCatalogue.CRASH, crashesFound);
+        }
+        long anrTarget = spread(opt.anrs, done, total);
+        while (anrsFound < anrTarget) {
+            anrsFound++;
+            reportFinding(BugCatalogue.ANR, anrsFound);
+        }
+    }
+
+    private void reportFinding(String kind, long index) {
+        Finding f = new Finding(kind, index, BugCatalogue.describe(opt.packageName, opt.deviceId, kind, index), done,
+                Instant.now());
+        try {
+            report.writeFinding(f);
+        } catch (IOException | RuntimeException e) {
+            // The app did crash; losing the evidence is no reason to hide that.
+            err.println("traversal-sim: warning: could not write " + f.record() + ": " + e);
+        }
+        findings.add(f);
+        emit("FINDING " + f.toJson());
+    }
+
+    /**
+     * A resumed run has already found what spread() says for its checkpoint; those are not printed
+     * again, but they stay in the report. Their step and time come from the record an earlier
+     * attempt left in the same folder, or are worked out again when it is missing.
+     */
+    private void carryOverFindings() {
+        crashesFound = spread(opt.crashes, done, total);
+        anrsFound = spread(opt.anrs, done, total);
+        for (long i = 1; i <= crashesFound; i++) {
+            findings.add(carriedOver(BugCatalogue.CRASH, i, opt.crashes));
+        }
+        for (long i = 1; i <= anrsFound; i++) {
+            findings.add(carriedOver(BugCatalogue.ANR, i, opt.anrs));
+        }
+        findings.sort(Comparator.comparingLong(Finding::step)); // stable: crashes first within a step
+    }
+
+    private Finding carriedOver(String kind, long index, long count) {
+        // The first step n with floor(count * n / total) >= index.
+        long step = Math.min(done, (index * total + count - 1) / count);
+        Instant foundAt = null;
+        try {
+            String record = Files.readString(opt.outDir.resolve(Finding.recordOf(kind, index)), StandardCharsets.UTF_8);
+            Matcher m = RECORD_STEP.matcher(record);
+            if (m.find()) {
+                step = Long.parseLong(m.group(1));
+            }
+            m = RECORD_FOUND_AT.matcher(record);
+            if (m.find()) {
+                foundAt = Instant.parse(m.group(1));
+            }
+        } catch (IOException | NumberFormatException | DateTimeParseException e) {
+            // No usable record: keep the worked-out step.
+        }
+        return new Finding(kind, index, BugCatalogue.describe(opt.packageName, opt.deviceId, kind, index), step, foundAt);
     }
 
     private static long spread(long count, long step, long total) {
@@ -252,7 +349,10 @@ public final class TraversalSim {
 
     // ------------------------------------------------------------------ control file
 
-    /** Reads the control file, if any: "stop" ends the run, "duration=<sec>" changes the budget. */
+    /**
+     * Reads the control file, if any. It is rewritten whole on every change, one instruction a line:
+     * "stop" ends the run, "duration=<sec>" changes the budget, "pause" holds the run while present.
+     */
     private void pollControl() {
         if (opt.controlFile == null) {
             return;
@@ -261,14 +361,18 @@ public final class TraversalSim {
         try {
             lines = Files.readAllLines(opt.controlFile, StandardCharsets.UTF_8);
         } catch (NoSuchFileException e) {
+            pauseRequested = false;
             return;
         } catch (IOException | RuntimeException e) {
             return; // unreadable or being rewritten right now: try again next tick
         }
+        boolean pause = false;
         for (String raw : lines) {
             String line = raw.trim();
             if (line.equals("stop")) {
                 stopRequested = true;
+            } else if (line.equals("pause")) {
+                pause = true;
             } else if (line.startsWith("duration=")) {
                 String value = line.substring("duration=".length()).trim();
                 if (!Options.isDecimal(value) || Double.isInfinite(Double.parseDouble(value))) {
@@ -281,6 +385,7 @@ public final class TraversalSim {
                 applyDuration(Double.parseDouble(value));
             }
         }
+        pauseRequested = pause;
     }
 
     private void applyDuration(double newDuration) {
@@ -356,6 +461,7 @@ public final class TraversalSim {
         f.tickMs = opt.tickMs;
         f.startedAt = startedAt;
         f.finishedAt = finishedAt;
+        f.findings = List.copyOf(findings);
         return f;
     }
 
