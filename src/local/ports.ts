@@ -13,6 +13,18 @@ export function freePort(): Promise<number> {
   });
 }
 
+/**
+ * True when a listener could bind host:port now (nothing else holds it). Unlike {@link canConnect},
+ * this also catches a port held by a program that does not accept connections yet.
+ */
+export function portIsFree(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' ? resolve(false) : reject(err)));
+    srv.listen(port, host, () => srv.close(() => resolve(true)));
+  });
+}
+
 /** True when something accepts TCP connections at host:port. */
 export function canConnect(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
   return new Promise((resolve) => {

@@ -12,14 +12,17 @@ export interface LocalRedis {
   stop(): Promise<void>;
 }
 
-/** Starts redis-server on 127.0.0.1:<port> with its files in `dir`. */
-export async function startRedis(opts: { port: number; dir: string; bin?: string }): Promise<LocalRedis> {
+/**
+ * Starts redis-server on 127.0.0.1:<port> with its files in `dir`; `detached` puts it in its own
+ * process group, so a Ctrl-C at the terminal reaches only the caller, which stops it last.
+ */
+export async function startRedis(opts: { port: number; dir: string; bin?: string; detached?: boolean }): Promise<LocalRedis> {
   mkdirSync(opts.dir, { recursive: true });
   const bin = opts.bin ?? 'redis-server';
   const child = spawn(
     bin,
     ['--port', String(opts.port), '--bind', '127.0.0.1', '--dir', opts.dir, '--appendonly', 'yes', '--save', '', '--protected-mode', 'yes'],
-    { stdio: 'ignore' },
+    { stdio: 'ignore', detached: opts.detached ?? false },
   );
   let exitNote: string | undefined;
   child.once('error', (err) =>
@@ -43,12 +46,12 @@ export async function startRedis(opts: { port: number; dir: string; bin?: string
 }
 
 /** Uses the Redis at `url` when reachable; otherwise starts one on that port when the URL is local. */
-export async function ensureRedis(url: string, dir: string): Promise<LocalRedis> {
+export async function ensureRedis(url: string, dir: string, opts: { detached?: boolean } = {}): Promise<LocalRedis> {
   const u = new URL(url);
   const port = Number(u.port || 6379);
   if (await canConnect(u.hostname, port)) return { url, port, stop: async () => undefined };
   if (!['127.0.0.1', 'localhost', '::1', '[::1]'].includes(u.hostname)) {
     throw new Error(`Redis at ${u.hostname}:${port} is not reachable; check REDIS_URL`);
   }
-  return startRedis({ port, dir });
+  return startRedis({ port, dir, ...opts });
 }

@@ -47,6 +47,11 @@ export interface DevServerOptions {
   extraArgs?: string[];
   /** How long to wait for it to serve, ms (default 90 s). */
   startTimeoutMs?: number;
+  /**
+   * Run it in its own process group (default false), so a Ctrl-C at the terminal reaches only the
+   * caller, which then stops it after the processes that still need it (the demo's worker).
+   */
+  detached?: boolean;
 }
 
 /** A running dev server. */
@@ -82,7 +87,7 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
     mkdirSync(path.dirname(opts.logFile), { recursive: true });
     out = openSync(opts.logFile, 'a');
   }
-  const child = spawn(cli, args, { stdio: ['ignore', out, out] });
+  const child = spawn(cli, args, { stdio: ['ignore', out, out], detached: opts.detached ?? false });
   if (typeof out === 'number') closeSync(out);
   let exitNote: string | undefined;
   child.once('exit', (code, sig) => (exitNote = `exit ${code ?? sig}${opts.logFile ? `; see ${opts.logFile}` : ''}`));

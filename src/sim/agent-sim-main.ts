@@ -8,10 +8,12 @@ interface AgentSimArgs {
   failureRate: number;
   offline: string[];
   installDelayMs: number;
+  stateFile?: string;
 }
 
 const USAGE = `usage: npm run agent-sim -- [--devices 5 | --devices sim-1,sim-2] [--port 7301] [--host 127.0.0.1]
-       [--latency-ms 0] [--failure-rate 0] [--offline sim-2,sim-3] [--install-delay-ms 0]`;
+       [--latency-ms 0] [--failure-rate 0] [--offline sim-2,sim-3] [--install-delay-ms 0]
+       [--state-file path.json]   keep installed apps across restarts (default: memory only)`;
 
 // Returns undefined for --help; throws with the usage text on bad input.
 function parseArgs(argv: string[]): AgentSimArgs | undefined {
@@ -54,6 +56,9 @@ function parseArgs(argv: string[]): AgentSimArgs | undefined {
       case '--install-delay-ms':
         out.installDelayMs = num(flag, value);
         break;
+      case '--state-file':
+        out.stateFile = value;
+        break;
       default:
         throw new Error(`unknown option ${flag}\n${USAGE}`);
     }
@@ -91,10 +96,14 @@ async function main(): Promise<void> {
     failureRate: args.failureRate,
     offline: args.offline,
     installDelayMs: args.installDelayMs,
+    ...(args.stateFile ? { stateFile: args.stateFile } : {}),
     // One JSON object per line keeps the output greppable and machine-readable for the demo.
     log: (msg, meta) => process.stdout.write(`${JSON.stringify({ msg, ...meta })}\n`),
   });
-  const url = await sim.start(args.port, args.host);
+  const url = await sim.start(args.port, args.host).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'EADDRINUSE') throw new Error(`port ${args.port} on ${args.host} is in use by another program; stop it or pick another with --port`);
+    throw err;
+  });
   process.stdout.write(`${JSON.stringify({ msg: 'agent-sim listening', url, devices: sim.deviceIds() })}\n`);
 
   let stopping = false;

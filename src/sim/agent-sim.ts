@@ -1,5 +1,6 @@
 import http from 'node:http';
 import { createHash } from 'node:crypto';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'undici';
 
 /** Operations recorded in {@link AgentSimulator.calls}. */
@@ -45,6 +46,11 @@ export interface AgentSimOptions {
   random?: () => number;
   /** Optional diagnostics sink; receives ('agent call', AgentCall) for every recorded call. */
   log?: (msg: string, meta?: object) => void;
+  /**
+   * JSON file keeping the installed apps across restarts, as a phone keeps them when its agent
+   * restarts: read at construction, rewritten after every install, uninstall and wipe. Unset: memory only.
+   */
+  stateFile?: string;
 }
 
 /** Aggregate counters of {@link AgentSimulator.stats}. */
@@ -125,6 +131,7 @@ export class AgentSimulator {
   private readonly coldStart: [number, number];
   private readonly random: () => number;
   private readonly log: (msg: string, meta?: object) => void;
+  private readonly stateFile: string | undefined;
   // A private pool so close() can tear down downloads still running against an origin.
   private readonly dispatcher = new Agent();
   private latencyMs: number;
@@ -150,6 +157,8 @@ export class AgentSimulator {
       this.devices.set(id, { id, model, offline: offline.has(id), installed: new Map(), failQueue: new Map() });
     });
     for (const id of offline) this.device(id);
+    this.stateFile = opts.stateFile;
+    if (this.stateFile) this.loadState(this.stateFile);
   }
 
   /** Binds the HTTP server and resolves to its base URL, e.g. http://127.0.0.1:7301. */
@@ -232,6 +241,29 @@ export class AgentSimulator {
     return this.closing;
   }
 
+  private loadState(file: string): void {
+    let saved: { installed?: Record<string, Record<string, InstalledApp>> };
+    try {
+      saved = JSON.parse(readFileSync(file, 'utf8')) as typeof saved;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw new Error(`agent simulator state file ${file} is unreadable (${(err as Error).message}); delete it to start with empty devices`);
+    }
+    for (const [id, apps] of Object.entries(saved.installed ?? {})) {
+      const dev = this.devices.get(id);
+      if (dev) for (const [pkg, app] of Object.entries(apps)) dev.installed.set(pkg, app);
+    }
+  }
+
+  private saveState(): void {
+    if (!this.stateFile) return;
+    const installed: Record<string, Record<string, InstalledApp>> = {};
+    for (const dev of this.devices.values()) installed[dev.id] = Object.fromEntries(dev.installed);
+    // Written aside and renamed, so a simulator killed mid-write leaves the previous state intact.
+    writeFileSync(`${this.stateFile}.tmp`, JSON.stringify({ installed }));
+    renameSync(`${this.stateFile}.tmp`, this.stateFile);
+  }
+
   private device(id: string): Device {
     const d = this.devices.get(id);
     if (!d) throw new Error(`unknown device ${id}; configured: ${this.deviceIds().join(', ')}`);
@@ -305,11 +337,17 @@ export class AgentSimulator {
       }
       case 'uninstall': {
         const pkg = requirePackage((await readJson(req)).packageName, call);
-        return { uninstalled: dev.installed.delete(pkg) };
+        // An app this device does not have (e.g. after a restart without a state file) is not an error.
+        const uninstalled = dev.installed.delete(pkg);
+        if (uninstalled) this.saveState();
+        return { uninstalled };
       }
       case 'reset': {
         const { wipe } = await readJson(req);
-        if (wipe === true) dev.installed.clear();
+        if (wipe === true) {
+          dev.installed.clear();
+          this.saveState();
+        }
         return { reset: true };
       }
     }
@@ -400,6 +438,7 @@ export class AgentSimulator {
     if (this.installDelayMs > 0) await sleep(this.installDelayMs);
     const versionCode = parseInt(sha256.slice(0, 6), 16);
     dev.installed.set(pkg, { versionCode, sha256, bytes });
+    this.saveState();
     this.stats.installs++;
     return { installed: true, packageName: pkg, versionCode, ms: Math.round(now() - t0), bytes, sha256 };
   }
