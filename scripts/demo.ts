@@ -2,59 +2,121 @@
  * `npm run demo`: the whole local stack on embedded defaults — Temporal dev server (SQLite file,
  * Web UI on :8233), Redis, 5 simulated devices, an origin serving generated APKs, the worker and
  * the starter as separate processes — then a run of tasks with live progress and a summary.
- * Ctrl-C stops everything the demo started.
+ * Ctrl-C stops everything the demo started, the starter and worker before the servers they need
+ * (they run in their own process groups for that); a second Ctrl-C stops them all at once.
+ *
+ * Durable across restarts: the origin, the device agent simulator and the worker's artifact server
+ * listen on fixed ports, because their URLs are recorded in each traversal request. Temporal keeps
+ * the runs in `.data/temporal.db` and Redis its append-only file, so a demo stopped mid-run and
+ * started again finds the runs in flight, says so, and watches them to the end with its new ones.
+ * The simulator keeps its devices' installed apps in `.data/demo/agent-state.json`, as phones do.
+ *
+ * Options (`npm run demo -- --duration 20`):
+ *   --apk-mib N        size of demo-app.apk, MiB (default 100; runs in flight keep the size they started with)
+ *   --duration S       traversal seconds (default 8)
+ *   --timeout-sec S    give up waiting for results after S seconds (default 600)
+ *   --keep-cache       do not empty the demo's APK cache first (kept anyway while runs are in flight)
+ *   --origin-port P    port of the APK origin (default 7390)
+ *   --agent-port P     port of the device agent simulator (default 7301)
+ *   --artifact-port P  port of the worker's artifact and metrics server (default DT_ARTIFACT_PORT, 7380)
+ * A restarted demo must use the ports of the one it resumes. Temporal and Redis come from
+ * TEMPORAL_ADDRESS and REDIS_URL (reused when reachable), the task queue from TASK_QUEUE.
  */
 import { Client, Connection } from '@temporalio/client';
 import Redis from 'ioredis';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, rmSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig, PROJECT_ROOT } from '../src/config';
 import { resultKey } from '../src/activities/result-publisher';
-import { progressQuery, traversalWorkflowId, type TraversalProgress, type TraversalResult } from '../src/messages';
-import { canConnect, freePort, waitForPort } from '../src/local/ports';
+import { progressQuery, traversalWorkflowId, type TraversalResult } from '../src/messages';
+import {
+  describeInFlight,
+  findInFlight,
+  pendingTasks,
+  runningTraversals,
+  type InFlightRun,
+} from '../src/local/in-flight';
+import { canConnect, portIsFree, waitForPort } from '../src/local/ports';
 import { ensureRedis, type LocalRedis } from '../src/local/redis-local';
 import { mib, RssSampler } from '../src/local/rss';
 import { ensureSearchAttributes, findTemporalCli, startDevServer, type DevServer } from '../src/local/temporal-dev';
+import { deviceStates, progressRow, queuedReason, type BoardRow } from '../src/progress-board';
 import { AgentSimulator } from '../src/sim/agent-sim';
 import { ApkOrigin } from '../src/sim/origin';
+import { starterKeys } from '../src/starter-core';
 import { temporalSettings } from '../src/temporal-connection';
 
 let interrupted = false;
+/** Processes the demo started, for a second Ctrl-C that does not wait. */
+const children: ChildProcess[] = [];
 const DEVICES = ['sim-1', 'sim-2', 'sim-3', 'sim-4', 'sim-5'];
 const MiB = 1024 * 1024;
+const STARTER_ID = 'demo-starter';
+const USAGE = `usage: npm run demo -- [--apk-mib 100] [--duration 8] [--timeout-sec 600] [--keep-cache]
+                        [--origin-port 7390] [--agent-port 7301] [--artifact-port 7380]`;
 
+/** One traversal the demo watches: pushed by this demo, or resumed from an earlier one. */
 interface Job {
   taskId: string;
   deviceId: string;
   packageName: string;
-  apk: string;
+  resumed: boolean;
+}
+
+/** What the demo remembers between runs (`<data>/demo/demo.json`). */
+interface DemoMemory {
+  apkMiB?: number;
+  ports?: Record<string, number>;
+  /** Set once tasks are pushed, cleared after the summary: an earlier demo that ends with it set was stopped mid-run. */
+  unfinished?: boolean;
+}
+
+interface DemoArgs {
+  apkMiB: number;
+  durationSec: number;
+  timeoutSec: number;
+  keepCache: boolean;
+  ports: { origin: number; agent: number; artifact: number };
 }
 
 async function main(): Promise<void> {
   const config = loadConfig();
   const temporal = temporalSettings();
-  const args = parseArgs(process.argv.slice(2));
-  const apkMiB = Number(args['apk-mib'] ?? 100);
-  const durationSec = Number(args['duration'] ?? 8);
+  const args = parseArgs(process.argv.slice(2), config.artifactPort);
+  if (!args) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
   const demoDir = path.join(config.dataDir, 'demo');
   mkdirSync(demoDir, { recursive: true });
-  // Start from an empty APK cache so the summary shows the dedupe (one origin download per APK).
-  if (!('keep-cache' in args)) rmSync(path.join(demoDir, 'apk-cache'), { recursive: true, force: true });
+  const keys = starterKeys(STARTER_ID, config.redisKeyPrefix);
   const cleanups: (() => Promise<unknown> | unknown)[] = [];
-  let stopping = false;
-  const stopAll = async () => {
-    if (stopping) return;
-    stopping = true;
-    for (const fn of cleanups.reverse()) await Promise.resolve(fn()).catch(() => undefined);
-  };
-  process.once('SIGINT', () => {
+  // One stop, however many callers: the finally below waits for the one a Ctrl-C began.
+  let stopping: Promise<void> | undefined;
+  const stopAll = () =>
+    (stopping ??= (async () => {
+      for (const fn of cleanups.reverse()) await Promise.resolve(fn()).catch(() => undefined);
+    })());
+  process.on('SIGINT', () => {
+    if (interrupted) {
+      process.stdout.write('second Ctrl-C: stopping all at once\n');
+      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+      process.exit(130);
+    }
     interrupted = true;
-    process.stdout.write('\nstopping everything the demo started…\n');
+    process.stdout.write('\nstopping everything the demo started (Ctrl-C again to not wait)…\n');
     void stopAll().then(() => process.exit(130));
   });
 
   try {
+    // 0. The fixed ports, before anything starts: a taken one is someone else's program.
+    await checkPorts([
+      { port: args.ports.origin, what: 'the APK origin', flag: '--origin-port' },
+      { port: args.ports.agent, what: 'the device agent simulator', flag: '--agent-port' },
+      { port: args.ports.artifact, what: "the worker's artifact server", flag: '--artifact-port' },
+    ]);
+
     // 1. Temporal: reuse a reachable server, else start the dev server with a SQLite file.
     const [host, portText] = temporal.address.split(':') as [string, string];
     let server: DevServer | undefined;
@@ -65,7 +127,9 @@ async function main(): Promise<void> {
         step(`(could not check search attributes: ${(err as Error).message.split('\n')[0]})`),
       );
     } else {
-      step('Temporal: starting the dev server (SQLite .data/temporal.db, Web UI :8233)…');
+      step(
+        `Temporal: starting the dev server (SQLite ${path.relative(PROJECT_ROOT, path.join(config.dataDir, 'temporal.db'))}, Web UI :8233)…`,
+      );
       server = await startDevServer({
         ip: host,
         port: Number(portText),
@@ -73,30 +137,73 @@ async function main(): Promise<void> {
         dbFile: path.join(config.dataDir, 'temporal.db'),
         namespace: temporal.namespace,
         logFile: path.join(demoDir, 'temporal.log'),
+        detached: true,
       });
       uiUrl = server.uiUrl!;
+      children.push(server.process);
       cleanups.push(() => server!.stop());
     }
+    // Not closed by the demo: closing it under a query that is still retrying makes grpc-js throw
+    // from a timer; the process exit ends it.
+    const connection = await Connection.connect(temporal.connectionOptions as Parameters<typeof Connection.connect>[0]);
+    const client = new Client({ connection, namespace: temporal.namespace });
 
     // 2. Redis.
-    const redisLocal: LocalRedis = await ensureRedis(config.redisUrl, path.join(config.dataDir, 'redis'));
+    const redisLocal: LocalRedis = await ensureRedis(config.redisUrl, path.join(config.dataDir, 'redis'), {
+      detached: true,
+    });
+    if (redisLocal.process) children.push(redisLocal.process);
     cleanups.push(() => redisLocal.stop());
     step(`Redis: ${redisLocal.process ? 'started' : 'using'} ${config.redisUrl}`);
+    const redis = new Redis(config.redisUrl);
+    redis.on('error', () => undefined); // a Redis that went away ends the watch with its own error
+    cleanups.push(() => redis.disconnect());
 
-    // 3. Origin with two generated APKs, and 5 simulated devices.
-    const origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
+    // 3. Was an earlier demo stopped mid-run? Its runs decide what must not change: the APK they
+    //    verify by hash, the cache they install from. (Visibility and Redis only: no worker runs yet.)
+    const memoryFile = path.join(demoDir, 'demo.json');
+    const memory = readMemory(memoryFile);
+    const resuming =
+      memory.unfinished === true ||
+      (await runningTraversals(client, config.taskQueue, 1)).length > 0 ||
+      (await pendingTasks(redis, [keys.tasks, keys.processing], 'demo-')).length > 0;
+    let apkMiB = args.apkMiB;
+    if (resuming) {
+      if (memory.apkMiB !== undefined && memory.apkMiB !== apkMiB) {
+        step(
+          `Runs in flight verify a ${memory.apkMiB} MiB demo-app.apk: keeping that size (--apk-mib ${apkMiB} applies once none is in flight)`,
+        );
+        apkMiB = memory.apkMiB;
+      }
+      for (const [name, port] of Object.entries(memory.ports ?? {})) {
+        const now = args.ports[name as keyof DemoArgs['ports']];
+        if (now !== port)
+          step(`Warning: runs in flight were started with --${name}-port ${port}; with ${now} they cannot reach it`);
+      }
+    } else if (!args.keepCache) {
+      // Start from an empty APK cache so the summary shows the dedupe (one origin download per APK).
+      rmSync(path.join(demoDir, 'apk-cache'), { recursive: true, force: true });
+    }
+    const remember = (m: DemoMemory) => writeFileSync(memoryFile, JSON.stringify(m, null, 2));
+    remember({ apkMiB, ports: args.ports, unfinished: resuming });
+
+    // 4. Origin with two generated APKs, and 5 simulated devices, on their fixed ports.
+    const origin = new ApkOrigin({ dir: path.join(demoDir, 'apks') });
     step(`Origin: generating APKs (${apkMiB} MiB and 20 MiB; reused on later runs)…`);
     const big = await origin.addApk('demo-app.apk', apkMiB * MiB);
     const lite = await origin.addApk('demo-lite.apk', 20 * MiB);
-    await origin.start();
+    const originUrl = await listen(() => origin.start(args.ports.origin), args.ports.origin, '--origin-port');
     cleanups.push(() => origin.close());
-    const agent = new AgentSimulator({ devices: DEVICES, installDelayMs: 300 });
-    const agentUrl = await agent.start();
+    const agent = new AgentSimulator({
+      devices: DEVICES,
+      installDelayMs: 300,
+      stateFile: path.join(demoDir, 'agent-state.json'),
+    });
+    const agentUrl = await listen(() => agent.start(args.ports.agent), args.ports.agent, '--agent-port');
     cleanups.push(() => agent.close());
-    step(`Devices: ${DEVICES.join(', ')} on the agent simulator at ${agentUrl}`);
+    step(`Origin: ${originUrl}; devices ${DEVICES.join(', ')} on the agent simulator at ${agentUrl}`);
 
-    // 4. Worker and starter as real processes (compiled JS, as in production).
-    const metricsPort = await freePort();
+    // 5. Worker and starter as real processes (compiled JS, as in production).
     const env: NodeJS.ProcessEnv = {
       ...process.env,
       TEMPORAL_ADDRESS: temporal.address,
@@ -104,11 +211,11 @@ async function main(): Promise<void> {
       REDIS_URL: config.redisUrl,
       TASK_QUEUE: config.taskQueue,
       DT_DATA_DIR: demoDir,
-      DT_ARTIFACT_PORT: String(metricsPort),
+      DT_ARTIFACT_PORT: String(args.ports.artifact),
       DT_DEFAULT_AGENT_URL: agentUrl,
       // The demo's origin and devices listen on loopback, which the URL policy refuses unless allow-listed.
       DT_ALLOWED_HOSTS: '127.0.0.1,localhost',
-      DT_STARTER_ID: 'demo-starter',
+      DT_STARTER_ID: STARTER_ID,
       DT_WORKFLOW_BUNDLE: process.env.DT_WORKFLOW_BUNDLE ?? path.join(PROJECT_ROOT, 'lib', 'workflow-bundle.js'),
       DT_HEARTBEAT_TIMEOUT: process.env.DT_HEARTBEAT_TIMEOUT ?? '15s',
     };
@@ -118,44 +225,97 @@ async function main(): Promise<void> {
       MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '1',
       NODE_OPTIONS: process.env.NODE_OPTIONS ?? '--max-semi-space-size=1 --max-old-space-size=256',
     };
-    const worker = launch('worker', path.join(PROJECT_ROOT, 'lib/src/worker.js'), workerEnv, path.join(demoDir, 'worker.log'));
+    const worker = launch(
+      'worker',
+      path.join(PROJECT_ROOT, 'lib/src/worker.js'),
+      workerEnv,
+      path.join(demoDir, 'worker.log'),
+    );
     cleanups.push(() => stopChild(worker));
     const sampler = new RssSampler(worker.pid!).start();
     cleanups.push(() => sampler.stop());
-    await waitForPort('127.0.0.1', metricsPort, 120_000, 'worker', () => (worker.exitCode !== null ? `exit ${worker.exitCode}; see ${demoDir}/worker.log` : undefined));
+    await waitForPort('127.0.0.1', args.ports.artifact, 120_000, 'worker', () =>
+      worker.exitCode !== null ? `exit ${worker.exitCode}; see ${demoDir}/worker.log` : undefined,
+    );
     const idleRss = sampler.sample() ?? 0;
-    step(`Worker: pid ${worker.pid}, artifact server and /metrics on http://127.0.0.1:${metricsPort}, idle RSS ${mib(idleRss)}`);
-    const starter = launch('starter', path.join(PROJECT_ROOT, 'lib/src/starter.js'), env, path.join(demoDir, 'starter.log'));
-    cleanups.push(() => stopChild(starter));
-    step(`Starter: pid ${starter.pid}, consuming traversal:tasks`);
+    step(
+      `Worker: pid ${worker.pid}, artifact server and /metrics on http://127.0.0.1:${args.ports.artifact}, idle RSS ${mib(idleRss)}`,
+    );
 
-    // 5. Tasks: 5 devices on the big APK, then the lite APK on two of them.
+    // 6. With a worker answering queries: what the earlier runs are doing (before the starter takes
+    //    the tasks an earlier demo left in Redis, so they are counted once).
+    const inFlight = await findInFlight(client, redis, {
+      taskQueue: config.taskQueue,
+      devices: DEVICES,
+      taskLists: [keys.tasks, keys.processing],
+      taskIdPrefix: 'demo-',
+    });
+    step(inFlight.length ? describeInFlight(inFlight) : 'No runs in flight from an earlier demo');
+
+    const starter = launch(
+      'starter',
+      path.join(PROJECT_ROOT, 'lib/src/starter.js'),
+      env,
+      path.join(demoDir, 'starter.log'),
+    );
+    cleanups.push(() => stopChild(starter));
+    step(`Starter: pid ${starter.pid}, consuming ${keys.tasks}`);
+
+    // 7. Tasks: 5 devices on the big APK, then the lite APK on two of them.
     const stamp = new Date().toISOString().replace(/[-:T]/g, '').slice(0, 14);
-    const redis = new Redis(config.redisUrl);
-    cleanups.push(() => redis.disconnect());
     const taskA = `demo-${stamp}-a`;
     const taskB = `demo-${stamp}-b`;
-    const traversal = { durationSec, extraArgs: ['--crashes', '2', '--anrs', '1'] };
+    const traversal = { durationSec: args.durationSec, extraArgs: ['--crashes', '2', '--anrs', '1'] };
     await redis.lpush(
-      'traversal:tasks',
-      JSON.stringify({ taskId: taskA, devices: DEVICES, apkUrl: origin.url('demo-app.apk'), apkSha256: big.sha256, packageName: 'com.example.demo', traversal }),
-      JSON.stringify({ taskId: taskB, devices: ['sim-1', 'sim-2'], apkUrl: origin.url('demo-lite.apk'), apkSha256: lite.sha256, packageName: 'com.example.lite', traversal: { durationSec: Math.max(2, durationSec / 2) } }),
+      keys.tasks,
+      JSON.stringify({
+        taskId: taskA,
+        devices: DEVICES,
+        apkUrl: origin.url('demo-app.apk'),
+        apkSha256: big.sha256,
+        packageName: 'com.example.demo',
+        traversal,
+      }),
+      JSON.stringify({
+        taskId: taskB,
+        devices: ['sim-1', 'sim-2'],
+        apkUrl: origin.url('demo-lite.apk'),
+        apkSha256: lite.sha256,
+        packageName: 'com.example.lite',
+        traversal: { durationSec: Math.max(2, args.durationSec / 2) },
+      }),
     );
+    remember({ apkMiB, ports: args.ports, unfinished: true });
     step(`Pushed 2 tasks (7 traversals): ${taskA} on 5 devices, ${taskB} on sim-1 and sim-2`);
     const jobs: Job[] = [
-      ...DEVICES.map((d) => ({ taskId: taskA, deviceId: d, packageName: 'com.example.demo', apk: 'demo-app.apk' })),
-      ...['sim-1', 'sim-2'].map((d) => ({ taskId: taskB, deviceId: d, packageName: 'com.example.lite', apk: 'demo-lite.apk' })),
+      ...inFlight.map((r: InFlightRun) => ({
+        taskId: r.taskId,
+        deviceId: r.deviceId,
+        packageName: r.packageName ?? '?',
+        resumed: true,
+      })),
+      ...DEVICES.map((d) => ({ taskId: taskA, deviceId: d, packageName: 'com.example.demo', resumed: false })),
+      ...['sim-1', 'sim-2'].map((d) => ({
+        taskId: taskB,
+        deviceId: d,
+        packageName: 'com.example.lite',
+        resumed: false,
+      })),
     ];
 
-    // 6. Live progress until every result is in Redis.
-    const connection = await Connection.connect(temporal.connectionOptions as Parameters<typeof Connection.connect>[0]);
-    cleanups.push(() => connection.close());
-    const client = new Client({ connection, namespace: temporal.namespace });
-    const results = await watch(jobs, client, redis, Number(args['timeout-sec'] ?? 600) * 1000);
+    // 8. Live progress until every result, old and new, is in Redis.
+    const results = await watch(jobs, {
+      client,
+      redis,
+      taskQueue: config.taskQueue,
+      keyPrefix: config.redisKeyPrefix,
+      timeoutMs: args.timeoutSec * 1000,
+    });
 
-    // 7. Summary.
+    // 9. Summary.
     sampler.sample();
     printSummary(jobs, results, origin, { big, lite }, sampler, idleRss, uiUrl, temporal.namespace);
+    remember({ apkMiB, ports: args.ports, unfinished: false });
   } finally {
     await stopAll();
   }
@@ -165,24 +325,92 @@ function step(msg: string): void {
   process.stdout.write(`• ${msg}\n`);
 }
 
-function parseArgs(argv: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
+/** Parses the flags; undefined for --help; throws with the usage on anything unknown or malformed. */
+function parseArgs(argv: string[], artifactPort: number): DemoArgs | undefined {
+  const values: Record<string, string> = {};
+  const given = new Set<string>();
+  const booleans = new Set(['keep-cache']);
+  const numeric = new Set(['apk-mib', 'duration', 'timeout-sec', 'origin-port', 'agent-port', 'artifact-port']);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    if (a.startsWith('--')) {
-      const [k, v] = a.slice(2).split('=');
-      out[k!] = v ?? argv[++i] ?? '';
+    if (a === '--help' || a === '-h') return undefined;
+    if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}\n${USAGE}`);
+    const eq = a.indexOf('=');
+    const name = a.slice(2, eq > 0 ? eq : undefined);
+    if (!booleans.has(name) && !numeric.has(name)) throw new Error(`unknown option --${name}\n${USAGE}`);
+    given.add(name);
+    if (booleans.has(name)) continue;
+    const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
+    if (value === undefined || !/^\d+(\.\d+)?$/.test(value))
+      throw new Error(`--${name} needs a number, got ${value ?? 'nothing'}\n${USAGE}`);
+    values[name] = value;
+  }
+  const num = (name: string, fallback: number) => Number(values[name] ?? fallback);
+  const port = (name: string, fallback: number) => {
+    const p = num(name, fallback);
+    if (!Number.isInteger(p) || p < 1 || p > 65535)
+      throw new Error(`--${name} must be a port between 1 and 65535 (fixed, so a restarted demo can resume), got ${p}`);
+    return p;
+  };
+  return {
+    apkMiB: num('apk-mib', 100),
+    durationSec: num('duration', 8),
+    timeoutSec: num('timeout-sec', 600),
+    keepCache: given.has('keep-cache'),
+    // DT_ARTIFACT_PORT 0 means "any free port" for a worker, which a resumable demo cannot use.
+    ports: {
+      origin: port('origin-port', 7390),
+      agent: port('agent-port', 7301),
+      artifact: port('artifact-port', artifactPort || 7380),
+    },
+  };
+}
+
+/** Fails naming the flag to change when a fixed port is taken or two of them collide. */
+async function checkPorts(ports: { port: number; what: string; flag: string }[]): Promise<void> {
+  for (const [i, p] of ports.entries()) {
+    const twin = ports.slice(0, i).find((q) => q.port === p.port);
+    if (twin) throw new Error(`${twin.flag} and ${p.flag} are both ${p.port}; give each its own port`);
+    if (!(await portIsFree(p.port))) {
+      throw new Error(
+        `port ${p.port} for ${p.what} is already in use by another program (perhaps another demo); stop it, or choose another port with ${p.flag}`,
+      );
     }
   }
-  return out;
+}
+
+/** Starts a server on its fixed port, naming the flag when the port was taken in the meantime. */
+async function listen(start: () => Promise<string>, port: number, flag: string): Promise<string> {
+  try {
+    return await start();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE')
+      throw new Error(
+        `port ${port} is already in use by another program; stop it, or choose another port with ${flag}`,
+      );
+    throw err;
+  }
+}
+
+function readMemory(file: string): DemoMemory {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as DemoMemory;
+  } catch {
+    return {};
+  }
 }
 
 function launch(name: string, script: string, env: NodeJS.ProcessEnv, logFile: string): ChildProcess {
   const fd = openSync(logFile, 'a');
-  const child = spawn(process.execPath, [script], { env, stdio: ['ignore', fd, fd] });
+  // Own process group: a Ctrl-C reaches only the demo, which stops the starter and worker before the
+  // servers they report to (a worker that can still reach Temporal fails its attempts at once, so
+  // a restarted demo resumes them without waiting for the heartbeat timeout).
+  const child = spawn(process.execPath, [script], { env, stdio: ['ignore', fd, fd], detached: true });
   closeSync(fd);
+  children.push(child);
   child.once('exit', (code, sig) => {
-    if (code !== 0 && sig === null) process.stderr.write(`${name} exited with ${code}; see ${logFile}\n`);
+    if (code !== 0 && sig === null && !interrupted)
+      process.stderr.write(`${name} exited with ${code}; see ${logFile}\n`);
   });
   return child;
 }
@@ -196,39 +424,71 @@ async function stopChild(child: ChildProcess): Promise<void> {
   clearTimeout(t);
 }
 
-async function watch(jobs: Job[], client: Client, redis: Redis, timeoutMs: number): Promise<Map<string, TraversalResult>> {
+/**
+ * Draws every job until its result is in Redis. Per tick: one GET per unfinished job, one `state`
+ * query per demo device (why a job is queued), one `progress` query per job that is not queued.
+ */
+async function watch(
+  jobs: Job[],
+  ctx: { client: Client; redis: Redis; taskQueue: string; keyPrefix: string; timeoutMs: number },
+): Promise<Map<string, TraversalResult>> {
+  const { client, redis } = ctx;
   const results = new Map<string, TraversalResult>();
   const tty = process.stdout.isTTY === true;
   const lastLine = new Map<string, string>();
-  const deadline = Date.now() + timeoutMs;
+  const deadline = Date.now() + ctx.timeoutMs;
+  const deviceIds = new Set(DEVICES.map((d) => `device/${d}`));
   let drawn = 0;
   let lastPlain = 0;
-  while (results.size < jobs.length) {
-    if (Date.now() > deadline) throw new Error(`demo timed out after ${timeoutMs / 1000} s with ${results.size}/${jobs.length} results`);
+  // After a Ctrl-C the services go away one by one; what the loop would see then is not news.
+  while (results.size < jobs.length && !interrupted) {
+    if (Date.now() > deadline)
+      throw new Error(`demo timed out after ${ctx.timeoutMs / 1000} s with ${results.size}/${jobs.length} results`);
+    const waiting = new Map<string, string>();
+    for (const s of await deviceStates(client, ctx.taskQueue, { accept: (id) => deviceIds.has(id) }).catch(() => [])) {
+      s.queue.forEach((q, i) => waiting.set(`${q.taskId}/${s.deviceId}`, queuedReason(s, i)));
+    }
     const lines: string[] = [];
     for (const job of jobs) {
       const key = `${job.taskId}/${job.deviceId}`;
       if (!results.has(key)) {
-        const raw = await redis.get(resultKey(job.taskId, job.deviceId));
+        const raw = await redis.get(resultKey(job.taskId, job.deviceId, ctx.keyPrefix));
         if (raw) results.set(key, JSON.parse(raw) as TraversalResult);
       }
       const done = results.get(key);
-      let p: Pick<TraversalProgress, 'phase' | 'percent' | 'screens'> = { phase: 'queued', percent: 0, screens: 0 };
-      if (done) p = { phase: done.status, percent: done.status === 'completed' ? 100 : 0, screens: done.screens };
+      const row: Pick<BoardRow, 'deviceId' | 'taskId' | 'phase' | 'percent' | 'screens' | 'waiting'> = {
+        ...job,
+        phase: 'queued',
+        percent: 0,
+        screens: 0,
+      };
+      if (done)
+        Object.assign(row, {
+          phase: done.status,
+          percent: done.status === 'completed' ? 100 : 0,
+          screens: done.screens,
+        });
+      else if (waiting.has(key)) row.waiting = waiting.get(key);
       else {
         try {
-          p = await client.workflow.getHandle(traversalWorkflowId(job.taskId, job.deviceId)).query(progressQuery);
+          const p = await client.connection.withDeadline(Date.now() + 3000, () =>
+            client.workflow.getHandle(traversalWorkflowId(job.taskId, job.deviceId)).query(progressQuery),
+          );
+          Object.assign(row, { phase: p.phase, percent: p.percent, screens: p.screens });
         } catch {
-          // not started yet: still queued behind the device's current run
+          // Neither queued nor started: the starter has not handed it to its device yet.
+          row.waiting = 'queued: waiting for the starter';
         }
       }
-      const bar = '█'.repeat(Math.round(p.percent / 5)).padEnd(20, '░');
-      lines.push(`${job.deviceId.padEnd(6)} ${job.packageName.padEnd(17)} ${p.phase.padEnd(11)} ${bar} ${String(p.percent).padStart(3)}%  ${p.screens} screens`);
-      if (!tty && lastLine.get(key) !== `${p.phase}`) {
-        lastLine.set(key, p.phase);
-        process.stdout.write(`[progress] ${job.taskId} ${job.deviceId}: ${p.phase} ${p.percent}%\n`);
+      lines.push(`${progressRow(row)}${job.resumed ? '  (resumed)' : ''}`);
+      const said = row.waiting ?? row.phase;
+      if (!tty && !interrupted && lastLine.get(key) !== said) {
+        lastLine.set(key, said);
+        const what = row.waiting ?? `${row.phase} ${Math.round(row.percent)}%`;
+        process.stdout.write(`[progress] ${job.taskId} ${job.deviceId}: ${what}${job.resumed ? ' (resumed)' : ''}\n`);
       }
     }
+    if (interrupted) break;
     if (tty) {
       if (drawn) process.stdout.write(`\x1b[${drawn}A`);
       process.stdout.write(lines.map((l) => `\x1b[2K${l}`).join('\n') + '\n');
@@ -239,6 +499,7 @@ async function watch(jobs: Job[], client: Client, redis: Redis, timeoutMs: numbe
     }
     if (results.size < jobs.length) await new Promise((r) => setTimeout(r, 500));
   }
+  if (interrupted) throw new Error('interrupted');
   return results;
 }
 
@@ -256,17 +517,30 @@ function printSummary(
     const r = results.get(`${j.taskId}/${j.deviceId}`)!;
     return [
       j.deviceId,
-      j.packageName,
-      r.status,
+      `${j.taskId}${j.resumed ? ' (resumed)' : ''}`,
+      r.packageName,
+      `${r.status}${(r.traversalAttempt ?? 1) > 1 ? ` (attempt ${r.traversalAttempt})` : ''}`,
       r.installMs !== undefined ? String(r.installMs) : '-',
       r.coldStartMs !== undefined ? String(r.coldStartMs) : '-',
       r.timings.runTraversal !== undefined ? (r.timings.runTraversal / 1000).toFixed(1) : '-',
       `${r.crashes}/${r.anrs}`,
-      r.reportUrl ? path.relative(PROJECT_ROOT, r.reportUrl.replace('file://', '')) : r.error ? `${r.error.type}: ${r.error.message}` : '-',
+      r.reportUrl
+        ? path.relative(PROJECT_ROOT, r.reportUrl.replace('file://', ''))
+        : r.error
+          ? `${r.error.type}: ${r.error.message}`
+          : '-',
     ];
   });
-  table(['device', 'package', 'status', 'install ms', 'cold start ms', 'traversal s', 'crashes/ANRs', 'report'], rows);
-  process.stdout.write('\n');
+  table(
+    ['device', 'task', 'package', 'status', 'install ms', 'cold start ms', 'traversal s', 'crashes/ANRs', 'report'],
+    rows,
+  );
+  const all = [...results.values()];
+  const resumed = jobs.filter((j) => j.resumed).length;
+  const failed = all.filter((r) => r.status !== 'completed').length;
+  process.stdout.write(
+    `\n${all.length} traversals: ${all.length - failed} completed, ${failed} failed or cancelled${resumed ? `; ${resumed} resumed from an earlier demo` : ''}\n\n`,
+  );
   table(
     ['APK', 'size', 'origin downloads (GETs)', 'origin bytes / size'],
     (['demo-app.apk', 'demo-lite.apk'] as const).map((name) => {
@@ -284,7 +558,9 @@ function printSummary(
 function table(head: string[], rows: string[][]): void {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]) => '| ' + cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ') + ' |';
-  process.stdout.write([line(head), '|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|', ...rows.map(line)].join('\n') + '\n');
+  process.stdout.write(
+    [line(head), '|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|', ...rows.map(line)].join('\n') + '\n',
+  );
 }
 
 main()
