@@ -1,6 +1,10 @@
 /**
  * Assembles a traversal worker from explicit parts: APK cache, artifact server, activities and the
  * Temporal Worker. Used by src/worker.ts and by the tests (which hand in their own servers).
+ *
+ * Start-up on a host where a worker died: end its orphaned traversal process groups, then fail the
+ * attempts its journal names (src/attempt-journal.ts) so Temporal retries them now rather than
+ * after their heartbeat timeout, then take work.
  */
 import type { Client } from '@temporalio/client';
 import { Worker, type NativeConnection, type WorkflowBundleOption } from '@temporalio/worker';
@@ -17,6 +21,8 @@ import type { Config } from './config';
 import { budgetQuery, progressSignal } from './messages';
 import { Metrics } from './metrics';
 import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import { AttemptJournal, failDeadWorkerAttempts, journalDir } from './attempt-journal';
 
 /** Parts a worker needs; the caller owns and closes the connection, client and Redis. */
 export interface TraversalWorkerOptions {
@@ -69,7 +75,9 @@ export function createDispatcher(policy?: UrlPolicy): Dispatcher {
     bodyTimeout: 60_000,
     keepAliveTimeout: 10_000,
   });
-  return policy ? agent.compose(policedRedirects(policy)) : agent.compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }));
+  return policy
+    ? agent.compose(policedRedirects(policy))
+    : agent.compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }));
 }
 
 /** Builds a worker and its artifact server (listening once this resolves). */
@@ -106,6 +114,32 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     await endStaleRun({ pidsDir, killGraceMs: config.killGraceMs }, f.slice(0, -5), undefined, { onlyOrphans: true });
   }
 
+  // Only once those processes are gone: fail the attempts a dead worker was running, so their retries
+  // start now (from the last heartbeat's checkpoint) instead of after the heartbeat timeout.
+  const identity = opts.identity ?? `${process.pid}@${os.hostname()}`;
+  const journal = new AttemptJournal({
+    dir: journalDir(config.dataDir),
+    identity,
+    namespace: opts.namespace,
+    log: opts.log,
+  });
+  await journal.open();
+  const sweepAbort = new AbortController();
+  const sweep = await failDeadWorkerAttempts({
+    dir: journalDir(config.dataDir),
+    client: opts.client,
+    namespace: opts.namespace,
+    identity,
+    ownFile: journal.file,
+    log: opts.log,
+    signal: sweepAbort.signal,
+  });
+  const closeJournal = async () => {
+    sweepAbort.abort();
+    await sweep.undecided;
+    await journal.close();
+  };
+
   // Progress signals and budget queries are best effort and may outlive the activity that sent
   // them; give each a deadline and let run() wait for them, so the client connection is never
   // closed under a call that is still retrying (grpc-js throws from a timer then).
@@ -130,22 +164,31 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     readBudget: (workflowId) => clientCall(() => opts.client.workflow.getHandle(workflowId).query(budgetQuery)),
   });
 
-  const worker = await Worker.create({
-    connection: opts.connection,
-    namespace: opts.namespace,
-    taskQueue: config.taskQueue,
-    ...(opts.identity ? { identity: opts.identity } : {}),
-    ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: require.resolve('./workflows') }),
-    activities,
-    maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,
-    maxCachedWorkflows: config.maxCachedWorkflows,
-    maxConcurrentWorkflowTaskExecutions: 20,
-    stickyQueueScheduleToStartTimeout: config.stickyTimeoutMs,
-    shutdownGraceTime: '10s',
-    // Heartbeats normally wait up to 0.8 × heartbeatTimeout; a cancel only arrives with one, so keep them frequent.
-    maxHeartbeatThrottleInterval: config.heartbeatThrottleMs,
-    defaultHeartbeatThrottleInterval: config.heartbeatThrottleMs,
-  });
+  let worker: Worker;
+  try {
+    worker = await Worker.create({
+      connection: opts.connection,
+      namespace: opts.namespace,
+      taskQueue: config.taskQueue,
+      identity,
+      interceptors: { activity: [journal.interceptors] },
+      ...(opts.workflowBundle
+        ? { workflowBundle: opts.workflowBundle }
+        : { workflowsPath: require.resolve('./workflows') }),
+      activities,
+      maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,
+      maxCachedWorkflows: config.maxCachedWorkflows,
+      maxConcurrentWorkflowTaskExecutions: 20,
+      stickyQueueScheduleToStartTimeout: config.stickyTimeoutMs,
+      shutdownGraceTime: '10s',
+      // Heartbeats normally wait up to 0.8 × heartbeatTimeout; a cancel only arrives with one, so keep them frequent.
+      maxHeartbeatThrottleInterval: config.heartbeatThrottleMs,
+      defaultHeartbeatThrottleInterval: config.heartbeatThrottleMs,
+    });
+  } catch (err) {
+    await closeJournal();
+    throw err;
+  }
   // Listen only once the worker exists, so an open port means the worker is ready.
   const boundUrl = await artifactServer.start();
   artifactUrl ||= boundUrl;
@@ -163,6 +206,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
         await worker.run();
       } finally {
         await Promise.all([...pendingCalls]);
+        await closeJournal();
         await artifactServer.close();
         if (!closed) {
           closed = true;

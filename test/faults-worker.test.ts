@@ -8,9 +8,10 @@ import assert from 'node:assert/strict';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import Redis from 'ioredis';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { JOURNAL_LEASE_STALE_MS, WORKER_LOST } from '../src/attempt-journal';
 import { PROJECT_ROOT } from '../src/config';
 import { traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../src/messages';
 import { AgentSimulator } from '../src/sim/agent-sim';
@@ -23,12 +24,17 @@ import {
   spawnWorker,
   traversalPids,
   waitFor,
+  workerJournals,
   type Proc,
 } from './support/procs';
 import { waitForResult } from './support/wait';
 
 const MiB = 1024 * 1024;
 const HEARTBEAT_MS = 3000;
+/** The default heartbeat timeout (DT_HEARTBEAT_TIMEOUT), which a same-host restart must not wait for. */
+const DEFAULT_HEARTBEAT_MS = 30_000;
+/** How soon after a kill and a restart on the same host the tool must run again. */
+const RESTART_RESUME_MS = 10_000;
 
 describe('a worker killed anywhere: the run resumes and nothing is lost', function () {
   const id = randomUUID().slice(0, 8);
@@ -36,7 +42,7 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
   const prefix = `fw${id}:`;
   const dataDir = mkdtempSync(path.join(os.tmpdir(), `dt-faults-w-${id}-`));
   const logDir = path.join(dataDir, 'logs');
-  const devices = ['fw-dl', 'fw-run', 'fw-inst', 'fw-two'];
+  const devices = ['fw-dl', 'fw-run', 'fw-inst', 'fw-two', 'fw-restart', 'fw-live', 'fw-ns'];
   let origin: ApkOrigin;
   let agent: AgentSimulator;
   let slowAgent: AgentSimulator;
@@ -64,6 +70,24 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
   const ensureOneWorker = async () => {
     if (live().length === 0) await startWorker();
   };
+  /** Exactly one live worker: extra ones are stopped gracefully (which removes their journals). */
+  const onlyOneWorker = async () => {
+    for (const w of live().slice(1)) await w.stop();
+    await ensureOneWorker();
+    return live()[0]!;
+  };
+  /** The run policy of a traversal that uses the default heartbeat timeout and retry interval. */
+  const defaultPolicy = { heartbeatTimeoutMs: DEFAULT_HEARTBEAT_MS, maxAttempts: 3, measureLaunch: false };
+  /** Waits until the running traversal of a workflow heartbeats past `percent`; returns the pending activity. */
+  const runningPast = (handle: WorkflowHandle, percent: number) =>
+    waitFor(
+      async () => {
+        const a = await pendingActivity(handle, 'runTraversal');
+        return a && Number(a.details?.percent ?? 0) >= percent ? a : undefined;
+      },
+      60_000,
+      `a traversal heartbeat past ${percent}%`,
+    );
 
   function request(fields: Partial<TraversalRequest> & { taskId: string; deviceId: string }): TraversalRequest {
     return {
@@ -276,5 +300,174 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
     assert.equal(r.traversalAttempt, 2);
     assert.ok(Number(r.resumedFrom) > 0, 'resumed from a checkpoint');
     assert.ok(javaPid && !pidAlive(javaPid), 'the killed worker’s jar was ended by the survivor');
+  });
+
+  it('killed during a traversal with the default heartbeat timeout and started again on the same data folder: the tool runs again within 10 s, from its checkpoint, installed once; a stale token left behind is harmless', async function () {
+    const victim = await onlyOneWorker();
+    const deviceId = 'fw-restart';
+    const handle = await enqueue(
+      request({
+        taskId: 'restart',
+        deviceId,
+        traversal: { durationSec: 40, extraArgs: ['--tick-ms', '100'] },
+        policy: defaultPolicy,
+      }),
+    );
+    const before = await runningPast(handle, 30);
+    const checkpoint = Number(before.details?.checkpoint ?? 0);
+    const [javaPid] = traversalPids(deviceId);
+    assert.ok(javaPid, 'the jar runs');
+    const journal = workerJournals(dataDir).find((j) => j.pid === victim.pid);
+    const recorded = journal?.attempts.find((a) => a.workflowId === handle.workflowId);
+    assert.ok(recorded, `the worker's journal names the running attempt: ${JSON.stringify(journal)}`);
+    assert.equal(recorded.activityType, 'runTraversal');
+    assert.equal(recorded.attempt, 1);
+
+    await victim.kill('SIGKILL');
+    const killedAt = Date.now();
+    const restarting = startWorker();
+    const newJar = await waitFor(
+      () => traversalPids(deviceId).find((p) => p !== javaPid),
+      DEFAULT_HEARTBEAT_MS + 15_000,
+      'the traversal command to run again',
+    );
+    const resumeMs = Date.now() - killedAt;
+    const restarted = await restarting;
+    console.log(
+      `      tool running again ${(resumeMs / 1000).toFixed(1)} s after the kill and restart (heartbeat timeout ${DEFAULT_HEARTBEAT_MS / 1000} s)`,
+    );
+    assert.ok(resumeMs <= RESTART_RESUME_MS, `the tool ran again after ${resumeMs} ms`);
+    assert.ok(!pidAlive(javaPid), 'the old jar was ended before the new one started');
+    const failedLog = restarted
+      .logs()
+      .find(
+        (e) =>
+          e.msg === 'failed the attempt of a dead worker so that it is retried now' &&
+          e.workflowId === handle.workflowId,
+      );
+    assert.ok(failedLog, 'the new worker says which attempt it failed');
+    assert.equal(failedLog.activityType, 'runTraversal');
+    assert.equal(failedLog.workerPid, victim.pid);
+    assert.ok(!workerJournals(dataDir).some((j) => j.pid === victim.pid), 'the dead worker’s journal is removed');
+    const retried = await pendingActivity(handle, 'runTraversal');
+    assert.equal(retried?.attempt, 2);
+    assert.equal(retried?.lastFailure?.type, WORKER_LOST);
+    assert.match(String(retried?.lastFailure?.message), new RegExp(`pid ${victim.pid}\\b`));
+
+    // The dead worker's journal comes back (a copy restored from a backup, a slow disk): its token
+    // names attempt 1, which is over, so the next worker's sweep must leave attempt 2 running.
+    writeFileSync(journal!.file, JSON.stringify({ ...journal, file: undefined }));
+    const third = await startWorker();
+    const staleLog = await third.waitForLog(
+      'attempt of a dead worker had already ended or was retried elsewhere; nothing to fail',
+      10_000,
+      { workflowId: handle.workflowId },
+    );
+    assert.equal(staleLog.attempt, 1);
+    assert.ok(!workerJournals(dataDir).some((j) => j.pid === victim.pid), 'the stale journal is removed');
+    const still = await pendingActivity(handle, 'runTraversal');
+    assert.ok(still?.attempt === 2 && still.started, `attempt 2 still runs: ${JSON.stringify(still)}`);
+    assert.ok(pidAlive(newJar), 'its jar still runs');
+
+    const r = await waitResult('restart', deviceId, 120_000);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.equal(r.traversalAttempt, 2);
+    assert.ok(
+      Number(r.resumedFrom) >= checkpoint && checkpoint > 0,
+      `resumed from ${r.resumedFrom}, checkpoint before the kill ${checkpoint}`,
+    );
+    const calls = agent.calls.filter((c) => c.deviceId === deviceId);
+    assert.equal(calls.filter((c) => c.op === 'install').length, 1, 'installed once');
+    assert.equal(calls.filter((c) => c.op === 'uninstall').length, 1, 'cleaned once');
+    assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');
+  });
+
+  it('a worker that starts beside a live one on the same data folder leaves its running attempt alone, even when its journal looks like another pid namespace’s', async function () {
+    const first = await onlyOneWorker();
+    const deviceId = 'fw-live';
+    const handle = await enqueue(
+      request({
+        taskId: 'live',
+        deviceId,
+        traversal: { durationSec: 12, extraArgs: ['--tick-ms', '100'] },
+        policy: defaultPolicy,
+      }),
+    );
+    await runningPast(handle, 10);
+    const journal = workerJournals(dataDir).find((j) => j.pid === first.pid);
+    assert.ok(
+      journal?.attempts.some((a) => a.workflowId === handle.workflowId),
+      'the live worker’s journal names the attempt',
+    );
+    // The same attempt as a worker of another container would record it: its pid means nothing
+    // here, only its lease (renewed below, as a live worker renews it) tells that it is alive.
+    const foreign = path.join(path.dirname(journal!.file), 'foreign-container.json');
+    writeFileSync(
+      foreign,
+      JSON.stringify({ ...journal, file: undefined, pid: 999_999, pidNamespace: 'pid:[1]', host: 'other-container' }),
+    );
+    const renew = setInterval(() => utimesSync(foreign, new Date(), new Date()), 500);
+    try {
+      const second = await startWorker();
+      await second.waitForLog('worker journal left alone: its worker is alive', 10_000, { file: journal!.file });
+      await second.waitForLog('worker journal left alone: its lease is renewed', JOURNAL_LEASE_STALE_MS + 10_000, {
+        file: foreign,
+      });
+      assert.ok(
+        !second.logs().some((e) => e.msg === 'failed the attempt of a dead worker so that it is retried now'),
+        'the starting worker failed nothing',
+      );
+      const a = await pendingActivity(handle, 'runTraversal');
+      assert.ok(
+        a?.attempt === 1 && a.started && a.workerIdentity?.startsWith(`${first.pid}@`),
+        `attempt 1 still runs on the first worker: ${JSON.stringify(a)}`,
+      );
+    } finally {
+      clearInterval(renew);
+      rmSync(foreign, { force: true });
+    }
+    const r = await waitResult('live', deviceId);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.equal(r.traversalAttempt, 1, 'never retried');
+  });
+
+  it('a worker of another pid namespace (a container restarted on a shared data folder) killed mid-traversal: its attempt is failed once its lease is stale', async function () {
+    const victim = await onlyOneWorker();
+    const deviceId = 'fw-ns';
+    const handle = await enqueue(
+      request({
+        taskId: 'ns',
+        deviceId,
+        traversal: { durationSec: 12, extraArgs: ['--tick-ms', '100'] },
+        policy: defaultPolicy,
+      }),
+    );
+    await runningPast(handle, 20);
+    const journal = workerJournals(dataDir).find((j) => j.pid === victim.pid);
+    assert.ok(journal, 'the worker has a journal');
+    await victim.kill('SIGKILL');
+    const killedAt = Date.now();
+    // As the new container sees it: a pid from another namespace, so only the lease can tell.
+    const mtime = new Date(killedAt);
+    writeFileSync(journal.file, JSON.stringify({ ...journal, file: undefined, pidNamespace: 'pid:[1]' }));
+    utimesSync(journal.file, mtime, mtime);
+    const restarted = await startWorker();
+    const failed = await restarted.waitForLog(
+      'failed the attempt of a dead worker so that it is retried now',
+      JOURNAL_LEASE_STALE_MS + 10_000,
+      { workflowId: handle.workflowId },
+    );
+    const failedAfterMs = Date.now() - killedAt;
+    assert.match(String(failed.reason), /lease not renewed/);
+    assert.ok(failedAfterMs >= JOURNAL_LEASE_STALE_MS, `not before the lease is stale (${failedAfterMs} ms)`);
+    console.log(
+      `      attempt of a worker in another pid namespace failed ${(failedAfterMs / 1000).toFixed(1)} s after the kill`,
+    );
+
+    const r = await waitResult('ns', deviceId);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.equal(r.traversalAttempt, 2);
+    assert.ok(Number(r.resumedFrom) > 0, 'resumed from a checkpoint');
+    assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');
   });
 });

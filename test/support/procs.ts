@@ -6,10 +6,11 @@
 import type { WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { journalDir, type JournalFile } from '../../src/attempt-journal';
 import { PROJECT_ROOT } from '../../src/config';
 import { TRAVERSAL_PHASE } from '../../src/search-attributes';
 import { workflowBundle } from './stack';
@@ -322,4 +323,22 @@ export async function pendingActivity(
 export async function phaseOf(handle: WorkflowHandle): Promise<string | undefined> {
   const desc = await handle.describe();
   return desc.typedSearchAttributes.get(TRAVERSAL_PHASE);
+}
+
+/** The worker journals of a data folder (src/attempt-journal.ts), each with its path. */
+export function workerJournals(dataDir: string): (JournalFile & { file: string })[] {
+  const dir = journalDir(dataDir);
+  const out: (JournalFile & { file: string })[] = [];
+  for (const name of existsSync(dir) ? readdirSync(dir) : []) {
+    if (!name.endsWith('.json')) continue;
+    try {
+      out.push({
+        ...(JSON.parse(readFileSync(path.join(dir, name), 'utf8')) as JournalFile),
+        file: path.join(dir, name),
+      });
+    } catch {
+      // being replaced, or removed meanwhile
+    }
+  }
+  return out;
 }
