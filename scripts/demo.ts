@@ -218,6 +218,9 @@ async function main(): Promise<void> {
       DT_STARTER_ID: STARTER_ID,
       DT_WORKFLOW_BUNDLE: process.env.DT_WORKFLOW_BUNDLE ?? path.join(PROJECT_ROOT, 'lib', 'workflow-bundle.js'),
       DT_HEARTBEAT_TIMEOUT: process.env.DT_HEARTBEAT_TIMEOUT ?? '15s',
+      // Each Ctrl-C during a traversal ends one attempt of it (the worker fails it on shutdown), so
+      // the demo allows more than the default 3: a run stopped twice must still finish.
+      DT_MAX_ATTEMPTS: process.env.DT_MAX_ATTEMPTS ?? '10',
     };
     // The memory flags of README "Sizing a container" (one malloc arena, small young generation, heap cap).
     const workerEnv = {
