@@ -56,7 +56,14 @@ async function main(): Promise<void> {
     process.once('SIGINT', () => stop('SIGINT'));
     // Without a terminal the progress goes through the logger, so stdout stays JSON lines.
     const board = new ProgressBoard(client, config.taskQueue, mode, process.stdout, 1000, (p) =>
-      logger.info('progress', { taskId: p.taskId, deviceId: p.deviceId, phase: p.phase, percent: Math.round(p.percent), screens: p.screens }),
+      logger.info('progress', {
+        taskId: p.taskId,
+        deviceId: p.deviceId,
+        phase: p.phase,
+        percent: Math.round(p.percent),
+        screens: p.screens,
+        ...(p.waiting ? { waiting: p.waiting } : {}),
+      }),
     ).start();
     await bridge.start().done();
     board.stop();
