@@ -220,7 +220,7 @@ describe('secrets stay out of logs, errors, histories and Redis', function () {
       DT_PROGRESS: 'off',
       DT_LOG_LEVEL: 'debug',
       DT_KILL_GRACE: '2s',
-      DT_PROGRESS_SIGNAL_INTERVAL: '500ms',
+      DT_CONTROL_POLL_INTERVAL: '500ms',
     };
     worker = spawnService('src/worker.ts', env);
     starter = spawnService('src/starter.ts', env);

@@ -167,7 +167,7 @@ export async function spawnWorker(s: ServiceEnv & { dataDir: string }): Promise<
       DT_ARTIFACT_PORT: '0',
       DT_WORKFLOW_BUNDLE: await currentBundleFile(),
       DT_KILL_GRACE: '2s',
-      DT_PROGRESS_SIGNAL_INTERVAL: '500ms',
+      DT_CONTROL_POLL_INTERVAL: '500ms',
       DT_LOG_LEVEL: 'info',
       // Every test server listens on loopback, which the URL policy refuses unless allow-listed.
       DT_ALLOWED_HOSTS: '127.0.0.1',
