@@ -123,6 +123,8 @@ const SCENARIOS: Scenario[] = [
         'the pause scenario to traverse',
       );
       await handle.signal('pause');
+      // Since pause also holds the running tool, finish it now so the pause shows between steps.
+      await handle.signal('budget', { finishNow: true });
       await waitFor(
         async () => (await handle.query<TraversalProgress>('progress')).phase === 'paused',
         'the traversal to pause',
@@ -130,6 +132,37 @@ const SCENARIOS: Scenario[] = [
       await handle.signal('resume');
       const r = await stack.waitResult('pause', 'rec-4');
       expect(r.status === 'completed', `traversal-paused-resumed ended ${r.status}`);
+      return handle;
+    },
+  },
+  {
+    name: 'traversal-findings-paused',
+    scenario:
+      'a traversal whose tool reported crashes and an ANR (shipped to the sink as found), was paused while it ran ' +
+      '(the tool held, progress only on 5-point steps) and resumed; the result carries the merged findings',
+    async run(stack) {
+      const apk = stack.apks['app.apk']!;
+      await stack.push(
+        task(stack, {
+          taskId: 'findings',
+          deviceId: 'rec-7',
+          apkUrl: apk.url,
+          apkSha256: apk.sha256,
+          packageName: 'com.example.findings',
+          traversal: { durationSec: 4, extraArgs: ['--tick-ms', '100', '--crashes', '2', '--anrs', '1'] },
+        }),
+      );
+      const handle = await handleOnceStarted(stack, traversalWorkflowId('findings', 'rec-7'));
+      await waitFor(
+        async () => (await handle.query<TraversalProgress>('progress')).percent >= 10,
+        'the findings scenario to traverse',
+      );
+      await handle.signal('pause');
+      await waitFor(async () => (await handle.query<TraversalProgress>('progress')).paused, 'the traversal to pause');
+      await new Promise((r) => setTimeout(r, 1500));
+      await handle.signal('resume');
+      const r = await stack.waitResult('findings', 'rec-7');
+      expect(r.status === 'completed' && r.findings.length === 3, `traversal-findings-paused ended ${r.status} with ${r.findings?.length} findings`);
       return handle;
     },
   },
@@ -278,7 +311,7 @@ async function main(): Promise<void> {
     process.env.TEST_TEMPORAL_ADDRESS = temporal.address;
     process.env.TEST_REDIS_URL = redis.url;
     stack = await startStack({
-      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6'],
+      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6', 'rec-7'],
       apks: [{ name: 'app.apk', size: 2 * MiB }],
       starter: true,
     });

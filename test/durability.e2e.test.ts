@@ -26,29 +26,18 @@ import { waitForResult } from './support/wait';
 const MiB = 1024 * 1024;
 const EventType = temporal.api.enums.v1.EventType;
 
-/** Names of the files in a tar archive (uncompressed bytes). */
-function tarNames(tar: Buffer): string[] {
-  const names: string[] = [];
+/** The files of a tar archive (uncompressed bytes), by name, in archive order. */
+function tarEntries(tar: Buffer): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  const field = (off: number, len: number) => tar.subarray(off, off + len).toString('utf8').replace(/\0.*$/s, '');
   for (let off = 0; off + 512 <= tar.length; ) {
-    const name = tar.subarray(off, off + 100).toString('utf8').replace(/\0.*$/s, '');
+    const name = field(off, 100);
     if (!name) break;
-    const size = parseInt(tar.subarray(off + 124, off + 136).toString('utf8').replace(/\0.*$/s, '').trim() || '0', 8);
-    names.push(name);
+    const size = parseInt(field(off + 124, 12).trim() || '0', 8);
+    out.set(name, tar.subarray(off + 512, off + 512 + size));
     off += 512 + Math.ceil(size / 512) * 512;
   }
-  return names;
-}
-
-/** One file of a tar archive. */
-function tarFile(tar: Buffer, wanted: string): Buffer | undefined {
-  for (let off = 0; off + 512 <= tar.length; ) {
-    const name = tar.subarray(off, off + 100).toString('utf8').replace(/\0.*$/s, '');
-    if (!name) break;
-    const size = parseInt(tar.subarray(off + 124, off + 136).toString('utf8').replace(/\0.*$/s, '').trim() || '0', 8);
-    if (name === wanted) return tar.subarray(off + 512, off + 512 + size);
-    off += 512 + Math.ceil(size / 512) * 512;
-  }
-  return undefined;
+  return out;
 }
 
 describe('a traversal at production shape', function () {
@@ -109,10 +98,10 @@ describe('a traversal at production shape', function () {
     }
     // Same app, same bugs: the two runs share their signatures.
     assert.deepEqual(r15.findings.map((f) => f.signature).sort(), r60.findings.map((f) => f.signature).sort());
-    const tar = gunzipSync(readFileSync(r60.reportUrl!.replace('file://', '')));
-    const names = tarNames(tar);
+    const tar = tarEntries(gunzipSync(readFileSync(r60.reportUrl!.replace('file://', ''))));
+    const names = [...tar.keys()];
     for (const n of ['summary.json', 'findings.json', 'findings/crash-1.png', 'findings/anr-1.png']) assert.ok(names.includes(n), `archive holds ${n}: ${names.join(', ')}`);
-    const inArchive = JSON.parse(tarFile(tar, 'findings.json')!.toString('utf8')) as Finding[];
+    const inArchive = JSON.parse(tar.get('findings.json')!.toString('utf8')) as Finding[];
     assert.deepEqual(inArchive.map((f) => f.signature), r60.findings.map((f) => f.signature));
     assert.ok(inArchive.every((f) => f.frames.length > 0 && f.screenshot && names.includes(f.screenshot)), 'every finding has frames and its screenshot');
   });
@@ -258,9 +247,9 @@ describe('findings when a host is lost mid-traversal', function () {
     assert.ok(r.findings.some((f) => f.attempt === 1), 'findings of the lost host kept');
 
     // The archive, read back from the sink, names them all; the lost host's screenshots are in it too.
-    const tar = gunzipSync(readFileSync(sink.fileOf('/reports/run/lost-run.tar.gz')));
-    const names = tarNames(tar);
-    const inArchive = JSON.parse(tarFile(tar, 'findings.json')!.toString('utf8')) as Finding[];
+    const tar = tarEntries(gunzipSync(readFileSync(sink.fileOf('/reports/run/lost-run.tar.gz'))));
+    const names = [...tar.keys()];
+    const inArchive = JSON.parse(tar.get('findings.json')!.toString('utf8')) as Finding[];
     assert.deepEqual(inArchive.map((f) => `${f.kind}:${f.signature}`).sort(), signatures(twin));
     const early = inArchive.filter((f) => f.attempt === 1);
     assert.ok(early.length > 0 && early.every((f) => f.screenshot?.startsWith('attempts/attempt-1/') && names.includes(f.screenshot)), JSON.stringify(early.map((f) => f.screenshot)));

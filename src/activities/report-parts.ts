@@ -77,6 +77,7 @@ export class AttemptShipper {
   private readonly startedAt = new Date().toISOString();
   private readonly localFile: string;
   private closed = false;
+  private filesQueued?: Promise<void>;
 
   constructor(private readonly o: AttemptShipperOptions) {
     this.localFile = localFindingsFile(o.runDir, o.attempt);
@@ -115,12 +116,15 @@ export class AttemptShipper {
     });
   }
 
-  /** Queues a pass over the report folder that ships every new or changed file, then the manifest. */
+  /** Queues a pass over the report folder that ships every new or changed file, then the manifest (one pass queued at a time). */
   shipFiles(): Promise<void> {
-    return this.enqueue(async () => {
+    if (this.filesQueued) return this.filesQueued;
+    this.filesQueued = this.enqueue(async () => {
+      this.filesQueued = undefined;
       await this.putChangedFiles();
       await this.putManifest(false);
     });
+    return this.filesQueued;
   }
 
   /**
