@@ -87,7 +87,7 @@ export interface UploadReportResult {
 }
 
 /** A tar.gz stream of named files read from disk one after the other. */
-export function tarGz(entries: { name: string; file?: string; data?: Buffer }[]): Readable {
+function tarGz(entries: { name: string; file?: string; data?: Buffer }[]): Readable {
   const pack = tar.pack();
   (async () => {
     for (const e of entries) {
@@ -185,7 +185,10 @@ export function createReportSinkActivities(deps: ReportSinkDeps) {
       const localReport = insideRoot(deps.runsDir, input.reportDir ?? path.join(input.taskId, input.deviceId, 'report'));
       const staging = path.join(runDir, `.merge-${process.pid}-${Date.now()}`);
       try {
-        const localFiles = async () => new Map((await listReportFiles(localReport)).map((rel) => [rel, path.join(localReport, rel)]));
+        // Every attempt on this host wrote into the one local folder: list it once.
+        let local: Map<string, string> | undefined;
+        const localFiles = async () =>
+          (local ??= new Map((await listReportFiles(localReport)).map((rel) => [rel, path.join(localReport, rel)])));
         const sources: AttemptSource[] = [];
         for (let n = 1; n <= Math.max(1, input.attempts ?? 1); n++) {
           const marker = localFindingsFile(runDir, n);

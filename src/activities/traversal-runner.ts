@@ -382,9 +382,8 @@ async function runOne(
   // another host; end it here too (a second after the server's timeout), so it does not run on alone.
   // A paused tool is silent on purpose: the clock starts again when it continues.
   let lastProgressAt = Date.now();
-  let paused = false;
+  const paused = () => progress.state.paused === true;
   const control = new ControlChannel(ctx, deps, workflowId, controlFile, pid, (p) => {
-    paused = p;
     progress.state.paused = p || undefined;
     lastProgressAt = Date.now();
     progress.heartbeat();
@@ -393,7 +392,7 @@ async function runOne(
   const controlTimer = setInterval(() => control.poll(), deps.controlPollMs);
   const shipTimer = setInterval(() => void shipper.shipFiles(), deps.reportShipMs ?? 30_000);
   // While paused no line arrives; keep the heartbeat (and with it a cancel) flowing.
-  const pausedTimer = setInterval(() => paused && progress.heartbeat(), 1000);
+  const pausedTimer = setInterval(() => paused() && progress.heartbeat(), 1000);
 
   const stderrTail: string[] = [];
   const out = readline.createInterface({ input: child.stdout!, crlfDelay: Infinity });
@@ -438,7 +437,7 @@ async function runOne(
   const hangTimer = silenceLimitMs
     ? setInterval(() => {
         const silentMs = Date.now() - lastProgressAt;
-        if (hung || paused || silentMs <= silenceLimitMs) return;
+        if (hung || paused() || silentMs <= silenceLimitMs) return;
         hung = new TraversalHungError(silentMs, pid);
         ctx.log.warn('traversal command printed no progress within the heartbeat timeout; ending it', {
           deviceId: input.deviceId,
