@@ -64,6 +64,7 @@ export const OPTIONS = {
   agentTimeoutMs: { env: 'DT_AGENT_TIMEOUT', kind: 'duration', default: '15m', doc: 'Longest wait for one device agent answer (installs of big APKs included) before the call fails as AgentUnavailable and is retried, ms or duration.' },
   deviceCheckMs: { env: 'DT_DEVICE_CHECK_INTERVAL', kind: 'duration', default: '5s', doc: 'How often a running traversal asks the agent whether its device is still online; an offline device fails the attempt as DeviceOffline, ms or duration.' },
   quarantineAfter: { env: 'DT_QUARANTINE_AFTER', kind: 'int', default: '3', doc: "Read by the starter, which puts it in each request's run policy; the worker's own value is ignored. Consecutive infrastructure failures (offline, agent down, busy, timeouts) after which a device stops taking work until a resume signal; 0 never quarantines." },
+  publishRetryMaxMs: { env: 'DT_PUBLISH_RETRY_MAX', kind: 'duration', default: '1m', doc: "Read by the starter, which puts it in each request's run policy. A finished traversal's result is written to Redis by a publish workflow that retries until Redis takes it (the device moves on at once); this is the longest wait between two attempts, so a result reaches Redis at most this long after Redis is back, ms or duration." },
   stickyTimeoutMs: { env: 'DT_STICKY_TIMEOUT', kind: 'duration', default: '10s', doc: "How long a workflow task waits for the worker that cached its workflow before any worker may take it (Temporal's sticky queue timeout); after a worker dies, its workflows stall up to this long, ms or duration." },
   redisKeyPrefix: { env: 'DT_REDIS_KEY_PREFIX', kind: 'string', default: '', doc: 'Prefix put before every Redis key the starter and worker use (tasks, dead letters, results), for sharing one Redis between deployments.' },
   controlPollMs: { env: 'DT_CONTROL_POLL_INTERVAL', kind: 'duration', default: '2s', doc: "How often a running traversal asks its workflow (by query, which writes no history) for budget changes and pause; a budget or pause signal reaches the tool within about this time, ms or duration." },
@@ -114,6 +115,7 @@ export interface Config {
   agentTimeoutMs: number;
   deviceCheckMs: number;
   quarantineAfter: number;
+  publishRetryMaxMs: number;
   stickyTimeoutMs: number;
   redisKeyPrefix: string;
   controlPollMs: number;

@@ -21,6 +21,8 @@ export interface RunPolicy {
   measureLaunch?: boolean;
   /** Consecutive infrastructure failures after which the device workflow quarantines its device (default 3; 0 never). */
   quarantineAfter?: number;
+  /** Longest wait between two attempts to publish a result while Redis refuses it, ms (default 60000). */
+  publishRetryMaxMs?: number;
 }
 
 /** One traversal of one app on one device: what the starter signals to a device workflow. */
@@ -71,6 +73,10 @@ export type Phase =
   | 'uploading'
   | 'cleaning'
   | 'publishing'
+  /** A publish workflow whose first attempts failed: it retries until Redis takes the result. */
+  | 'waiting-for-redis'
+  /** A publish workflow that wrote its result. */
+  | 'published'
   | 'paused'
   | 'completed'
   | 'failed'
@@ -270,4 +276,9 @@ export function deviceWorkflowId(deviceId: string): string {
 /** Workflow id of one traversal. */
 export function traversalWorkflowId(taskId: string, deviceId: string): string {
   return `traversal/${taskId}/${deviceId}`;
+}
+
+/** Workflow id of the workflow that publishes one traversal's result. */
+export function publishWorkflowId(taskId: string, deviceId: string): string {
+  return `publish/${taskId}/${deviceId}`;
 }

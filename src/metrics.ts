@@ -34,6 +34,44 @@ export class Counter {
   }
 }
 
+/**
+ * A gauge of the ids whose latest event was a failure and that failed again within `ttlMs`: ids
+ * retried on another worker, or given up, drop out by themselves.
+ */
+export class FailingSet {
+  private readonly lastFailure = new Map<string, number>();
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly ttlMs: number,
+  ) {}
+  /** Records a failure of `id`. */
+  add(id: string, now = Date.now()): void {
+    this.lastFailure.delete(id);
+    this.lastFailure.set(id, now);
+  }
+  /** Records a success of `id`. */
+  remove(id: string): void {
+    this.lastFailure.delete(id);
+  }
+  /** Ids that failed within the window. */
+  size(now = Date.now()): number {
+    // Oldest first (add re-inserts), so pruning stops at the first fresh entry.
+    for (const [id, at] of this.lastFailure) {
+      if (now - at <= this.ttlMs) break;
+      this.lastFailure.delete(id);
+    }
+    return this.lastFailure.size;
+  }
+  /** Prometheus exposition lines. */
+  render(): string {
+    return [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} gauge`, `${this.name} ${this.size()}`].join('\n');
+  }
+}
+
+/** Longest wait between two publish attempts (the publish workflow's retry cap can be lower). */
+export const PUBLISH_RETRY_CAP_MS = 60_000;
+
 /** The worker's metrics; one instance per worker process, handed to activities. */
 export class Metrics {
   readonly originDownloads = new Counter('dt_apk_origin_downloads_total', 'APK downloads started against an origin');
@@ -44,6 +82,12 @@ export class Metrics {
   readonly traversals = new Counter('dt_traversals_total', 'Traversal command runs by outcome');
   readonly traversalSeconds = new Counter('dt_traversal_seconds_total', 'Seconds spent running traversal commands');
   readonly failures = new Counter('dt_activity_failures_total', 'Activity failures by error type');
+  readonly publishFailures = new Counter('dt_result_publish_failures_total', 'Failed attempts to write a result to Redis, by Redis error');
+  readonly resultsWaiting = new FailingSet(
+    'dt_results_waiting_for_redis',
+    'Results whose last publish attempt on this worker failed (kept by Temporal, retried until Redis takes them)',
+    3 * PUBLISH_RETRY_CAP_MS,
+  );
 
   /** Full exposition text, including process memory. */
   render(): string {
@@ -57,6 +101,6 @@ export class Metrics {
       `dt_process_heap_used_bytes ${mem.heapUsed}`,
     ];
     const counters = Object.values(this).filter((v): v is Counter => v instanceof Counter);
-    return [...counters.map((c) => c.render()), ...gauges].join('\n') + '\n';
+    return [...counters.map((c) => c.render()), this.resultsWaiting.render(), ...gauges].join('\n') + '\n';
   }
 }

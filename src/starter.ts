@@ -44,6 +44,7 @@ async function main(): Promise<void> {
         delivery: config.delivery,
         measureLaunch: config.measureLaunch,
         quarantineAfter: config.quarantineAfter,
+        publishRetryMaxMs: config.publishRetryMaxMs,
       },
       log: (level, msg, meta) => logger[level](msg, meta),
     });

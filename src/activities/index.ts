@@ -80,7 +80,7 @@ export function createActivities(deps: ActivityDeps) {
       dispatcher: deps.dispatcher,
       maxBytes: config.reportMaxBytes,
     }),
-    ...createResultPublisherActivities({ redis: deps.redis, keyPrefix: deps.redisKeyPrefix }),
+    ...createResultPublisherActivities({ redis: deps.redis, keyPrefix: deps.redisKeyPrefix, metrics: deps.metrics }),
   }), (activity, type) => deps.metrics.failures.inc({ activity, type }));
 }
 

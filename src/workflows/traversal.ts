@@ -1,6 +1,7 @@
 /**
  * One app on one device: resolveApk → prepareDevice → installApp → measureLaunch → runTraversal →
- * uploadReport, then cleanupDevice and publishResult always, also after a failure or a cancel.
+ * uploadReport, then cleanupDevice always, also after a failure or a cancel; then it hands its result to
+ * a publish workflow, which writes it into Redis.
  */
 import {
   ActivityCancellationType,
@@ -11,7 +12,9 @@ import {
   log,
   patched,
   proxyActivities,
+  ParentClosePolicy,
   setCurrentDetails,
+  startChild,
   setHandler,
   upsertSearchAttributes,
   workflowInfo,
@@ -30,6 +33,7 @@ import {
   pauseSignal,
   progressQuery,
   progressSignal,
+  publishWorkflowId,
   resumeSignal,
   type Phase,
   type StepName,
@@ -39,6 +43,7 @@ import {
   type TraversalResult,
 } from '../messages';
 import { TRAVERSAL_PHASE } from '../search-attributes';
+import { publishWorkflow } from './publish';
 
 function retry(maximumAttempts: number, initialMs: number): ActivityOptions['retry'] {
   return {
@@ -276,14 +281,32 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       workflowId: info.workflowId,
       runId: info.runId,
     };
-    setPhase('publishing');
-    const p0 = Date.now();
-    try {
-      await publisher.publishResult(result);
-    } catch (err) {
-      log.error('publishing the result failed', { error: describeFailure(err) });
+    if (patched('publish-apart')) {
+      // Redis gets the result from a workflow of its own that retries until Redis takes it, so
+      // the device is free at once even while Redis refuses writes.
+      try {
+        await startChild(publishWorkflow, {
+          workflowId: publishWorkflowId(req.taskId, req.deviceId),
+          args: [{ result, initialRetryMs: init, maxRetryMs: policy.publishRetryMaxMs }],
+          parentClosePolicy: ParentClosePolicy.ABANDON,
+          staticSummary: `publish the result of ${req.taskId} on ${req.deviceId}`,
+          typedSearchAttributes: [{ key: TRAVERSAL_PHASE, value: 'publishing' }],
+        });
+      } catch (err) {
+        // Only when a publish workflow of this id still runs (a reset traversal): it publishes.
+        log.error('the publish workflow could not start', { error: describeFailure(err) });
+      }
+    } else {
+      // Runs recorded before: published here, and gave up after ten attempts.
+      setPhase('publishing');
+      const p0 = Date.now();
+      try {
+        await publisher.publishResult(result);
+      } catch (err) {
+        log.error('publishing the result failed', { error: describeFailure(err) });
+      }
+      timings.publishResult = Date.now() - p0;
     }
-    timings.publishResult = Date.now() - p0;
     setPhase(status);
   });
 

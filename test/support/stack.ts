@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadConfig, PROJECT_ROOT, type Config } from '../../src/config';
-import type { TraversalResult } from '../../src/messages';
+import type { RunPolicy, TraversalResult } from '../../src/messages';
 import { waitForResult } from './wait';
 import { AgentSimulator, type AgentSimOptions } from '../../src/sim/agent-sim';
 import { ApkOrigin, type ApkInfo } from '../../src/sim/origin';
@@ -57,6 +57,10 @@ export interface StackOptions {
   address?: string;
   /** URL policy of the worker and starter (default: config.allowedHosts, which allows 127.0.0.1 here). */
   urlPolicy?: UrlPolicy;
+  /** Redis of the whole stack, worker and starter (default: the global test Redis). */
+  redisUrl?: string;
+  /** Run policy fields the starter puts into every request, over the stack's defaults. */
+  policy?: Partial<RunPolicy>;
 }
 
 /** A running stack; `stop()` tears everything down. */
@@ -103,7 +107,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     },
   );
   const address = opts.address ?? process.env.TEST_TEMPORAL_ADDRESS!;
-  const redisUrl = process.env.TEST_REDIS_URL!;
+  const redisUrl = opts.redisUrl ?? process.env.TEST_REDIS_URL!;
   const wfBundle = await workflowBundle();
 
   const origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
@@ -150,7 +154,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       agents,
       urlPolicy: opts.urlPolicy ?? new UrlPolicy(config.allowedHosts),
       keyPrefix: prefix,
-      policy: { heartbeatTimeoutMs: config.heartbeatTimeoutMs, maxAttempts: config.maxAttempts, initialRetryMs: 200 },
+      policy: { heartbeatTimeoutMs: config.heartbeatTimeoutMs, maxAttempts: config.maxAttempts, initialRetryMs: 200, ...opts.policy },
     }).start();
   }
 
