@@ -312,6 +312,7 @@ async function main(): Promise<void> {
       redis,
       taskQueue: config.taskQueue,
       keyPrefix: config.redisKeyPrefix,
+      deployment: config.deployment,
       timeoutMs: args.timeoutSec * 1000,
     });
 
@@ -433,7 +434,7 @@ async function stopChild(child: ChildProcess): Promise<void> {
  */
 async function watch(
   jobs: Job[],
-  ctx: { client: Client; redis: Redis; taskQueue: string; keyPrefix: string; timeoutMs: number },
+  ctx: { client: Client; redis: Redis; taskQueue: string; keyPrefix: string; deployment: string; timeoutMs: number },
 ): Promise<Map<string, TraversalResult>> {
   const { client, redis } = ctx;
   const results = new Map<string, TraversalResult>();
@@ -475,7 +476,7 @@ async function watch(
       else {
         try {
           const p = await client.connection.withDeadline(Date.now() + 3000, () =>
-            client.workflow.getHandle(traversalWorkflowId(job.taskId, job.deviceId)).query(progressQuery),
+            client.workflow.getHandle(traversalWorkflowId(job.taskId, job.deviceId, ctx.deployment)).query(progressQuery),
           );
           Object.assign(row, { phase: p.phase, percent: p.percent, screens: p.screens });
         } catch {

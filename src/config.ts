@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import path from 'node:path';
-import type { Delivery } from './messages';
+import { DEPLOYMENT_PATTERN, type Delivery } from './messages';
 import { parseAllowList } from './url-policy';
 
 /** Root of the project checkout (config.ts lives in src/ or lib/src/). */
@@ -66,6 +66,7 @@ export const OPTIONS = {
   quarantineAfter: { env: 'DT_QUARANTINE_AFTER', kind: 'int', default: '3', doc: "Read by the starter, which puts it in each request's run policy; the worker's own value is ignored. Consecutive infrastructure failures (offline, agent down, busy, timeouts) after which a device stops taking work until a resume signal; 0 never quarantines." },
   publishRetryMaxMs: { env: 'DT_PUBLISH_RETRY_MAX', kind: 'duration', default: '1m', doc: "Read by the starter, which puts it in each request's run policy. A finished traversal's result is written to Redis by a publish workflow that retries until Redis takes it (the device moves on at once); this is the longest wait between two attempts, so a result reaches Redis at most this long after Redis is back, ms or duration." },
   stickyTimeoutMs: { env: 'DT_STICKY_TIMEOUT', kind: 'duration', default: '10s', doc: "How long a workflow task waits for the worker that cached its workflow before any worker may take it (Temporal's sticky queue timeout); after a worker dies, its workflows stall up to this long, ms or duration." },
+  deployment: { env: 'DT_DEPLOYMENT', kind: 'string', default: '', doc: "Name of this deployment (starter and workers): it starts every workflow id (`<name>/device/<id>`), so deployments sharing a Temporal namespace never share a device workflow, and the starter refuses to signal a device workflow of another deployment. Empty means the Redis key prefix without its trailing separators; 'none' (or an empty prefix) keeps the unscoped ids `device/<id>` of earlier versions." },
   redisKeyPrefix: { env: 'DT_REDIS_KEY_PREFIX', kind: 'string', default: '', doc: 'Prefix put before every Redis key the starter and worker use (tasks, dead letters, results), for sharing one Redis between deployments.' },
   controlPollMs: { env: 'DT_CONTROL_POLL_INTERVAL', kind: 'duration', default: '2s', doc: "How often a running traversal asks its workflow (by query, which writes no history) for budget changes and pause; a budget or pause signal reaches the tool within about this time, ms or duration." },
   progress: { env: 'DT_PROGRESS', kind: 'enum', values: ['auto', 'bars', 'lines', 'off'], default: 'auto', doc: "Starter's live progress: bars on a terminal, plain lines otherwise ('auto'), or forced/off." },
@@ -117,6 +118,7 @@ export interface Config {
   quarantineAfter: number;
   publishRetryMaxMs: number;
   stickyTimeoutMs: number;
+  deployment: string;
   redisKeyPrefix: string;
   controlPollMs: number;
   progress: 'auto' | 'bars' | 'lines' | 'off';
@@ -231,5 +233,30 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(cfg.starterId)) {
     throw new ConfigError(`DT_STARTER_ID=${cfg.starterId} is invalid: use 1-64 letters, digits, dot, dash or underscore`);
   }
+  cfg.deployment = resolveDeployment(cfg.deployment, cfg.redisKeyPrefix);
   return { ...(cfg as Config), ...overrides };
+}
+
+/** The deployment name a Redis key prefix gives (`lab-a:` → `lab-a`), or '' when it gives none. */
+export function deploymentFromPrefix(prefix: string): string {
+  const name = prefix.replace(/[:/._-]+$/, '');
+  return DEPLOYMENT_PATTERN.test(name) ? name : '';
+}
+
+/** DT_DEPLOYMENT as given ('none' → ''), or derived from the key prefix; a bad name fails at start. */
+export function resolveDeployment(raw: string, prefix: string): string {
+  if (raw === 'none') return '';
+  if (raw) {
+    if (!DEPLOYMENT_PATTERN.test(raw)) {
+      throw new ConfigError(`DT_DEPLOYMENT=${JSON.stringify(raw)} is invalid: use 1-64 letters, digits, dot, dash or underscore, starting with a letter or digit`);
+    }
+    return raw;
+  }
+  const derived = deploymentFromPrefix(prefix);
+  if (!derived && prefix.replace(/[:/._-]+$/, '')) {
+    throw new ConfigError(
+      `DT_REDIS_KEY_PREFIX=${JSON.stringify(prefix)} does not make a deployment name (DT_DEPLOYMENT defaults to it); set DT_DEPLOYMENT, or DT_DEPLOYMENT=none for unscoped workflow ids`,
+    );
+  }
+  return derived;
 }

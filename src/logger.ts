@@ -1,5 +1,6 @@
 /** JSON-lines logger used by entry points and installed as the Temporal runtime logger. */
 import type { LogLevel, LogMetadata, Logger } from '@temporalio/common';
+import { parseWorkflowId } from './messages';
 
 const ORDER: Record<string, number> = { TRACE: 0, DEBUG: 1, INFO: 2, WARN: 3, ERROR: 4 };
 
@@ -25,15 +26,12 @@ export class JsonLogger implements Logger {
       // The SDK passes its own fields (workflowId, activityType…) in meta; keep them flat.
       entry[k] = v instanceof Error ? { name: v.name, message: v.message } : v;
     }
-    // Workflow ids carry the task and device (traversal/<taskId>/<deviceId>, device/<deviceId>):
+    // Workflow ids carry the task and device ([<deployment>/]traversal/<taskId>/<deviceId>, …/device/<deviceId>):
     // surface them as fields so every line can be filtered by task or device.
     if (typeof entry.workflowId === 'string') {
-      const t = /^traversal\/([^/]+)\/([^/]+)$/.exec(entry.workflowId);
-      const d = /^device\/([^/]+)$/.exec(entry.workflowId);
-      if (t) {
-        entry.taskId ??= t[1];
-        entry.deviceId ??= t[2];
-      } else if (d) entry.deviceId ??= d[1];
+      const id = parseWorkflowId(entry.workflowId);
+      if (id?.taskId) entry.taskId ??= id.taskId;
+      if (id) entry.deviceId ??= id.deviceId;
     }
     let line = safeStringify(entry);
     for (const form of this.masks) line = line.split(form).join('***');

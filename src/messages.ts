@@ -38,6 +38,8 @@ export interface TraversalRequest {
   policy?: RunPolicy;
   /** ISO time the starter accepted the task. */
   enqueuedAt?: string;
+  /** The deployment whose starter sent it (`DT_DEPLOYMENT`; absent: none). */
+  deployment?: string;
 }
 
 /** Settings handed to the traversal command. */
@@ -210,6 +212,8 @@ export interface TraversalResult {
 /** Input of a device workflow; queue and dedupe memory are carried across continue-as-new. */
 export interface DeviceWorkflowInput {
   deviceId: string;
+  /** The deployment the workflow belongs to ('' or absent: none); it refuses requests of any other. */
+  deployment?: string;
   queue?: TraversalRequest[];
   seenTaskIds?: string[];
   paused?: boolean;
@@ -268,17 +272,39 @@ export const progressQuery = defineQuery<TraversalProgress>('progress');
 /** Queue and current run of a device. */
 export const deviceStateQuery = defineQuery<DeviceState>('state');
 
-/** Workflow id of a device's entity workflow. */
-export function deviceWorkflowId(deviceId: string): string {
-  return `device/${deviceId}`;
+/**
+ * Deployment names: they start workflow ids, so two deployments sharing a Temporal namespace never
+ * share a workflow. No `/`, so an id reads back unambiguously.
+ */
+export const DEPLOYMENT_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** `<deployment>/` or nothing: ids of a deployment without a name are those of earlier versions. */
+function scope(deployment = ''): string {
+  return deployment ? `${deployment}/` : '';
 }
 
-/** Workflow id of one traversal. */
-export function traversalWorkflowId(taskId: string, deviceId: string): string {
-  return `traversal/${taskId}/${deviceId}`;
+/** Workflow id of a device's entity workflow: `[<deployment>/]device/<deviceId>`. */
+export function deviceWorkflowId(deviceId: string, deployment?: string): string {
+  return `${scope(deployment)}device/${deviceId}`;
+}
+
+/** Workflow id of one traversal: `[<deployment>/]traversal/<taskId>/<deviceId>`. */
+export function traversalWorkflowId(taskId: string, deviceId: string, deployment?: string): string {
+  return `${scope(deployment)}traversal/${taskId}/${deviceId}`;
 }
 
 /** Workflow id of the workflow that publishes one traversal's result. */
-export function publishWorkflowId(taskId: string, deviceId: string): string {
-  return `publish/${taskId}/${deviceId}`;
+export function publishWorkflowId(taskId: string, deviceId: string, deployment?: string): string {
+  return `${scope(deployment)}publish/${taskId}/${deviceId}`;
+}
+
+/** What a workflow id of this project names, or undefined for any other id. */
+export function parseWorkflowId(
+  id: string,
+): { deployment: string; kind: 'device' | 'traversal' | 'publish'; taskId?: string; deviceId: string } | undefined {
+  const m = /^(?:([^/]+)\/)?(?:device\/([^/]+)|(traversal|publish)\/([^/]+)\/([^/]+))$/.exec(id);
+  if (!m) return undefined;
+  const deployment = m[1] ?? '';
+  if (m[2] !== undefined) return { deployment, kind: 'device', deviceId: m[2] };
+  return { deployment, kind: m[3] as 'traversal' | 'publish', taskId: m[4], deviceId: m[5]! };
 }

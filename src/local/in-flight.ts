@@ -7,7 +7,7 @@
  */
 import type { Client } from '@temporalio/client';
 import type Redis from 'ioredis';
-import { progressQuery, traversalWorkflowId, type TraversalProgress } from '../messages';
+import { parseWorkflowId, progressQuery, traversalWorkflowId, type TraversalProgress } from '../messages';
 import { deviceStates, queuedReason } from '../progress-board';
 import { APP_PACKAGE, DEVICE_ID, TASK_ID } from '../search-attributes';
 
@@ -20,12 +20,14 @@ export interface InFlightRun {
   state: 'running' | 'queued' | 'pending';
   /** For people: "traversing 40%", "queued behind traversal/…", "in traversal:tasks". */
   detail: string;
+  /** The traversal workflow's id, for running ones. */
+  workflowId?: string;
 }
 
 /** Where to look. */
 export interface InFlightScope {
   taskQueue: string;
-  /** Device ids whose queues count (device workflows `device/<id>`). */
+  /** Device ids whose queues count (device workflows `[<deployment>/]device/<id>`). */
   devices: string[];
   /** Redis lists that may still hold tasks (the task list, the starter's processing list). */
   taskLists?: string[];
@@ -43,11 +45,12 @@ export async function runningTraversals(
   const out: Omit<InFlightRun, 'detail'>[] = [];
   for await (const wf of client.workflow.list({ query, pageSize: 100 })) {
     const sa = wf.typedSearchAttributes;
-    // The id is traversal/<taskId>/<deviceId>; the attributes say the same without parsing.
-    const [, taskFromId = '', deviceFromId = ''] = /^traversal\/(.+)\/([^/]+)$/.exec(wf.workflowId) ?? [];
+    // The attributes say what the id says, without parsing it.
+    const id = parseWorkflowId(wf.workflowId);
     out.push({
-      taskId: sa.get(TASK_ID) ?? taskFromId,
-      deviceId: sa.get(DEVICE_ID) ?? deviceFromId,
+      workflowId: wf.workflowId,
+      taskId: sa.get(TASK_ID) ?? id?.taskId ?? '',
+      deviceId: sa.get(DEVICE_ID) ?? id?.deviceId ?? '',
       packageName: sa.get(APP_PACKAGE),
       state: 'running',
     });
@@ -96,7 +99,7 @@ export async function findInFlight(client: Client, redis: Redis, scope: InFlight
     let detail = 'running';
     try {
       const p: TraversalProgress = await client.connection.withDeadline(Date.now() + 10_000, () =>
-        client.workflow.getHandle(traversalWorkflowId(r.taskId, r.deviceId)).query(progressQuery),
+        client.workflow.getHandle(r.workflowId!).query(progressQuery),
       );
       detail = p.phase === 'traversing' ? `traversing ${Math.round(p.percent)}%` : p.phase;
     } catch {
@@ -105,7 +108,7 @@ export async function findInFlight(client: Client, redis: Redis, scope: InFlight
     runs.push({ ...r, detail });
   }
   const states = await deviceStates(client, scope.taskQueue, {
-    accept: (id) => devices.has(id.replace(/^device\//, '')),
+    accept: (id) => devices.has(parseWorkflowId(id)?.deviceId ?? ''),
     max: devices.size,
   });
   for (const s of states) {
@@ -133,7 +136,7 @@ export function describeInFlight(runs: InFlightRun[], what = 'from an earlier de
     .sort((a, b) => a.taskId.localeCompare(b.taskId) || a.deviceId.localeCompare(b.deviceId));
   const queued = runs.filter((r) => r.state === 'queued').length;
   const pending = runs.filter((r) => r.state === 'pending').length;
-  const list = running.map((r) => `${traversalWorkflowId(r.taskId, r.deviceId)} (${r.detail})`).join(', ');
+  const list = running.map((r) => `${r.workflowId ?? traversalWorkflowId(r.taskId, r.deviceId)} (${r.detail})`).join(', ');
   let text = `found ${running.length} run${running.length === 1 ? '' : 's'} in flight ${what}${list ? `: ${list}` : ''}`;
   if (queued) text += `; ${queued} queued behind them`;
   if (pending) text += `; ${pending} not yet started, still in Redis`;

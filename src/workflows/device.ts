@@ -1,5 +1,5 @@
 /**
- * The device workflow (id `device/<deviceId>`): the device's FIFO queue. Requests arrive by the
+ * The device workflow (id `[<deployment>/]device/<deviceId>`): the device's FIFO queue. Requests arrive by the
  * `enqueue` signal and run one at a time as child traversal workflows, so two traversals never
  * touch one phone at once. It continues-as-new between children, carrying queue and dedupe memory.
  */
@@ -56,6 +56,7 @@ function deviceFault(err: unknown, taskId: string): InfraFailure | undefined {
 /** The device workflow. */
 export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> {
   const { deviceId } = input;
+  const deployment = input.deployment ?? '';
   const queue: TraversalRequest[] = [...(input.queue ?? [])];
   const seen = new Set<string>(input.seenTaskIds ?? []);
   let paused = input.paused ?? false;
@@ -82,6 +83,11 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
   setHandler(enqueueSignal, (req) => {
     if (req.deviceId !== deviceId) {
       log.warn('request for another device ignored', { deviceId, requestDevice: req.deviceId, taskId: req.taskId });
+      return;
+    }
+    if ((req.deployment ?? '') !== deployment) {
+      // The starter checks this before it signals; this catches a request sent around it.
+      log.warn('request from another deployment refused', { deviceId, deployment, requestDeployment: req.deployment, taskId: req.taskId });
       return;
     }
     if (seen.has(req.taskId)) {
@@ -126,6 +132,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
       await condition(allHandlersFinished);
       await continueAsNew<typeof deviceWorkflow>({
         deviceId,
+        ...(deployment ? { deployment } : {}),
         queue,
         seenTaskIds: [...seen],
         paused,
@@ -136,7 +143,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
       });
     }
     const req = queue.shift()!;
-    const workflowId = traversalWorkflowId(req.taskId, deviceId);
+    const workflowId = traversalWorkflowId(req.taskId, deviceId, deployment);
     current = { taskId: req.taskId, workflowId, packageName: req.packageName };
     describe();
     try {

@@ -286,7 +286,7 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       // the device is free at once even while Redis refuses writes.
       try {
         await startChild(publishWorkflow, {
-          workflowId: publishWorkflowId(req.taskId, req.deviceId),
+          workflowId: publishWorkflowId(req.taskId, req.deviceId, req.deployment),
           args: [{ result, initialRetryMs: init, maxRetryMs: policy.publishRetryMaxMs }],
           parentClosePolicy: ParentClosePolicy.ABANDON,
           staticSummary: `publish the result of ${req.taskId} on ${req.deviceId}`,
