@@ -31,6 +31,7 @@ export const OPTIONS = {
   apkCacheMaxBytes: { env: 'DT_APK_CACHE_MAX_BYTES', kind: 'bytes', default: '20GiB', doc: 'Size cap of the APK cache, bytes; least recently used APKs not in use are evicted after a download pushes it over.' },
   apkCacheLeaseMs: { env: 'DT_APK_CACHE_LEASE', kind: 'duration', default: '1h', doc: 'How long an APK resolved for a traversal (or served to an agent) is kept from eviction, ms or a duration like 1h.' },
   maxOriginDownloads: { env: 'DT_MAX_ORIGIN_DOWNLOADS', kind: 'int', default: '4', doc: 'Origin downloads one worker runs at once; more wait for a slot; 0 means no cap.' },
+  apkDiskReserveBytes: { env: 'DT_APK_DISK_RESERVE', kind: 'bytes', default: '64MiB', doc: "Free space an APK download leaves on the cache's disk for logs, reports and other writers, bytes; at most 5% of that disk's size counts, so small disks still work. A download that does not fit even after evicting unused APKs fails as InsufficientStorage (retried) and removes its partial file." },
   allowedHosts: { env: 'DT_ALLOWED_HOSTS', kind: 'string', default: '', doc: "Comma-separated host names, *.suffixes, IPs or CIDRs that may be private or loopback addresses (APK origins, agents, report sinks) and that tasks may name as agentUrl; '*' trusts all. Link-local and metadata addresses are always refused." },
   delivery: { env: 'DT_DELIVERY', kind: 'enum', values: ['cache', 'direct'], default: 'cache', doc: "How agents get the APK: 'cache' (from the worker's artifact server) or 'direct' (from the origin URL). Read by both: the starter puts it in each request's run policy and that value wins; the worker's own value applies only to requests without one (workflows started around the starter)." },
   artifactHost: { env: 'DT_ARTIFACT_HOST', kind: 'string', default: '127.0.0.1', doc: 'Bind address of the artifact and metrics server.' },
@@ -81,6 +82,7 @@ export interface Config {
   apkCacheMaxBytes: number;
   apkCacheLeaseMs: number;
   maxOriginDownloads: number;
+  apkDiskReserveBytes: number;
   allowedHosts: string;
   delivery: Delivery;
   artifactHost: string;

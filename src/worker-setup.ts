@@ -91,6 +91,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     maxCacheBytes: config.apkCacheMaxBytes,
     leaseMs: config.apkCacheLeaseMs,
     maxConcurrentDownloads: config.maxOriginDownloads,
+    diskReserveBytes: config.apkDiskReserveBytes,
     dispatcher,
     metrics,
     log: opts.log,
