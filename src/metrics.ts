@@ -44,6 +44,8 @@ export class Metrics {
   readonly traversals = new Counter('dt_traversals_total', 'Traversal command runs by outcome');
   readonly traversalSeconds = new Counter('dt_traversal_seconds_total', 'Seconds spent running traversal commands');
   readonly failures = new Counter('dt_activity_failures_total', 'Activity failures by error type');
+  readonly sweptFiles = new Counter('dt_disk_swept_total', 'Files and folders removed by the disk sweep, by kind (apk-part, run)');
+  readonly sweptBytes = new Counter('dt_disk_swept_bytes_total', 'Bytes freed by the disk sweep, by kind (apk-part, run)');
 
   /** Full exposition text, including process memory. */
   render(): string {
