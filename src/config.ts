@@ -31,6 +31,11 @@ export const OPTIONS = {
   apkCacheMaxBytes: { env: 'DT_APK_CACHE_MAX_BYTES', kind: 'bytes', default: '20GiB', doc: 'Size cap of the APK cache, bytes; least recently used APKs not in use are evicted after a download pushes it over.' },
   apkCacheLeaseMs: { env: 'DT_APK_CACHE_LEASE', kind: 'duration', default: '1h', doc: 'How long an APK resolved for a traversal (or served to an agent) is kept from eviction, ms or a duration like 1h.' },
   maxOriginDownloads: { env: 'DT_MAX_ORIGIN_DOWNLOADS', kind: 'int', default: '4', doc: 'Origin downloads one worker runs at once; more wait for a slot; 0 means no cap.' },
+  apkDiskReserveBytes: { env: 'DT_APK_DISK_RESERVE', kind: 'bytes', default: '64MiB', doc: "Free space an APK download leaves on the cache's disk for logs, reports and other writers, bytes; at most 5% of that disk's size counts, so small disks still work. A download that does not fit even after evicting unused APKs fails as InsufficientStorage (retried) and removes its partial file." },
+  apkPartMaxAgeMs: { env: 'DT_APK_PART_MAX_AGE', kind: 'duration', default: '1h', doc: 'A partial APK download (<cache>/tmp/*.part) that no download holds and that was not written for this long is removed by the sweep; younger ones stay so a retry can resume them with a Range request, ms or a duration like 1h.' },
+  runsMaxAgeMs: { env: 'DT_RUNS_MAX_AGE', kind: 'duration', default: '7d', doc: 'A run folder (<DT_DATA_DIR>/runs/<taskId>/<deviceId>: local report, logs, findings) in which nothing changed for this long is removed by the sweep, unless an attempt of its traversal is running on a worker sharing the data folder, ms or a duration like 7d.' },
+  runsMaxBytes: { env: 'DT_RUNS_MAX_BYTES', kind: 'bytes', default: '2GiB', doc: 'Size cap of <DT_DATA_DIR>/runs, bytes; over it the sweep removes the least recently changed run folders that are not running and were not changed in the last hour.' },
+  sweepIntervalMs: { env: 'DT_SWEEP_INTERVAL', kind: 'duration', default: '10m', doc: 'How often a worker removes orphaned partial APK downloads and old run folders (also once at start), ms or a duration like 10m.' },
   allowedHosts: { env: 'DT_ALLOWED_HOSTS', kind: 'string', default: '', doc: "Comma-separated host names, *.suffixes, IPs or CIDRs that may be private or loopback addresses (APK origins, agents, report sinks) and that tasks may name as agentUrl; '*' trusts all. Link-local and metadata addresses are always refused." },
   delivery: { env: 'DT_DELIVERY', kind: 'enum', values: ['cache', 'direct'], default: 'cache', doc: "How agents get the APK: 'cache' (from the worker's artifact server) or 'direct' (from the origin URL). Read by both: the starter puts it in each request's run policy and that value wins; the worker's own value applies only to requests without one (workflows started around the starter)." },
   artifactHost: { env: 'DT_ARTIFACT_HOST', kind: 'string', default: '127.0.0.1', doc: 'Bind address of the artifact and metrics server.' },
@@ -83,6 +88,11 @@ export interface Config {
   apkCacheMaxBytes: number;
   apkCacheLeaseMs: number;
   maxOriginDownloads: number;
+  apkDiskReserveBytes: number;
+  apkPartMaxAgeMs: number;
+  runsMaxAgeMs: number;
+  runsMaxBytes: number;
+  sweepIntervalMs: number;
   allowedHosts: string;
   delivery: Delivery;
   artifactHost: string;
@@ -131,7 +141,7 @@ export class ConfigError extends Error {
 }
 
 const UNITS: Record<string, number> = { '': 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 1024 ** 2, g: 1e9, gb: 1e9, gib: 1024 ** 3 };
-const DURATIONS: Record<string, number> = { '': 1, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DURATIONS: Record<string, number> = { '': 1, ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 /** Parses "512MiB", "2GB" or a plain byte count. */
 export function parseBytes(text: string): number | undefined {
@@ -140,9 +150,9 @@ export function parseBytes(text: string): number | undefined {
   return m && unit ? Math.round(Number(m[1]) * unit) : undefined;
 }
 
-/** Parses "30s", "1500ms", "2m" or plain milliseconds. */
+/** Parses "30s", "1500ms", "2m", "1h", "7d" or plain milliseconds. */
 export function parseDuration(text: string): number | undefined {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(text);
   const unit = m && DURATIONS[m[2] ?? ''];
   return m && unit ? Math.round(Number(m[1]) * unit) : undefined;
 }

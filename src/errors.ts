@@ -60,6 +60,42 @@ export class ApkDownloadError extends TraversalError {
   }
 }
 
+/**
+ * The disk holding the APK cache has too little free space for a download, even after evicting
+ * what the cache may evict; retried with backoff, since space may come back (leases end, sweeps run).
+ */
+export class InsufficientStorageError extends TraversalError {
+  readonly code = 'InsufficientStorage';
+  readonly nonRetryable = false;
+  constructor(
+    url: string,
+    facts: {
+      /** Folder whose disk is full. */
+      path: string;
+      /** Bytes the download still had to write, when the origin announced them. */
+      neededBytes?: number;
+      /** Bytes free on that disk for this process when it gave up. */
+      freeBytes: number;
+      /** Free space every download leaves on that disk, bytes. */
+      reserveBytes: number;
+      /** Bytes of this download on disk when the disk filled up while streaming. */
+      writtenBytes?: number;
+    },
+  ) {
+    const state =
+      facts.writtenBytes === undefined
+        ? `needs ${facts.neededBytes} bytes`
+        : `the disk filled up after ${facts.writtenBytes} bytes` +
+          (facts.neededBytes !== undefined ? ` with ${facts.neededBytes} still to come` : '');
+    super(
+      `not enough disk space for the APK ${url}: ${state}, ${facts.freeBytes} free on ${facts.path} ` +
+        `(${facts.reserveBytes} kept in reserve) after evicting unused APKs and stale part files; its partial file ` +
+        'was removed and the download will retry. Free space there or point DT_APK_CACHE_DIR at a larger disk',
+    );
+    this.details = { url, ...facts };
+  }
+}
+
 /** The agent does not know the device (404). */
 export class UnknownDeviceError extends TraversalError {
   readonly code = 'UnknownDevice';
@@ -181,7 +217,14 @@ export const PERMANENT_ERROR_TYPES = [
  * Failure types that say the infrastructure is in trouble rather than the task or the tool: they
  * count towards a device's quarantine. Timeouts (`Timeout:…`) belong here too.
  */
-export const INFRASTRUCTURE_ERROR_TYPES = ['DeviceOffline', 'DeviceBusy', 'AgentUnavailable', 'ApkDownloadFailed', 'ReportUploadFailed'];
+export const INFRASTRUCTURE_ERROR_TYPES = [
+  'DeviceOffline',
+  'DeviceBusy',
+  'AgentUnavailable',
+  'ApkDownloadFailed',
+  'InsufficientStorage',
+  'ReportUploadFailed',
+];
 /** Failure types of the traversal command itself. */
 export const TOOL_ERROR_TYPES = ['TraversalExit', 'TraversalHung', 'TraversalStartFailed'];
 

@@ -88,6 +88,8 @@ export class Metrics {
     'Results whose last publish attempt on this worker failed (kept by Temporal, retried until Redis takes them)',
     3 * PUBLISH_RETRY_CAP_MS,
   );
+  readonly sweptFiles = new Counter('dt_disk_swept_total', 'Files and folders removed by the disk sweep, by kind (apk-part, run)');
+  readonly sweptBytes = new Counter('dt_disk_swept_bytes_total', 'Bytes freed by the disk sweep, by kind (apk-part, run)');
 
   /** Full exposition text, including process memory. */
   render(): string {

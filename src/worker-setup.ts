@@ -4,7 +4,8 @@
  *
  * Start-up on a host where a worker died: end its orphaned traversal process groups, then fail the
  * attempts its journal names (src/attempt-journal.ts) so Temporal retries them now rather than
- * after their heartbeat timeout, then take work.
+ * after their heartbeat timeout, then take work. From then on, at start and every DT_SWEEP_INTERVAL,
+ * the disk sweep (src/disk-sweeper.ts) removes orphaned APK part files and old run folders.
  */
 import type { Client } from '@temporalio/client';
 import { Worker, type NativeConnection, type WorkflowBundleOption } from '@temporalio/worker';
@@ -18,6 +19,7 @@ import { ApkCache } from './activities/apk-cache';
 import { endStaleRun } from './activities/traversal-runner';
 import { ArtifactServer } from './artifact-server';
 import type { Config } from './config';
+import { DiskSweeper } from './disk-sweeper';
 import { budgetQuery, progressSignal } from './messages';
 import { Metrics } from './metrics';
 import { promises as fsp } from 'node:fs';
@@ -56,6 +58,8 @@ export interface TraversalWorker {
   metrics: Metrics;
   cache: ApkCache;
   dispatcher: Dispatcher;
+  /** Removes orphaned APK part files and old run folders (started with the worker). */
+  sweeper: DiskSweeper;
   /** Runs the worker until shutdown, then closes the side servers. */
   run(): Promise<void>;
   /** Asks the worker to stop (graceful); safe to call twice. */
@@ -91,6 +95,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     maxCacheBytes: config.apkCacheMaxBytes,
     leaseMs: config.apkCacheLeaseMs,
     maxConcurrentDownloads: config.maxOriginDownloads,
+    diskReserveBytes: config.apkDiskReserveBytes,
     dispatcher,
     metrics,
     log: opts.log,
@@ -192,6 +197,18 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
   // Listen only once the worker exists, so an open port means the worker is ready.
   const boundUrl = await artifactServer.start();
   artifactUrl ||= boundUrl;
+  // The attempt journals of the workers on this data folder (ours is open) tell it which run folders are in use.
+  const sweeper = new DiskSweeper({
+    dataDir: config.dataDir,
+    cache,
+    partMaxAgeMs: config.apkPartMaxAgeMs,
+    runsMaxAgeMs: config.runsMaxAgeMs,
+    runsMaxBytes: config.runsMaxBytes,
+    intervalMs: config.sweepIntervalMs,
+    metrics,
+    log: opts.log,
+  });
+  sweeper.start();
 
   let closed = false;
   return {
@@ -201,10 +218,12 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     metrics,
     cache,
     dispatcher,
+    sweeper,
     async run() {
       try {
         await worker.run();
       } finally {
+        await sweeper.close();
         await Promise.all([...pendingCalls]);
         await closeJournal();
         await artifactServer.close();

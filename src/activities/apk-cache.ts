@@ -12,6 +12,16 @@
  * After a download pushes the folder over its cap, the least recently used blobs are removed,
  * skipping leased ones (mtime in the future) and those this process is serving (retain()). The cap
  * is soft: when everything is in use the folder stays over it until leases run out.
+ *
+ * Disk space: once the origin announced a length, a download first checks that the rest of it fits
+ * on the disk while leaving a reserve (diskReserveBytes, at most 5% of the disk) for logs, reports
+ * and other writers, counting what this process's other downloads still have to write. When it does
+ * not fit, part files no download holds are removed, then unleased blobs are evicted (cap or not);
+ * if it still does not fit, the download fails as InsufficientStorage (retryable) before writing a
+ * byte. While streaming, the reserve is checked every few MiB, and ENOSPC becomes
+ * InsufficientStorage too. Such a failure removes its part file: a part that holds a full disk is
+ * not worth resuming. Other failures keep it for a Range resume; removeOrphanParts() (run by the
+ * worker's disk sweep) removes parts nobody resumed.
  */
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
@@ -26,6 +36,7 @@ import {
   ApkHashMismatchError,
   ApkNotFoundError,
   ApkTooLargeError,
+  InsufficientStorageError,
   TraversalError,
 } from '../errors';
 import type { Metrics } from '../metrics';
@@ -48,6 +59,8 @@ export interface ApkCacheOptions {
   leaseMs?: number;
   /** Origin downloads this cache runs at once; 0 or unset means no cap. */
   maxConcurrentDownloads?: number;
+  /** Free space downloads leave on the cache's disk, bytes (default 64 MiB; at most 5% of the disk counts). */
+  diskReserveBytes?: number;
   log?: (msg: string, meta?: Record<string, unknown>) => void;
 }
 
@@ -85,6 +98,13 @@ const LOCK_REFRESH_MS = 15_000;
 const LOCK_STALE_MS = 120_000;
 /** Lock files this process holds right now, across all cache instances (they share one pid). */
 const heldLocks = new Set<string>();
+/** Default free space kept on the cache's disk, bytes. */
+const DEFAULT_DISK_RESERVE = 64 * 1024 * 1024;
+/** Largest share of the disk's size the reserve takes, so a small disk still takes downloads. */
+const MAX_RESERVE_SHARE = 0.05;
+/** While streaming, free space is checked each time this many bytes more were written. */
+const SPACE_CHECK_EVERY = 4 * 1024 * 1024;
+const KEY_RE = /^[a-f0-9]{40}$/;
 
 /** Disk cache of APKs with in-process and cross-process single flight. */
 export class ApkCache {
@@ -120,19 +140,19 @@ export class ApkCache {
   }
 
   /**
-   * Removes least recently used blobs until the folder is within maxCacheBytes, never one that is
-   * leased, served by this process, or listed in `keep`. Returns the evicted sha256s.
-   * Runs one at a time per cache.
+   * Removes least recently used blobs until the folder is within maxCacheBytes and, with
+   * `freeBytes`, until its disk has that many bytes free; never one that is leased, served by this
+   * process, or listed in `keep`. Returns the evicted sha256s. Runs one at a time per cache.
    */
-  evict(keep: string[] = []): Promise<string[]> {
-    const run = this.evicting.then(() => this.evictNow(new Set(keep)));
+  evict(keep: string[] = [], opts: { freeBytes?: number } = {}): Promise<string[]> {
+    const run = this.evicting.then(() => this.evictNow(new Set(keep), opts.freeBytes));
     this.evicting = run.catch(() => undefined);
     return run;
   }
 
-  private async evictNow(keep: Set<string>): Promise<string[]> {
+  private async evictNow(keep: Set<string>, freeBytes?: number): Promise<string[]> {
     const cap = this.opts.maxCacheBytes;
-    if (!cap) return [];
+    if (!cap && freeBytes === undefined) return [];
     const dir = path.join(this.opts.dir, 'blobs');
     const names = await fsp.readdir(dir).catch(() => [] as string[]);
     const blobs: { sha: string; size: number; mtimeMs: number }[] = [];
@@ -143,9 +163,11 @@ export class ApkCache {
       if (st) blobs.push({ sha, size: st.size, mtimeMs: st.mtimeMs });
     }
     let total = blobs.reduce((n, b) => n + b.size, 0);
+    const overCap = () => !!cap && total > cap;
+    const short = async () => freeBytes !== undefined && (await this.diskSpace()).free < freeBytes;
     const evicted: string[] = [];
     for (const b of blobs.sort((x, y) => x.mtimeMs - y.mtimeMs)) {
-      if (total <= cap) break;
+      if (!overCap() && !(await short())) break;
       if (keep.has(b.sha) || this.usersOf(b.sha) > 0) continue;
       // Look again right before removing: another process may have leased it meanwhile.
       const st = await fsp.stat(this.blobPath(b.sha)).catch(() => undefined);
@@ -154,10 +176,89 @@ export class ApkCache {
       total -= b.size;
       evicted.push(b.sha);
     }
-    if (evicted.length || total > cap) {
-      this.opts.log?.('APK cache eviction', { evicted, totalBytes: total, capBytes: cap, overCap: total > cap });
+    if (evicted.length || overCap()) {
+      const wanted = freeBytes !== undefined ? { wantedFreeBytes: freeBytes } : {};
+      this.opts.log?.('APK cache eviction', { evicted, totalBytes: total, capBytes: cap, overCap: overCap(), ...wanted });
     }
     return evicted;
+  }
+
+  /** Bytes free for this process on the cache's disk, and the reserve downloads leave there. */
+  async diskSpace(): Promise<{ free: number; reserve: number }> {
+    await this.init();
+    const st = await fsp.statfs(this.opts.dir);
+    const share = Math.floor(st.blocks * st.bsize * MAX_RESERVE_SHARE);
+    const reserve = Math.min(this.opts.diskReserveBytes ?? DEFAULT_DISK_RESERVE, share);
+    return { free: st.bavail * st.bsize, reserve };
+  }
+
+  /**
+   * Removes part files (and their metadata) of downloads that nobody runs: none in this process and
+   * no live lock holder, and not written for `olderThanMs` (0: whatever their age). Each one is
+   * removed while holding its URL's lock, so a download never resumes a file being removed.
+   */
+  async removeOrphanParts(olderThanMs: number, exceptKey?: string): Promise<{ files: number; bytes: number }> {
+    await this.init();
+    const tmp = path.join(this.opts.dir, 'tmp');
+    const names = await fsp.readdir(tmp).catch(() => [] as string[]);
+    const keys = new Set(names.map((n) => n.replace(/\.part(\.json)?$/, '')).filter((k) => KEY_RE.test(k)));
+    const removed = { files: 0, bytes: 0 };
+    for (const key of keys) {
+      if (key === exceptKey || this.flights.has(key)) continue;
+      const files = [path.join(tmp, `${key}.part`), path.join(tmp, `${key}.part.json`)];
+      const idle = async () => {
+        const stats = await Promise.all(files.map((f) => fsp.stat(f).catch(() => undefined)));
+        const newest = Math.max(...stats.map((st) => st?.mtimeMs ?? 0));
+        return newest > 0 && Date.now() - newest >= olderThanMs ? stats : undefined;
+      };
+      if (!(await idle())) continue;
+      const release = await this.tryLock(key, 'removing an orphaned part file');
+      if (!release) continue; // a download holds it
+      try {
+        const stats = await idle(); // again: a download may have run between the first look and the lock
+        if (!stats) continue;
+        for (const [i, f] of files.entries()) {
+          if (!stats[i]) continue;
+          await fsp.rm(f, { force: true });
+          removed.files++;
+          removed.bytes += stats[i].size;
+        }
+      } finally {
+        await release();
+      }
+    }
+    if (removed.files) this.opts.log?.('removed orphaned APK part files', { ...removed, olderThanMs });
+    return removed;
+  }
+
+  /**
+   * Takes the lock of a URL key for a short job when nobody holds it (breaking an abandoned one);
+   * resolves to the function that releases it, or undefined when it is held.
+   */
+  private async tryLock(key: string, purpose: string): Promise<(() => Promise<void>) | undefined> {
+    const lockPath = path.resolve(this.opts.dir, 'locks', `${key}.lock`);
+    let handle = await fsp.open(lockPath, 'wx').catch(() => undefined);
+    if (!handle) {
+      const stale = await this.staleLock(lockPath);
+      if (!stale) return undefined;
+      await breakLock(lockPath, stale);
+      handle = await fsp.open(lockPath, 'wx').catch(() => undefined);
+      if (!handle) return undefined;
+    }
+    heldLocks.add(lockPath);
+    const at = new Date().toISOString();
+    const body = JSON.stringify({ pid: process.pid, host: os.hostname(), url: purpose, at, nonce: randomUUID() });
+    // On a full disk even the owner may not fit; the lock still excludes others while it exists.
+    const wrote = await handle.writeFile(body).then(
+      () => true,
+      () => false,
+    );
+    await handle.close().catch(() => undefined);
+    return async () => {
+      heldLocks.delete(lockPath);
+      const current = await fsp.readFile(lockPath, 'utf8').catch(() => undefined);
+      if (stillOurs(current, body, wrote)) await fsp.rm(lockPath, { force: true });
+    };
   }
 
   /** Size of a completed blob, or undefined when absent or the name is not a sha256. */
@@ -323,9 +424,14 @@ export class ApkCache {
           fsp.utimes(lockPath, now, now).catch(() => undefined);
         }, LOCK_REFRESH_MS);
         refresh.unref();
+        let wrote = false;
         try {
-          await handle.writeFile(body);
-          await handle.close();
+          try {
+            await handle.writeFile(body);
+            wrote = true;
+          } finally {
+            await handle.close();
+          }
           const done = await this.lookup(key, url, expectedSha);
           if (done) return done;
           state.phase = 'waiting-slot';
@@ -335,12 +441,15 @@ export class ApkCache {
           } finally {
             release();
           }
+        } catch (err) {
+          throw await this.noSpaceFailure(err, url, partPath, state);
         } finally {
           clearInterval(refresh);
           heldLocks.delete(lockPath);
           // Remove only our own lock; if it was broken and taken over meanwhile, the new owner keeps it.
+          // One whose owner did not fit on a full disk is ours too (it would read as being written for minutes).
           const current = await fsp.readFile(lockPath, 'utf8').catch(() => undefined);
-          if (current === body) await fsp.rm(lockPath, { force: true });
+          if (stillOurs(current, body, wrote)) await fsp.rm(lockPath, { force: true });
         }
       }
       // Someone else holds the lock: wait for it, or break it when its owner is gone.
@@ -446,9 +555,77 @@ export class ApkCache {
       discard(res);
       throw new ApkTooLargeError(url, this.opts.maxBytes, total);
     }
+    if (total !== undefined) await this.makeRoom(key, url, res, total - offset);
     const newEtag = typeof res.headers.etag === 'string' ? res.headers.etag : undefined;
     await fsp.writeFile(metaPath, JSON.stringify({ url, etag: newEtag ?? etag }));
     return this.streamToBlob(key, url, expectedSha, partPath, state, signal, res, hash, offset, total);
+  }
+
+  /**
+   * Makes sure `bytes` more fit on the cache's disk above the reserve, counting what this process's
+   * other downloads still have to write; when they do not, removes part files nobody holds, then
+   * evicts unleased blobs. Throws InsufficientStorage (dropping the response) when even that is not enough.
+   */
+  private async makeRoom(key: string, url: string, res: Dispatcher.ResponseData, bytes: number): Promise<void> {
+    let pending = 0;
+    for (const [k, f] of this.flights) {
+      const { phase, total, bytes: done } = f.state;
+      if (k !== key && phase === 'downloading' && total !== undefined) pending += Math.max(0, total - done);
+    }
+    const fits = async () => {
+      const { free, reserve } = await this.diskSpace();
+      return { ok: free - pending - reserve >= bytes, free, reserve };
+    };
+    try {
+      let room = await fits();
+      if (room.ok) return;
+      this.opts.log?.('making room on the APK cache disk', {
+        url,
+        neededBytes: bytes,
+        freeBytes: room.free,
+        reserveBytes: room.reserve,
+        pendingBytes: pending,
+      });
+      await this.removeOrphanParts(0, key);
+      room = await fits();
+      if (room.ok) return;
+      await this.evict([], { freeBytes: bytes + pending + room.reserve });
+      room = await fits();
+      if (room.ok) return;
+      throw new InsufficientStorageError(url, {
+        path: this.opts.dir,
+        neededBytes: bytes,
+        freeBytes: Math.max(0, room.free - pending),
+        reserveBytes: room.reserve,
+      });
+    } catch (err) {
+      discard(res);
+      throw err;
+    }
+  }
+
+  /**
+   * A full disk ends a download for good: its part file goes (a retry resuming it would only hit the
+   * full disk again, and it holds space others need) and a raw ENOSPC becomes InsufficientStorage
+   * with the numbers. Other errors pass through unchanged.
+   */
+  private async noSpaceFailure(err: unknown, url: string, partPath: string, state: DownloadState): Promise<unknown> {
+    if (!(err instanceof InsufficientStorageError) && !isNoSpace(err)) return err;
+    let failure = err;
+    if (!(err instanceof InsufficientStorageError)) {
+      const { free, reserve } = await this.diskSpace().catch(() => ({ free: 0, reserve: 0 }));
+      failure = new InsufficientStorageError(url, {
+        path: this.opts.dir,
+        neededBytes: state.total !== undefined ? state.total - state.bytes : undefined,
+        freeBytes: free,
+        reserveBytes: reserve,
+        writtenBytes: state.bytes,
+      });
+    }
+    await fsp.rm(partPath, { force: true }).catch(() => undefined);
+    await fsp.rm(`${partPath}.json`, { force: true }).catch(() => undefined);
+    this.opts.log?.('APK download stopped: disk full', { url, ...(failure as InsufficientStorageError).details });
+    return failure;
   }
 
   private async restart(
@@ -466,6 +643,9 @@ export class ApkCache {
       discard(res);
       throw new ApkTooLargeError(url, this.opts.maxBytes, total);
     }
+    // The part is rewritten from the start: its old bytes are free room.
+    await fsp.rm(partPath, { force: true });
+    if (total !== undefined) await this.makeRoom(key, url, res, total);
     const etag = typeof res.headers.etag === 'string' ? res.headers.etag : undefined;
     await fsp.writeFile(`${partPath}.json`, JSON.stringify({ url, etag }));
     return this.streamToBlob(key, url, expectedSha, partPath, state, signal, res, createHash('sha256'), 0, total);
@@ -485,21 +665,35 @@ export class ApkCache {
   ): Promise<CachedApk> {
     const max = this.opts.maxBytes;
     const metrics = this.opts.metrics;
+    const dir = this.opts.dir;
+    const space = () => this.diskSpace();
     state.phase = 'downloading';
     state.bytes = offset;
     state.total = total;
     let written = offset;
+    let nextSpaceCheck = offset + SPACE_CHECK_EVERY;
     const meter = new Transform({
       transform(chunk: Buffer, _enc, cb) {
-        written += chunk.length;
-        if (written > max) {
-          cb(new ApkTooLargeError(url, max, written));
-          return;
-        }
-        hash.update(chunk);
-        state.bytes = written;
-        metrics?.bytesDownloaded.inc({}, chunk.length);
-        cb(null, chunk);
+        const pass = () => {
+          written += chunk.length;
+          if (written > max) {
+            cb(new ApkTooLargeError(url, max, written));
+            return;
+          }
+          hash.update(chunk);
+          state.bytes = written;
+          metrics?.bytesDownloaded.inc({}, chunk.length);
+          cb(null, chunk);
+        };
+        if (written + chunk.length < nextSpaceCheck) return pass();
+        // Others may be filling the disk too (or the length was unknown): never write into the reserve.
+        nextSpaceCheck = written + chunk.length + SPACE_CHECK_EVERY;
+        space().then(({ free, reserve }) => {
+          if (free - chunk.length >= reserve) return pass();
+          const neededBytes = total !== undefined ? total - written : undefined;
+          const facts = { path: dir, neededBytes, freeBytes: free, reserveBytes: reserve, writtenBytes: written };
+          cb(new InsufficientStorageError(url, facts));
+        }, cb);
       },
     });
     try {
@@ -510,6 +704,8 @@ export class ApkCache {
         await fsp.rm(`${partPath}.json`, { force: true });
         throw err;
       }
+      // fetchLocked turns ENOSPC into InsufficientStorage and removes the part.
+      if (err instanceof InsufficientStorageError || isNoSpace(err)) throw err;
       throw classifyNetworkError(url, err, signal);
     }
     if (total !== undefined && written !== total) {
@@ -580,6 +776,17 @@ function checkStatus(url: string, res: Dispatcher.ResponseData): void {
   if (status === 404 || status === 410) throw new ApkNotFoundError(url, status);
   if (status === 408 || status === 429 || status >= 500) throw new ApkDownloadError(url, `HTTP ${status}`);
   throw new ApkFetchRejectedError(url, status);
+}
+
+/** True when a lock file still holds what we wrote, or the start of it when the disk was too full to write it all. */
+function stillOurs(current: string | undefined, body: string, wrote: boolean): boolean {
+  return current === body || (!wrote && current !== undefined && body.startsWith(current));
+}
+
+/** True for a write that failed because the disk (or the user's quota) is full. */
+function isNoSpace(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
 }
 
 /** Maps undici and socket failures to a retryable download error, keeping project errors. */

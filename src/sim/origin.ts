@@ -44,6 +44,7 @@ interface ApkEntry {
   missing: boolean;
   forcedStatus?: number;
   fakeLength?: number;
+  chunked?: boolean;
 }
 
 const NAME_RE = /^[A-Za-z0-9._-]+$/;
@@ -132,6 +133,11 @@ export class ApkOrigin {
   /** Advertises `n` as Content-Length on full (200) responses; pass undefined to tell the truth again. */
   lieAboutLength(name: string, n: number | undefined): void {
     this.entry(name).fakeLength = n;
+  }
+
+  /** Sends full (200) responses without a Content-Length (chunked), as streaming origins do; pass false to send it again. */
+  omitLength(name: string, omit = true): void {
+    this.entry(name).chunked = omit;
   }
 
   /** Stops listening and drops open connections, including transfers in progress; safe to call twice. */
@@ -231,7 +237,7 @@ export class ApkOrigin {
         end = Math.min(e.size, e.fakeLength) - 1;
       }
     }
-    res.setHeader('Content-Length', String(advertised));
+    if (!(e.chunked && res.statusCode === 200)) res.setHeader('Content-Length', String(advertised));
     if (head || end < start) {
       res.end();
       if (dropAfter && !head) res.once('finish', () => req.socket.destroy());
