@@ -40,6 +40,8 @@ export interface TraversalRequest {
   enqueuedAt?: string;
   /** The deployment whose starter sent it (`DT_DEPLOYMENT`; absent: none). */
   deployment?: string;
+  /** The task queue of that starter; a device workflow on another queue refuses the request. */
+  taskQueue?: string;
 }
 
 /** Settings handed to the traversal command. */
@@ -253,6 +255,8 @@ export interface DeviceState {
   quarantine?: DeviceQuarantine;
   /** Infrastructure failures in a row since the last success. */
   infraFailuresInRow?: number;
+  /** Requests of another deployment refused by this run of the workflow. */
+  refused?: number;
 }
 
 /** Adds a traversal request to a device's queue (duplicates by taskId are ignored). */

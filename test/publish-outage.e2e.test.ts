@@ -97,6 +97,10 @@ describe('publishing while Redis refuses writes', function () {
     for (const h of [pubA, pubB]) await waitFor(() => h.result().then(() => true), 30_000, `${h.workflowId} done`);
     const publishedMs = Date.now() - t0;
     assert.ok(publishedMs < 10_000, `results published ${publishedMs} ms after Redis came back (retry cap 2 s)`);
+    console.log(
+      `      B started ${((bStarted - aFinished) / 1000).toFixed(1)} s after A's result was final; Redis refused writes for ` +
+        `${((Date.now() - publishedMs - aFinished) / 1000).toFixed(0)} s after it; both results published ${(publishedMs / 1000).toFixed(1)} s after Redis came back`,
+    );
     for (const [id, r] of [['pub-a', resultA], ['pub-b', resultB]] as const) {
       const stored = JSON.parse((await redis.get(resultKey(id, device, prefix)))!) as TraversalResult;
       assert.equal(stored.runId, r.runId);

@@ -57,6 +57,7 @@ function deviceFault(err: unknown, taskId: string): InfraFailure | undefined {
 export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> {
   const { deviceId } = input;
   const deployment = input.deployment ?? '';
+  let refused = 0;
   const queue: TraversalRequest[] = [...(input.queue ?? [])];
   const seen = new Set<string>(input.seenTaskIds ?? []);
   let paused = input.paused ?? false;
@@ -85,9 +86,16 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
       log.warn('request for another device ignored', { deviceId, requestDevice: req.deviceId, taskId: req.taskId });
       return;
     }
-    if ((req.deployment ?? '') !== deployment) {
+    if ((req.deployment ?? '') !== deployment || (req.taskQueue !== undefined && req.taskQueue !== workflowInfo().taskQueue)) {
       // The starter checks this before it signals; this catches a request sent around it.
-      log.warn('request from another deployment refused', { deviceId, deployment, requestDeployment: req.deployment, taskId: req.taskId });
+      refused++;
+      log.warn('request from another deployment refused', {
+        deviceId,
+        deployment,
+        requestDeployment: req.deployment,
+        requestTaskQueue: req.taskQueue,
+        taskId: req.taskId,
+      });
       return;
     }
     if (seen.has(req.taskId)) {
@@ -122,6 +130,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
     seen: seen.size,
     ...(quarantine ? { quarantine } : {}),
     infraFailuresInRow: infraFailures.length,
+    ...(refused ? { refused } : {}),
   }));
   describe();
 
