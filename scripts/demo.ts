@@ -215,6 +215,8 @@ async function main(): Promise<void> {
       DT_DEFAULT_AGENT_URL: agentUrl,
       // The demo's origin and devices listen on loopback, which the URL policy refuses unless allow-listed.
       DT_ALLOWED_HOSTS: '127.0.0.1,localhost',
+      // The demo's tasks ask the simulator for findings; nothing else may reach its argv.
+      DT_TRAVERSAL_EXTRA_ARGS: process.env.DT_TRAVERSAL_EXTRA_ARGS ?? '--crashes <int:0-10>, --anrs <int:0-10>',
       DT_STARTER_ID: STARTER_ID,
       DT_WORKFLOW_BUNDLE: process.env.DT_WORKFLOW_BUNDLE ?? path.join(PROJECT_ROOT, 'lib', 'workflow-bundle.js'),
       DT_HEARTBEAT_TIMEOUT: process.env.DT_HEARTBEAT_TIMEOUT ?? '15s',
@@ -285,7 +287,7 @@ async function main(): Promise<void> {
         apkUrl: origin.url('demo-lite.apk'),
         apkSha256: lite.sha256,
         packageName: 'com.example.lite',
-        traversal: { durationSec: Math.max(2, args.durationSec / 2) },
+        traversal: { durationSec: Math.max(2, Math.round(args.durationSec / 2)) },
       }),
     );
     remember({ apkMiB, ports: args.ports, unfinished: true });
@@ -356,9 +358,13 @@ function parseArgs(argv: string[], artifactPort: number): DemoArgs | undefined {
       throw new Error(`--${name} must be a port between 1 and 65535 (fixed, so a restarted demo can resume), got ${p}`);
     return p;
   };
+  const durationSec = num('duration', 8);
+  // Tasks take whole seconds (src/task.ts); a fraction would be dead-lettered by the starter.
+  if (!Number.isInteger(durationSec) || durationSec < 1)
+    throw new Error(`--duration must be a whole number of seconds, at least 1, got ${durationSec}\n${USAGE}`);
   return {
     apkMiB: num('apk-mib', 100),
-    durationSec: num('duration', 8),
+    durationSec,
     timeoutSec: num('timeout-sec', 600),
     keepCache: given.has('keep-cache'),
     // DT_ARTIFACT_PORT 0 means "any free port" for a worker, which a resumable demo cannot use.

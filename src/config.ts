@@ -5,6 +5,7 @@
  */
 import os from 'node:os';
 import path from 'node:path';
+import { ExtraArgsPolicy } from './extra-args';
 import { DEPLOYMENT_PATTERN, type Delivery } from './messages';
 import { parseAllowList } from './url-policy';
 
@@ -49,6 +50,7 @@ export const OPTIONS = {
   traversalJar: { env: 'DT_TRAVERSAL_JAR', kind: 'string', default: '.tools/traversal-sim.jar', doc: 'Traversal jar used by the default command (relative to the project).' },
   traversalCommand: { env: 'DT_TRAVERSAL_COMMAND', kind: 'json-array', default: '["java","-jar","{jar}","--device","{device}","--agent","{agent}","--package","{package}","--out","{outDir}","--duration","{durationSec}","--control","{controlFile}"]', doc: 'Command template as a JSON array; placeholders {jar} {device} {agent} {package} {activity} {outDir} {durationSec} {controlFile}.' },
   traversalResumeArgs: { env: 'DT_TRAVERSAL_RESUME_ARGS', kind: 'json-array', default: '["--resume-from","{checkpoint}"]', doc: 'Arguments added when a retried attempt resumes from a checkpoint.' },
+  traversalExtraArgs: { env: 'DT_TRAVERSAL_EXTRA_ARGS', kind: 'string', default: '', doc: "Allow-list of a task's traversal.extraArgs, comma-separated entries: --flag, --name <type> (value in the next argument), --name=<type> (value attached), or * (any argument); types <int>, <int:MIN-MAX>, <word> (never a path), <a|b|c>, <any> (not starting with '-'). Options of DT_TRAVERSAL_COMMAND and DT_TRAVERSAL_RESUME_ARGS (and prefixes of them) are never allowed. Empty allows no extra argument. Read by the starter (a task asking for more is dead-lettered with the rule it broke) and by the worker (such a run fails as InvalidTask)." },
   progressPattern: { env: 'DT_PROGRESS_PATTERN', kind: 'string', default: '^PROGRESS .*?percent=(?<percent>\\d+) screens=(?<screens>\\d+) crashes=(?<crashes>\\d+) anrs=(?<anrs>\\d+) checkpoint=(?<checkpoint>\\S+)', doc: 'Regex with named groups percent, screens, crashes, anrs, checkpoint matching progress lines.' },
   findingPattern: { env: 'DT_FINDING_PATTERN', kind: 'string', default: '^FINDING (?<json>\\{.*\\})\\s*$', doc: 'Regex with a named group json matching a line on which the tool reports one crash or ANR as a JSON object {kind, exception, message, frames, step, screenshot}.' },
   reportShipMs: { env: 'DT_REPORT_SHIP_INTERVAL', kind: 'duration', default: '30s', doc: 'How often a running traversal ships its new and changed report files to the report sink (findings are shipped as soon as they are printed), ms or duration.' },
@@ -106,6 +108,7 @@ export interface Config {
   traversalJar: string;
   traversalCommand: string[];
   traversalResumeArgs: string[];
+  traversalExtraArgs: string;
   progressPattern: RegExp;
   findingPattern: RegExp;
   reportShipMs: number;
@@ -238,6 +241,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     parseAllowList(cfg.allowedHosts);
   } catch (err) {
     throw new ConfigError(`DT_ALLOWED_HOSTS=${JSON.stringify(cfg.allowedHosts)} is invalid: ${(err as Error).message}`);
+  }
+  try {
+    new ExtraArgsPolicy(cfg.traversalExtraArgs, [...cfg.traversalCommand, ...cfg.traversalResumeArgs]);
+  } catch (err) {
+    throw new ConfigError(`DT_TRAVERSAL_EXTRA_ARGS=${JSON.stringify(cfg.traversalExtraArgs)} is invalid: ${(err as Error).message}`);
   }
   cfg.starterId = cfg.starterId || os.hostname();
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(cfg.starterId)) {

@@ -4,10 +4,16 @@
  * accepted every request in it (or after it went to the dead-letter list). On start the processing
  * list is replayed, so a starter killed mid-item loses nothing; the device workflow's dedupe by
  * taskId makes the replay harmless.
+ *
+ * Items are handled as bytes from BLMOVE to LREM: LREM removes by exact value, so an item that was
+ * decoded (invalid UTF-8 turned into U+FFFD) would never match again and be replayed after every
+ * restart and reconnect. Tasks are decoded in one place, parseTask, which refuses invalid UTF-8.
  */
 import type { Client } from '@temporalio/client';
 import type Redis from 'ioredis';
+import { isUtf8 } from 'node:buffer';
 import { InvalidTaskError } from './errors';
+import type { ExtraArgsPolicy } from './extra-args';
 import { deviceWorkflowId, enqueueSignal, type RunPolicy, type TraversalRequest } from './messages';
 import { DEVICE_ID } from './search-attributes';
 import { parseTask, type AgentDirectory } from './task';
@@ -22,6 +28,36 @@ export function starterKeys(starterId: string, prefix = '') {
     processing: `${prefix}traversal:tasks:processing:${starterId}`,
   };
 }
+
+/**
+ * One entry of the dead-letter list (`traversal:tasks:dead`, newest first), stored as JSON.
+ * The item is kept byte for byte: as text in `payload` when it is valid UTF-8 (as every JSON task
+ * is), otherwise base64 in `payloadBase64` (and no `payload`), so the entry itself stays JSON.
+ */
+export interface DeadLetter {
+  /** Why: `invalid task: <problems joined by '; '>`. */
+  reason: string;
+  /** Every rule the item broke, `<field>: <rule>`. */
+  problems: string[];
+  /** The item as text, when it is valid UTF-8. */
+  payload?: string;
+  /** The item's bytes in base64, when they are not valid UTF-8. */
+  payloadBase64?: string;
+  starterId: string;
+  /** When it was dead-lettered, ISO 8601. */
+  at: string;
+}
+
+/** The exact bytes of the item a dead letter holds. */
+export function deadLetterPayload(entry: DeadLetter): Buffer {
+  return entry.payloadBase64 !== undefined ? Buffer.from(entry.payloadBase64, 'base64') : Buffer.from(entry.payload ?? '', 'utf8');
+}
+
+/**
+ * Moves an item from the processing list to the dead-letter list only if it is still there, so a
+ * command resent after a lost reply cannot dead-letter it twice. KEYS: processing, dead; ARGV: item, entry.
+ */
+const DEAD_LETTER_SCRIPT = `if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[2]) return 1 end return 0`;
 
 /**
  * Puts one traversal request into its device's queue, starting the device workflow when it is not
@@ -51,6 +87,8 @@ export interface TaskBridgeOptions {
   agents: AgentDirectory;
   /** URL policy tasks are checked against (apkUrl/agentUrl literals, agents named by tasks). */
   urlPolicy?: UrlPolicy;
+  /** Allow-list of traversal.extraArgs (DT_TRAVERSAL_EXTRA_ARGS); without it a task with extra arguments is dead-lettered. */
+  extraArgs?: ExtraArgsPolicy;
   /** Run policy copied into every request. */
   policy?: RunPolicy;
   keyPrefix?: string;
@@ -68,10 +106,10 @@ export interface TaskBridgeOptions {
    */
   temporalTimeoutMs?: number;
   log?: (level: 'info' | 'warn' | 'error', msg: string, meta?: Record<string, unknown>) => void;
-  /** Called for each request Temporal accepted, with the raw item it came from. */
-  onStarted?: (req: TraversalRequest, raw: string) => void;
-  /** Called for each item dead-lettered. */
-  onDead?: (reason: string, raw: string) => void;
+  /** Called for each request Temporal accepted, with the bytes of the item it came from. */
+  onStarted?: (req: TraversalRequest, raw: Buffer) => void;
+  /** Called for each item dead-lettered, with its bytes. */
+  onDead?: (reason: string, raw: Buffer) => void;
 }
 
 /** Counters of one bridge. */
@@ -149,9 +187,9 @@ export class TaskBridge {
         await Promise.race(this.inFlight);
         continue;
       }
-      let raw: string | null;
+      let raw: Buffer | null;
       try {
-        raw = await blocking.blmove(this.keys.tasks, this.keys.processing, 'RIGHT', 'LEFT', this.opts.blockTimeoutSec ?? 1);
+        raw = await blocking.blmoveBuffer(this.keys.tasks, this.keys.processing, 'RIGHT', 'LEFT', this.opts.blockTimeoutSec ?? 1);
       } catch (err) {
         if (this.stopping) break;
         this.opts.log?.('warn', 'waiting for Redis', { error: (err as Error).message });
@@ -176,7 +214,7 @@ export class TaskBridge {
 
   /** Handles every item in this starter's processing list, oldest first (BLMOVE pushes on the left). */
   private async replay(): Promise<void> {
-    const leftover = await this.withRedisRetry(() => this.opts.redis.lrange(this.keys.processing, 0, -1));
+    const leftover = await this.withRedisRetry(() => this.opts.redis.lrangeBuffer(this.keys.processing, 0, -1));
     for (const raw of (leftover ?? []).reverse()) {
       if (this.stopping) return;
       this.stats.replayed++;
@@ -187,11 +225,11 @@ export class TaskBridge {
   }
 
   /** Validates one item and starts its requests, or dead-letters it. */
-  private async handle(raw: string): Promise<void> {
+  private async handle(raw: Buffer): Promise<void> {
     this.stats.items++;
     let requests: TraversalRequest[];
     try {
-      requests = parseTask(raw, this.opts.agents, { policy: this.opts.urlPolicy });
+      requests = parseTask(raw, this.opts.agents, { policy: this.opts.urlPolicy, extraArgs: this.opts.extraArgs });
     } catch (err) {
       const reason = err instanceof InvalidTaskError ? err.message : `unexpected validation failure: ${String(err)}`;
       await this.deadLetter(raw, reason, err instanceof InvalidTaskError ? err.problems : [reason]);
@@ -216,7 +254,7 @@ export class TaskBridge {
     await this.withRedisRetry(() => this.opts.redis.lrem(this.keys.processing, 1, raw));
   }
 
-  private async startWithRetry(req: TraversalRequest, raw: string): Promise<boolean> {
+  private async startWithRetry(req: TraversalRequest, raw: Buffer): Promise<boolean> {
     let delay = 500;
     for (;;) {
       try {
@@ -244,11 +282,19 @@ export class TaskBridge {
     }
   }
 
-  private async deadLetter(raw: string, reason: string, problems: string[]): Promise<void> {
+  private async deadLetter(raw: Buffer, reason: string, problems: string[]): Promise<void> {
     this.stats.dead++;
-    const entry = JSON.stringify({ reason, problems, payload: raw, starterId: this.opts.starterId, at: new Date().toISOString() });
+    const entry: DeadLetter = {
+      reason,
+      problems,
+      ...(isUtf8(raw) ? { payload: raw.toString('utf8') } : { payloadBase64: raw.toString('base64') }),
+      starterId: this.opts.starterId,
+      at: new Date().toISOString(),
+    };
     this.opts.log?.('warn', 'task dead-lettered', { reason: reason.slice(0, 500), dead: this.keys.dead });
-    await this.withRedisRetry(() => this.opts.redis.multi().lpush(this.keys.dead, entry).lrem(this.keys.processing, 1, raw).exec());
+    await this.withRedisRetry(() =>
+      this.opts.redis.eval(DEAD_LETTER_SCRIPT, 2, this.keys.processing, this.keys.dead, raw, JSON.stringify(entry)),
+    );
     this.opts.onDead?.(reason, raw);
   }
 

@@ -2,6 +2,7 @@
 import Redis from 'ioredis';
 import { loadConfig } from './config';
 import { loadDeviceRegistry, urlPolicyFor } from './device-registry';
+import { extraArgsPolicyFor } from './extra-args';
 import { JsonLogger } from './logger';
 import { ProgressBoard } from './progress-board';
 import { TaskBridge } from './starter-core';
@@ -37,6 +38,7 @@ async function main(): Promise<void> {
       concurrency: config.starterConcurrency,
       agents,
       urlPolicy,
+      extraArgs: extraArgsPolicyFor(config),
       keyPrefix: config.redisKeyPrefix,
       policy: {
         heartbeatTimeoutMs: config.heartbeatTimeoutMs,

@@ -4,8 +4,13 @@
  * length, format) and every problem is reported as `<field>: <rule>`. Identifiers are checked
  * against strict patterns here, before they reach a file path, a URL, a Redis key, a workflow id or
  * a command's argv.
+ *
+ * A task is JSON text, which is UTF-8 (RFC 8259): an item with any invalid byte sequence, wherever
+ * it sits, is refused whole. Decoding it with replacement characters would run a task other than
+ * the one pushed, and the item could no longer be matched byte for byte in Redis.
  */
 import { InvalidTaskError } from './errors';
+import { ExtraArgsPolicy } from './extra-args';
 import type { TraversalRequest } from './messages';
 import { UrlPolicy } from './url-policy';
 
@@ -19,7 +24,10 @@ export const PACKAGE_PATTERN = /^(?=.{3,255}$)[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A
 export const ACTIVITY_PATTERN = /^[A-Za-z0-9_.$/]{1,255}$/;
 const SHA256_PATTERN = /^[A-Fa-f0-9]{64}$/;
 const MAX_URL_LENGTH = 2048;
-const MAX_DURATION_SEC = 7 * 24 * 3600;
+/** Shortest traversal a task may ask for, seconds. */
+export const MIN_DURATION_SEC = 1;
+/** Longest traversal a task may ask for, seconds (7 days). */
+export const MAX_DURATION_SEC = 7 * 24 * 3600;
 const MAX_DEVICES = 200;
 const MAX_EXTRA_ARGS = 32;
 const MAX_EXTRA_ARG_LENGTH = 256;
@@ -45,6 +53,8 @@ export interface ParseOptions {
    * must come from the directory.
    */
   policy?: UrlPolicy;
+  /** Allow-list of traversal.extraArgs (DT_TRAVERSAL_EXTRA_ARGS). Without it no extra argument is allowed. */
+  extraArgs?: ExtraArgsPolicy;
 }
 
 /** A short, printable preview of a bad value for an error message. */
@@ -113,6 +123,48 @@ export function checkHttpUrl(field: string, value: unknown): string | undefined 
 
 /** Only the never-allowed rules; used when no policy is given. */
 const BASE_POLICY = new UrlPolicy('*');
+/** The default allow-list of extra arguments: none. */
+const NO_EXTRA_ARGS = new ExtraArgsPolicy('', []);
+/** Decodes task bytes; throws on any invalid sequence instead of substituting U+FFFD. */
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * Offset of the first byte of the first ill-formed UTF-8 sequence (Unicode 15, table 3-7), or -1
+ * when the bytes are valid UTF-8. Overlong forms, surrogates and code points above U+10FFFF count.
+ */
+export function firstInvalidUtf8(bytes: Uint8Array): number {
+  const cont = (i: number, lo = 0x80, hi = 0xbf) => i < bytes.length && bytes[i]! >= lo && bytes[i]! <= hi;
+  for (let i = 0; i < bytes.length; ) {
+    const b = bytes[i]!;
+    let n: number;
+    if (b < 0x80) n = 1;
+    else if (b >= 0xc2 && b <= 0xdf) n = cont(i + 1) ? 2 : 0;
+    else if (b >= 0xe0 && b <= 0xef) {
+      const [lo, hi] = b === 0xe0 ? [0xa0, 0xbf] : b === 0xed ? [0x80, 0x9f] : [0x80, 0xbf];
+      n = cont(i + 1, lo, hi) && cont(i + 2) ? 3 : 0;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+      const [lo, hi] = b === 0xf0 ? [0x90, 0xbf] : b === 0xf4 ? [0x80, 0x8f] : [0x80, 0xbf];
+      n = cont(i + 1, lo, hi) && cont(i + 2) && cont(i + 3) ? 4 : 0;
+    } else n = 0;
+    if (n === 0) return i;
+    i += n;
+  }
+  return -1;
+}
+
+/** The text of a raw task; throws InvalidTaskError when it is too large or not UTF-8. */
+function taskText(raw: string | Uint8Array): string {
+  const bytes = typeof raw === 'string' ? Buffer.byteLength(raw) : raw.byteLength;
+  if (bytes > MAX_TASK_BYTES) throw new InvalidTaskError([`task: must be at most ${MAX_TASK_BYTES} bytes, got ${bytes}`]);
+  if (typeof raw === 'string') return raw;
+  try {
+    return UTF8.decode(raw);
+  } catch {
+    throw new InvalidTaskError([
+      `task: is not valid UTF-8 (first bad byte at offset ${firstInvalidUtf8(raw)}); JSON text must be UTF-8 (RFC 8259)`,
+    ]);
+  }
+}
 
 function checkUrl(field: string, value: unknown, policy: UrlPolicy): string | undefined {
   const p = checkHttpUrl(field, value);
@@ -138,7 +190,7 @@ export const TASK_SCHEMA: Record<string, { required?: boolean; rule: string }> =
   mainActivity: { rule: "1-255 letters, digits, '.', '_', '$' or '/'" },
   traversal: {
     required: true,
-    rule: `{"durationSec": 0-${MAX_DURATION_SEC}, "extraArgs"?: up to ${MAX_EXTRA_ARGS} strings}`,
+    rule: `{"durationSec": whole seconds ${MIN_DURATION_SEC}-${MAX_DURATION_SEC}, "extraArgs"?: up to ${MAX_EXTRA_ARGS} strings allowed by DT_TRAVERSAL_EXTRA_ARGS}`,
   },
 };
 const TRAVERSAL_FIELDS = new Set(['durationSec', 'extraArgs']);
@@ -174,10 +226,10 @@ function sameAgent(a: string, b: string): boolean {
 }
 
 /**
- * Parses one raw Redis item into one request per device.
+ * Parses one raw Redis item (its bytes, or text already decoded) into one request per device.
  * Throws InvalidTaskError naming every problem found (`<field>: <rule>`); never throws anything else.
  */
-export function parseTask(raw: string, agents: AgentDirectory, opts: ParseOptions = {}): TraversalRequest[] {
+export function parseTask(raw: string | Uint8Array, agents: AgentDirectory, opts: ParseOptions = {}): TraversalRequest[] {
   try {
     return parse(raw, agents, opts);
   } catch (err) {
@@ -189,14 +241,14 @@ export function parseTask(raw: string, agents: AgentDirectory, opts: ParseOption
   }
 }
 
-function parse(raw: string, agents: AgentDirectory, opts: ParseOptions): TraversalRequest[] {
+function parse(raw: string | Uint8Array, agents: AgentDirectory, opts: ParseOptions): TraversalRequest[] {
   const policy = opts.policy ?? BASE_POLICY;
-  if (typeof raw !== 'string') throw new InvalidTaskError(['task: must be a string of JSON']);
-  if (Buffer.byteLength(raw) > MAX_TASK_BYTES)
-    throw new InvalidTaskError([`task: must be at most ${MAX_TASK_BYTES} bytes, got ${Buffer.byteLength(raw)}`]);
+  if (typeof raw !== 'string' && !(raw instanceof Uint8Array))
+    throw new InvalidTaskError(['task: must be JSON text or its UTF-8 bytes']);
+  const text = taskText(raw);
   let doc: unknown;
   try {
-    doc = JSON.parse(raw);
+    doc = JSON.parse(text);
   } catch (err) {
     throw new InvalidTaskError([`task: not JSON: ${(err as Error).message.slice(0, 200)}`]);
   }
@@ -230,10 +282,14 @@ function parse(raw: string, agents: AgentDirectory, opts: ParseOptions): Travers
   } else if (isObject(t.traversal)) {
     const tr = t.traversal;
     add(unknownFields('traversal', tr, TRAVERSAL_FIELDS));
-    if (typeof tr.durationSec !== 'number' || !Number.isFinite(tr.durationSec)) {
-      problems.push(`traversal.durationSec: must be a number of seconds, got ${preview(tr.durationSec)}`);
-    } else if (tr.durationSec < 0 || tr.durationSec > MAX_DURATION_SEC) {
-      problems.push(`traversal.durationSec: must be between 0 and ${MAX_DURATION_SEC}, got ${tr.durationSec}`);
+    // Whole seconds only: the value reaches the tool's argv as text, and 1e-7 or 0.5 there is
+    // refused by a real tool on every attempt (or read as something else).
+    const rule = `a whole number of seconds from ${MIN_DURATION_SEC} to ${MAX_DURATION_SEC} (7 days)`;
+    if (typeof tr.durationSec !== 'number' || !Number.isInteger(tr.durationSec)) {
+      const got = typeof tr.durationSec === 'number' ? String(tr.durationSec) : preview(tr.durationSec);
+      problems.push(`traversal.durationSec: must be ${rule}, got ${got}`);
+    } else if (tr.durationSec < MIN_DURATION_SEC || tr.durationSec > MAX_DURATION_SEC) {
+      problems.push(`traversal.durationSec: must be ${rule}, got ${tr.durationSec}`);
     } else {
       durationSec = tr.durationSec;
     }
@@ -248,7 +304,11 @@ function parse(raw: string, agents: AgentDirectory, opts: ParseOptions): Travers
           problems.push(
             `traversal.extraArgs[${bad}]: must be a string of at most ${MAX_EXTRA_ARG_LENGTH} characters without NUL or line breaks, got ${preview(tr.extraArgs[bad])}`,
           );
-        } else extraArgs = tr.extraArgs as string[];
+        } else {
+          const refused = (opts.extraArgs ?? NO_EXTRA_ARGS).check(tr.extraArgs as string[]);
+          if (refused) problems.push(refused);
+          else extraArgs = tr.extraArgs as string[];
+        }
       }
     }
   }

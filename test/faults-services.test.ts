@@ -73,7 +73,7 @@ describe('starters killed: every task is started exactly once', function () {
     agentUrl: stack.agent.url,
     apkUrl: stack.apks['faults-st.apk']!.url,
     packageName: `com.example.${taskId.replace(/\W/g, '')}`,
-    traversal: { durationSec: 0, extraArgs: ['--tick-ms', '50'] },
+    traversal: { durationSec: 1, extraArgs: ['--tick-ms', '50'] },
   });
 
   it('a starter killed after taking a task and before Temporal accepted it starts that task exactly once after its restart', async function () {
@@ -283,7 +283,7 @@ describe('the Temporal server and Redis killed and restarted', function () {
           agentUrl: stack.agent.url,
           apkUrl: stack.apks['faults-rd.apk']!.url,
           packageName: `com.example.rd${i}`,
-          traversal: { durationSec: 0, extraArgs: ['--tick-ms', '50'] },
+          traversal: { durationSec: 1, extraArgs: ['--tick-ms', '50'] },
         });
       await tasksRedis.lpush(tasksKey, task(0), task(1), task(2));
       await waitFor(async () => (await tasksRedis.llen(tasksKey)) === 0, 20_000, 'the first tasks to be taken');

@@ -222,7 +222,7 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
         taskId: 'inst',
         deviceId,
         agentUrl: slowAgent.url,
-        traversal: { durationSec: 0.5, extraArgs: ['--tick-ms', '100'] },
+        traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
       }),
     );
     await waitFor(async () => (await phaseOf(handle)) === 'installing', 30_000, 'the install');

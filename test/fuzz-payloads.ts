@@ -73,7 +73,7 @@ export function validTask(prefix: string): fc.Arbitrary<Record<string, unknown>>
       packageName: fc.constantFrom('com.example.app', 'org.fuzz.x_1'),
       apkSha256: fc.stringMatching(/^[a-f0-9]{64}$/),
       mainActivity: fc.constantFrom('.Main', 'com.example.app.MainActivity'),
-      traversal: fc.record({ durationSec: fc.integer({ min: 0, max: 3600 }) }),
+      traversal: fc.record({ durationSec: fc.integer({ min: 1, max: 3600 }) }),
     },
     { requiredKeys: ['taskId', 'deviceId', 'apkUrl', 'packageName', 'traversal'] },
   );

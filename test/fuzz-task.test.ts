@@ -5,14 +5,22 @@
  * neither, and the starter never crashes.
  */
 import assert from 'node:assert/strict';
+import { isUtf8 } from 'node:buffer';
 import { randomUUID } from 'node:crypto';
 import { Client, Connection } from '@temporalio/client';
 import fc from 'fast-check';
 import Redis from 'ioredis';
 import { InvalidTaskError } from '../src/errors';
 import { deviceWorkflowId, type TraversalRequest } from '../src/messages';
-import { TaskBridge } from '../src/starter-core';
-import { DEVICE_ID_PATTERN, PACKAGE_PATTERN, parseTask, TASK_ID_PATTERN, type AgentDirectory } from '../src/task';
+import { deadLetterPayload, TaskBridge, type DeadLetter } from '../src/starter-core';
+import {
+  DEVICE_ID_PATTERN,
+  firstInvalidUtf8,
+  PACKAGE_PATTERN,
+  parseTask,
+  TASK_ID_PATTERN,
+  type AgentDirectory,
+} from '../src/task';
 import { UrlPolicy } from '../src/url-policy';
 import { anyPayload, mutatedTask, rawPayload, validTask } from './fuzz-payloads';
 
@@ -26,7 +34,7 @@ const SEED = Number(process.env.FUZZ_SEED ?? 20240611);
 
 /** Where one payload lands according to parseTask; asserts the shape of either outcome. */
 function outcome(
-  raw: string,
+  raw: string | Uint8Array,
 ): { kind: 'started'; requests: TraversalRequest[] } | { kind: 'dead'; problems: string[] } {
   let requests: TraversalRequest[];
   try {
@@ -47,7 +55,7 @@ function outcome(
     assert.match(r.packageName, PACKAGE_PATTERN);
     assert.match(r.apkUrl, /^https?:\/\//);
     assert.match(r.agentUrl, /^https?:\/\//);
-    assert.ok(r.traversal.durationSec >= 0);
+    assert.ok(Number.isInteger(r.traversal.durationSec) && r.traversal.durationSec >= 1);
   }
   return { kind: 'started', requests };
 }
@@ -91,6 +99,43 @@ describe('task validation under fuzzing', function () {
     property(rawPayload('fz'), 3000);
   });
 
+  it('refuses an item with any invalid UTF-8 byte sequence, naming the offset of the first bad byte', () => {
+    const spliced = fc
+      .tuple(validTask('fz'), fc.nat(), fc.uint8Array({ minLength: 1, maxLength: 4 }))
+      .map(([t, n, ins]) => {
+        const s = Buffer.from(JSON.stringify(t));
+        const at = n % s.length;
+        return Buffer.concat([s.subarray(0, at), ins, s.subarray(at)]);
+      });
+    fc.assert(
+      fc.property(fc.oneof(spliced, fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b))), (bytes) => {
+        counts.parse++;
+        const bad = firstInvalidUtf8(bytes);
+        assert.equal(bad === -1, isUtf8(bytes), 'the offset finder agrees with Node on validity');
+        const problemsOf = (raw: string | Uint8Array) => {
+          try {
+            parseTask(raw, agents, { policy });
+            return undefined;
+          } catch (err) {
+            assert.ok(err instanceof InvalidTaskError, `parseTask threw something else: ${String(err)}`);
+            return err.problems;
+          }
+        };
+        const problems = problemsOf(bytes);
+        counts[problems ? 'dead' : 'started']++;
+        if (bad === -1) {
+          assert.deepEqual(problems, problemsOf(bytes.toString('utf8')), 'valid UTF-8 parses as its text does');
+          return;
+        }
+        assert.ok(isUtf8(bytes.subarray(0, bad)) && !isUtf8(bytes.subarray(0, bad + 4)), `first bad byte at ${bad}`);
+        assert.deepEqual(problems, [
+          `task: is not valid UTF-8 (first bad byte at offset ${bad}); JSON text must be UTF-8 (RFC 8259)`,
+        ]);
+      }),
+      { numRuns: 2000, seed: SEED },
+    );
+  });
+
   it('lands every payload through a real starter, Redis and Temporal as started or dead, never both, never neither', async function () {
     this.timeout(120_000);
     const run = randomUUID().slice(0, 6);
@@ -117,11 +162,15 @@ describe('task validation under fuzzing', function () {
       urlPolicy: policy,
       keyPrefix: `${prefix}:`,
       blockTimeoutSec: 1,
-      onStarted: (req, raw) => {
+      onStarted: (req, bytes) => {
+        const raw = bytes.toString('utf8');
         started.set(raw, (started.get(raw) ?? 0) + 1);
         devices.add(req.deviceId);
       },
-      onDead: (_reason, raw) => dead.set(raw, (dead.get(raw) ?? 0) + 1),
+      onDead: (_reason, bytes) => {
+        const raw = bytes.toString('utf8');
+        dead.set(raw, (dead.get(raw) ?? 0) + 1);
+      },
     });
     try {
       // Pushed oldest first, as producers would.
@@ -147,15 +196,13 @@ describe('task validation under fuzzing', function () {
       }
 
       // The dead-letter list holds the reason and the original payload of each.
-      const entries = (await redis.lrange(bridge.keys.dead, 0, -1)).map(
-        (e) => JSON.parse(e) as { reason: string; problems: string[]; payload: string },
-      );
+      const entries = (await redis.lrange(bridge.keys.dead, 0, -1)).map((e) => JSON.parse(e) as DeadLetter);
       assert.equal(
         entries.length,
         [...dead.values()].reduce((a, b) => a + b, 0),
       );
       for (const e of entries) {
-        assert.ok(dead.has(e.payload), 'the dead letter keeps the payload byte for byte');
+        assert.ok(dead.has(deadLetterPayload(e).toString('utf8')), 'the dead letter keeps the payload byte for byte');
         assert.match(e.reason, /^invalid task: /);
         assert.ok(e.problems.length >= 1);
       }

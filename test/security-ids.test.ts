@@ -207,6 +207,8 @@ describe('identifiers', function () {
       pidsDir: path.join(tmp, 'argv-pids'),
       command: [process.execPath, '-e', record, '{outDir}', '{device}', '{package}'],
       resumeArgs: [],
+      // Any argument the template does not set: this is about how argv is passed, not which options.
+      extraArgs: '*',
       jar: '',
       progressPattern: /^$/,
       killGraceMs: 100,

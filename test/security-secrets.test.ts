@@ -25,6 +25,7 @@ import { JsonLogger } from '../src/logger';
 import { deviceWorkflowId, traversalWorkflowId, type TraversalResult } from '../src/messages';
 import { Metrics } from '../src/metrics';
 import { AgentSimulator } from '../src/sim/agent-sim';
+import { SIM_EXTRA_ARGS } from '../src/sim/traversal-sim-args';
 import { ApkOrigin } from '../src/sim/origin';
 import { temporalApiKey, temporalSettings } from '../src/temporal-connection';
 import { createDispatcher } from '../src/worker-setup';
@@ -214,6 +215,7 @@ describe('secrets stay out of logs, errors, histories and Redis', function () {
       DT_REPORT_SINK: `http://127.0.0.1:${(sink.address() as AddressInfo).port}/reports`,
       DT_REPORT_SINK_TOKEN: secrets.reportSinkToken,
       DT_ALLOWED_HOSTS: '127.0.0.1',
+      DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
       DT_DEFAULT_AGENT_URL: agentUrl,
       DT_WORKFLOW_BUNDLE: bundleFile,
       DT_STARTER_ID: `sec-${id}`,

@@ -3,12 +3,16 @@
  * are listed by name, and all problems of a task are reported at once.
  */
 import assert from 'node:assert/strict';
+import { loadConfig } from '../src/config';
 import { InvalidTaskError } from '../src/errors';
+import { extraArgsPolicyFor } from '../src/extra-args';
 import { MAX_TASK_BYTES, parseTask, TASK_SCHEMA, type AgentDirectory } from '../src/task';
 import { UrlPolicy } from '../src/url-policy';
 
 const agents: AgentDirectory = { agentFor: (d) => (d.startsWith('lab-') ? 'http://10.0.0.5:7301' : undefined) };
 const policy = new UrlPolicy('10.0.0.0/8');
+/** The default DT_TRAVERSAL_EXTRA_ARGS (none) against the default command template. */
+const defaultExtraArgs = extraArgsPolicyFor(loadConfig({}));
 const good = {
   taskId: 't-1',
   deviceId: 'lab-1',
@@ -19,7 +23,10 @@ const good = {
 
 function problems(raw: unknown): string[] {
   try {
-    parseTask(typeof raw === 'string' ? raw : JSON.stringify(raw), agents, { policy });
+    parseTask(typeof raw === 'string' || raw instanceof Uint8Array ? raw : JSON.stringify(raw), agents, {
+      policy,
+      extraArgs: defaultExtraArgs,
+    });
   } catch (err) {
     assert.ok(err instanceof InvalidTaskError);
     return err.problems;
@@ -38,12 +45,32 @@ export const SCHEMA_CASES: [string, unknown, RegExp][] = [
   [
     'durationSec as a string',
     { ...good, traversal: { durationSec: '60' } },
-    /^traversal\.durationSec: must be a number of seconds, got "60"/,
+    /^traversal\.durationSec: must be a whole number of seconds from 1 to 604800 \(7 days\), got "60"/,
   ],
   [
     'negative duration',
     { ...good, traversal: { durationSec: -1 } },
-    /^traversal\.durationSec: must be between 0 and 604800/,
+    /^traversal\.durationSec: must be a whole number of seconds from 1 to 604800 \(7 days\), got -1$/,
+  ],
+  ['zero duration', { ...good, traversal: { durationSec: 0 } }, /^traversal\.durationSec: must be .*, got 0$/],
+  ['duration of 1e-7 s', '{"taskId":"t-1","deviceId":"lab-1","apkUrl":"https://apk.example.com/a.apk","packageName":"com.example.app","traversal":{"durationSec":1e-7}}', /^traversal\.durationSec: must be a whole number of seconds .*, got 1e-7$/],
+  ['fractional duration', { ...good, traversal: { durationSec: 1.5 } }, /^traversal\.durationSec: must be .*, got 1\.5$/],
+  ['duration over 7 days', { ...good, traversal: { durationSec: 604801 } }, /^traversal\.durationSec: must be .*, got 604801$/],
+  ['huge duration', { ...good, traversal: { durationSec: 1e300 } }, /^traversal\.durationSec: must be .*, got 1e\+300$/],
+  [
+    'extraArgs with the default (empty) DT_TRAVERSAL_EXTRA_ARGS',
+    { ...good, traversal: { durationSec: 1, extraArgs: ['--faults-once', '/tmp/x'] } },
+    /^traversal\.extraArgs\[0\]: "--faults-once" is not allowed by DT_TRAVERSAL_EXTRA_ARGS \(allowed: none\)$/,
+  ],
+  [
+    'extraArgs naming an option the runner sets',
+    { ...good, traversal: { durationSec: 1, extraArgs: ['--device', 'other'] } },
+    /^traversal\.extraArgs\[0\]: "--device" sets --device, which the runner sets itself/,
+  ],
+  [
+    'invalid UTF-8 inside a field',
+    Buffer.concat([Buffer.from('{"taskId":"t-1","deviceId":"lab-'), Buffer.from([0xff]), Buffer.from('"}')]),
+    /^task: is not valid UTF-8 \(first bad byte at offset 32\); JSON text must be UTF-8 \(RFC 8259\)$/,
   ],
   [
     'extraArgs with a newline',
@@ -87,6 +114,19 @@ describe('task schema', () => {
   it('accepts a well-formed task', () => {
     const [req] = parseTask(JSON.stringify(good), agents, { policy });
     assert.equal(req!.agentUrl, 'http://10.0.0.5:7301');
+  });
+
+  it('accepts the same task as UTF-8 bytes, multi-byte characters included', () => {
+    const apkUrl = 'https://apk.example.com/äpp-😀.apk';
+    const [req] = parseTask(Buffer.from(JSON.stringify({ ...good, apkUrl })), agents, { policy });
+    assert.equal(req!.apkUrl, apkUrl);
+  });
+
+  it('accepts the shortest and the longest duration, as whole seconds', () => {
+    for (const durationSec of [1, 604800]) {
+      const [req] = parseTask(JSON.stringify({ ...good, traversal: { durationSec } }), agents, { policy });
+      assert.equal(req!.traversal.durationSec, durationSec);
+    }
   });
 
   for (const [what, raw, rule] of SCHEMA_CASES) {

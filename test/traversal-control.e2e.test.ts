@@ -18,6 +18,7 @@ import {
   traversalWorkflowId,
   type TraversalRequest,
 } from '../src/messages';
+import { extraArgsPolicyFor } from '../src/extra-args';
 import { TaskBridge } from '../src/starter-core';
 import { startStack, task, type Stack } from './support/stack';
 import { traversalPids, waitFor } from './support/wait';
@@ -146,6 +147,7 @@ describe('controlling traversals', function () {
       taskQueue: stack.taskQueue,
       starterId: 'replayer',
       agents: { agentFor: () => stack.agent.url },
+      extraArgs: extraArgsPolicyFor(stack.config),
       keyPrefix: stack.prefix,
     });
     // As if a starter died after BLMOVE and before Temporal accepted the item.

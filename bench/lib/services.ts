@@ -22,6 +22,7 @@ import { PROJECT_ROOT } from '../../src/config';
 import { freePort, waitForPort } from '../../src/local/ports';
 import { startRedis, type LocalRedis } from '../../src/local/redis-local';
 import { startDevServer, type DevServer } from '../../src/local/temporal-dev';
+import { SIM_EXTRA_ARGS } from '../../src/sim/traversal-sim-args';
 import { say } from './report';
 import type { Scope } from './scope';
 
@@ -299,6 +300,8 @@ export async function startWorkerProc(scope: Scope, opts: WorkerProcOptions): Pr
       DT_WORKFLOW_BUNDLE: BUNDLE_JS,
       // Origin and agents listen on loopback, which the URL policy refuses unless allow-listed.
       DT_ALLOWED_HOSTS: '127.0.0.1',
+      // Benchmark requests drive the simulator's speed and finding knobs.
+      DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
       ...opts.env,
     },
   });

@@ -26,10 +26,12 @@ import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { resultKey } from '../../src/activities/result-publisher';
-import { PROJECT_ROOT } from '../../src/config';
+import { loadConfig, PROJECT_ROOT } from '../../src/config';
+import { extraArgsPolicyFor } from '../../src/extra-args';
 import { traversalWorkflowId, type TraversalResult } from '../../src/messages';
 import { AgentSimulator } from '../../src/sim/agent-sim';
 import { ApkOrigin } from '../../src/sim/origin';
+import { SIM_EXTRA_ARGS } from '../../src/sim/traversal-sim-args';
 import { TaskBridge } from '../../src/starter-core';
 import { UrlPolicy } from '../../src/url-policy';
 import { mdTable, median, MiB, parseOptions, percentile, round, say, type ScenarioRun } from '../lib/report';
@@ -201,6 +203,7 @@ export const run: ScenarioRun = async ({ args }) => {
       DT_LOG_LEVEL: 'info',
       // Origin and agent listen on loopback, which the URL policy refuses unless allow-listed.
       DT_ALLOWED_HOSTS: '127.0.0.1',
+      DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
     };
     const logFile = path.join(workDir, 'worker.log');
     let worker = await spawnWorker(workerEnv, logFile);
@@ -214,6 +217,7 @@ export const run: ScenarioRun = async ({ args }) => {
       starterId: 'chaos',
       agents: { agentFor: () => agentUrl },
       urlPolicy: new UrlPolicy('127.0.0.1'),
+      extraArgs: extraArgsPolicyFor(loadConfig({ DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS })),
       // Every kill interrupts all running traversals, so one may be hit several times.
       policy: { heartbeatTimeoutMs: heartbeatSec * 1000, maxAttempts: 10, initialRetryMs: 500, measureLaunch: false },
     }).start();

@@ -118,7 +118,7 @@ export const run: ScenarioRun = async ({ args }) => {
       apkUrl,
       apkSha256: apk.sha256,
       packageName: 'com.example.throughput',
-      traversal: { durationSec: 0 },
+      traversal: { durationSec: 1 },
     });
     const policy = { heartbeatTimeoutMs: 30_000, maxAttempts: 3 };
     for (let r = 1; parts.has('start') && r <= rounds; r++) {
@@ -351,7 +351,7 @@ async function endToEnd(parent: Scope, c: E2EContext): Promise<E2E> {
       apkUrl: c.apkUrl,
       apkSha256: c.apk.sha256,
       packageName: 'com.example.throughput',
-      traversal: { durationSec: 0 },
+      traversal: { durationSec: 1 },
     }));
     say(`throughput: end to end (${c.label}): ${c.K} traversals on ${c.devices} devices…`);
     const keyPrefix = `${c.tag}:`;

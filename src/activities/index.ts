@@ -59,6 +59,7 @@ export function createActivities(deps: ActivityDeps) {
       pidsDir: path.join(config.dataDir, 'pids'),
       command: config.traversalCommand,
       resumeArgs: config.traversalResumeArgs,
+      extraArgs: config.traversalExtraArgs,
       jar: config.traversalJar,
       progressPattern: config.progressPattern,
       findingPattern: config.findingPattern,

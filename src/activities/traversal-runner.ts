@@ -18,7 +18,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
-import { ReportUploadError, TraversalExitError, TraversalHungError, TraversalStartError } from '../errors';
+import { InvalidTaskError, ReportUploadError, TraversalExitError, TraversalHungError, TraversalStartError } from '../errors';
+import { ExtraArgsPolicy } from '../extra-args';
 import { parseFindingLine, toFinding } from '../findings';
 import type { ProgressUpdate, TraversalBudget } from '../messages';
 import type { Metrics } from '../metrics';
@@ -35,6 +36,11 @@ export interface TraversalRunnerDeps {
   command: string[];
   /** Arguments added on resume; placeholder {checkpoint}. */
   resumeArgs: string[];
+  /**
+   * Allow-list of a request's extraArgs (DT_TRAVERSAL_EXTRA_ARGS syntax, src/extra-args.ts), checked
+   * against this runner's own command and resume arguments. Unset or empty: none allowed.
+   */
+  extraArgs?: string;
   /** Values for {jar} and any other fixed placeholders. */
   jar: string;
   /** Regex with named groups percent, screens, crashes, anrs, checkpoint. */
@@ -132,9 +138,13 @@ export function controlText(b: TraversalBudget): string {
 /** Builds the runTraversal activity. */
 export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
   let running = 0;
+  const extraArgs = new ExtraArgsPolicy(deps.extraArgs ?? '', [...deps.command, ...deps.resumeArgs]);
   return {
     /** Runs the traversal command to the end, heartbeating its progress; resumes from the last checkpoint on retry. */
     async runTraversal(input: RunTraversalInput): Promise<RunTraversalResult> {
+      // The starter checks this too, but a workflow can be started around it (CLI, Web UI, a client).
+      const refused = extraArgs.check(input.extraArgs ?? []);
+      if (refused) throw new InvalidTaskError([refused]);
       const ctx = Context.current();
       const previous = (ctx.info.heartbeatDetails ?? undefined) as TraversalCheckpoint | undefined;
       if (deps.maxConcurrent && running >= deps.maxConcurrent) {

@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { journalDir, type JournalFile } from '../../src/attempt-journal';
 import { PROJECT_ROOT } from '../../src/config';
+import { SIM_EXTRA_ARGS } from '../../src/sim/traversal-sim-args';
 import { TRAVERSAL_PHASE } from '../../src/search-attributes';
 import { workflowBundle } from './stack';
 
@@ -171,6 +172,7 @@ export async function spawnWorker(s: ServiceEnv & { dataDir: string }): Promise<
       DT_LOG_LEVEL: 'info',
       // Every test server listens on loopback, which the URL policy refuses unless allow-listed.
       DT_ALLOWED_HOSTS: '127.0.0.1',
+      DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
       ...s.env,
     },
     s.logDir,
@@ -194,6 +196,7 @@ export async function spawnStarter(s: ServiceEnv & { starterId: string }): Promi
       DT_PROGRESS: 'off',
       DT_LOG_LEVEL: 'info',
       DT_ALLOWED_HOSTS: '127.0.0.1',
+      DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
       ...s.env,
     },
     s.logDir,

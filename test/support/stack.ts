@@ -10,10 +10,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadConfig, PROJECT_ROOT, type Config } from '../../src/config';
+import { extraArgsPolicyFor } from '../../src/extra-args';
 import type { RunPolicy, TraversalResult } from '../../src/messages';
 import { waitForResult } from './wait';
 import { AgentSimulator, type AgentSimOptions } from '../../src/sim/agent-sim';
 import { ApkOrigin, type ApkInfo } from '../../src/sim/origin';
+import { SIM_EXTRA_ARGS } from '../../src/sim/traversal-sim-args';
 import { TaskBridge } from '../../src/starter-core';
 import { createTraversalWorker, type TraversalWorker } from '../../src/worker-setup';
 import type { AgentDirectory } from '../../src/task';
@@ -103,6 +105,8 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       controlPollMs: 500,
       // The test servers all listen on loopback; the URL policy refuses it unless allow-listed.
       allowedHosts: '127.0.0.1',
+      // Tasks of the suites drive the simulator's speed and fault knobs.
+      traversalExtraArgs: SIM_EXTRA_ARGS,
       ...opts.config,
     },
   );
@@ -153,6 +157,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       starterId: `starter-${id}`,
       agents,
       urlPolicy: opts.urlPolicy ?? new UrlPolicy(config.allowedHosts),
+      extraArgs: extraArgsPolicyFor(config),
       keyPrefix: prefix,
       policy: { heartbeatTimeoutMs: config.heartbeatTimeoutMs, maxAttempts: config.maxAttempts, initialRetryMs: 200, ...opts.policy },
     }).start();
