@@ -9,7 +9,7 @@
  * decoded (invalid UTF-8 turned into U+FFFD) would never match again and be replayed after every
  * restart and reconnect. Tasks are decoded in one place, parseTask, which refuses invalid UTF-8.
  */
-import type { Client } from '@temporalio/client';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type Redis from 'ioredis';
 import { isUtf8 } from 'node:buffer';
 import { InvalidTaskError } from './errors';
@@ -64,15 +64,51 @@ const DEAD_LETTER_SCRIPT = `if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
  * running: the one call the bridge makes to Temporal per request (a repeat is deduped by taskId).
  */
 export async function requestTraversal(client: Client, taskQueue: string, req: TraversalRequest): Promise<void> {
+  const deployment = req.deployment ?? '';
   await client.workflow.signalWithStart(deviceWorkflow, {
-    workflowId: deviceWorkflowId(req.deviceId),
+    workflowId: deviceWorkflowId(req.deviceId, deployment),
     taskQueue,
-    args: [{ deviceId: req.deviceId }],
+    args: [{ deviceId: req.deviceId, ...(deployment ? { deployment } : {}) }],
     signal: enqueueSignal,
     signalArgs: [req],
     typedSearchAttributes: [{ key: DEVICE_ID, value: req.deviceId }],
-    staticSummary: `device ${req.deviceId}: FIFO queue of traversals`,
+    memo: { deployment },
+    staticSummary: `device ${req.deviceId}${deployment ? ` of ${deployment}` : ''}: FIFO queue of traversals`,
   });
+}
+
+/**
+ * Why the running device workflow for this request belongs to another deployment (same id, other
+ * task queue or deployment name: two deployments misconfigured with one DT_DEPLOYMENT), or
+ * undefined when it is ours or none runs.
+ */
+export async function foreignOwner(client: Client, taskQueue: string, req: TraversalRequest): Promise<string | undefined> {
+  const deployment = req.deployment ?? '';
+  const id = deviceWorkflowId(req.deviceId, deployment);
+  let desc;
+  try {
+    desc = await client.workflow.getHandle(id).describe();
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) return undefined;
+    throw err;
+  }
+  if (desc.status.name !== 'RUNNING') return undefined;
+  const theirs = typeof desc.memo?.deployment === 'string' ? desc.memo.deployment : '';
+  if (desc.taskQueue === taskQueue && theirs === deployment) return undefined;
+  return (
+    `device workflow ${id} belongs to another deployment (task queue ${desc.taskQueue}` +
+    `${theirs !== deployment ? `, deployment ${JSON.stringify(theirs)}` : ''}); this starter's task queue is ${taskQueue}. ` +
+    'Give each deployment sharing a Temporal namespace its own DT_DEPLOYMENT'
+  );
+}
+
+/** How long a device workflow found to be this deployment's is trusted without asking again, ms. */
+const OWNER_CHECK_TTL_MS = 60_000;
+
+/** What became of one request: sent (empty), not sent because the bridge stops, or refused. */
+interface SendOutcome {
+  stopped?: boolean;
+  refused?: string;
 }
 
 /** Options of the bridge. */
@@ -92,6 +128,8 @@ export interface TaskBridgeOptions {
   /** Run policy copied into every request. */
   policy?: RunPolicy;
   keyPrefix?: string;
+  /** DT_DEPLOYMENT: the name that scopes this deployment's workflow ids ('' or absent: none). */
+  deployment?: string;
   /**
    * Items handled at once (default 8). Requests for one device are still sent in the order their
    * items left the task list; only requests for different devices overlap.
@@ -135,6 +173,8 @@ export class TaskBridge {
   private readonly inFlight = new Set<Promise<void>>();
   /** Per device, settles with whether the last request sent for it was accepted. */
   private readonly deviceTail = new Map<string, Promise<boolean>>();
+  /** Devices whose running device workflow was found to be ours, until when. */
+  private readonly ownedUntil = new Map<string, number>();
 
   constructor(private readonly opts: TaskBridgeOptions) {
     this.keys = starterKeys(opts.starterId, opts.keyPrefix);
@@ -236,38 +276,67 @@ export class TaskBridge {
       return;
     }
     const enqueuedAt = new Date().toISOString();
+    const deployment = this.opts.deployment ?? '';
     // Chain each request behind the previous one for its device, synchronously (before any await),
     // so requests for one device keep the order of their items even with several items in flight.
     const sent = requests.map((req) => {
-      const full: TraversalRequest = { ...req, enqueuedAt, ...(this.opts.policy ? { policy: this.opts.policy } : {}) };
+      const full: TraversalRequest = {
+        ...req,
+        enqueuedAt,
+        ...(this.opts.policy ? { policy: this.opts.policy } : {}),
+        ...(deployment ? { deployment } : {}),
+        taskQueue: this.opts.taskQueue,
+      };
       const before = this.deviceTail.get(req.deviceId) ?? Promise.resolve(true);
       // A request whose predecessor was not sent (stopping) is not sent either: both are replayed later, in order.
-      const mine = before.then((ok) => (ok ? this.startWithRetry(full, raw) : false));
-      this.deviceTail.set(req.deviceId, mine);
-      void mine.then(() => {
-        if (this.deviceTail.get(req.deviceId) === mine) this.deviceTail.delete(req.deviceId);
+      const mine = before.then((ok): Promise<SendOutcome> => (ok ? this.startWithRetry(full, raw) : Promise.resolve({ stopped: true })));
+      const tail = mine.then((o) => !o.stopped);
+      this.deviceTail.set(req.deviceId, tail);
+      void tail.then(() => {
+        if (this.deviceTail.get(req.deviceId) === tail) this.deviceTail.delete(req.deviceId);
       });
       return mine;
     });
-    const accepted = await Promise.all(sent);
-    if (accepted.includes(false)) return; // stopping: the item stays in the processing list and is replayed later
+    const outcomes = await Promise.all(sent);
+    if (outcomes.some((o) => o.stopped)) return; // stopping: the item stays in the processing list and is replayed later
+    const refused = outcomes.flatMap((o) => (o.refused ? [o.refused] : []));
+    if (refused.length > 0) {
+      const others = requests.length - refused.length;
+      const reason = `${refused.join('; ')}${others > 0 ? ` (the task's ${others} other request(s) were sent)` : ''}`;
+      await this.deadLetter(raw, reason, refused);
+      return;
+    }
     await this.withRedisRetry(() => this.opts.redis.lrem(this.keys.processing, 1, raw));
   }
 
-  private async startWithRetry(req: TraversalRequest, raw: Buffer): Promise<boolean> {
+  /** Whether the device workflow this request goes to is ours; a positive answer is kept a minute. */
+  private async checkOwner(req: TraversalRequest): Promise<string | undefined> {
+    const key = req.deviceId;
+    if ((this.ownedUntil.get(key) ?? 0) > Date.now()) return undefined;
+    const why = await foreignOwner(this.opts.client, this.opts.taskQueue, req);
+    if (why === undefined) this.ownedUntil.set(key, Date.now() + OWNER_CHECK_TTL_MS);
+    return why;
+  }
+
+  private async startWithRetry(req: TraversalRequest, raw: Buffer): Promise<SendOutcome> {
     let delay = 500;
     for (;;) {
       try {
         const deadline = Date.now() + (this.opts.temporalTimeoutMs ?? 10_000);
+        const refused = await this.opts.client.withDeadline(deadline, () => this.checkOwner(req));
+        if (refused) {
+          this.opts.log?.('warn', 'request refused: its device workflow belongs to another deployment', { taskId: req.taskId, deviceId: req.deviceId, reason: refused });
+          return { refused };
+        }
         await this.opts.client.withDeadline(deadline, () =>
           requestTraversal(this.opts.client, this.opts.taskQueue, req),
         );
         this.stats.started++;
         this.opts.log?.('info', 'traversal requested', { taskId: req.taskId, deviceId: req.deviceId, packageName: req.packageName });
         this.opts.onStarted?.(req, raw);
-        return true;
+        return {};
       } catch (err) {
-        if (this.stopping) return false;
+        if (this.stopping) return { stopped: true };
         this.stats.temporalRetries++;
         this.opts.log?.('warn', 'Temporal did not accept the request; retrying', {
           taskId: req.taskId,
@@ -276,7 +345,7 @@ export class TaskBridge {
           retryInMs: delay,
         });
         await this.pause(delay);
-        if (this.stopping) return false;
+        if (this.stopping) return { stopped: true };
         delay = Math.min(delay * 2, 30_000);
       }
     }

@@ -40,6 +40,7 @@ async function main(): Promise<void> {
       urlPolicy,
       extraArgs: extraArgsPolicyFor(config),
       keyPrefix: config.redisKeyPrefix,
+      deployment: config.deployment,
       policy: {
         heartbeatTimeoutMs: config.heartbeatTimeoutMs,
         maxAttempts: config.maxAttempts,

@@ -63,6 +63,8 @@ export interface StackOptions {
   redisUrl?: string;
   /** Run policy fields the starter puts into every request, over the stack's defaults. */
   policy?: Partial<RunPolicy>;
+  /** The starter's DT_DEPLOYMENT (default none: unscoped workflow ids). */
+  deployment?: string;
 }
 
 /** A running stack; `stop()` tears everything down. */
@@ -159,6 +161,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       urlPolicy: opts.urlPolicy ?? new UrlPolicy(config.allowedHosts),
       extraArgs: extraArgsPolicyFor(config),
       keyPrefix: prefix,
+      deployment: opts.deployment,
       policy: { heartbeatTimeoutMs: config.heartbeatTimeoutMs, maxAttempts: config.maxAttempts, initialRetryMs: 200, ...opts.policy },
     }).start();
   }
