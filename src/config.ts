@@ -30,7 +30,7 @@ export const OPTIONS = {
   apkCacheDir: { env: 'DT_APK_CACHE_DIR', kind: 'string', default: '', doc: 'APK cache folder; empty means <DT_DATA_DIR>/apk-cache.' },
   apkMaxBytes: { env: 'DT_APK_MAX_BYTES', kind: 'bytes', default: '4GiB', doc: 'Largest APK accepted, bytes (suffixes KiB, MiB, GiB allowed).' },
   apkCacheMaxBytes: { env: 'DT_APK_CACHE_MAX_BYTES', kind: 'bytes', default: '20GiB', doc: 'Size cap of the APK cache, bytes; least recently used APKs not in use are evicted after a download pushes it over.' },
-  apkCacheLeaseMs: { env: 'DT_APK_CACHE_LEASE', kind: 'duration', default: '1h', doc: 'How long an APK resolved for a traversal (or served to an agent) is kept from eviction, ms or a duration like 1h.' },
+  apkCacheLeaseMs: { env: 'DT_APK_CACHE_LEASE', kind: 'duration', default: '1h', doc: 'How long an APK resolved for a traversal, handed to an agent, or fetched from byte 0 through a signed install URL is kept from eviction (other reads never renew it), ms or a duration like 1h.' },
   maxOriginDownloads: { env: 'DT_MAX_ORIGIN_DOWNLOADS', kind: 'int', default: '4', doc: 'Origin downloads one worker runs at once; more wait for a slot; 0 means no cap.' },
   apkDiskReserveBytes: { env: 'DT_APK_DISK_RESERVE', kind: 'bytes', default: '64MiB', doc: "Free space an APK download leaves on the cache's disk for logs, reports and other writers, bytes; at most 5% of that disk's size counts, so small disks still work. A download that does not fit even after evicting unused APKs fails as InsufficientStorage (retried) and removes its partial file." },
   apkPartMaxAgeMs: { env: 'DT_APK_PART_MAX_AGE', kind: 'duration', default: '1h', doc: 'A partial APK download (<cache>/tmp/*.part) that no download holds and that was not written for this long is removed by the sweep; younger ones stay so a retry can resume them with a Range request, ms or a duration like 1h.' },
@@ -44,6 +44,8 @@ export const OPTIONS = {
   artifactToken: { env: 'DT_ARTIFACT_TOKEN', kind: 'string', default: '', doc: 'Secret of the artifact server: when set, every request needs it (Authorization: Bearer or ?token=) and install URLs carry an expiring per-APK signature instead (never logged).' },
   artifactUrlTtlMs: { env: 'DT_ARTIFACT_URL_TTL', kind: 'duration', default: '24h', doc: 'Validity of a signed install URL when DT_ARTIFACT_TOKEN is set, ms or a duration like 24h.' },
   artifactPublicUrl: { env: 'DT_ARTIFACT_PUBLIC_URL', kind: 'string', default: '', doc: 'Base URL agents use to reach the artifact server; empty means http://<host>:<port>.' },
+  artifactMaxConnections: { env: 'DT_ARTIFACT_MAX_CONNECTIONS', kind: 'int', default: '256', doc: 'Open connections the artifact server holds at most; at the cap the oldest connection without a request in progress is closed for a new one (or the new one when all are serving); 0 means no cap.' },
+  artifactMaxPerAddress: { env: 'DT_ARTIFACT_MAX_PER_ADDRESS', kind: 'int', default: '64', doc: 'Open connections from one remote address (an IPv6 /64 counts as one) the artifact server holds at most, handled like DT_ARTIFACT_MAX_CONNECTIONS; 0 means no cap. Fixed timeouts: request headers must arrive within 10 s of connecting, an idle keep-alive connection closes about 6 s after its last response, and a response whose socket takes no byte for 2 min is cut (a slow transfer that moves is never cut).' },
   reportSink: { env: 'DT_REPORT_SINK', kind: 'string', default: '', doc: 'Where reports go: file:///dir or an http(s) base URL (streamed PUT); empty means file://<DT_DATA_DIR>/reports.' },
   reportSinkToken: { env: 'DT_REPORT_SINK_TOKEN', kind: 'string', default: '', doc: 'Bearer token for an HTTP report sink (never logged).' },
   reportMaxBytes: { env: 'DT_REPORT_MAX_BYTES', kind: 'bytes', default: '1GiB', doc: 'Largest report archive uploaded, bytes; a larger one fails the upload as ReportTooLarge.' },
@@ -56,7 +58,7 @@ export const OPTIONS = {
   reportShipMs: { env: 'DT_REPORT_SHIP_INTERVAL', kind: 'duration', default: '30s', doc: 'How often a running traversal ships its new and changed report files to the report sink (findings are shipped as soon as they are printed), ms or duration.' },
   workflowBundle: { env: 'DT_WORKFLOW_BUNDLE', kind: 'string', default: '', doc: 'Prebuilt workflow bundle (built by scripts/setup.sh into lib/workflow-bundle.js); empty bundles src/workflows at start.' },
   killGraceMs: { env: 'DT_KILL_GRACE', kind: 'duration', default: '5s', doc: 'Time between TERM and KILL when a traversal is stopped, ms or a duration like 5s.' },
-  sdkMetricsPort: { env: 'DT_SDK_METRICS_PORT', kind: 'int', default: '0', doc: "Port of the Temporal SDK's own Prometheus exporter on 127.0.0.1 (merged into /metrics); 0 picks a free one." },
+  sdkMetricsPort: { env: 'DT_SDK_METRICS_PORT', kind: 'int', default: '0', doc: "Port of the Temporal SDK's own Prometheus exporter, which has no authentication and so always listens on 127.0.0.1 (no setting moves it); other hosts read its series only through the artifact server's token-checked /metrics; 0 picks a free port." },
   maxConcurrentTraversals: { env: 'DT_MAX_CONCURRENT_TRAVERSALS', kind: 'int', default: '20', doc: 'Traversal activities one worker runs at once.' },
   maxConcurrentActivities: { env: 'DT_MAX_CONCURRENT_ACTIVITIES', kind: 'int', default: '60', doc: 'All activities one worker runs at once (downloads, agent calls, traversals).' },
   maxCachedWorkflows: { env: 'DT_MAX_CACHED_WORKFLOWS', kind: 'int', default: '200', doc: 'Workflow executions kept in the worker cache.' },
@@ -102,6 +104,8 @@ export interface Config {
   artifactToken: string;
   artifactUrlTtlMs: number;
   artifactPublicUrl: string;
+  artifactMaxConnections: number;
+  artifactMaxPerAddress: number;
   reportSink: string;
   reportSinkToken: string;
   reportMaxBytes: number;

@@ -10,6 +10,11 @@
  * - private (RFC 1918, CGNAT, unique-local IPv6) and loopback addresses: refused unless the host
  *   name, the address or its network is on the allow-list (`DT_ALLOWED_HOSTS`);
  * - public addresses: allowed.
+ * An IPv6 address that carries an IPv4 one for a translator or tunnel (IPv4-mapped, SIIT
+ * ::ffff:0:0:0/96, IPv4-compatible, NAT64 64:ff9b::/96, 6to4) is judged as that IPv4 address. The
+ * other IPv6 special-purpose ranges (IANA registry: local-use NAT64, whose IPv4 position cannot be
+ * known, Teredo and the rest of 2001::/23, documentation, discard, AS112, SRv6, …) and everything
+ * outside global unicast 2000::/3 are reserved; benchmarking 2001:2::/48 counts as private.
  * The connector resolves the name itself, checks every address, then connects to a checked
  * address, so a DNS answer that changes between check and use (rebinding) gains nothing.
  */
@@ -128,37 +133,99 @@ const V4_CLASSES: [AddressClass, Cidr[]][] = [
     cidrs(['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10', '198.18.0.0/15', '192.0.0.0/24']),
   ],
 ];
-const V6_CLASSES: [AddressClass, Cidr[]][] = [
-  ['metadata', cidrs(['fd00:ec2::254/128'])],
-  ['link-local', cidrs(['fe80::/10'])],
-  ['unspecified', cidrs(['::/128'])],
-  ['reserved', cidrs(['ff00::/8'])],
-  ['loopback', cidrs(['::1/128'])],
-  ['private', cidrs(['fc00::/7', 'fec0::/10'])],
+
+/** An IPv6 range, its class and its name in refusals (empty when the class says it all). */
+interface V6Range {
+  cls: AddressClass;
+  cidr: Cidr;
+  name: string;
+}
+const v6 = (cls: AddressClass, cidr: string, name: string): V6Range => ({ cls, cidr: parseCidr(cidr)!, name });
+
+/**
+ * IPv6 ranges that carry an IPv4 address a translator or tunnel delivers to; such an address is
+ * classed as that IPv4 address. `at` is the bit offset of the IPv4 address from the right.
+ */
+const V6_EMBEDDING: { range: V6Range; at: bigint; except?: bigint[] }[] = [
+  { range: v6('public', '::ffff:0:0/96', 'IPv4-mapped ::ffff:0:0/96'), at: 0n },
+  { range: v6('public', '::ffff:0:0:0/96', 'IPv4-translated (SIIT) ::ffff:0:0:0/96'), at: 0n },
+  // :: and ::1 are the unspecified and loopback addresses themselves.
+  { range: v6('public', '::/96', 'IPv4-compatible ::/96'), at: 0n, except: [0n, 1n] },
+  { range: v6('public', '64:ff9b::/96', 'NAT64 64:ff9b::/96'), at: 0n },
+  { range: v6('public', '2002::/16', '6to4 2002::/16'), at: 80n },
 ];
 
 /**
- * The IPv4 address hidden in an IPv6 one (mapped ::ffff:a.b.c.d, compatible ::a.b.c.d, NAT64
- * 64:ff9b::/96, 6to4 2002::/16), which is where the packet really goes.
+ * The IANA IPv6 Special-Purpose Address Registry (2024) and the other non-global ranges, first
+ * match wins. Global unicast is 2000::/3; any address outside it not named here is reserved.
  */
-function embeddedIPv4(v6: bigint): bigint | undefined {
-  if (v6 >> 32n === 0xffffn || (v6 >> 32n === 0n && v6 > 1n)) return v6 & 0xffffffffn;
-  if (v6 >> 32n === 0x64ff9b0000000000000000n) return v6 & 0xffffffffn;
-  if (v6 >> 112n === 0x2002n) return (v6 >> 80n) & 0xffffffffn;
+const V6_RANGES: V6Range[] = [
+  v6('metadata', 'fd00:ec2::254/128', 'AWS instance metadata'),
+  v6('loopback', '::1/128', ''),
+  v6('unspecified', '::/128', ''),
+  v6('link-local', 'fe80::/10', ''),
+  v6('reserved', 'ff00::/8', 'multicast ff00::/8'),
+  // RFC 8215: where the IPv4 address sits depends on the prefix length the local translator uses
+  // (RFC 6052), so it cannot be checked; the well-known 64:ff9b::/96 above can.
+  v6('reserved', '64:ff9b:1::/48', 'local-use NAT64 64:ff9b:1::/48'),
+  v6('reserved', '100::/64', 'discard-only 100::/64'),
+  v6('reserved', '100:0:0:1::/64', 'dummy prefix 100:0:0:1::/64'),
+  v6('reserved', '2001::/32', 'Teredo 2001::/32'),
+  v6('reserved', '2001:1::1/128', 'PCP anycast 2001:1::1'),
+  v6('reserved', '2001:1::2/128', 'TURN anycast 2001:1::2'),
+  v6('reserved', '2001:1::3/128', 'DNS-SD SRP anycast 2001:1::3'),
+  // Benchmarking, allow-listable like its IPv4 twin 198.18.0.0/15.
+  v6('private', '2001:2::/48', 'benchmarking 2001:2::/48'),
+  v6('reserved', '2001:3::/32', 'AMT 2001:3::/32'),
+  v6('reserved', '2001:4:112::/48', 'AS112 2001:4:112::/48'),
+  v6('reserved', '2001:10::/28', 'ORCHID 2001:10::/28'),
+  v6('reserved', '2001:20::/28', 'ORCHIDv2 2001:20::/28'),
+  v6('reserved', '2001:30::/28', 'DRIP 2001:30::/28'),
+  v6('reserved', '2001::/23', 'IETF protocol assignments 2001::/23'),
+  v6('reserved', '2001:db8::/32', 'documentation 2001:db8::/32'),
+  v6('reserved', '2620:4f:8000::/48', 'AS112 2620:4f:8000::/48'),
+  v6('reserved', '3fff::/20', 'documentation 3fff::/20'),
+  v6('reserved', '5f00::/16', 'SRv6 SIDs 5f00::/16'),
+  v6('private', 'fc00::/7', 'unique local fc00::/7'),
+  v6('private', 'fec0::/10', 'site-local fec0::/10'),
+];
+const GLOBAL_UNICAST = parseCidr('2000::/3')!;
+
+/** The IPv4 address hidden in an IPv6 one, which is where a translator or tunnel really sends the packet. */
+function embeddedIPv4(value: bigint): { v4: bigint; range: string } | undefined {
+  for (const e of V6_EMBEDDING) {
+    if (inCidr(e.range.cidr, true, value) && !e.except?.includes(value)) {
+      return { v4: (value >> e.at) & 0xffffffffn, range: e.range.name };
+    }
+  }
   return undefined;
+}
+
+function classifyIPv4(value: bigint): AddressClass {
+  return V4_CLASSES.find(([, list]) => list.some((c) => inCidr(c, false, value)))?.[0] ?? 'public';
+}
+
+function formatIPv4(value: bigint): string {
+  return [24n, 16n, 8n, 0n].map((s) => String((value >> s) & 0xffn)).join('.');
+}
+
+/** Class of an address and, for IPv6, the special range that decided it. */
+function describeAddress(address: string): { cls: AddressClass; detail?: string } | undefined {
+  const v4 = parseIPv4(address);
+  if (v4 !== undefined) return { cls: classifyIPv4(v4) };
+  const value = parseIPv6(address);
+  if (value === undefined) return undefined;
+  const inner = embeddedIPv4(value);
+  if (inner) return { cls: classifyIPv4(inner.v4), detail: `IPv4 ${formatIPv4(inner.v4)} in ${inner.range}` };
+  const range = V6_RANGES.find((r) => inCidr(r.cidr, true, value));
+  if (range) return { cls: range.cls, detail: range.name || undefined };
+  if (!inCidr(GLOBAL_UNICAST, true, value)) return { cls: 'reserved', detail: 'outside global unicast 2000::/3' };
+  return { cls: 'public' };
 }
 
 /** Class of one IP address (v4 or v6, brackets and zone ids allowed); undefined for a non-address. */
 export function classifyAddress(address: string): AddressClass | undefined {
-  const v4 = parseIPv4(address);
-  if (v4 !== undefined) return V4_CLASSES.find(([, list]) => list.some((c) => inCidr(c, false, v4)))?.[0] ?? 'public';
-  const v6 = parseIPv6(address);
-  if (v6 === undefined) return undefined;
-  const inner = embeddedIPv4(v6);
-  if (inner !== undefined) {
-    return V4_CLASSES.find(([, list]) => list.some((c) => inCidr(c, false, inner)))?.[0] ?? 'public';
-  }
-  return V6_CLASSES.find(([, list]) => list.some((c) => inCidr(c, true, v6)))?.[0] ?? 'public';
+  return describeAddress(address)?.cls;
 }
 
 /** One entry of the allow-list. */
@@ -195,7 +262,7 @@ function ipValue(address: string): { v6: boolean; value: bigint } | undefined {
   const v6 = parseIPv6(address);
   if (v6 === undefined) return undefined;
   const inner = embeddedIPv4(v6);
-  return inner !== undefined ? { v6: false, value: inner } : { v6: true, value: v6 };
+  return inner !== undefined ? { v6: false, value: inner.v4 } : { v6: true, value: v6 };
 }
 
 /** Options of a policy. */
@@ -248,14 +315,16 @@ export class UrlPolicy {
 
   /** The problem with connecting to `address` reached through `hostname`, or undefined when allowed. */
   checkAddress(hostname: string, address: string): string | undefined {
-    const cls = classifyAddress(address);
-    if (cls === undefined) return `${address} is not an IP address`;
+    const described = describeAddress(address);
+    if (described === undefined) return `${address} is not an IP address`;
+    const { cls, detail } = described;
     if (cls === 'public') return undefined;
     const via = normaliseHost(hostname) === normaliseHost(address) ? address : `${hostname} resolves to ${address}`;
-    if (NEVER_ALLOWED.has(cls)) return `${via}, a ${cls} address, which is never allowed`;
+    const what = `${via}, a${/^[aeiou]/.test(cls) ? 'n' : ''} ${cls} address${detail ? ` (${detail})` : ''}`;
+    if (NEVER_ALLOWED.has(cls)) return `${what}, which is never allowed`;
     return this.listed(normaliseHost(hostname), ipValue(address))
       ? undefined
-      : `${via}, a ${cls} address; add the host or its network to ${this.setting} if it is trusted`;
+      : `${what}; add the host or its network to ${this.setting} if it is trusted`;
   }
 
   /**

@@ -107,6 +107,8 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     port: config.artifactPort,
     extraMetrics: opts.sdkMetrics,
     token: config.artifactToken,
+    maxConnections: config.artifactMaxConnections,
+    maxPerAddress: config.artifactMaxPerAddress,
     log: opts.log,
   });
   let artifactUrl = config.artifactPublicUrl.replace(/\/+$/, '');

@@ -4,19 +4,26 @@ import Redis from 'ioredis';
 import { loadConfig } from './config';
 import { JsonLogger } from './logger';
 import { freePort } from './local/ports';
-import { request } from 'undici';
+import { scrapeSdkMetrics, sdkTelemetryOptions } from './sdk-metrics';
 import { connectClient, connectWorker, temporalApiKey, temporalSettings } from './temporal-connection';
 import { createTraversalWorker } from './worker-setup';
 
 async function main(): Promise<void> {
   const config = loadConfig();
   const temporal = temporalSettings();
-  const secrets = [process.env.TEMPORAL_API_KEY ?? '', temporalApiKey(temporal), config.reportSinkToken, config.artifactToken, new URL(config.redisUrl).password].filter(Boolean);
+  const secrets = [
+    process.env.TEMPORAL_API_KEY ?? '',
+    temporalApiKey(temporal),
+    config.reportSinkToken,
+    config.artifactToken,
+    new URL(config.redisUrl).password,
+  ].filter(Boolean);
   const logger = new JsonLogger({ service: 'worker', pid: process.pid }, config.logLevel, process.stdout, secrets);
   const sdkMetricsPort = config.sdkMetricsPort || (await freePort());
   Runtime.install({
     logger: logger as unknown as DefaultLogger,
-    telemetryOptions: { metrics: { prometheus: { bindAddress: `127.0.0.1:${sdkMetricsPort}` } } },
+    // Loopback only: the exporter has no authentication (src/sdk-metrics.ts).
+    telemetryOptions: sdkTelemetryOptions(sdkMetricsPort),
   });
 
   const redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 20 });
@@ -33,11 +40,8 @@ async function main(): Promise<void> {
       client,
       redis,
       redisKeyPrefix: config.redisKeyPrefix,
-      sdkMetrics: async () => {
-        // The SDK's exporter runs in its native core; fetch its text so one scrape gets both.
-        const res = await request(`http://127.0.0.1:${sdkMetricsPort}/metrics`).catch(() => undefined);
-        return res ? `# Temporal SDK metrics\n${await res.body.text()}` : '';
-      },
+      // The SDK's exporter runs in its native core; fetch its text so one token-checked scrape gets both.
+      sdkMetrics: () => scrapeSdkMetrics(sdkMetricsPort),
       ...(config.workflowBundle ? { workflowBundle: { codePath: config.workflowBundle } } : {}),
       log: (msg, meta) => logger.info(msg, meta),
     });
@@ -66,7 +70,7 @@ main().then(
   // Exit at once: a gRPC retry timer still pending on a closed connection would otherwise throw.
   () => process.exit(0),
   (err) => {
-    process.stderr.write(`worker failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+    process.stderr.write(`worker failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     process.exit(1);
   },
 );

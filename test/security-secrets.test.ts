@@ -60,10 +60,10 @@ describe('artifact server token', function () {
     return res.statusCode;
   }
 
-  it('answers 401 to every request without the token, listing and metrics included', async () => {
+  it('answers 401 to every request without the token, listing and metrics included, and 403 to a wrong one', async () => {
     for (const p of [`/apk/${sha}.apk`, '/metrics', '/healthz', '/', '/apk/']) assert.equal(await status(p), 401, p);
-    assert.equal(await status(`/apk/${sha}.apk`, { authorization: 'Bearer wrong' }), 401);
-    assert.equal(await status(`/apk/${sha}.apk?token=wrong`), 401);
+    assert.equal(await status(`/apk/${sha}.apk`, { authorization: 'Bearer wrong' }), 403);
+    assert.equal(await status(`/apk/${sha}.apk?token=wrong`), 403);
   });
 
   it('accepts the token as a bearer header or in the query string', async () => {
@@ -78,12 +78,12 @@ describe('artifact server token', function () {
     assert.match(url, /\/apk\/b{64}\.apk\?token=\d+\.[A-Za-z0-9_-]{43}$/);
     assert.equal(await status(url.slice(base.length)), 200);
     const token = new URL(url).searchParams.get('token')!;
-    assert.equal(await status(`/apk/${'c'.repeat(64)}.apk?token=${token}`), 401, 'not valid for another APK');
-    assert.equal(await status(`/metrics?token=${token}`), 401, 'not valid for metrics');
+    assert.equal(await status(`/apk/${'c'.repeat(64)}.apk?token=${token}`), 403, 'not valid for another APK');
+    assert.equal(await status(`/metrics?token=${token}`), 403, 'not valid for metrics');
     const expired = artifactInstallUrl(base, sha, secret, -1000);
-    assert.equal(await status(expired.slice(base.length)), 401, 'expired');
+    assert.equal(await status(expired.slice(base.length)), 403, 'expired');
     const tampered = url.replace(/token=(\d+)/, (_m, e: string) => `token=${Number(e) + 3600}`);
-    assert.equal(await status(tampered.slice(base.length)), 401, 'expiry cannot be extended');
+    assert.equal(await status(tampered.slice(base.length)), 403, 'expiry cannot be extended');
     assert.equal(artifactInstallUrl(base, sha), `${base}/apk/${sha}.apk`, 'no token configured: a plain URL');
   });
 

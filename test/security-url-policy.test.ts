@@ -102,6 +102,95 @@ describe('URL policy', function () {
       for (const [addr, cls] of table) assert.equal(classifyAddress(addr), cls, addr);
     });
 
+    it('classes IPv6 translation forms like the IPv4 they carry and refuses the other IPv6 special-purpose ranges', () => {
+      const table: [string, string][] = [
+        // SIIT ::ffff:0:0:0/96 (the report's vector), beside the mapped and compatible forms.
+        ['::ffff:0:7f00:2', 'loopback'],
+        ['::ffff:0:127.0.0.2', 'loopback'],
+        ['::ffff:0:a9fe:a9fe', 'metadata'],
+        ['::ffff:0:a00:1', 'private'],
+        ['::ffff:0:808:808', 'public'],
+        ['::ffff:a9fe:a9fe', 'metadata'],
+        ['::7f00:1', 'loopback'],
+        // NAT64: the well-known prefix carries its IPv4 in the low 32 bits; the local-use one cannot be read.
+        ['64:ff9b::7f00:1', 'loopback'],
+        ['64:ff9b::a00:1', 'private'],
+        ['64:ff9b::808:808', 'public'],
+        ['64:ff9b:1::7f00:1', 'reserved'],
+        ['64:ff9b:1::a9fe:a9fe', 'reserved'],
+        ['64:ff9b:1:ffff::808:808', 'reserved'],
+        ['64:ff9b:0:0:1::1', 'reserved'],
+        // Teredo: server 65.54.227.120, client 127.0.0.1 obfuscated (XOR 0xffffffff); refused outright.
+        ['2001:0:4136:e378:8000:63bf:80ff:fffe', 'reserved'],
+        ['2001:0:4136:e378:8000:63bf:3fff:fdd2', 'reserved'],
+        // 6to4 carries its IPv4 in bits 16-47.
+        ['2002:a9fe:a9fe::1', 'metadata'],
+        ['2002:c0a8:101::1', 'private'],
+        ['2002:808:808::1', 'public'],
+        ['::', 'unspecified'],
+        ['::1', 'loopback'],
+        ['100::1', 'reserved'],
+        ['100:0:0:1::1', 'reserved'],
+        ['2001:1::1', 'reserved'],
+        ['2001:1::2', 'reserved'],
+        ['2001:1::3', 'reserved'],
+        ['2001:2::1', 'private'],
+        ['2001:3::1', 'reserved'],
+        ['2001:4:112::1', 'reserved'],
+        ['2001:10::1', 'reserved'],
+        ['2001:20::1', 'reserved'],
+        ['2001:30::1', 'reserved'],
+        ['2001:1ff::1', 'reserved'],
+        ['2001:db8::1', 'reserved'],
+        ['2620:4f:8000::1', 'reserved'],
+        ['3fff::1', 'reserved'],
+        ['3fff:fff:ffff::1', 'reserved'],
+        ['5f00::1', 'reserved'],
+        ['fc00::1', 'private'],
+        ['fdff::1', 'private'],
+        ['fe80::1', 'link-local'],
+        ['febf::1', 'link-local'],
+        ['ff02::1', 'reserved'],
+        // Outside global unicast 2000::/3: unassigned, never an origin.
+        ['4000::1', 'reserved'],
+        ['::1:0:0:1', 'reserved'],
+        // Just outside the special ranges: ordinary global unicast.
+        ['2001:200::1', 'public'],
+        ['2001:db9::1', 'public'],
+        ['2620:4f:8001::1', 'public'],
+        ['3fff:1000::1', 'public'],
+        ['2a00:1450:4001::1', 'public'],
+      ];
+      for (const [addr, cls] of table) assert.equal(classifyAddress(addr), cls, addr);
+    });
+
+    it('refuses IPv6 literals that a translator would send to loopback or metadata, naming the range', () => {
+      const open = new UrlPolicy('*');
+      const closed = new UrlPolicy('');
+      assert.match(
+        closed.precheck('http://[::ffff:0:7f00:2]/a.apk')!,
+        /::ffff:0:7f00:2, a loopback address \(IPv4 127\.0\.0\.2 in IPv4-translated \(SIIT\) ::ffff:0:0:0\/96\); add the host/,
+      );
+      // Trusting loopback 127.0.0.1 alone does not open 127.0.0.2, whatever the IPv6 spelling.
+      assert.match(new UrlPolicy('127.0.0.1').precheck('http://[::ffff:0:7f00:2]/')!, /loopback address/);
+      assert.match(open.precheck('http://[::ffff:0:a9fe:a9fe]/')!, /metadata address .*never allowed/);
+      assert.match(
+        open.precheck('http://[64:ff9b:1::a9fe:a9fe]/')!,
+        /local-use NAT64 64:ff9b:1::\/48\), which is never allowed/,
+      );
+      assert.match(
+        open.precheck('http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/')!,
+        /Teredo 2001::\/32\), which is never allowed/,
+      );
+      assert.match(open.precheck('http://[2001:db8::1]/')!, /documentation 2001:db8::\/32/);
+      assert.match(open.precheck('http://[100::1]/')!, /discard-only/);
+      assert.equal(open.precheck('http://[2001:2::1]/'), undefined, 'benchmarking is private: the allow-list opens it');
+      assert.match(
+        closed.precheck('http://[2001:2::1]/')!,
+        /a private address \(benchmarking 2001:2::\/48\); add the host/,
+      );
+    });
+
     it('rejects a malformed allow-list entry by name', () => {
       assert.throws(() => new UrlPolicy('10.0.0.0/8, 10.0.0.0/33'), /"10\.0\.0\.0\/33"/);
       assert.throws(() => new UrlPolicy('http://agent'), /"http:\/\/agent"/);
@@ -189,6 +278,32 @@ describe('URL policy', function () {
         refused(/metadata service/),
       );
       await assert.rejects(cache.resolve('http://169.254.1.1/app.apk'), refused(/link-local address/));
+    });
+
+    it('refuses IPv6 translation forms of loopback and metadata before connecting, as literals and as DNS answers', async () => {
+      const lookup = fakeDns({
+        'siit.example.com': ['::ffff:0:7f00:2'],
+        'nat64.example.com': ['64:ff9b:1::a9fe:a9fe'],
+        'teredo.example.com': ['2001:0:4136:e378:8000:63bf:80ff:fffe'],
+      });
+      const cache = cacheWith(new UrlPolicy('10.0.0.0/8', { lookup }));
+      const trustAll = cacheWith(new UrlPolicy('*', { lookup }));
+      await assert.rejects(
+        cache.resolve(`http://[::ffff:0:7f00:2]:${internal.port}/secret.apk`),
+        refused(/loopback address/),
+      );
+      await assert.rejects(
+        cache.resolve(`http://siit.example.com:${internal.port}/secret.apk`),
+        refused(/resolves to ::ffff:0:7f00:2, a loopback address/),
+      );
+      await assert.rejects(
+        trustAll.resolve('http://[::ffff:0:a9fe:a9fe]/latest/meta-data/a.apk'),
+        refused(/metadata address/),
+      );
+      await assert.rejects(trustAll.resolve('http://nat64.example.com/a.apk'), refused(/local-use NAT64/));
+      await assert.rejects(trustAll.resolve('http://teredo.example.com/a.apk'), refused(/Teredo/));
+      await assert.rejects(trustAll.resolve('http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/a.apk'), refused(/Teredo/));
+      assert.deepEqual(internal.hits, [], 'the internal server was never reached');
     });
 
     it('refuses a loopback origin unless it is on the allow-list', async () => {

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { parseRange } from '../http-range';
 
 /** Options for {@link ApkOrigin}. */
 export interface ApkOriginOptions {
@@ -212,7 +213,8 @@ export class ApkOrigin {
     res.setHeader('Content-Type', 'application/vnd.android.package-archive');
 
     const rangeHeader = req.headers.range;
-    const range = rangeHeader ? parseRange(rangeHeader, e.size) : null;
+    // RFC 9110: ranges apply to GET only; unknown units, multi-ranges and bad syntax get the whole file.
+    const range = head ? undefined : parseRange(rangeHeader, e.size);
     if (range === 'unsatisfiable') {
       res.setHeader('Content-Range', `bytes */${e.size}`);
       return sendError(res, 416, `range ${rangeHeader} not satisfiable for ${name} (${e.size} bytes)`);
@@ -301,24 +303,6 @@ class Meter extends Transform {
       this.push(part);
     }
   }
-}
-
-/** Parses a single-range Range header; null means "ignore it and send the whole file". */
-function parseRange(header: string, size: number): { start: number; end: number } | 'unsatisfiable' | null {
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m) return null; // multi-range and other units fall back to a full 200, which RFC 9110 allows
-  const [, a = '', b = ''] = m;
-  if (a === '' && b === '') return null;
-  if (a === '') {
-    const suffix = Number(b);
-    if (suffix === 0 || size === 0) return 'unsatisfiable';
-    return { start: Math.max(0, size - suffix), end: size - 1 };
-  }
-  const start = Number(a);
-  const end = b === '' ? size - 1 : Number(b);
-  if (b !== '' && end < start) return null;
-  if (start >= size) return 'unsatisfiable';
-  return { start, end: Math.min(end, size - 1) };
 }
 
 function sendError(res: http.ServerResponse, status: number, error: string): void {
