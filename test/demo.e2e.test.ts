@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import Redis from 'ioredis';
 import { resultKey } from '../src/activities/result-publisher';
-import { PROJECT_ROOT } from '../src/config';
+import { deploymentFromPrefix, PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/local/ports';
 import { findTemporalCli, waitForNamespace } from '../src/local/temporal-dev';
 import {
@@ -242,7 +242,7 @@ describe('the demo stopped with Ctrl-C and started again', function () {
     for (const c of running) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     for (let n = 1; n <= 5; n++)
       await client?.workflow
-        .getHandle(deviceWorkflowId(`sim-${n}`))
+        .getHandle(deviceWorkflowId(`sim-${n}`, deploymentFromPrefix(prefix)))
         .terminate('test over')
         .catch(() => undefined);
     await connection?.close();

@@ -22,10 +22,8 @@ describe('deployments sharing a Temporal namespace', function () {
 
   before(async function () {
     const apks = [{ name: 'dep.apk', size: 50_000 }];
-    [a, b] = await Promise.all([
-      startStack({ devices, apks, starter: true, deployment: 'lab-a' }),
-      startStack({ devices, apks, starter: true, deployment: 'lab-b' }),
-    ]);
+    a = await startStack({ devices, apks, starter: true, deployment: 'lab-a' });
+    b = await startStack({ devices, apks, starter: true, deployment: 'lab-b' });
   });
   after(async function () {
     await Promise.all([a?.stop(), b?.stop()]);

@@ -164,6 +164,8 @@ export async function spawnWorker(s: ServiceEnv & { dataDir: string }): Promise<
       REDIS_URL: s.redisUrl,
       TASK_QUEUE: s.taskQueue,
       DT_REDIS_KEY_PREFIX: s.redisKeyPrefix,
+      // Unscoped workflow ids, as the tests name them (test/deployments.e2e.test.ts covers named ones).
+      DT_DEPLOYMENT: 'none',
       DT_DATA_DIR: s.dataDir,
       DT_ARTIFACT_PORT: '0',
       DT_WORKFLOW_BUNDLE: await currentBundleFile(),
@@ -192,6 +194,8 @@ export async function spawnStarter(s: ServiceEnv & { starterId: string }): Promi
       REDIS_URL: s.redisUrl,
       TASK_QUEUE: s.taskQueue,
       DT_REDIS_KEY_PREFIX: s.redisKeyPrefix,
+      // Unscoped workflow ids, as the tests name them (test/deployments.e2e.test.ts covers named ones).
+      DT_DEPLOYMENT: 'none',
       DT_STARTER_ID: s.starterId,
       DT_PROGRESS: 'off',
       DT_LOG_LEVEL: 'info',
