@@ -130,9 +130,17 @@ export function fillTemplate(args: string[], values: Record<string, string>): st
   return args.map((a) => a.replace(/\{(\w+)\}/g, (m, k: string) => values[k] ?? m));
 }
 
+/**
+ * A budget as the tool reads it: whole seconds, rounded up (a budget signal may carry a fraction,
+ * and `1e-7` is no number a tool parses).
+ */
+export function wholeSeconds(sec: number): string {
+  return String(Math.max(0, Math.ceil(sec)));
+}
+
 /** The control file's text: the budget, and `pause` or `stop` when asked. */
 export function controlText(b: TraversalBudget): string {
-  return `duration=${b.durationSec}\n${b.paused ? 'pause\n' : ''}${b.finishNow ? 'stop\n' : ''}`;
+  return `duration=${wholeSeconds(b.durationSec)}\n${b.paused ? 'pause\n' : ''}${b.finishNow ? 'stop\n' : ''}`;
 }
 
 /** Builds the runTraversal activity. */
@@ -145,6 +153,9 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
       // The starter checks this too, but a workflow can be started around it (CLI, Web UI, a client).
       const refused = extraArgs.check(input.extraArgs ?? []);
       if (refused) throw new InvalidTaskError([refused]);
+      if (typeof input.durationSec !== 'number' || !Number.isFinite(input.durationSec) || input.durationSec < 0) {
+        throw new InvalidTaskError([`traversal.durationSec: must be a number of seconds, got ${String(input.durationSec)}`]);
+      }
       const ctx = Context.current();
       const previous = (ctx.info.heartbeatDetails ?? undefined) as TraversalCheckpoint | undefined;
       if (deps.maxConcurrent && running >= deps.maxConcurrent) {
@@ -348,7 +359,7 @@ async function runOne(
     package: input.packageName,
     activity: input.mainActivity ?? '',
     outDir: reportDir,
-    durationSec: String(input.durationSec),
+    durationSec: wholeSeconds(input.durationSec),
     controlFile,
   };
   const argv = fillTemplate(deps.command, values);
