@@ -20,9 +20,9 @@ import { request } from 'undici';
 import { ApkCache } from '../src/activities/apk-cache';
 import { resultKey } from '../src/activities/result-publisher';
 import { ArtifactServer, artifactInstallUrl } from '../src/artifact-server';
-import { PROJECT_ROOT } from '../src/config';
+import { deploymentFromPrefix, PROJECT_ROOT } from '../src/config';
 import { JsonLogger } from '../src/logger';
-import { deviceWorkflowId, traversalWorkflowId, type TraversalResult } from '../src/messages';
+import { deviceWorkflowId, publishWorkflowId, traversalWorkflowId, type TraversalResult } from '../src/messages';
 import { Metrics } from '../src/metrics';
 import { AgentSimulator } from '../src/sim/agent-sim';
 import { SIM_EXTRA_ARGS } from '../src/sim/traversal-sim-args';
@@ -307,11 +307,17 @@ describe('secrets stay out of logs, errors, histories and Redis', function () {
 
     // Everything that could carry a secret.
     const places: Record<string, string> = { 'worker log': worker!.out(), 'starter log': starter!.out() };
+    // The spawned services take their deployment name from the key prefix.
+    const deployment = deploymentFromPrefix(prefix);
+    assert.ok(deployment, 'the key prefix names a deployment');
     for (const taskId of [good.taskId, missing.taskId]) {
-      const history = await client.workflow.getHandle(traversalWorkflowId(taskId, 'sec-1')).fetchHistory();
+      const history = await client.workflow.getHandle(traversalWorkflowId(taskId, 'sec-1', deployment)).fetchHistory();
       places[`history of ${taskId}`] = historyText(history);
+      // The publish workflow carries the whole result into Redis.
+      const published = await client.workflow.getHandle(publishWorkflowId(taskId, 'sec-1', deployment)).fetchHistory();
+      places[`history of publish ${taskId}`] = historyText(published);
     }
-    const device = await client.workflow.getHandle(deviceWorkflowId('sec-1')).fetchHistory();
+    const device = await client.workflow.getHandle(deviceWorkflowId('sec-1', deployment)).fetchHistory();
     places['history of device/sec-1'] = historyText(device);
     for (const key of await admin.keys(`${prefix}*`)) {
       const type = await admin.type(key);
