@@ -21,7 +21,8 @@ import { freePort } from '../src/local/ports';
 import { startRedis, type LocalRedis } from '../src/local/redis-local';
 import { startDevServer, type DevServer } from '../src/local/temporal-dev';
 import { requestTraversal } from '../src/starter-core';
-import { deviceWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/messages';
+import { deviceWorkflowId, publishWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/messages';
+import { TRAVERSAL_PHASE } from '../src/search-attributes';
 import { startStack, task, workflowBundle, type Stack } from '../test/support/stack';
 import { waitFor as pollUntil } from '../test/support/wait';
 
@@ -255,6 +256,50 @@ const SCENARIOS: Scenario[] = [
       return handle;
     },
   },
+  {
+    name: 'traversal-completed-publish-apart',
+    scenario:
+      'a completed traversal recorded after the publish-apart patch: it starts its publish workflow (abandoned child) and ends',
+    async run(stack) {
+      const apk = stack.apks['app.apk']!;
+      await stack.push(
+        task(stack, { taskId: 'apart', deviceId: 'rec-8', apkUrl: apk.url, apkSha256: apk.sha256, packageName: 'com.example.apart' }),
+      );
+      const r = await stack.waitResult('apart', 'rec-8');
+      expect(r.status === 'completed', `traversal-completed-publish-apart ended ${r.status}: ${JSON.stringify(r.error)}`);
+      return stack.client.workflow.getHandle(traversalWorkflowId('apart', 'rec-8'));
+    },
+  },
+  {
+    name: 'publish-waited-for-redis',
+    scenario:
+      'a publish workflow whose Redis refused writes (maxmemory 1 byte, noeviction): its quick attempts failed, it said ' +
+      'waiting-for-redis and published once Redis took writes again',
+    async run(stack) {
+      const apk = stack.apks['app.apk']!;
+      await stack.push(
+        task(stack, { taskId: 'oom', deviceId: 'rec-9', apkUrl: apk.url, packageName: 'com.example.oom' }),
+      );
+      const traversal = await handleOnceStarted(stack, traversalWorkflowId('oom', 'rec-9'));
+      await stack.redis.config('SET', 'maxmemory-policy', 'noeviction');
+      await stack.redis.config('SET', 'maxmemory', '1');
+      try {
+        await traversal.result();
+        const publish = stack.client.workflow.getHandle(publishWorkflowId('oom', 'rec-9'));
+        await waitFor(
+          async () => (await publish.describe()).typedSearchAttributes.get(TRAVERSAL_PHASE) === 'waiting-for-redis',
+          'the publish workflow to wait for Redis',
+        );
+      } finally {
+        await stack.redis.config('SET', 'maxmemory', '0');
+      }
+      const r = await stack.waitResult('oom', 'rec-9');
+      expect(r.status === 'completed', `publish-waited-for-redis: the traversal ended ${r.status}`);
+      const publish = stack.client.workflow.getHandle(publishWorkflowId('oom', 'rec-9'));
+      await publish.result();
+      return publish;
+    },
+  },
 ];
 
 function expect(ok: boolean, message: string): asserts ok {
@@ -311,9 +356,11 @@ async function main(): Promise<void> {
     process.env.TEST_TEMPORAL_ADDRESS = temporal.address;
     process.env.TEST_REDIS_URL = redis.url;
     stack = await startStack({
-      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6', 'rec-7'],
+      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6', 'rec-7', 'rec-8', 'rec-9'],
       apks: [{ name: 'app.apk', size: 2 * MiB }],
       starter: true,
+      // A result reaches Redis within 2 s of its return (publish-waited-for-redis).
+      policy: { publishRetryMaxMs: 2000 },
     });
 
     mkdirSync(HISTORIES_DIR, { recursive: true });
