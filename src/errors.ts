@@ -214,8 +214,9 @@ export const PERMANENT_ERROR_TYPES = [
 ];
 
 /**
- * Failure types that say the infrastructure is in trouble rather than the task or the tool: they
- * count towards a device's quarantine. Timeouts (`Timeout:…`) belong here too.
+ * Failure types that say the infrastructure is in trouble rather than the task or the tool (the
+ * result's `error.kind`); only the device faults among them count towards a device's quarantine.
+ * Timeouts (`Timeout:…`) belong here too.
  */
 export const INFRASTRUCTURE_ERROR_TYPES = [
   'DeviceOffline',

@@ -157,7 +157,7 @@ describe('resource limits', function () {
       assert.deepEqual(await blobs(dir), sha('lru-c', 'lru-d'));
     });
 
-    it('renews the lease when an APK is served or resolved again', async () => {
+    it('renews the lease when an APK is resolved, and when touch() renews it (an install URL handed out or used)', async () => {
       const { cache: c } = cache({ leaseMs: 60_000, capMiB: 100 });
       const r = await c.resolve(url('lru-e'));
       const first = (await fsp.stat(r.path)).mtimeMs;
