@@ -203,7 +203,7 @@ export const run: ScenarioRun = async ({ args }) => {
     const variants: { label: string; command: string; env: Record<string, string>; K?: number; devices?: number }[] =
       [];
     if (parts.has('jar'))
-      variants.push({ label: 'traversal simulator jar, duration 0', command: 'java -jar traversal-sim.jar', env: {} });
+      variants.push({ label: 'traversal simulator jar, duration 1 s', command: 'java -jar traversal-sim.jar', env: {} });
     // A command that lasts a fixed 0.2 s instead of a JVM start: the orchestration alone. (A command
     // that exits within a few ms trips a race in the runner; see docs/BENCHMARKS.md.)
     const sleepCmd = { command: 'sleep 0.2', env: { DT_TRAVERSAL_COMMAND: '["sleep","0.2"]' } };
