@@ -278,6 +278,14 @@ export async function failDeadWorkerAttempts(opts: FailDeadWorkerAttemptsOptions
   return outcome;
 }
 
+/** Every readable worker journal on a data folder. */
+export async function readJournals(dataDir: string): Promise<JournalFile[]> {
+  const dir = journalDir(dataDir);
+  const names = (await fsp.readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith('.json'));
+  const journals = await Promise.all(names.map((n) => readJournal(path.join(dir, n))));
+  return journals.filter((j): j is JournalFile => j !== undefined);
+}
+
 async function readJournal(file: string): Promise<JournalFile | undefined> {
   try {
     const j = JSON.parse(await fsp.readFile(file, 'utf8')) as JournalFile;

@@ -17,8 +17,9 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { ApkCache } from './activities/apk-cache';
-import { journalDir } from './attempt-journal';
-import { traversalWorkflowId } from './messages';
+import { recordedRuns } from './activities/traversal-runner';
+import { readJournals } from './attempt-journal';
+import { parseWorkflowId } from './messages';
 import type { Metrics } from './metrics';
 
 /** Options of the sweeper. */
@@ -57,7 +58,8 @@ export interface SweepReport {
 /** A run folder as the sweep sees it. */
 interface RunFolder {
   dir: string;
-  workflowId: string;
+  /** `<taskId>/<deviceId>`. */
+  run: string;
   bytes: number;
   /** Newest mtime of the folder and anything inside it. */
   changedMs: number;
@@ -131,7 +133,7 @@ export class DiskSweeper {
     const runsDir = path.join(this.opts.dataDir, 'runs');
     const folders = await listRunFolders(runsDir);
     const out = { removed: 0, bytes: 0, active: 0, totalBytes: folders.reduce((n, f) => n + f.bytes, 0) };
-    let active = await this.activeWorkflows();
+    let active = await this.activeRuns();
     const now = Date.now();
     const grace = this.opts.sizeGraceMs ?? 3_600_000;
     // Oldest first: age-expired ones go whatever the size; then more while over the cap.
@@ -140,15 +142,15 @@ export class DiskSweeper {
       const expired = age >= this.opts.runsMaxAgeMs;
       const overCap = out.totalBytes > this.opts.runsMaxBytes && age >= grace;
       if (!expired && !overCap) continue;
-      if (active.has(f.workflowId)) {
+      if (active.has(f.run)) {
         out.active++;
         continue;
       }
       // Look again right before removing: an attempt of this run may have started meanwhile.
-      active = await this.activeWorkflows();
+      active = await this.activeRuns();
       const changedMs = (await folderFacts(f.dir))?.changedMs;
-      if (active.has(f.workflowId)) out.active++;
-      if (active.has(f.workflowId) || changedMs === undefined || changedMs > f.changedMs) continue;
+      if (active.has(f.run)) out.active++;
+      if (active.has(f.run) || changedMs === undefined || changedMs > f.changedMs) continue;
       // The task folder goes with its last run, unless it changed just now (another run of the task starting).
       const taskDir = path.dirname(f.dir);
       const taskDirIdle =
@@ -167,24 +169,26 @@ export class DiskSweeper {
     return out;
   }
 
-  /** Workflow ids of traversals an attempt journal or a process record on this data folder names. */
-  private async activeWorkflows(): Promise<Set<string>> {
-    const ids = new Set<string>();
-    const journals = journalDir(this.opts.dataDir);
-    for (const name of await fsp.readdir(journals).catch(() => [] as string[])) {
-      if (!name.endsWith('.json')) continue;
-      const j = await readJson<{ attempts?: { workflowId?: unknown }[] }>(path.join(journals, name));
-      for (const a of Array.isArray(j?.attempts) ? j.attempts : [])
-        if (typeof a?.workflowId === 'string') ids.add(a.workflowId);
+  /**
+   * `<taskId>/<deviceId>` of the traversals an attempt journal or a process record on this data
+   * folder names (run folders carry no deployment name, workflow ids may).
+   */
+  private async activeRuns(): Promise<Set<string>> {
+    const ids = [
+      ...(await readJournals(this.opts.dataDir)).flatMap((j) => j.attempts.map((a) => a.workflowId)),
+      ...(await recordedRuns(path.join(this.opts.dataDir, 'pids'))).map((r) => r.workflowId),
+    ];
+    const runs = new Set<string>();
+    for (const id of ids) {
+      const parsed = typeof id === 'string' ? parseWorkflowId(id) : undefined;
+      if (parsed?.kind === 'traversal') runs.add(runKey(parsed.taskId!, parsed.deviceId));
     }
-    const pids = path.join(this.opts.dataDir, 'pids');
-    for (const name of await fsp.readdir(pids).catch(() => [] as string[])) {
-      if (!name.endsWith('.json')) continue;
-      const rec = await readJson<{ workflowId?: unknown }>(path.join(pids, name));
-      if (typeof rec?.workflowId === 'string') ids.add(rec.workflowId);
-    }
-    return ids;
+    return runs;
   }
+}
+
+function runKey(taskId: string, deviceId: string): string {
+  return `${taskId}/${deviceId}`;
 }
 
 /** Every `<taskId>/<deviceId>` folder under the runs folder, with its size and last change. */
@@ -197,7 +201,7 @@ async function listRunFolders(runsDir: string): Promise<RunFolder[]> {
       if (!device.isDirectory()) continue;
       const dir = path.join(taskDir, device.name);
       const facts = await folderFacts(dir);
-      if (facts) out.push({ dir, workflowId: traversalWorkflowId(task.name, device.name), ...facts });
+      if (facts) out.push({ dir, run: runKey(task.name, device.name), ...facts });
     }
   }
   return out;
@@ -227,10 +231,3 @@ async function folderFacts(dir: string): Promise<{ bytes: number; changedMs: num
   return { bytes, changedMs };
 }
 
-async function readJson<T>(file: string): Promise<T | undefined> {
-  try {
-    return JSON.parse(await fsp.readFile(file, 'utf8')) as T;
-  } catch {
-    return undefined;
-  }
-}

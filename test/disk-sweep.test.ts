@@ -154,12 +154,13 @@ describe('disk sweep', function () {
           attempts: [{ workflowId: traversalWorkflowId('T-journal', 'd1'), activityType: 'runTraversal' }],
         }),
       );
-      // Old, but a process record names its traversal (a tool left by a worker that died).
+      // Old, but a process record names its traversal (a tool left by a worker that died), by the
+      // id of a named deployment: run folders carry no deployment name.
       const recorded = await runFolder(dataDir, 'T-pid', 'd2', 9 * DAY);
       await fsp.mkdir(path.join(dataDir, 'pids'), { recursive: true });
       await fsp.writeFile(
         path.join(dataDir, 'pids', 'd2.json'),
-        JSON.stringify({ pid: 1, workflowId: traversalWorkflowId('T-pid', 'd2') }),
+        JSON.stringify({ pid: 1, workflowId: traversalWorkflowId('T-pid', 'd2', 'lab-a') }),
       );
 
       const report = await s.sweep();
@@ -192,7 +193,7 @@ describe('disk sweep', function () {
       await fsp.mkdir(journalDir(dataDir), { recursive: true });
       await fsp.writeFile(
         path.join(journalDir(dataDir), '7-1.json'),
-        JSON.stringify({ attempts: [{ workflowId: traversalWorkflowId('T-r6h', 'dev') }] }),
+        JSON.stringify({ version: 1, attempts: [{ workflowId: traversalWorkflowId('T-r6h', 'dev') }] }),
       );
 
       const report = await s.sweep();

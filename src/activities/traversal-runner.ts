@@ -603,12 +603,22 @@ async function recordRun(deps: TraversalRunnerDeps, deviceId: string, pid: numbe
 }
 
 async function forgetRun(deps: TraversalRunnerDeps, deviceId: string, pid: number): Promise<void> {
+  if ((await readRunRecord(pidFile(deps, deviceId)))?.pid === pid) await fsp.rm(pidFile(deps, deviceId), { force: true });
+}
+
+async function readRunRecord(file: string): Promise<RunRecord | undefined> {
   try {
-    const rec = JSON.parse(await fsp.readFile(pidFile(deps, deviceId), 'utf8')) as { pid: number };
-    if (rec.pid === pid) await fsp.rm(pidFile(deps, deviceId), { force: true });
+    return JSON.parse(await fsp.readFile(file, 'utf8')) as RunRecord;
   } catch {
-    // nothing recorded
+    return undefined; // nothing recorded
   }
+}
+
+/** Every run a worker on this data folder recorded as started and not yet ended. */
+export async function recordedRuns(pidsDir: string): Promise<RunRecord[]> {
+  const names = (await fsp.readdir(pidsDir).catch(() => [] as string[])).filter((n) => n.endsWith('.json'));
+  const records = await Promise.all(names.map((n) => readRunRecord(path.join(pidsDir, n))));
+  return records.filter((r): r is RunRecord => r !== undefined);
 }
 
 /**
@@ -622,12 +632,8 @@ export async function endStaleRun(
   log?: { warn(msg: string, meta?: Record<string, unknown>): void },
   opts: { onlyOrphans?: boolean } = {},
 ): Promise<boolean> {
-  let rec: RunRecord;
-  try {
-    rec = JSON.parse(await fsp.readFile(path.join(deps.pidsDir, `${deviceId}.json`), 'utf8')) as RunRecord;
-  } catch {
-    return false;
-  }
+  const rec = await readRunRecord(path.join(deps.pidsDir, `${deviceId}.json`));
+  if (!rec) return false;
   // A worker starting up ends only runs whose worker is gone: workers sharing a data folder must not
   // end each other's runs. (A new attempt for the device ends the old run whoever started it.)
   if (opts.onlyOrphans && (await workerAlive(rec))) return false;
@@ -649,7 +655,7 @@ export async function endStaleRun(
 }
 
 /** What a worker records about a running traversal command, one file per device. */
-interface RunRecord {
+export interface RunRecord {
   pid: number;
   workflowId?: string;
   workerPid?: number;
