@@ -236,29 +236,52 @@ export class ApkCache {
    * resolves to the function that releases it, or undefined when it is held.
    */
   private async tryLock(key: string, purpose: string): Promise<(() => Promise<void>) | undefined> {
-    const lockPath = path.resolve(this.opts.dir, 'locks', `${key}.lock`);
-    let handle = await fsp.open(lockPath, 'wx').catch(() => undefined);
-    if (!handle) {
+    let lock = await this.createLock(key, purpose);
+    if (!lock) {
+      const lockPath = this.lockPath(key);
       const stale = await this.staleLock(lockPath);
       if (!stale) return undefined;
       await breakLock(lockPath, stale);
-      handle = await fsp.open(lockPath, 'wx').catch(() => undefined);
-      if (!handle) return undefined;
+      lock = await this.createLock(key, purpose);
     }
+    return lock?.release;
+  }
+
+  private lockPath(key: string): string {
+    return path.resolve(this.opts.dir, 'locks', `${key}.lock`);
+  }
+
+  /**
+   * Creates the host-wide lock file of a URL key, or resolves to undefined when it exists. Its mtime
+   * is refreshed until release: the heartbeat other hosts judge it by. On a full disk even the
+   * owner's line may not fit (`writeError`); the lock still excludes others while it exists, and
+   * release removes it all the same.
+   */
+  private async createLock(key: string, purpose: string): Promise<{ release: () => Promise<void>; writeError?: unknown } | undefined> {
+    const lockPath = this.lockPath(key);
+    const handle = await fsp.open(lockPath, 'wx').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'EEXIST') return undefined;
+      throw err;
+    });
+    if (!handle) return undefined;
     heldLocks.add(lockPath);
-    const at = new Date().toISOString();
-    const body = JSON.stringify({ pid: process.pid, host: os.hostname(), url: purpose, at, nonce: randomUUID() });
-    // On a full disk even the owner may not fit; the lock still excludes others while it exists.
-    const wrote = await handle.writeFile(body).then(
-      () => true,
-      () => false,
-    );
+    const body = JSON.stringify({ pid: process.pid, host: os.hostname(), url: purpose, at: new Date().toISOString(), nonce: randomUUID() });
+    const refresh = setInterval(() => {
+      const now = new Date();
+      fsp.utimes(lockPath, now, now).catch(() => undefined);
+    }, LOCK_REFRESH_MS);
+    refresh.unref();
+    let writeError: unknown;
+    await handle.writeFile(body).catch((err: unknown) => (writeError = err ?? new Error('lock write failed')));
     await handle.close().catch(() => undefined);
-    return async () => {
+    const release = async () => {
+      clearInterval(refresh);
       heldLocks.delete(lockPath);
+      // Remove only our own lock; if it was broken and taken over meanwhile, the new owner keeps it.
       const current = await fsp.readFile(lockPath, 'utf8').catch(() => undefined);
-      if (stillOurs(current, body, wrote)) await fsp.rm(lockPath, { force: true });
+      if (stillOurs(current, body, writeError === undefined)) await fsp.rm(lockPath, { force: true });
     };
+    return { release, ...(writeError !== undefined ? { writeError } : {}) };
   }
 
   /** Size of a completed blob, or undefined when absent or the name is not a sha256. */
@@ -406,32 +429,14 @@ export class ApkCache {
     state: DownloadState,
     signal: AbortSignal,
   ): Promise<CachedApk> {
-    const lockPath = path.resolve(this.opts.dir, 'locks', `${key}.lock`);
+    const lockPath = this.lockPath(key);
     const partPath = path.join(this.opts.dir, 'tmp', `${key}.part`);
     for (;;) {
       signal.throwIfAborted();
-      const handle = await fsp.open(lockPath, 'wx').catch((err: NodeJS.ErrnoException) => {
-        if (err.code === 'EEXIST') return undefined;
-        throw err;
-      });
-      if (handle) {
-        heldLocks.add(lockPath);
-        const owner = { pid: process.pid, host: os.hostname(), url, at: new Date().toISOString(), nonce: randomUUID() };
-        const body = JSON.stringify(owner);
-        // The mtime is the heartbeat other hosts judge the lock by.
-        const refresh = setInterval(() => {
-          const now = new Date();
-          fsp.utimes(lockPath, now, now).catch(() => undefined);
-        }, LOCK_REFRESH_MS);
-        refresh.unref();
-        let wrote = false;
+      const lock = await this.createLock(key, url);
+      if (lock) {
         try {
-          try {
-            await handle.writeFile(body);
-            wrote = true;
-          } finally {
-            await handle.close();
-          }
+          if (lock.writeError !== undefined) throw lock.writeError;
           const done = await this.lookup(key, url, expectedSha);
           if (done) return done;
           state.phase = 'waiting-slot';
@@ -444,12 +449,7 @@ export class ApkCache {
         } catch (err) {
           throw await this.noSpaceFailure(err, url, partPath, state);
         } finally {
-          clearInterval(refresh);
-          heldLocks.delete(lockPath);
-          // Remove only our own lock; if it was broken and taken over meanwhile, the new owner keeps it.
-          // One whose owner did not fit on a full disk is ours too (it would read as being written for minutes).
-          const current = await fsp.readFile(lockPath, 'utf8').catch(() => undefined);
-          if (stillOurs(current, body, wrote)) await fsp.rm(lockPath, { force: true });
+          await lock.release();
         }
       }
       // Someone else holds the lock: wait for it, or break it when its owner is gone.
