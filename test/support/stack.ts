@@ -20,8 +20,8 @@ import { TaskBridge } from '../../src/starter-core';
 import { createTraversalWorker, type TraversalWorker } from '../../src/worker-setup';
 import type { AgentDirectory } from '../../src/task';
 import { freePort } from '../../src/local/ports';
+import { scrapeSdkMetrics, sdkTelemetryOptions } from '../../src/sdk-metrics';
 import { UrlPolicy } from '../../src/url-policy';
-import { request } from 'undici';
 
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
 let runtime: Promise<void> | undefined;
@@ -34,7 +34,7 @@ export function installRuntime(): Promise<void> {
     sdkMetricsPort = await freePort();
     Runtime.install({
       logger: new DefaultLogger(process.env.TEST_LOG_LEVEL === 'debug' ? 'DEBUG' : 'ERROR'),
-      telemetryOptions: { metrics: { prometheus: { bindAddress: `127.0.0.1:${sdkMetricsPort}` } } },
+      telemetryOptions: sdkTelemetryOptions(sdkMetricsPort),
     });
   })();
   return runtime;
@@ -139,10 +139,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     workflowBundle: wfBundle,
     redisKeyPrefix: prefix,
     urlPolicy: opts.urlPolicy ?? new UrlPolicy(config.allowedHosts),
-    sdkMetrics: async () => {
-      const res = await request(`http://127.0.0.1:${sdkMetricsPort}/metrics`).catch(() => undefined);
-      return res ? await res.body.text() : '';
-    },
+    sdkMetrics: () => scrapeSdkMetrics(sdkMetricsPort),
   });
   const running = worker.run();
 
