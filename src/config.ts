@@ -259,26 +259,21 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   return { ...(cfg as Config), ...overrides };
 }
 
-/** The deployment name a Redis key prefix gives (`lab-a:` → `lab-a`), or '' when it gives none. */
+/** The deployment name a Redis key prefix gives: the prefix without its trailing separators (`lab-a:` → `lab-a`). */
 export function deploymentFromPrefix(prefix: string): string {
-  const name = prefix.replace(/[:/._-]+$/, '');
-  return DEPLOYMENT_PATTERN.test(name) ? name : '';
+  return prefix.replace(/[:/._-]+$/, '');
 }
 
 /** DT_DEPLOYMENT as given ('none' → ''), or derived from the key prefix; a bad name fails at start. */
 export function resolveDeployment(raw: string, prefix: string): string {
   if (raw === 'none') return '';
-  if (raw) {
-    if (!DEPLOYMENT_PATTERN.test(raw)) {
-      throw new ConfigError(`DT_DEPLOYMENT=${JSON.stringify(raw)} is invalid: use 1-64 letters, digits, dot, dash or underscore, starting with a letter or digit`);
-    }
-    return raw;
-  }
-  const derived = deploymentFromPrefix(prefix);
-  if (!derived && prefix.replace(/[:/._-]+$/, '')) {
+  const name = raw || deploymentFromPrefix(prefix);
+  if (name && !DEPLOYMENT_PATTERN.test(name)) {
     throw new ConfigError(
-      `DT_REDIS_KEY_PREFIX=${JSON.stringify(prefix)} does not make a deployment name (DT_DEPLOYMENT defaults to it); set DT_DEPLOYMENT, or DT_DEPLOYMENT=none for unscoped workflow ids`,
+      raw
+        ? `DT_DEPLOYMENT=${JSON.stringify(raw)} is invalid: use 1-64 letters, digits, dot, dash or underscore, starting with a letter or digit`
+        : `DT_REDIS_KEY_PREFIX=${JSON.stringify(prefix)} does not make a deployment name (DT_DEPLOYMENT defaults to it); set DT_DEPLOYMENT, or DT_DEPLOYMENT=none for unscoped workflow ids`,
     );
   }
-  return derived;
+  return name;
 }

@@ -21,9 +21,12 @@ export interface RunPolicy {
   measureLaunch?: boolean;
   /** Consecutive infrastructure failures after which the device workflow quarantines its device (default 3; 0 never). */
   quarantineAfter?: number;
-  /** Longest wait between two attempts to publish a result while Redis refuses it, ms (default 60000). */
+  /** Longest wait between two attempts to publish a result while Redis refuses it, ms (default PUBLISH_RETRY_CAP_MS). */
   publishRetryMaxMs?: number;
 }
+
+/** Default longest wait between two attempts to publish a result (DT_PUBLISH_RETRY_MAX), ms. */
+export const PUBLISH_RETRY_CAP_MS = 60_000;
 
 /** One traversal of one app on one device: what the starter signals to a device workflow. */
 export interface TraversalRequest {

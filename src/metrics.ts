@@ -1,4 +1,5 @@
 /** A small Prometheus text-format registry for the worker's own counters. */
+import { PUBLISH_RETRY_CAP_MS } from './messages';
 
 type Labels = Record<string, string>;
 
@@ -68,9 +69,6 @@ export class FailingSet {
     return [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} gauge`, `${this.name} ${this.size()}`].join('\n');
   }
 }
-
-/** Longest wait between two publish attempts (the publish workflow's retry cap can be lower). */
-export const PUBLISH_RETRY_CAP_MS = 60_000;
 
 /** The worker's metrics; one instance per worker process, handed to activities. */
 export class Metrics {

@@ -35,7 +35,7 @@ export function starterKeys(starterId: string, prefix = '') {
  * is), otherwise base64 in `payloadBase64` (and no `payload`), so the entry itself stays JSON.
  */
 export interface DeadLetter {
-  /** Why: `invalid task: <problems joined by '; '>`. */
+  /** Why: the rules the item broke, or why the starter refused to send it (another deployment). */
   reason: string;
   /** Every rule the item broke, `<field>: <rule>`. */
   problems: string[];

@@ -4,6 +4,7 @@
  * refused with a clear dead letter instead of feeding another deployment's workflow.
  */
 import { strict as assert } from 'node:assert';
+import { loadConfig } from '../src/config';
 import { deviceStateQuery, deviceWorkflowId, enqueueSignal, traversalWorkflowId, type TraversalRequest } from '../src/messages';
 import { startStack, task, type Stack } from './support/stack';
 import { waitFor } from './support/wait';
@@ -104,5 +105,15 @@ describe('deployments sharing a Temporal namespace', function () {
     } finally {
       await plain.stop();
     }
+  });
+
+  it('takes its name from DT_DEPLOYMENT, else from the key prefix, and refuses one that cannot start an id', function () {
+    const name = (env: Record<string, string>) => loadConfig(env).deployment;
+    assert.equal(name({ DT_REDIS_KEY_PREFIX: 'lab-a:' }), 'lab-a');
+    assert.equal(name({ DT_REDIS_KEY_PREFIX: 'lab-a:', DT_DEPLOYMENT: 'lab-b' }), 'lab-b');
+    assert.equal(name({ DT_REDIS_KEY_PREFIX: 'lab-a:', DT_DEPLOYMENT: 'none' }), '');
+    assert.equal(name({}), '');
+    assert.throws(() => name({ DT_REDIS_KEY_PREFIX: 'lab a:' }), /DT_REDIS_KEY_PREFIX="lab a:" does not make a deployment name/);
+    assert.throws(() => name({ DT_DEPLOYMENT: 'a/b' }), /DT_DEPLOYMENT="a\/b" is invalid/);
   });
 });

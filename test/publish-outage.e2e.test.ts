@@ -22,15 +22,26 @@ import { waitFor } from './support/wait';
 const INITIAL_RETRY_MS = 50;
 const OLD_GIVE_UP_MS = INITIAL_RETRY_MS * (2 ** 9 - 1);
 
+/** A redis-server of the test's own (its memory limit is changed), in a folder removed by `stop`. */
+async function ownRedis(): Promise<LocalRedis> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'dt-publish-'));
+  const local = await startRedis({ port: await freePort(), dir });
+  return {
+    ...local,
+    async stop() {
+      await local.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 describe('publishing while Redis refuses writes', function () {
   this.timeout(240_000);
-  let dir: string;
   let local: LocalRedis;
   let stack: Stack;
 
   before(async function () {
-    dir = mkdtempSync(path.join(os.tmpdir(), 'dt-publish-'));
-    local = await startRedis({ port: await freePort(), dir });
+    local = await ownRedis();
     stack = await startStack({
       devices: ['pub-1'],
       apks: [{ name: 'publish.apk', size: 100_000 }],
@@ -43,7 +54,6 @@ describe('publishing while Redis refuses writes', function () {
     await stack?.redis.config('SET', 'maxmemory', '0').catch(() => undefined);
     await stack?.stop();
     await local?.stop();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   it('frees the device at once and publishes both results once Redis takes writes again', async function () {
@@ -115,18 +125,15 @@ describe('publishing while Redis refuses writes', function () {
 });
 
 describe('publishResult writes the key and the event together, once per run', function () {
-  let dir: string;
   let local: LocalRedis;
   let redis: Redis;
   before(async function () {
-    dir = mkdtempSync(path.join(os.tmpdir(), 'dt-publish-'));
-    local = await startRedis({ port: await freePort(), dir });
+    local = await ownRedis();
     redis = new Redis(local.url);
   });
   after(async function () {
     redis?.disconnect();
     await local?.stop();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   const result = (runId: string) => ({ taskId: 'pt', deviceId: 'pd', status: 'completed', runId, workflowId: 'traversal/pt/pd' }) as TraversalResult;

@@ -6,7 +6,7 @@
  */
 import { log, proxyActivities, setCurrentDetails, upsertSearchAttributes, type ActivityOptions } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import type { TraversalResult } from '../messages';
+import { PUBLISH_RETRY_CAP_MS, type TraversalResult } from '../messages';
 import { TRAVERSAL_PHASE } from '../search-attributes';
 
 /** Input of the publish workflow. */
@@ -14,7 +14,7 @@ export interface PublishInput {
   result: TraversalResult;
   /** First retry delay, ms (default 1000). */
   initialRetryMs?: number;
-  /** Longest wait between two attempts, ms (default 60000): how soon a result follows Redis's return. */
+  /** Longest wait between two attempts, ms (default PUBLISH_RETRY_CAP_MS): how soon a result follows Redis's return. */
   maxRetryMs?: number;
 }
 
@@ -28,7 +28,7 @@ export async function publishWorkflow(input: PublishInput): Promise<void> {
   const retry = (maximumAttempts?: number): ActivityOptions['retry'] => ({
     initialInterval: input.initialRetryMs ?? 1000,
     backoffCoefficient: 2,
-    maximumInterval: input.maxRetryMs ?? 60_000,
+    maximumInterval: input.maxRetryMs ?? PUBLISH_RETRY_CAP_MS,
     ...(maximumAttempts ? { maximumAttempts } : {}),
     // Every failure may pass (a full Redis, a key of the wrong type an operator can fix).
     nonRetryableErrorTypes: [],
