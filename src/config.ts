@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import path from 'node:path';
-import { ExtraArgsPolicy } from './extra-args';
+import { extraArgsPolicyFor } from './extra-args';
 import { DEPLOYMENT_PATTERN, type Delivery } from './messages';
 import { parseAllowList } from './url-policy';
 
@@ -247,7 +247,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     throw new ConfigError(`DT_ALLOWED_HOSTS=${JSON.stringify(cfg.allowedHosts)} is invalid: ${(err as Error).message}`);
   }
   try {
-    new ExtraArgsPolicy(cfg.traversalExtraArgs, [...cfg.traversalCommand, ...cfg.traversalResumeArgs]);
+    extraArgsPolicyFor(cfg);
   } catch (err) {
     throw new ConfigError(`DT_TRAVERSAL_EXTRA_ARGS=${JSON.stringify(cfg.traversalExtraArgs)} is invalid: ${(err as Error).message}`);
   }
