@@ -132,11 +132,13 @@ async function listen(
   };
 }
 
+type Server = Awaited<ReturnType<typeof listen>>;
+
 /** Servers on one port at several addresses; retried when another process holds that port somewhere. */
-async function onePort(hosts: [string, string][]): Promise<Awaited<ReturnType<typeof listen>>[]> {
+async function onePort(hosts: [string, string][]): Promise<Server[]> {
   for (let attempt = 0; ; attempt++) {
     const first = await listen(hosts[0]![0], 0, hosts[0]![1]);
-    const rest: Awaited<ReturnType<typeof listen>>[] = [];
+    const rest: Server[] = [];
     try {
       for (const [host, body] of hosts.slice(1)) rest.push(await listen(host, first.port, body));
       return [first, ...rest];
@@ -166,21 +168,21 @@ describe('URL policy against a real name server', function () {
   this.timeout(60_000);
   let dns: Awaited<ReturnType<typeof startNameServer>>;
   /** Stands for a service on the worker's own network: loopback, on IPv4 and IPv6. */
-  let internal: Awaited<ReturnType<typeof listen>>;
-  let internal6: Awaited<ReturnType<typeof listen>>;
+  let internal: Server;
+  let internal6: Server;
   /** A trusted lab server on 127.0.0.2, the same port. */
-  let lab: Awaited<ReturnType<typeof listen>>;
+  let lab: Server;
   let port: number;
   let rebindAnswers = 0;
   const dispatchers: Dispatcher[] = [];
 
   before(async () => {
-    [internal, internal6, lab] = await onePort([
+    [internal, internal6, lab] = (await onePort([
       ['127.0.0.1', 'internal secret'],
       ['::1', 'internal secret'],
       ['127.0.0.2', 'lab'],
-    ]);
-    port = lab!.port;
+    ])) as [Server, Server, Server];
+    port = lab.port;
     dns = await startNameServer({
       // First the trusted lab address, then loopback, and so on: an attacker's rebinding name.
       'rebind.test': { A: () => [rebindAnswers++ % 2 === 0 ? '127.0.0.2' : '127.0.0.1'] },
