@@ -209,7 +209,8 @@ describe('artifact server against strangers', function () {
       slow.write('GET /healthz HTTP/1.1\r\nHost: x\r\n');
       const drip = setInterval(() => slow.isClosed() || slow.write('X'), 50);
       try {
-        assert.ok(await within(Promise.all([silent!.gone, slow.gone]), 30_000), 'both closed');
+        // Generous against the 300 ms set here, yet short of the 10 s default it must not fall back to.
+        assert.ok(await within(Promise.all([silent!.gone, slow.gone]), 8000), 'both closed');
         const took = Date.now() - t0;
         console.log(`      the silent and the slow socket were closed after ${took} ms (headers timeout 300 ms)`);
         assert.ok(took >= 250, 'not before the timeout');
@@ -226,7 +227,8 @@ describe('artifact server against strangers', function () {
       assert.match(answer, /^HTTP\/1\.1 200/);
       assert.match(answer, /keep-alive/i);
       const answered = Date.now();
-      assert.ok(await within(kept.gone, 30_000), 'idle keep-alive socket closed');
+      // Node closes a keep-alive socket about 1 s after keepAliveMs; its own default would take 6 s.
+      assert.ok(await within(kept.gone, 4500), 'idle keep-alive socket closed');
       console.log(
         `      the idle keep-alive socket was closed ${Date.now() - answered} ms after its answer (keep-alive 300 ms)`,
       );
@@ -239,7 +241,7 @@ describe('artifact server against strangers', function () {
         token,
         maxConnections: 3,
         maxPerAddress: 0,
-        timeouts: { headersMs: 300_000 },
+        timeouts: { headersMs: 300_000, keepAliveMs: 300_000 },
       });
       const signed = artifactInstallUrl(base, bigSha, token).slice(base.length);
       // An agent starts the big download and reads it slowly: the response stays open.
@@ -267,6 +269,24 @@ describe('artifact server against strangers', function () {
       assert.equal(other.status, 200);
       assert.equal(sha256Of(other.body), smallSha);
       assert.ok(server.openConnections <= 3);
+      // No junk left: the download and two idle keep-alive clients fill the cap. The download is the
+      // oldest of the three, yet a newcomer makes an idle one go, never the download.
+      for (const s of idle) s.destroy();
+      await waitFor('only the download to remain', () => server.openConnections === 1);
+      const kept: Awaited<ReturnType<typeof connect>>[] = [];
+      for (let i = 0; i < 2; i++) {
+        const k = await connect(port);
+        sockets.push(k);
+        kept.push(k);
+        let answer = '';
+        k.on('data', (c: Buffer) => (answer += c.toString()));
+        k.write(`GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+        await waitFor('the keep-alive answer', () => answer.includes('ok\n'));
+      }
+      await waitFor('the cap to be full', () => server.openConnections === 3);
+      const [newcomer] = await junk(port, 1);
+      await waitFor('the oldest idle client to make room', () => kept[0]!.isClosed());
+      assert.equal(newcomer!.isClosed(), false, 'the newcomer got in');
       res.resume();
       await done;
       assert.equal(sha256Of(Buffer.concat(chunks)), bigSha, 'the slow download was never cut');
@@ -323,7 +343,7 @@ describe('artifact server against strangers', function () {
         http.get(`${base}/apk/${bigSha}.apk`, { agent: false }, (r) => resolve(r.pause())).on('error', reject);
       });
       const stalledAt = Date.now();
-      await waitFor('the server to hang up on the stalled reader', () => server.openConnections === 0, 60_000);
+      await waitFor('the server to hang up on the stalled reader', () => server.openConnections === 0, 45_000);
       console.log(
         `      the stalled reader was cut ${Date.now() - stalledAt} ms after its response began (idle timeout 1000 ms)`,
       );
