@@ -2,6 +2,12 @@
  * The URL policy against real HTTP servers: schemes, metadata and link-local addresses, private and
  * loopback addresses with and without the allow-list, names that resolve inside, redirects that
  * lead inside, the redirect limit, agents and report sinks, and the same rules end to end.
+ *
+ * Stand-ins, and why: host names other than localhost resolve through a fixed table (fakeDns) handed
+ * to the policy as its lookup, because the system resolver cannot be pointed at made-up names
+ * without editing /etc/hosts; test/security-net-dns.test.ts runs the same check against a real name
+ * server. The report sink activity runs in MockActivityEnvironment, which only supplies the activity
+ * context; the sink's HTTP request goes through the real dispatcher.
  */
 import assert from 'node:assert/strict';
 import { lookup as dnsLookup } from 'node:dns/promises';
