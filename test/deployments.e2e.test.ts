@@ -55,6 +55,15 @@ describe('deployments sharing a Temporal namespace', function () {
     // Misconfigured: B's name again, on a task queue and Redis prefix of its own.
     const c = await startStack({ devices, apks: [{ name: 'dep.apk', size: 50_000 }], starter: true, deployment: 'lab-b' });
     try {
+      // B owns the device workflow lab-b/device/dep-2 (the first test made it; alone, this one does).
+      const owned = await b.client.workflow
+        .getHandle(deviceWorkflowId('dep-2', 'lab-b'))
+        .describe()
+        .then(() => true, () => false);
+      if (!owned) {
+        await b.push(task(b, { taskId: 'b-owns-dep-2', deviceId: 'dep-2', apkUrl: b.apks['dep.apk']!.url }));
+        await b.waitResult('b-owns-dep-2', 'dep-2', 120_000);
+      }
       const before = await enqueueSignals(b, deviceWorkflowId('dep-2', 'lab-b'));
       await c.push(task(c, { taskId: 'stray', deviceId: 'dep-2', apkUrl: c.apks['dep.apk']!.url }));
       const entry = await waitFor(async () => {

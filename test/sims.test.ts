@@ -296,6 +296,7 @@ describe('sims', function () {
       assert.equal((await call(`${base}/mobile/sim-1/installApp`, { url: slow.url, packageName: 'com.other' })).status, 200);
       assert.equal((await first).status, 200);
       assert.equal((await call(`${base}/mobile/sim-2/launchApp`, { packageName: 'com.slow' })).status, 200);
+      assert.equal((await call(`${base}/mobile/sim-2/uninstallApp`, { packageName: 'com.slow' })).status, 200);
 
       const held = sim.calls
         .filter((c) => c.deviceId === 'sim-2' && c.op !== 'status' && c.status !== 409)
@@ -309,6 +310,8 @@ describe('sims', function () {
     });
 
     it('launches, uninstalls idempotently and resets', async () => {
+      const install = { url: origin.url('small.apk'), packageName: 'com.example.small', sha256: small.sha256 };
+      assert.equal((await call(`${base}/mobile/sim-1/installApp`, install)).status, 200);
       const launch = await call(`${base}/mobile/sim-1/launchApp`, { packageName: 'com.example.small', activity: '.Main' });
       assert.equal(launch.status, 200);
       const cold = Number(launch.json.coldStartMs);
@@ -323,6 +326,8 @@ describe('sims', function () {
     });
 
     it('injects failures with failNext and failure rate', async () => {
+      const install = { url: origin.url('small.apk'), packageName: 'com.example.big', sha256: small.sha256 };
+      assert.equal((await call(`${base}/mobile/sim-3/installApp`, install)).status, 200);
       sim.failNext('sim-3', 'launch', 500, 2);
       const codes: number[] = [];
       for (let i = 0; i < 3; i++) codes.push((await call(`${base}/mobile/sim-3/launchApp`, { packageName: 'com.example.big' })).status);
