@@ -219,7 +219,11 @@ describe('agent and device trouble is named in the result, and device faults qua
 
   it('a run cancelled with `temporal workflow cancel` publishes error.kind cancelled, its jar ended and its device cleaned', async function () {
     const deviceId = 'k-cancel';
-    const req = request({ taskId: 'cancel', deviceId, traversal: { durationSec: 120, extraArgs: ['--tick-ms', '100'] } });
+    const req = request({
+      taskId: 'cancel',
+      deviceId,
+      traversal: { durationSec: 120, extraArgs: ['--tick-ms', '100'] },
+    });
     const handle = await enqueue(req);
     await waitFor(async () => (await handle.query(progressQuery)).percent >= 2, 60_000, 'the traversal to run');
     const [jarPid] = traversalPids(deviceId);
@@ -229,7 +233,16 @@ describe('agent and device trouble is named in the result, and device faults qua
     // As the README's Operating section says an operator cancels a run.
     await promisify(execFile)(
       process.env.TEST_TEMPORAL_CLI || findTemporalCli(),
-      ['workflow', 'cancel', '-w', traversalWorkflowId('cancel', deviceId), '--address', process.env.TEST_TEMPORAL_ADDRESS!, '--namespace', 'default'],
+      [
+        'workflow',
+        'cancel',
+        '-w',
+        traversalWorkflowId('cancel', deviceId),
+        '--address',
+        process.env.TEST_TEMPORAL_ADDRESS!,
+        '--namespace',
+        'default',
+      ],
       { timeout: 60_000 },
     );
 
