@@ -295,8 +295,8 @@ describe('agent and device trouble is named in the result, and device faults qua
         ['frozen'],
       );
     } finally {
-      // The watchdog's TERM is pending; let the jar take it.
-      process.kill(-jarPid, 'SIGCONT');
+      // Let the jar take the watchdog's TERM (or, once it runs on, the cancel of its timed-out attempt).
+      if (pidAlive(jarPid)) process.kill(-jarPid, 'SIGCONT');
     }
     await waitFor(() => !pidAlive(jarPid), 30_000, 'the frozen jar to end');
   });
