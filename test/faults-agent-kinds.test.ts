@@ -107,6 +107,7 @@ describe('agent and device trouble is named in the result, and device faults qua
     await requestTraversal(stack.client, stack.taskQueue, req);
     return stack.client.workflow.getHandle(traversalWorkflowId(req.taskId, req.deviceId));
   }
+  const traversals = (outcome: string) => stack.worker.metrics.traversals.get({ outcome });
   /** Waits for the device's quarantine and returns the device state. */
   async function quarantined(deviceId: string) {
     const device = stack.client.workflow.getHandle(deviceWorkflowId(deviceId));
@@ -219,6 +220,7 @@ describe('agent and device trouble is named in the result, and device faults qua
 
   it('a run cancelled with `temporal workflow cancel` publishes error.kind cancelled, its jar ended and its device cleaned', async function () {
     const deviceId = 'k-cancel';
+    const cancelledBefore = traversals('cancelled');
     const req = request({
       taskId: 'cancel',
       deviceId,
@@ -259,11 +261,15 @@ describe('agent and device trouble is named in the result, and device faults qua
       stack.agent.calls.some((c) => c.deviceId === deviceId && c.op === 'uninstall' && c.status === 200),
       'the device was cleaned',
     );
-    assert.equal(stack.worker.metrics.traversals.get({ outcome: 'cancelled' }), 1);
+    assert.equal(traversals('cancelled') - cancelledBefore, 1);
   });
 
-  it('a traversal step that times out (a frozen jar sends no heartbeat) fails as a timeout and quarantines the device', async function () {
+  it('a traversal step that times out (a frozen jar sends no heartbeat) fails as a timeout and quarantines the device; the worker counts the jar as hung', async function () {
     const deviceId = 'k-timeout';
+    const hungBefore = traversals('hung');
+    const cancelledBefore = traversals('cancelled');
+    const outcomes = () => traversals('hung') + traversals('cancelled');
+    const outcomesBefore = outcomes();
     // One attempt, and the worker's own watchdog reports the frozen jar only after KILL_GRACE_MS:
     // the server's heartbeat timeout is the failure recorded, whatever the machine's load.
     const handle = await enqueue(
@@ -294,10 +300,19 @@ describe('agent and device trouble is named in the result, and device faults qua
         state.quarantine!.failures.map((f) => f.taskId),
         ['frozen'],
       );
-    } finally {
-      // Let the jar take the watchdog's TERM (or, once it runs on, the cancel of its timed-out attempt).
+    } catch (err) {
       if (pidAlive(jarPid)) process.kill(-jarPid, 'SIGCONT');
+      throw err;
     }
-    await waitFor(() => !pidAlive(jarPid), 30_000, 'the frozen jar to end');
+    // The watchdog's TERM waits while the jar is stopped. The SDK cancels the silent attempt later
+    // (heartbeat timeout plus 5 s) and the cancel sends CONT, so the jar takes the TERM then; the run
+    // still counts as hung, as the watchdog found it first.
+    await waitFor(() => !pidAlive(jarPid), 60_000, 'the frozen jar to end');
+    await waitFor(() => outcomes() > outcomesBefore, 30_000, 'the attempt to be counted');
+    assert.deepEqual(
+      [traversals('hung') - hungBefore, traversals('cancelled') - cancelledBefore],
+      [1, 0],
+      'counted as hung, not cancelled',
+    );
   });
 });
