@@ -7,10 +7,10 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import net from 'node:net';
 import { promisify } from 'node:util';
 import type { WorkflowHandle } from '@temporalio/client';
 import { findTemporalCli } from '../src/local/temporal-dev';
-import { freePort } from '../src/local/ports';
 import {
   deviceStateQuery,
   deviceWorkflowId,
@@ -35,6 +35,18 @@ interface RecordedFailure {
   type: string;
   attempt: number;
   nonRetryable?: boolean;
+}
+
+/** The error code a TCP connection to a port of 127.0.0.1 fails with (undefined when it connects). */
+function connectError(port: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(undefined);
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code));
+  });
 }
 
 /** The failed and timed-out activities in a workflow's history, in order. */
@@ -125,8 +137,9 @@ describe('agent and device trouble is named in the result, and device faults qua
 
   it('an agent nobody listens on: each run fails as AgentUnavailable after its retries, and two in a row quarantine the device', async function () {
     const deviceId = 'k-down';
-    // A port that was free a moment ago: connections to it are refused.
-    const agentUrl = `http://127.0.0.1:${await freePort()}`;
+    // Port 1: privileged, outside the range ports are handed out from, so no test server takes it.
+    const agentUrl = 'http://127.0.0.1:1';
+    assert.equal(await connectError(1), 'ECONNREFUSED', 'nothing listens on port 1');
     const policy = { quarantineAfter: 2 };
     const first = await enqueue(request({ taskId: 'down-1', deviceId, agentUrl, policy }));
     await enqueue(request({ taskId: 'down-2', deviceId, agentUrl, policy }));
