@@ -2,8 +2,9 @@
  * Fault injection: a traversal jar that hangs, on a host that then loses Temporal. Two real
  * `src/worker.ts` processes stand for two hosts, each with its own data folder: worker A reaches
  * Temporal through a TCP proxy the test cuts once the jar hangs, so the retry can only land on
- * worker B, and A never hears of it. What ends the hung jar can then only be A's own watchdog
- * (`TraversalHung`): B's sweeps read B's data folder, which never held A's run record.
+ * worker B, and A never hears of it. Only A can then end the hung jar, as B's sweeps read B's data
+ * folder, which never held A's run record; and on A the watchdog (`TraversalHung`) must do it before
+ * the SDK's own cancel of the silent attempt would.
  */
 import assert from 'node:assert/strict';
 import { Client, Connection } from '@temporalio/client';
