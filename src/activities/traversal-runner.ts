@@ -509,13 +509,15 @@ async function runOne(
   progress.release();
   if (problems.length) ctx.log.warn('report parts did not all reach the sink', { problems: problems.slice(0, 5), deviceId: input.deviceId });
 
-  if (ctx.cancellationSignal.aborted) {
-    deps.metrics?.traversals.inc({ outcome: 'cancelled' });
-    throw ctx.cancellationSignal.reason;
-  }
+  // A hung tool first: the SDK cancels an attempt that sent no heartbeat for the heartbeat timeout
+  // plus 5 s, which lands while a tool that ignores TERM still has its kill grace to run.
   if (hung) {
     deps.metrics?.traversals.inc({ outcome: 'hung' });
     throw hung;
+  }
+  if (ctx.cancellationSignal.aborted) {
+    deps.metrics?.traversals.inc({ outcome: 'cancelled' });
+    throw ctx.cancellationSignal.reason;
   }
   if (offline) {
     deps.metrics?.traversals.inc({ outcome: 'device-offline' });

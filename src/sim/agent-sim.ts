@@ -218,6 +218,14 @@ export class AgentSimulator {
     this.latencyMs = ms;
   }
 
+  /**
+   * Holds a device busy as another client of the phone would (every call but status answers 409
+   * until released with `false`), or releases it.
+   */
+  setBusy(deviceId: string, op: AgentOp | false): void {
+    this.device(deviceId).busy = op === false ? undefined : { op, since: now() };
+  }
+
   /** Makes the next `count` calls of `op` on `deviceId` answer `status` with an error body. */
   failNext(deviceId: string, op: AgentOp, status: number, count = 1): void {
     const q = this.device(deviceId).failQueue;

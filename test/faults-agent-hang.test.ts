@@ -1,0 +1,164 @@
+/**
+ * Fault injection: a traversal jar that hangs, on a host that then loses Temporal. Two real
+ * `src/worker.ts` processes stand for two hosts, each with its own data folder: worker A reaches
+ * Temporal through a TCP proxy the test cuts once the jar hangs, so the retry can only land on
+ * worker B, and A never hears of it. Only A can then end the hung jar, as B's sweeps read B's data
+ * folder, which never held A's run record; and on A the watchdog (`TraversalHung`) must do it before
+ * the SDK's own cancel of the silent attempt would.
+ */
+import assert from 'node:assert/strict';
+import { Client, Connection } from '@temporalio/client';
+import Redis from 'ioredis';
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { runDir } from '../src/activities/traversal-runner';
+import { PROJECT_ROOT } from '../src/config';
+import { traversalWorkflowId, type TraversalRequest } from '../src/messages';
+import { AgentSimulator } from '../src/sim/agent-sim';
+import { ApkOrigin, type ApkInfo } from '../src/sim/origin';
+import { requestTraversal } from '../src/starter-core';
+import { pidAlive, spawnWorker, TcpProxy, traversalPids, waitFor, type Proc } from './support/procs';
+import { waitForResult } from './support/wait';
+
+const MiB = 1024 * 1024;
+const HEARTBEAT_MS = 3000;
+
+describe('a hung jar on a host cut off from Temporal', function () {
+  const id = randomUUID().slice(0, 8);
+  const taskQueue = `faults-hang-${id}`;
+  const prefix = `fh${id}:`;
+  const base = mkdtempSync(path.join(os.tmpdir(), `dt-faults-hang-${id}-`));
+  const logDir = path.join(base, 'logs');
+  const dataA = path.join(base, 'host-a');
+  const dataB = path.join(base, 'host-b');
+  const deviceId = 'hang-1';
+  let origin: ApkOrigin;
+  let agent: AgentSimulator;
+  let apk: ApkInfo & { url: string };
+  let proxy: TcpProxy;
+  let connection: Connection;
+  let client: Client;
+  let redis: Redis;
+  const workers: Proc[] = [];
+
+  const startWorker = async (dataDir: string, temporalAddress: string) => {
+    const w = await spawnWorker({
+      temporalAddress,
+      redisUrl: process.env.TEST_REDIS_URL!,
+      taskQueue,
+      redisKeyPrefix: prefix,
+      dataDir,
+      logDir,
+      // One report sink for both hosts, as a deployment has; workflows cached on a lost host move on after 1 s.
+      env: { DT_REPORT_SINK: `file://${path.join(base, 'sink')}`, DT_STICKY_TIMEOUT: '1s' },
+    });
+    workers.push(w);
+    return w;
+  };
+
+  before(async function () {
+    origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
+    await origin.start();
+    apk = { ...(await origin.addApk('faults-hang.apk', 1 * MiB)), url: origin.url('faults-hang.apk') };
+    agent = new AgentSimulator({ devices: [deviceId], coldStartMs: [100, 200] });
+    await agent.start();
+    const [host, port] = process.env.TEST_TEMPORAL_ADDRESS!.split(':') as [string, string];
+    proxy = new TcpProxy(host, Number(port));
+    await proxy.start();
+    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
+    client = new Client({ connection });
+    redis = new Redis(process.env.TEST_REDIS_URL!);
+  });
+
+  after(async function () {
+    proxy?.unblock();
+    await Promise.all(workers.map((w) => w.stop()));
+    await proxy?.close();
+    redis?.disconnect();
+    await connection?.close();
+    await Promise.all([agent?.close(), origin?.close()]);
+    rmSync(base, { recursive: true, force: true });
+  });
+
+  it('the host’s watchdog ends the hung jar (TraversalHung: log line and metric) while the retry resumes on another host', async function () {
+    const workerA = await startWorker(dataA, `127.0.0.1:${proxy.port}`);
+    const req: TraversalRequest = {
+      taskId: 'hang',
+      deviceId,
+      agentUrl: agent.url,
+      apkUrl: apk.url,
+      apkSha256: apk.sha256,
+      packageName: 'com.example.hang',
+      // The jar stops printing at 30 % and sleeps until killed; `hang.once` in its run folder disarms that.
+      traversal: { durationSec: 3, extraArgs: ['--tick-ms', '100', '--hang-at', '30', '--faults-once', 'hang.once'] },
+      policy: { heartbeatTimeoutMs: HEARTBEAT_MS, initialRetryMs: 200, maxAttempts: 3, measureLaunch: false },
+    };
+    await requestTraversal(client, taskQueue, req);
+    const handle = client.workflow.getHandle(traversalWorkflowId(req.taskId, deviceId));
+
+    // The marker is written the moment the hang starts.
+    const markerA = path.join(runDir(path.join(dataA, 'runs'), req.taskId, deviceId), 'hang.once');
+    await waitFor(() => existsSync(markerA), 60_000, 'the jar on host A to hang');
+    const [hungPid] = traversalPids(deviceId);
+    assert.ok(hungPid, 'the hung jar runs');
+    proxy.block();
+
+    // On host B the fault counts as fired already (it fires once per task, not once per host).
+    const runB = runDir(path.join(dataB, 'runs'), req.taskId, deviceId);
+    mkdirSync(runB, { recursive: true });
+    writeFileSync(path.join(runB, 'hang.once'), '');
+    const workerB = await startWorker(dataB, process.env.TEST_TEMPORAL_ADDRESS!);
+
+    const r = await waitForResult(redis, prefix, req.taskId, deviceId, 120_000);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.equal(r.traversalAttempt, 2);
+    assert.ok(Number(r.resumedFrom) > 0, `resumed from ${r.resumedFrom}`);
+
+    // Attempt 2 ran on B, after the server's heartbeat timeout (A's own report never got through).
+    const events = (await handle.fetchHistory()).events ?? [];
+    const runTraversal = new Set(
+      events
+        .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'runTraversal')
+        .map((e) => String(e.eventId)),
+    );
+    const started = events.flatMap((e) => {
+      const s = e.activityTaskStartedEventAttributes;
+      return s && runTraversal.has(String(s.scheduledEventId)) ? [s] : [];
+    });
+    assert.deepEqual(
+      started.map((s) => [s.attempt, s.identity?.split('@')[0]]),
+      [[2, String(workerB.pid)]],
+      'the retry ran on host B',
+    );
+    assert.ok(started[0]!.lastFailure?.timeoutFailureInfo, 'attempt 1 ended by the heartbeat timeout');
+
+    await waitFor(() => !pidAlive(hungPid), 60_000, `the hung jar (pid ${hungPid}) to end`);
+    assert.deepEqual(traversalPids(deviceId), []);
+
+    const line = await workerA.waitForLog(/printed no progress within the heartbeat timeout/, 10_000, {
+      childPid: hungPid,
+    });
+    assert.ok(Number(line.silentMs) > HEARTBEAT_MS, `silent for ${String(line.silentMs)} ms`);
+    console.log(
+      `      the watchdog ended the jar after ${String(line.silentMs)} ms of silence (heartbeat timeout ${HEARTBEAT_MS} ms)`,
+    );
+    // The SDK would end it too, by cancelling the silent attempt 5 s after the heartbeat timeout (4 s
+    // after the watchdog); the jar must be gone before that, so the cancel found nothing to stop.
+    assert.deepEqual(
+      workerA.logs().filter((e) => /cancelled; stopping its process group/.test(String(e.msg))),
+      [],
+      'the hung jar was not left to the SDK’s cancel',
+    );
+    const ready = workerA.logs().find((e) => e.msg === 'worker started');
+    const metrics = await (await fetch(`${String(ready?.artifactServer)}/metrics`)).text();
+    assert.match(metrics, /^dt_traversals_total\{outcome="hung"\} 1$/m);
+    assert.doesNotMatch(metrics, /^dt_traversals_total\{outcome="(cancelled|failed|device-offline)"\}/m);
+    assert.equal(
+      workerB.logs().filter((e) => /stale traversal process/.test(String(e.msg))).length,
+      0,
+      'host B ended no stale jar',
+    );
+  });
+});
