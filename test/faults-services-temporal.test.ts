@@ -61,8 +61,18 @@ describe('starters while the Temporal server restarts', function () {
       extraArgs: ['--http-port', String(ports.http), '--metrics-port', String(ports.metrics)],
     };
     server = await startDevServer(serverOptions);
-    const service = { temporalAddress: server.address, redisUrl: process.env.TEST_REDIS_URL!, taskQueue, redisKeyPrefix: prefix, logDir };
-    const worker = await spawnWorker({ ...service, dataDir: path.join(dir, 'worker'), env: { DT_HEARTBEAT_TIMEOUT: '10s' } });
+    const service = {
+      temporalAddress: server.address,
+      redisUrl: process.env.TEST_REDIS_URL!,
+      taskQueue,
+      redisKeyPrefix: prefix,
+      logDir,
+    };
+    const worker = await spawnWorker({
+      ...service,
+      dataDir: path.join(dir, 'worker'),
+      env: { DT_HEARTBEAT_TIMEOUT: '10s' },
+    });
     procs.push(worker);
     const starter = await spawnStarter({ ...service, starterId: 'tr', env: { DT_MEASURE_LAUNCH: 'false' } });
     procs.push(starter);
@@ -100,7 +110,9 @@ describe('starters while the Temporal server restarts', function () {
       const r = await waitForResult(redis, prefix, t.taskId, t.deviceId, 120_000);
       assert.equal(r.status, 'completed', `${t.taskId}: ${JSON.stringify(r.error)}`);
     }
-    console.log(`      every held task finished ${((Date.now() - upAt) / 1000).toFixed(1)} s after the server came back`);
+    console.log(
+      `      every held task finished ${((Date.now() - upAt) / 1000).toFixed(1)} s after the server came back`,
+    );
     for (const t of [...first, ...held]) {
       const installs = agent.calls.filter((c) => c.op === 'install' && c.packageName === t.packageName);
       assert.equal(installs.length, 1, `${t.taskId} ran once`);

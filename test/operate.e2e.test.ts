@@ -120,7 +120,7 @@ describe('operating runs with the temporal CLI', function () {
             'json',
           ),
         ),
-      10_000,
+      25_000,
       'the run listed as traversing',
     );
     const meta = await stack.client.workflow

@@ -21,7 +21,10 @@ export interface EnqueueSignal {
 }
 
 /** The history of every run of a workflow, oldest run first (follows continue-as-new back). */
-export async function runHistories(client: Client, workflowId: string): Promise<{ runId: string; events: HistoryEvent[] }[]> {
+export async function runHistories(
+  client: Client,
+  workflowId: string,
+): Promise<{ runId: string; events: HistoryEvent[] }[]> {
   const out: { runId: string; events: HistoryEvent[] }[] = [];
   let runId: string | undefined = (await client.workflow.getHandle(workflowId).describe()).runId;
   while (runId) {
