@@ -383,7 +383,7 @@ describe('the Temporal server and Redis killed and restarted', function () {
       // Each finished traversal handed its result to a publish workflow, whose attempts now fail.
       for (const t of during) {
         const publish = client.workflow.getHandle(publishWorkflowId(t.taskId, t.deviceId));
-        await waitFor(async () => (await pendingActivity(publish, 'publishResult'))?.lastFailure, 60_000, `a failed publish of ${t.taskId}`);
+        await waitFor(async () => (await pendingActivity(publish, 'publishResult'))?.lastFailure, 90_000, `a failed publish of ${t.taskId}`);
       }
       redisServer = await startRedis({ port, dir: redisDir });
       console.log(`      Redis down for ${((Date.now() - downAt) / 1000).toFixed(1)} s`);
