@@ -260,6 +260,8 @@ export interface DeviceState {
   infraFailuresInRow?: number;
   /** Requests of another deployment refused by this run of the workflow. */
   refused?: number;
+  /** Repeated requests (a task id already seen) this run of the workflow ignored. */
+  duplicates?: number;
 }
 
 /** Adds a traversal request to a device's queue (duplicates by taskId are ignored). */

@@ -16,28 +16,24 @@ import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/local/ports';
 import { startRedis, type LocalRedis } from '../src/local/redis-local';
 import { startDevServer, type DevServer } from '../src/local/temporal-dev';
-import { deviceWorkflowId, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../src/messages';
+import { resultKey } from '../src/activities/result-publisher';
+import {
+  budgetSignal,
+  deviceWorkflowId,
+  publishWorkflowId,
+  traversalWorkflowId,
+  type TraversalRequest,
+  type TraversalResult,
+} from '../src/messages';
 import { AgentSimulator } from '../src/sim/agent-sim';
 import { ApkOrigin } from '../src/sim/origin';
 import { starterKeys } from '../src/starter-core';
 import { pendingActivity, sleep, spawnStarter, spawnWorker, TcpProxy, waitFor, type Proc } from './support/procs';
+import { enqueueSignals } from './support/history';
 import { waitForResult } from './support/wait';
 import { startStack, type Stack } from './support/stack';
 
 const MiB = 1024 * 1024;
-
-/** Enqueue signals a device workflow received, per task id (across continue-as-new runs). */
-async function enqueueSignals(client: Client, deviceId: string): Promise<Map<string, number>> {
-  const counts = new Map<string, number>();
-  const history = await client.workflow.getHandle(deviceWorkflowId(deviceId)).fetchHistory();
-  for (const e of history.events ?? []) {
-    const a = e.workflowExecutionSignaledEventAttributes;
-    if (a?.signalName !== 'enqueue') continue;
-    const req = JSON.parse(Buffer.from(a.input!.payloads![0]!.data!).toString('utf8')) as TraversalRequest;
-    counts.set(req.taskId, (counts.get(req.taskId) ?? 0) + 1);
-  }
-  return counts;
-}
 
 describe('starters killed: every task is started exactly once', function () {
   let stack: Stack;
@@ -85,7 +81,8 @@ describe('starters killed: every task is started exactly once', function () {
       await stack.push(task('s-once', 'st-1'));
       const processing = starterKeys('crashy', stack.prefix).processing;
       await waitFor(async () => (await stack.redis.llen(processing)) === 1, 10_000, 'the task in the processing list');
-      await sleep(1000); // it is waiting on Temporal now
+      // Killed while it is handing the task over: its request to Temporal has timed out at least once.
+      await first.waitForLog('Temporal did not accept the request; retrying', 60_000, { taskId: 's-once' });
       await first.kill('SIGKILL');
       await assert.rejects(
         stack.client.workflow.getHandle(deviceWorkflowId('st-1')).describe(),
@@ -99,7 +96,8 @@ describe('starters killed: every task is started exactly once', function () {
       assert.equal(r.status, 'completed', JSON.stringify(r.error));
       await second.waitForLog('traversal requested', 5_000, { taskId: 's-once' });
       assert.equal(await stack.redis.llen(processing), 0);
-      assert.deepEqual([...(await enqueueSignals(stack.client, 'st-1'))], [['s-once', 1]]);
+      const signals = await enqueueSignals(stack.client, deviceWorkflowId('st-1'));
+      assert.deepEqual(signals.map((x) => x.taskId), ['s-once'], 'one enqueue signal, after the restart');
       assert.equal(
         stack.agent.calls.filter((c) => c.op === 'install' && c.packageName === 'com.example.sonce').length,
         1,
@@ -109,14 +107,47 @@ describe('starters killed: every task is started exactly once', function () {
     }
   });
 
-  it('two starters on one queue, one of them killed and restarted mid-stream: every task is started exactly once', async function () {
+  /** Stops the starters earlier tests left running, so a test's starters are the only consumers. */
+  const stopStarters = () => Promise.all(procs.map((p) => p.stop()));
+  /** The starter process (by pid) each `enqueue` signal of the given tasks came from. */
+  const senders = async (tasks: { taskId: string; deviceId: string }[]) => {
+    const out = new Map<string, number[]>(tasks.map((t) => [t.taskId, []]));
+    for (const d of new Set(tasks.map((t) => t.deviceId)))
+      for (const s of await enqueueSignals(stack.client, deviceWorkflowId(d)))
+        out.get(s.taskId)?.push(Number(s.identity.split('@')[0]));
+    return out;
+  };
+
+  it('two starters on one queue: each task goes to exactly one starter (one enqueue signal per task in the device history)', async function () {
+    await stopStarters();
+    const [a, b] = [await starter('one-a'), await starter('one-b')];
+    const tasks = Array.from({ length: 16 }, (_, i) => task(`s-one-${i}`, devices[i % devices.length]!));
+    await stack.redis.lpush(`${stack.prefix}traversal:tasks`, ...tasks.map((t) => JSON.stringify(t)));
+    const results = await Promise.all(tasks.map((t) => stack.waitResult(t.taskId, t.deviceId)));
+    for (const r of results) assert.equal(r.status, 'completed', `${r.taskId}: ${JSON.stringify(r.error)}`);
+    const byTask = await senders(tasks);
+    for (const [taskId, pids] of byTask) {
+      assert.equal(pids.length, 1, `${taskId}: one enqueue signal (from ${pids.join(', ')})`);
+      assert.ok([a.pid, b.pid].includes(pids[0]!), `${taskId} was sent by one of the two starters`);
+    }
+    const fromA = [...byTask.values()].filter((p) => p[0] === a.pid).length;
+    console.log(`      16 tasks: ${fromA} sent by one starter, ${16 - fromA} by the other`);
+    for (const t of tasks) {
+      const installs = stack.agent.calls.filter((c) => c.op === 'install' && c.packageName === t.packageName);
+      assert.equal(installs.length, 1, `${t.taskId} ran once`);
+    }
+    await stopStarters();
+  });
+
+  it('two starters on one queue, one of them killed and restarted mid-stream: every task is started exactly once, only by one starter id', async function () {
+    await stopStarters();
     const ids = ['pair-a', 'pair-b'];
-    const [a] = [await starter(ids[0]!), await starter(ids[1]!)];
+    const [a, b] = [await starter(ids[0]!), await starter(ids[1]!)];
     const tasks = Array.from({ length: 16 }, (_, i) => task(`s-pair-${i}`, devices[i % devices.length]!));
     await stack.redis.lpush(`${stack.prefix}traversal:tasks`, ...tasks.map((t) => JSON.stringify(t)));
     await a!.waitForLog('traversal requested', 10_000);
     await a!.kill('SIGKILL');
-    await starter(ids[0]!);
+    const a2 = await starter(ids[0]!);
 
     const results = await Promise.all(tasks.map((t) => stack.waitResult(t.taskId, t.deviceId)));
     for (const r of results) assert.equal(r.status, 'completed', `${r.taskId}: ${JSON.stringify(r.error)}`);
@@ -126,16 +157,22 @@ describe('starters killed: every task is started exactly once', function () {
     }
     for (const id of ids)
       assert.equal(await stack.redis.llen(starterKeys(id, stack.prefix).processing), 0, `${id} has nothing left`);
-    // A replayed item may be signalled twice; the device workflow's dedupe makes that harmless.
+    // The restarted pair-a may signal again what its killed run had sent (README: a task Temporal
+    // accepted may be signalled twice; the device workflow ignores the repeat). Never both starters.
     let signals = 0;
-    for (const d of devices)
-      for (const [taskId, n] of await enqueueSignals(stack.client, d)) if (taskId.startsWith('s-pair-')) signals += n;
+    for (const [taskId, pids] of await senders(tasks)) {
+      signals += pids.length;
+      const sentByA = pids.every((p) => p === a.pid || p === a2.pid);
+      const sentByB = pids.every((p) => p === b.pid);
+      assert.ok(pids.length > 0 && (sentByA || sentByB), `${taskId} went to one starter id (senders ${pids.join(', ')})`);
+    }
     console.log(`      16 tasks, ${signals} enqueue signals, ${tasks.length} traversals`);
+    await stopStarters();
   });
 
   it('a starter stopped with SIGTERM mid-stream exits 0 and leaves every task either started or still queued', async function () {
     // Alone on the queue, so its counters account for every task.
-    await Promise.all(procs.map((p) => p.stop()));
+    await stopStarters();
     const first = await starter('graceful');
     const tasks = Array.from({ length: 40 }, (_, i) => task(`s-term-${i}`, devices[i % devices.length]!));
     await stack.redis.lpush(`${stack.prefix}traversal:tasks`, ...tasks.map((t) => JSON.stringify(t)));
@@ -255,66 +292,138 @@ describe('the Temporal server and Redis killed and restarted', function () {
     }
   });
 
-  it('Redis killed and restarted with its append-only file: the starter reconnects by itself; no task is lost or run twice', async function () {
+  it('Redis under the whole stack killed and restarted: queued tasks, processing lists and results survive, publishing waits and retries, the starter replays after reconnecting', async function () {
     const port = await freePort();
-    let redisServer: LocalRedis = await startRedis({ port, dir: path.join(dir, 'redis') });
-    const stack = await startStack({
-      devices: ['rd-1', 'rd-2', 'rd-3'],
-      apks: [{ name: 'faults-rd.apk', size: 1 * MiB }],
-    });
-    const tasksRedis = new Redis(redisServer.url, { maxRetriesPerRequest: null });
-    tasksRedis.on('error', () => undefined);
+    const redisDir = path.join(dir, 'redis');
+    let redisServer: LocalRedis = await startRedis({ port, dir: redisDir });
+    const origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
+    await origin.start();
+    await origin.addApk('faults-rd.apk', 1 * MiB);
+    const devices = ['rd-1', 'rd-2', 'rd-3'];
+    const agent = new AgentSimulator({ devices, coldStartMs: [100, 200] });
+    await agent.start();
+    // The test reads and writes through its own client; it must survive the outage too.
+    const redis = new Redis(redisServer.url, { maxRetriesPerRequest: null, retryStrategy: () => 200 });
+    redis.on('error', () => undefined);
+    const connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
+    const client = new Client({ connection });
+    // The starter reaches Temporal through a proxy, so the test can hold its requests.
+    const proxy = new TcpProxy('127.0.0.1', Number(process.env.TEST_TEMPORAL_ADDRESS!.split(':')[1]));
+    const viaProxy = await proxy.start();
+    const taskQueue = `faults-rd-${id}`;
+    const rdPrefix = `rd${id}:`;
+    const keys = starterKeys('rd', rdPrefix);
+    const concurrency = 2;
     try {
-      const starter = await spawnStarter({
+      const worker = await spawnWorker({
         temporalAddress: process.env.TEST_TEMPORAL_ADDRESS!,
         redisUrl: redisServer.url,
-        taskQueue: stack.taskQueue,
-        redisKeyPrefix: stack.prefix,
+        taskQueue,
+        redisKeyPrefix: rdPrefix,
+        dataDir: path.join(dir, 'rd-worker'),
+        logDir,
+        env: { DT_HEARTBEAT_TIMEOUT: '10s' },
+      });
+      procs.push(worker);
+      const starter = await spawnStarter({
+        temporalAddress: viaProxy,
+        redisUrl: redisServer.url,
+        taskQueue,
+        redisKeyPrefix: rdPrefix,
         logDir,
         starterId: 'rd',
-        env: { DT_MEASURE_LAUNCH: 'false' },
+        env: { DT_MEASURE_LAUNCH: 'false', DT_STARTER_CONCURRENCY: String(concurrency), DT_PUBLISH_RETRY_MAX: '2s' },
       });
       procs.push(starter);
-      const tasksKey = `${stack.prefix}traversal:tasks`;
-      const task = (i: number) =>
+      const task = (taskId: string, deviceId: string, durationSec = 1) =>
         JSON.stringify({
-          taskId: `rd-${i}`,
-          deviceId: `rd-${(i % 3) + 1}`,
-          agentUrl: stack.agent.url,
-          apkUrl: stack.apks['faults-rd.apk']!.url,
-          packageName: `com.example.rd${i}`,
-          traversal: { durationSec: 1, extraArgs: ['--tick-ms', '50'] },
+          taskId,
+          deviceId,
+          agentUrl: agent.url,
+          apkUrl: origin.url('faults-rd.apk'),
+          packageName: `com.example.${taskId.replace(/\W/g, '')}`,
+          traversal: { durationSec, extraArgs: ['--tick-ms', '100'] },
         });
-      await tasksRedis.lpush(tasksKey, task(0), task(1), task(2));
-      await waitFor(async () => (await tasksRedis.llen(tasksKey)) === 0, 20_000, 'the first tasks to be taken');
-      // A burst, then Redis dies at once: some items are queued, some in the starter's hands.
-      await tasksRedis.lpush(tasksKey, task(3), task(4), task(5), task(6), task(7), task(8));
-      redisServer.process!.kill('SIGKILL');
-      await sleep(1500);
-      redisServer = await startRedis({ port, dir: path.join(dir, 'redis') });
-      await tasksRedis.lpush(tasksKey, task(9), task(10), task(11));
+      const result = (taskId: string, deviceId: string, timeoutMs = 90_000) =>
+        waitForResult(redis, rdPrefix, taskId, deviceId, timeoutMs);
 
-      for (let i = 0; i < 12; i++) {
-        const r = await stack.waitResult(`rd-${i}`, `rd-${(i % 3) + 1}`, 90_000);
-        assert.equal(r.status, 'completed', `rd-${i}: ${JSON.stringify(r.error)}`);
-        assert.equal(
-          stack.agent.calls.filter((c) => c.op === 'install' && c.packageName === `com.example.rd${i}`).length,
-          1,
-          `rd-${i} ran once`,
-        );
-      }
-      assert.ok(starter.alive(), 'the starter kept running');
+      // Results published before the outage.
+      const before = devices.map((d, i) => ({ taskId: `rd-pre-${i}`, deviceId: d }));
+      await redis.lpush(keys.tasks, ...before.map((t) => task(t.taskId, t.deviceId)));
+      for (const t of before) assert.equal((await result(t.taskId, t.deviceId)).status, 'completed');
+      const resultKeys = before.map((t) => resultKey(t.taskId, t.deviceId, rdPrefix));
+      const publishedBefore = await redis.mget(...resultKeys);
+
+      // Traversals that will finish while Redis is down: long budgets, ended by finishNow after the kill.
+      const during = devices.map((d) => ({ taskId: `rd-during-${d}`, deviceId: d }));
+      await redis.lpush(keys.tasks, ...during.map((t) => task(t.taskId, t.deviceId, 120)));
+      const duringHandles = during.map((t) => client.workflow.getHandle(traversalWorkflowId(t.taskId, t.deviceId)));
+      for (const h of duringHandles)
+        await waitFor(async () => (await pendingActivity(h, 'runTraversal'))?.started, 60_000, `${h.workflowId} traversing`);
+      await waitFor(async () => (await redis.llen(keys.processing)) === 0, 20_000, 'the processing list emptied');
+
+      // Temporal held from the starter: it takes `concurrency` items and waits; the rest stay queued.
+      proxy.block();
+      const held = devices.concat(devices).map((d, i) => ({ taskId: `rd-held-${i}`, deviceId: d }));
+      await redis.lpush(keys.tasks, ...held.map((t) => task(t.taskId, t.deviceId)));
       await waitFor(
-        async () => (await tasksRedis.llen(starterKeys('rd', stack.prefix).processing)) === 0,
-        10_000,
-        'an empty processing list',
+        async () => (await redis.llen(keys.processing)) === concurrency && (await redis.llen(keys.tasks)) === held.length - concurrency,
+        20_000,
+        `${concurrency} items taken, the rest queued`,
       );
-      assert.equal(await tasksRedis.llen(tasksKey), 0);
+      // As a BLMOVE whose reply was lost leaves it: in the processing list, unknown to the starter.
+      const orphan = { taskId: 'rd-orphan', deviceId: 'rd-1' };
+      await redis.lpush(keys.processing, task(orphan.taskId, orphan.deviceId));
+      const listsBefore = [await redis.lrange(keys.tasks, 0, -1), await redis.lrange(keys.processing, 0, -1)];
+
+      redisServer.process!.kill('SIGKILL');
+      await new Promise((r) => redisServer.process!.once('exit', r));
+      const downAt = Date.now();
+      for (const h of duringHandles) await h.signal(budgetSignal, { finishNow: true });
+      // Each finished traversal handed its result to a publish workflow, whose attempts now fail.
+      for (const t of during) {
+        const publish = client.workflow.getHandle(publishWorkflowId(t.taskId, t.deviceId));
+        await waitFor(async () => (await pendingActivity(publish, 'publishResult'))?.lastFailure, 90_000, `a failed publish of ${t.taskId}`);
+      }
+      redisServer = await startRedis({ port, dir: redisDir });
+      console.log(`      Redis down for ${((Date.now() - downAt) / 1000).toFixed(1)} s`);
+
+      // The append-only file brought back every list and result as they were.
+      assert.deepEqual([await redis.lrange(keys.tasks, 0, -1), await redis.lrange(keys.processing, 0, -1)], listsBefore);
+      assert.deepEqual(await redis.mget(...resultKeys), publishedBefore, 'earlier results survived');
+
+      proxy.unblock();
+      for (const t of during) {
+        const r = await result(t.taskId, t.deviceId);
+        assert.equal(r.status, 'completed', `${t.taskId}: ${JSON.stringify(r.error)}`);
+        // Published by a later attempt than the first: the publish workflow retried until Redis took it.
+        const events = (await client.workflow.getHandle(publishWorkflowId(t.taskId, t.deviceId)).fetchHistory()).events ?? [];
+        const attempts = events.flatMap((e) => (e.activityTaskStartedEventAttributes ? [e.activityTaskStartedEventAttributes.attempt ?? 1] : []));
+        const scheduled = events.filter((e) => e.activityTaskScheduledEventAttributes).length;
+        assert.ok(scheduled > 1 || attempts.some((a) => a > 1), `${t.taskId} published after a retry (attempts ${attempts.join(', ')})`);
+        assert.ok(events.some((e) => e.activityTaskCompletedEventAttributes), `${t.taskId} published`);
+      }
+      for (const t of held) {
+        const r = await result(t.taskId, t.deviceId);
+        assert.equal(r.status, 'completed', `${t.taskId}: ${JSON.stringify(r.error)}`);
+      }
+      // Only a replay of the processing list after the reconnect can find the orphan.
+      assert.equal((await result(orphan.taskId, orphan.deviceId, 60_000)).status, 'completed', 'the orphan was replayed');
+      await starter.waitForLog('Redis reconnected; replaying the processing list', 10_000);
+      for (const t of [...before, ...during, ...held, orphan]) {
+        const installs = agent.calls.filter((c) => c.op === 'install' && c.packageName === `com.example.${t.taskId.replace(/\W/g, '')}`);
+        assert.equal(installs.length, 1, `${t.taskId} ran once`);
+      }
+      assert.ok(starter.alive() && worker.alive(), 'starter and worker rode the outage out');
+      await waitFor(async () => (await redis.llen(keys.processing)) === 0, 20_000, 'an empty processing list');
+      assert.equal(await redis.llen(keys.tasks), 0);
+      assert.equal(await redis.llen(keys.dead), 0, 'nothing dead-lettered');
     } finally {
-      tasksRedis.disconnect();
+      await proxy.close();
       await Promise.all(procs.map((p) => p.stop()));
-      await stack.stop();
-      await redisServer.stop();
+      redis.disconnect();
+      await connection.close();
+      await Promise.all([agent.close(), origin.close(), redisServer.stop()]);
     }
   });
 });

@@ -21,6 +21,7 @@ import {
 import { extraArgsPolicyFor } from '../src/extra-args';
 import { TaskBridge } from '../src/starter-core';
 import { startStack, task, type Stack } from './support/stack';
+import { childStarts, enqueueSignals, runHistories, waitForEnqueueSignals } from './support/history';
 import { traversalPids, waitFor } from './support/wait';
 
 const MiB = 1024 * 1024;
@@ -95,9 +96,9 @@ describe('controlling traversals', function () {
     assert.ok((traversalPids(deviceId)).length > 0, 'the jar is running');
     const cancelledAt = Date.now();
     await handle.cancel();
-    await waitFor(async () => (traversalPids(deviceId)).length === 0, 5000);
-    const goneMs = Date.now() - cancelledAt;
-    assert.ok(goneMs <= 5000, `process group gone in ${goneMs} ms`);
+    // The kill grace is 2 s; the limit is generous for a busy machine and the figure is printed.
+    await waitFor(async () => traversalPids(deviceId).length === 0, 30_000, 'the process group gone');
+    console.log(`      (process group gone ${Date.now() - cancelledAt} ms after the cancel)`);
     const r = await stack.waitResult('cancel', deviceId);
     assert.equal(r.status, 'cancelled');
     assert.equal(r.error?.type, 'Cancelled');
@@ -122,17 +123,31 @@ describe('controlling traversals', function () {
 
   it('a device workflow continues as new between children and keeps its queue and dedupe memory', async function () {
     const deviceId = nextDevice();
+    const workflowId = deviceWorkflowId(deviceId);
     for (let i = 1; i <= 4; i++) await enqueue(stack, request(stack, { taskId: `can-${i}`, deviceId, traversal: { durationSec: 0 } }), { historyLimit: 30 });
     for (let i = 1; i <= 4; i++) assert.equal((await stack.waitResult(`can-${i}`, deviceId)).status, 'completed');
-    const handle = stack.client.workflow.getHandle(deviceWorkflowId(deviceId));
+    const handle = stack.client.workflow.getHandle(workflowId);
     const desc = await handle.describe();
     assert.notEqual(desc.runId, desc.raw.workflowExecutionInfo?.firstRunId ?? undefined, 'the workflow continued as new');
-    // A task id seen before the roll-over is still ignored after it.
+    const firstSignal = (await enqueueSignals(stack.client, workflowId)).find((s) => s.taskId === 'can-1');
+    assert.notEqual(firstSignal?.runId, desc.runId, 'can-1 was first received by an earlier run');
+
+    // A task id seen before the roll-over is still ignored after it: the repeat reaches the current
+    // run (its signal is in that run's history), the run counts it as a duplicate, and starts no child.
     await enqueue(stack, request(stack, { taskId: 'can-1', deviceId }));
-    await new Promise((r) => setTimeout(r, 1500));
-    const state = await handle.query(deviceStateQuery);
+    const [, repeat] = await waitForEnqueueSignals(stack.client, workflowId, 'can-1', 2);
+    assert.equal(repeat!.runId, (await handle.describe()).runId, 'the repeat reached the current run');
+    const state = await waitFor(async () => {
+      const s = await handle.query(deviceStateQuery);
+      return s.duplicates ? s : undefined;
+    }, 30_000, 'the repeat counted as a duplicate');
+    assert.equal(state.duplicates, 1);
     assert.equal(state.completed, 4);
-    assert.equal(state.queue.length, 0);
+    assert.deepEqual(state.queue, []);
+    assert.equal(state.current, undefined);
+    const runs = await runHistories(stack.client, workflowId);
+    const children = runs.flatMap((r) => childStarts(r.events));
+    assert.equal(children.filter((id) => id === traversalWorkflowId('can-1', deviceId)).length, 1, 'one child for can-1');
     assert.equal(stack.agent.calls.filter((c) => c.deviceId === deviceId && c.op === 'install').length, 4);
   });
 

@@ -9,7 +9,8 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { ActivityFailure, ApplicationFailure } from '@temporalio/common';
 import { startStack, task, type Stack } from './support/stack';
 import { waitFor } from './support/wait';
-import { traversalWorkflowId } from '../src/messages';
+import { deviceStateQuery, deviceWorkflowId, traversalWorkflowId } from '../src/messages';
+import { childStarts, runHistories, waitForEnqueueSignals } from './support/history';
 
 const MiB = 1024 * 1024;
 
@@ -81,15 +82,22 @@ describe('a traversal end to end', function () {
     await stack.push(t);
     const r = await stack.waitResult('twice', 'sim-2');
     assert.equal(r.status, 'completed');
-    // Let the starter bridge the second copy, then check the device ran it once.
-    await waitFor(async () => (await stack.redis.llen(`${stack.prefix}traversal:tasks`)) === 0, 30_000, 'task list drained');
-    await new Promise((res) => setTimeout(res, 1500));
+    // Both copies reached the device workflow (the starter bridged each), and it ignored the second.
+    const workflowId = deviceWorkflowId('sim-2');
+    const copies = await waitForEnqueueSignals(stack.client, workflowId, 'twice', 2);
+    assert.equal(copies.length, 2, 'two enqueue signals for the task');
+    const handle = stack.client.workflow.getHandle(workflowId);
+    const state = await waitFor(async () => {
+      const s = await handle.query(deviceStateQuery);
+      return s.duplicates ? s : undefined;
+    }, 30_000, 'the second copy counted as a duplicate');
+    assert.equal(state.duplicates, 1);
+    assert.deepEqual(state.queue, []);
+    assert.equal(state.current, undefined);
+    const children = (await runHistories(stack.client, workflowId)).flatMap((run) => childStarts(run.events));
+    assert.equal(children.filter((id) => id === traversalWorkflowId('twice', 'sim-2')).length, 1, 'one traversal child');
     const installs = stack.agent.calls.filter((c) => c.op === 'install' && c.packageName === 'com.example.twice');
     assert.equal(installs.length, 1);
-    const handle = stack.client.workflow.getHandle('device/sim-2');
-    const state = await handle.query<{ queue: unknown[]; current?: unknown }>('state');
-    assert.equal(state.queue.length, 0);
-    assert.equal(state.current, undefined);
   });
 
   it('an APK URL answering 404 fails as ApkNotFound without retrying, still cleans the device and records the error', async function () {

@@ -58,6 +58,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
   const { deviceId } = input;
   const deployment = input.deployment ?? '';
   let refused = 0;
+  let duplicates = 0;
   const queue: TraversalRequest[] = [...(input.queue ?? [])];
   const seen = new Set<string>(input.seenTaskIds ?? []);
   let paused = input.paused ?? false;
@@ -99,6 +100,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
       return;
     }
     if (seen.has(req.taskId)) {
+      duplicates++;
       log.info('duplicate task ignored', { deviceId, taskId: req.taskId });
       return;
     }
@@ -131,6 +133,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
     ...(quarantine ? { quarantine } : {}),
     infraFailuresInRow: infraFailures.length,
     ...(refused ? { refused } : {}),
+    ...(duplicates ? { duplicates } : {}),
   }));
   describe();
 
