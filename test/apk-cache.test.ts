@@ -694,6 +694,9 @@ describe('artifact server', function () {
 
   it('answers /healthz and counts served bytes in /metrics', async () => {
     assert.equal((await get('/healthz')).status, 200);
+    const before = metrics.bytesServed.get();
+    assert.equal((await get(`/apk/${apk.sha256}.apk`)).status, 200);
+    assert.equal(metrics.bytesServed.get() - before, apk.size, 'one whole APK counted');
     const r = await get('/metrics');
     assert.equal(r.status, 200);
     const m = /^dt_artifact_bytes_served_total (\d+)$/m.exec(r.body.toString());
