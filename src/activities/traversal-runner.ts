@@ -21,7 +21,7 @@ import readline from 'node:readline';
 import { InvalidTaskError, ReportUploadError, TraversalExitError, TraversalHungError, TraversalStartError } from '../errors';
 import { ExtraArgsPolicy } from '../extra-args';
 import { parseFindingLine, toFinding } from '../findings';
-import type { ProgressUpdate, TraversalBudget } from '../messages';
+import { parseWorkflowId, type ProgressUpdate, type TraversalBudget } from '../messages';
 import type { Metrics } from '../metrics';
 import { AttemptShipper } from './report-parts';
 import type { ReportStore } from './report-store';
@@ -639,16 +639,21 @@ export async function endStaleRun(
   if (opts.onlyOrphans && (await workerAlive(rec))) return false;
   const alive = await isOurProcess(rec.pid, deviceId);
   if (alive) {
-    log?.warn('ending stale traversal process group left by a previous attempt', {
+    const meta = {
       pid: rec.pid,
       deviceId,
+      taskId: parseWorkflowId(rec.workflowId ?? '')?.taskId,
       workflowId: rec.workflowId,
-    });
+      workerPid: rec.workerPid,
+    };
+    if (!opts.onlyOrphans) log?.warn('ending stale traversal process group left by a previous attempt', meta);
     signalGroup(rec.pid, 'SIGTERM');
     const deadline = Date.now() + deps.killGraceMs;
     while (Date.now() < deadline && (await isOurProcess(rec.pid, deviceId)))
       await new Promise((r) => setTimeout(r, 100));
     signalGroup(rec.pid, 'SIGKILL');
+    // Logged once it is done, so the line tells an operator what a restart took off the phone.
+    if (opts.onlyOrphans) log?.warn('ended the traversal process group of a dead worker at start-up', meta);
   }
   await fsp.rm(path.join(deps.pidsDir, `${deviceId}.json`), { force: true });
   return alive;

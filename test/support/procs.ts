@@ -295,7 +295,7 @@ export interface PendingActivity {
   details?: Record<string, unknown>;
   /** Identity of the worker that ran the last attempt (`<pid>@<host>` by default). */
   workerIdentity?: string;
-  lastFailure?: { message?: string | null; type?: string };
+  lastFailure?: { message?: string | null; type?: string; timeoutType?: string };
 }
 
 /** The pending activity `activityType` of a workflow, or undefined when none is pending. */
@@ -321,9 +321,19 @@ export async function pendingActivity(
     details,
     workerIdentity: a.lastWorkerIdentity ?? undefined,
     lastFailure: a.lastFailure
-      ? { message: a.lastFailure.message, type: a.lastFailure.applicationFailureInfo?.type ?? undefined }
+      ? {
+          message: a.lastFailure.message,
+          type: a.lastFailure.applicationFailureInfo?.type ?? undefined,
+          timeoutType: timeoutTypeName(a.lastFailure.timeoutFailureInfo?.timeoutType),
+        }
       : undefined,
   };
+}
+
+/** The name of a timeout type without its prefix (`HEARTBEAT`, `SCHEDULE_TO_START`, …), or undefined. */
+export function timeoutTypeName(t: temporal.api.enums.v1.TimeoutType | null | undefined): string | undefined {
+  if (t === null || t === undefined) return undefined;
+  return temporal.api.enums.v1.TimeoutType[t]?.replace(/^TIMEOUT_TYPE_/, '');
 }
 
 /** The TraversalPhase search attribute of a traversal (read from the server, so no worker is needed). */
