@@ -254,11 +254,12 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
         traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
       }),
     );
-    // Killed while the agent holds the install call (it takes 4 s after the bytes arrived).
+    // Killed while the agent installs: all bytes arrived (a kill during the download from this worker
+    // would end the call at once), and the install takes 4 s more.
     const install = await waitFor(
-      () => slowAgent.inFlight(deviceId, 'install')[0],
+      () => slowAgent.inFlight(deviceId, 'install').find((c) => c.bytes === small.size),
       60_000,
-      'an install call in flight',
+      'an install call with all its bytes in flight',
     );
     await first.kill('SIGKILL');
     assert.equal(install.endedAt, 0, 'the worker died while the agent was still installing');
