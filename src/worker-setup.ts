@@ -117,8 +117,9 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
   // (runs of other live workers sharing this data folder are left alone).
   const pidsDir = path.join(config.dataDir, 'pids');
   const stale = await fsp.readdir(pidsDir).catch(() => [] as string[]);
+  const sweepLog = opts.log && { warn: opts.log };
   for (const f of stale.filter((n) => n.endsWith('.json'))) {
-    await endStaleRun({ pidsDir, killGraceMs: config.killGraceMs }, f.slice(0, -5), undefined, { onlyOrphans: true });
+    await endStaleRun({ pidsDir, killGraceMs: config.killGraceMs }, f.slice(0, -5), sweepLog, { onlyOrphans: true });
   }
 
   // Only once those processes are gone: fail the attempts a dead worker was running, so their retries

@@ -15,13 +15,14 @@
  */
 import { Context } from '@temporalio/activity';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { createWriteStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { InvalidTaskError, ReportUploadError, TraversalExitError, TraversalHungError, TraversalStartError } from '../errors';
 import { ExtraArgsPolicy } from '../extra-args';
 import { parseFindingLine, toFinding } from '../findings';
-import type { ProgressUpdate, TraversalBudget } from '../messages';
+import { parseWorkflowId, type ProgressUpdate, type TraversalBudget } from '../messages';
 import type { Metrics } from '../metrics';
 import { AttemptShipper } from './report-parts';
 import type { ReportStore } from './report-store';
@@ -113,6 +114,8 @@ export interface TraversalCheckpoint {
 
 /** Environment variable set in the child so a stale process can be recognised after a crash. */
 const MARKER = 'DT_TRAVERSAL_DEVICE';
+/** Environment variable naming one run of the command, so a run recorded before its pid was known can be found. */
+const RUN_MARKER = 'DT_TRAVERSAL_RUN';
 /** Variables never handed to the traversal command: credentials of this service. */
 const SECRET_ENV = /^(TEMPORAL_|REDIS_|DT_REPORT_SINK_TOKEN|DT_ARTIFACT_TOKEN)/;
 /** Progress reaches the workflow in steps of this many percent. */
@@ -370,6 +373,11 @@ async function runOne(
   const env: NodeJS.ProcessEnv = { [MARKER]: input.deviceId };
   for (const [k, v] of Object.entries(process.env)) if (!SECRET_ENV.test(k)) env[k] = v;
   env[MARKER] = input.deviceId;
+  // Recorded before the spawn: a worker killed between the spawn and the pid's record still leaves
+  // a record that the next worker or attempt finds the process by.
+  const runId = randomUUID();
+  env[RUN_MARKER] = runId;
+  await recordRun(deps, input.deviceId, { runId, workflowId });
 
   const log = createWriteStream(logFile, { flags: 'a' });
   log.write(`# attempt ${info.attempt} ${new Date().toISOString()} argv=${JSON.stringify(argv)}\n`);
@@ -386,10 +394,11 @@ async function runOne(
   if (spawned) {
     log.end();
     await shipper.close();
+    await forgetRun(deps, input.deviceId, runId);
     throw new TraversalStartError(cmd, spawned.message);
   }
   const pid = child.pid!;
-  await recordRun(deps, input.deviceId, pid, workflowId);
+  await recordRun(deps, input.deviceId, { runId, pid, workflowId });
   ctx.log.info('traversal command started', {
     childPid: pid,
     deviceId: input.deviceId,
@@ -495,7 +504,7 @@ async function runOne(
   ctx.cancellationSignal.removeEventListener('abort', onCancel);
   for (const t of [controlTimer, shipTimer, pausedTimer, hangTimer, deviceTimer]) if (t) clearInterval(t);
   await new Promise<void>((resolve) => log.end(resolve));
-  await forgetRun(deps, input.deviceId, pid);
+  await forgetRun(deps, input.deviceId, runId);
   const durationMs = Date.now() - started;
   deps.metrics?.traversalSeconds.inc({}, durationMs / 1000);
 
@@ -590,13 +599,16 @@ function pidFile(deps: TraversalRunnerDeps, deviceId: string): string {
   return path.join(deps.pidsDir, `${deviceId}.json`);
 }
 
-async function recordRun(deps: TraversalRunnerDeps, deviceId: string, pid: number, workflowId: string): Promise<void> {
+async function recordRun(
+  deps: TraversalRunnerDeps,
+  deviceId: string,
+  run: { runId: string; pid?: number; workflowId: string },
+): Promise<void> {
   await fsp.mkdir(deps.pidsDir, { recursive: true });
   await fsp.writeFile(
     pidFile(deps, deviceId),
     JSON.stringify({
-      pid,
-      workflowId,
+      ...run,
       startedAt: new Date().toISOString(),
       workerPid: process.pid,
       workerStart: await OWN_START,
@@ -604,8 +616,8 @@ async function recordRun(deps: TraversalRunnerDeps, deviceId: string, pid: numbe
   );
 }
 
-async function forgetRun(deps: TraversalRunnerDeps, deviceId: string, pid: number): Promise<void> {
-  if ((await readRunRecord(pidFile(deps, deviceId)))?.pid === pid) await fsp.rm(pidFile(deps, deviceId), { force: true });
+async function forgetRun(deps: TraversalRunnerDeps, deviceId: string, runId: string): Promise<void> {
+  if ((await readRunRecord(pidFile(deps, deviceId)))?.runId === runId) await fsp.rm(pidFile(deps, deviceId), { force: true });
 }
 
 async function readRunRecord(file: string): Promise<RunRecord | undefined> {
@@ -639,18 +651,24 @@ export async function endStaleRun(
   // A worker starting up ends only runs whose worker is gone: workers sharing a data folder must not
   // end each other's runs. (A new attempt for the device ends the old run whoever started it.)
   if (opts.onlyOrphans && (await workerAlive(rec))) return false;
-  const alive = await isOurProcess(rec.pid, deviceId);
+  // A record without a pid was written just before a spawn that a kill may or may not have let happen.
+  const pid = rec.pid ?? (rec.runId ? await findRun(rec.runId, deviceId) : undefined);
+  const alive = pid !== undefined && (await isOurProcess(pid, deviceId));
   if (alive) {
-    log?.warn('ending stale traversal process group left by a previous attempt', {
-      pid: rec.pid,
+    const meta = {
+      childPid: pid,
       deviceId,
+      taskId: parseWorkflowId(rec.workflowId ?? '')?.taskId,
       workflowId: rec.workflowId,
-    });
-    signalGroup(rec.pid, 'SIGTERM');
+      workerPid: rec.workerPid,
+    };
+    if (!opts.onlyOrphans) log?.warn('ending stale traversal process group left by a previous attempt', meta);
+    signalGroup(pid, 'SIGTERM');
     const deadline = Date.now() + deps.killGraceMs;
-    while (Date.now() < deadline && (await isOurProcess(rec.pid, deviceId)))
-      await new Promise((r) => setTimeout(r, 100));
-    signalGroup(rec.pid, 'SIGKILL');
+    while (Date.now() < deadline && (await isOurProcess(pid, deviceId))) await new Promise((r) => setTimeout(r, 100));
+    signalGroup(pid, 'SIGKILL');
+    // Logged once it is done, so the line tells an operator what a restart took off the phone.
+    if (opts.onlyOrphans) log?.warn('ended the traversal process group of a dead worker at start-up', meta);
   }
   await fsp.rm(path.join(deps.pidsDir, `${deviceId}.json`), { force: true });
   return alive;
@@ -658,7 +676,10 @@ export async function endStaleRun(
 
 /** What a worker records about a running traversal command, one file per device. */
 export interface RunRecord {
-  pid: number;
+  /** Set once the command runs; a record without one was written just before the spawn. */
+  pid?: number;
+  /** The value of DT_TRAVERSAL_RUN in the command's environment. */
+  runId?: string;
   workflowId?: string;
   workerPid?: number;
   workerStart?: string;
@@ -683,6 +704,21 @@ async function workerAlive(rec: RunRecord): Promise<boolean> {
   if (!rec.workerPid || !rec.workerStart) return false;
   const start = await processStartTime(rec.workerPid);
   return start === rec.workerStart;
+}
+
+/** The process group of a live process started with DT_TRAVERSAL_RUN=`runId` for a device (its children inherit the variable). */
+async function findRun(runId: string, deviceId: string): Promise<number | undefined> {
+  for (const entry of await fsp.readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const environ = await fsp.readFile(`/proc/${entry}/environ`, 'utf8').catch(() => '');
+    const vars = environ.split('\0');
+    if (!vars.includes(`${RUN_MARKER}=${runId}`) || !vars.includes(`${MARKER}=${deviceId}`)) continue;
+    const stat = await fsp.readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
+    // Fields after the command name: state, ppid, pgrp.
+    const pgrp = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
+    if (pgrp > 0) return pgrp;
+  }
+  return undefined;
 }
 
 async function isOurProcess(pid: number, deviceId: string): Promise<boolean> {

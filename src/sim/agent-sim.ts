@@ -127,6 +127,7 @@ export class AgentSimulator {
   readonly stats: AgentSimStats = { installs: 0, uploadedBytes: 0, downloadedBytes: 0, requests: 0 };
 
   private readonly devices = new Map<string, Device>();
+  private readonly running = new Set<AgentCall>();
   private readonly installDelayMs: number;
   private readonly coldStart: [number, number];
   private readonly random: () => number;
@@ -201,6 +202,11 @@ export class AgentSimulator {
   /** Package names currently installed on a device. */
   installed(deviceId: string): string[] {
     return [...this.device(deviceId).installed.keys()];
+  }
+
+  /** Calls being handled right now, optionally of one device and operation: a test waits on one to kill its caller inside it. */
+  inFlight(deviceId?: string, op?: AgentOp): AgentCall[] {
+    return [...this.running].filter((c) => (deviceId === undefined || c.deviceId === deviceId) && (op === undefined || c.op === op));
   }
 
   /** Takes a device off the network (every call answers 503) or brings it back. */
@@ -284,6 +290,7 @@ export class AgentSimulator {
     if ('error' in route) return send(res, route.status, { error: route.error });
     const { deviceId, op } = route;
     const call: AgentCall = { deviceId, op, startedAt: now(), endedAt: 0, status: 0 };
+    this.running.add(call);
     const dev = this.devices.get(deviceId);
     let locked = false;
     let status = 200;
@@ -320,6 +327,7 @@ export class AgentSimulator {
     call.status = status;
     // Released before answering, so a client that got its response can go straight to the next call.
     if (locked && dev) dev.busy = undefined;
+    this.running.delete(call);
     this.calls.push(call);
     this.log('agent call', call);
     send(res, status, body);

@@ -297,7 +297,7 @@ export interface PendingActivity {
   workerIdentity?: string;
   /** When the server last recorded a heartbeat of the current attempt. */
   lastHeartbeatTime?: Date;
-  lastFailure?: { message?: string | null; type?: string };
+  lastFailure?: { message?: string | null; type?: string; timeoutType?: string };
 }
 
 /** The pending activity `activityType` of a workflow, or undefined when none is pending. */
@@ -326,9 +326,19 @@ export async function pendingActivity(
       ? new Date(Number(a.lastHeartbeatTime.seconds) * 1000 + Math.floor((a.lastHeartbeatTime.nanos ?? 0) / 1e6))
       : undefined,
     lastFailure: a.lastFailure
-      ? { message: a.lastFailure.message, type: a.lastFailure.applicationFailureInfo?.type ?? undefined }
+      ? {
+          message: a.lastFailure.message,
+          type: a.lastFailure.applicationFailureInfo?.type ?? undefined,
+          timeoutType: timeoutTypeName(a.lastFailure.timeoutFailureInfo?.timeoutType),
+        }
       : undefined,
   };
+}
+
+/** The name of a timeout type without its prefix (`HEARTBEAT`, `SCHEDULE_TO_START`, …), or undefined. */
+export function timeoutTypeName(t: temporal.api.enums.v1.TimeoutType | null | undefined): string | undefined {
+  if (t === null || t === undefined) return undefined;
+  return temporal.api.enums.v1.TimeoutType[t]?.replace(/^TIMEOUT_TYPE_/, '');
 }
 
 /** The TraversalPhase search attribute of a traversal (read from the server, so no worker is needed). */

@@ -1,0 +1,409 @@
+/**
+ * Fault injection, part 1b: worker processes killed with SIGKILL where test/faults-worker.test.ts
+ * does not reach: inside the app launch, between two decisions of a workflow it had cached, and on
+ * every attempt of a traversal. Workers and the starter are real `src/*.ts` processes, the agent
+ * and origin real HTTP servers; the Temporal dev server and Redis are the suite-wide ones. A data
+ * folder stands for a host: workers on different folders cannot see each other's journals or jars.
+ * Each test has its own task queue and workers, and stops them at its end.
+ */
+import assert from 'node:assert/strict';
+import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
+import Redis from 'ioredis';
+import { randomUUID } from 'node:crypto';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { resultKey } from '../src/activities/result-publisher';
+import { WORKER_LOST } from '../src/attempt-journal';
+import { PROJECT_ROOT } from '../src/config';
+import { budgetSignal, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../src/messages';
+import { AgentSimulator } from '../src/sim/agent-sim';
+import { ApkOrigin, type ApkInfo } from '../src/sim/origin';
+import { requestTraversal } from '../src/starter-core';
+import {
+  pendingActivity,
+  pidAlive,
+  spawnStarter,
+  spawnWorker,
+  timeoutTypeName,
+  traversalPids,
+  waitFor,
+  type PendingActivity,
+  type Proc,
+} from './support/procs';
+import { waitForResult } from './support/wait';
+
+const MiB = 1024 * 1024;
+const HEARTBEAT_MS = 3000;
+/** DT_STICKY_TIMEOUT of the workers here, well apart from the SDK's default of 10 s. */
+const STICKY_MS = 2000;
+/** The SDK's own sticky schedule-to-start timeout, which the worker's setting replaces. */
+const SDK_DEFAULT_STICKY_MS = 10_000;
+/** A jar budget far beyond any test here: such runs end by a budget signal or a failure. */
+const LONG_SEC = 3600;
+
+type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
+const EventType = temporal.api.enums.v1.EventType;
+
+/** An event's time in epoch ms, as the server recorded it. */
+function eventMs(e: HistoryEvent): number {
+  return Number(e.eventTime?.seconds ?? 0) * 1000 + Math.floor((e.eventTime?.nanos ?? 0) / 1e6);
+}
+
+/** The started event of the last attempt of an activity type (history keeps only that attempt's). */
+function activityStarted(events: HistoryEvent[], activityType: string) {
+  const scheduled = events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === activityType);
+  const ids = new Set(scheduled.map((e) => String(e.eventId)));
+  const started = events.filter((e) => ids.has(String(e.activityTaskStartedEventAttributes?.scheduledEventId)));
+  return started.at(-1)?.activityTaskStartedEventAttributes ?? undefined;
+}
+
+describe('a worker killed at the edges of a run: inside the launch, between decisions, on every attempt', function () {
+  const id = randomUUID().slice(0, 8);
+  const prefix = `fws${id}:`;
+  const root = mkdtempSync(path.join(os.tmpdir(), `dt-faults-ws-${id}-`));
+  const logDir = path.join(root, 'logs');
+  let origin: ApkOrigin;
+  let apk: ApkInfo & { url: string };
+  let connection: Connection;
+  let client: Client;
+  let redis: Redis;
+  const procs: Proc[] = [];
+  const agents: AgentSimulator[] = [];
+
+  /** A worker on `taskQueue` whose host is the data folder `host`. */
+  const startWorker = async (taskQueue: string, host: string) => {
+    const w = await spawnWorker({
+      temporalAddress: process.env.TEST_TEMPORAL_ADDRESS!,
+      redisUrl: process.env.TEST_REDIS_URL!,
+      taskQueue,
+      redisKeyPrefix: prefix,
+      dataDir: path.join(root, host),
+      logDir,
+      env: {
+        DT_HEARTBEAT_TIMEOUT: `${HEARTBEAT_MS}ms`,
+        DT_DEVICE_CHECK_INTERVAL: '1s',
+        DT_STICKY_TIMEOUT: `${STICKY_MS}ms`,
+      },
+    });
+    procs.push(w);
+    return w;
+  };
+  const startAgent = async (deviceId: string, latencyMs = 0) => {
+    const a = new AgentSimulator({ devices: [deviceId], latencyMs, coldStartMs: [100, 200] });
+    await a.start();
+    agents.push(a);
+    return a;
+  };
+  const request = (
+    fields: Partial<TraversalRequest> & { taskId: string; deviceId: string; agentUrl: string },
+  ): TraversalRequest => ({
+    apkUrl: apk.url,
+    apkSha256: apk.sha256,
+    packageName: `com.example.${fields.taskId.replace(/\W/g, '')}`,
+    traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
+    policy: { heartbeatTimeoutMs: HEARTBEAT_MS, initialRetryMs: 200, maxAttempts: 3, measureLaunch: false },
+    ...fields,
+  });
+  const enqueue = async (taskQueue: string, req: TraversalRequest): Promise<WorkflowHandle> => {
+    await requestTraversal(client, taskQueue, req);
+    return client.workflow.getHandle(traversalWorkflowId(req.taskId, req.deviceId));
+  };
+  /**
+   * Waits until attempt `attempt` of a running traversal heartbeats a checkpoint of `steps` or more
+   * from a jar of its own: the heartbeat names a live traversal process of the device other than
+   * `previousJar` (a retry shows the last attempt's details until it heartbeats itself).
+   */
+  const runningAt = (handle: WorkflowHandle, deviceId: string, steps: number, attempt = 1, previousJar?: number) =>
+    waitFor(
+      async () => {
+        const a = await pendingActivity(handle, 'runTraversal');
+        const jar = Number(a?.details?.pid);
+        return a &&
+          a.started &&
+          a.attempt === attempt &&
+          jar !== previousJar &&
+          traversalPids(deviceId).includes(jar) &&
+          Number(a.details?.checkpoint ?? 0) >= steps
+          ? a
+          : undefined;
+      },
+      60_000,
+      `attempt ${attempt} of the traversal on ${deviceId} past checkpoint ${steps}`,
+    );
+  const workerOf = (identity: string | undefined) => procs.find((w) => w.alive() && identity?.startsWith(`${w.pid}@`));
+
+  before(async function () {
+    origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
+    await origin.start();
+    apk = { ...(await origin.addApk('faults-steps.apk', 1 * MiB)), url: origin.url('faults-steps.apk') };
+    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
+    client = new Client({ connection });
+    redis = new Redis(process.env.TEST_REDIS_URL!);
+  });
+
+  afterEach(async function () {
+    await Promise.all(procs.splice(0).map((p) => p.stop()));
+    // A failed test may leave a jar of an hour's budget behind; it must not run into the next file.
+    for (const deviceId of ['fws-launch', 'fws-sticky', 'fws-max', 'fws-spawn'])
+      for (const pid of traversalPids(deviceId)) process.kill(pid, 'SIGKILL');
+  });
+
+  after(async function () {
+    redis?.disconnect();
+    await connection?.close();
+    await Promise.all([...agents.map((a) => a.close()), origin?.close()]);
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  it('killed during the app launch: a worker on another host launches again after the heartbeat timeout, and the run completes, installed and cleaned once', async function () {
+    const taskQueue = `fws-launch-${id}`;
+    const deviceId = 'fws-launch';
+    // Every call to this agent takes 1.5 s, so a launch is in flight long enough to kill its caller in it.
+    const agent = await startAgent(deviceId, 1500);
+    const first = await startWorker(taskQueue, 'launch-a');
+    const handle = await enqueue(
+      taskQueue,
+      request({
+        taskId: `launch-${id}`,
+        deviceId,
+        agentUrl: agent.url,
+        policy: { heartbeatTimeoutMs: HEARTBEAT_MS, initialRetryMs: 200, maxAttempts: 3, measureLaunch: true },
+      }),
+    );
+    const launch = await waitFor(() => agent.inFlight(deviceId, 'launch')[0], 60_000, 'a launch call in flight');
+    await first.kill('SIGKILL');
+    const killedAt = Date.now();
+    assert.equal(launch.endedAt, 0, 'the worker died while the agent was still launching');
+    // Another host: no journal of the dead worker to fail its attempt early, only the heartbeat timeout.
+    const second = await startWorker(taskQueue, 'launch-b');
+
+    const r = await waitForResult(redis, prefix, `launch-${id}`, deviceId, 90_000);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.equal(typeof r.coldStartMs, 'number', 'the launch was measured');
+    assert.equal(r.traversalAttempt, 1, 'the traversal itself ran once');
+    const events = (await handle.fetchHistory()).events ?? [];
+    const started = activityStarted(events, 'measureLaunch');
+    assert.ok(started && Number(started.attempt) >= 2, `the launch was retried: attempt ${started?.attempt}`);
+    assert.ok(started.identity?.startsWith(`${second.pid}@`), `retried on the other worker: ${started.identity}`);
+    assert.equal(
+      timeoutTypeName(started.lastFailure?.timeoutFailureInfo?.timeoutType),
+      'HEARTBEAT',
+      `the killed attempt ended by its heartbeat timeout: ${JSON.stringify(started.lastFailure)}`,
+    );
+    console.log(
+      `      launch retried ${((eventMs(events.find((e) => e.activityTaskStartedEventAttributes === started)!) - killedAt) / 1000).toFixed(1)} s after the kill (heartbeat timeout ${HEARTBEAT_MS / 1000} s)`,
+    );
+    const calls = agent.calls.filter((c) => c.deviceId === deviceId);
+    assert.ok(calls.filter((c) => c.op === 'launch').length >= 2, 'the launch was repeated');
+    assert.equal(calls.filter((c) => c.op === 'install').length, 1, 'installed once');
+    assert.equal(calls.filter((c) => c.op === 'uninstall').length, 1, 'cleaned once');
+    assert.deepEqual(agent.installed(deviceId), [], 'nothing left installed');
+  });
+
+  it('killed while a workflow it had cached waits for its next decision: the workflow task waits the sticky schedule-to-start timeout (DT_STICKY_TIMEOUT), then another worker takes it', async function () {
+    const taskQueue = `fws-sticky-${id}`;
+    const deviceId = 'fws-sticky';
+    const agent = await startAgent(deviceId);
+    // One host: the survivor ends the dead worker's jar when its attempt retries.
+    const first = await startWorker(taskQueue, 'sticky');
+    const handle = await enqueue(
+      taskQueue,
+      request({
+        taskId: `sticky-${id}`,
+        deviceId,
+        agentUrl: agent.url,
+        traversal: { durationSec: LONG_SEC, extraArgs: ['--tick-ms', '100'] },
+      }),
+    );
+    const running = await runningAt(handle, deviceId, 5);
+    assert.ok(workerOf(running.workerIdentity) === first, 'the first worker runs the traversal');
+    // Started now, the survivor has done no start-up sweep of the first worker's journal.
+    const survivor = await startWorker(taskQueue, 'sticky');
+    // The kill must land between two decisions, not inside one (that waits for the task timeout instead).
+    await waitFor(async () => !(await handle.describe()).raw.pendingWorkflowTask, 30_000, 'no workflow task in flight');
+    const before = ((await handle.fetchHistory()).events ?? []).length;
+    await first.kill('SIGKILL');
+    // A decision asked for at once could still be handed to the dead worker's poll before the server
+    // drops it (then it waits for the task timeout). Once the attempt's heartbeat timed out, the poll
+    // is long gone, and the sticky queue is still the one the server picks (it had a poller 10 s ago).
+    await waitFor(
+      async () => (await pendingActivity(handle, 'runTraversal'))?.lastFailure?.timeoutType === 'HEARTBEAT',
+      30_000,
+      'the heartbeat timeout of the dead worker’s attempt',
+    );
+    // Any new event asks for a decision, which goes to the dead worker's sticky queue.
+    await handle.signal(budgetSignal, { extendBySec: 0 });
+
+    const events = await waitFor(
+      async () => {
+        const after = ((await handle.fetchHistory()).events ?? []).slice(before);
+        return after.some((e) => e.workflowTaskStartedEventAttributes?.identity?.startsWith(`${survivor.pid}@`))
+          ? after
+          : undefined;
+      },
+      60_000,
+      'the survivor to take a decision',
+    );
+    const trace = events
+      .map((e) => `${EventType[e.eventType ?? 0]} ${e.workflowTaskStartedEventAttributes?.identity ?? ''}`)
+      .join(', ');
+    const sticky = events.find((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED);
+    assert.equal(
+      sticky?.workflowTaskScheduledEventAttributes?.taskQueue?.kind,
+      temporal.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_STICKY,
+      `the decision first went to the dead worker’s sticky queue: ${trace}`,
+    );
+    const timedOut = events.find(
+      (e) => String(e.workflowTaskTimedOutEventAttributes?.scheduledEventId) === String(sticky!.eventId),
+    );
+    assert.equal(
+      timeoutTypeName(timedOut?.workflowTaskTimedOutEventAttributes?.timeoutType),
+      'SCHEDULE_TO_START',
+      `it timed out there unstarted: ${trace}`,
+    );
+    const rest = events.slice(events.indexOf(timedOut!));
+    const moved = rest.find((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED);
+    assert.equal(
+      moved?.workflowTaskScheduledEventAttributes?.taskQueue?.name,
+      taskQueue,
+      'then it was scheduled on the task queue every worker polls',
+    );
+    const taken = rest.find((e) => e.workflowTaskStartedEventAttributes);
+    assert.ok(
+      taken?.workflowTaskStartedEventAttributes?.identity?.startsWith(`${survivor.pid}@`),
+      'the survivor took it',
+    );
+    const waitedMs = eventMs(timedOut!) - eventMs(sticky!);
+    console.log(
+      `      the decision waited ${(waitedMs / 1000).toFixed(1)} s on the dead worker's sticky queue (DT_STICKY_TIMEOUT ${STICKY_MS / 1000} s)`,
+    );
+    assert.ok(waitedMs >= STICKY_MS - 50, `not before DT_STICKY_TIMEOUT (${waitedMs} ms)`);
+    assert.ok(
+      waitedMs < SDK_DEFAULT_STICKY_MS - 3000,
+      `DT_STICKY_TIMEOUT, not the SDK's 10 s default, bounds the wait (${waitedMs} ms)`,
+    );
+
+    await runningAt(handle, deviceId, 1, 2, Number(running.details?.pid));
+    await handle.signal(budgetSignal, { finishNow: true });
+    const r = await waitForResult(redis, prefix, `sticky-${id}`, deviceId, 90_000);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.equal(r.traversalAttempt, 2);
+    assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');
+  });
+
+  it('a traversal whose worker is killed on each of its DT_MAX_ATTEMPTS attempts fails as WorkerLost (error.kind infrastructure), and its device is still cleaned', async function () {
+    const taskQueue = `fws-max-${id}`;
+    const deviceId = 'fws-max';
+    const taskId = `max-${id}`;
+    const agent = await startAgent(deviceId);
+    const starter = await spawnStarter({
+      temporalAddress: process.env.TEST_TEMPORAL_ADDRESS!,
+      redisUrl: process.env.TEST_REDIS_URL!,
+      taskQueue,
+      redisKeyPrefix: prefix,
+      logDir,
+      starterId: `max-${id}`,
+      // The default heartbeat timeout: each restarted worker fails the dead one's attempt long before it.
+      env: { DT_MAX_ATTEMPTS: '2', DT_HEARTBEAT_TIMEOUT: '30s', DT_MEASURE_LAUNCH: 'false' },
+    });
+    procs.push(starter);
+    let worker = await startWorker(taskQueue, 'max');
+    await redis.lpush(
+      `${prefix}traversal:tasks`,
+      JSON.stringify({
+        taskId,
+        deviceId,
+        agentUrl: agent.url,
+        apkUrl: apk.url,
+        apkSha256: apk.sha256,
+        packageName: `com.example.max${id}`,
+        traversal: { durationSec: LONG_SEC, extraArgs: ['--tick-ms', '100'] },
+      }),
+    );
+    const handle = client.workflow.getHandle(traversalWorkflowId(taskId, deviceId));
+    const jars: number[] = [];
+    for (const attempt of [1, 2]) {
+      const running = await runningAt(handle, deviceId, 5, attempt, jars.at(-1));
+      jars.push(Number(running.details?.pid));
+      await worker.kill('SIGKILL');
+      // Same host: the new worker ends the orphaned jar and fails the dead worker's attempt as WorkerLost.
+      worker = await startWorker(taskQueue, 'max');
+    }
+
+    // A third attempt would be the retry policy ignoring DT_MAX_ATTEMPTS; stop at it rather than time out.
+    const outcome = await waitFor(
+      async (): Promise<{ result?: TraversalResult; third?: PendingActivity } | undefined> => {
+        const raw = await redis.get(resultKey(taskId, deviceId, prefix));
+        if (raw) return { result: JSON.parse(raw) as TraversalResult };
+        const a = await pendingActivity(handle, 'runTraversal');
+        return a && a.attempt > 2 ? { third: a } : undefined;
+      },
+      90_000,
+      'the result, or a third attempt',
+    );
+    assert.equal(outcome.third, undefined, `no third attempt: ${JSON.stringify(outcome.third)}`);
+    const r = outcome.result!;
+    assert.equal(r.status, 'failed');
+    assert.equal(r.error?.type, WORKER_LOST, JSON.stringify(r.error));
+    assert.equal(r.error?.kind, 'infrastructure');
+    assert.equal(r.error?.step, 'runTraversal');
+    const started = activityStarted((await handle.fetchHistory()).events ?? [], 'runTraversal');
+    assert.equal(Number(started?.attempt), 2, 'the last attempt was the second');
+    for (const pid of jars) assert.ok(!pidAlive(pid), `jar ${pid} was ended`);
+    assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');
+    const calls = agent.calls.filter((c) => c.deviceId === deviceId);
+    assert.equal(calls.filter((c) => c.op === 'uninstall' && c.status === 200).length, 1, 'cleaned once');
+    assert.deepEqual(agent.installed(deviceId), [], 'nothing left installed');
+  });
+  it('a worker killed after it spawned the jar and before it recorded the pid: the next worker on the host finds the jar by its run marker and ends it at start-up', async function () {
+    const taskQueue = `fws-spawn-${id}`;
+    const deviceId = 'fws-spawn';
+    const agent = await startAgent(deviceId);
+    const dataDir = path.join(root, 'spawn');
+    const runDir = path.join(dataDir, 'runs', `spawn-${id}`, deviceId);
+    mkdirSync(path.join(runDir, 'report'), { recursive: true });
+    // What such a kill leaves: the record written before the spawn (no pid yet), and the jar itself,
+    // started as the runner starts it (own process group, the device and run markers).
+    const runId = randomUUID();
+    const dead = spawnSync('true').pid;
+    mkdirSync(path.join(dataDir, 'pids'), { recursive: true });
+    writeFileSync(
+      path.join(dataDir, 'pids', `${deviceId}.json`),
+      JSON.stringify({
+        runId,
+        workflowId: traversalWorkflowId(`spawn-${id}`, deviceId),
+        startedAt: new Date().toISOString(),
+        workerPid: dead,
+        workerStart: '1',
+      }),
+    );
+    const jarArgs = [
+      ...['-jar', path.join(PROJECT_ROOT, '.tools', 'traversal-sim.jar'), '--device', deviceId, '--agent', agent.url],
+      ...['--package', 'com.example.spawn', '--out', path.join(runDir, 'report'), '--duration', String(LONG_SEC)],
+      ...['--tick-ms', '100'],
+    ];
+    const jar = spawn('java', jarArgs, {
+      cwd: runDir,
+      detached: true,
+      stdio: 'ignore',
+      env: { ...process.env, DT_TRAVERSAL_DEVICE: deviceId, DT_TRAVERSAL_RUN: runId },
+    });
+    jar.unref();
+    await waitFor(() => traversalPids(deviceId).includes(jar.pid!), 10_000, 'the jar to run');
+
+    const worker = await startWorker(taskQueue, 'spawn');
+    assert.ok(!pidAlive(jar.pid!), 'the jar is gone when the new worker reports ready');
+    const ended = worker
+      .logs()
+      .find(
+        (e) => e.msg === 'ended the traversal process group of a dead worker at start-up' && e.deviceId === deviceId,
+      );
+    assert.ok(ended, 'the start-up sweep logs the jar it ended');
+    assert.equal(ended.childPid, jar.pid);
+    assert.equal(ended.taskId, `spawn-${id}`);
+    assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');
+  });
+});
