@@ -123,7 +123,7 @@ describe('resource limits', function () {
           r.pause();
         });
         req.on('error', () => undefined);
-        while (c.usersOf(big.sha256) === 0) await new Promise((r) => setTimeout(r, 5));
+        await waitFor(() => c.usersOf(big.sha256) > 0, 30_000, 'the artifact server serving the big APK');
         await c.resolve(url('lru-a'));
         await tick();
         // 10 MiB > 9 MiB: the least recently used blob is the big one, but it is in use, so a goes.
@@ -132,7 +132,7 @@ describe('resource limits', function () {
         // The agent finishes; now the big APK is the least recently used one and free to go.
         res.resume();
         await new Promise((r) => res.on('end', r));
-        while (c.usersOf(big.sha256) > 0) await new Promise((r) => setTimeout(r, 5));
+        await waitFor(() => c.usersOf(big.sha256) === 0, 30_000, 'the transfer of the big APK to end');
         await tick();
         await c.resolve(url('lru-c'));
         assert.deepEqual(await blobs(dir), sha('lru-b', 'lru-c'));
@@ -225,6 +225,7 @@ describe('resource limits', function () {
         maxConcurrentDownloads: 2,
         dispatcher,
       });
+      peak = 0;
       const all = Array.from({ length: 6 }, (_, i) => c.resolve(`${base}/slot-${i}.apk`));
       const results = await Promise.all(all);
       assert.equal(results.length, 6);
