@@ -4,6 +4,12 @@
  * and again at the activity boundary; no process is ever started through a shell. The boundary is
  * tested as production assembles it: the activities createActivities builds for the worker, and a
  * real worker (createTraversalWorker) running workflows started around the starter.
+ *
+ * Stand-ins, and why: single activities are called through MockActivityEnvironment where a test
+ * checks many inputs against one activity (hundreds of hostile ids; a workflow each would add
+ * minutes and prove nothing more; the real worker covers one id of each field). The argv test runs
+ * `node -e` instead of java as the traversal command: it must record the argv it received, which
+ * the simulator jar does not.
  */
 import assert from 'node:assert/strict';
 import { existsSync, promises as fsp, readFileSync } from 'node:fs';

@@ -2,6 +2,10 @@
  * Resource limits against real servers and files: the APK cache's size cap with least-recently-used
  * eviction that spares blobs in use (served, leased), the cap on concurrent origin downloads, and
  * the report size cap on both sinks.
+ *
+ * Stand-in, and why: the report sink activity runs in MockActivityEnvironment; the cap is a
+ * property of its stream to the sink, which needs no workflow, and the sinks are real (a folder, an
+ * HTTP server).
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
