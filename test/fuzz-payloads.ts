@@ -205,7 +205,10 @@ export function garbage(prefix: string): fc.Arbitrary<Garbage> {
       arbitrary: fc
         .json({ maxDepth: 3 })
         .filter((raw) => !namesApkUrl(raw))
-        .map((raw) => ({ raw, problem: /^(task: must be a JSON object, got |task: unknown field|[A-Za-z.[\]0-9]+: )/ })),
+        .map((raw) => ({
+          raw,
+          problem: /^(task: must be a JSON object, got |task: unknown field|[A-Za-z.[\]0-9]+: )/,
+        })),
     },
     {
       weight: 1,

@@ -119,7 +119,15 @@ describe('task validation under fuzzing', function () {
         const [r] = o.requests;
         assert.deepEqual(
           [r!.taskId, r!.deviceId, r!.apkUrl, r!.packageName, r!.apkSha256, r!.mainActivity, r!.traversal.durationSec],
-          [task.taskId, task.deviceId, task.apkUrl, task.packageName, task.apkSha256, task.mainActivity, (task.traversal as { durationSec: number }).durationSec],
+          [
+            task.taskId,
+            task.deviceId,
+            task.apkUrl,
+            task.packageName,
+            task.apkSha256,
+            task.mainActivity,
+            (task.traversal as { durationSec: number }).durationSec,
+          ],
         );
       }),
       { numRuns: 1000, seed: SEED },
@@ -161,30 +169,36 @@ describe('task validation under fuzzing', function () {
         return Buffer.concat([s.subarray(0, at), ins, s.subarray(at)]);
       });
     fc.assert(
-      fc.property(fc.oneof(spliced, fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b))), (bytes) => {
-        counts.parse++;
-        const bad = firstInvalidUtf8(bytes);
-        assert.equal(bad === -1, isUtf8(bytes), 'the offset finder agrees with Node on validity');
-        const problemsOf = (raw: string | Uint8Array) => {
-          try {
-            parseTask(raw, agents, { policy });
-            return undefined;
-          } catch (err) {
-            assert.ok(err instanceof InvalidTaskError, `parseTask threw something else: ${String(err)}`);
-            return err.problems;
+      fc.property(
+        fc.oneof(
+          spliced,
+          fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b)),
+        ),
+        (bytes) => {
+          counts.parse++;
+          const bad = firstInvalidUtf8(bytes);
+          assert.equal(bad === -1, isUtf8(bytes), 'the offset finder agrees with Node on validity');
+          const problemsOf = (raw: string | Uint8Array) => {
+            try {
+              parseTask(raw, agents, { policy });
+              return undefined;
+            } catch (err) {
+              assert.ok(err instanceof InvalidTaskError, `parseTask threw something else: ${String(err)}`);
+              return err.problems;
+            }
+          };
+          const problems = problemsOf(bytes);
+          counts[problems ? 'dead' : 'started']++;
+          if (bad === -1) {
+            assert.deepEqual(problems, problemsOf(bytes.toString('utf8')), 'valid UTF-8 parses as its text does');
+            return;
           }
-        };
-        const problems = problemsOf(bytes);
-        counts[problems ? 'dead' : 'started']++;
-        if (bad === -1) {
-          assert.deepEqual(problems, problemsOf(bytes.toString('utf8')), 'valid UTF-8 parses as its text does');
-          return;
-        }
-        assert.ok(isUtf8(bytes.subarray(0, bad)) && !isUtf8(bytes.subarray(0, bad + 4)), `first bad byte at ${bad}`);
-        assert.deepEqual(problems, [
-          `task: is not valid UTF-8 (first bad byte at offset ${bad}); JSON text must be UTF-8 (RFC 8259)`,
-        ]);
-      }),
+          assert.ok(isUtf8(bytes.subarray(0, bad)) && !isUtf8(bytes.subarray(0, bad + 4)), `first bad byte at ${bad}`);
+          assert.deepEqual(problems, [
+            `task: is not valid UTF-8 (first bad byte at offset ${bad}); JSON text must be UTF-8 (RFC 8259)`,
+          ]);
+        },
+      ),
       { numRuns: 2000, seed: SEED },
     );
   });
@@ -432,7 +446,11 @@ describe('the hostile payloads docs/SECURITY.md names, through a real starter, R
     );
     assert.deepEqual(received, [task.taskId]);
     assert.equal(
-      (await deadLetters(redis, bridge.keys.dead)).some((e) => deadLetterPayload(e).toString().includes(task.deviceId as string)),
+      (await deadLetters(redis, bridge.keys.dead)).some((e) =>
+        deadLetterPayload(e)
+          .toString()
+          .includes(task.deviceId as string),
+      ),
       false,
       'and it is not dead-lettered',
     );

@@ -339,9 +339,17 @@ describe('identifiers through a real worker, in workflows started around the sta
     };
     // The ids are hostile, so the workflow id is not built from them.
     const workflowId = `ids-around-${Math.random().toString(36).slice(2, 10)}`;
-    started.push(workflowId, publishWorkflowId(req.taskId, req.deviceId), traversalWorkflowId(req.taskId, req.deviceId));
+    started.push(
+      workflowId,
+      publishWorkflowId(req.taskId, req.deviceId),
+      traversalWorkflowId(req.taskId, req.deviceId),
+    );
     try {
-      return await stack.client.workflow.execute(traversalWorkflow, { workflowId, taskQueue: stack.taskQueue, args: [req] });
+      return await stack.client.workflow.execute(traversalWorkflow, {
+        workflowId,
+        taskQueue: stack.taskQueue,
+        args: [req],
+      });
     } catch (err) {
       // A failed run ends the workflow with its result as the failure's details.
       if (err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure && err.cause.details?.[0])

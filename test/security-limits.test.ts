@@ -257,7 +257,10 @@ describe('resource limits', function () {
       // Two callers queue behind it, the one that gives up first.
       const giveUp = new AbortController();
       const abandonedQueued = waitingForSlot();
-      const abandoned = c.resolve(`${base}/never.apk`, undefined, { signal: giveUp.signal, onState: abandonedQueued.onState });
+      const abandoned = c.resolve(`${base}/never.apk`, undefined, {
+        signal: giveUp.signal,
+        onState: abandonedQueued.onState,
+      });
       await abandonedQueued.promise;
       const laterQueued = waitingForSlot();
       const later = c.resolve(`${base}/after-abandoned.apk`, undefined, { onState: laterQueued.onState });

@@ -63,7 +63,12 @@ class KeyCheckingProxy {
     if (!forwarded) {
       // A trailers-only gRPC response: status 16 is UNAUTHENTICATED.
       stream.respond(
-        { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '16', 'grpc-message': 'missing or wrong API key' },
+        {
+          ':status': 200,
+          'content-type': 'application/grpc',
+          'grpc-status': '16',
+          'grpc-message': 'missing or wrong API key',
+        },
         { endStream: true },
       );
       return;
@@ -176,12 +181,19 @@ describe('the Temporal API key, checked by a proxy in front of the server', func
 
     const methods = new Set(proxy.calls.map((c) => c.path.split('/').pop()));
     // The starter's signal and the worker's polls went through the proxy, not around it.
-    for (const m of ['SignalWithStartWorkflowExecution', 'PollWorkflowTaskQueue', 'PollActivityTaskQueue', 'RespondActivityTaskCompleted'])
+    for (const m of [
+      'SignalWithStartWorkflowExecution',
+      'PollWorkflowTaskQueue',
+      'PollActivityTaskQueue',
+      'RespondActivityTaskCompleted',
+    ])
       assert.ok(methods.has(m), `${m} through the proxy (saw ${[...methods].join(', ')})`);
     const refused = proxy.calls.filter((c) => !c.forwarded);
     assert.deepEqual(refused, [], 'every call carried the key');
     const agents = new Set(proxy.calls.map((c) => (c.userAgent ?? '').split('/')[0]));
-    console.log(`      ${proxy.calls.length} calls through the proxy, all with the key; clients: ${[...agents].join(', ')}`);
+    console.log(
+      `      ${proxy.calls.length} calls through the proxy, all with the key; clients: ${[...agents].join(', ')}`,
+    );
     await starter.stop();
     await worker.stop();
   });
@@ -192,11 +204,23 @@ describe('the Temporal API key, checked by a proxy in front of the server', func
     await assert.rejects(worker, /worker exited before logging worker started[\s\S]*missing or wrong API key/);
     const starter = spawnStarter(service('starter-wrongkey', { TEMPORAL_API_KEY: `${key}-wrong` }));
     // grpc-js reports the refused first call only as a failed connection; the proxy's record shows why.
-    await assert.rejects(starter, /starter exited before logging starter consuming[\s\S]*Failed to connect to Temporal server/);
+    await assert.rejects(
+      starter,
+      /starter exited before logging starter consuming[\s\S]*Failed to connect to Temporal server/,
+    );
     const calls = proxy.calls.slice(before);
     assert.ok(calls.length > 0, 'both tried through the proxy');
-    assert.ok(calls.every((c) => !c.forwarded), 'nothing was forwarded');
-    assert.ok(calls.some((c) => c.authorization === undefined), 'the worker sent no key');
-    assert.ok(calls.some((c) => c.authorization === `Bearer ${key}-wrong`), 'the starter sent the wrong key');
+    assert.ok(
+      calls.every((c) => !c.forwarded),
+      'nothing was forwarded',
+    );
+    assert.ok(
+      calls.some((c) => c.authorization === undefined),
+      'the worker sent no key',
+    );
+    assert.ok(
+      calls.some((c) => c.authorization === `Bearer ${key}-wrong`),
+      'the starter sent the wrong key',
+    );
   });
 });

@@ -91,10 +91,14 @@ describe("the traversal tool's environment", function () {
       traversal: { durationSec: 600 },
       policy: { heartbeatTimeoutMs: 10_000, initialRetryMs: 200, measureLaunch: false },
     });
-    const [pid] = await waitFor(() => {
-      const pids = traversalPids(deviceId);
-      return pids.length > 0 ? pids : undefined;
-    }, 120_000, 'the traversal process');
+    const [pid] = await waitFor(
+      () => {
+        const pids = traversalPids(deviceId);
+        return pids.length > 0 ? pids : undefined;
+      },
+      120_000,
+      'the traversal process',
+    );
     const environ = readFileSync(`/proc/${pid}/environ`, 'utf8');
     const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
     await client.workflow.getHandle(traversalWorkflowId(taskId, deviceId)).signal(budgetSignal, { finishNow: true });
@@ -117,11 +121,23 @@ describe("the traversal tool's environment", function () {
     assert.ok(env.has('PATH'));
     // The worker itself had them: they were stripped on the way to the tool.
     const workerEnv = readFileSync(`/proc/${worker!.pid}/environ`, 'utf8');
-    for (const name of ['TEMPORAL_ADDRESS', 'TEMPORAL_API_KEY', 'REDIS_URL', 'REDIS_TLS_CA_SECRET', 'DT_ARTIFACT_TOKEN', 'DT_REPORT_SINK_TOKEN'])
-      assert.ok(workerEnv.split('\0').some((kv) => kv.startsWith(`${name}=`)), `the worker has ${name}`);
+    for (const name of [
+      'TEMPORAL_ADDRESS',
+      'TEMPORAL_API_KEY',
+      'REDIS_URL',
+      'REDIS_TLS_CA_SECRET',
+      'DT_ARTIFACT_TOKEN',
+      'DT_REPORT_SINK_TOKEN',
+    ])
+      assert.ok(
+        workerEnv.split('\0').some((kv) => kv.startsWith(`${name}=`)),
+        `the worker has ${name}`,
+      );
 
     const result = await waitForResult(redis, prefix, taskId, deviceId);
     assert.equal(result.status, 'completed', JSON.stringify(result.error));
-    console.log(`      the tool (pid ${pid}) had ${env.size} variables; the worker ${workerEnv.split('\0').filter(Boolean).length}`);
+    console.log(
+      `      the tool (pid ${pid}) had ${env.size} variables; the worker ${workerEnv.split('\0').filter(Boolean).length}`,
+    );
   });
 });
