@@ -161,37 +161,109 @@ export function mutatedTask(prefix: string): fc.Arbitrary<Record<string, unknown
   });
 }
 
+/** A payload whose outcome is known by construction, and the problem it must be dead-lettered with. */
+export interface Garbage {
+  raw: string;
+  /** The only problem of the dead letter (`task: …`, or the first problem for random JSON). */
+  problem: RegExp;
+}
+
+/** Never part of a valid task: not JSON whitespace, and not allowed unescaped inside a JSON string. */
+const JSON_BREAKING = fc.constantFrom(
+  ...Array.from({ length: 32 }, (_, i) => String.fromCharCode(i)).filter((c) => !'\t\n\r'.includes(c)),
+);
+
+/** True when `raw` is JSON of an object that names an apkUrl (anything else can never be a valid task). */
+function namesApkUrl(raw: string): boolean {
+  try {
+    const v = JSON.parse(raw) as unknown;
+    return typeof v === 'object' && v !== null && !Array.isArray(v) && 'apkUrl' in v;
+  } catch {
+    return false;
+  }
+}
+
+const NOT_JSON = /^task: not JSON: /;
+const NOT_AN_OBJECT = /^task: must be a JSON object, got /;
+const TOO_BIG = /^task: must be at most 65536 bytes, got \d+$/;
+
 /**
- * Raw text: random JSON text, a valid task's JSON cut short or with bytes inserted or replaced,
- * wrapped in deep nesting, oversized, or plain garbage.
+ * Raw text that is never a valid task, each with the problem it must be dead-lettered with: random
+ * JSON text, a valid task cut short, with a character inserted or replaced that JSON never allows
+ * there, wrapped in up to 40,000 arrays, up to 100,000 open brackets, oversized, behind a BOM,
+ * followed by a NUL, or inside an array.
  */
-export function rawPayload(prefix: string): fc.Arbitrary<string> {
+export function garbage(prefix: string): fc.Arbitrary<Garbage> {
   const valid = validTask(prefix).map((t) => JSON.stringify(t));
+  const bySize = (raw: string, small: RegExp): Garbage => ({
+    raw,
+    problem: Buffer.byteLength(raw) > 65536 ? TOO_BIG : small,
+  });
   return fc.oneof(
-    { weight: 2, arbitrary: fc.json({ maxDepth: 3 }) },
-    { weight: 1, arbitrary: fc.string({ unit: 'binary', maxLength: 200 }) },
-    { weight: 3, arbitrary: fc.tuple(valid, fc.nat()).map(([s, n]) => s.slice(0, n % s.length)) },
+    {
+      weight: 2,
+      arbitrary: fc
+        .json({ maxDepth: 3 })
+        .filter((raw) => !namesApkUrl(raw))
+        .map((raw) => ({
+          raw,
+          problem: /^(task: must be a JSON object, got |task: unknown field|[A-Za-z.[\]0-9]+: )/,
+        })),
+    },
+    {
+      weight: 1,
+      arbitrary: fc
+        .string({ unit: 'binary', maxLength: 200 })
+        .filter((raw) => !namesApkUrl(raw))
+        .map((raw) => ({ raw, problem: /^(task: |[A-Za-z.[\]0-9]+: )/ })),
+    },
+    {
+      weight: 3,
+      arbitrary: fc.tuple(valid, fc.nat()).map(([s, n]) => ({ raw: s.slice(0, n % s.length), problem: NOT_JSON })),
+    },
     {
       weight: 3,
       arbitrary: fc
-        .tuple(valid, fc.nat(), fc.string({ unit: 'binary', minLength: 1, maxLength: 3 }), fc.boolean())
-        .map(([s, n, ins, replace]) => {
+        .tuple(valid, fc.nat(), JSON_BREAKING, fc.string({ unit: 'binary', maxLength: 2 }), fc.boolean())
+        .map(([s, n, bad, more, replace]) => {
           const at = n % s.length;
-          return s.slice(0, at) + ins + s.slice(at + (replace ? ins.length : 0));
+          const ins = bad + more;
+          return { raw: s.slice(0, at) + ins + s.slice(at + (replace ? ins.length : 0)), problem: NOT_JSON };
         }),
     },
     {
       weight: 1,
       arbitrary: fc
         .tuple(valid, fc.integer({ min: 1, max: 40_000 }))
-        .map(([s, d]) => '['.repeat(d) + s + ']'.repeat(d)),
+        .map(([s, d]) => bySize('['.repeat(d) + s + ']'.repeat(d), NOT_AN_OBJECT)),
     },
-    { weight: 1, arbitrary: fc.integer({ min: 1, max: 100_000 }).map((d) => '['.repeat(d)) },
-    { weight: 1, arbitrary: valid.map((s) => s.replace('}', `,"pad":"${'x'.repeat(70_000)}"}`)) },
-    { weight: 1, arbitrary: valid.map((s) => `\ufeff${s}`) },
-    { weight: 1, arbitrary: valid.map((s) => `${s}\0`) },
-    { weight: 1, arbitrary: valid.map((s) => `[${s}]`) },
+    { weight: 1, arbitrary: fc.integer({ min: 1, max: 100_000 }).map((d) => bySize('['.repeat(d), NOT_JSON)) },
+    {
+      weight: 1,
+      arbitrary: valid.map((s) => ({ raw: s.replace('}', `,"pad":"${'x'.repeat(70_000)}"}`), problem: TOO_BIG })),
+    },
+    { weight: 1, arbitrary: valid.map((s) => ({ raw: `\ufeff${s}`, problem: NOT_JSON })) },
+    { weight: 1, arbitrary: valid.map((s) => ({ raw: `${s}\0`, problem: NOT_JSON })) },
+    { weight: 1, arbitrary: valid.map((s) => ({ raw: `[${s}]`, problem: NOT_AN_OBJECT })) },
   );
+}
+
+/**
+ * A valid task's JSON with one to three characters inserted or replaced, any characters: it may
+ * still be valid (a letter inside an id, a space between tokens) or not.
+ */
+export function rawMutation(prefix: string): fc.Arbitrary<string> {
+  return fc
+    .tuple(
+      validTask(prefix).map((t) => JSON.stringify(t)),
+      fc.nat(),
+      fc.string({ unit: 'binary', minLength: 1, maxLength: 3 }),
+      fc.boolean(),
+    )
+    .map(([s, n, ins, replace]) => {
+      const at = n % s.length;
+      return s.slice(0, at) + ins + s.slice(at + (replace ? ins.length : 0));
+    });
 }
 
 /** Every kind of payload, mixed; about a third are valid. */
@@ -199,6 +271,7 @@ export function anyPayload(prefix: string): fc.Arbitrary<string> {
   return fc.oneof(
     { weight: 3, arbitrary: validTask(prefix).map((t) => JSON.stringify(t)) },
     { weight: 4, arbitrary: mutatedTask(prefix).map((t) => JSON.stringify(t)) },
-    { weight: 3, arbitrary: rawPayload(prefix) },
+    { weight: 2, arbitrary: garbage(prefix).map((g) => g.raw) },
+    { weight: 1, arbitrary: rawMutation(prefix) },
   );
 }

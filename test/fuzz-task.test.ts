@@ -2,16 +2,20 @@
  * Property-based tests of task validation: thousands of random and mutated payloads through
  * parseTask, then a smaller sample end to end through a real TaskBridge, Redis and Temporal. Every
  * payload must land either as a started workflow or in the dead-letter list: never both, never
- * neither, and the starter never crashes.
+ * neither, and the starter never crashes. "Started" is read back from Temporal (the request in the
+ * device workflow's history), "dead" from the dead-letter list (the reason and the payload). The
+ * inputs docs/SECURITY.md names (a BOM, a trailing NUL, 100,000 brackets, 40,000-deep nesting, …)
+ * are also sent as fixed cases, each followed by a valid task that must still be started.
  */
 import assert from 'node:assert/strict';
 import { isUtf8 } from 'node:buffer';
 import { randomUUID } from 'node:crypto';
-import { Client, Connection } from '@temporalio/client';
+import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
+import { defaultPayloadConverter } from '@temporalio/common';
 import fc from 'fast-check';
 import Redis from 'ioredis';
 import { InvalidTaskError } from '../src/errors';
-import { deviceWorkflowId, type TraversalRequest } from '../src/messages';
+import { deviceWorkflowId, enqueueSignal, type TraversalRequest } from '../src/messages';
 import { deadLetterPayload, TaskBridge, type DeadLetter } from '../src/starter-core';
 import {
   DEVICE_ID_PATTERN,
@@ -22,7 +26,8 @@ import {
   type AgentDirectory,
 } from '../src/task';
 import { UrlPolicy } from '../src/url-policy';
-import { anyPayload, mutatedTask, rawPayload, validTask } from './fuzz-payloads';
+import { anyPayload, garbage, mutatedTask, rawMutation, validTask } from './fuzz-payloads';
+import { waitFor } from './support/wait';
 
 /** Every problem starts with the field it is about. */
 const NAMES_A_FIELD =
@@ -60,6 +65,28 @@ function outcome(
   return { kind: 'started', requests };
 }
 
+/** The taskIds of every request signalled to a device workflow, in history order; [] when it never started. */
+async function enqueuedTaskIds(client: Client, deviceId: string): Promise<string[]> {
+  let history;
+  try {
+    history = await client.workflow.getHandle(deviceWorkflowId(deviceId)).fetchHistory();
+  } catch (err) {
+    // fetchHistory passes the server's gRPC NOT_FOUND (code 5) through as it is.
+    if (err instanceof WorkflowNotFoundError || (err as { code?: unknown }).code === 5) return [];
+    throw err;
+  }
+  return (history.events ?? []).flatMap((e) => {
+    const a = e.workflowExecutionSignaledEventAttributes;
+    if (a?.signalName !== enqueueSignal.name) return [];
+    return [defaultPayloadConverter.fromPayload<TraversalRequest>(a.input!.payloads![0]!).taskId];
+  });
+}
+
+/** The dead letters of a list, newest first. */
+async function deadLetters(redis: Redis, key: string): Promise<DeadLetter[]> {
+  return (await redis.lrange(key, 0, -1)).map((e) => JSON.parse(e) as DeadLetter);
+}
+
 describe('task validation under fuzzing', function () {
   const counts = { parse: 0, started: 0, dead: 0, e2e: 0 };
 
@@ -81,10 +108,29 @@ describe('task validation under fuzzing', function () {
     );
   }
 
-  it('accepts every valid task as started requests', () => {
-    property(
-      validTask('fz').map((t) => JSON.stringify(t)),
-      1000,
+  it('accepts every valid task as one started request carrying its fields', () => {
+    fc.assert(
+      fc.property(validTask('fz'), (task) => {
+        counts.parse++;
+        const o = outcome(JSON.stringify(task));
+        counts[o.kind]++;
+        assert.equal(o.kind, 'started', `a valid task was refused: ${o.kind === 'dead' ? o.problems.join(' | ') : ''}`);
+        assert.equal(o.requests.length, 1);
+        const [r] = o.requests;
+        assert.deepEqual(
+          [r!.taskId, r!.deviceId, r!.apkUrl, r!.packageName, r!.apkSha256, r!.mainActivity, r!.traversal.durationSec],
+          [
+            task.taskId,
+            task.deviceId,
+            task.apkUrl,
+            task.packageName,
+            task.apkSha256,
+            task.mainActivity,
+            (task.traversal as { durationSec: number }).durationSec,
+          ],
+        );
+      }),
+      { numRuns: 1000, seed: SEED },
     );
   });
 
@@ -95,8 +141,23 @@ describe('task validation under fuzzing', function () {
     );
   });
 
-  it('dead-letters raw garbage (truncated JSON, inserted bytes, 100,000 open brackets, oversized) without throwing anything else', () => {
-    property(rawPayload('fz'), 3000);
+  it('dead-letters raw garbage (truncated JSON, JSON-breaking bytes, 100,000 open brackets, 40,000-deep nesting, oversized, BOM, NUL) with the problem of its kind', () => {
+    fc.assert(
+      fc.property(garbage('fz'), (g) => {
+        counts.parse++;
+        const o = outcome(g.raw);
+        counts[o.kind]++;
+        assert.equal(o.kind, 'dead', `garbage was accepted: ${g.raw.slice(0, 200)}`);
+        assert.match(o.problems[0]!, g.problem, g.raw.slice(0, 200));
+        if (o.problems[0]!.startsWith('task: not JSON') || o.problems[0]!.startsWith('task: must be'))
+          assert.equal(o.problems.length, 1, 'a payload refused as a whole has one problem');
+      }),
+      { numRuns: 3000, seed: SEED },
+    );
+  });
+
+  it('sends valid tasks with any characters inserted or replaced to started or dead, naming the field', () => {
+    property(rawMutation('fz'), 2000);
   });
 
   it('refuses an item with any invalid UTF-8 byte sequence, naming the offset of the first bad byte', () => {
@@ -108,36 +169,42 @@ describe('task validation under fuzzing', function () {
         return Buffer.concat([s.subarray(0, at), ins, s.subarray(at)]);
       });
     fc.assert(
-      fc.property(fc.oneof(spliced, fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b))), (bytes) => {
-        counts.parse++;
-        const bad = firstInvalidUtf8(bytes);
-        assert.equal(bad === -1, isUtf8(bytes), 'the offset finder agrees with Node on validity');
-        const problemsOf = (raw: string | Uint8Array) => {
-          try {
-            parseTask(raw, agents, { policy });
-            return undefined;
-          } catch (err) {
-            assert.ok(err instanceof InvalidTaskError, `parseTask threw something else: ${String(err)}`);
-            return err.problems;
+      fc.property(
+        fc.oneof(
+          spliced,
+          fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b)),
+        ),
+        (bytes) => {
+          counts.parse++;
+          const bad = firstInvalidUtf8(bytes);
+          assert.equal(bad === -1, isUtf8(bytes), 'the offset finder agrees with Node on validity');
+          const problemsOf = (raw: string | Uint8Array) => {
+            try {
+              parseTask(raw, agents, { policy });
+              return undefined;
+            } catch (err) {
+              assert.ok(err instanceof InvalidTaskError, `parseTask threw something else: ${String(err)}`);
+              return err.problems;
+            }
+          };
+          const problems = problemsOf(bytes);
+          counts[problems ? 'dead' : 'started']++;
+          if (bad === -1) {
+            assert.deepEqual(problems, problemsOf(bytes.toString('utf8')), 'valid UTF-8 parses as its text does');
+            return;
           }
-        };
-        const problems = problemsOf(bytes);
-        counts[problems ? 'dead' : 'started']++;
-        if (bad === -1) {
-          assert.deepEqual(problems, problemsOf(bytes.toString('utf8')), 'valid UTF-8 parses as its text does');
-          return;
-        }
-        assert.ok(isUtf8(bytes.subarray(0, bad)) && !isUtf8(bytes.subarray(0, bad + 4)), `first bad byte at ${bad}`);
-        assert.deepEqual(problems, [
-          `task: is not valid UTF-8 (first bad byte at offset ${bad}); JSON text must be UTF-8 (RFC 8259)`,
-        ]);
-      }),
+          assert.ok(isUtf8(bytes.subarray(0, bad)) && !isUtf8(bytes.subarray(0, bad + 4)), `first bad byte at ${bad}`);
+          assert.deepEqual(problems, [
+            `task: is not valid UTF-8 (first bad byte at offset ${bad}); JSON text must be UTF-8 (RFC 8259)`,
+          ]);
+        },
+      ),
       { numRuns: 2000, seed: SEED },
     );
   });
 
   it('lands every payload through a real starter, Redis and Temporal as started or dead, never both, never neither', async function () {
-    this.timeout(120_000);
+    this.timeout(180_000);
     const run = randomUUID().slice(0, 6);
     const prefix = `fz${run}`;
     const N = Number(process.env.FUZZ_E2E_RUNS ?? 200);
@@ -148,8 +215,6 @@ describe('task validation under fuzzing', function () {
     const blocking = new Redis(process.env.TEST_REDIS_URL!);
     const connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
     const client = new Client({ connection });
-    const started = new Map<string, number>();
-    const dead = new Map<string, number>();
     const devices = new Set<string>();
     const bridge = new TaskBridge({
       redis,
@@ -162,57 +227,73 @@ describe('task validation under fuzzing', function () {
       urlPolicy: policy,
       keyPrefix: `${prefix}:`,
       blockTimeoutSec: 1,
-      onStarted: (req, bytes) => {
-        const raw = bytes.toString('utf8');
-        started.set(raw, (started.get(raw) ?? 0) + 1);
-        devices.add(req.deviceId);
-      },
-      onDead: (_reason, bytes) => {
-        const raw = bytes.toString('utf8');
-        dead.set(raw, (dead.get(raw) ?? 0) + 1);
-      },
     });
     try {
-      // Pushed oldest first, as producers would.
-      for (const p of payloads) await redis.lpush(bridge.keys.tasks, p);
+      // Pushed oldest first, as producers would. Redis holds bytes: what the starter sees is the
+      // UTF-8 of each payload, so that is what the expectations are computed from.
+      const pushed = new Map<string, { bytes: Buffer; copies: number }>();
+      for (const p of payloads) {
+        const bytes = Buffer.from(p, 'utf8');
+        const key = bytes.toString('base64');
+        pushed.set(key, { bytes, copies: (pushed.get(key)?.copies ?? 0) + 1 });
+        await redis.lpush(bridge.keys.tasks, bytes);
+      }
       bridge.start();
-      const deadline = Date.now() + 90_000;
-      while (bridge.stats.items < payloads.length || (await redis.llen(bridge.keys.processing)) > 0) {
-        assert.ok(Date.now() < deadline, `only ${bridge.stats.items}/${payloads.length} handled`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      assert.equal(await redis.llen(bridge.keys.tasks), 0);
-
-      const pushed = new Map<string, number>();
-      for (const p of payloads) pushed.set(p, (pushed.get(p) ?? 0) + 1);
-      for (const [raw, n] of pushed) {
-        const s = started.get(raw) ?? 0;
-        const d = dead.get(raw) ?? 0;
-        assert.ok(s > 0 || d > 0, `neither started nor dead-lettered: ${raw.slice(0, 200)}`);
-        assert.ok(!(s > 0 && d > 0), `both started and dead-lettered: ${raw.slice(0, 200)}`);
-        const expected = outcome(raw);
-        if (expected.kind === 'dead') assert.equal(d, n, 'dead-lettered once per copy');
-        else assert.equal(s, expected.requests.length * n, 'one start per device per copy');
-      }
-
-      // The dead-letter list holds the reason and the original payload of each.
-      const entries = (await redis.lrange(bridge.keys.dead, 0, -1)).map((e) => JSON.parse(e) as DeadLetter);
-      assert.equal(
-        entries.length,
-        [...dead.values()].reduce((a, b) => a + b, 0),
+      await waitFor(
+        async () =>
+          bridge.stats.items >= payloads.length &&
+          (await redis.llen(bridge.keys.tasks)) === 0 &&
+          (await redis.llen(bridge.keys.processing)) === 0,
+        150_000,
+        `all ${payloads.length} payloads handled (handled so far: ${bridge.stats.items})`,
       );
-      for (const e of entries) {
-        assert.ok(dead.has(deadLetterPayload(e).toString('utf8')), 'the dead letter keeps the payload byte for byte');
-        assert.match(e.reason, /^invalid task: /);
-        assert.ok(e.problems.length >= 1);
+
+      // What should have happened, payload by payload: requests per device, dead letters per payload.
+      const expectedRequests = new Map<string, string[]>();
+      const expectedDead = new Map<string, { copies: number; reason: string }>();
+      for (const [key, { bytes, copies }] of pushed) {
+        const o = outcome(bytes);
+        if (o.kind === 'dead') {
+          expectedDead.set(key, { copies, reason: `invalid task: ${o.problems.join('; ')}` });
+          continue;
+        }
+        for (let i = 0; i < copies; i++)
+          for (const r of o.requests) {
+            devices.add(r.deviceId);
+            expectedRequests.set(r.deviceId, [...(expectedRequests.get(r.deviceId) ?? []), r.taskId]);
+          }
       }
-      // Each started request really is a running device workflow.
-      for (const d of devices) {
-        const desc = await client.workflow.getHandle(deviceWorkflowId(d)).describe();
+
+      // Dead: each refused payload is in the dead-letter list once per copy, byte for byte, with its reason.
+      const entries = await deadLetters(redis, bridge.keys.dead);
+      const seen = new Map<string, number>();
+      for (const e of entries) {
+        const key = deadLetterPayload(e).toString('base64');
+        const want = expectedDead.get(key);
+        assert.ok(want, `dead-lettered although valid: ${deadLetterPayload(e).toString('utf8').slice(0, 200)}`);
+        assert.equal(e.reason, want.reason);
+        assert.ok(e.problems.length >= 1);
+        seen.set(key, (seen.get(key) ?? 0) + 1);
+      }
+      for (const [key, want] of expectedDead) {
+        const raw = pushed.get(key)!.bytes.toString('utf8').slice(0, 200);
+        assert.equal(seen.get(key) ?? 0, want.copies, `dead letters of ${raw}`);
+      }
+
+      // Started: Temporal holds every request of every valid payload, in its device workflow's
+      // history, and nothing else (a multiset: one signal per device per copy).
+      let signals = 0;
+      for (const [deviceId, taskIds] of expectedRequests) {
+        const received = await enqueuedTaskIds(client, deviceId);
+        assert.deepEqual([...received].sort(), [...taskIds].sort(), `requests signalled to ${deviceId}`);
+        signals += received.length;
+        const desc = await client.workflow.getHandle(deviceWorkflowId(deviceId)).describe();
         assert.equal(desc.status.name, 'RUNNING');
       }
+      assert.equal(bridge.stats.started, signals, 'the starter counted what Temporal received');
+      assert.equal(bridge.stats.dead, entries.length);
       console.log(
-        `      end to end: ${payloads.length} payloads, ${[...started.values()].reduce((a, b) => a + b, 0)} requests started on ${devices.size} devices, ${entries.length} dead letters`,
+        `      end to end: ${payloads.length} payloads, ${signals} requests in the histories of ${devices.size} device workflows, ${entries.length} dead letters`,
       );
     } finally {
       await bridge.stop();
@@ -227,5 +308,151 @@ describe('task validation under fuzzing', function () {
       redis.disconnect();
       blocking.disconnect();
     }
+  });
+});
+
+describe('the hostile payloads docs/SECURITY.md names, through a real starter, Redis and Temporal', function () {
+  this.timeout(90_000);
+  const run = randomUUID().slice(0, 6);
+  const prefix = `fx${run}`;
+  let redis: Redis;
+  let blocking: Redis;
+  let connection: Connection;
+  let client: Client;
+  let bridge: TaskBridge;
+  let ended = false;
+  const devices: string[] = [];
+  let n = 0;
+
+  /** A valid task for a device of its own. */
+  function validFor(): Record<string, unknown> {
+    const deviceId = `${prefix}-d${++n}`;
+    devices.push(deviceId);
+    return {
+      taskId: `task-${n}`,
+      deviceId,
+      apkUrl: 'http://127.0.0.1:9/app.apk',
+      packageName: 'com.example.fixed',
+      traversal: { durationSec: 60 },
+    };
+  }
+
+  before(async () => {
+    redis = new Redis(process.env.TEST_REDIS_URL!);
+    blocking = new Redis(process.env.TEST_REDIS_URL!);
+    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
+    client = new Client({ connection });
+    bridge = new TaskBridge({
+      redis,
+      blocking,
+      client,
+      // No worker polls this queue: the device workflows are created and left waiting.
+      taskQueue: `fixed-${run}`,
+      starterId: `fixed-${run}`,
+      agents,
+      urlPolicy: policy,
+      keyPrefix: `${prefix}:`,
+      blockTimeoutSec: 1,
+    }).start();
+    void bridge.done().then(() => (ended = true));
+  });
+  after(async () => {
+    await bridge?.stop();
+    for (const d of devices)
+      await client.workflow
+        .getHandle(deviceWorkflowId(d))
+        .terminate('fixed cases done')
+        .catch(() => undefined);
+    const keys = await redis.keys(`${prefix}:*`);
+    if (keys.length) await redis.del(...keys);
+    await connection?.close();
+    redis?.disconnect();
+    blocking?.disconnect();
+  });
+
+  /**
+   * Pushes `raw`, then a valid task behind it. Returns the dead letter of `raw` once the valid task
+   * has reached its device workflow: the starter handled the payload and kept running.
+   */
+  async function deadLetterOf(raw: Buffer, name: string): Promise<DeadLetter> {
+    const canary = validFor();
+    await redis.lpush(bridge.keys.tasks, raw);
+    await redis.lpush(bridge.keys.tasks, JSON.stringify(canary));
+    const entry = await waitFor(
+      async () => (await deadLetters(redis, bridge.keys.dead)).find((e) => deadLetterPayload(e).equals(raw)),
+      60_000,
+      `the dead letter of ${name}`,
+    );
+    await waitFor(
+      async () => (await enqueuedTaskIds(client, canary.deviceId as string)).includes(canary.taskId as string),
+      60_000,
+      `the valid task after ${name} in its device workflow`,
+    );
+    assert.equal(ended, false, 'the starter is still consuming');
+    return entry;
+  }
+
+  const NOT_JSON = /^invalid task: task: not JSON: [^;]+$/;
+  const cases: [string, (task: string) => string, RegExp | string][] = [
+    ['a BOM before the JSON', (t) => `\ufeff${t}`, NOT_JSON],
+    ['a trailing NUL', (t) => `${t}\0`, NOT_JSON],
+    ['100,000 open brackets', () => '['.repeat(100_000), 'invalid task: task: must be at most 65536 bytes, got 100000'],
+    [
+      'a valid task nested 40,000 arrays deep',
+      (t) => '['.repeat(40_000) + t + ']'.repeat(40_000),
+      /^invalid task: task: must be at most 65536 bytes, got 8\d{4}$/,
+    ],
+    ['60,000 open brackets (under the size cap)', () => '['.repeat(60_000), NOT_JSON],
+    [
+      'a valid task nested 30,000 arrays deep (under the size cap)',
+      (t) => '['.repeat(30_000) + t + ']'.repeat(30_000),
+      'invalid task: task: must be a JSON object, got an array',
+    ],
+    ['truncated JSON', () => '{"taskId": "t-1", ', NOT_JSON],
+    ['a JSON array', (t) => `[${t}]`, 'invalid task: task: must be a JSON object, got an array'],
+    ['a JSON string', (t) => JSON.stringify(t), /^invalid task: task: must be a JSON object, got "\{\\"taskId\\"/],
+    [
+      'a payload over 64 KiB',
+      (t) => t.replace('}', `,"pad":"${'x'.repeat(70_000)}"}`),
+      /^invalid task: task: must be at most 65536 bytes, got 70\d{3}$/,
+    ],
+    ['a control character inserted into the taskId', (t) => t.replace('"task-', '"task-\u0001'), NOT_JSON],
+    ['a byte replaced by a control character', (t) => t.replace('{', '\u0002'), NOT_JSON],
+  ];
+  for (const [name, make, reason] of cases) {
+    it(`dead-letters ${name} with its reason, starts nothing for it and keeps consuming`, async () => {
+      const inner = validFor();
+      const raw = Buffer.from(make(JSON.stringify(inner)), 'utf8');
+      const entry = await deadLetterOf(raw, name);
+      if (typeof reason === 'string') assert.equal(entry.reason, reason);
+      else assert.match(entry.reason, reason);
+      assert.equal(entry.problems.length, 1, entry.problems.join(' | '));
+      assert.equal(entry.reason, `invalid task: ${entry.problems[0]}`);
+      assert.deepEqual(await enqueuedTaskIds(client, inner.deviceId as string), [], 'nothing was started for it');
+      assert.ok(entry.reason.length < 1000, `a reason of ${entry.reason.length} characters`);
+    });
+  }
+
+  it('starts a valid task: its request is in the device workflow history', async () => {
+    const task = validFor();
+    await redis.lpush(bridge.keys.tasks, JSON.stringify(task));
+    const received = await waitFor(
+      async () => {
+        const ids = await enqueuedTaskIds(client, task.deviceId as string);
+        return ids.length > 0 ? ids : undefined;
+      },
+      60_000,
+      'the request in the device workflow',
+    );
+    assert.deepEqual(received, [task.taskId]);
+    assert.equal(
+      (await deadLetters(redis, bridge.keys.dead)).some((e) =>
+        deadLetterPayload(e)
+          .toString()
+          .includes(task.deviceId as string),
+      ),
+      false,
+      'and it is not dead-lettered',
+    );
   });
 });

@@ -1,25 +1,39 @@
 /**
  * Identifiers reach file paths, URL path segments, Redis keys, workflow ids and argv. Hostile ids
  * (`../`, `/`, NUL, newlines, 10,000 characters, shell metacharacters) are refused by the starter
- * and again at the activity boundary; no process is ever started through a shell.
+ * and again at the activity boundary; no process is ever started through a shell. The boundary is
+ * tested as production assembles it: the activities createActivities builds for the worker, and a
+ * real worker (createTraversalWorker) running workflows started around the starter.
+ *
+ * Stand-ins, and why: single activities are called through MockActivityEnvironment where a test
+ * checks many inputs against one activity (hundreds of hostile ids; a workflow each would add
+ * minutes and prove nothing more; the real worker covers one id of each field). The argv test runs
+ * `node -e` instead of java as the traversal command: it must record the argv it received, which
+ * the simulator jar does not.
  */
 import assert from 'node:assert/strict';
 import { existsSync, promises as fsp, readFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { DefaultLogger } from '@temporalio/worker';
-import { guardIdentifiers } from '../src/activities/guard';
+import Redis from 'ioredis';
+import { createActivities } from '../src/activities';
 import { createReportSinkActivities } from '../src/activities/report-sink';
 import { createTraversalRunnerActivities } from '../src/activities/traversal-runner';
 import { ApkCache } from '../src/activities/apk-cache';
 import { ArtifactServer } from '../src/artifact-server';
-import { PROJECT_ROOT } from '../src/config';
+import { loadConfig, PROJECT_ROOT } from '../src/config';
 import { InvalidTaskError } from '../src/errors';
+import { traversalWorkflowId, publishWorkflowId, type TraversalRequest, type TraversalResult } from '../src/messages';
 import { Metrics } from '../src/metrics';
 import { parseTask, type AgentDirectory } from '../src/task';
+import { traversalWorkflow } from '../src/workflows';
 import { createDispatcher } from '../src/worker-setup';
+import { startStack, type Stack } from './support/stack';
 
 /** Identifiers that must never pass. */
 export const HOSTILE_IDS: [string, string][] = [
@@ -102,37 +116,65 @@ describe('identifiers', function () {
     }
   });
 
-  it('activities refuse hostile ids before touching the disk or starting a process (a workflow started around the starter)', async () => {
-    const runsDir = path.join(tmp, 'runs');
-    const acts = guardIdentifiers(
-      createTraversalRunnerActivities({
-        runsDir,
-        pidsDir: path.join(tmp, 'pids'),
-        command: ['/bin/true'],
-        resumeArgs: [],
-        jar: '',
-        progressPattern: /^$/,
+  it('the activities the worker is built with refuse hostile ids before touching the disk, an agent or a process', async () => {
+    const dataDir = path.join(tmp, 'assembled');
+    const config = loadConfig(
+      {},
+      {
+        dataDir,
+        apkCacheDir: path.join(dataDir, 'apk-cache'),
+        reportSink: `file://${path.join(dataDir, 'sink')}`,
+        traversalCommand: ['/bin/true', '{outDir}'],
         killGraceMs: 100,
-        controlPollMs: 1000,
-      }),
+      },
     );
-    for (const [id] of HOSTILE_IDS) {
-      for (const field of ['taskId', 'deviceId', 'packageName'] as const) {
-        const input = {
-          taskId: 't1',
-          deviceId: 'd1',
-          agentUrl: 'http://127.0.0.1:9',
-          packageName: 'com.example.app',
-          durationSec: 1,
-          [field]: id,
-        };
-        await assert.rejects(
-          quiet().run(acts.runTraversal, input),
-          (err: InvalidTaskError) => err.code === 'InvalidTask' && err.problems[0]!.startsWith(`${field}: `),
-        );
+    const dispatcher = createDispatcher();
+    // Never connected: an activity that got as far as Redis would fail another way.
+    const redis = new Redis({ lazyConnect: true, enableOfflineQueue: false });
+    // The same factory src/worker-setup.ts hands to the Temporal Worker.
+    const acts = createActivities({
+      config,
+      cache: new ApkCache({ dir: config.apkCacheDir, maxBytes: 1024, dispatcher }),
+      dispatcher,
+      redis,
+      metrics: new Metrics(),
+      artifactBaseUrl: () => 'http://127.0.0.1:9',
+    });
+    // Port 9 (discard) refuses connections: without the check these calls fail as AgentUnavailable.
+    const device = { deviceId: 'd1', agentUrl: 'http://127.0.0.1:9' };
+    const calls: [keyof typeof acts, Record<string, unknown>][] = [
+      ['runTraversal', { taskId: 't1', ...device, packageName: 'com.example.app', durationSec: 1 }],
+      ['prepareDevice', { ...device }],
+      ['installApp', { ...device, url: 'http://127.0.0.1:9/a.apk', packageName: 'com.example.app' }],
+      ['cleanupDevice', { ...device, packageName: 'com.example.app' }],
+      ['uploadReport', { taskId: 't1', deviceId: 'd1' }],
+    ];
+    let refused = 0;
+    try {
+      for (const [id] of HOSTILE_IDS) {
+        for (const [name, good] of calls) {
+          const fn = acts[name] as unknown as (input: Record<string, unknown>) => Promise<unknown>;
+          for (const field of ['taskId', 'deviceId', 'packageName'] as const) {
+            if (!(field in good)) continue;
+            await assert.rejects(
+              quiet().run(fn, { ...good, [field]: id }),
+              (err: unknown) =>
+                err instanceof ApplicationFailure &&
+                err.type === 'InvalidTask' &&
+                err.nonRetryable === true &&
+                err.message.startsWith(`invalid task: ${field}: `),
+              `${name} with a hostile ${field} ${JSON.stringify(id).slice(0, 30)}`,
+            );
+            refused++;
+          }
+        }
       }
+    } finally {
+      await dispatcher.close();
+      redis.disconnect();
     }
-    assert.equal(existsSync(runsDir), false, 'no run folder was created');
+    assert.equal(existsSync(path.join(dataDir, 'runs')), false, 'no run folder was created');
+    assert.ok(refused >= HOSTILE_IDS.length * 8, `${refused} refusals`);
   });
 
   it('the report sink refuses hostile ids and report folders outside the runs folder', async () => {
@@ -263,5 +305,105 @@ describe('identifiers', function () {
       assert.doesNotMatch(text, /\bshell\s*:\s*(true|['"`])/, `${f} passes shell: to a child process`);
       assert.doesNotMatch(text, /['"](\/bin\/)?(ba)?sh['"]\s*,\s*\[\s*['"]-c['"]/, `${f} runs sh -c`);
     }
+  });
+});
+
+describe('identifiers through a real worker, in workflows started around the starter', function () {
+  this.timeout(120_000);
+  let stack: Stack;
+  const devices = ['idw-1', 'idw-2', 'idw-3'];
+  const started: string[] = [];
+
+  before(async () => {
+    stack = await startStack({ devices, apks: [{ name: 'ids.apk', size: 64 * 1024 }] });
+  });
+  after(async () => {
+    for (const id of started)
+      await stack?.client.workflow
+        .getHandle(id)
+        .terminate('test over')
+        .catch(() => undefined);
+    await stack?.stop();
+  });
+
+  /** Runs a traversal workflow straight through Temporal (no starter) and returns its result. */
+  async function runAround(fields: Partial<TraversalRequest> & { deviceId: string }): Promise<TraversalResult> {
+    const req: TraversalRequest = {
+      taskId: `ids-${Math.random().toString(36).slice(2, 8)}`,
+      agentUrl: stack.agent.url,
+      apkUrl: stack.apks['ids.apk']!.url,
+      packageName: 'com.example.ids',
+      traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
+      policy: { heartbeatTimeoutMs: 10_000, initialRetryMs: 200, measureLaunch: false },
+      ...fields,
+    };
+    // The ids are hostile, so the workflow id is not built from them.
+    const workflowId = `ids-around-${Math.random().toString(36).slice(2, 10)}`;
+    started.push(
+      workflowId,
+      publishWorkflowId(req.taskId, req.deviceId),
+      traversalWorkflowId(req.taskId, req.deviceId),
+    );
+    try {
+      return await stack.client.workflow.execute(traversalWorkflow, {
+        workflowId,
+        taskQueue: stack.taskQueue,
+        args: [req],
+      });
+    } catch (err) {
+      // A failed run ends the workflow with its result as the failure's details.
+      if (err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure && err.cause.details?.[0])
+        return err.cause.details[0] as TraversalResult;
+      throw err;
+    }
+  }
+
+  it('a hostile taskId fails the run as InvalidTask before the tool starts, and no folder is made outside the runs folder', async () => {
+    const escape = `dt-ids-escape-${Math.random().toString(36).slice(2, 8)}`;
+    const taskId = `../../${escape}`;
+    const r = await runAround({ taskId, deviceId: 'idw-1' });
+    assert.equal(r.status, 'failed');
+    assert.deepEqual(
+      { type: r.error?.type, step: r.error?.step, nonRetryable: r.error?.nonRetryable },
+      { type: 'InvalidTask', step: 'runTraversal', nonRetryable: true },
+    );
+    assert.match(r.error!.message, /^invalid task: taskId: must be 1-128 letters/);
+    const runs = path.join(stack.dataDir, 'runs');
+    assert.equal(existsSync(path.resolve(runs, taskId)), false, 'no folder where the taskId points');
+    assert.equal(existsSync(path.resolve(runs, '..', '..', escape)), false);
+    assert.deepEqual(
+      (existsSync(runs) ? await fsp.readdir(runs) : []).filter((f) => f.includes(escape)),
+      [],
+      'no run folder of it inside the runs folder either',
+    );
+  });
+
+  it('a hostile deviceId fails the run as InvalidTask before the agent is asked anything about it', async () => {
+    const r = await runAround({ deviceId: '-rf' });
+    assert.equal(r.status, 'failed');
+    assert.deepEqual({ type: r.error?.type, step: r.error?.step }, { type: 'InvalidTask', step: 'prepareDevice' });
+    assert.match(r.error!.message, /^invalid task: deviceId: must be 1-64 letters/);
+    assert.deepEqual(
+      stack.agent.calls.filter((c) => c.deviceId === '-rf'),
+      [],
+      'the agent never heard of the device',
+    );
+  });
+
+  it('a hostile packageName fails the run as InvalidTask before anything is installed', async () => {
+    const r = await runAround({ deviceId: 'idw-2', packageName: '../../pkg' });
+    assert.equal(r.status, 'failed');
+    assert.deepEqual({ type: r.error?.type, step: r.error?.step }, { type: 'InvalidTask', step: 'installApp' });
+    assert.match(r.error!.message, /^invalid task: packageName: must be an Android application id/);
+    assert.deepEqual(
+      stack.agent.calls.filter((c) => c.deviceId === 'idw-2' && (c.op === 'install' || c.packageName === '../../pkg')),
+      [],
+      'no install and no call naming the package reached the agent',
+    );
+  });
+
+  it('the same worker runs a task with good ids to completion (the refusals above are about the ids)', async () => {
+    const r = await runAround({ deviceId: 'idw-3' });
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
   });
 });

@@ -2,6 +2,10 @@
  * Resource limits against real servers and files: the APK cache's size cap with least-recently-used
  * eviction that spares blobs in use (served, leased), the cap on concurrent origin downloads, and
  * the report size cap on both sinks.
+ *
+ * Stand-in, and why: the report sink activity runs in MockActivityEnvironment; the cap is a
+ * property of its stream to the sink, which needs no workflow, and the sinks are real (a folder, an
+ * HTTP server).
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -21,6 +25,7 @@ import { Metrics } from '../src/metrics';
 import { ApkOrigin, type ApkInfo } from '../src/sim/origin';
 import { UrlPolicy } from '../src/url-policy';
 import { createDispatcher } from '../src/worker-setup';
+import { waitFor } from './support/wait';
 
 const MiB = 1024 * 1024;
 const quiet = () => new MockActivityEnvironment(undefined, { logger: new DefaultLogger('ERROR') });
@@ -122,7 +127,7 @@ describe('resource limits', function () {
           r.pause();
         });
         req.on('error', () => undefined);
-        while (c.usersOf(big.sha256) === 0) await new Promise((r) => setTimeout(r, 5));
+        await waitFor(() => c.usersOf(big.sha256) > 0, 30_000, 'the artifact server serving the big APK');
         await c.resolve(url('lru-a'));
         await tick();
         // 10 MiB > 9 MiB: the least recently used blob is the big one, but it is in use, so a goes.
@@ -131,7 +136,7 @@ describe('resource limits', function () {
         // The agent finishes; now the big APK is the least recently used one and free to go.
         res.resume();
         await new Promise((r) => res.on('end', r));
-        while (c.usersOf(big.sha256) > 0) await new Promise((r) => setTimeout(r, 5));
+        await waitFor(() => c.usersOf(big.sha256) === 0, 30_000, 'the transfer of the big APK to end');
         await tick();
         await c.resolve(url('lru-c'));
         assert.deepEqual(await blobs(dir), sha('lru-b', 'lru-c'));
@@ -177,28 +182,37 @@ describe('resource limits', function () {
     let active = 0;
     let peak = 0;
     const served: string[] = [];
+    /** `/hold-*` requests send nothing until this is called (set per test). */
+    let releaseHold: (() => void) | undefined;
+    let held: Promise<void> = Promise.resolve();
 
     before(async () => {
       server = http.createServer((req, res) => {
         served.push(req.url!);
         active++;
         peak = Math.max(peak, active);
-        const body = randomBytes(256 * 1024);
-        res.writeHead(200, { 'content-length': body.length });
-        // About 200 ms per download, so downloads overlap unless something holds them back.
-        let sent = 0;
-        const t = setInterval(() => {
-          res.write(body.subarray(sent, sent + 32 * 1024));
-          sent += 32 * 1024;
-          if (sent >= body.length) {
-            clearInterval(t);
-            res.end();
-          }
-        }, 25);
+        let t: NodeJS.Timeout | undefined;
         res.on('close', () => {
           clearInterval(t);
           active--;
         });
+        const body = randomBytes(256 * 1024);
+        const send = () => {
+          if (res.destroyed) return;
+          res.writeHead(200, { 'content-length': body.length });
+          // About 200 ms per download, so downloads overlap unless something holds them back.
+          let sent = 0;
+          t = setInterval(() => {
+            res.write(body.subarray(sent, sent + 32 * 1024));
+            sent += 32 * 1024;
+            if (sent >= body.length) {
+              clearInterval(t);
+              res.end();
+            }
+          }, 25);
+        };
+        if (req.url!.startsWith('/hold-')) void held.then(send);
+        else send();
       });
       await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
       base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -215,6 +229,7 @@ describe('resource limits', function () {
         maxConcurrentDownloads: 2,
         dispatcher,
       });
+      peak = 0;
       const all = Array.from({ length: 6 }, (_, i) => c.resolve(`${base}/slot-${i}.apk`));
       const results = await Promise.all(all);
       assert.equal(results.length, 6);
@@ -222,21 +237,47 @@ describe('resource limits', function () {
       assert.equal(peak, 2, `peak of ${peak} concurrent origin downloads`);
     });
 
-    it('lets a caller waiting for a slot give up without ever reaching the origin', async () => {
+    it('lets a caller waiting for a slot give up without ever reaching the origin, even once the slot frees', async () => {
       const c = new ApkCache({
         dir: path.join(tmp, 'slots-abort'),
         maxBytes: 64 * MiB,
         maxConcurrentDownloads: 1,
         dispatcher,
       });
-      peak = 0;
-      const first = c.resolve(`${base}/hold.apk`);
-      while (!served.includes('/hold.apk')) await new Promise((r) => setTimeout(r, 5));
-      await assert.rejects(c.resolve(`${base}/never.apk`, undefined, { signal: AbortSignal.timeout(50) }), {
-        name: 'TimeoutError',
+      held = new Promise((r) => (releaseHold = r));
+      /** Resolves once a caller's download reports that it waits for a slot (reported every second). */
+      const waitingForSlot = () => {
+        let reached!: () => void;
+        const promise = new Promise<void>((r) => (reached = r));
+        return { promise, onState: (s: { phase: string }) => s.phase === 'waiting-slot' && reached() };
+      };
+      // The only slot is held by a download the origin keeps open until the test releases it.
+      const first = c.resolve(`${base}/hold-slot.apk`);
+      await waitFor(() => served.includes('/hold-slot.apk'), 30_000, 'the first download at the origin');
+      // Two callers queue behind it, the one that gives up first.
+      const giveUp = new AbortController();
+      const abandonedQueued = waitingForSlot();
+      const abandoned = c.resolve(`${base}/never.apk`, undefined, {
+        signal: giveUp.signal,
+        onState: abandonedQueued.onState,
       });
+      await abandonedQueued.promise;
+      const laterQueued = waitingForSlot();
+      const later = c.resolve(`${base}/after-abandoned.apk`, undefined, { onState: laterQueued.onState });
+      await laterQueued.promise;
+      giveUp.abort(new Error('the caller gave up'));
+      await assert.rejects(abandoned, /the caller gave up/);
+      // Free the slot. A waiter left in the queue would get it before the later caller, so by the
+      // time the later download is done the abandoned one would have reached the origin.
+      releaseHold!();
       await first;
-      assert.ok(!served.includes('/never.apk'), 'the abandoned download never started');
+      const done = await later;
+      assert.equal(done.fromCache, false);
+      assert.deepEqual(
+        served.filter((u) => ['/hold-slot.apk', '/never.apk', '/after-abandoned.apk'].includes(u)),
+        ['/hold-slot.apk', '/after-abandoned.apk'],
+        'the abandoned download never started',
+      );
     });
   });
 

@@ -472,8 +472,13 @@ describe('extra arguments at the worker', function () {
     assert.equal(r.crashes, 2, 'the simulator found the crashes it was told to');
     const argv = readFileSync(path.join(stack.dataDir, 'runs', 'allowed', 'xa-1', 'attempt-1.log'), 'utf8');
     assert.match(argv, /argv=\[.*"--tick-ms","100","--crashes","2"\]/);
-    const dead = (await stack.redis.lrange(`${stack.prefix}traversal:tasks:dead`, 0, -1)).map(
-      (e) => JSON.parse(e) as DeadLetter,
+    const dead = await waitFor(
+      async () => {
+        const entries = await stack.redis.lrange(`${stack.prefix}traversal:tasks:dead`, 0, -1);
+        return entries.length > 0 ? entries.map((e) => JSON.parse(e) as DeadLetter) : undefined;
+      },
+      30_000,
+      'the dead letter of the out-of-range value',
     );
     assert.deepEqual(
       dead.map((e) => e.problems),
