@@ -21,7 +21,12 @@ export async function startRedis(opts: { port: number; dir: string; bin?: string
   const bin = opts.bin ?? 'redis-server';
   const child = spawn(
     bin,
-    ['--port', String(opts.port), '--bind', '127.0.0.1', '--dir', opts.dir, '--appendonly', 'yes', '--save', '', '--protected-mode', 'yes'],
+    // appendfsync always: a write is in the append-only file before Redis answers it, so a killed Redis
+    // loses no acknowledged write (everysec may hold back the last one or two seconds on a busy disk).
+    [
+      ...['--port', String(opts.port), '--bind', '127.0.0.1', '--dir', opts.dir],
+      ...['--appendonly', 'yes', '--appendfsync', 'always', '--save', '', '--protected-mode', 'yes'],
+    ],
     { stdio: 'ignore', detached: opts.detached ?? false },
   );
   let exitNote: string | undefined;

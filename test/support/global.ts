@@ -5,9 +5,14 @@
 import os from 'node:os';
 import path from 'node:path';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import { startDevServer, type DevServer } from '../../src/local/temporal-dev';
 import { startRedis, type LocalRedis } from '../../src/local/redis-local';
 import { freePort } from '../../src/local/ports';
+
+// Marks every process this run starts (workers and their jars inherit it), so that a test looking for
+// jars in /proc never finds, or kills, those of another test run on the same machine.
+process.env.TEST_SUITE_ID ??= randomUUID();
 
 let temporal: DevServer | undefined;
 let redis: LocalRedis | undefined;

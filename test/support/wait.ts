@@ -44,15 +44,22 @@ export async function waitForResult(
   return JSON.parse(raw) as TraversalResult;
 }
 
-/** Pids of live processes started by a worker for a device (the runner marks them with DT_TRAVERSAL_DEVICE). */
+/**
+ * Pids of live processes started by a worker of this test run for a device: the runner marks them with
+ * DT_TRAVERSAL_DEVICE, and they inherit the run's TEST_SUITE_ID (another run's jars of the same device
+ * are left alone).
+ */
 export function traversalPids(deviceId: string): number[] {
+  const suite = process.env.TEST_SUITE_ID;
   const out: number[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const env = readFileSync(`/proc/${entry}/environ`, 'utf8');
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      if (env.split('\0').includes(`DT_TRAVERSAL_DEVICE=${deviceId}`) && !/\) Z /.test(stat)) out.push(Number(entry));
+      const vars = env.split('\0');
+      const ours = !suite || vars.includes(`TEST_SUITE_ID=${suite}`);
+      if (ours && vars.includes(`DT_TRAVERSAL_DEVICE=${deviceId}`) && !/\) Z /.test(stat)) out.push(Number(entry));
     } catch {
       // gone, or not ours to read
     }
