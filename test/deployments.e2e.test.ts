@@ -6,14 +6,13 @@
 import { strict as assert } from 'node:assert';
 import { loadConfig } from '../src/config';
 import { deviceStateQuery, deviceWorkflowId, enqueueSignal, traversalWorkflowId, type TraversalRequest } from '../src/messages';
+import { enqueueSignals } from './support/history';
 import { startStack, task, type Stack } from './support/stack';
 import { waitFor } from './support/wait';
 
-/** How many `enqueue` signals a workflow's history holds. */
-async function enqueueSignals(stack: Stack, workflowId: string): Promise<number> {
-  const history = await stack.client.workflow.getHandle(workflowId).fetchHistory();
-  return (history.events ?? []).filter((e) => e.workflowExecutionSignaledEventAttributes?.signalName === enqueueSignal.name).length;
-}
+/** How many `enqueue` signals a device workflow's history holds. */
+const signalCount = async (stack: Stack, workflowId: string): Promise<number> =>
+  (await enqueueSignals(stack.client, workflowId)).length;
 
 describe('deployments sharing a Temporal namespace', function () {
   this.timeout(240_000);
@@ -45,7 +44,7 @@ describe('deployments sharing a Temporal namespace', function () {
       const id = deviceWorkflowId('dep-2', name);
       assert.equal(id, `${name}/device/dep-2`);
       assert.equal((await s.client.workflow.getHandle(id).describe()).taskQueue, s.taskQueue);
-      assert.equal(await enqueueSignals(s, id), 1, `${id} was signalled once`);
+      assert.equal(await signalCount(s, id), 1, `${id} was signalled once`);
       // Each deployment's agent installed the app once: nothing crossed over.
       assert.equal(s.agent.stats.installs, 1, `${name}'s agent installed once`);
     }
@@ -64,7 +63,7 @@ describe('deployments sharing a Temporal namespace', function () {
         await b.push(task(b, { taskId: 'b-owns-dep-2', deviceId: 'dep-2', apkUrl: b.apks['dep.apk']!.url }));
         await b.waitResult('b-owns-dep-2', 'dep-2', 120_000);
       }
-      const before = await enqueueSignals(b, deviceWorkflowId('dep-2', 'lab-b'));
+      const before = await signalCount(b, deviceWorkflowId('dep-2', 'lab-b'));
       await c.push(task(c, { taskId: 'stray', deviceId: 'dep-2', apkUrl: c.apks['dep.apk']!.url }));
       const entry = await waitFor(async () => {
         const raw = await c.redis.lindex(c.bridge!.keys.dead, 0);
@@ -72,7 +71,7 @@ describe('deployments sharing a Temporal namespace', function () {
       }, 30_000, 'dead letter');
       assert.match(entry.reason, /device workflow lab-b\/device\/dep-2 belongs to another deployment/);
       assert.match(entry.reason, new RegExp(`task queue ${b.taskQueue}`));
-      assert.equal(await enqueueSignals(b, deviceWorkflowId('dep-2', 'lab-b')), before, "B's workflow got no signal");
+      assert.equal(await signalCount(b, deviceWorkflowId('dep-2', 'lab-b')), before, "B's workflow got no signal");
       assert.equal(await c.redis.llen(c.bridge!.keys.processing), 0, 'the item left the processing list');
     } finally {
       await c.stop();

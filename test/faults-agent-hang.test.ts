@@ -20,6 +20,7 @@ import { AgentSimulator } from '../src/sim/agent-sim';
 import { ApkOrigin, type ApkInfo } from '../src/sim/origin';
 import { requestTraversal } from '../src/starter-core';
 import { pidAlive, spawnWorker, TcpProxy, traversalPids, waitFor, type Proc } from './support/procs';
+import { activityStarts } from './support/history';
 import { waitForResult } from './support/wait';
 
 const MiB = 1024 * 1024;
@@ -118,15 +119,7 @@ describe('a hung jar on a host cut off from Temporal', function () {
 
     // Attempt 2 ran on B, after the server's heartbeat timeout (A's own report never got through).
     const events = (await handle.fetchHistory()).events ?? [];
-    const runTraversal = new Set(
-      events
-        .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'runTraversal')
-        .map((e) => String(e.eventId)),
-    );
-    const started = events.flatMap((e) => {
-      const s = e.activityTaskStartedEventAttributes;
-      return s && runTraversal.has(String(s.scheduledEventId)) ? [s] : [];
-    });
+    const started = activityStarts(events, 'runTraversal').map((e) => e.activityTaskStartedEventAttributes!);
     assert.deepEqual(
       started.map((s) => [s.attempt, s.identity?.split('@')[0]]),
       [[2, String(workerB.pid)]],

@@ -11,14 +11,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PROJECT_ROOT } from '../src/config';
-import { freePort } from '../src/local/ports';
 import { startDevServer, type DevServer } from '../src/local/temporal-dev';
 import { deviceWorkflowId } from '../src/messages';
 import { AgentSimulator } from '../src/sim/agent-sim';
 import { ApkOrigin } from '../src/sim/origin';
 import { starterKeys } from '../src/starter-core';
 import { enqueueSignals } from './support/history';
-import { spawnStarter, spawnWorker, type Proc } from './support/procs';
+import { devServerOnFile, spawnStarter, spawnWorker, type Proc } from './support/procs';
 import { waitFor, waitForResult } from './support/wait';
 
 const MiB = 1024 * 1024;
@@ -52,14 +51,7 @@ describe('starters while the Temporal server restarts', function () {
   });
 
   it('tasks queued while the server is down are bridged once it is back: none lost, none dead-lettered, each run once', async function () {
-    const ports = { port: await freePort(), http: await freePort(), metrics: await freePort() };
-    const serverOptions = {
-      port: ports.port,
-      uiPort: 0,
-      dbFile: path.join(dir, 'temporal.db'),
-      logFile: path.join(logDir, 'temporal.log'),
-      extraArgs: ['--http-port', String(ports.http), '--metrics-port', String(ports.metrics)],
-    };
+    const serverOptions = await devServerOnFile(dir, logDir);
     server = await startDevServer(serverOptions);
     const service = {
       temporalAddress: server.address,

@@ -28,7 +28,7 @@ import {
 import { AgentSimulator } from '../src/sim/agent-sim';
 import { ApkOrigin } from '../src/sim/origin';
 import { starterKeys } from '../src/starter-core';
-import { pendingActivity, sleep, spawnStarter, spawnWorker, TcpProxy, waitFor, type Proc } from './support/procs';
+import { devServerOnFile, pendingActivity, sleep, spawnStarter, spawnWorker, TcpProxy, waitFor, type Proc } from './support/procs';
 import { enqueueSignals } from './support/history';
 import { waitForResult } from './support/wait';
 import { startStack, type Stack } from './support/stack';
@@ -224,14 +224,7 @@ describe('the Temporal server and Redis killed and restarted', function () {
     waitForResult(results, prefix, taskId, deviceId, timeoutMs);
 
   it('the dev server killed and restarted on the same database file: running traversals continue to completion', async function () {
-    const ports = { port: await freePort(), http: await freePort(), metrics: await freePort() };
-    const serverOptions = {
-      port: ports.port,
-      uiPort: 0,
-      dbFile: path.join(dir, 'temporal.db'),
-      logFile: path.join(logDir, 'temporal.log'),
-      extraArgs: ['--http-port', String(ports.http), '--metrics-port', String(ports.metrics)],
-    };
+    const serverOptions = await devServerOnFile(dir, logDir);
     let server: DevServer = await startDevServer(serverOptions);
     const origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
     await origin.start();

@@ -25,6 +25,7 @@ import { requestTraversal } from '../src/starter-core';
 import {
   pendingActivity,
   pidAlive,
+  runningAt,
   spawnStarter,
   spawnWorker,
   timeoutTypeName,
@@ -33,6 +34,7 @@ import {
   type PendingActivity,
   type Proc,
 } from './support/procs';
+import { activityStarts, eventMs } from './support/history';
 import { waitForResult } from './support/wait';
 
 const MiB = 1024 * 1024;
@@ -44,21 +46,7 @@ const SDK_DEFAULT_STICKY_MS = 10_000;
 /** A jar budget far beyond any test here: such runs end by a budget signal or a failure. */
 const LONG_SEC = 3600;
 
-type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
 const EventType = temporal.api.enums.v1.EventType;
-
-/** An event's time in epoch ms, as the server recorded it. */
-function eventMs(e: HistoryEvent): number {
-  return Number(e.eventTime?.seconds ?? 0) * 1000 + Math.floor((e.eventTime?.nanos ?? 0) / 1e6);
-}
-
-/** The started event of the last attempt of an activity type (history keeps only that attempt's). */
-function activityStarted(events: HistoryEvent[], activityType: string) {
-  const scheduled = events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === activityType);
-  const ids = new Set(scheduled.map((e) => String(e.eventId)));
-  const started = events.filter((e) => ids.has(String(e.activityTaskStartedEventAttributes?.scheduledEventId)));
-  return started.at(-1)?.activityTaskStartedEventAttributes ?? undefined;
-}
 
 describe('a worker killed at the edges of a run: inside the launch, between decisions, on every attempt', function () {
   const id = randomUUID().slice(0, 8);
@@ -111,28 +99,6 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     await requestTraversal(client, taskQueue, req);
     return client.workflow.getHandle(traversalWorkflowId(req.taskId, req.deviceId));
   };
-  /**
-   * Waits until attempt `attempt` of a running traversal heartbeats a checkpoint of `steps` or more
-   * from a jar of its own: the heartbeat names a live traversal process of the device other than
-   * `previousJar` (a retry shows the last attempt's details until it heartbeats itself).
-   */
-  const runningAt = (handle: WorkflowHandle, deviceId: string, steps: number, attempt = 1, previousJar?: number) =>
-    waitFor(
-      async () => {
-        const a = await pendingActivity(handle, 'runTraversal');
-        const jar = Number(a?.details?.pid);
-        return a &&
-          a.started &&
-          a.attempt === attempt &&
-          jar !== previousJar &&
-          traversalPids(deviceId).includes(jar) &&
-          Number(a.details?.checkpoint ?? 0) >= steps
-          ? a
-          : undefined;
-      },
-      60_000,
-      `attempt ${attempt} of the traversal on ${deviceId} past checkpoint ${steps}`,
-    );
   const workerOf = (identity: string | undefined) => procs.find((w) => w.alive() && identity?.startsWith(`${w.pid}@`));
 
   before(async function () {
@@ -185,7 +151,8 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     assert.equal(typeof r.coldStartMs, 'number', 'the launch was measured');
     assert.equal(r.traversalAttempt, 1, 'the traversal itself ran once');
     const events = (await handle.fetchHistory()).events ?? [];
-    const started = activityStarted(events, 'measureLaunch');
+    const startedEvent = activityStarts(events, 'measureLaunch').at(-1);
+    const started = startedEvent?.activityTaskStartedEventAttributes;
     assert.ok(started && Number(started.attempt) >= 2, `the launch was retried: attempt ${started?.attempt}`);
     assert.ok(started.identity?.startsWith(`${second.pid}@`), `retried on the other worker: ${started.identity}`);
     assert.equal(
@@ -194,7 +161,7 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
       `the killed attempt ended by its heartbeat timeout: ${JSON.stringify(started.lastFailure)}`,
     );
     console.log(
-      `      launch retried ${((eventMs(events.find((e) => e.activityTaskStartedEventAttributes === started)!) - killedAt) / 1000).toFixed(1)} s after the kill (heartbeat timeout ${HEARTBEAT_MS / 1000} s)`,
+      `      launch retried ${((eventMs(startedEvent!) - killedAt) / 1000).toFixed(1)} s after the kill (heartbeat timeout ${HEARTBEAT_MS / 1000} s)`,
     );
     const calls = agent.calls.filter((c) => c.deviceId === deviceId);
     assert.ok(calls.filter((c) => c.op === 'launch').length >= 2, 'the launch was repeated');
@@ -350,7 +317,7 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     assert.equal(r.error?.type, WORKER_LOST, JSON.stringify(r.error));
     assert.equal(r.error?.kind, 'infrastructure');
     assert.equal(r.error?.step, 'runTraversal');
-    const started = activityStarted((await handle.fetchHistory()).events ?? [], 'runTraversal');
+    const started = activityStarts((await handle.fetchHistory()).events ?? [], 'runTraversal').at(-1)?.activityTaskStartedEventAttributes;
     assert.equal(Number(started?.attempt), 2, 'the last attempt was the second');
     for (const pid of jars) assert.ok(!pidAlive(pid), `jar ${pid} was ended`);
     assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');

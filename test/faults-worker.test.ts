@@ -19,6 +19,7 @@ import { ApkOrigin, type ApkInfo } from '../src/sim/origin';
 import {
   pendingActivity,
   pidAlive,
+  runningAt,
   spawnWorker,
   traversalPids,
   waitFor,
@@ -81,28 +82,6 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
   };
   /** The run policy of a traversal that uses the default heartbeat timeout and retry interval. */
   const defaultPolicy = { heartbeatTimeoutMs: DEFAULT_HEARTBEAT_MS, maxAttempts: 3, measureLaunch: false };
-  /**
-   * Waits until attempt `attempt` of a running traversal heartbeats a checkpoint of `steps` or more
-   * from a jar of its own: the heartbeat names a live traversal process of the device other than
-   * `previousJar` (a retry shows the last attempt's details until it heartbeats itself).
-   */
-  const runningAt = (handle: WorkflowHandle, deviceId: string, steps: number, attempt = 1, previousJar?: number) =>
-    waitFor(
-      async () => {
-        const a = await pendingActivity(handle, 'runTraversal');
-        const jar = Number(a?.details?.pid);
-        return a &&
-          a.started &&
-          a.attempt === attempt &&
-          jar !== previousJar &&
-          traversalPids(deviceId).includes(jar) &&
-          Number(a.details?.checkpoint ?? 0) >= steps
-          ? a
-          : undefined;
-      },
-      60_000,
-      `attempt ${attempt} of the traversal on ${deviceId} past checkpoint ${steps}`,
-    );
   /** Ends a long run the way an operator would: the workflow's budget tells the tool to finish now. */
   const finishNow = (handle: WorkflowHandle) => handle.signal(budgetSignal, { finishNow: true });
   const long = { durationSec: LONG_SEC, extraArgs: ['--tick-ms', '100'] };

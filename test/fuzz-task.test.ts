@@ -11,11 +11,10 @@ import assert from 'node:assert/strict';
 import { isUtf8 } from 'node:buffer';
 import { randomUUID } from 'node:crypto';
 import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
-import { defaultPayloadConverter } from '@temporalio/common';
 import fc from 'fast-check';
 import Redis from 'ioredis';
 import { InvalidTaskError } from '../src/errors';
-import { deviceWorkflowId, enqueueSignal, type TraversalRequest } from '../src/messages';
+import { deviceWorkflowId, type TraversalRequest } from '../src/messages';
 import { deadLetterPayload, TaskBridge, type DeadLetter } from '../src/starter-core';
 import {
   DEVICE_ID_PATTERN,
@@ -27,6 +26,7 @@ import {
 } from '../src/task';
 import { UrlPolicy } from '../src/url-policy';
 import { anyPayload, garbage, mutatedTask, rawMutation, validTask } from './fuzz-payloads';
+import { enqueueSignals } from './support/history';
 import { waitFor } from './support/wait';
 
 /** Every problem starts with the field it is about. */
@@ -67,19 +67,12 @@ function outcome(
 
 /** The taskIds of every request signalled to a device workflow, in history order; [] when it never started. */
 async function enqueuedTaskIds(client: Client, deviceId: string): Promise<string[]> {
-  let history;
   try {
-    history = await client.workflow.getHandle(deviceWorkflowId(deviceId)).fetchHistory();
+    return (await enqueueSignals(client, deviceWorkflowId(deviceId))).map((s) => s.taskId);
   } catch (err) {
-    // fetchHistory passes the server's gRPC NOT_FOUND (code 5) through as it is.
-    if (err instanceof WorkflowNotFoundError || (err as { code?: unknown }).code === 5) return [];
+    if (err instanceof WorkflowNotFoundError) return [];
     throw err;
   }
-  return (history.events ?? []).flatMap((e) => {
-    const a = e.workflowExecutionSignaledEventAttributes;
-    if (a?.signalName !== enqueueSignal.name) return [];
-    return [defaultPayloadConverter.fromPayload<TraversalRequest>(a.input!.payloads![0]!).taskId];
-  });
 }
 
 /** The dead letters of a list, newest first. */

@@ -370,13 +370,12 @@ async function runOne(
   argv.push(...(input.extraArgs ?? []));
   const [cmd, ...args] = argv as [string, ...string[]];
 
-  const env: NodeJS.ProcessEnv = { [MARKER]: input.deviceId };
-  for (const [k, v] of Object.entries(process.env)) if (!SECRET_ENV.test(k)) env[k] = v;
-  env[MARKER] = input.deviceId;
   // Recorded before the spawn: a worker killed between the spawn and the pid's record still leaves
   // a record that the next worker or attempt finds the process by.
   const runId = randomUUID();
-  env[RUN_MARKER] = runId;
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!SECRET_ENV.test(k)) env[k] = v;
+  Object.assign(env, { [MARKER]: input.deviceId, [RUN_MARKER]: runId });
   await recordRun(deps, input.deviceId, { runId, workflowId });
 
   const log = createWriteStream(logFile, { flags: 'a' });
@@ -662,13 +661,15 @@ export async function endStaleRun(
       workflowId: rec.workflowId,
       workerPid: rec.workerPid,
     };
-    if (!opts.onlyOrphans) log?.warn('ending stale traversal process group left by a previous attempt', meta);
     signalGroup(pid, 'SIGTERM');
     const deadline = Date.now() + deps.killGraceMs;
     while (Date.now() < deadline && (await isOurProcess(pid, deviceId))) await new Promise((r) => setTimeout(r, 100));
     signalGroup(pid, 'SIGKILL');
-    // Logged once it is done, so the line tells an operator what a restart took off the phone.
-    if (opts.onlyOrphans) log?.warn('ended the traversal process group of a dead worker at start-up', meta);
+    // Logged once it is done, so the line tells an operator what was taken off the phone.
+    const what = opts.onlyOrphans
+      ? 'ended the traversal process group of a dead worker at start-up'
+      : 'ending stale traversal process group left by a previous attempt';
+    log?.warn(what, meta);
   }
   await fsp.rm(path.join(deps.pidsDir, `${deviceId}.json`), { force: true });
   return alive;
@@ -706,28 +707,31 @@ async function workerAlive(rec: RunRecord): Promise<boolean> {
   return start === rec.workerStart;
 }
 
+/** The environment and process group of a live process; undefined when it is gone, a zombie or not ours to read. */
+async function liveProcess(pid: number | string): Promise<{ env: string[]; pgrp: number } | undefined> {
+  try {
+    const [environ, stat] = await Promise.all([
+      fsp.readFile(`/proc/${pid}/environ`, 'utf8'),
+      fsp.readFile(`/proc/${pid}/stat`, 'utf8'),
+    ]);
+    // Fields after the command name: state, ppid, pgrp.
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return state === 'Z' ? undefined : { env: environ.split('\0'), pgrp: Number(pgrp) };
+  } catch {
+    return undefined;
+  }
+}
+
 /** The process group of a live process started with DT_TRAVERSAL_RUN=`runId` for a device (its children inherit the variable). */
 async function findRun(runId: string, deviceId: string): Promise<number | undefined> {
   for (const entry of await fsp.readdir('/proc').catch(() => [] as string[])) {
     if (!/^\d+$/.test(entry)) continue;
-    const environ = await fsp.readFile(`/proc/${entry}/environ`, 'utf8').catch(() => '');
-    const vars = environ.split('\0');
-    if (!vars.includes(`${RUN_MARKER}=${runId}`) || !vars.includes(`${MARKER}=${deviceId}`)) continue;
-    const stat = await fsp.readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
-    // Fields after the command name: state, ppid, pgrp.
-    const pgrp = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
-    if (pgrp > 0) return pgrp;
+    const p = await liveProcess(entry);
+    if (p && p.pgrp > 0 && p.env.includes(`${RUN_MARKER}=${runId}`) && p.env.includes(`${MARKER}=${deviceId}`)) return p.pgrp;
   }
   return undefined;
 }
 
 async function isOurProcess(pid: number, deviceId: string): Promise<boolean> {
-  try {
-    const environ = await fsp.readFile(`/proc/${pid}/environ`, 'utf8');
-    const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
-    if (/\) Z /.test(stat)) return false; // a zombie is already dead
-    return environ.split('\0').includes(`${MARKER}=${deviceId}`);
-  } catch {
-    return false;
-  }
+  return (await liveProcess(pid))?.env.includes(`${MARKER}=${deviceId}`) ?? false;
 }

@@ -1,7 +1,8 @@
 /**
- * Reading what a device workflow was sent from its history: the `enqueue` signals of every run
+ * Reading workflow histories: the `enqueue` signals a device workflow received in every run
  * (continue-as-new runs are followed back to the first), each with the identity of the client that
- * sent it (`<pid>@<host>` by default, so it names the starter process).
+ * sent it (`<pid>@<host>` by default, so it names the starter process); the attempts of an activity;
+ * the server's time of an event.
  */
 import type { Client } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
@@ -74,4 +75,19 @@ export function childStarts(events: HistoryEvent[]): string[] {
     const id = e.startChildWorkflowExecutionInitiatedEventAttributes?.workflowId;
     return id ? [id] : [];
   });
+}
+
+/** The started events of an activity type, in order: one per scheduled activity, of its last attempt (history keeps no other). */
+export function activityStarts(events: HistoryEvent[], activityType: string): HistoryEvent[] {
+  const scheduled = new Set(
+    events
+      .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === activityType)
+      .map((e) => String(e.eventId)),
+  );
+  return events.filter((e) => scheduled.has(String(e.activityTaskStartedEventAttributes?.scheduledEventId)));
+}
+
+/** An event's time in epoch ms, as the server recorded it. */
+export function eventMs(e: HistoryEvent): number {
+  return Number(e.eventTime?.seconds ?? 0) * 1000 + Math.floor((e.eventTime?.nanos ?? 0) / 1e6);
 }

@@ -12,9 +12,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { journalDir, type JournalFile } from '../../src/attempt-journal';
 import { PROJECT_ROOT } from '../../src/config';
+import { freePort } from '../../src/local/ports';
+import type { DevServerOptions } from '../../src/local/temporal-dev';
 import { SIM_EXTRA_ARGS } from '../../src/sim/traversal-sim-args';
 import { TRAVERSAL_PHASE } from '../../src/search-attributes';
 import { workflowBundle } from './stack';
+import { traversalPids, waitFor } from './wait';
 
 /** A spawned Node process whose output goes to a log file (kept when it is killed). */
 export interface Proc {
@@ -339,6 +342,50 @@ export async function pendingActivity(
 export function timeoutTypeName(t: temporal.api.enums.v1.TimeoutType | null | undefined): string | undefined {
   if (t === null || t === undefined) return undefined;
   return temporal.api.enums.v1.TimeoutType[t]?.replace(/^TIMEOUT_TYPE_/, '');
+}
+
+/**
+ * Options for a dev server of a test's own, on fixed free ports and a database file in `dir`: started
+ * again with the same options after a kill, it comes back at the same address with what it held.
+ */
+export async function devServerOnFile(dir: string, logDir: string): Promise<DevServerOptions> {
+  return {
+    port: await freePort(),
+    uiPort: 0,
+    dbFile: path.join(dir, 'temporal.db'),
+    logFile: path.join(logDir, 'temporal.log'),
+    extraArgs: ['--http-port', String(await freePort()), '--metrics-port', String(await freePort())],
+  };
+}
+
+/**
+ * Waits until attempt `attempt` of a running traversal heartbeats a checkpoint of `steps` or more
+ * from a jar of its own: the heartbeat names a live traversal process of the device other than
+ * `previousJar` (a retry shows the last attempt's details until it heartbeats itself).
+ */
+export function runningAt(
+  handle: WorkflowHandle,
+  deviceId: string,
+  steps: number,
+  attempt = 1,
+  previousJar?: number,
+): Promise<PendingActivity> {
+  return waitFor(
+    async () => {
+      const a = await pendingActivity(handle, 'runTraversal');
+      const jar = Number(a?.details?.pid);
+      return a &&
+        a.started &&
+        a.attempt === attempt &&
+        jar !== previousJar &&
+        traversalPids(deviceId).includes(jar) &&
+        Number(a.details?.checkpoint ?? 0) >= steps
+        ? a
+        : undefined;
+    },
+    60_000,
+    `attempt ${attempt} of the traversal on ${deviceId} past checkpoint ${steps}`,
+  );
 }
 
 /** The TraversalPhase search attribute of a traversal (read from the server, so no worker is needed). */
