@@ -186,8 +186,6 @@ describe('findings when a host is lost mid-traversal', function () {
     for (const name of ['host-a', 'host-b']) {
       const dataDir = path.join(root, name);
       const worker = await spawnWorker({
-        temporalAddress: process.env.TEST_TEMPORAL_ADDRESS!,
-        redisUrl: process.env.TEST_REDIS_URL!,
         taskQueue,
         redisKeyPrefix: prefix,
         dataDir,

@@ -47,7 +47,6 @@ describe('a hung jar on a host cut off from Temporal', function () {
   const startWorker = async (dataDir: string, temporalAddress: string) => {
     const w = await spawnWorker({
       temporalAddress,
-      redisUrl: process.env.TEST_REDIS_URL!,
       taskQueue,
       redisKeyPrefix: prefix,
       dataDir,

@@ -55,7 +55,6 @@ describe('starters while the Temporal server restarts', function () {
     server = await startDevServer(serverOptions);
     const service = {
       temporalAddress: server.address,
-      redisUrl: process.env.TEST_REDIS_URL!,
       taskQueue,
       redisKeyPrefix: prefix,
       logDir,

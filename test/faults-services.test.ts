@@ -53,7 +53,6 @@ describe('starters killed: every task is started exactly once', function () {
   const starter = async (starterId: string, temporalAddress = process.env.TEST_TEMPORAL_ADDRESS!) => {
     const p = await spawnStarter({
       temporalAddress,
-      redisUrl: process.env.TEST_REDIS_URL!,
       taskQueue: stack.taskQueue,
       redisKeyPrefix: stack.prefix,
       logDir,
@@ -236,7 +235,6 @@ describe('the Temporal server and Redis killed and restarted', function () {
     try {
       const worker = await spawnWorker({
         temporalAddress: server.address,
-        redisUrl: process.env.TEST_REDIS_URL!,
         taskQueue: `faults-srv-${id}`,
         redisKeyPrefix: prefix,
         dataDir: path.join(dir, 'worker'),
@@ -309,7 +307,6 @@ describe('the Temporal server and Redis killed and restarted', function () {
     const concurrency = 2;
     try {
       const worker = await spawnWorker({
-        temporalAddress: process.env.TEST_TEMPORAL_ADDRESS!,
         redisUrl: redisServer.url,
         taskQueue,
         redisKeyPrefix: rdPrefix,

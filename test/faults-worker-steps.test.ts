@@ -64,8 +64,6 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
   /** A worker on `taskQueue` whose host is the data folder `host`. */
   const startWorker = async (taskQueue: string, host: string) => {
     const w = await spawnWorker({
-      temporalAddress: process.env.TEST_TEMPORAL_ADDRESS!,
-      redisUrl: process.env.TEST_REDIS_URL!,
       taskQueue,
       redisKeyPrefix: prefix,
       dataDir: path.join(root, host),
@@ -267,8 +265,6 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     const taskId = `max-${id}`;
     const agent = await startAgent(deviceId);
     const starter = await spawnStarter({
-      temporalAddress: process.env.TEST_TEMPORAL_ADDRESS!,
-      redisUrl: process.env.TEST_REDIS_URL!,
       taskQueue,
       redisKeyPrefix: prefix,
       logDir,

@@ -59,8 +59,6 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
 
   const startWorker = async () => {
     const w = await spawnWorker({
-      temporalAddress: process.env.TEST_TEMPORAL_ADDRESS!,
-      redisUrl: process.env.TEST_REDIS_URL!,
       taskQueue,
       redisKeyPrefix: prefix,
       dataDir,

@@ -83,8 +83,6 @@ describe('bind addresses of a worker process', function () {
     const start = async (name: string, env: Record<string, string>): Promise<Started> => {
       const id = randomUUID().slice(0, 8);
       const proc = await spawnWorker({
-        temporalAddress: process.env.TEST_TEMPORAL_ADDRESS!,
-        redisUrl: process.env.TEST_REDIS_URL!,
         taskQueue: `tq-bind-${id}`,
         redisKeyPrefix: `tbind${id}:`,
         logDir: path.join(tmp, name, 'logs'),
@@ -118,28 +116,25 @@ describe('bind addresses of a worker process', function () {
     return others[0]!.port;
   }
 
-  it('the artifact and metrics server listens on 127.0.0.1 only when DT_ARTIFACT_HOST is not set', async () => {
-    const port = Number(byDefault.artifact.port);
+  /** The worker's artifact server listens on `host` alone, serves health and metrics there, and refuses `other`. */
+  async function assertArtifactServerOn(w: Started, host: string, other: string): Promise<void> {
+    const port = Number(w.artifact.port);
     assert.deepEqual(
-      byDefault.listeners.filter((l) => l.port === port),
-      [{ address: '127.0.0.1', port }],
+      w.listeners.filter((l) => l.port === port),
+      [{ address: host, port }],
     );
-    assert.equal(await status(`http://127.0.0.1:${port}/healthz`), 200);
-    assert.equal(await status(`http://127.0.0.1:${port}/metrics`), 200);
-    assert.equal(await dial('127.0.0.2', port), 'ECONNREFUSED', 'another address of this host is refused');
-    assert.equal(byDefault.artifact.hostname, '127.0.0.1', 'the URL it reports');
+    assert.equal(await status(`http://${host}:${port}/healthz`), 200);
+    assert.equal(await status(`http://${host}:${port}/metrics`), 200);
+    assert.equal(await dial(other, port), 'ECONNREFUSED', `${other}, another address of this host, is refused`);
+    assert.equal(w.artifact.hostname, host, 'the URL it reports');
+  }
+
+  it('the artifact and metrics server listens on 127.0.0.1 only when DT_ARTIFACT_HOST is not set', async () => {
+    await assertArtifactServerOn(byDefault, '127.0.0.1', '127.0.0.2');
   });
 
   it('the artifact and metrics server listens only on DT_ARTIFACT_HOST when it is set', async () => {
-    const port = Number(moved.artifact.port);
-    assert.deepEqual(
-      moved.listeners.filter((l) => l.port === port),
-      [{ address: '127.0.0.2', port }],
-    );
-    assert.equal(await status(`http://127.0.0.2:${port}/healthz`), 200);
-    assert.equal(await status(`http://127.0.0.2:${port}/metrics`), 200);
-    assert.equal(await dial('127.0.0.1', port), 'ECONNREFUSED', 'the default address is refused');
-    assert.equal(moved.artifact.hostname, '127.0.0.2', 'the URL it reports');
+    await assertArtifactServerOn(moved, '127.0.0.2', '127.0.0.1');
   });
 
   it("the SDK's metrics exporter listens on 127.0.0.1 only, DT_ARTIFACT_HOST moving nothing", async () => {

@@ -52,8 +52,6 @@ describe("agents of the device registry and DT_DEFAULT_AGENT_URL pass the worker
     const registry = path.join(tmp, 'devices.json');
     writeFileSync(registry, JSON.stringify({ 'reg-1': registered.url }));
     worker = await spawnWorker({
-      temporalAddress: process.env.TEST_TEMPORAL_ADDRESS!,
-      redisUrl: process.env.TEST_REDIS_URL!,
       taskQueue,
       redisKeyPrefix: prefix,
       logDir: path.join(tmp, 'logs'),

@@ -124,7 +124,6 @@ describe('the Temporal API key, checked by a proxy in front of the server', func
 
   const service = (name: string, env: Record<string, string>) => ({
     temporalAddress: address,
-    redisUrl: process.env.TEST_REDIS_URL!,
     taskQueue,
     redisKeyPrefix: prefix,
     logDir: path.join(tmp, 'logs'),

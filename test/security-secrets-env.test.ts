@@ -54,8 +54,6 @@ describe("the traversal tool's environment", function () {
     connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
     client = new Client({ connection });
     worker = await spawnWorker({
-      temporalAddress: process.env.TEST_TEMPORAL_ADDRESS!,
-      redisUrl: process.env.TEST_REDIS_URL!,
       taskQueue,
       redisKeyPrefix: prefix,
       logDir: path.join(tmp, 'logs'),

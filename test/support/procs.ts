@@ -147,8 +147,10 @@ function tail(file: string): string {
 
 /** Settings shared by spawned workers and starters. */
 export interface ServiceEnv {
-  temporalAddress: string;
-  redisUrl: string;
+  /** The suite's dev server when not given. */
+  temporalAddress?: string;
+  /** The suite's Redis when not given. */
+  redisUrl?: string;
   taskQueue: string;
   redisKeyPrefix: string;
   logDir: string;
@@ -162,9 +164,9 @@ export async function spawnWorker(s: ServiceEnv & { dataDir: string }): Promise<
     'worker',
     'src/worker.ts',
     {
-      TEMPORAL_ADDRESS: s.temporalAddress,
+      TEMPORAL_ADDRESS: s.temporalAddress ?? process.env.TEST_TEMPORAL_ADDRESS!,
       TEMPORAL_NAMESPACE: 'default',
-      REDIS_URL: s.redisUrl,
+      REDIS_URL: s.redisUrl ?? process.env.TEST_REDIS_URL!,
       TASK_QUEUE: s.taskQueue,
       DT_REDIS_KEY_PREFIX: s.redisKeyPrefix,
       // Unscoped workflow ids, as the tests name them (test/deployments.e2e.test.ts covers named ones).
@@ -192,9 +194,9 @@ export async function spawnStarter(s: ServiceEnv & { starterId: string }): Promi
     'starter',
     'src/starter.ts',
     {
-      TEMPORAL_ADDRESS: s.temporalAddress,
+      TEMPORAL_ADDRESS: s.temporalAddress ?? process.env.TEST_TEMPORAL_ADDRESS!,
       TEMPORAL_NAMESPACE: 'default',
-      REDIS_URL: s.redisUrl,
+      REDIS_URL: s.redisUrl ?? process.env.TEST_REDIS_URL!,
       TASK_QUEUE: s.taskQueue,
       DT_REDIS_KEY_PREFIX: s.redisKeyPrefix,
       // Unscoped workflow ids, as the tests name them (test/deployments.e2e.test.ts covers named ones).
