@@ -387,7 +387,10 @@ describe('the Temporal server and Redis killed and restarted', function () {
         const r = await result(t.taskId, t.deviceId);
         assert.equal(r.status, 'completed', `${t.taskId}: ${JSON.stringify(r.error)}`);
         // Published by a later attempt than the first: the publish workflow retried until Redis took it.
-        const events = (await client.workflow.getHandle(publishWorkflowId(t.taskId, t.deviceId)).fetchHistory()).events ?? [];
+        // The result is in Redis a moment before the activity's completion reaches history: wait for the workflow.
+        const publish = client.workflow.getHandle(publishWorkflowId(t.taskId, t.deviceId));
+        await publish.result();
+        const events = (await publish.fetchHistory()).events ?? [];
         const attempts = events.flatMap((e) => (e.activityTaskStartedEventAttributes ? [e.activityTaskStartedEventAttributes.attempt ?? 1] : []));
         const scheduled = events.filter((e) => e.activityTaskScheduledEventAttributes).length;
         assert.ok(scheduled > 1 || attempts.some((a) => a > 1), `${t.taskId} published after a retry (attempts ${attempts.join(', ')})`);
