@@ -7,7 +7,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { PROJECT_ROOT } from '../src/config';
-import { findTemporalCli } from '../src/local/temporal-dev';
+import { findTemporalCli } from '../dev/temporal-dev';
 import { machineInfo, say, type Machine, type ScenarioRun } from './lib/report';
 import { closeAllScopes } from './lib/scope';
 

@@ -28,23 +28,23 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig, PROJECT_ROOT } from '../src/config';
-import { resultKey } from '../src/activities/result-publisher';
-import { progressQuery, traversalWorkflowId, type TraversalResult } from '../src/messages';
+import { resultKey } from '../src/contract/redis-keys';
+import { progressQuery, traversalWorkflowId, type TraversalResult } from '../src/contract/messages';
 import {
   describeInFlight,
   findInFlight,
   pendingTasks,
   runningTraversals,
   type InFlightRun,
-} from '../src/local/in-flight';
-import { canConnect, portIsFree, waitForPort } from '../src/local/ports';
-import { ensureRedis, type LocalRedis } from '../src/local/redis-local';
-import { mib, RssSampler } from '../src/local/rss';
-import { ensureSearchAttributes, findTemporalCli, startDevServer, type DevServer } from '../src/local/temporal-dev';
-import { deviceStates, progressRow, queuedReason, type BoardRow } from '../src/progress-board';
-import { AgentSimulator } from '../src/sim/agent-sim';
-import { ApkOrigin } from '../src/sim/origin';
-import { starterKeys } from '../src/starter-core';
+} from '../dev/in-flight';
+import { canConnect, portIsFree, waitForPort } from '../src/net/ports';
+import { ensureRedis, type LocalRedis } from '../dev/redis-local';
+import { mib, RssSampler } from '../dev/rss';
+import { ensureSearchAttributes, findTemporalCli, startDevServer, type DevServer } from '../dev/temporal-dev';
+import { deviceStates, progressRow, queuedReason, type BoardRow } from '../src/starter/progress-board';
+import { AgentSimulator } from '../sim/agent-sim';
+import { ApkOrigin } from '../sim/origin';
+import { starterKeys } from '../src/contract/redis-keys';
 import { temporalSettings } from '../src/temporal-connection';
 
 let interrupted = false;
@@ -359,7 +359,7 @@ function parseArgs(argv: string[], artifactPort: number): DemoArgs | undefined {
     return p;
   };
   const durationSec = num('duration', 8);
-  // Tasks take whole seconds (src/task.ts); a fraction would be dead-lettered by the starter.
+  // Tasks take whole seconds (src/starter/task.ts); a fraction would be dead-lettered by the starter.
   if (!Number.isInteger(durationSec) || durationSec < 1)
     throw new Error(`--duration must be a whole number of seconds, at least 1, got ${durationSec}\n${USAGE}`);
   return {

@@ -10,9 +10,9 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../src/config';
-import { canConnect } from '../src/local/ports';
-import { startDevServer } from '../src/local/temporal-dev';
-import { SEARCH_ATTRIBUTE_NAMES } from '../src/search-attributes';
+import { canConnect } from '../src/net/ports';
+import { startDevServer } from '../dev/temporal-dev';
+import { SEARCH_ATTRIBUTE_NAMES } from '../src/contract/search-attributes';
 import { temporalSettings } from '../src/temporal-connection';
 
 const HOST = '127.0.0.1';

@@ -17,12 +17,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import { PROJECT_ROOT } from '../src/config';
-import { freePort } from '../src/local/ports';
-import { startRedis, type LocalRedis } from '../src/local/redis-local';
-import { startDevServer, type DevServer } from '../src/local/temporal-dev';
-import { requestTraversal } from '../src/starter-core';
-import { deviceWorkflowId, publishWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/messages';
-import { TRAVERSAL_PHASE } from '../src/search-attributes';
+import { freePort } from '../src/net/ports';
+import { startRedis, type LocalRedis } from '../dev/redis-local';
+import { startDevServer, type DevServer } from '../dev/temporal-dev';
+import { requestTraversal } from '../src/starter/task-bridge';
+import { deviceWorkflowId, publishWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/contract/messages';
+import { TRAVERSAL_PHASE } from '../src/contract/search-attributes';
 import { startStack, task, workflowBundle, type Stack } from '../test/support/stack';
 import { waitFor as pollUntil } from '../test/support/wait';
 

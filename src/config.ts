@@ -5,9 +5,9 @@
  */
 import os from 'node:os';
 import path from 'node:path';
-import { extraArgsPolicyFor } from './extra-args';
-import { DEPLOYMENT_PATTERN, type Delivery } from './messages';
-import { parseAllowList } from './url-policy';
+import { extraArgsPolicyFor } from './contract/extra-args';
+import { DEPLOYMENT_PATTERN, type Delivery } from './contract/messages';
+import { parseAllowList } from './net/url-policy';
 
 /** Root of the project checkout (config.ts lives in src/ or lib/src/). */
 export const PROJECT_ROOT = path.resolve(__dirname, __dirname.includes(`${path.sep}lib${path.sep}`) ? '../..' : '..');

@@ -1,7 +1,15 @@
 /** The device registry: a JSON file mapping device ids to agent URLs, plus a default agent. */
 import { readFileSync } from 'node:fs';
-import { checkHttpUrl, DEVICE_ID_PATTERN, type AgentDirectory } from './task';
-import { UrlPolicy, type UrlPolicyOptions } from './url-policy';
+import { checkHttpUrl, DEVICE_ID_PATTERN } from './contract/ids';
+import { UrlPolicy, type UrlPolicyOptions } from './net/url-policy';
+
+/** Where device ids are looked up when a task names no agent. */
+export interface AgentDirectory {
+  /** Agent base URL for a device, or undefined when unknown. */
+  agentFor(deviceId: string): string | undefined;
+  /** True when the URL is one of the directory's agents (so a task may name it). */
+  knows?(agentUrl: string): boolean;
+}
 
 /** A loaded registry: lookups, its device ids and every agent URL it names (the default included). */
 export type DeviceRegistry = AgentDirectory & { devices: string[]; agentUrls: string[] };

@@ -1,6 +1,6 @@
 /** JSON-lines logger used by entry points and installed as the Temporal runtime logger. */
 import type { LogLevel, LogMetadata, Logger } from '@temporalio/common';
-import { parseWorkflowId } from './messages';
+import { parseWorkflowId } from './contract/messages';
 
 const ORDER: Record<string, number> = { TRACE: 0, DEBUG: 1, INFO: 2, WARN: 3, ERROR: 4 };
 

@@ -1,5 +1,5 @@
 /** A small Prometheus text-format registry for the worker's own counters. */
-import { PUBLISH_RETRY_CAP_MS } from './messages';
+import { PUBLISH_RETRY_CAP_MS } from './contract/messages';
 
 type Labels = Record<string, string>;
 

@@ -2,10 +2,10 @@
 import Redis from 'ioredis';
 import { loadConfig } from './config';
 import { loadDeviceRegistry, urlPolicyFor } from './device-registry';
-import { extraArgsPolicyFor } from './extra-args';
+import { extraArgsPolicyFor } from './contract/extra-args';
 import { JsonLogger } from './logger';
-import { ProgressBoard } from './progress-board';
-import { TaskBridge } from './starter-core';
+import { ProgressBoard } from './starter/progress-board';
+import { TaskBridge } from './starter/task-bridge';
 import { connectClient, temporalApiKey, temporalSettings } from './temporal-connection';
 
 async function main(): Promise<void> {

@@ -3,10 +3,10 @@ import { DefaultLogger, Runtime } from '@temporalio/worker';
 import Redis from 'ioredis';
 import { loadConfig } from './config';
 import { JsonLogger } from './logger';
-import { freePort } from './local/ports';
-import { scrapeSdkMetrics, sdkTelemetryOptions } from './sdk-metrics';
+import { freePort } from './net/ports';
+import { scrapeSdkMetrics, sdkTelemetryOptions } from './worker/sdk-metrics';
 import { connectClient, connectWorker, temporalApiKey, temporalSettings } from './temporal-connection';
-import { createTraversalWorker } from './worker-setup';
+import { createTraversalWorker } from './worker/setup';
 
 async function main(): Promise<void> {
   const config = loadConfig();
@@ -22,7 +22,7 @@ async function main(): Promise<void> {
   const sdkMetricsPort = config.sdkMetricsPort || (await freePort());
   Runtime.install({
     logger: logger as unknown as DefaultLogger,
-    // Loopback only: the exporter has no authentication (src/sdk-metrics.ts).
+    // Loopback only: the exporter has no authentication (src/worker/sdk-metrics.ts).
     telemetryOptions: sdkTelemetryOptions(sdkMetricsPort),
   });
 

@@ -11,12 +11,12 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { request, type Dispatcher } from 'undici';
-import { ApkCache, urlKey, type CachedApk, type DownloadState } from '../src/activities/apk-cache';
-import { ArtifactServer } from '../src/artifact-server';
+import { ApkCache, urlKey, type CachedApk, type DownloadState } from '../src/apk-cache/apk-cache';
+import { ArtifactServer } from '../src/worker/artifact-server';
 import { PROJECT_ROOT } from '../src/config';
 import { Metrics } from '../src/metrics';
-import { ApkOrigin, type ApkInfo } from '../src/sim/origin';
-import { createDispatcher } from '../src/worker-setup';
+import { ApkOrigin, type ApkInfo } from '../sim/origin';
+import { createDispatcher } from '../src/worker/setup';
 
 const MiB = 1024 * 1024;
 const APK_DIR = path.join(PROJECT_ROOT, '.tools', 'apks');

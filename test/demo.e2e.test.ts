@@ -14,10 +14,10 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import Redis from 'ioredis';
-import { resultKey } from '../src/activities/result-publisher';
+import { resultKey } from '../src/contract/redis-keys';
 import { deploymentFromPrefix, PROJECT_ROOT } from '../src/config';
-import { freePort } from '../src/local/ports';
-import { findTemporalCli, waitForNamespace } from '../src/local/temporal-dev';
+import { freePort } from '../src/net/ports';
+import { findTemporalCli, waitForNamespace } from '../dev/temporal-dev';
 import {
   budgetSignal,
   deviceWorkflowId,
@@ -26,10 +26,10 @@ import {
   traversalWorkflowId,
   type DeviceState,
   type TraversalResult,
-} from '../src/messages';
-import { ProgressBoard, queuedReason } from '../src/progress-board';
-import { AgentSimulator } from '../src/sim/agent-sim';
-import { ApkOrigin } from '../src/sim/origin';
+} from '../src/contract/messages';
+import { ProgressBoard, queuedReason } from '../src/starter/progress-board';
+import { AgentSimulator } from '../sim/agent-sim';
+import { ApkOrigin } from '../sim/origin';
 import { request } from 'undici';
 import { startStack, task, type Stack } from './support/stack';
 import { waitFor } from './support/wait';

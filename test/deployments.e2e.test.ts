@@ -5,7 +5,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { loadConfig } from '../src/config';
-import { deviceStateQuery, deviceWorkflowId, enqueueSignal, traversalWorkflowId, type TraversalRequest } from '../src/messages';
+import { deviceStateQuery, deviceWorkflowId, enqueueSignal, traversalWorkflowId, type TraversalRequest } from '../src/contract/messages';
 import { enqueueSignals } from './support/history';
 import { startStack, task, type Stack } from './support/stack';
 import { waitFor } from './support/wait';

@@ -10,15 +10,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { PROJECT_ROOT } from '../src/config';
-import { freePort } from '../src/local/ports';
+import { freePort } from '../src/net/ports';
 import {
   ensureSearchAttributes,
   findTemporalCli,
   startDevServer,
   waitForNamespace,
   type DevServer,
-} from '../src/local/temporal-dev';
-import { SEARCH_ATTRIBUTE_NAMES } from '../src/search-attributes';
+} from '../dev/temporal-dev';
+import { SEARCH_ATTRIBUTE_NAMES } from '../src/contract/search-attributes';
 
 const run = promisify(execFile);
 const SCRIPT = path.join(PROJECT_ROOT, 'scripts', 'dev-server.ts');

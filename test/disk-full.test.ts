@@ -12,12 +12,12 @@ import path from 'node:path';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ActivityFailure, ApplicationFailure, RetryState } from '@temporalio/common';
 import type { Dispatcher } from 'undici';
-import { ApkCache, urlKey } from '../src/activities/apk-cache';
+import { ApkCache, urlKey } from '../src/apk-cache/apk-cache';
 import { PROJECT_ROOT } from '../src/config';
-import { traversalWorkflowId, type TraversalRequest } from '../src/messages';
-import { ApkOrigin } from '../src/sim/origin';
-import { requestTraversal } from '../src/starter-core';
-import { createDispatcher } from '../src/worker-setup';
+import { traversalWorkflowId, type TraversalRequest } from '../src/contract/messages';
+import { ApkOrigin } from '../sim/origin';
+import { requestTraversal } from '../src/starter/task-bridge';
+import { createDispatcher } from '../src/worker/setup';
 import { startStack, type Stack } from './support/stack';
 import { waitFor } from './support/wait';
 

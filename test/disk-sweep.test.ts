@@ -9,12 +9,12 @@ import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Dispatcher } from 'undici';
-import { ApkCache, urlKey } from '../src/activities/apk-cache';
-import { journalDir } from '../src/attempt-journal';
-import { DiskSweeper, type DiskSweeperOptions } from '../src/disk-sweeper';
-import { traversalWorkflowId } from '../src/messages';
+import { ApkCache, urlKey } from '../src/apk-cache/apk-cache';
+import { journalDir } from '../src/activities/traversal/attempt-journal';
+import { DiskSweeper, type DiskSweeperOptions } from '../src/worker/disk-sweeper';
+import { traversalWorkflowId } from '../src/contract/messages';
 import { Metrics } from '../src/metrics';
-import { createDispatcher } from '../src/worker-setup';
+import { createDispatcher } from '../src/worker/setup';
 import { startStack } from './support/stack';
 import { waitFor } from './support/wait';
 

@@ -10,7 +10,7 @@ import { execFile } from 'node:child_process';
 import net from 'node:net';
 import { promisify } from 'node:util';
 import type { WorkflowHandle } from '@temporalio/client';
-import { findTemporalCli } from '../src/local/temporal-dev';
+import { findTemporalCli } from '../dev/temporal-dev';
 import {
   deviceStateQuery,
   deviceWorkflowId,
@@ -18,9 +18,9 @@ import {
   traversalWorkflowId,
   type RunPolicy,
   type TraversalRequest,
-} from '../src/messages';
-import { DEVICE_HEALTH } from '../src/search-attributes';
-import { requestTraversal } from '../src/starter-core';
+} from '../src/contract/messages';
+import { DEVICE_HEALTH } from '../src/contract/search-attributes';
+import { requestTraversal } from '../src/starter/task-bridge';
 import { pidAlive, traversalPids, waitFor } from './support/procs';
 import { startStack, type Stack } from './support/stack';
 

@@ -4,7 +4,7 @@
  * The worker runs in this process; agent, origin and `java` are real. A hanging jar is
  * faults-agent-hang.test.ts; the error kinds one by one are faults-agent-kinds.test.ts.
  */
-import { requestTraversal } from '../src/starter-core';
+import { requestTraversal } from '../src/starter/task-bridge';
 import assert from 'node:assert/strict';
 import type { WorkflowHandle } from '@temporalio/client';
 import {
@@ -14,8 +14,8 @@ import {
   resumeSignal,
   traversalWorkflowId,
   type TraversalRequest,
-} from '../src/messages';
-import { DEVICE_HEALTH } from '../src/search-attributes';
+} from '../src/contract/messages';
+import { DEVICE_HEALTH } from '../src/contract/search-attributes';
 import { pidAlive, traversalPids, waitFor } from './support/procs';
 import { startStack, type Stack } from './support/stack';
 

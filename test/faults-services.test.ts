@@ -4,7 +4,7 @@
  * its append-only file. Starters and workers are real processes; server and Redis are this
  * suite's own, so killing them leaves the other suites alone.
  */
-import { requestTraversal } from '../src/starter-core';
+import { requestTraversal } from '../src/starter/task-bridge';
 import assert from 'node:assert/strict';
 import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import Redis from 'ioredis';
@@ -13,10 +13,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PROJECT_ROOT } from '../src/config';
-import { freePort } from '../src/local/ports';
-import { startRedis, type LocalRedis } from '../src/local/redis-local';
-import { startDevServer, type DevServer } from '../src/local/temporal-dev';
-import { resultKey } from '../src/activities/result-publisher';
+import { freePort } from '../src/net/ports';
+import { startRedis, type LocalRedis } from '../dev/redis-local';
+import { startDevServer, type DevServer } from '../dev/temporal-dev';
+import { resultKey } from '../src/contract/redis-keys';
 import {
   budgetSignal,
   deviceWorkflowId,
@@ -24,10 +24,10 @@ import {
   traversalWorkflowId,
   type TraversalRequest,
   type TraversalResult,
-} from '../src/messages';
-import { AgentSimulator } from '../src/sim/agent-sim';
-import { ApkOrigin } from '../src/sim/origin';
-import { starterKeys } from '../src/starter-core';
+} from '../src/contract/messages';
+import { AgentSimulator } from '../sim/agent-sim';
+import { ApkOrigin } from '../sim/origin';
+import { starterKeys } from '../src/contract/redis-keys';
 import { devServerOnFile, pendingActivity, sleep, spawnStarter, spawnWorker, TcpProxy, waitFor, type Proc } from './support/procs';
 import { enqueueSignals } from './support/history';
 import { waitForResult } from './support/wait';

@@ -15,13 +15,13 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { resultKey } from '../src/activities/result-publisher';
-import { WORKER_LOST } from '../src/attempt-journal';
+import { resultKey } from '../src/contract/redis-keys';
+import { WORKER_LOST } from '../src/activities/traversal/attempt-journal';
 import { PROJECT_ROOT } from '../src/config';
-import { budgetSignal, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../src/messages';
-import { AgentSimulator } from '../src/sim/agent-sim';
-import { ApkOrigin, type ApkInfo } from '../src/sim/origin';
-import { requestTraversal } from '../src/starter-core';
+import { budgetSignal, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../src/contract/messages';
+import { AgentSimulator } from '../sim/agent-sim';
+import { ApkOrigin, type ApkInfo } from '../sim/origin';
+import { requestTraversal } from '../src/starter/task-bridge';
 import {
   pendingActivity,
   pidAlive,

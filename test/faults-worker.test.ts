@@ -3,7 +3,7 @@
  * Workers are real `src/worker.ts` processes sharing one data folder (one host); the Temporal
  * dev server and Redis are the suite-wide ones; origin and agent are real HTTP servers here.
  */
-import { requestTraversal } from '../src/starter-core';
+import { requestTraversal } from '../src/starter/task-bridge';
 import assert from 'node:assert/strict';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import Redis from 'ioredis';
@@ -11,11 +11,11 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { JOURNAL_LEASE_STALE_MS, WORKER_LOST } from '../src/attempt-journal';
+import { JOURNAL_LEASE_STALE_MS, WORKER_LOST } from '../src/activities/traversal/attempt-journal';
 import { PROJECT_ROOT } from '../src/config';
-import { budgetSignal, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../src/messages';
-import { AgentSimulator } from '../src/sim/agent-sim';
-import { ApkOrigin, type ApkInfo } from '../src/sim/origin';
+import { budgetSignal, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../src/contract/messages';
+import { AgentSimulator } from '../sim/agent-sim';
+import { ApkOrigin, type ApkInfo } from '../sim/origin';
 import {
   pendingActivity,
   pidAlive,

@@ -3,8 +3,8 @@
  * prints (and the traversal simulator imitates), so the grouping rules are pinned down exactly.
  */
 import assert from 'node:assert/strict';
-import { findingsForResult, frameKey, mergeFindings, parseFindingLine, signatureFrames, signatureOf, toFinding } from '../src/findings';
-import type { Finding } from '../src/messages';
+import { findingsForResult, frameKey, mergeFindings, parseFindingLine, signatureFrames, signatureOf, toFinding } from '../src/activities/findings';
+import type { Finding } from '../src/contract/messages';
 
 const STACK = [
   'android.view.ViewRootImpl.setView(ViewRootImpl.java:1129)',

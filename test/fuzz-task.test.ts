@@ -13,18 +13,13 @@ import { randomUUID } from 'node:crypto';
 import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import fc from 'fast-check';
 import Redis from 'ioredis';
-import { InvalidTaskError } from '../src/errors';
-import { deviceWorkflowId, type TraversalRequest } from '../src/messages';
-import { deadLetterPayload, TaskBridge, type DeadLetter } from '../src/starter-core';
-import {
-  DEVICE_ID_PATTERN,
-  firstInvalidUtf8,
-  PACKAGE_PATTERN,
-  parseTask,
-  TASK_ID_PATTERN,
-  type AgentDirectory,
-} from '../src/task';
-import { UrlPolicy } from '../src/url-policy';
+import { InvalidTaskError } from '../src/contract/errors';
+import { deviceWorkflowId, type TraversalRequest } from '../src/contract/messages';
+import { deadLetterPayload, TaskBridge, type DeadLetter } from '../src/starter/task-bridge';
+import { DEVICE_ID_PATTERN, PACKAGE_PATTERN, TASK_ID_PATTERN } from '../src/contract/ids';
+import type { AgentDirectory } from '../src/device-registry';
+import { firstInvalidUtf8, parseTask } from '../src/starter/task';
+import { UrlPolicy } from '../src/net/url-policy';
 import { anyPayload, garbage, mutatedTask, rawMutation, validTask } from './fuzz-payloads';
 import { enqueueSignals } from './support/history';
 import { waitFor } from './support/wait';

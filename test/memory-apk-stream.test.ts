@@ -17,7 +17,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { PROJECT_ROOT } from '../src/config';
-import { ApkOrigin } from '../src/sim/origin';
+import { ApkOrigin } from '../sim/origin';
 
 const MiB = 1024 * 1024;
 const APK_BYTES = 1024 * MiB;
@@ -26,11 +26,11 @@ const GROWTH_LIMIT = 160 * MiB;
 
 /** The child: the worker's cache and artifact server, driven by messages from the test. */
 const CHILD = `
-const { ApkCache } = require('./src/activities/apk-cache');
-const { ArtifactServer } = require('./src/artifact-server');
+const { ApkCache } = require('./src/apk-cache/apk-cache');
+const { ArtifactServer } = require('./src/worker/artifact-server');
 const { Metrics } = require('./src/metrics');
-const { UrlPolicy } = require('./src/url-policy');
-const { createDispatcher } = require('./src/worker-setup');
+const { UrlPolicy } = require('./src/net/url-policy');
+const { createDispatcher } = require('./src/worker/setup');
 const metrics = new Metrics();
 const dispatcher = createDispatcher(new UrlPolicy('127.0.0.1'));
 const cache = new ApkCache({ dir: process.env.CACHE_DIR, maxBytes: 2 * ${APK_BYTES}, dispatcher, metrics });

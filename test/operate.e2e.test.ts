@@ -2,15 +2,15 @@
  * Operating runs with the real `temporal` CLI: query progress, pause/resume traversals and devices,
  * cancel, change a running traversal's time budget, and find runs by search attribute.
  */
-import { requestTraversal } from '../src/starter-core';
+import { requestTraversal } from '../src/starter/task-bridge';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readFileSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { deviceWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress, type TraversalRequest } from '../src/messages';
-import { ProgressBoard } from '../src/progress-board';
-import { findTemporalCli } from '../src/local/temporal-dev';
+import { deviceWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress, type TraversalRequest } from '../src/contract/messages';
+import { ProgressBoard } from '../src/starter/progress-board';
+import { findTemporalCli } from '../dev/temporal-dev';
 import { startStack, type Stack } from './support/stack';
 import { childStarts, runHistories } from './support/history';
 import { traversalPids, waitFor } from './support/wait';

@@ -9,12 +9,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { WorkflowExecutionStatusName } from '@temporalio/client';
-import { createResultPublisherActivities, resultKey, resultsStream } from '../src/activities/result-publisher';
-import { freePort } from '../src/local/ports';
-import { startRedis, type LocalRedis } from '../src/local/redis-local';
-import { publishWorkflowId, traversalWorkflowId, type TraversalResult } from '../src/messages';
+import { createResultPublisherActivities } from '../src/activities/result-publisher';
+import { resultKey, resultsStream } from '../src/contract/redis-keys';
+import { freePort } from '../src/net/ports';
+import { startRedis, type LocalRedis } from '../dev/redis-local';
+import { publishWorkflowId, traversalWorkflowId, type TraversalResult } from '../src/contract/messages';
 import { Metrics } from '../src/metrics';
-import { TRAVERSAL_PHASE } from '../src/search-attributes';
+import { TRAVERSAL_PHASE } from '../src/contract/search-attributes';
 import { startStack, task, type Stack } from './support/stack';
 import { waitFor } from './support/wait';
 

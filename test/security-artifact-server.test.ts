@@ -16,16 +16,16 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
-import { ApkCache } from '../src/activities/apk-cache';
-import { ArtifactServer, artifactInstallUrl, type ArtifactServerOptions } from '../src/artifact-server';
-import { addressKey } from '../src/connection-limiter';
+import { ApkCache } from '../src/apk-cache/apk-cache';
+import { ArtifactServer, artifactInstallUrl, type ArtifactServerOptions } from '../src/worker/artifact-server';
+import { addressKey } from '../src/worker/connection-limiter';
 import { loadConfig, OPTIONS, PROJECT_ROOT } from '../src/config';
-import { freePort } from '../src/local/ports';
+import { freePort } from '../src/net/ports';
 import { JsonLogger } from '../src/logger';
 import { Metrics } from '../src/metrics';
-import { scrapeSdkMetrics, SDK_METRICS_HOST, sdkTelemetryOptions } from '../src/sdk-metrics';
-import { ApkOrigin } from '../src/sim/origin';
-import { createDispatcher } from '../src/worker-setup';
+import { scrapeSdkMetrics, SDK_METRICS_HOST, sdkTelemetryOptions } from '../src/worker/sdk-metrics';
+import { ApkOrigin } from '../sim/origin';
+import { createDispatcher } from '../src/worker/setup';
 
 const MiB = 1024 * 1024;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -593,7 +593,7 @@ describe('artifact server against strangers', function () {
       const port = await freePort();
       const code = [
         "const { Runtime, DefaultLogger } = require('@temporalio/worker');",
-        "const { sdkTelemetryOptions } = require('./src/sdk-metrics');",
+        "const { sdkTelemetryOptions } = require('./src/worker/sdk-metrics');",
         "Runtime.install({ logger: new DefaultLogger('ERROR'), telemetryOptions: sdkTelemetryOptions(Number(process.env.PORT)) });",
         'setInterval(() => undefined, 1000);',
       ].join('\n');

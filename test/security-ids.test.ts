@@ -23,16 +23,17 @@ import { DefaultLogger } from '@temporalio/worker';
 import Redis from 'ioredis';
 import { createActivities } from '../src/activities';
 import { createReportSinkActivities } from '../src/activities/report-sink';
-import { createTraversalRunnerActivities } from '../src/activities/traversal-runner';
-import { ApkCache } from '../src/activities/apk-cache';
-import { ArtifactServer } from '../src/artifact-server';
+import { createTraversalRunnerActivities } from '../src/activities/traversal/runner';
+import { ApkCache } from '../src/apk-cache/apk-cache';
+import { ArtifactServer } from '../src/worker/artifact-server';
 import { loadConfig, PROJECT_ROOT } from '../src/config';
-import { InvalidTaskError } from '../src/errors';
-import { traversalWorkflowId, publishWorkflowId, type TraversalRequest, type TraversalResult } from '../src/messages';
+import { InvalidTaskError } from '../src/contract/errors';
+import { traversalWorkflowId, publishWorkflowId, type TraversalRequest, type TraversalResult } from '../src/contract/messages';
 import { Metrics } from '../src/metrics';
-import { parseTask, type AgentDirectory } from '../src/task';
+import type { AgentDirectory } from '../src/device-registry';
+import { parseTask } from '../src/starter/task';
 import { traversalWorkflow } from '../src/workflows';
-import { createDispatcher } from '../src/worker-setup';
+import { createDispatcher } from '../src/worker/setup';
 import { startStack, type Stack } from './support/stack';
 
 /** Identifiers that must never pass. */
@@ -131,7 +132,7 @@ describe('identifiers', function () {
     const dispatcher = createDispatcher();
     // Never connected: an activity that got as far as Redis would fail another way.
     const redis = new Redis({ lazyConnect: true, enableOfflineQueue: false });
-    // The same factory src/worker-setup.ts hands to the Temporal Worker.
+    // The same factory src/worker/setup.ts hands to the Temporal Worker.
     const acts = createActivities({
       config,
       cache: new ApkCache({ dir: config.apkCacheDir, maxBytes: 1024, dispatcher }),
@@ -285,7 +286,7 @@ describe('identifiers', function () {
     await walk(path.join(PROJECT_ROOT, 'src'));
     const spawning = files.filter((f) => /from ['"](node:)?child_process['"]/.test(readFileSync(f, 'utf8')));
     assert.ok(
-      spawning.some((f) => f.endsWith('traversal-runner.ts')),
+      spawning.some((f) => f.includes(path.join('src', 'activities', 'traversal'))),
       'the scan sees the runner',
     );
     for (const f of spawning) {

@@ -14,7 +14,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { request } from 'undici';
-import { freePort } from '../src/local/ports';
+import { freePort } from '../src/net/ports';
 import { spawnWorker, type Proc } from './support/procs';
 
 /** The error code of a TCP connection to host:port, or 'connected'. */

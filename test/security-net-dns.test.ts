@@ -17,10 +17,10 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { request, type Dispatcher } from 'undici';
 import { urlPolicyFor } from '../src/device-registry';
-import { InvalidTaskError } from '../src/errors';
-import { parseTask } from '../src/task';
-import type { LookupFn } from '../src/url-policy';
-import { createDispatcher } from '../src/worker-setup';
+import { InvalidTaskError } from '../src/contract/errors';
+import { parseTask } from '../src/starter/task';
+import type { LookupFn } from '../src/net/url-policy';
+import { createDispatcher } from '../src/worker/setup';
 
 /** Answers of one name: fixed lists, or a function called once per query (a rebinding name). */
 interface Zone {

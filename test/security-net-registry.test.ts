@@ -13,10 +13,10 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { TraversalRequest } from '../src/messages';
-import { AgentSimulator } from '../src/sim/agent-sim';
-import { ApkOrigin } from '../src/sim/origin';
-import { requestTraversal } from '../src/starter-core';
+import type { TraversalRequest } from '../src/contract/messages';
+import { AgentSimulator } from '../sim/agent-sim';
+import { ApkOrigin } from '../sim/origin';
+import { requestTraversal } from '../src/starter/task-bridge';
 import { spawnWorker, type Proc } from './support/procs';
 import { waitForResult } from './support/wait';
 

@@ -14,8 +14,8 @@ import os from 'node:os';
 import path from 'node:path';
 import Redis from 'ioredis';
 import { PROJECT_ROOT } from '../src/config';
-import { AgentSimulator } from '../src/sim/agent-sim';
-import { ApkOrigin } from '../src/sim/origin';
+import { AgentSimulator } from '../sim/agent-sim';
+import { ApkOrigin } from '../sim/origin';
 import { spawnStarter, spawnWorker, type Proc } from './support/procs';
 import { waitForResult } from './support/wait';
 

@@ -13,10 +13,10 @@ import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import Redis from 'ioredis';
 import { PROJECT_ROOT } from '../src/config';
-import { budgetSignal, traversalWorkflowId } from '../src/messages';
-import { AgentSimulator } from '../src/sim/agent-sim';
-import { ApkOrigin } from '../src/sim/origin';
-import { requestTraversal } from '../src/starter-core';
+import { budgetSignal, traversalWorkflowId } from '../src/contract/messages';
+import { AgentSimulator } from '../sim/agent-sim';
+import { ApkOrigin } from '../sim/origin';
+import { requestTraversal } from '../src/starter/task-bridge';
 import { spawnWorker, type Proc } from './support/procs';
 import { traversalPids, waitFor, waitForResult } from './support/wait';
 

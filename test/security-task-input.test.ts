@@ -13,10 +13,10 @@ import path from 'node:path';
 import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import Redis from 'ioredis';
 import { loadConfig } from '../src/config';
-import { ExtraArgsPolicy, extraArgsPolicyFor } from '../src/extra-args';
-import { deviceWorkflowId, type TraversalRequest } from '../src/messages';
-import { deadLetterPayload, requestTraversal, TaskBridge, type DeadLetter } from '../src/starter-core';
-import { UrlPolicy } from '../src/url-policy';
+import { ExtraArgsPolicy, extraArgsPolicyFor } from '../src/contract/extra-args';
+import { deviceWorkflowId, type TraversalRequest } from '../src/contract/messages';
+import { deadLetterPayload, requestTraversal, TaskBridge, type DeadLetter } from '../src/starter/task-bridge';
+import { UrlPolicy } from '../src/net/url-policy';
 import { startStack, type Stack } from './support/stack';
 import { waitFor } from './support/wait';
 

@@ -19,14 +19,14 @@ import path from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { DefaultLogger } from '@temporalio/worker';
 import type { Dispatcher } from 'undici';
-import { ApkCache } from '../src/activities/apk-cache';
+import { ApkCache } from '../src/apk-cache/apk-cache';
 import { agentCall } from '../src/activities/device-agent';
 import { createReportSinkActivities } from '../src/activities/report-sink';
 import { loadDeviceRegistry, urlPolicyFor } from '../src/device-registry';
-import { InvalidTaskError } from '../src/errors';
-import { parseTask } from '../src/task';
-import { classifyAddress, UrlPolicy, type LookupFn } from '../src/url-policy';
-import { createDispatcher } from '../src/worker-setup';
+import { InvalidTaskError } from '../src/contract/errors';
+import { parseTask } from '../src/starter/task';
+import { classifyAddress, UrlPolicy, type LookupFn } from '../src/net/url-policy';
+import { createDispatcher } from '../src/worker/setup';
 import { startStack, task, type Stack } from './support/stack';
 
 interface Coded {

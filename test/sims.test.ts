@@ -7,8 +7,8 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import readline from 'node:readline';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
-import { ApkOrigin, type ApkInfo } from '../src/sim/origin';
-import { AgentSimulator, parseMultipart, type PartInfo } from '../src/sim/agent-sim';
+import { ApkOrigin, type ApkInfo } from '../sim/origin';
+import { AgentSimulator, parseMultipart, type PartInfo } from '../sim/agent-sim';
 import { PROJECT_ROOT } from '../src/config';
 
 interface Reply {

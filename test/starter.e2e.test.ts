@@ -9,8 +9,8 @@ import { Client, Connection } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { defaultPayloadConverter } from '@temporalio/common';
 import Redis from 'ioredis';
-import { deviceWorkflowId, type TraversalRequest } from '../src/messages';
-import { TaskBridge } from '../src/starter-core';
+import { deviceWorkflowId, type TraversalRequest } from '../src/contract/messages';
+import { TaskBridge } from '../src/starter/task-bridge';
 import { waitFor } from './support/wait';
 
 const EventType = temporal.api.enums.v1.EventType;

@@ -4,10 +4,11 @@
  */
 import assert from 'node:assert/strict';
 import { loadConfig } from '../src/config';
-import { InvalidTaskError } from '../src/errors';
-import { extraArgsPolicyFor } from '../src/extra-args';
-import { MAX_TASK_BYTES, parseTask, TASK_SCHEMA, type AgentDirectory } from '../src/task';
-import { UrlPolicy } from '../src/url-policy';
+import { InvalidTaskError } from '../src/contract/errors';
+import { extraArgsPolicyFor } from '../src/contract/extra-args';
+import type { AgentDirectory } from '../src/device-registry';
+import { MAX_TASK_BYTES, parseTask, TASK_SCHEMA } from '../src/starter/task';
+import { UrlPolicy } from '../src/net/url-policy';
 
 const agents: AgentDirectory = { agentFor: (d) => (d.startsWith('lab-') ? 'http://10.0.0.5:7301' : undefined) };
 const policy = new UrlPolicy('10.0.0.0/8');

@@ -17,9 +17,9 @@ import {
   progressQuery,
   traversalWorkflowId,
   type TraversalRequest,
-} from '../src/messages';
-import { extraArgsPolicyFor } from '../src/extra-args';
-import { TaskBridge } from '../src/starter-core';
+} from '../src/contract/messages';
+import { extraArgsPolicyFor } from '../src/contract/extra-args';
+import { TaskBridge } from '../src/starter/task-bridge';
 import { startStack, task, type Stack } from './support/stack';
 import { childStarts, enqueueSignals, runHistories, waitForEnqueueSignals } from './support/history';
 import { traversalPids, waitFor } from './support/wait';

@@ -16,7 +16,7 @@ import {
   createTraversalRunnerActivities,
   endStaleRun,
   type TraversalRunnerDeps,
-} from '../src/activities/traversal-runner';
+} from '../src/activities/traversal/runner';
 import { pidAlive } from './support/procs';
 import { waitFor } from './support/wait';
 

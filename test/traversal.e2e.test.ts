@@ -9,7 +9,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { ActivityFailure, ApplicationFailure } from '@temporalio/common';
 import { startStack, task, type Stack } from './support/stack';
 import { waitFor } from './support/wait';
-import { deviceStateQuery, deviceWorkflowId, traversalWorkflowId } from '../src/messages';
+import { deviceStateQuery, deviceWorkflowId, traversalWorkflowId } from '../src/contract/messages';
 import { childStarts, runHistories, waitForEnqueueSignals } from './support/history';
 
 const MiB = 1024 * 1024;

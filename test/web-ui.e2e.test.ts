@@ -9,9 +9,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { PROJECT_ROOT } from '../src/config';
-import { freePort } from '../src/local/ports';
-import { startDevServer, type DevServer } from '../src/local/temporal-dev';
-import { traversalWorkflowId } from '../src/messages';
+import { freePort } from '../src/net/ports';
+import { startDevServer, type DevServer } from '../dev/temporal-dev';
+import { traversalWorkflowId } from '../src/contract/messages';
 import { startStack, task, type Stack } from './support/stack';
 
 const CHROMIUM = '/usr/bin/chromium';

@@ -5,7 +5,7 @@
  *
  * Usage: agent-child.ts '{"devices":["d1"],"port":7301,"coldStartMs":[10,50]}'
  */
-import { AgentSimulator } from '../../src/sim/agent-sim';
+import { AgentSimulator } from '../../sim/agent-sim';
 
 /** Options passed as one JSON argument. */
 interface AgentChildOptions {

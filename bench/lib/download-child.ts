@@ -15,9 +15,9 @@ import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { request } from 'undici';
-import { ApkCache } from '../../src/activities/apk-cache';
-import { UrlPolicy } from '../../src/url-policy';
-import { createDispatcher } from '../../src/worker-setup';
+import { ApkCache } from '../../src/apk-cache/apk-cache';
+import { UrlPolicy } from '../../src/net/url-policy';
+import { createDispatcher } from '../../src/worker/setup';
 
 const BATCH = 1024 * 1024;
 

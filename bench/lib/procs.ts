@@ -8,7 +8,7 @@
  * parent's memory, not a process of its own. The traversal commands never run the root's program.
  */
 import { readdirSync, readFileSync } from 'node:fs';
-import { readMemory } from '../../src/local/rss';
+import { readMemory } from '../../dev/rss';
 import { round } from './report';
 
 /** Bytes per page for the rss field of /proc/<pid>/stat (4 KiB on the Linux machines this runs on). */

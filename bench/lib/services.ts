@@ -19,10 +19,10 @@ import {
 } from 'node:fs';
 import path from 'node:path';
 import { PROJECT_ROOT } from '../../src/config';
-import { freePort, waitForPort } from '../../src/local/ports';
-import { startRedis, type LocalRedis } from '../../src/local/redis-local';
-import { startDevServer, type DevServer } from '../../src/local/temporal-dev';
-import { SIM_EXTRA_ARGS } from '../../src/sim/traversal-sim-args';
+import { freePort, waitForPort } from '../../src/net/ports';
+import { startRedis, type LocalRedis } from '../../dev/redis-local';
+import { startDevServer, type DevServer } from '../../dev/temporal-dev';
+import { SIM_EXTRA_ARGS } from '../../sim/traversal-sim-args';
 import { say } from './report';
 import type { Scope } from './scope';
 
@@ -280,7 +280,7 @@ export interface WorkerProc {
 
 /**
  * Starts `node lib/src/worker.js` with the prebuilt bundle and waits until it is ready: its artifact
- * server listens only once the Temporal worker exists (src/worker-setup.ts), so an open port means
+ * server listens only once the Temporal worker exists (src/worker/setup.ts), so an open port means
  * ready whatever DT_LOG_LEVEL says.
  */
 export async function startWorkerProc(scope: Scope, opts: WorkerProcOptions): Promise<WorkerProc> {

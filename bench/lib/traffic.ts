@@ -4,12 +4,12 @@
  */
 import type { Client } from '@temporalio/client';
 import type Redis from 'ioredis';
-import { resultKey, resultsStream } from '../../src/activities/result-publisher';
-import type { TraversalRequest, TraversalResult } from '../../src/messages';
-import { requestTraversal } from '../../src/starter-core';
+import { resultKey, resultsStream } from '../../src/contract/redis-keys';
+import type { TraversalRequest, TraversalResult } from '../../src/contract/messages';
+import { requestTraversal } from '../../src/starter/task-bridge';
 import { sleep } from './report';
 
-/** Sends one request the way TaskBridge does (src/starter-core.ts), stamped with the time it was sent. */
+/** Sends one request the way TaskBridge does (src/starter/task-bridge.ts), stamped with the time it was sent. */
 export async function enqueue(client: Client, taskQueue: string, req: TraversalRequest): Promise<void> {
   await requestTraversal(client, taskQueue, { enqueuedAt: new Date().toISOString(), ...req });
 }

@@ -6,7 +6,7 @@
  * ideal of one download per APK, and the crash-to-resume time of every interrupted traversal.
  *
  * Every kill is a same-host restart: the new worker finds the dead one's attempt journal
- * (src/attempt-journal.ts) and fails its attempts at once, so a traversal resumes in seconds
+ * (src/activities/traversal/attempt-journal.ts) and fails its attempts at once, so a traversal resumes in seconds
  * whatever the heartbeat timeout. The soak therefore runs with the default heartbeat timeout
  * (30 s): a resume faster than that can only come from the journal, and the target is ≤ 10 s.
  *
@@ -25,15 +25,15 @@ import Redis from 'ioredis';
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { resultKey } from '../../src/activities/result-publisher';
+import { resultKey } from '../../src/contract/redis-keys';
 import { loadConfig, PROJECT_ROOT } from '../../src/config';
-import { extraArgsPolicyFor } from '../../src/extra-args';
-import { traversalWorkflowId, type TraversalResult } from '../../src/messages';
-import { AgentSimulator } from '../../src/sim/agent-sim';
-import { ApkOrigin } from '../../src/sim/origin';
-import { SIM_EXTRA_ARGS } from '../../src/sim/traversal-sim-args';
-import { TaskBridge } from '../../src/starter-core';
-import { UrlPolicy } from '../../src/url-policy';
+import { extraArgsPolicyFor } from '../../src/contract/extra-args';
+import { traversalWorkflowId, type TraversalResult } from '../../src/contract/messages';
+import { AgentSimulator } from '../../sim/agent-sim';
+import { ApkOrigin } from '../../sim/origin';
+import { SIM_EXTRA_ARGS } from '../../sim/traversal-sim-args';
+import { TaskBridge } from '../../src/starter/task-bridge';
+import { UrlPolicy } from '../../src/net/url-policy';
 import { mdTable, median, MiB, parseOptions, percentile, round, say, type ScenarioRun } from '../lib/report';
 import { Scope } from '../lib/scope';
 import { startBenchRedis, startTemporal } from '../lib/services';
@@ -42,7 +42,7 @@ const DEVICES = ['chaos-1', 'chaos-2', 'chaos-3', 'chaos-4', 'chaos-5'];
 const APK_COUNT = 3;
 /** Crash-to-resume target of a worker killed and started again on the same host and data folder, s. */
 const RESTART_RESUME_TARGET_S = 10;
-/** Log lines of the start-up sweep (src/attempt-journal.ts) counted in the report. */
+/** Log lines of the start-up sweep (src/activities/traversal/attempt-journal.ts) counted in the report. */
 const JOURNAL_FAILED = 'failed the attempt of a dead worker so that it is retried now';
 const JOURNAL_STALE = 'attempt of a dead worker had already ended or was retried elsewhere; nothing to fail';
 

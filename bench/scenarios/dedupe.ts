@@ -10,8 +10,8 @@ import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { request } from 'undici';
 import { PROJECT_ROOT } from '../../src/config';
-import type { TraversalResult } from '../../src/messages';
-import { ApkOrigin, type ApkInfo } from '../../src/sim/origin';
+import type { TraversalResult } from '../../src/contract/messages';
+import { ApkOrigin, type ApkInfo } from '../../sim/origin';
 import { mdTable, MiB, parseOptions, round, say, sizeLabel, type ScenarioRun } from '../lib/report';
 import { keepOrRemove, Scope } from '../lib/scope';
 import {

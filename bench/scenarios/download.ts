@@ -11,7 +11,7 @@ import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { PROJECT_ROOT } from '../../src/config';
-import { ApkOrigin } from '../../src/sim/origin';
+import { ApkOrigin } from '../../sim/origin';
 import { mdTable, median, MiB, parseOptions, round, say, sizeLabel, type ScenarioRun } from '../lib/report';
 import { keepOrRemove, Scope } from '../lib/scope';
 import { APK_DIR } from '../lib/services';

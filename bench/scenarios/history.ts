@@ -10,8 +10,8 @@
 import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { temporal as proto } from '@temporalio/proto';
-import { deviceWorkflowId, traversalWorkflowId, type TraversalRequest } from '../../src/messages';
-import { ApkOrigin } from '../../src/sim/origin';
+import { deviceWorkflowId, traversalWorkflowId, type TraversalRequest } from '../../src/contract/messages';
+import { ApkOrigin } from '../../sim/origin';
 import { PROJECT_ROOT } from '../../src/config';
 import { mdTable, MiB, parseOptions, round, say, type ScenarioRun } from '../lib/report';
 import { keepOrRemove, Scope } from '../lib/scope';

@@ -16,10 +16,10 @@ import Redis from 'ioredis';
 import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { PROJECT_ROOT } from '../../src/config';
-import { deviceWorkflowId, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../../src/messages';
-import { ApkOrigin, type ApkInfo } from '../../src/sim/origin';
-import { TaskBridge } from '../../src/starter-core';
-import { parseTask } from '../../src/task';
+import { deviceWorkflowId, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../../src/contract/messages';
+import { ApkOrigin, type ApkInfo } from '../../sim/origin';
+import { TaskBridge } from '../../src/starter/task-bridge';
+import { parseTask } from '../../src/starter/task';
 import {
   mdTable,
   mean,

@@ -1,10 +1,10 @@
 /** The resolveApk activity: APK into the host cache (deduped), and the URL the agent should install from. */
 import { Context } from '@temporalio/activity';
 import { request, type Dispatcher } from 'undici';
-import { ApkDownloadError, ApkFetchRejectedError, ApkNotFoundError } from '../errors';
-import type { Delivery } from '../messages';
-import { MAX_REDIRECTS, refusedFor, UrlRefusedError } from '../url-policy';
-import type { ApkCache, DownloadState } from './apk-cache';
+import { ApkDownloadError, ApkFetchRejectedError, ApkNotFoundError } from '../contract/errors';
+import type { Delivery } from '../contract/messages';
+import { MAX_REDIRECTS, refusedFor, UrlRefusedError } from '../net/url-policy';
+import type { ApkCache, DownloadState } from '../apk-cache/apk-cache';
 
 /** Dependencies of resolveApk. */
 export interface ApkActivityDeps {

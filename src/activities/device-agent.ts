@@ -11,9 +11,9 @@ import {
   DeviceOfflineError,
   InstallRejectedError,
   UnknownDeviceError,
-} from '../errors';
+} from '../contract/errors';
 import type { Metrics } from '../metrics';
-import { refusedFor, UrlRefusedError } from '../url-policy';
+import { refusedFor, UrlRefusedError } from '../net/url-policy';
 
 /** What a device reports about itself. */
 export interface DeviceStatus {

@@ -3,8 +3,8 @@
  * started or signalled directly through Temporal (CLI, Web UI, another client), so identifiers are
  * checked again at the activity boundary before they become paths, argv entries or Redis keys.
  */
-import { InvalidTaskError } from '../errors';
-import { checkIdentifier, ID_RULES } from '../task';
+import { InvalidTaskError } from '../contract/errors';
+import { checkIdentifier, ID_RULES } from '../contract/ids';
 
 const ID_FIELDS = Object.keys(ID_RULES) as (keyof typeof ID_RULES)[];
 

@@ -3,18 +3,18 @@ import type Redis from 'ioredis';
 import path from 'node:path';
 import type { Dispatcher } from 'undici';
 import type { Config } from '../config';
-import { withTypedFailures } from '../errors';
-import type { ProgressUpdate, TraversalBudget } from '../messages';
+import { withTypedFailures } from '../contract/errors';
+import type { ProgressUpdate, TraversalBudget } from '../contract/messages';
 import type { Metrics } from '../metrics';
-import { artifactInstallUrl } from '../artifact-server';
+import { artifactInstallUrl } from '../worker/artifact-server';
 import { createApkActivities } from './apk';
-import type { ApkCache } from './apk-cache';
+import type { ApkCache } from '../apk-cache/apk-cache';
 import { checkDeviceOnline, createDeviceAgentActivities, type DeviceAgentDeps } from './device-agent';
 import { guardIdentifiers } from './guard';
 import { createReportSinkActivities } from './report-sink';
 import { ReportStore } from './report-store';
 import { createResultPublisherActivities } from './result-publisher';
-import { createTraversalRunnerActivities } from './traversal-runner';
+import { createTraversalRunnerActivities } from './traversal/runner';
 
 /** Everything the activities need; created by the worker entry point (or a test). */
 export interface ActivityDeps {

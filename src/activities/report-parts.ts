@@ -12,8 +12,8 @@
 import { createReadStream, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { isSafeRelativePath } from '../findings';
-import type { Finding } from '../messages';
+import { isSafeRelativePath } from './findings';
+import type { Finding } from '../contract/messages';
 import { partKey, type AttemptManifest, type ReportStore } from './report-store';
 
 /** The local file holding an attempt's findings, one JSON object a line. */

@@ -13,10 +13,10 @@ import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { createGzip } from 'node:zlib';
 import type { Dispatcher } from 'undici';
-import { InvalidTaskError, TraversalError } from '../errors';
-import { findingsForResult, mergeFindings } from '../findings';
-import type { Finding } from '../messages';
-import { checkIdentifier } from '../task';
+import { InvalidTaskError, TraversalError } from '../contract/errors';
+import { findingsForResult, mergeFindings } from './findings';
+import type { Finding } from '../contract/messages';
+import { checkIdentifier } from '../contract/ids';
 import { listReportFiles, localFindingsFile } from './report-parts';
 import { partKey, ReportStore, type AttemptManifest } from './report-store';
 

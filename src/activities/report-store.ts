@@ -15,8 +15,8 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { request, type Dispatcher } from 'undici';
-import { ReportUploadError, TraversalError } from '../errors';
-import { refusedFor, UrlRefusedError } from '../url-policy';
+import { ReportUploadError, TraversalError } from '../contract/errors';
+import { refusedFor, UrlRefusedError } from '../net/url-policy';
 
 /** Where a store writes. */
 export interface ReportStoreOptions {

@@ -3,18 +3,9 @@
  * workflow result, which Temporal keeps: publishing may be retried at any time, and is idempotent.
  */
 import type Redis from 'ioredis';
-import type { TraversalResult } from '../messages';
+import type { TraversalResult } from '../contract/messages';
 import type { Metrics } from '../metrics';
-
-/** Redis key of one traversal's result. */
-export function resultKey(taskId: string, deviceId: string, prefix = ''): string {
-  return `${prefix}traversal:result:${taskId}:${deviceId}`;
-}
-
-/** Stream that gets one event per finished traversal. */
-export function resultsStream(prefix = ''): string {
-  return `${prefix}traversal:results`;
-}
+import { resultKey, resultsStream } from '../contract/redis-keys';
 
 /**
  * Writes the result key and the stream event in one step, or neither.

@@ -31,9 +31,9 @@ import {
   type InfraFailure,
   type TraversalRequest,
   type TraversalResult,
-} from '../messages';
-import { isDeviceFault } from '../errors';
-import { APP_PACKAGE, DEVICE_HEALTH, DEVICE_ID, TASK_ID, TRAVERSAL_PHASE } from '../search-attributes';
+} from '../contract/messages';
+import { isDeviceFault } from '../contract/errors';
+import { APP_PACKAGE, DEVICE_HEALTH, DEVICE_ID, TASK_ID, TRAVERSAL_PHASE } from '../contract/search-attributes';
 import { traversalWorkflow } from './traversal';
 
 /** How many task ids the dedupe memory keeps (oldest forgotten first). */

@@ -6,8 +6,8 @@
  */
 import { log, proxyActivities, setCurrentDetails, upsertSearchAttributes, type ActivityOptions } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import { PUBLISH_RETRY_CAP_MS, type TraversalResult } from '../messages';
-import { TRAVERSAL_PHASE } from '../search-attributes';
+import { PUBLISH_RETRY_CAP_MS, type TraversalResult } from '../contract/messages';
+import { TRAVERSAL_PHASE } from '../contract/search-attributes';
 
 /** Input of the publish workflow. */
 export interface PublishInput {

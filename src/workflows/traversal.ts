@@ -25,8 +25,8 @@ import {
 import type { Activities } from '../activities';
 import type { ResolvedApk } from '../activities/apk';
 import type { UploadReportResult } from '../activities/report-sink';
-import type { RunTraversalResult } from '../activities/traversal-runner';
-import { failureKind, PERMANENT_ERROR_TYPES } from '../errors';
+import type { RunTraversalResult } from '../activities/traversal/runner';
+import { failureKind, PERMANENT_ERROR_TYPES } from '../contract/errors';
 import {
   budgetQuery,
   budgetSignal,
@@ -41,8 +41,8 @@ import {
   type TraversalProgress,
   type TraversalRequest,
   type TraversalResult,
-} from '../messages';
-import { TRAVERSAL_PHASE } from '../search-attributes';
+} from '../contract/messages';
+import { TRAVERSAL_PHASE } from '../contract/search-attributes';
 import { publishWorkflow } from './publish';
 
 function retry(maximumAttempts: number, initialMs: number): ActivityOptions['retry'] {

@@ -4,8 +4,8 @@
  * Prints "ready" once loaded, waits for a line on stdin (the start signal), resolves the URL
  * with its own ApkCache, then prints one JSON line: {ok:true, result} or {ok:false, error}.
  */
-import { ApkCache } from '../../src/activities/apk-cache';
-import { createDispatcher } from '../../src/worker-setup';
+import { ApkCache } from '../../src/apk-cache/apk-cache';
+import { createDispatcher } from '../../src/worker/setup';
 
 async function main(): Promise<void> {
   const [dir, url] = process.argv.slice(2);

@@ -5,8 +5,8 @@
  */
 import { proxyActivities, upsertSearchAttributes } from '@temporalio/workflow';
 import type { Activities } from '../../src/activities';
-import type { TraversalRequest, TraversalResult } from '../../src/messages';
-import { TRAVERSAL_PHASE } from '../../src/search-attributes';
+import type { TraversalRequest, TraversalResult } from '../../src/contract/messages';
+import { TRAVERSAL_PHASE } from '../../src/contract/search-attributes';
 
 const { prepareDevice, resolveApk } = proxyActivities<Activities>({ startToCloseTimeout: '2m' });
 

@@ -6,9 +6,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
-import { startDevServer, type DevServer } from '../../src/local/temporal-dev';
-import { startRedis, type LocalRedis } from '../../src/local/redis-local';
-import { freePort } from '../../src/local/ports';
+import { startDevServer, type DevServer } from '../../dev/temporal-dev';
+import { startRedis, type LocalRedis } from '../../dev/redis-local';
+import { freePort } from '../../src/net/ports';
 
 // Marks every process this run starts (workers and their jars inherit it), so that a test looking for
 // jars in /proc never finds, or kills, those of another test run on the same machine.

@@ -10,12 +10,12 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { journalDir, type JournalFile } from '../../src/attempt-journal';
+import { journalDir, type JournalFile } from '../../src/activities/traversal/attempt-journal';
 import { PROJECT_ROOT } from '../../src/config';
-import { freePort } from '../../src/local/ports';
-import type { DevServerOptions } from '../../src/local/temporal-dev';
-import { SIM_EXTRA_ARGS } from '../../src/sim/traversal-sim-args';
-import { TRAVERSAL_PHASE } from '../../src/search-attributes';
+import { freePort } from '../../src/net/ports';
+import type { DevServerOptions } from '../../dev/temporal-dev';
+import { SIM_EXTRA_ARGS } from '../../sim/traversal-sim-args';
+import { TRAVERSAL_PHASE } from '../../src/contract/search-attributes';
 import { workflowBundle } from './stack';
 import { traversalPids, waitFor } from './wait';
 
@@ -396,7 +396,7 @@ export async function phaseOf(handle: WorkflowHandle): Promise<string | undefine
   return desc.typedSearchAttributes.get(TRAVERSAL_PHASE);
 }
 
-/** The worker journals of a data folder (src/attempt-journal.ts), each with its path. */
+/** The worker journals of a data folder (src/activities/traversal/attempt-journal.ts), each with its path. */
 export function workerJournals(dataDir: string): (JournalFile & { file: string })[] {
   const dir = journalDir(dataDir);
   const out: (JournalFile & { file: string })[] = [];

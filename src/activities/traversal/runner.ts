@@ -19,13 +19,13 @@ import { randomUUID } from 'node:crypto';
 import { createWriteStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
-import { InvalidTaskError, ReportUploadError, TraversalExitError, TraversalHungError, TraversalStartError } from '../errors';
-import { ExtraArgsPolicy } from '../extra-args';
+import { InvalidTaskError, ReportUploadError, TraversalExitError, TraversalHungError, TraversalStartError } from '../../contract/errors';
+import { ExtraArgsPolicy } from '../../contract/extra-args';
 import { parseFindingLine, toFinding } from '../findings';
-import { parseWorkflowId, type ProgressUpdate, type TraversalBudget } from '../messages';
-import type { Metrics } from '../metrics';
-import { AttemptShipper } from './report-parts';
-import type { ReportStore } from './report-store';
+import { parseWorkflowId, type ProgressUpdate, type TraversalBudget } from '../../contract/messages';
+import type { Metrics } from '../../metrics';
+import { AttemptShipper } from '../report-parts';
+import type { ReportStore } from '../report-store';
 
 /** Options of the traversal runner. */
 export interface TraversalRunnerDeps {
@@ -38,7 +38,7 @@ export interface TraversalRunnerDeps {
   /** Arguments added on resume; placeholder {checkpoint}. */
   resumeArgs: string[];
   /**
-   * Allow-list of a request's extraArgs (DT_TRAVERSAL_EXTRA_ARGS syntax, src/extra-args.ts), checked
+   * Allow-list of a request's extraArgs (DT_TRAVERSAL_EXTRA_ARGS syntax, src/contract/extra-args.ts), checked
    * against this runner's own command and resume arguments. Unset or empty: none allowed.
    */
   extraArgs?: string;

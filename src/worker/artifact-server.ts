@@ -19,7 +19,7 @@
  * APK and right before it hands an install URL to an agent (localInstallUrl); a file being served
  * is also kept from eviction by this process for the length of the transfer (retain).
  *
- * Connections: capped in total and per remote address (src/connection-limiter.ts); a connection
+ * Connections: capped in total and per remote address (src/worker/connection-limiter.ts); a connection
  * must send its request headers within ARTIFACT_TIMEOUTS.headersMs, a keep-alive connection with
  * no request is closed after keepAliveMs, and a response whose socket takes no byte for idleMs is
  * cut. A slow but moving transfer is never cut, however long it runs.
@@ -30,10 +30,10 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { ApkCache } from './activities/apk-cache';
+import type { ApkCache } from '../apk-cache/apk-cache';
 import { ConnectionLimiter } from './connection-limiter';
-import { parseRange, type ByteRange } from './http-range';
-import type { Metrics } from './metrics';
+import { parseRange, type ByteRange } from '../net/http-range';
+import type { Metrics } from '../metrics';
 
 /** Timeouts of the artifact server, ms. */
 export interface ArtifactTimeouts {

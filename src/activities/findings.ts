@@ -8,7 +8,7 @@
  * goes into the hash splits every existing group, so the algorithm carries a version tag.
  */
 import { createHash } from 'node:crypto';
-import type { Finding, FindingKind } from './messages';
+import type { Finding, FindingKind } from '../contract/messages';
 
 /** Version of the signature algorithm, part of the hashed text. */
 export const SIGNATURE_VERSION = 'v1';

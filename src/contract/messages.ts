@@ -118,7 +118,7 @@ export type FindingKind = 'crash' | 'anr';
 
 /**
  * One crash or ANR the traversal tool reported, as it was found. `signature` is a short stable hash
- * of the kind, the exception class and the top in-app frames (src/findings.ts), equal for the same
+ * of the kind, the exception class and the top in-app frames (src/activities/findings.ts), equal for the same
  * bug on any device, attempt or run.
  */
 export interface Finding {

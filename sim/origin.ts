@@ -4,7 +4,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { parseRange } from '../http-range';
+import { parseRange } from '../src/net/http-range';
 
 /** Options for {@link ApkOrigin}. */
 export interface ApkOriginOptions {

@@ -22,7 +22,6 @@
  * entry that does is a start-up error. Short aliases of those options (`-d`) cannot be derived
  * from the template: with `*`, the tool's own parser must not have them.
  */
-import type { Config } from './config';
 
 const MAX_INT_DIGITS = 9;
 const OPTION_NAME = /^-{1,2}[A-Za-z0-9][A-Za-z0-9._-]*$/;
@@ -179,7 +178,7 @@ export class ExtraArgsPolicy {
 
 /** The policy of a configuration: its allow-list against its own command template. */
 export function extraArgsPolicyFor(
-  config: Pick<Config, 'traversalExtraArgs' | 'traversalCommand' | 'traversalResumeArgs'>,
+  config: { traversalExtraArgs: string; traversalCommand: readonly string[]; traversalResumeArgs: readonly string[] },
 ): ExtraArgsPolicy {
   return new ExtraArgsPolicy(config.traversalExtraArgs, [...config.traversalCommand, ...config.traversalResumeArgs]);
 }

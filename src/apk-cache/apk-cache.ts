@@ -38,9 +38,9 @@ import {
   ApkTooLargeError,
   InsufficientStorageError,
   TraversalError,
-} from '../errors';
+} from '../contract/errors';
 import type { Metrics } from '../metrics';
-import { MAX_REDIRECTS, refusedFor, UrlRefusedError } from '../url-policy';
+import { MAX_REDIRECTS, refusedFor, UrlRefusedError } from '../net/url-policy';
 
 /** Options of the cache. */
 export interface ApkCacheOptions {

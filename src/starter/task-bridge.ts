@@ -12,22 +12,15 @@
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type Redis from 'ioredis';
 import { isUtf8 } from 'node:buffer';
-import { InvalidTaskError } from './errors';
-import type { ExtraArgsPolicy } from './extra-args';
-import { deviceWorkflowId, enqueueSignal, type RunPolicy, type TraversalRequest } from './messages';
-import { DEVICE_ID } from './search-attributes';
-import { parseTask, type AgentDirectory } from './task';
-import type { UrlPolicy } from './url-policy';
-import { deviceWorkflow } from './workflows/device';
-
-/** Redis keys used by the starter. */
-export function starterKeys(starterId: string, prefix = '') {
-  return {
-    tasks: `${prefix}traversal:tasks`,
-    dead: `${prefix}traversal:tasks:dead`,
-    processing: `${prefix}traversal:tasks:processing:${starterId}`,
-  };
-}
+import { InvalidTaskError } from '../contract/errors';
+import type { ExtraArgsPolicy } from '../contract/extra-args';
+import { deviceWorkflowId, enqueueSignal, type RunPolicy, type TraversalRequest } from '../contract/messages';
+import { DEVICE_ID } from '../contract/search-attributes';
+import type { AgentDirectory } from '../device-registry';
+import { parseTask } from './task';
+import { starterKeys } from '../contract/redis-keys';
+import type { UrlPolicy } from '../net/url-policy';
+import { deviceWorkflow } from '../workflows/device';
 
 /**
  * One entry of the dead-letter list (`traversal:tasks:dead`, newest first), stored as JSON.

@@ -21,7 +21,7 @@
 import { lookup as dnsLookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { buildConnector, interceptors, type Dispatcher } from 'undici';
-import { TraversalError } from './errors';
+import { TraversalError } from '../contract/errors';
 
 /** How a host name is resolved; injectable so tests can make a name resolve anywhere. */
 export type LookupFn = (hostname: string) => Promise<{ address: string; family: number }[]>;

@@ -16,11 +16,11 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import type { ApkCache } from './activities/apk-cache';
-import { recordedRuns } from './activities/traversal-runner';
-import { readJournals } from './attempt-journal';
-import { parseWorkflowId } from './messages';
-import type { Metrics } from './metrics';
+import type { ApkCache } from '../apk-cache/apk-cache';
+import { recordedRuns } from '../activities/traversal/runner';
+import { readJournals } from '../activities/traversal/attempt-journal';
+import { parseWorkflowId } from '../contract/messages';
+import type { Metrics } from '../metrics';
 
 /** Options of the sweeper. */
 export interface DiskSweeperOptions {

@@ -7,9 +7,9 @@
  */
 import type { Client } from '@temporalio/client';
 import type Redis from 'ioredis';
-import { parseWorkflowId, progressQuery, traversalWorkflowId, type TraversalProgress } from '../messages';
-import { deviceStates, queuedReason } from '../progress-board';
-import { APP_PACKAGE, DEVICE_ID, TASK_ID } from '../search-attributes';
+import { parseWorkflowId, progressQuery, traversalWorkflowId, type TraversalProgress } from '../src/contract/messages';
+import { deviceStates, queuedReason } from '../src/starter/progress-board';
+import { APP_PACKAGE, DEVICE_ID, TASK_ID } from '../src/contract/search-attributes';
 
 /** One traversal an earlier run left unfinished. */
 export interface InFlightRun {

@@ -7,7 +7,7 @@
  * list capped ({@link MAX_ROWS}, {@link MAX_DEVICES}) and each query bounded by a deadline.
  */
 import type { Client } from '@temporalio/client';
-import { deviceStateQuery, progressQuery, type DeviceState, type TraversalProgress } from './messages';
+import { deviceStateQuery, progressQuery, type DeviceState, type TraversalProgress } from '../contract/messages';
 
 /** Rows one tick shows at most (running traversals first). */
 export const MAX_ROWS = 50;

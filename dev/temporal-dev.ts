@@ -7,9 +7,9 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, openSync, closeSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { PROJECT_ROOT } from '../config';
-import { SEARCH_ATTRIBUTE_NAMES } from '../search-attributes';
-import { waitForPort } from './ports';
+import { PROJECT_ROOT } from '../src/config';
+import { SEARCH_ATTRIBUTE_NAMES } from '../src/contract/search-attributes';
+import { waitForPort } from '../src/net/ports';
 
 const run = promisify(execFile);
 

@@ -9,21 +9,14 @@
  * it sits, is refused whole. Decoding it with replacement characters would run a task other than
  * the one pushed, and the item could no longer be matched byte for byte in Redis.
  */
-import { InvalidTaskError } from './errors';
-import { ExtraArgsPolicy } from './extra-args';
-import type { TraversalRequest } from './messages';
-import { UrlPolicy } from './url-policy';
+import type { AgentDirectory } from '../device-registry';
+import { InvalidTaskError } from '../contract/errors';
+import { ACTIVITY_PATTERN, checkHttpUrl, checkIdentifier, DEVICE_ID_PATTERN, ID_RULES, MAX_URL_LENGTH, PACKAGE_PATTERN, preview, str, TASK_ID_PATTERN, type Check } from '../contract/ids';
+import { ExtraArgsPolicy } from '../contract/extra-args';
+import type { TraversalRequest } from '../contract/messages';
+import { UrlPolicy } from '../net/url-policy';
 
-/** Task ids: letters, digits, dot, dash, underscore; 1–128 characters; no leading dot. */
-export const TASK_ID_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
-/** Device ids: same alphabet, 1–64 characters. */
-export const DEVICE_ID_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
-/** Android application ids: at least two dot-separated Java identifiers, at most 255 characters. */
-export const PACKAGE_PATTERN = /^(?=.{3,255}$)[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$/;
-/** Activity names as given to `am start` (relative `.Main` or fully qualified). */
-export const ACTIVITY_PATTERN = /^[A-Za-z0-9_.$/]{1,255}$/;
 const SHA256_PATTERN = /^[A-Fa-f0-9]{64}$/;
-const MAX_URL_LENGTH = 2048;
 /** Shortest traversal a task may ask for, seconds. */
 export const MIN_DURATION_SEC = 1;
 /** Longest traversal a task may ask for, seconds (7 days). */
@@ -35,14 +28,6 @@ const MAX_EXTRA_ARG_LENGTH = 256;
 export const MAX_TASK_BYTES = 64 * 1024;
 /** At most this many problems are listed; the rest are counted. */
 const MAX_PROBLEMS = 20;
-
-/** Where device ids are looked up when a task names no agent. */
-export interface AgentDirectory {
-  /** Agent base URL for a device, or undefined when unknown. */
-  agentFor(deviceId: string): string | undefined;
-  /** True when the URL is one of the directory's agents (so a task may name it). */
-  knows?(agentUrl: string): boolean;
-}
 
 /** Options of parseTask. */
 export interface ParseOptions {
@@ -57,68 +42,9 @@ export interface ParseOptions {
   extraArgs?: ExtraArgsPolicy;
 }
 
-/** A short, printable preview of a bad value for an error message. */
-function preview(v: unknown): string {
-  if (typeof v === 'string') {
-    const j = JSON.stringify(v.length > 40 ? v.slice(0, 40) : v);
-    return v.length > 40 ? `${j.slice(0, -1)}…" (${v.length} characters)` : j;
-  }
-  if (v === null) return 'null';
-  if (Array.isArray(v)) return 'an array';
-  return `a ${typeof v}`;
-}
-
 /** A field name from the payload, made safe to print. */
 function fieldName(k: string): string {
   return /^[A-Za-z0-9_]{1,40}$/.test(k) ? k : preview(k);
-}
-
-/** One rule of the schema: returns the rule broken, or undefined. */
-type Check = (v: unknown) => string | undefined;
-
-const str =
-  (pattern: RegExp, rule: string): Check =>
-  (v) => {
-    if (typeof v !== 'string') return `must be a string (${rule}), got ${preview(v)}`;
-    return pattern.test(v) ? undefined : `must be ${rule}, got ${preview(v)}`;
-  };
-
-/** Rules of the identifiers, shared with the activities' defence-in-depth checks. */
-export const ID_RULES = {
-  taskId: { pattern: TASK_ID_PATTERN, rule: "1-128 letters, digits, '.', '_' or '-', not starting with '.'" },
-  deviceId: { pattern: DEVICE_ID_PATTERN, rule: "1-64 letters, digits, '.', '_' or '-', not starting with '.'" },
-  packageName: {
-    pattern: PACKAGE_PATTERN,
-    rule: 'an Android application id like com.example.app (at most 255 characters)',
-  },
-} as const;
-
-/** Checks one identifier; returns `<field>: <rule>` or undefined. */
-export function checkIdentifier(
-  field: keyof typeof ID_RULES,
-  value: unknown,
-  label: string = field,
-): string | undefined {
-  const { pattern, rule } = ID_RULES[field];
-  const p = str(pattern, rule)(value);
-  return p ? `${label}: ${p}` : undefined;
-}
-
-/** Checks a URL is absolute http(s), short and without credentials; returns the problem or undefined. */
-export function checkHttpUrl(field: string, value: unknown): string | undefined {
-  if (typeof value !== 'string') return `${field}: must be a string URL, got ${preview(value)}`;
-  if (value.length > MAX_URL_LENGTH)
-    return `${field}: must be at most ${MAX_URL_LENGTH} characters, got ${value.length}`;
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    return `${field}: must be an absolute URL, got ${preview(value)}`;
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:')
-    return `${field}: must use http or https, not ${url.protocol}`;
-  if (url.username || url.password) return `${field}: must not carry credentials`;
-  return undefined;
 }
 
 /** Only the never-allowed rules; used when no policy is given. */

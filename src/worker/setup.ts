@@ -3,28 +3,28 @@
  * Temporal Worker. Used by src/worker.ts and by the tests (which hand in their own servers).
  *
  * Start-up on a host where a worker died: end its orphaned traversal process groups, then fail the
- * attempts its journal names (src/attempt-journal.ts) so Temporal retries them now rather than
+ * attempts its journal names (src/activities/traversal/attempt-journal.ts) so Temporal retries them now rather than
  * after their heartbeat timeout, then take work. From then on, at start and every DT_SWEEP_INTERVAL,
- * the disk sweep (src/disk-sweeper.ts) removes orphaned APK part files and old run folders.
+ * the disk sweep (src/worker/disk-sweeper.ts) removes orphaned APK part files and old run folders.
  */
 import type { Client } from '@temporalio/client';
 import { Worker, type NativeConnection, type WorkflowBundleOption } from '@temporalio/worker';
 import type Redis from 'ioredis';
 import path from 'node:path';
 import { Agent, interceptors, type Dispatcher } from 'undici';
-import { urlPolicyFor } from './device-registry';
-import { MAX_REDIRECTS, policedRedirects, type UrlPolicy } from './url-policy';
-import { createActivities } from './activities';
-import { ApkCache } from './activities/apk-cache';
-import { endStaleRun } from './activities/traversal-runner';
+import { urlPolicyFor } from '../device-registry';
+import { MAX_REDIRECTS, policedRedirects, type UrlPolicy } from '../net/url-policy';
+import { createActivities } from '../activities';
+import { ApkCache } from '../apk-cache/apk-cache';
+import { endStaleRun } from '../activities/traversal/runner';
 import { ArtifactServer } from './artifact-server';
-import type { Config } from './config';
+import type { Config } from '../config';
 import { DiskSweeper } from './disk-sweeper';
-import { budgetQuery, progressSignal } from './messages';
-import { Metrics } from './metrics';
+import { budgetQuery, progressSignal } from '../contract/messages';
+import { Metrics } from '../metrics';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
-import { AttemptJournal, failDeadWorkerAttempts, journalDir } from './attempt-journal';
+import { AttemptJournal, failDeadWorkerAttempts, journalDir } from '../activities/traversal/attempt-journal';
 
 /** Parts a worker needs; the caller owns and closes the connection, client and Redis. */
 export interface TraversalWorkerOptions {
@@ -182,7 +182,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
       interceptors: { activity: [journal.interceptors] },
       ...(opts.workflowBundle
         ? { workflowBundle: opts.workflowBundle }
-        : { workflowsPath: require.resolve('./workflows') }),
+        : { workflowsPath: require.resolve('../workflows') }),
       activities,
       maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,
       maxCachedWorkflows: config.maxCachedWorkflows,
