@@ -11,7 +11,7 @@
  */
 import type { AgentDirectory } from '../device-registry';
 import { InvalidTaskError } from '../contract/errors';
-import { ACTIVITY_PATTERN, checkHttpUrl, checkIdentifier, DEVICE_ID_PATTERN, ID_RULES, MAX_URL_LENGTH, PACKAGE_PATTERN, preview, str, TASK_ID_PATTERN, type Check } from '../contract/ids';
+import { ACTIVITY_PATTERN, checkHttpUrl, checkIdentifier, ID_RULES, MAX_URL_LENGTH, preview, str } from '../contract/ids';
 import { ExtraArgsPolicy } from '../contract/extra-args';
 import type { TraversalRequest } from '../contract/messages';
 import { UrlPolicy } from '../net/url-policy';
