@@ -1,6 +1,26 @@
-// ESLint flat config: type-aware rules for the whole project, and a guard that keeps Node
-// built-ins and activity implementations out of workflow code (it must stay deterministic).
+// ESLint flat config: type-aware rules for the whole project, plus the import boundaries that keep
+// the layout of docs/ARCHITECTURE.md true:
+// - workflow code imports only workflow-safe modules: its own folder, contract/, and activity types;
+// - nothing in contract/ imports upward (it is the floor every process stands on);
+// - production code (src/) never imports the simulators (sim/), the local stack (dev/) or the tests.
+// Flat config does not merge one rule across blocks (the last block wins), so each block below
+// repeats the src-wide patterns it builds on.
 import tseslint from 'typescript-eslint';
+
+const noHarness = {
+  group: ['**/sim', '**/sim/*', '**/dev', '**/dev/*', '**/test', '**/test/*'],
+  message: 'Production code never imports the simulators (sim/), the local stack (dev/) or the tests.',
+};
+const noNodeInWorkflows = { group: ['node:*'], message: 'Workflow code must not use Node built-ins.' };
+const onlyContractInWorkflows = {
+  group: ['../*', '!../contract', '!../contract/*', '!../activities', '!../activities/*'],
+  message: 'Workflow code imports only its own folder and contract/ (plus activity types).',
+};
+const activityTypesOnly = {
+  group: ['../activities', '../activities/*', '../activities/**'],
+  allowTypeImports: true,
+  message: 'Import activity types only (import type).',
+};
 
 export default tseslint.config(
   { ignores: ['lib/**', 'node_modules/**', '.tools/**', '.data/**', 'test/support/reporter.js', 'eslint.config.mjs'] },
@@ -14,16 +34,31 @@ export default tseslint.config(
     },
   },
   {
+    files: ['src/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [noHarness] }] },
+  },
+  {
     files: ['src/workflows/**/*.ts'],
     rules: {
       'no-restricted-imports': [
         'error',
         {
-          patterns: [
-            { group: ['node:*'], message: 'Workflow code must not use Node built-ins.' },
-            { group: ['../activities', '../activities/*'], allowTypeImports: true, message: 'Import activity types only (import type).' },
-          ],
+          patterns: [noHarness, noNodeInWorkflows, onlyContractInWorkflows, activityTypesOnly],
           paths: ['fs', 'path', 'os', 'crypto', 'child_process', 'http', 'ioredis', 'undici'],
+        },
+      ],
+    },
+  },
+  {
+    files: ['src/contract/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            noHarness,
+            { group: ['../*', '../**'], message: 'contract/ imports nothing of the project outside contract/.' },
+          ],
         },
       ],
     },

@@ -2,6 +2,7 @@ import http from 'node:http';
 import { createHash } from 'node:crypto';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'undici';
+import { listenHttp } from '../src/net/ports';
 
 /** Operations recorded in {@link AgentSimulator.calls}. */
 export type AgentOp = 'status' | 'install' | 'install-multipart' | 'launch' | 'uninstall' | 'reset';
@@ -174,17 +175,7 @@ export class AgentSimulator {
     // Benchmarks push hundreds of MB through slow links; Node's 5-minute request cap would cut them off.
     server.requestTimeout = 0;
     this.server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    const addr = server.address();
-    if (!addr || typeof addr === 'string') throw new Error('AgentSimulator: server has no TCP address');
-    const h = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-    this.base = `http://${h}:${addr.port}`;
+    this.base = await listenHttp(server, port, host);
     return this.base;
   }
 

@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parseRange } from '../src/net/http-range';
+import { listenHttp } from '../src/net/ports';
 
 /** Options for {@link ApkOrigin}. */
 export interface ApkOriginOptions {
@@ -94,17 +95,7 @@ export class ApkOrigin {
     if (this.server) throw new Error('ApkOrigin already started');
     const server = http.createServer((req, res) => this.handle(req, res));
     this.server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    const addr = server.address();
-    if (!addr || typeof addr === 'string') throw new Error('ApkOrigin: server has no TCP address');
-    const h = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-    this.baseUrl = `http://${h}:${addr.port}`;
+    this.baseUrl = await listenHttp(server, port, host);
     this.log('origin listening', { url: this.baseUrl, dir: this.dir });
     return this.baseUrl;
   }

@@ -1,4 +1,5 @@
 /** Small helpers for local processes: free ports and waiting for a TCP listener. */
+import type { Server } from 'node:http';
 import net from 'node:net';
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */
@@ -49,4 +50,21 @@ export async function waitForPort(host: string, port: number, timeoutMs: number,
     await new Promise((r) => setTimeout(r, 200));
   }
   throw new Error(`${what} did not accept connections on ${host}:${port} within ${timeoutMs} ms`);
+}
+
+/**
+ * Binds an HTTP server to host:port (port 0: any free one) and resolves to its base URL, such as
+ * `http://127.0.0.1:40123` or `http://[::1]:40123`; rejects when the bind fails.
+ */
+export async function listenHttp(server: Server, port: number, host: string): Promise<string> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const addr = server.address() as net.AddressInfo;
+  const h = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  return `http://${h}:${addr.port}`;
 }
