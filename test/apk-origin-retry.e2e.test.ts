@@ -30,11 +30,13 @@ class BusyFront {
     this.server = http.createServer((req, res) => this.serve(req, res));
   }
 
+  /** Listens on a free loopback port and returns the base URL. */
   async start(): Promise<string> {
     await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
     return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
   }
 
+  /** Stops listening and drops open connections. */
   async close(): Promise<void> {
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));

@@ -7,8 +7,9 @@
  *   instanceof) that the caller's retryable error reports;
  * - a status: 2xx success; a 3xx handed back once the redirect limit is reached; 404/410 not
  *   found; 408, 429 and 5xx transient, so retried; any other 4xx refused for good.
- * Device agents add their protocol's own statuses on top (device-agent.ts); report sinks retry
- * every failed status, since a sink that refuses may be fixed while the run waits.
+ * APK origins (cache and direct delivery) take the statuses as they are; device agents read their
+ * protocol's own statuses first (device-agent.ts); report sinks treat every failed status as a
+ * retryable ReportUploadError (report-store.ts).
  */
 import { ApkDownloadError, ApkFetchRejectedError, ApkNotFoundError, TraversalError } from '../contract/errors';
 import { MAX_REDIRECTS, refusedFor, UrlRefusedError } from './url-policy';
