@@ -16,7 +16,7 @@ import { ArtifactServer } from '../src/worker/artifact-server';
 import { PROJECT_ROOT } from '../src/config';
 import { Metrics } from '../src/metrics';
 import { ApkOrigin, type ApkInfo } from '../sim/origin';
-import { createDispatcher } from '../src/worker/setup';
+import { createDispatcher } from '../src/net/dispatcher';
 
 const MiB = 1024 * 1024;
 const APK_DIR = path.join(PROJECT_ROOT, '.tools', 'apks');

@@ -17,7 +17,7 @@ import { PROJECT_ROOT } from '../src/config';
 import { traversalWorkflowId, type TraversalRequest } from '../src/contract/messages';
 import { ApkOrigin } from '../sim/origin';
 import { requestTraversal } from '../src/starter/task-bridge';
-import { createDispatcher } from '../src/worker/setup';
+import { createDispatcher } from '../src/net/dispatcher';
 import { startStack, type Stack } from './support/stack';
 import { waitFor } from './support/wait';
 

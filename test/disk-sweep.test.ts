@@ -14,7 +14,7 @@ import { journalDir } from '../src/activities/traversal/attempt-journal';
 import { DiskSweeper, type DiskSweeperOptions } from '../src/worker/disk-sweeper';
 import { traversalWorkflowId } from '../src/contract/messages';
 import { Metrics } from '../src/metrics';
-import { createDispatcher } from '../src/worker/setup';
+import { createDispatcher } from '../src/net/dispatcher';
 import { startStack } from './support/stack';
 import { waitFor } from './support/wait';
 

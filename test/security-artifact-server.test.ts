@@ -25,7 +25,7 @@ import { JsonLogger } from '../src/logger';
 import { Metrics } from '../src/metrics';
 import { scrapeSdkMetrics, SDK_METRICS_HOST, sdkTelemetryOptions } from '../src/worker/sdk-metrics';
 import { ApkOrigin } from '../sim/origin';
-import { createDispatcher } from '../src/worker/setup';
+import { createDispatcher } from '../src/net/dispatcher';
 
 const MiB = 1024 * 1024;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

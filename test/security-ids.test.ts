@@ -33,7 +33,7 @@ import { Metrics } from '../src/metrics';
 import type { AgentDirectory } from '../src/device-registry';
 import { parseTask } from '../src/starter/task';
 import { traversalWorkflow } from '../src/workflows';
-import { createDispatcher } from '../src/worker/setup';
+import { createDispatcher } from '../src/net/dispatcher';
 import { startStack, type Stack } from './support/stack';
 
 /** Identifiers that must never pass. */

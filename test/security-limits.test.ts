@@ -24,7 +24,7 @@ import { loadConfig, PROJECT_ROOT } from '../src/config';
 import { Metrics } from '../src/metrics';
 import { ApkOrigin, type ApkInfo } from '../sim/origin';
 import { UrlPolicy } from '../src/net/url-policy';
-import { createDispatcher } from '../src/worker/setup';
+import { createDispatcher } from '../src/net/dispatcher';
 import { waitFor } from './support/wait';
 
 const MiB = 1024 * 1024;

@@ -20,7 +20,7 @@ import { urlPolicyFor } from '../src/device-registry';
 import { InvalidTaskError } from '../src/contract/errors';
 import { parseTask } from '../src/starter/task';
 import type { LookupFn } from '../src/net/url-policy';
-import { createDispatcher } from '../src/worker/setup';
+import { createDispatcher } from '../src/net/dispatcher';
 
 /** Answers of one name: fixed lists, or a function called once per query (a rebinding name). */
 interface Zone {

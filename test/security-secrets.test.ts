@@ -28,7 +28,7 @@ import { AgentSimulator } from '../sim/agent-sim';
 import { SIM_EXTRA_ARGS } from '../sim/traversal-sim-args';
 import { ApkOrigin } from '../sim/origin';
 import { temporalApiKey, temporalSettings } from '../src/temporal-connection';
-import { createDispatcher } from '../src/worker/setup';
+import { createDispatcher } from '../src/net/dispatcher';
 import { workflowBundle } from './support/stack';
 
 const hex = (n: number) => randomBytes(n).toString('hex');

@@ -25,8 +25,9 @@ import { createReportSinkActivities } from '../src/activities/report-sink';
 import { loadDeviceRegistry, urlPolicyFor } from '../src/device-registry';
 import { InvalidTaskError } from '../src/contract/errors';
 import { parseTask } from '../src/starter/task';
-import { classifyAddress, UrlPolicy, type LookupFn } from '../src/net/url-policy';
-import { createDispatcher } from '../src/worker/setup';
+import { classifyAddress } from '../src/net/ip';
+import { UrlPolicy, type LookupFn } from '../src/net/url-policy';
+import { createDispatcher } from '../src/net/dispatcher';
 import { startStack, task, type Stack } from './support/stack';
 
 interface Coded {

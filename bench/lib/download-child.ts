@@ -17,7 +17,7 @@ import { pipeline } from 'node:stream/promises';
 import { request } from 'undici';
 import { ApkCache } from '../../src/apk-cache/apk-cache';
 import { UrlPolicy } from '../../src/net/url-policy';
-import { createDispatcher } from '../../src/worker/setup';
+import { createDispatcher } from '../../src/net/dispatcher';
 
 const BATCH = 1024 * 1024;
 

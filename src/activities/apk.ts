@@ -1,9 +1,8 @@
 /** The resolveApk activity: APK into the host cache (deduped), and the URL the agent should install from. */
 import { Context } from '@temporalio/activity';
 import { request, type Dispatcher } from 'undici';
-import { ApkDownloadError, ApkFetchRejectedError, ApkNotFoundError } from '../contract/errors';
 import type { Delivery } from '../contract/messages';
-import { MAX_REDIRECTS, refusedFor, UrlRefusedError } from '../net/url-policy';
+import { apkRequestError, apkStatusError, statusVerdict } from '../net/http-errors';
 import type { ApkCache, DownloadState } from '../apk-cache/apk-cache';
 
 /** Dependencies of resolveApk. */
@@ -49,18 +48,12 @@ export function createApkActivities(deps: ApkActivityDeps) {
       const delivery = input.delivery ?? deps.delivery;
       if (delivery === 'direct') {
         const res = await request(input.url, { method: 'HEAD', dispatcher: deps.dispatcher, signal: ctx.cancellationSignal }).catch(
-          (err: { code?: string; message?: string }) => {
-            if (err instanceof UrlRefusedError) throw refusedFor(`APK URL ${input.url}`, err);
-            throw new ApkDownloadError(input.url, `${err.code ?? ''} ${err.message ?? ''}`.trim());
+          (err: unknown) => {
+            throw apkRequestError(input.url, err, ctx.cancellationSignal);
           },
         );
         await res.body.dump();
-        if (res.statusCode >= 300 && res.statusCode < 400) {
-          throw new UrlRefusedError(`APK URL ${input.url}`, `more than ${MAX_REDIRECTS} redirects (last HTTP ${res.statusCode})`);
-        }
-        if (res.statusCode === 404 || res.statusCode === 410) throw new ApkNotFoundError(input.url, res.statusCode);
-        if (res.statusCode >= 500) throw new ApkDownloadError(input.url, `HTTP ${res.statusCode}`);
-        if (res.statusCode >= 400) throw new ApkFetchRejectedError(input.url, res.statusCode);
+        if (statusVerdict(res.statusCode) !== 'success') throw apkStatusError(input.url, res.statusCode);
         const size = Number(res.headers['content-length']);
         return {
           sha256: input.sha256,

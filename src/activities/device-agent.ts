@@ -13,7 +13,7 @@ import {
   UnknownDeviceError,
 } from '../contract/errors';
 import type { Metrics } from '../metrics';
-import { refusedFor, UrlRefusedError } from '../net/url-policy';
+import { requestError, statusVerdict } from '../net/http-errors';
 
 /** What a device reports about itself. */
 export interface DeviceStatus {
@@ -66,11 +66,8 @@ export async function agentCall<T>(
       bodyTimeout: deps.callTimeoutMs ?? 15 * 60_000,
     });
   } catch (err) {
-    if (signal?.aborted) throw signal.reason ?? err;
-    // The URL policy refused the agent's address: permanent, not an unreachable agent.
-    if (err instanceof UrlRefusedError) throw refusedFor(`device agent ${agentUrl}`, err);
-    const e = err as { code?: string; message?: string };
-    throw new AgentUnavailableError(agentUrl, op || 'status', e.code ? `${e.code} ${e.message ?? ''}`.trim() : String(err));
+    const target = { name: `device agent ${agentUrl}`, unreachable: (why: string) => new AgentUnavailableError(agentUrl, op || 'status', why) };
+    throw requestError(target, err, signal);
   }
   const text = await res.body.text().catch(() => '');
   let parsed: Record<string, unknown> = {};
@@ -81,7 +78,7 @@ export async function agentCall<T>(
   }
   const reason = typeof parsed.error === 'string' ? parsed.error : `HTTP ${res.statusCode}`;
   switch (true) {
-    case res.statusCode >= 200 && res.statusCode < 300:
+    case statusVerdict(res.statusCode) === 'success':
       return parsed as T;
     case res.statusCode === 404:
       throw new UnknownDeviceError(deviceId, agentUrl);

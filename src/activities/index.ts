@@ -3,14 +3,13 @@ import type Redis from 'ioredis';
 import path from 'node:path';
 import type { Dispatcher } from 'undici';
 import type { Config } from '../config';
-import { withTypedFailures } from '../contract/errors';
 import type { ProgressUpdate, TraversalBudget } from '../contract/messages';
 import type { Metrics } from '../metrics';
 import { artifactInstallUrl } from '../worker/artifact-server';
 import { createApkActivities } from './apk';
 import type { ApkCache } from '../apk-cache/apk-cache';
 import { checkDeviceOnline, createDeviceAgentActivities, type DeviceAgentDeps } from './device-agent';
-import { guardIdentifiers } from './guard';
+import { activityBoundary } from './boundary';
 import { createReportSinkActivities } from './report-sink';
 import { ReportStore } from './report-store';
 import { createResultPublisherActivities } from './result-publisher';
@@ -33,7 +32,7 @@ export interface ActivityDeps {
   redisKeyPrefix?: string;
 }
 
-/** The activity implementations, each wrapped so project errors become typed ApplicationFailures. */
+/** The activity implementations, behind the activity boundary (identifier guard, typed failures). */
 export function createActivities(deps: ActivityDeps) {
   const { config } = deps;
   const installUrlFor = (sha256: string) => artifactInstallUrl(deps.artifactBaseUrl(), sha256, config.artifactToken, config.artifactUrlTtlMs);
@@ -45,7 +44,7 @@ export function createActivities(deps: ActivityDeps) {
     localInstallUrl: async (sha256) => ((await deps.cache.touch(sha256)) ? installUrlFor(sha256) : undefined),
   };
   const store = new ReportStore({ sink: config.reportSink, token: config.reportSinkToken, dispatcher: deps.dispatcher });
-  return withTypedFailures(guardIdentifiers({
+  return activityBoundary({
     ...createApkActivities({
       cache: deps.cache,
       dispatcher: deps.dispatcher,
@@ -82,7 +81,7 @@ export function createActivities(deps: ActivityDeps) {
       maxBytes: config.reportMaxBytes,
     }),
     ...createResultPublisherActivities({ redis: deps.redis, keyPrefix: deps.redisKeyPrefix, metrics: deps.metrics }),
-  }), (activity, type) => deps.metrics.failures.inc({ activity, type }));
+  }, (activity, type) => deps.metrics.failures.inc({ activity, type }));
 }
 
 /** The activity interface workflows proxy. */

@@ -15,8 +15,8 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { request, type Dispatcher } from 'undici';
-import { ReportUploadError, TraversalError } from '../contract/errors';
-import { refusedFor, UrlRefusedError } from '../net/url-policy';
+import { ReportUploadError } from '../contract/errors';
+import { requestError, statusVerdict } from '../net/http-errors';
 
 /** Where a store writes. */
 export interface ReportStoreOptions {
@@ -84,7 +84,7 @@ export class ReportStore {
         signal,
       });
       await res.body.dump();
-      if (res.statusCode >= 300) throw new ReportUploadError(this.opts.sink, `HTTP ${res.statusCode} for PUT ${key.join('/')}`);
+      if (statusVerdict(res.statusCode) !== 'success') throw new ReportUploadError(this.opts.sink, `HTTP ${res.statusCode} for PUT ${key.join('/')}`);
     } catch (err) {
       source.destroy();
       throw this.wrap(err, signal);
@@ -107,7 +107,7 @@ export class ReportStore {
       const res = await request(this.url(key), { method: 'GET', headers: this.auth(), dispatcher: this.opts.dispatcher, signal });
       if (res.statusCode === 200) return res.body;
       await res.body.dump();
-      if (ABSENT.has(res.statusCode) || (res.statusCode >= 200 && res.statusCode < 300)) return undefined;
+      if (ABSENT.has(res.statusCode) || statusVerdict(res.statusCode) === 'success') return undefined;
       throw new ReportUploadError(this.opts.sink, `HTTP ${res.statusCode} for GET ${key.join('/')}`);
     } catch (err) {
       throw this.wrap(err, signal);
@@ -137,10 +137,8 @@ export class ReportStore {
   }
 
   private wrap(err: unknown, signal?: AbortSignal): unknown {
-    if (err instanceof UrlRefusedError) return refusedFor(`report sink ${this.opts.sink}`, err);
-    if (err instanceof TraversalError || signal?.aborted) return err;
-    const e = err as { code?: string; message?: string };
-    return new ReportUploadError(this.opts.sink, `${e.code ?? ''} ${e.message ?? String(err)}`.trim());
+    const sink = this.opts.sink;
+    return requestError({ name: `report sink ${sink}`, unreachable: (why) => new ReportUploadError(sink, why) }, err, signal);
   }
 }
 

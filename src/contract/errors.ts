@@ -268,26 +268,3 @@ export function toFailure(err: unknown): unknown {
   }
   return err;
 }
-
-/** Wraps every function of an activity object so project errors cross the boundary as typed failures. */
-export function withTypedFailures<T extends Record<string, (...args: any[]) => Promise<unknown>>>(
-  acts: T,
-  onFailure?: (activity: string, type: string) => void,
-): T {
-  const wrapped: Record<string, unknown> = {};
-  for (const [name, fn] of Object.entries(acts)) {
-    wrapped[name] = async (...args: unknown[]) => {
-      try {
-        return await fn(...args);
-      } catch (err) {
-        const failure = toFailure(err);
-        const type = failure instanceof ApplicationFailure ? (failure.type ?? 'Error') : ((err as Error)?.name ?? 'Error');
-        // Cancellation is not a failure of the activity; don't count it.
-        if (type !== 'CancelledFailure') onFailure?.(name, type);
-        throw failure;
-      }
-    };
-    Object.defineProperty(wrapped[name], 'name', { value: name });
-  }
-  return wrapped as T;
-}

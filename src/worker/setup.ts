@@ -11,9 +11,10 @@ import type { Client } from '@temporalio/client';
 import { Worker, type NativeConnection, type WorkflowBundleOption } from '@temporalio/worker';
 import type Redis from 'ioredis';
 import path from 'node:path';
-import { Agent, interceptors, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
 import { urlPolicyFor } from '../device-registry';
-import { MAX_REDIRECTS, policedRedirects, type UrlPolicy } from '../net/url-policy';
+import { createDispatcher } from '../net/dispatcher';
+import type { UrlPolicy } from '../net/url-policy';
 import { createActivities } from '../activities';
 import { ApkCache } from '../apk-cache/apk-cache';
 import { endStaleRun } from '../activities/traversal/runner';
@@ -64,24 +65,6 @@ export interface TraversalWorker {
   run(): Promise<void>;
   /** Asks the worker to stop (graceful); safe to call twice. */
   shutdown(): void;
-}
-
-/**
- * HTTP dispatcher for origins, agents and sinks: bounded connections, timeouts, a few redirects.
- * With a policy every connection (each redirect hop included) is resolved and checked by it; the
- * worker always passes one, only tests of other parts call this without.
- */
-export function createDispatcher(policy?: UrlPolicy): Dispatcher {
-  const agent = new Agent({
-    connections: 64,
-    ...(policy ? { connect: policy.connector({ timeout: 10_000 }) } : { connectTimeout: 10_000 }),
-    headersTimeout: 60_000,
-    bodyTimeout: 60_000,
-    keepAliveTimeout: 10_000,
-  });
-  return policy
-    ? agent.compose(policedRedirects(policy))
-    : agent.compose(interceptors.redirect({ maxRedirections: MAX_REDIRECTS }));
 }
 
 /** Builds a worker and its artifact server (listening once this resolves). */

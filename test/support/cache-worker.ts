@@ -5,7 +5,7 @@
  * with its own ApkCache, then prints one JSON line: {ok:true, result} or {ok:false, error}.
  */
 import { ApkCache } from '../../src/apk-cache/apk-cache';
-import { createDispatcher } from '../../src/worker/setup';
+import { createDispatcher } from '../../src/net/dispatcher';
 
 async function main(): Promise<void> {
   const [dir, url] = process.argv.slice(2);
