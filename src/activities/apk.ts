@@ -4,7 +4,7 @@ import { request, type Dispatcher } from 'undici';
 import { ApkDownloadError, ApkFetchRejectedError, ApkNotFoundError } from '../contract/errors';
 import type { Delivery } from '../contract/messages';
 import { MAX_REDIRECTS, refusedFor, UrlRefusedError } from '../net/url-policy';
-import type { ApkCache, DownloadState } from '../apk-cache/apk-cache';
+import type { ApkCache, DownloadState } from '../apk-cache';
 
 /** Dependencies of resolveApk. */
 export interface ApkActivityDeps {

@@ -15,7 +15,7 @@ import { Agent, interceptors, type Dispatcher } from 'undici';
 import { urlPolicyFor } from '../device-registry';
 import { MAX_REDIRECTS, policedRedirects, type UrlPolicy } from '../net/url-policy';
 import { createActivities } from '../activities';
-import { ApkCache } from '../apk-cache/apk-cache';
+import { ApkCache } from '../apk-cache';
 import { endStaleRun } from '../activities/traversal/runner';
 import { ArtifactServer } from './artifact-server';
 import type { Config } from '../config';
