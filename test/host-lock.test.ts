@@ -85,7 +85,9 @@ describe('host lock', function () {
   });
 
   it('does not break a lock a live process holds, and breaks it once that process is killed', async () => {
-    const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', '-e', HOLDER, lockPath], { cwd: PROJECT_ROOT });
+    const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', '-e', HOLDER, lockPath], {
+      cwd: PROJECT_ROOT,
+    });
     const exited = new Promise((resolve) => child.once('exit', resolve));
     try {
       await new Promise<void>((resolve, reject) => {

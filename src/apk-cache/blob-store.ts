@@ -70,7 +70,8 @@ export class BlobStore {
   /** Creates the folder's subfolders once. */
   init(): Promise<void> {
     this.ready ??= (async () => {
-      for (const sub of ['blobs', 'index', 'tmp', 'locks']) await fsp.mkdir(path.join(this.opts.dir, sub), { recursive: true });
+      for (const sub of ['blobs', 'index', 'tmp', 'locks'])
+        await fsp.mkdir(path.join(this.opts.dir, sub), { recursive: true });
     })();
     return this.ready;
   }
@@ -174,7 +175,9 @@ export class BlobStore {
     await fsp.writeFile(tmpIndex, JSON.stringify({ url, sha256, size, at: new Date().toISOString() }));
     await fsp.rename(tmpIndex, this.indexPath(key));
     await this.touch(sha256);
-    await this.evict([sha256]).catch((err: unknown) => this.opts.log?.('APK cache eviction failed', { error: String(err) }));
+    await this.evict([sha256]).catch((err: unknown) =>
+      this.opts.log?.('APK cache eviction failed', { error: String(err) }),
+    );
     return blob;
   }
 
@@ -217,7 +220,13 @@ export class BlobStore {
     }
     if (evicted.length || overCap()) {
       const wanted = freeBytes !== undefined ? { wantedFreeBytes: freeBytes } : {};
-      this.opts.log?.('APK cache eviction', { evicted, totalBytes: total, capBytes: cap, overCap: overCap(), ...wanted });
+      this.opts.log?.('APK cache eviction', {
+        evicted,
+        totalBytes: total,
+        capBytes: cap,
+        overCap: overCap(),
+        ...wanted,
+      });
     }
     return evicted;
   }
@@ -236,7 +245,10 @@ export class BlobStore {
    * process, no live lock holder, and not written for `olderThanMs` (0: whatever their age). Each
    * one is removed while holding its URL's lock, so a download never resumes a file being removed.
    */
-  async removeOrphanParts(olderThanMs: number, running: (key: string) => boolean): Promise<{ files: number; bytes: number }> {
+  async removeOrphanParts(
+    olderThanMs: number,
+    running: (key: string) => boolean,
+  ): Promise<{ files: number; bytes: number }> {
     await this.init();
     const tmp = path.join(this.opts.dir, 'tmp');
     const names = await fsp.readdir(tmp).catch(() => [] as string[]);

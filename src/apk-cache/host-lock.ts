@@ -44,7 +44,13 @@ export async function createLock(lockPath: string, purpose: string): Promise<Hel
   });
   if (!handle) return undefined;
   heldLocks.add(lockPath);
-  const body = JSON.stringify({ pid: process.pid, host: os.hostname(), purpose, at: new Date().toISOString(), nonce: randomUUID() });
+  const body = JSON.stringify({
+    pid: process.pid,
+    host: os.hostname(),
+    purpose,
+    at: new Date().toISOString(),
+    nonce: randomUUID(),
+  });
   const refresh = setInterval(() => {
     const now = new Date();
     fsp.utimes(lockPath, now, now).catch(() => undefined);

@@ -14,7 +14,6 @@
  *   origin-download.ts  one resumable download: Range resume, hashing, space checks, status mapping
  *   slots.ts            the cap on downloads running at once
  */
-import { promises as fsp } from 'node:fs';
 import type { Dispatcher } from 'undici';
 import { ApkHashMismatchError } from '../contract/errors';
 import type { Metrics } from '../metrics';
@@ -134,7 +133,8 @@ export class ApkCache {
     } catch {
       throw new UrlRefusedError(`APK URL ${JSON.stringify(url).slice(0, 100)}`, 'not a valid URL');
     }
-    if (protocol !== 'http:' && protocol !== 'https:') throw new UrlRefusedError(`APK URL ${url}`, 'only http and https are allowed');
+    if (protocol !== 'http:' && protocol !== 'https:')
+      throw new UrlRefusedError(`APK URL ${url}`, 'only http and https are allowed');
     const key = urlKey(url);
     const hit = await this.store.lookup(key, url, expectedSha);
     if (hit) {
@@ -193,13 +193,14 @@ export class ApkCache {
       if (ticker) clearInterval(ticker);
       if (onAbort) opts.signal?.removeEventListener('abort', onAbort);
       flight.waiters--;
-      if (flight.waiters === 0 && flight.state.phase !== 'done') flight.controller.abort(new Error('all waiters cancelled'));
+      if (flight.waiters === 0 && flight.state.phase !== 'done')
+        flight.controller.abort(new Error('all waiters cancelled'));
     }
   }
 
   /** Takes the host-wide lock for a URL, then downloads unless another process finished meanwhile. */
   private async fetchLocked(download: OriginDownload): Promise<CachedApk> {
-    const { key, url, expectedSha, state, signal, partPath } = download;
+    const { key, url, expectedSha, state, signal } = download;
     const lockPath = this.store.lockPath(key);
     for (;;) {
       signal.throwIfAborted();
@@ -230,7 +231,7 @@ export class ApkCache {
         continue;
       }
       state.phase = 'waiting-lock';
-      state.bytes = await fsp.stat(partPath).then((s) => s.size, () => 0);
+      state.bytes = await download.partSize();
       await sleep(this.opts.lockPollMs ?? 200, signal);
       const done = await this.store.lookup(key, url, expectedSha);
       if (done) return done;

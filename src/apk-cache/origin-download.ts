@@ -45,6 +45,7 @@ export interface DownloadContext {
   store: BlobStore;
   /** Largest APK accepted, bytes. */
   maxBytes: number;
+  /** HTTP dispatcher used for origin downloads (timeouts, redirects). */
   dispatcher: Dispatcher;
   metrics?: Metrics;
   log?: CacheLog;
@@ -75,7 +76,7 @@ export class OriginDownload {
   readonly expectedSha?: string;
   readonly state: DownloadState;
   readonly signal: AbortSignal;
-  readonly partPath: string;
+  private readonly partPath: string;
   private readonly metaPath: string;
   private hash: Hash = createHash('sha256');
   /** Bytes already in the part file when the response started. */
@@ -99,11 +100,12 @@ export class OriginDownload {
   /** Streams the URL into the part file (resuming it when possible), verifies and publishes the blob. */
   async run(): Promise<CachedApk> {
     const { url, signal, partPath } = this;
+    // run() starts again after a 416, so nothing is carried over from an earlier run.
     this.hash = createHash('sha256');
     this.offset = 0;
     this.etag = undefined;
     const previous = await readJson<{ url: string; etag?: string }>(this.metaPath);
-    const partSize = await fsp.stat(partPath).then((s) => s.size, () => 0);
+    const partSize = await this.partSize();
     if (previous?.url === url && partSize > 0 && partSize <= this.ctx.maxBytes) {
       this.state.phase = 'hashing-partial';
       await hashFile(partPath, this.hash, signal);
@@ -164,7 +166,10 @@ export class OriginDownload {
       });
     }
     await this.dropPart().catch(() => undefined);
-    this.ctx.log?.('APK download stopped: disk full', { url: this.url, ...(failure as InsufficientStorageError).details });
+    this.ctx.log?.('APK download stopped: disk full', {
+      url: this.url,
+      ...(failure as InsufficientStorageError).details,
+    });
     return failure;
   }
 
@@ -293,6 +298,14 @@ export class OriginDownload {
     };
   }
 
+  /** Bytes in the part file (0 when there is none). */
+  partSize(): Promise<number> {
+    return fsp.stat(this.partPath).then(
+      (s) => s.size,
+      () => 0,
+    );
+  }
+
   /** Removes the part file and its metadata: what they hold is not worth resuming. */
   private async dropPart(): Promise<void> {
     await fsp.rm(this.partPath, { force: true });
@@ -309,7 +322,8 @@ function checkStatus(url: string, res: Dispatcher.ResponseData): void {
   if (status === 200 || status === 206) return;
   discard(res);
   // The redirect interceptor hands back the last 3xx once its limit is reached.
-  if (status >= 300 && status < 400) throw new UrlRefusedError(`APK URL ${url}`, `more than ${MAX_REDIRECTS} redirects (last HTTP ${status})`);
+  if (status >= 300 && status < 400)
+    throw new UrlRefusedError(`APK URL ${url}`, `more than ${MAX_REDIRECTS} redirects (last HTTP ${status})`);
   if (status === 404 || status === 410) throw new ApkNotFoundError(url, status);
   if (status === 408 || status === 429 || status >= 500) throw new ApkDownloadError(url, `HTTP ${status}`);
   throw new ApkFetchRejectedError(url, status);
