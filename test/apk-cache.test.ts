@@ -11,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { request, type Dispatcher } from 'undici';
-import { ApkCache, urlKey, type CachedApk, type DownloadState } from '../src/apk-cache/apk-cache';
+import { ApkCache, urlKey, type CachedApk, type DownloadState } from '../src/apk-cache';
 import { ArtifactServer } from '../src/worker/artifact-server';
 import { PROJECT_ROOT } from '../src/config';
 import { Metrics } from '../src/metrics';

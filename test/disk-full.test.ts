@@ -12,7 +12,7 @@ import path from 'node:path';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ActivityFailure, ApplicationFailure, RetryState } from '@temporalio/common';
 import type { Dispatcher } from 'undici';
-import { ApkCache, urlKey } from '../src/apk-cache/apk-cache';
+import { ApkCache, urlKey } from '../src/apk-cache';
 import { PROJECT_ROOT } from '../src/config';
 import { traversalWorkflowId, type TraversalRequest } from '../src/contract/messages';
 import { ApkOrigin } from '../sim/origin';

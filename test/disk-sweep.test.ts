@@ -9,7 +9,7 @@ import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Dispatcher } from 'undici';
-import { ApkCache, urlKey } from '../src/apk-cache/apk-cache';
+import { ApkCache, urlKey } from '../src/apk-cache';
 import { journalDir } from '../src/activities/traversal/attempt-journal';
 import { DiskSweeper, type DiskSweeperOptions } from '../src/worker/disk-sweeper';
 import { traversalWorkflowId } from '../src/contract/messages';

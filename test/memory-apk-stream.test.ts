@@ -26,7 +26,7 @@ const GROWTH_LIMIT = 160 * MiB;
 
 /** The child: the worker's cache and artifact server, driven by messages from the test. */
 const CHILD = `
-const { ApkCache } = require('./src/apk-cache/apk-cache');
+const { ApkCache } = require('./src/apk-cache');
 const { ArtifactServer } = require('./src/worker/artifact-server');
 const { Metrics } = require('./src/metrics');
 const { UrlPolicy } = require('./src/net/url-policy');

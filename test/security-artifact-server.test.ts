@@ -16,7 +16,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
-import { ApkCache } from '../src/apk-cache/apk-cache';
+import { ApkCache } from '../src/apk-cache';
 import { ArtifactServer, artifactInstallUrl, type ArtifactServerOptions } from '../src/worker/artifact-server';
 import { addressKey } from '../src/worker/connection-limiter';
 import { loadConfig, OPTIONS, PROJECT_ROOT } from '../src/config';

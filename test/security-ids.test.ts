@@ -24,7 +24,7 @@ import Redis from 'ioredis';
 import { createActivities } from '../src/activities';
 import { createReportSinkActivities } from '../src/activities/report-sink';
 import { createTraversalRunnerActivities } from '../src/activities/traversal/runner';
-import { ApkCache } from '../src/apk-cache/apk-cache';
+import { ApkCache } from '../src/apk-cache';
 import { ArtifactServer } from '../src/worker/artifact-server';
 import { loadConfig, PROJECT_ROOT } from '../src/config';
 import { InvalidTaskError } from '../src/contract/errors';

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { DefaultLogger } from '@temporalio/worker';
 import type { Dispatcher } from 'undici';
-import { ApkCache } from '../src/apk-cache/apk-cache';
+import { ApkCache } from '../src/apk-cache';
 import { createReportSinkActivities } from '../src/activities/report-sink';
 import { ArtifactServer } from '../src/worker/artifact-server';
 import { loadConfig, PROJECT_ROOT } from '../src/config';

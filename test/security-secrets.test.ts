@@ -17,7 +17,7 @@ import { PassThrough } from 'node:stream';
 import { Client, Connection } from '@temporalio/client';
 import Redis from 'ioredis';
 import { request } from 'undici';
-import { ApkCache } from '../src/apk-cache/apk-cache';
+import { ApkCache } from '../src/apk-cache';
 import { resultKey } from '../src/contract/redis-keys';
 import { ArtifactServer, artifactInstallUrl } from '../src/worker/artifact-server';
 import { deploymentFromPrefix, PROJECT_ROOT } from '../src/config';

@@ -19,7 +19,7 @@ import path from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { DefaultLogger } from '@temporalio/worker';
 import type { Dispatcher } from 'undici';
-import { ApkCache } from '../src/apk-cache/apk-cache';
+import { ApkCache } from '../src/apk-cache';
 import { agentCall } from '../src/activities/device-agent';
 import { createReportSinkActivities } from '../src/activities/report-sink';
 import { loadDeviceRegistry, urlPolicyFor } from '../src/device-registry';

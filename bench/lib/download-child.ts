@@ -15,7 +15,7 @@ import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { request } from 'undici';
-import { ApkCache } from '../../src/apk-cache/apk-cache';
+import { ApkCache } from '../../src/apk-cache';
 import { UrlPolicy } from '../../src/net/url-policy';
 import { createDispatcher } from '../../src/net/dispatcher';
 

@@ -3,7 +3,7 @@ import { Context } from '@temporalio/activity';
 import { request, type Dispatcher } from 'undici';
 import type { Delivery } from '../contract/messages';
 import { apkRequestError, apkStatusError, statusVerdict } from '../net/http-errors';
-import type { ApkCache, DownloadState } from '../apk-cache/apk-cache';
+import type { ApkCache, DownloadState } from '../apk-cache';
 
 /** Dependencies of resolveApk. */
 export interface ApkActivityDeps {

@@ -7,7 +7,7 @@ import type { ProgressUpdate, TraversalBudget } from '../contract/messages';
 import type { Metrics } from '../metrics';
 import { artifactInstallUrl } from '../worker/artifact-server';
 import { createApkActivities } from './apk';
-import type { ApkCache } from '../apk-cache/apk-cache';
+import type { ApkCache } from '../apk-cache';
 import { checkDeviceOnline, createDeviceAgentActivities, type DeviceAgentDeps } from './device-agent';
 import { activityBoundary } from './boundary';
 import { createReportSinkActivities } from './report-sink';

@@ -30,7 +30,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { ApkCache } from '../apk-cache/apk-cache';
+import type { ApkCache } from '../apk-cache';
 import { ConnectionLimiter } from './connection-limiter';
 import { parseRange, type ByteRange } from '../net/http-range';
 import type { Metrics } from '../metrics';

@@ -16,7 +16,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import type { ApkCache } from '../apk-cache/apk-cache';
+import type { ApkCache } from '../apk-cache';
 import { recordedRuns } from '../activities/traversal/runner';
 import { readJournals } from '../activities/traversal/attempt-journal';
 import { parseWorkflowId } from '../contract/messages';

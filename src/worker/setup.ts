@@ -16,7 +16,7 @@ import { urlPolicyFor } from '../device-registry';
 import { createDispatcher } from '../net/dispatcher';
 import type { UrlPolicy } from '../net/url-policy';
 import { createActivities } from '../activities';
-import { ApkCache } from '../apk-cache/apk-cache';
+import { ApkCache } from '../apk-cache';
 import { endStaleRun } from '../activities/traversal/runner';
 import { ArtifactServer } from './artifact-server';
 import type { Config } from '../config';

@@ -4,7 +4,7 @@
  * Prints "ready" once loaded, waits for a line on stdin (the start signal), resolves the URL
  * with its own ApkCache, then prints one JSON line: {ok:true, result} or {ok:false, error}.
  */
-import { ApkCache } from '../../src/apk-cache/apk-cache';
+import { ApkCache } from '../../src/apk-cache';
 import { createDispatcher } from '../../src/net/dispatcher';
 
 async function main(): Promise<void> {
