@@ -271,6 +271,21 @@ const SCENARIOS: Scenario[] = [
     },
   },
   {
+    name: 'traversal-completed-install-on-worker',
+    scenario:
+      'a completed traversal recorded after the install-url-on-worker patch: installApp is told the APK source and ' +
+      'derives the install URL itself, so no artifact server URL is in the history',
+    async run(stack) {
+      const apk = stack.apks['app.apk']!;
+      await stack.push(
+        task(stack, { taskId: 'on-worker', deviceId: 'rec-10', apkUrl: apk.url, apkSha256: apk.sha256, packageName: 'com.example.onworker' }),
+      );
+      const r = await stack.waitResult('on-worker', 'rec-10');
+      expect(r.status === 'completed', `traversal-completed-install-on-worker ended ${r.status}: ${JSON.stringify(r.error)}`);
+      return stack.client.workflow.getHandle(traversalWorkflowId('on-worker', 'rec-10'));
+    },
+  },
+  {
     name: 'publish-waited-for-redis',
     scenario:
       'a publish workflow whose Redis refused writes (maxmemory 1 byte, noeviction): its quick attempts failed, it said ' +
@@ -356,7 +371,7 @@ async function main(): Promise<void> {
     process.env.TEST_TEMPORAL_ADDRESS = temporal.address;
     process.env.TEST_REDIS_URL = redis.url;
     stack = await startStack({
-      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6', 'rec-7', 'rec-8', 'rec-9'],
+      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6', 'rec-7', 'rec-8', 'rec-9', 'rec-10'],
       apks: [{ name: 'app.apk', size: 2 * MiB }],
       starter: true,
       // A result reaches Redis within 2 s of its return (publish-waited-for-redis).
