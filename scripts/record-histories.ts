@@ -51,18 +51,23 @@ interface Scenario {
   run(stack: Stack): Promise<WorkflowHandle>;
 }
 
-const SCENARIOS: Scenario[] = [
-  {
-    name: 'traversal-completed',
-    scenario: 'a traversal that ran every step and completed',
+/** A scenario in which one traversal of app.apk (its hash given) runs every step and completes. */
+function completedRun(name: string, scenario: string, t: { taskId: string; deviceId: string; packageName?: string }): Scenario {
+  return {
+    name,
+    scenario,
     async run(stack) {
       const apk = stack.apks['app.apk']!;
-      await stack.push(task(stack, { taskId: 'completed', deviceId: 'rec-1', apkUrl: apk.url, apkSha256: apk.sha256 }));
-      const r = await stack.waitResult('completed', 'rec-1');
-      expect(r.status === 'completed', `traversal-completed ended ${r.status}: ${JSON.stringify(r.error)}`);
-      return stack.client.workflow.getHandle(traversalWorkflowId('completed', 'rec-1'));
+      await stack.push(task(stack, { ...t, apkUrl: apk.url, apkSha256: apk.sha256 }));
+      const r = await stack.waitResult(t.taskId, t.deviceId);
+      expect(r.status === 'completed', `${name} ended ${r.status}: ${JSON.stringify(r.error)}`);
+      return stack.client.workflow.getHandle(traversalWorkflowId(t.taskId, t.deviceId));
     },
-  },
+  };
+}
+
+const SCENARIOS: Scenario[] = [
+  completedRun('traversal-completed', 'a traversal that ran every step and completed', { taskId: 'completed', deviceId: 'rec-1' }),
   {
     name: 'traversal-apk-not-found',
     scenario: 'a traversal whose APK URL answered 404: failed at resolveApk, cleanup and publish still ran',
@@ -256,35 +261,17 @@ const SCENARIOS: Scenario[] = [
       return handle;
     },
   },
-  {
-    name: 'traversal-completed-publish-apart',
-    scenario:
-      'a completed traversal recorded after the publish-apart patch: it starts its publish workflow (abandoned child) and ends',
-    async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, { taskId: 'apart', deviceId: 'rec-8', apkUrl: apk.url, apkSha256: apk.sha256, packageName: 'com.example.apart' }),
-      );
-      const r = await stack.waitResult('apart', 'rec-8');
-      expect(r.status === 'completed', `traversal-completed-publish-apart ended ${r.status}: ${JSON.stringify(r.error)}`);
-      return stack.client.workflow.getHandle(traversalWorkflowId('apart', 'rec-8'));
-    },
-  },
-  {
-    name: 'traversal-completed-install-on-worker',
-    scenario:
-      'a completed traversal recorded after the install-url-on-worker patch: installApp is told the APK source and ' +
+  completedRun(
+    'traversal-completed-publish-apart',
+    'a completed traversal recorded after the publish-apart patch: it starts its publish workflow (abandoned child) and ends',
+    { taskId: 'apart', deviceId: 'rec-8', packageName: 'com.example.apart' },
+  ),
+  completedRun(
+    'traversal-completed-install-on-worker',
+    'a completed traversal recorded after the install-url-on-worker patch: installApp is told the APK source and ' +
       'derives the install URL itself, so no artifact server URL is in the history',
-    async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, { taskId: 'on-worker', deviceId: 'rec-10', apkUrl: apk.url, apkSha256: apk.sha256, packageName: 'com.example.onworker' }),
-      );
-      const r = await stack.waitResult('on-worker', 'rec-10');
-      expect(r.status === 'completed', `traversal-completed-install-on-worker ended ${r.status}: ${JSON.stringify(r.error)}`);
-      return stack.client.workflow.getHandle(traversalWorkflowId('on-worker', 'rec-10'));
-    },
-  },
+    { taskId: 'on-worker', deviceId: 'rec-10', packageName: 'com.example.onworker' },
+  ),
   {
     name: 'publish-waited-for-redis',
     scenario:
