@@ -51,18 +51,23 @@ interface Scenario {
   run(stack: Stack): Promise<WorkflowHandle>;
 }
 
-const SCENARIOS: Scenario[] = [
-  {
-    name: 'traversal-completed',
-    scenario: 'a traversal that ran every step and completed',
+/** A scenario in which one traversal of app.apk (its hash given) runs every step and completes. */
+function completedRun(name: string, scenario: string, t: { taskId: string; deviceId: string; packageName?: string }): Scenario {
+  return {
+    name,
+    scenario,
     async run(stack) {
       const apk = stack.apks['app.apk']!;
-      await stack.push(task(stack, { taskId: 'completed', deviceId: 'rec-1', apkUrl: apk.url, apkSha256: apk.sha256 }));
-      const r = await stack.waitResult('completed', 'rec-1');
-      expect(r.status === 'completed', `traversal-completed ended ${r.status}: ${JSON.stringify(r.error)}`);
-      return stack.client.workflow.getHandle(traversalWorkflowId('completed', 'rec-1'));
+      await stack.push(task(stack, { ...t, apkUrl: apk.url, apkSha256: apk.sha256 }));
+      const r = await stack.waitResult(t.taskId, t.deviceId);
+      expect(r.status === 'completed', `${name} ended ${r.status}: ${JSON.stringify(r.error)}`);
+      return stack.client.workflow.getHandle(traversalWorkflowId(t.taskId, t.deviceId));
     },
-  },
+  };
+}
+
+const SCENARIOS: Scenario[] = [
+  completedRun('traversal-completed', 'a traversal that ran every step and completed', { taskId: 'completed', deviceId: 'rec-1' }),
   {
     name: 'traversal-apk-not-found',
     scenario: 'a traversal whose APK URL answered 404: failed at resolveApk, cleanup and publish still ran',
@@ -256,20 +261,17 @@ const SCENARIOS: Scenario[] = [
       return handle;
     },
   },
-  {
-    name: 'traversal-completed-publish-apart',
-    scenario:
-      'a completed traversal recorded after the publish-apart patch: it starts its publish workflow (abandoned child) and ends',
-    async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, { taskId: 'apart', deviceId: 'rec-8', apkUrl: apk.url, apkSha256: apk.sha256, packageName: 'com.example.apart' }),
-      );
-      const r = await stack.waitResult('apart', 'rec-8');
-      expect(r.status === 'completed', `traversal-completed-publish-apart ended ${r.status}: ${JSON.stringify(r.error)}`);
-      return stack.client.workflow.getHandle(traversalWorkflowId('apart', 'rec-8'));
-    },
-  },
+  completedRun(
+    'traversal-completed-publish-apart',
+    'a completed traversal recorded after the publish-apart patch: it starts its publish workflow (abandoned child) and ends',
+    { taskId: 'apart', deviceId: 'rec-8', packageName: 'com.example.apart' },
+  ),
+  completedRun(
+    'traversal-completed-install-on-worker',
+    'a completed traversal recorded after the install-url-on-worker patch: installApp is told the APK source and ' +
+      'derives the install URL itself, so no artifact server URL is in the history',
+    { taskId: 'on-worker', deviceId: 'rec-10', packageName: 'com.example.onworker' },
+  ),
   {
     name: 'publish-waited-for-redis',
     scenario:
@@ -356,7 +358,7 @@ async function main(): Promise<void> {
     process.env.TEST_TEMPORAL_ADDRESS = temporal.address;
     process.env.TEST_REDIS_URL = redis.url;
     stack = await startStack({
-      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6', 'rec-7', 'rec-8', 'rec-9'],
+      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6', 'rec-7', 'rec-8', 'rec-9', 'rec-10'],
       apks: [{ name: 'app.apk', size: 2 * MiB }],
       starter: true,
       // A result reaches Redis within 2 s of its return (publish-waited-for-redis).

@@ -139,7 +139,7 @@ describe('identifiers', function () {
       dispatcher,
       redis,
       metrics: new Metrics(),
-      artifactBaseUrl: () => 'http://127.0.0.1:9',
+      installUrlFor: (sha256) => `http://127.0.0.1:9/apk/${sha256}.apk`,
     });
     // Port 9 (discard) refuses connections: without the check these calls fail as AgentUnavailable.
     const device = { deviceId: 'd1', agentUrl: 'http://127.0.0.1:9' };

@@ -33,7 +33,7 @@ interface Part {
   name: string;
   traversals: number;
   apks: { name: string; size: number; gets: number; rangeGets: number; bytesServed: number; bytesRatio: number }[];
-  /** Traversals whose install URL pointed at each worker's artifact server (who ran resolveApk). */
+  /** Installs each worker ran in this part (from its artifact server: install URLs stay out of results). */
   perWorker: number[];
   /** Worker metrics after the part (cumulative): origin downloads and cache hits per worker. */
   originDownloads: number[];
@@ -89,6 +89,9 @@ export const run: ScenarioRun = async ({ args }) => {
       // Pace the origin so one download lasts about downloadSec: all 20 starts then overlap it.
       origin.throttleBytesPerSec = downloadSec > 0 ? Math.max(...apks.map((a) => a.size)) / downloadSec : undefined;
       say(`dedupe: ${name}: ${devices.length} traversals of ${apks.length} APK(s) across 2 workers…`);
+      const installsBefore = (await Promise.all(workers.map((w) => scrape(w.artifactUrl)))).map(
+        (m) => m.get('dt_installs_total') ?? 0,
+      );
       const t0 = Date.now();
       await Promise.all(
         devices.map((deviceId, i) => {
@@ -127,7 +130,7 @@ export const run: ScenarioRun = async ({ args }) => {
             bytesRatio: round(st.bytesServed / a.size, 2),
           };
         }),
-        perWorker: workers.map((w) => results.filter((r) => r.apk?.installUrl.startsWith(w.artifactUrl)).length),
+        perWorker: metrics.map((m, i) => (m.get('dt_installs_total') ?? 0) - installsBefore[i]!),
         originDownloads: metrics.map((m) => m.get('dt_apk_origin_downloads_total') ?? 0),
         cacheHits: metrics.map((m) => m.get('dt_apk_cache_hits_total') ?? 0),
         failed: results.filter((r: TraversalResult) => r.status !== 'completed').length,

@@ -1,4 +1,8 @@
-/** The resolveApk activity: APK into the host cache (deduped), and the URL the agent should install from. */
+/**
+ * The resolveApk activity: the APK into the host cache (deduped), or in direct delivery a check
+ * that the origin has it. Its result is recorded in workflow history, so it holds only facts that
+ * are true on any host; installApp derives the install URL where it runs (install-source.ts).
+ */
 import { Context } from '@temporalio/activity';
 import { request, type Dispatcher } from 'undici';
 import type { Delivery } from '../contract/messages';
@@ -9,10 +13,6 @@ import type { ApkCache, DownloadState } from '../apk-cache';
 export interface ApkActivityDeps {
   cache: ApkCache;
   dispatcher: Dispatcher;
-  /** Base URL of this worker's artifact server, as agents reach it. */
-  artifactBaseUrl: () => string;
-  /** URL of a cached APK for agents (signed when the artifact server has a token); default <base>/apk/<sha256>.apk. */
-  installUrlFor?: (sha256: string) => string;
   /** Default delivery mode when the request does not choose. */
   delivery: Delivery;
 }
@@ -24,11 +24,14 @@ export interface ResolveApkInput {
   delivery?: Delivery;
 }
 
-/** A resolved APK and where the agent installs it from. */
+/** A resolved APK: what holds on any host, never a URL of one worker's artifact server. */
 export interface ResolvedApk {
   sha256?: string;
   size?: number;
-  installUrl: string;
+  /** The URL the task named. */
+  originUrl: string;
+  /** Results recorded before only: the install URL resolveApk built then (installApp now derives its own). */
+  installUrl?: string;
   fromCache: boolean;
   downloadedBytes: number;
   resumedFrom?: number;
@@ -41,7 +44,7 @@ export function createApkActivities(deps: ApkActivityDeps) {
     /**
      * Makes the APK available to the agent. In `cache` mode: one streamed origin download per host
      * into the content-addressed cache, resumed from a partial file after a crash, heartbeating
-     * bytes done. In `direct` mode: only checks the origin has it and hands its URL on.
+     * bytes done. In `direct` mode: only checks the origin has it.
      */
     async resolveApk(input: ResolveApkInput): Promise<ResolvedApk> {
       const ctx = Context.current();
@@ -58,7 +61,7 @@ export function createApkActivities(deps: ApkActivityDeps) {
         return {
           sha256: input.sha256,
           size: Number.isFinite(size) ? size : undefined,
-          installUrl: input.url,
+          originUrl: input.url,
           fromCache: false,
           downloadedBytes: 0,
           delivery,
@@ -70,7 +73,7 @@ export function createApkActivities(deps: ApkActivityDeps) {
       return {
         sha256: apk.sha256,
         size: apk.size,
-        installUrl: deps.installUrlFor?.(apk.sha256) ?? `${deps.artifactBaseUrl()}/apk/${apk.sha256}.apk`,
+        originUrl: input.url,
         fromCache: apk.fromCache,
         downloadedBytes: apk.downloadedBytes,
         ...(apk.resumedFrom !== undefined ? { resumedFrom: apk.resumedFrom } : {}),

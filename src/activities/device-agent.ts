@@ -14,6 +14,8 @@ import {
 } from '../contract/errors';
 import type { Metrics } from '../metrics';
 import { requestError, statusVerdict } from '../net/http-errors';
+import type { DownloadState } from '../apk-cache';
+import type { InstallApkRef, InstallUrlOf } from './install-source';
 
 /** What a device reports about itself. */
 export interface DeviceStatus {
@@ -36,13 +38,16 @@ export interface DeviceAgentDeps {
   metrics?: Metrics;
   /** Timeout of one agent call, ms (installs of big APKs take long; default 15 min). */
   callTimeoutMs?: number;
-  /**
-   * This worker's own URL for a cached APK, when it has the blob. A retried install may run on
-   * another worker than the download (or on a restarted one with a new port), so the URL recorded
-   * by resolveApk can point at an artifact server that is gone.
-   */
-  localInstallUrl?: (sha256: string) => Promise<string | undefined>;
 }
+
+/** Dependencies of the device agent activities: the agent client's, and where installs come from. */
+export interface DeviceAgentActivityDeps extends DeviceAgentDeps {
+  /** The URL the agent installs from, decided on this worker (install-source.ts). */
+  installUrlOf: InstallUrlOf;
+}
+
+/** Input of installApp. */
+export type InstallAppInput = DeviceRef & InstallApkRef & { packageName: string };
 
 /** Sends one JSON request to an agent and maps failures to typed errors. */
 export async function agentCall<T>(
@@ -126,7 +131,7 @@ export interface DeviceRef {
 }
 
 /** Builds the activities that talk to device agents. */
-export function createDeviceAgentActivities(deps: DeviceAgentDeps) {
+export function createDeviceAgentActivities(deps: DeviceAgentActivityDeps) {
   return {
     /** Checks the device is online and resets its environment. */
     async prepareDevice(input: DeviceRef): Promise<DeviceStatus> {
@@ -142,28 +147,26 @@ export function createDeviceAgentActivities(deps: DeviceAgentDeps) {
       }
     },
 
-    /** Tells the agent to download the APK from a URL and install it; APK bytes never pass through here. */
-    async installApp(input: DeviceRef & { url: string; packageName: string; sha256?: string }): Promise<InstallResult> {
-      const stop = keepAlive();
+    /**
+     * Tells the agent to download the APK from a URL and install it; APK bytes never pass through
+     * here. The URL is this worker's to decide (its artifact server, the APK fetched into this
+     * host's cache first when missing), so a retry on another worker works.
+     */
+    async installApp(input: InstallAppInput): Promise<InstallResult> {
+      const signal = Context.current().cancellationSignal;
+      let fetch: DownloadState | undefined;
+      const stop = keepAlive(() => fetch && { bytes: fetch.bytes, total: fetch.total, phase: fetch.phase });
       try {
         const started = Date.now();
-        let url = input.url;
-        // Compare paths only: a signed install URL carries ?token=…, which also stays out of the logs.
-        const pathOf = (u: string) => u.split(/[?#]/)[0]!;
-        if (input.sha256 && pathOf(url).endsWith(`/apk/${input.sha256}.apk`)) {
-          const own = await deps.localInstallUrl?.(input.sha256);
-          if (own && own !== url) {
-            Context.current().log.info('installing from this worker’s artifact server', { recorded: pathOf(url), url: pathOf(own) });
-            url = own;
-          }
-        }
+        const url = await deps.installUrlOf(input, { signal, onState: (s) => (fetch = s) });
+        const sha256 = input.apk?.sha256 ?? input.sha256;
         const res = await agentCall<InstallResult>(
           deps,
           input.agentUrl,
           input.deviceId,
           'installApp',
-          { url, packageName: input.packageName, ...(input.sha256 ? { sha256: input.sha256 } : {}) },
-          Context.current().cancellationSignal,
+          { url, packageName: input.packageName, ...(sha256 ? { sha256 } : {}) },
+          signal,
         );
         deps.metrics?.installs.inc();
         return { installed: res.installed !== false, versionCode: res.versionCode, ms: res.ms ?? Date.now() - started };

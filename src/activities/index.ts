@@ -5,11 +5,11 @@ import type { Dispatcher } from 'undici';
 import type { Config } from '../config';
 import type { ProgressUpdate, TraversalBudget } from '../contract/messages';
 import type { Metrics } from '../metrics';
-import { artifactInstallUrl } from '../worker/artifact-server';
 import { createApkActivities } from './apk';
 import type { ApkCache } from '../apk-cache';
 import { checkDeviceOnline, createDeviceAgentActivities, type DeviceAgentDeps } from './device-agent';
 import { activityBoundary } from './boundary';
+import { installUrlResolver } from './install-source';
 import { createReportSinkActivities } from './report-sink';
 import { ReportStore } from './report-store';
 import { createResultPublisherActivities } from './result-publisher';
@@ -22,8 +22,11 @@ export interface ActivityDeps {
   dispatcher: Dispatcher;
   redis: Redis;
   metrics: Metrics;
-  /** Base URL of the artifact server as agents reach it (known once the server listens). */
-  artifactBaseUrl: () => string;
+  /**
+   * URL of a cached APK on this worker's artifact server, as agents reach it (signed when the
+   * server has a token); the worker's setup supplies it, and it is valid once the server listens.
+   */
+  installUrlFor: (sha256: string) => string;
   /** Sends progress to a running traversal workflow. */
   pushProgress?: (workflowId: string, update: ProgressUpdate) => Promise<void>;
   /** Reads a running traversal's time budget. */
@@ -35,24 +38,18 @@ export interface ActivityDeps {
 /** The activity implementations, behind the activity boundary (identifier guard, typed failures). */
 export function createActivities(deps: ActivityDeps) {
   const { config } = deps;
-  const installUrlFor = (sha256: string) => artifactInstallUrl(deps.artifactBaseUrl(), sha256, config.artifactToken, config.artifactUrlTtlMs);
   const agentDeps: DeviceAgentDeps = {
     dispatcher: deps.dispatcher,
     metrics: deps.metrics,
     callTimeoutMs: config.agentTimeoutMs,
-    // Renews the blob's lease too, so it is not evicted before the agent has fetched it.
-    localInstallUrl: async (sha256) => ((await deps.cache.touch(sha256)) ? installUrlFor(sha256) : undefined),
   };
   const store = new ReportStore({ sink: config.reportSink, token: config.reportSinkToken, dispatcher: deps.dispatcher });
   return activityBoundary({
-    ...createApkActivities({
-      cache: deps.cache,
-      dispatcher: deps.dispatcher,
-      artifactBaseUrl: deps.artifactBaseUrl,
-      installUrlFor,
-      delivery: config.delivery,
+    ...createApkActivities({ cache: deps.cache, dispatcher: deps.dispatcher, delivery: config.delivery }),
+    ...createDeviceAgentActivities({
+      ...agentDeps,
+      installUrlOf: installUrlResolver({ cache: deps.cache, installUrlFor: deps.installUrlFor }),
     }),
-    ...createDeviceAgentActivities(agentDeps),
     ...createTraversalRunnerActivities({
       runsDir: path.join(config.dataDir, 'runs'),
       pidsDir: path.join(config.dataDir, 'pids'),

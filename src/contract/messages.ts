@@ -180,7 +180,8 @@ export interface TraversalResult {
   status: TraversalStatus;
   /** Milliseconds per step that ran. */
   timings: Partial<Record<StepName, number>>;
-  apk?: { sha256: string; size: number; installUrl: string; fromCache: boolean };
+  /** The APK installed; no install URL, which belongs to one worker's artifact server. */
+  apk?: { sha256: string; size: number; fromCache: boolean };
   installMs?: number;
   coldStartMs?: number;
   screens: number;

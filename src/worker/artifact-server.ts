@@ -3,9 +3,10 @@
  * agents can install from a URL, plus `/metrics` and `/healthz`. Read-only, no listing.
  *
  * With a token configured every request must carry it, as `Authorization: Bearer <token>` or
- * `?token=<token>`. Agents only ever receive a URL, and that URL is recorded in workflow history
- * (it is part of resolveApk's result), so install URLs never carry the secret itself: they carry
- * `?token=<expiry>.<HMAC(secret, sha256 and expiry)>`, which opens that one APK until it expires.
+ * `?token=<token>`. Agents only ever receive a URL, and an agent is a party apart, so install URLs
+ * never carry the secret itself: they carry `?token=<expiry>.<HMAC(secret, sha256 and expiry)>`,
+ * which opens that one APK until it expires. installApp derives them on the worker that runs it
+ * (src/activities/install-source.ts); they never enter workflow history.
  * The expiry must be written exactly as the signer writes it (decimal, no leading zero or sign).
  * The token is checked before anything else is done: a request without it never reaches the
  * cache or the disk, is answered 401 (nothing presented) or 403 (something wrong presented), and
@@ -16,7 +17,7 @@
  * range starting later, a read with the bearer token, and every read when no token is configured
  * (then every reader is anonymous) serve the bytes without renewing, so whoever merely knows a
  * sha256 cannot keep the cache over its cap. The worker renews leases itself when it resolves an
- * APK and right before it hands an install URL to an agent (localInstallUrl); a file being served
+ * APK and right before it hands an install URL to an agent (install-source.ts); a file being served
  * is also kept from eviction by this process for the length of the transfer (retain).
  *
  * Connections: capped in total and per remote address (src/worker/connection-limiter.ts); a connection

@@ -18,7 +18,7 @@ import type { UrlPolicy } from '../net/url-policy';
 import { createActivities } from '../activities';
 import { ApkCache } from '../apk-cache';
 import { endStaleRun } from '../activities/traversal/runner';
-import { ArtifactServer } from './artifact-server';
+import { ArtifactServer, artifactInstallUrl } from './artifact-server';
 import type { Config } from '../config';
 import { DiskSweeper } from './disk-sweeper';
 import { budgetQuery, progressSignal } from '../contract/messages';
@@ -148,7 +148,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     dispatcher,
     redis: opts.redis,
     metrics,
-    artifactBaseUrl: () => artifactUrl,
+    installUrlFor: (sha256) => artifactInstallUrl(artifactUrl, sha256, config.artifactToken, config.artifactUrlTtlMs),
     redisKeyPrefix: opts.redisKeyPrefix,
     pushProgress: (workflowId, update) =>
       clientCall(() => opts.client.workflow.getHandle(workflowId).signal(progressSignal, update)),

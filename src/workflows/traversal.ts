@@ -192,7 +192,13 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     );
     await step('prepareDevice', 'preparing', () => agentQuick.prepareDevice(device));
     const installed = await step('installApp', 'installing', () =>
-      agentInstall.installApp({ ...device, url: apk!.installUrl, packageName: req.packageName, sha256: apk!.sha256 }),
+      agentInstall.installApp(
+        // The worker that installs derives the install URL, so no worker's URL enters history;
+        // runs recorded before passed the one resolveApk built (installApp still accepts it).
+        patched('install-url-on-worker')
+          ? { ...device, packageName: req.packageName, apk: { originUrl: req.apkUrl, sha256: apk!.sha256, delivery: apk!.delivery } }
+          : { ...device, url: apk!.installUrl, packageName: req.packageName, sha256: apk!.sha256 },
+      ),
     );
     installMs = installed.ms;
     if (policy.measureLaunch) {
@@ -259,7 +265,7 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       status,
       timings,
       ...(apk?.sha256 && apk.size !== undefined
-        ? { apk: { sha256: apk.sha256, size: apk.size, installUrl: apk.installUrl, fromCache: apk.fromCache } }
+        ? { apk: { sha256: apk.sha256, size: apk.size, fromCache: apk.fromCache } }
         : {}),
       installMs,
       coldStartMs,

@@ -91,3 +91,10 @@ export function activityStarts(events: HistoryEvent[], activityType: string): Hi
 export function eventMs(e: HistoryEvent): number {
   return Number(e.eventTime?.seconds ?? 0) * 1000 + Math.floor((e.eventTime?.nanos ?? 0) / 1e6);
 }
+
+/** A history as JSON with every payload decoded to text (payloads are base64-encoded JSON bytes). */
+export function historyText(history: unknown): string {
+  return JSON.stringify(history, (k, v: unknown) =>
+    k === 'data' && typeof v === 'string' ? Buffer.from(v, 'base64').toString('utf8') : v,
+  );
+}
