@@ -29,7 +29,7 @@ import type { Info } from '@temporalio/activity';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { processStartTime } from './runner';
+import { processStartTime } from './process-group';
 
 /** Failure type of an attempt failed because its worker died; retryable. */
 export const WORKER_LOST = 'WorkerLost';

@@ -14,7 +14,6 @@
  *   is in the sink, so a lost host at worst makes the retry find it again.
  */
 import { Context } from '@temporalio/activity';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { createWriteStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -22,10 +21,11 @@ import readline from 'node:readline';
 import { InvalidTaskError, ReportUploadError, TraversalExitError, TraversalHungError, TraversalStartError } from '../../contract/errors';
 import { ExtraArgsPolicy } from '../../contract/extra-args';
 import { parseFindingLine, toFinding } from '../findings';
-import { parseWorkflowId, type ProgressUpdate, type TraversalBudget } from '../../contract/messages';
+import type { ProgressUpdate, TraversalBudget } from '../../contract/messages';
 import type { Metrics } from '../../metrics';
 import { AttemptShipper } from '../report-parts';
 import type { ReportStore } from '../report-store';
+import { childEnv, endStaleRun, forgetRun, killGroup, recordRun, signalGroup, spawnGroup, type RunningGroup } from './process-group';
 
 /** Options of the traversal runner. */
 export interface TraversalRunnerDeps {
@@ -112,12 +112,6 @@ export interface TraversalCheckpoint {
   paused?: boolean;
 }
 
-/** Environment variable set in the child so a stale process can be recognised after a crash. */
-const MARKER = 'DT_TRAVERSAL_DEVICE';
-/** Environment variable naming one run of the command, so a run recorded before its pid was known can be found. */
-const RUN_MARKER = 'DT_TRAVERSAL_RUN';
-/** Variables never handed to the traversal command: credentials of this service. */
-const SECRET_ENV = /^(TEMPORAL_|REDIS_|DT_REPORT_SINK_TOKEN|DT_ARTIFACT_TOKEN)/;
 /** Progress reaches the workflow in steps of this many percent. */
 export const PROGRESS_STEP_PERCENT = 5;
 /** Longest wait for the last shipment of an attempt's report parts, ms. */
@@ -373,31 +367,22 @@ async function runOne(
   // Recorded before the spawn: a worker killed between the spawn and the pid's record still leaves
   // a record that the next worker or attempt finds the process by.
   const runId = randomUUID();
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!SECRET_ENV.test(k)) env[k] = v;
-  Object.assign(env, { [MARKER]: input.deviceId, [RUN_MARKER]: runId });
-  await recordRun(deps, input.deviceId, { runId, workflowId });
+  await recordRun(deps.pidsDir, input.deviceId, { runId, workflowId });
 
   const log = createWriteStream(logFile, { flags: 'a' });
   log.write(`# attempt ${info.attempt} ${new Date().toISOString()} argv=${JSON.stringify(argv)}\n`);
   const started = Date.now();
-  const child = spawn(cmd, args, { cwd: dir, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-  // Listen for the end at once: a command that exits quickly must not be missed while we await below.
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.once('close', (code, signal) => resolve({ code, signal }));
-  });
-  const spawned = await new Promise<Error | undefined>((resolve) => {
-    child.once('spawn', () => resolve(undefined));
-    child.once('error', (err) => resolve(err));
-  });
-  if (spawned) {
+  let group: RunningGroup;
+  try {
+    group = await spawnGroup(cmd, args, { cwd: dir, env: childEnv(input.deviceId, runId) });
+  } catch (err) {
     log.end();
     await shipper.close();
-    await forgetRun(deps, input.deviceId, runId);
-    throw new TraversalStartError(cmd, spawned.message);
+    await forgetRun(deps.pidsDir, input.deviceId, runId);
+    throw new TraversalStartError(cmd, (err as Error).message);
   }
-  const pid = child.pid!;
-  await recordRun(deps, input.deviceId, { runId, pid, workflowId });
+  const { child, pid, exited } = group;
+  await recordRun(deps.pidsDir, input.deviceId, { runId, pid, workflowId });
   ctx.log.info('traversal command started', {
     childPid: pid,
     deviceId: input.deviceId,
@@ -503,7 +488,7 @@ async function runOne(
   ctx.cancellationSignal.removeEventListener('abort', onCancel);
   for (const t of [controlTimer, shipTimer, pausedTimer, hangTimer, deviceTimer]) if (t) clearInterval(t);
   await new Promise<void>((resolve) => log.end(resolve));
-  await forgetRun(deps, input.deviceId, runId);
+  await forgetRun(deps.pidsDir, input.deviceId, runId);
   const durationMs = Date.now() - started;
   deps.metrics?.traversalSeconds.inc({}, durationMs / 1000);
 
@@ -568,170 +553,4 @@ async function readSummary(reportDir: string): Promise<Record<string, unknown>> 
   } catch {
     return {};
   }
-}
-
-/** Sends TERM to the whole group, then KILL after the grace period if anything is left. */
-export async function killGroup(child: ChildProcess, graceMs: number): Promise<void> {
-  const pid = child.pid;
-  if (!pid) return;
-  signalGroup(pid, 'SIGTERM');
-  const exited = new Promise<void>((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) resolve();
-    else child.once('exit', () => resolve());
-  });
-  const timer = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
-  await Promise.race([exited, timer]);
-  // The leader may be gone while grandchildren still hold the group: KILL the group regardless.
-  signalGroup(pid, 'SIGKILL');
-}
-
-function signalGroup(pgid: number, sig: NodeJS.Signals): boolean {
-  try {
-    process.kill(-pgid, sig);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function pidFile(deps: TraversalRunnerDeps, deviceId: string): string {
-  return path.join(deps.pidsDir, `${deviceId}.json`);
-}
-
-async function recordRun(
-  deps: TraversalRunnerDeps,
-  deviceId: string,
-  run: { runId: string; pid?: number; workflowId: string },
-): Promise<void> {
-  await fsp.mkdir(deps.pidsDir, { recursive: true });
-  await fsp.writeFile(
-    pidFile(deps, deviceId),
-    JSON.stringify({
-      ...run,
-      startedAt: new Date().toISOString(),
-      workerPid: process.pid,
-      workerStart: await OWN_START,
-    }),
-  );
-}
-
-async function forgetRun(deps: TraversalRunnerDeps, deviceId: string, runId: string): Promise<void> {
-  if ((await readRunRecord(pidFile(deps, deviceId)))?.runId === runId) await fsp.rm(pidFile(deps, deviceId), { force: true });
-}
-
-async function readRunRecord(file: string): Promise<RunRecord | undefined> {
-  try {
-    return JSON.parse(await fsp.readFile(file, 'utf8')) as RunRecord;
-  } catch {
-    return undefined; // nothing recorded
-  }
-}
-
-/** Every run a worker on this data folder recorded as started and not yet ended. */
-export async function recordedRuns(pidsDir: string): Promise<RunRecord[]> {
-  const names = (await fsp.readdir(pidsDir).catch(() => [] as string[])).filter((n) => n.endsWith('.json'));
-  const records = await Promise.all(names.map((n) => readRunRecord(path.join(pidsDir, n))));
-  return records.filter((r): r is RunRecord => r !== undefined);
-}
-
-/**
- * Ends a traversal of this device left running by a worker that died (a child process outlives
- * its parent). The process is recognised by the marker variable in /proc/<pid>/environ, so a
- * recycled pid belonging to something else is never signalled.
- */
-export async function endStaleRun(
-  deps: Pick<TraversalRunnerDeps, 'pidsDir' | 'killGraceMs'>,
-  deviceId: string,
-  log?: { warn(msg: string, meta?: Record<string, unknown>): void },
-  opts: { onlyOrphans?: boolean } = {},
-): Promise<boolean> {
-  const rec = await readRunRecord(path.join(deps.pidsDir, `${deviceId}.json`));
-  if (!rec) return false;
-  // A worker starting up ends only runs whose worker is gone: workers sharing a data folder must not
-  // end each other's runs. (A new attempt for the device ends the old run whoever started it.)
-  if (opts.onlyOrphans && (await workerAlive(rec))) return false;
-  // A record without a pid was written just before a spawn that a kill may or may not have let happen.
-  const pid = rec.pid ?? (rec.runId ? await findRun(rec.runId, deviceId) : undefined);
-  const alive = pid !== undefined && (await isOurProcess(pid, deviceId));
-  if (alive) {
-    const meta = {
-      childPid: pid,
-      deviceId,
-      taskId: parseWorkflowId(rec.workflowId ?? '')?.taskId,
-      workflowId: rec.workflowId,
-      workerPid: rec.workerPid,
-    };
-    signalGroup(pid, 'SIGTERM');
-    const deadline = Date.now() + deps.killGraceMs;
-    while (Date.now() < deadline && (await isOurProcess(pid, deviceId))) await new Promise((r) => setTimeout(r, 100));
-    signalGroup(pid, 'SIGKILL');
-    // Logged once it is done, so the line tells an operator what was taken off the phone.
-    const what = opts.onlyOrphans
-      ? 'ended the traversal process group of a dead worker at start-up'
-      : 'ending stale traversal process group left by a previous attempt';
-    log?.warn(what, meta);
-  }
-  await fsp.rm(path.join(deps.pidsDir, `${deviceId}.json`), { force: true });
-  return alive;
-}
-
-/** What a worker records about a running traversal command, one file per device. */
-export interface RunRecord {
-  /** Set once the command runs; a record without one was written just before the spawn. */
-  pid?: number;
-  /** The value of DT_TRAVERSAL_RUN in the command's environment. */
-  runId?: string;
-  workflowId?: string;
-  workerPid?: number;
-  workerStart?: string;
-}
-
-/** The start time of a process (clock ticks since boot, /proc/<pid>/stat field 22), to tell a reused pid apart. */
-export async function processStartTime(pid: number): Promise<string | undefined> {
-  try {
-    const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name, which may itself contain spaces and parentheses.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
-
-/** This process's start time, read once. */
-const OWN_START = processStartTime(process.pid);
-
-/** True when the worker that recorded a run is still that same living process. */
-async function workerAlive(rec: RunRecord): Promise<boolean> {
-  if (!rec.workerPid || !rec.workerStart) return false;
-  const start = await processStartTime(rec.workerPid);
-  return start === rec.workerStart;
-}
-
-/** The environment and process group of a live process; undefined when it is gone, a zombie or not ours to read. */
-async function liveProcess(pid: number | string): Promise<{ env: string[]; pgrp: number } | undefined> {
-  try {
-    const [environ, stat] = await Promise.all([
-      fsp.readFile(`/proc/${pid}/environ`, 'utf8'),
-      fsp.readFile(`/proc/${pid}/stat`, 'utf8'),
-    ]);
-    // Fields after the command name: state, ppid, pgrp.
-    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return state === 'Z' ? undefined : { env: environ.split('\0'), pgrp: Number(pgrp) };
-  } catch {
-    return undefined;
-  }
-}
-
-/** The process group of a live process started with DT_TRAVERSAL_RUN=`runId` for a device (its children inherit the variable). */
-async function findRun(runId: string, deviceId: string): Promise<number | undefined> {
-  for (const entry of await fsp.readdir('/proc').catch(() => [] as string[])) {
-    if (!/^\d+$/.test(entry)) continue;
-    const p = await liveProcess(entry);
-    if (p && p.pgrp > 0 && p.env.includes(`${RUN_MARKER}=${runId}`) && p.env.includes(`${MARKER}=${deviceId}`)) return p.pgrp;
-  }
-  return undefined;
-}
-
-async function isOurProcess(pid: number, deviceId: string): Promise<boolean> {
-  return (await liveProcess(pid))?.env.includes(`${MARKER}=${deviceId}`) ?? false;
 }
