@@ -18,13 +18,13 @@ import { randomUUID } from 'node:crypto';
 import { createWriteStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
-import { InvalidTaskError, ReportUploadError, TraversalExitError, TraversalHungError, TraversalStartError } from '../../contract/errors';
-import { ExtraArgsPolicy } from '../../contract/extra-args';
+import { ReportUploadError, TraversalExitError, TraversalHungError, TraversalStartError } from '../../contract/errors';
 import { parseFindingLine, toFinding } from '../findings';
 import type { ProgressUpdate, TraversalBudget } from '../../contract/messages';
 import type { Metrics } from '../../metrics';
 import { AttemptShipper } from '../report-parts';
 import type { ReportStore } from '../report-store';
+import { checkRequest, commandLine, controlText, extraArgsPolicy, usesControlFile } from './command';
 import { childEnv, endStaleRun, forgetRun, killGroup, recordRun, signalGroup, spawnGroup, type RunningGroup } from './process-group';
 
 /** Options of the traversal runner. */
@@ -122,37 +122,15 @@ export function runDir(runsDir: string, taskId: string, deviceId: string): strin
   return path.join(runsDir, taskId, deviceId);
 }
 
-/** Fills `{name}` placeholders; unknown names are left as they are. */
-export function fillTemplate(args: string[], values: Record<string, string>): string[] {
-  return args.map((a) => a.replace(/\{(\w+)\}/g, (m, k: string) => values[k] ?? m));
-}
-
-/**
- * A budget as the tool reads it: whole seconds, rounded up (a budget signal may carry a fraction,
- * and `1e-7` is no number a tool parses).
- */
-export function wholeSeconds(sec: number): string {
-  return String(Math.max(0, Math.ceil(sec)));
-}
-
-/** The control file's text: the budget, and `pause` or `stop` when asked. */
-export function controlText(b: TraversalBudget): string {
-  return `duration=${wholeSeconds(b.durationSec)}\n${b.paused ? 'pause\n' : ''}${b.finishNow ? 'stop\n' : ''}`;
-}
-
 /** Builds the runTraversal activity. */
 export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
   let running = 0;
-  const extraArgs = new ExtraArgsPolicy(deps.extraArgs ?? '', [...deps.command, ...deps.resumeArgs]);
+  const extraArgs = extraArgsPolicy(deps);
   return {
     /** Runs the traversal command to the end, heartbeating its progress; resumes from the last checkpoint on retry. */
     async runTraversal(input: RunTraversalInput): Promise<RunTraversalResult> {
       // The starter checks this too, but a workflow can be started around it (CLI, Web UI, a client).
-      const refused = extraArgs.check(input.extraArgs ?? []);
-      if (refused) throw new InvalidTaskError([refused]);
-      if (typeof input.durationSec !== 'number' || !Number.isFinite(input.durationSec) || input.durationSec < 0) {
-        throw new InvalidTaskError([`traversal.durationSec: must be a number of seconds, got ${String(input.durationSec)}`]);
-      }
+      checkRequest(extraArgs, input);
       const ctx = Context.current();
       const previous = (ctx.info.heartbeatDetails ?? undefined) as TraversalCheckpoint | undefined;
       if (deps.maxConcurrent && running >= deps.maxConcurrent) {
@@ -271,7 +249,7 @@ class ControlChannel {
   ) {}
 
   private get usesFile(): boolean {
-    return this.deps.command.some((a) => a.includes('{controlFile}'));
+    return usesControlFile(this.deps.command);
   }
 
   /** One read of the workflow's budget and pause state. */
@@ -349,20 +327,8 @@ async function runOne(
   });
   await shipper.open();
 
-  const values: Record<string, string> = {
-    jar: deps.jar,
-    device: input.deviceId,
-    agent: input.agentUrl,
-    package: input.packageName,
-    activity: input.mainActivity ?? '',
-    outDir: reportDir,
-    durationSec: wholeSeconds(input.durationSec),
-    controlFile,
-  };
-  const argv = fillTemplate(deps.command, values);
-  if (resumeFrom) argv.push(...fillTemplate(deps.resumeArgs, { ...values, checkpoint: resumeFrom }));
-  argv.push(...(input.extraArgs ?? []));
-  const [cmd, ...args] = argv as [string, ...string[]];
+  const argv = commandLine(deps, input, { reportDir, controlFile, resumeFrom });
+  const [cmd, ...args] = argv;
 
   // Recorded before the spawn: a worker killed between the spawn and the pid's record still leaves
   // a record that the next worker or attempt finds the process by.
