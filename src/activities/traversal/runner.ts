@@ -21,7 +21,7 @@ import { Context } from '@temporalio/activity';
 import type { ProgressUpdate, TraversalBudget } from '../../contract/messages';
 import type { Metrics } from '../../metrics';
 import type { ReportStore } from '../report-store';
-import { checkRequest, extraArgsPolicy } from './command';
+import { checkRequest, extraArgsPolicy, type CommandRequest } from './command';
 import { runOne } from './run';
 
 /** Options of the traversal runner. */
@@ -69,15 +69,9 @@ export interface TraversalRunnerDeps {
   metrics?: Metrics;
 }
 
-/** Input of runTraversal. */
-export interface RunTraversalInput {
+/** Input of runTraversal: what the command is run for (device, agent, app, budget, extraArgs), and the task. */
+export interface RunTraversalInput extends CommandRequest {
   taskId: string;
-  deviceId: string;
-  agentUrl: string;
-  packageName: string;
-  mainActivity?: string;
-  durationSec: number;
-  extraArgs?: string[];
 }
 
 /** What a finished traversal produced. */
