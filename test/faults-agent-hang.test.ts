@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { runDir } from '../src/activities/traversal/runner';
+import { runDir } from '../src/activities/traversal/run';
 import { PROJECT_ROOT } from '../src/config';
 import { traversalWorkflowId, type TraversalRequest } from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';

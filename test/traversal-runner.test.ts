@@ -12,11 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { DefaultLogger } from '@temporalio/worker';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import {
-  createTraversalRunnerActivities,
-  endStaleRun,
-  type TraversalRunnerDeps,
-} from '../src/activities/traversal/runner';
+import { createTraversalRunnerActivities, type TraversalRunnerDeps } from '../src/activities/traversal/runner';
+import { endStaleRun } from '../src/activities/traversal/process-group';
 import { pidAlive } from './support/procs';
 import { waitFor } from './support/wait';
 

@@ -17,7 +17,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { ApkCache } from '../apk-cache';
-import { recordedRuns } from '../activities/traversal/runner';
+import { recordedRuns } from '../activities/traversal/process-group';
 import { readJournals } from '../activities/traversal/attempt-journal';
 import { parseWorkflowId } from '../contract/messages';
 import type { Metrics } from '../metrics';

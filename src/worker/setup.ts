@@ -17,13 +17,12 @@ import { createDispatcher } from '../net/dispatcher';
 import type { UrlPolicy } from '../net/url-policy';
 import { createActivities } from '../activities';
 import { ApkCache } from '../apk-cache';
-import { endStaleRun } from '../activities/traversal/runner';
+import { endOrphanedRuns } from '../activities/traversal/process-group';
 import { ArtifactServer, artifactInstallUrl } from './artifact-server';
 import type { Config } from '../config';
 import { DiskSweeper } from './disk-sweeper';
 import { budgetQuery, progressSignal } from '../contract/messages';
 import { Metrics } from '../metrics';
-import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import { AttemptJournal, failDeadWorkerAttempts, journalDir } from '../activities/traversal/attempt-journal';
 
@@ -96,14 +95,8 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
   });
   let artifactUrl = config.artifactPublicUrl.replace(/\/+$/, '');
 
-  // A worker that died left its traversal processes running; end them before taking new work
-  // (runs of other live workers sharing this data folder are left alone).
-  const pidsDir = path.join(config.dataDir, 'pids');
-  const stale = await fsp.readdir(pidsDir).catch(() => [] as string[]);
-  const sweepLog = opts.log && { warn: opts.log };
-  for (const f of stale.filter((n) => n.endsWith('.json'))) {
-    await endStaleRun({ pidsDir, killGraceMs: config.killGraceMs }, f.slice(0, -5), sweepLog, { onlyOrphans: true });
-  }
+  // A worker that died left its traversal processes running; end them before taking new work.
+  await endOrphanedRuns(path.join(config.dataDir, 'pids'), config.killGraceMs, opts.log && { warn: opts.log });
 
   // Only once those processes are gone: fail the attempts a dead worker was running, so their retries
   // start now (from the last heartbeat's checkpoint) instead of after the heartbeat timeout.

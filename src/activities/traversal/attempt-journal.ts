@@ -29,7 +29,7 @@ import type { Info } from '@temporalio/activity';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { processStartTime } from './runner';
+import { processStartTime } from './process-group';
 
 /** Failure type of an attempt failed because its worker died; retryable. */
 export const WORKER_LOST = 'WorkerLost';
@@ -321,11 +321,8 @@ async function waitForLease(
   journal: JournalFile,
   outcome: SweepOutcome,
 ): Promise<void> {
-  opts.log?.('worker journal from another pid namespace: waiting to see whether its lease is renewed', {
-    file,
-    workerPid: journal.pid,
-    workerHost: journal.host,
-  });
+  const where = { file, workerPid: journal.pid, workerHost: journal.host };
+  opts.log?.('worker journal from another pid namespace: waiting to see whether its lease is renewed', where);
   const me = await ownFacts();
   // A live worker renews every second, so a lease still fresh after the stale age plus a margin is live.
   const until = Date.now() + JOURNAL_LEASE_STALE_MS + 2 * JOURNAL_LEASE_REFRESH_MS;
@@ -340,11 +337,7 @@ async function waitForLease(
     }
     if (verdict.state === 'alive') return;
   }
-  opts.log?.('worker journal left alone: its lease is renewed', {
-    file,
-    workerPid: journal.pid,
-    workerHost: journal.host,
-  });
+  opts.log?.('worker journal left alone: its lease is renewed', where);
 }
 
 /** Fails every attempt of a dead worker's journal, then removes it (kept when a call failed otherwise). */

@@ -1,0 +1,347 @@
+/**
+ * One attempt of the traversal command, from spawn to its result. `TraversalRun.start` prepares the
+ * run folder and spawns the command; `watch` follows it (progress lines, findings, budget, hangs, the
+ * device, cancellation) until it exits; `wrapUp` ships what is left; `outcome` turns the exit into a
+ * result or a typed error. The fields hold what happened on the way, so the outcome reads them
+ * rather than flags spread over closures.
+ */
+import type { Context } from '@temporalio/activity';
+import { randomUUID } from 'node:crypto';
+import { createWriteStream, promises as fsp, type WriteStream } from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { ReportUploadError, TraversalExitError, TraversalHungError, TraversalStartError } from '../../contract/errors';
+import { parseFindingLine, toFinding } from '../findings';
+import { AttemptShipper } from '../report-parts';
+import { commandLine, usesControlFile } from './command';
+import { ControlChannel } from './control-channel';
+import { childEnv, endStaleRun, forgetRun, killGroup, recordRun, signalGroup, spawnGroup, type GroupExit, type RunningGroup } from './process-group';
+import { ProgressReporter } from './progress-reporter';
+import type { RunTraversalInput, RunTraversalResult, TraversalCheckpoint, TraversalRunnerDeps } from './runner';
+
+/** Longest wait for the last shipment of an attempt's report parts, ms. */
+const FINAL_SHIP_MS = 120_000;
+/** Lines of the command's stderr kept for the error of a failed run. */
+const STDERR_TAIL_LINES = 20;
+
+/** Folder of one run (report, logs, control file). */
+export function runDir(runsDir: string, taskId: string, deviceId: string): string {
+  return path.join(runsDir, taskId, deviceId);
+}
+
+/** What `start` set up for a run whose command is now running. */
+interface StartedRun {
+  reportDir: string;
+  controlFile: string;
+  logFile: string;
+  workflowId: string;
+  resumeFrom?: string;
+  runId: string;
+  shipper: AttemptShipper;
+  log: WriteStream;
+  group: RunningGroup;
+  startedAt: number;
+}
+
+/** One run of the command, from spawn to its result. */
+export async function runOne(
+  deps: TraversalRunnerDeps,
+  ctx: Context,
+  input: RunTraversalInput,
+  previous: TraversalCheckpoint | undefined,
+): Promise<RunTraversalResult> {
+  const run = await TraversalRun.start(deps, ctx, input, previous);
+  const exit = await run.watch();
+  const problems = await run.wrapUp();
+  return run.outcome(exit, problems);
+}
+
+/** A running attempt of the traversal command and what happened to it so far. */
+export class TraversalRun {
+  private readonly progress: ProgressReporter;
+  private readonly control: ControlChannel;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly stderrTail: string[] = [];
+  /** Last progress line, pause or continue: the hang clock starts from here. */
+  private lastProgressAt = Date.now();
+  /** Set when the tool printed no progress for longer than the heartbeat timeout and was ended. */
+  private hung?: TraversalHungError;
+  /** Set when the device went offline and the tool was ended so a retry resumes later. */
+  private offline?: Error;
+  private checkingDevice = false;
+  /** From spawn to exit, ms; set once the command has exited. */
+  private durationMs = 0;
+
+  private constructor(
+    private readonly deps: TraversalRunnerDeps,
+    private readonly ctx: Context,
+    private readonly input: RunTraversalInput,
+    previous: TraversalCheckpoint | undefined,
+    private readonly started: StartedRun,
+  ) {
+    const { workflowId, shipper, resumeFrom, group } = started;
+    this.progress = new ProgressReporter(ctx, { workflowId, shipper, pushProgress: deps.pushProgress }, previous, resumeFrom, group.pid);
+    this.control = new ControlChannel(ctx, {
+      workflowId,
+      readBudget: deps.readBudget,
+      controlFile: usesControlFile(deps.command) ? started.controlFile : undefined,
+      pid: group.pid,
+      onPause: (paused) => {
+        this.progress.state.paused = paused || undefined;
+        this.lastProgressAt = Date.now();
+        this.progress.heartbeat();
+      },
+    });
+  }
+
+  /** Prepares the run folder, ends a stale run of the device and spawns the command. */
+  static async start(
+    deps: TraversalRunnerDeps,
+    ctx: Context,
+    input: RunTraversalInput,
+    previous: TraversalCheckpoint | undefined,
+  ): Promise<TraversalRun> {
+    const { attempt } = ctx.info;
+    const dir = runDir(deps.runsDir, input.taskId, input.deviceId);
+    const reportDir = path.join(dir, 'report');
+    const controlFile = path.join(dir, 'control');
+    const logFile = path.join(dir, `attempt-${attempt}.log`);
+    const workflowId = ctx.info.workflowExecution?.workflowId ?? '';
+    await fsp.mkdir(dir, { recursive: true });
+    await endStaleRun(deps, input.deviceId, ctx.log);
+    // A retry after the device dropped off fails fast here instead of starting the tool blind.
+    await deps.checkDevice?.(input.agentUrl, input.deviceId, ctx.cancellationSignal);
+
+    const resumeFrom = previous?.checkpoint && previous.checkpoint !== '0' ? previous.checkpoint : undefined;
+    if (!resumeFrom) await fsp.rm(reportDir, { recursive: true, force: true });
+    await fsp.mkdir(reportDir, { recursive: true });
+    await fsp.rm(controlFile, { force: true });
+    const shipper = new AttemptShipper({
+      store: deps.store,
+      taskId: input.taskId,
+      deviceId: input.deviceId,
+      attempt,
+      reportDir,
+      runDir: dir,
+      log: ctx.log,
+    });
+    await shipper.open();
+
+    const argv = commandLine(deps, input, { reportDir, controlFile, resumeFrom });
+    const [cmd, ...args] = argv;
+    // Recorded before the spawn: a worker killed between the spawn and the pid's record still leaves
+    // a record that the next worker or attempt finds the process by.
+    const runId = randomUUID();
+    await recordRun(deps.pidsDir, input.deviceId, { runId, workflowId });
+    const log = createWriteStream(logFile, { flags: 'a' });
+    log.write(`# attempt ${attempt} ${new Date().toISOString()} argv=${JSON.stringify(argv)}\n`);
+    const startedAt = Date.now();
+    let group: RunningGroup;
+    try {
+      group = await spawnGroup(cmd, args, { cwd: dir, env: childEnv(input.deviceId, runId) });
+    } catch (err) {
+      log.end();
+      await shipper.close();
+      await forgetRun(deps.pidsDir, input.deviceId, runId);
+      throw new TraversalStartError(cmd, (err as Error).message);
+    }
+    await recordRun(deps.pidsDir, input.deviceId, { runId, pid: group.pid, workflowId });
+    ctx.log.info('traversal command started', {
+      childPid: group.pid,
+      deviceId: input.deviceId,
+      taskId: input.taskId,
+      resumeFrom,
+      logFile,
+    });
+    const started = { reportDir, controlFile, logFile, workflowId, resumeFrom, runId, shipper, log, group, startedAt };
+    return new TraversalRun(deps, ctx, input, previous, started);
+  }
+
+  /** Follows the command until it exits, then stops the timers and closes its log and record. */
+  async watch(): Promise<GroupExit> {
+    const { ctx, deps, progress, started } = this;
+    // Budget and pause must arrive even while the tool prints nothing.
+    this.every(deps.controlPollMs, () => this.control.poll());
+    this.every(deps.reportShipMs ?? 30_000, () => void started.shipper.shipFiles());
+    // While paused no line arrives; keep the heartbeat (and with it a cancel) flowing.
+    this.every(1000, () => progress.paused && progress.heartbeat());
+    this.readOutput();
+    const onCancel = () => {
+      ctx.log.warn('traversal cancelled; stopping its process group', { childPid: started.group.pid });
+      this.stopGroup();
+    };
+    ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
+    progress.heartbeat();
+    progress.signal(true);
+    this.watchForHang();
+    this.watchDevice();
+
+    const exit = await started.group.exited;
+    ctx.cancellationSignal.removeEventListener('abort', onCancel);
+    for (const t of this.timers) clearInterval(t);
+    await new Promise<void>((resolve) => started.log.end(resolve));
+    await forgetRun(deps.pidsDir, this.input.deviceId, started.runId);
+    this.durationMs = Date.now() - started.startedAt;
+    deps.metrics?.traversalSeconds.inc({}, this.durationMs / 1000);
+    return exit;
+  }
+
+  /**
+   * Ships everything found before the attempt ends, whatever the outcome, heartbeating meanwhile
+   * (the sink may be slow). Returns what could not be shipped.
+   */
+  async wrapUp(): Promise<string[]> {
+    const shipping = setInterval(() => this.progress.heartbeat(), 1000);
+    const problems = await Promise.race([
+      this.started.shipper.close(),
+      new Promise<string[]>((resolve) => setTimeout(() => resolve(['timed out']), FINAL_SHIP_MS).unref()),
+    ]).finally(() => clearInterval(shipping));
+    this.progress.release();
+    if (problems.length) this.ctx.log.warn('report parts did not all reach the sink', { problems: problems.slice(0, 5), deviceId: this.input.deviceId });
+    return problems;
+  }
+
+  /** The attempt's result, or the error that tells Temporal whether to retry it. */
+  async outcome(exit: GroupExit, problems: string[]): Promise<RunTraversalResult> {
+    const { ctx, deps, progress, started } = this;
+    // A hung tool first: the SDK cancels an attempt that sent no heartbeat for the heartbeat timeout
+    // plus 5 s, which lands while a tool that ignores TERM still has its kill grace to run.
+    if (this.hung) {
+      deps.metrics?.traversals.inc({ outcome: 'hung' });
+      throw this.hung;
+    }
+    if (ctx.cancellationSignal.aborted) {
+      deps.metrics?.traversals.inc({ outcome: 'cancelled' });
+      throw ctx.cancellationSignal.reason;
+    }
+    if (this.offline) {
+      deps.metrics?.traversals.inc({ outcome: 'device-offline' });
+      throw this.offline;
+    }
+    const stoppedOnRequest = this.control.stopRequested && (exit.signal === 'SIGTERM' || exit.code === 143);
+    if (exit.code !== 0 && !stoppedOnRequest) {
+      deps.metrics?.traversals.inc({ outcome: 'failed' });
+      throw new TraversalExitError(exit.code, exit.signal, this.stderrTail.join('\n'));
+    }
+    // A retry resumes at the end and ships again; nothing found is given up for a sink hiccup.
+    if (problems.length && deps.store) throw new ReportUploadError(deps.store.url([this.input.taskId]), `report parts not shipped: ${problems.slice(0, 3).join(', ')}`);
+    const summary = await readSummary(started.reportDir);
+    deps.metrics?.traversals.inc({ outcome: 'completed' });
+    progress.state.percent = 100;
+    progress.signal(false);
+    await progress.settle();
+    return {
+      status: stoppedOnRequest ? 'stopped' : typeof summary.status === 'string' ? summary.status : 'completed',
+      screens: num(summary.screens, progress.state.screens),
+      crashes: num(summary.crashes, progress.state.crashes),
+      anrs: num(summary.anrs, progress.state.anrs),
+      findings: started.shipper.findings,
+      reportDir: started.reportDir,
+      logFile: started.logFile,
+      ...(started.resumeFrom ? { resumedFrom: started.resumeFrom } : {}),
+      attempt: ctx.info.attempt,
+      exitCode: 0,
+      durationMs: this.durationMs,
+    };
+  }
+
+  private every(ms: number, tick: () => void): void {
+    this.timers.push(setInterval(tick, ms));
+  }
+
+  /** Ends the process group, continuing it first in case it is paused. */
+  private stopGroup(): void {
+    signalGroup(this.started.group.pid, 'SIGCONT');
+    void killGroup(this.started.group.child, this.deps.killGraceMs);
+  }
+
+  /** Writes stdout and stderr to the attempt's log; parses progress and findings, keeps stderr's tail. */
+  private readOutput(): void {
+    const { ctx, deps, input, started } = this;
+    const out = readline.createInterface({ input: started.group.child.stdout!, crlfDelay: Infinity });
+    out.on('line', (line) => {
+      started.log.write(line + '\n');
+      const raw = deps.findingPattern ? parseFindingLine(line, deps.findingPattern) : undefined;
+      if (raw) {
+        const finding = toFinding(raw, ctx.info.attempt);
+        if (typeof finding === 'string') ctx.log.warn('ignoring a malformed finding line', { problem: finding, deviceId: input.deviceId });
+        else {
+          ctx.log.info('finding reported', { kind: finding.kind, signature: finding.signature, exception: finding.exception, step: finding.step, deviceId: input.deviceId });
+          started.shipper.addFinding(finding, () => this.progress.release());
+        }
+        return;
+      }
+      const m = deps.progressPattern.exec(line);
+      if (!m?.groups) return;
+      this.lastProgressAt = Date.now();
+      this.progress.update(m.groups);
+    });
+    const err = readline.createInterface({ input: started.group.child.stderr!, crlfDelay: Infinity });
+    err.on('line', (line) => {
+      started.log.write(`[stderr] ${line}\n`);
+      this.stderrTail.push(line.length > 500 ? line.slice(0, 500) + '…' : line);
+      if (this.stderrTail.length > STDERR_TAIL_LINES) this.stderrTail.shift();
+    });
+  }
+
+  /**
+   * A silent tool stops heartbeating, so the server times the attempt out and retries it, maybe on
+   * another host; end it here too (a second after the server's timeout), so it does not run on alone.
+   * A paused tool is silent on purpose: the clock starts again when it continues.
+   */
+  private watchForHang(): void {
+    const timeoutMs = this.ctx.info.heartbeatTimeoutMs;
+    if (!timeoutMs) return;
+    const silenceLimitMs = timeoutMs + 1000;
+    this.every(Math.min(1000, silenceLimitMs / 4), () => {
+      const silentMs = Date.now() - this.lastProgressAt;
+      if (this.hung || this.progress.paused || silentMs <= silenceLimitMs) return;
+      const pid = this.started.group.pid;
+      this.hung = new TraversalHungError(silentMs, pid);
+      this.ctx.log.warn('traversal command printed no progress within the heartbeat timeout; ending it', {
+        deviceId: this.input.deviceId,
+        childPid: pid,
+        silentMs,
+      });
+      void killGroup(this.started.group.child, this.deps.killGraceMs);
+    });
+  }
+
+  /** The tool may not notice a phone that dropped off; stop it and let a retry resume later. */
+  private watchDevice(): void {
+    const { ctx, deps, input } = this;
+    const checkDevice = deps.checkDevice;
+    if (!checkDevice) return;
+    this.every(deps.deviceCheckMs ?? 5000, () => {
+      if (this.checkingDevice || this.offline) return;
+      this.checkingDevice = true;
+      checkDevice(input.agentUrl, input.deviceId, ctx.cancellationSignal)
+        .then((trouble) => {
+          if (trouble) ctx.log.debug('device check failed', { deviceId: input.deviceId, error: trouble.message });
+        })
+        .catch((err: Error) => {
+          if (ctx.cancellationSignal.aborted) return;
+          this.offline = err;
+          ctx.log.warn('device went offline; stopping the traversal so a retry resumes it', {
+            deviceId: input.deviceId,
+            childPid: this.started.group.pid,
+            error: err.message,
+          });
+          this.stopGroup();
+        })
+        .finally(() => (this.checkingDevice = false));
+    });
+  }
+}
+
+function num(v: unknown, fallback: number): number {
+  return typeof v === 'number' && Number.isFinite(v) ? v : fallback;
+}
+
+async function readSummary(reportDir: string): Promise<Record<string, unknown>> {
+  try {
+    return JSON.parse(await fsp.readFile(path.join(reportDir, 'summary.json'), 'utf8')) as Record<string, unknown>;
+  } catch {
+    return {};
+  }
+}
