@@ -14,10 +14,13 @@ export class Scope {
   private readonly cleanups: { name: string; fn: () => unknown }[] = [];
   private closing?: Promise<void>;
 
-  /** `name` appears in the messages about cleanups that failed, which go to `report` (default stderr). */
+  /**
+   * `name` appears in the messages about cleanups that failed; those, and what the services started
+   * in this scope have to say, go to `report` (default: a line on stderr).
+   */
   constructor(
     readonly name: string,
-    private readonly report: (msg: string) => void = (msg) => process.stderr.write(`${msg}\n`),
+    readonly report: (msg: string) => void = (msg) => process.stderr.write(`${msg}\n`),
   ) {
     open.add(this);
   }

@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import { PROJECT_ROOT } from '../src/config';
 import { SEARCH_ATTRIBUTE_NAMES } from '../src/contract/search-attributes';
 import { waitForPort } from '../src/net/ports';
+import { stopProcess } from './process';
 
 const run = promisify(execFile);
 
@@ -103,12 +104,7 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
     async stop() {
       if (stopped) return;
       stopped = true;
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise<void>((r) => child.once('exit', () => r()));
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(t);
+      await stopProcess(child);
     },
   };
   try {

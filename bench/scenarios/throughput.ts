@@ -15,34 +15,24 @@ import { tsToMs } from '@temporalio/common/lib/time';
 import Redis from 'ioredis';
 import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { PROJECT_ROOT } from '../../src/config';
+import { loadConfig, PROJECT_ROOT } from '../../src/config';
 import { deviceWorkflowId, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../../src/contract/messages';
 import { ApkOrigin, type ApkInfo } from '../../sim/origin';
-import { TaskBridge } from '../../src/starter/task-bridge';
+import { createStarter } from '../../src/starter/create';
+import type { TaskBridge } from '../../src/starter/task-bridge';
 import { parseTask } from '../../src/starter/task';
-import {
-  mdTable,
-  mean,
-  median,
-  MiB,
-  parseOptions,
-  percentile,
-  round,
-  say,
-  sleep,
-  type ScenarioRun,
-} from '../lib/report';
-import { keepOrRemove, Scope } from '../lib/scope';
+import { keepOrRemove, mdTable, mean, median, MiB, parseOptions, percentile, round, say, sleep, type ScenarioRun } from '../lib/report';
+import { Scope } from '../../dev/scope';
 import {
   APK_DIR,
   requireBuild,
   startAgentSim,
-  startBenchRedis,
+  startLocalRedis,
   startTemporal,
   startWorkerProc,
   redisClient,
-  type BenchTemporal,
-} from '../lib/services';
+  type LocalTemporal,
+} from '../../dev/services';
 import { enqueue, finishedCount, waitResults } from '../lib/traffic';
 
 interface StartRound {
@@ -82,7 +72,7 @@ interface E2E {
 
 /** Runs the throughput scenario. */
 export const run: ScenarioRun = async ({ args }) => {
-  requireBuild();
+  requireBuild(say);
   const o = parseOptions(args);
   const quick = o.has('quick');
   const K = o.num('tasks', quick ? 200 : 1000);
@@ -93,14 +83,14 @@ export const run: ScenarioRun = async ({ args }) => {
   const parts = new Set(o.str('parts', o.has('no-bare-command') ? 'start,jar' : 'start,jar,noop,serial').split(','));
   const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'throughput');
   rmSync(workDir, { recursive: true, force: true });
-  const scope = new Scope('throughput');
+  const scope = new Scope('throughput', say);
   let finished = false;
   const starts: StartRound[] = [];
   const e2e: E2E[] = [];
   let breakdown: BridgeCosts | undefined;
   try {
     const temporal = await startTemporal(scope, workDir);
-    const redisLocal = await startBenchRedis(scope, path.join(workDir, 'redis'));
+    const redisLocal = await startLocalRedis(scope, path.join(workDir, 'redis'));
     const redis = redisClient(scope, redisLocal.url);
     const blocking = redisClient(scope, redisLocal.url);
     const origin = new ApkOrigin({ dir: APK_DIR });
@@ -265,6 +255,10 @@ async function bridgeCosts(redis: Redis, raw: string, agentUrl: string): Promise
   return { redisRoundTrips: rtt, parseTask: parse };
 }
 
+/**
+ * A starter's bridge as `npm run starter` builds it (URL policy and extra-args allow-list
+ * included), on its own key prefix; `policy` is the run policy the bare loop sends too.
+ */
 function bridgeFor(
   redis: Redis,
   blocking: Redis,
@@ -276,17 +270,19 @@ function bridgeFor(
   starterId = 'bench',
   concurrency?: number,
 ): TaskBridge {
-  return new TaskBridge({
+  const config = loadConfig(
+    { DT_ALLOWED_HOSTS: '127.0.0.1' },
+    { taskQueue, starterId, ...(concurrency ? { starterConcurrency: concurrency } : {}) },
+  );
+  return createStarter({
+    config,
+    client,
     redis,
     blocking,
-    client,
-    taskQueue,
-    starterId,
     agents: { agentFor: () => agentUrl },
     keyPrefix,
     policy,
     blockTimeoutSec: 0.2,
-    ...(concurrency ? { concurrency } : {}),
   });
 }
 
@@ -303,7 +299,7 @@ async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Pr
 }
 
 interface E2EContext {
-  temporal: BenchTemporal;
+  temporal: LocalTemporal;
   redis: Redis;
   blocking: Redis;
   redisUrl: string;
@@ -320,7 +316,7 @@ interface E2EContext {
 }
 
 async function endToEnd(parent: Scope, c: E2EContext): Promise<E2E> {
-  const scope = new Scope(`throughput ${c.tag}`);
+  const scope = new Scope(`throughput ${c.tag}`, say);
   try {
     const deviceIds = Array.from({ length: c.devices }, (_, i) => `${c.tag}-d${i + 1}`);
     const agent = await startAgentSim(scope, {
