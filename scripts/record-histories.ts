@@ -4,7 +4,9 @@
  * server, a local Redis, the APK origin and agent simulators and the traversal jar, then writes one
  * JSON file per history to test/histories/ and replays each once as a self-check.
  *
- *   npx ts-node --transpile-only scripts/record-histories.ts [--only <name>]
+ *   npx ts-node --transpile-only scripts/record-histories.ts [--only <name>] [--out <dir>]
+ *
+ * `--out` writes the recordings to another folder (a trial run that leaves test/histories alone).
  *
  * Re-record only on purpose: a history recorded by old code is exactly what the guard needs. When a
  * workflow change is made behind `patched()`, add a new recording next to the old ones.
@@ -23,8 +25,8 @@ import { startDevServer, type DevServer } from '../dev/temporal-dev';
 import { requestTraversal } from '../src/starter/task-bridge';
 import { deviceWorkflowId, publishWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/contract/messages';
 import { TRAVERSAL_PHASE } from '../src/contract/search-attributes';
-import { startStack, task, workflowBundle, type Stack } from '../test/support/stack';
-import { waitFor as pollUntil } from '../test/support/wait';
+import { startStack, task, workflowBundle, type Stack } from '../dev/stack';
+import { waitFor as pollUntil } from '../dev/wait';
 
 /** Where the recordings live; test/replay.test.ts reads every *.json here. */
 const HISTORIES_DIR = path.join(PROJECT_ROOT, 'test', 'histories');
@@ -306,7 +308,7 @@ function expect(ok: boolean, message: string): asserts ok {
   if (!ok) throw new Error(message);
 }
 
-/** The tests' polling helper (a throwing predicate counts as "not yet"), in this script's argument order. */
+/** The harness's polling helper (a throwing predicate counts as "not yet"), in this script's argument order. */
 async function waitFor(pred: () => Promise<boolean>, what: string, timeoutMs = 60_000): Promise<void> {
   await pollUntil(pred, timeoutMs, what);
 }
@@ -338,7 +340,14 @@ async function quietHistory(handle: WorkflowHandle) {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { only: { type: 'string', multiple: true } } });
+  const { values } = parseArgs({
+    options: { only: { type: 'string', multiple: true }, out: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+  });
+  if (values.help) {
+    console.log(`usage: record-histories.ts [--only <name>]… [--out <dir>]\nscenarios: ${SCENARIOS.map((s) => s.name).join(', ')}`);
+    return;
+  }
+  const outDir = values.out ? path.resolve(values.out) : HISTORIES_DIR;
   const chosen = values.only?.length ? SCENARIOS.filter((s) => values.only!.includes(s.name)) : SCENARIOS;
   if (chosen.length === 0)
     throw new Error(`--only matched nothing; scenarios: ${SCENARIOS.map((s) => s.name).join(', ')}`);
@@ -352,10 +361,9 @@ async function main(): Promise<void> {
       startDevServer({ port: await freePort(), uiPort: 0, logFile: path.join(dir, 'temporal.log') }),
       freePort().then((port) => startRedis({ port, dir: path.join(dir, 'redis') })),
     ]);
-    // startStack is the test helper; it takes its servers from these two variables.
-    process.env.TEST_TEMPORAL_ADDRESS = temporal.address;
-    process.env.TEST_REDIS_URL = redis.url;
     stack = await startStack({
+      address: temporal.address,
+      redisUrl: redis.url,
       devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6', 'rec-7', 'rec-8', 'rec-9'],
       apks: [{ name: 'app.apk', size: 2 * MiB }],
       starter: true,
@@ -363,7 +371,7 @@ async function main(): Promise<void> {
       policy: { publishRetryMaxMs: 2000 },
     });
 
-    mkdirSync(HISTORIES_DIR, { recursive: true });
+    mkdirSync(outDir, { recursive: true });
     const bundle = await workflowBundle();
     for (const s of chosen) {
       const t0 = Date.now();
@@ -403,7 +411,7 @@ async function main(): Promise<void> {
         scenario: s.scenario,
         history: json,
       };
-      const file = path.join(HISTORIES_DIR, `${s.name}.json`);
+      const file = path.join(outDir, `${s.name}.json`);
       writeFileSync(file, `${JSON.stringify(record, null, 2)}\n`);
       console.log(
         `${s.name}: ${history.events?.length ?? 0} events, ${desc.status.name}, ${Date.now() - t0} ms → ${path.relative(PROJECT_ROOT, file)}`,

@@ -18,7 +18,7 @@ import { AgentSimulator } from '../sim/agent-sim';
 import { ApkOrigin } from '../sim/origin';
 import { requestTraversal } from '../src/starter/task-bridge';
 import { spawnWorker, type Proc } from './support/procs';
-import { waitForResult } from './support/wait';
+import { waitForResult } from '../dev/wait';
 
 describe("agents of the device registry and DT_DEFAULT_AGENT_URL pass the worker's URL policy", function () {
   this.timeout(180_000);

@@ -18,7 +18,7 @@ import { AgentSimulator } from '../sim/agent-sim';
 import { ApkOrigin } from '../sim/origin';
 import { requestTraversal } from '../src/starter/task-bridge';
 import { spawnWorker, type Proc } from './support/procs';
-import { traversalPids, waitFor, waitForResult } from './support/wait';
+import { traversalPids, waitFor, waitForResult } from '../dev/wait';
 
 const hex = (n: number) => randomBytes(n).toString('hex');
 

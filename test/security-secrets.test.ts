@@ -29,7 +29,7 @@ import { SIM_EXTRA_ARGS } from '../sim/traversal-sim-args';
 import { ApkOrigin } from '../sim/origin';
 import { temporalApiKey, temporalSettings } from '../src/temporal-connection';
 import { createDispatcher } from '../src/worker/setup';
-import { workflowBundle } from './support/stack';
+import { workflowBundle } from '../dev/stack';
 
 const hex = (n: number) => randomBytes(n).toString('hex');
 

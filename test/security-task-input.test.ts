@@ -17,8 +17,8 @@ import { ExtraArgsPolicy, extraArgsPolicyFor } from '../src/contract/extra-args'
 import { deviceWorkflowId, type TraversalRequest } from '../src/contract/messages';
 import { deadLetterPayload, requestTraversal, TaskBridge, type DeadLetter } from '../src/starter/task-bridge';
 import { UrlPolicy } from '../src/net/url-policy';
-import { startStack, type Stack } from './support/stack';
-import { waitFor } from './support/wait';
+import { startStack, type Stack } from '../dev/stack';
+import { waitFor } from '../dev/wait';
 
 /** The policy a starter or worker builds from this environment. */
 const policyOf = (env: NodeJS.ProcessEnv) => extraArgsPolicyFor(loadConfig(env));

@@ -27,7 +27,7 @@ import { InvalidTaskError } from '../src/contract/errors';
 import { parseTask } from '../src/starter/task';
 import { classifyAddress, UrlPolicy, type LookupFn } from '../src/net/url-policy';
 import { createDispatcher } from '../src/worker/setup';
-import { startStack, task, type Stack } from './support/stack';
+import { startStack, task, type Stack } from '../dev/stack';
 
 interface Coded {
   code: string;

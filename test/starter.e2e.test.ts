@@ -11,7 +11,7 @@ import { defaultPayloadConverter } from '@temporalio/common';
 import Redis from 'ioredis';
 import { deviceWorkflowId, type TraversalRequest } from '../src/contract/messages';
 import { TaskBridge } from '../src/starter/task-bridge';
-import { waitFor } from './support/wait';
+import { waitFor } from '../dev/wait';
 
 const EventType = temporal.api.enums.v1.EventType;
 

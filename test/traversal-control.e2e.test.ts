@@ -20,9 +20,9 @@ import {
 } from '../src/contract/messages';
 import { extraArgsPolicyFor } from '../src/contract/extra-args';
 import { TaskBridge } from '../src/starter/task-bridge';
-import { startStack, task, type Stack } from './support/stack';
+import { startStack, task, type Stack } from '../dev/stack';
 import { childStarts, enqueueSignals, runHistories, waitForEnqueueSignals } from './support/history';
-import { traversalPids, waitFor } from './support/wait';
+import { traversalPids, waitFor } from '../dev/wait';
 
 const MiB = 1024 * 1024;
 

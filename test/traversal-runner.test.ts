@@ -18,7 +18,7 @@ import {
   type TraversalRunnerDeps,
 } from '../src/activities/traversal/runner';
 import { pidAlive } from './support/procs';
-import { waitFor } from './support/wait';
+import { waitFor } from '../dev/wait';
 
 describe('the traversal runner', function () {
   let tmp: string;

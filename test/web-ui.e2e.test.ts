@@ -12,7 +12,7 @@ import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/net/ports';
 import { startDevServer, type DevServer } from '../dev/temporal-dev';
 import { traversalWorkflowId } from '../src/contract/messages';
-import { startStack, task, type Stack } from './support/stack';
+import { startStack, task, type Stack } from '../dev/stack';
 
 const CHROMIUM = '/usr/bin/chromium';
 const OUT = path.join(PROJECT_ROOT, 'test-output');

@@ -1,8 +1,8 @@
-/** Small polling helpers shared by the end-to-end tests. */
+/** Polling helpers of the harness: a condition, a published result, a device's traversal processes. */
 import type Redis from 'ioredis';
 import { readdirSync, readFileSync } from 'node:fs';
-import { resultKey } from '../../src/contract/redis-keys';
-import type { TraversalResult } from '../../src/contract/messages';
+import { resultKey } from '../src/contract/redis-keys';
+import type { TraversalResult } from '../src/contract/messages';
 
 /**
  * Polls `fn` every 100 ms until it returns something truthy and returns that; throws naming `what`
