@@ -58,11 +58,10 @@ const SCENARIOS: Scenario[] = [
     name: 'traversal-completed',
     scenario: 'a traversal that ran every step and completed',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(task(stack, { taskId: 'completed', deviceId: 'rec-1', apkUrl: apk.url, apkSha256: apk.sha256 }));
+      const handle = await pushTask(stack, 'completed', 'rec-1', { apkSha256: stack.apks['app.apk']!.sha256 });
       const r = await stack.waitResult('completed', 'rec-1');
       expect(r.status === 'completed', `traversal-completed ended ${r.status}: ${JSON.stringify(r.error)}`);
-      return stack.client.workflow.getHandle(traversalWorkflowId('completed', 'rec-1'));
+      return handle;
     },
   },
   {
@@ -85,21 +84,11 @@ const SCENARIOS: Scenario[] = [
     name: 'traversal-cancelled',
     scenario: 'a traversal cancelled while the jar ran: partial report, cleanup and publish in a non-cancellable scope',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, {
-          taskId: 'cancel',
-          deviceId: 'rec-3',
-          apkUrl: apk.url,
-          packageName: 'com.example.cancel',
-          traversal: { durationSec: 60, extraArgs: ['--tick-ms', '100'] },
-        }),
-      );
-      const handle = await handleOnceStarted(stack, traversalWorkflowId('cancel', 'rec-3'));
-      await waitFor(
-        async () => (await handle.query<TraversalProgress>('progress')).screens > 0,
-        'the cancel scenario to traverse',
-      );
+      const handle = await pushTask(stack, 'cancel', 'rec-3', {
+        packageName: 'com.example.cancel',
+        traversal: { durationSec: 60, extraArgs: ['--tick-ms', '100'] },
+      });
+      await progressUntil(handle, (p) => p.screens > 0, 'the cancel scenario to traverse');
       await handle.cancel();
       const r = await stack.waitResult('cancel', 'rec-3');
       expect(r.status === 'cancelled', `traversal-cancelled ended ${r.status}`);
@@ -110,28 +99,15 @@ const SCENARIOS: Scenario[] = [
     name: 'traversal-paused-resumed',
     scenario: 'a traversal paused by signal while traversing (the pause took effect before the upload), then resumed',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, {
-          taskId: 'pause',
-          deviceId: 'rec-4',
-          apkUrl: apk.url,
-          packageName: 'com.example.pause',
-          traversal: { durationSec: 3, extraArgs: ['--tick-ms', '100'] },
-        }),
-      );
-      const handle = await handleOnceStarted(stack, traversalWorkflowId('pause', 'rec-4'));
-      await waitFor(
-        async () => (await handle.query<TraversalProgress>('progress')).phase === 'traversing',
-        'the pause scenario to traverse',
-      );
+      const handle = await pushTask(stack, 'pause', 'rec-4', {
+        packageName: 'com.example.pause',
+        traversal: { durationSec: 3, extraArgs: ['--tick-ms', '100'] },
+      });
+      await progressUntil(handle, (p) => p.phase === 'traversing', 'the pause scenario to traverse');
       await handle.signal('pause');
       // Since pause also holds the running tool, finish it now so the pause shows between steps.
       await handle.signal('budget', { finishNow: true });
-      await waitFor(
-        async () => (await handle.query<TraversalProgress>('progress')).phase === 'paused',
-        'the traversal to pause',
-      );
+      await progressUntil(handle, (p) => p.phase === 'paused', 'the traversal to pause');
       await handle.signal('resume');
       const r = await stack.waitResult('pause', 'rec-4');
       expect(r.status === 'completed', `traversal-paused-resumed ended ${r.status}`);
@@ -144,24 +120,14 @@ const SCENARIOS: Scenario[] = [
       'a traversal whose tool reported crashes and an ANR (shipped to the sink as found), was paused while it ran ' +
       '(the tool held, progress only on 5-point steps) and resumed; the result carries the merged findings',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, {
-          taskId: 'findings',
-          deviceId: 'rec-7',
-          apkUrl: apk.url,
-          apkSha256: apk.sha256,
-          packageName: 'com.example.findings',
-          traversal: { durationSec: 4, extraArgs: ['--tick-ms', '100', '--crashes', '2', '--anrs', '1'] },
-        }),
-      );
-      const handle = await handleOnceStarted(stack, traversalWorkflowId('findings', 'rec-7'));
-      await waitFor(
-        async () => (await handle.query<TraversalProgress>('progress')).percent >= 10,
-        'the findings scenario to traverse',
-      );
+      const handle = await pushTask(stack, 'findings', 'rec-7', {
+        apkSha256: stack.apks['app.apk']!.sha256,
+        packageName: 'com.example.findings',
+        traversal: { durationSec: 4, extraArgs: ['--tick-ms', '100', '--crashes', '2', '--anrs', '1'] },
+      });
+      await progressUntil(handle, (p) => p.percent >= 10, 'the findings scenario to traverse');
       await handle.signal('pause');
-      await waitFor(async () => (await handle.query<TraversalProgress>('progress')).paused, 'the traversal to pause');
+      await progressUntil(handle, (p) => p.paused, 'the traversal to pause');
       await new Promise((r) => setTimeout(r, 1500));
       await handle.signal('resume');
       const r = await stack.waitResult('findings', 'rec-7');
@@ -174,13 +140,8 @@ const SCENARIOS: Scenario[] = [
     scenario:
       'a device workflow that ran two traversals one after the other and is idle (device workflows never complete)',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, { taskId: 'first', deviceId: 'rec-5', apkUrl: apk.url, packageName: 'com.example.first' }),
-      );
-      await stack.push(
-        task(stack, { taskId: 'second', deviceId: 'rec-5', apkUrl: apk.url, packageName: 'com.example.second' }),
-      );
+      await pushTask(stack, 'first', 'rec-5', { packageName: 'com.example.first' });
+      await pushTask(stack, 'second', 'rec-5', { packageName: 'com.example.second' });
       await stack.waitResult('first', 'rec-5');
       await stack.waitResult('second', 'rec-5');
       const handle = stack.client.workflow.getHandle(deviceWorkflowId('rec-5'));
@@ -196,22 +157,16 @@ const SCENARIOS: Scenario[] = [
     scenario:
       'a completed traversal recorded after the agent-call-heartbeats patch (agent steps heartbeat; the patch marker is in the history)',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, {
-          taskId: 'patched',
-          deviceId: 'rec-1',
-          apkUrl: apk.url,
-          apkSha256: apk.sha256,
-          packageName: 'com.example.patched',
-        }),
-      );
+      const handle = await pushTask(stack, 'patched', 'rec-1', {
+        apkSha256: stack.apks['app.apk']!.sha256,
+        packageName: 'com.example.patched',
+      });
       const r = await stack.waitResult('patched', 'rec-1');
       expect(
         r.status === 'completed',
         `traversal-completed-agent-heartbeats ended ${r.status}: ${JSON.stringify(r.error)}`,
       );
-      return stack.client.workflow.getHandle(traversalWorkflowId('patched', 'rec-1'));
+      return handle;
     },
   },
   {
@@ -263,13 +218,13 @@ const SCENARIOS: Scenario[] = [
     scenario:
       'a completed traversal recorded after the publish-apart patch: it starts its publish workflow (abandoned child) and ends',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, { taskId: 'apart', deviceId: 'rec-8', apkUrl: apk.url, apkSha256: apk.sha256, packageName: 'com.example.apart' }),
-      );
+      const handle = await pushTask(stack, 'apart', 'rec-8', {
+        apkSha256: stack.apks['app.apk']!.sha256,
+        packageName: 'com.example.apart',
+      });
       const r = await stack.waitResult('apart', 'rec-8');
       expect(r.status === 'completed', `traversal-completed-publish-apart ended ${r.status}: ${JSON.stringify(r.error)}`);
-      return stack.client.workflow.getHandle(traversalWorkflowId('apart', 'rec-8'));
+      return handle;
     },
   },
   {
@@ -278,11 +233,8 @@ const SCENARIOS: Scenario[] = [
       'a publish workflow whose Redis refused writes (maxmemory 1 byte, noeviction): its quick attempts failed, it said ' +
       'waiting-for-redis and published once Redis took writes again',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, { taskId: 'oom', deviceId: 'rec-9', apkUrl: apk.url, packageName: 'com.example.oom' }),
-      );
-      const traversal = await handleOnceStarted(stack, traversalWorkflowId('oom', 'rec-9'));
+      const traversal = await pushTask(stack, 'oom', 'rec-9', { packageName: 'com.example.oom' });
+      await waitFor(async () => (await traversal.describe()) !== undefined, 'oom to start');
       await stack.redis.config('SET', 'maxmemory-policy', 'noeviction');
       await stack.redis.config('SET', 'maxmemory', '1');
       try {
@@ -313,10 +265,27 @@ async function waitFor(pred: () => Promise<boolean>, what: string, timeoutMs = 6
   await pollUntil(pred, timeoutMs, what);
 }
 
-async function handleOnceStarted(stack: Stack, workflowId: string): Promise<WorkflowHandle> {
-  const handle = stack.client.workflow.getHandle(workflowId);
-  await waitFor(async () => (await handle.describe()) !== undefined, `${workflowId} to start`);
-  return handle;
+/**
+ * Pushes a task for app.apk (the stack's defaults under `fields`) and returns its traversal
+ * workflow's handle; the workflow may not have started yet.
+ */
+async function pushTask(
+  stack: Stack,
+  taskId: string,
+  deviceId: string,
+  fields: Record<string, unknown> = {},
+): Promise<WorkflowHandle> {
+  await stack.push(task(stack, { taskId, deviceId, apkUrl: stack.apks['app.apk']!.url, ...fields }));
+  return stack.client.workflow.getHandle(traversalWorkflowId(taskId, deviceId));
+}
+
+/** Waits until the traversal's progress satisfies `ok` (a query before it started counts as "not yet"). */
+async function progressUntil(
+  handle: WorkflowHandle,
+  ok: (p: TraversalProgress) => boolean,
+  what: string,
+): Promise<void> {
+  await waitFor(async () => ok(await handle.query<TraversalProgress>('progress')), what);
 }
 
 /**
