@@ -42,54 +42,41 @@ export interface ServiceEnv {
   env?: Record<string, string>;
 }
 
+/** The variables a spawned worker and starter share: where the services are, and the suites' defaults. */
+function sharedEnv(s: ServiceEnv): Record<string, string> {
+  return {
+    TEMPORAL_ADDRESS: s.temporalAddress ?? process.env.TEST_TEMPORAL_ADDRESS!,
+    TEMPORAL_NAMESPACE: 'default',
+    REDIS_URL: s.redisUrl ?? process.env.TEST_REDIS_URL!,
+    TASK_QUEUE: s.taskQueue,
+    DT_REDIS_KEY_PREFIX: s.redisKeyPrefix,
+    // Unscoped workflow ids, as the tests name them (test/deployments.e2e.test.ts covers named ones).
+    DT_DEPLOYMENT: 'none',
+    DT_LOG_LEVEL: 'info',
+    // Every test server listens on loopback, which the URL policy refuses unless allow-listed.
+    DT_ALLOWED_HOSTS: '127.0.0.1',
+    DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
+  };
+}
+
 /** Starts `src/worker.ts` as a process and waits until it polls. */
 export async function spawnWorker(s: ServiceEnv & { dataDir: string }): Promise<Proc> {
-  return startSourceProcess(
-    'worker',
-    {
-      TEMPORAL_ADDRESS: s.temporalAddress ?? process.env.TEST_TEMPORAL_ADDRESS!,
-      TEMPORAL_NAMESPACE: 'default',
-      REDIS_URL: s.redisUrl ?? process.env.TEST_REDIS_URL!,
-      TASK_QUEUE: s.taskQueue,
-      DT_REDIS_KEY_PREFIX: s.redisKeyPrefix,
-      // Unscoped workflow ids, as the tests name them (test/deployments.e2e.test.ts covers named ones).
-      DT_DEPLOYMENT: 'none',
-      DT_DATA_DIR: s.dataDir,
-      DT_ARTIFACT_PORT: '0',
-      DT_WORKFLOW_BUNDLE: await currentBundleFile(),
-      DT_KILL_GRACE: '2s',
-      DT_CONTROL_POLL_INTERVAL: '500ms',
-      DT_LOG_LEVEL: 'info',
-      // Every test server listens on loopback, which the URL policy refuses unless allow-listed.
-      DT_ALLOWED_HOSTS: '127.0.0.1',
-      DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
-      ...s.env,
-    },
-    { logFile: nextLogFile(s.logDir, 'worker') },
-  );
+  const env = {
+    ...sharedEnv(s),
+    DT_DATA_DIR: s.dataDir,
+    DT_ARTIFACT_PORT: '0',
+    DT_WORKFLOW_BUNDLE: await currentBundleFile(),
+    DT_KILL_GRACE: '2s',
+    DT_CONTROL_POLL_INTERVAL: '500ms',
+    ...s.env,
+  };
+  return startSourceProcess('worker', env, { logFile: nextLogFile(s.logDir, 'worker') });
 }
 
 /** Starts `src/starter.ts` as a process and waits until it consumes. */
 export function spawnStarter(s: ServiceEnv & { starterId: string }): Promise<Proc> {
-  return startSourceProcess(
-    'starter',
-    {
-      TEMPORAL_ADDRESS: s.temporalAddress ?? process.env.TEST_TEMPORAL_ADDRESS!,
-      TEMPORAL_NAMESPACE: 'default',
-      REDIS_URL: s.redisUrl ?? process.env.TEST_REDIS_URL!,
-      TASK_QUEUE: s.taskQueue,
-      DT_REDIS_KEY_PREFIX: s.redisKeyPrefix,
-      // Unscoped workflow ids, as the tests name them (test/deployments.e2e.test.ts covers named ones).
-      DT_DEPLOYMENT: 'none',
-      DT_STARTER_ID: s.starterId,
-      DT_PROGRESS: 'off',
-      DT_LOG_LEVEL: 'info',
-      DT_ALLOWED_HOSTS: '127.0.0.1',
-      DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
-      ...s.env,
-    },
-    { logFile: nextLogFile(s.logDir, 'starter') },
-  );
+  const env = { ...sharedEnv(s), DT_STARTER_ID: s.starterId, DT_PROGRESS: 'off', ...s.env };
+  return startSourceProcess('starter', env, { logFile: nextLogFile(s.logDir, 'starter') });
 }
 
 /**
