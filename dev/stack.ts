@@ -5,9 +5,9 @@
  * fixture (test/support/global.ts) announces its own in TEST_TEMPORAL_ADDRESS and TEST_REDIS_URL,
  * which are the defaults here. The same stack as separate processes is dev/services.ts.
  */
-import { Client, Connection } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import Redis from 'ioredis';
+import type Redis from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -24,6 +24,7 @@ import { freePort } from '../src/net/ports';
 import { scrapeSdkMetrics, sdkTelemetryOptions } from '../src/worker/sdk-metrics';
 import { UrlPolicy } from '../src/net/url-policy';
 import { currentWorkflowBundle } from './bundle';
+import { connectClients } from './clients';
 import { waitForResult } from './wait';
 
 let runtime: Promise<void> | undefined;
@@ -127,9 +128,8 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   const agent = new AgentSimulator({ devices: opts.devices, coldStartMs: [100, 200], ...opts.agent });
   const agentUrl = await agent.start();
 
-  const redis = new Redis(redisUrl);
-  const connection = await Connection.connect({ address });
-  const client = new Client({ connection });
+  const clients = await connectClients({ address, redisUrl });
+  const { client, redis } = clients;
   const native = await NativeConnection.connect({ address });
   const urlPolicy = opts.urlPolicy ?? new UrlPolicy(config.allowedHosts);
   const worker = await createTraversalWorker({
@@ -146,15 +146,11 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   const running = worker.run();
 
   let bridge: TaskBridge | undefined;
-  let blocking: Redis | undefined;
   if (opts.starter) {
-    blocking = new Redis(redisUrl);
     bridge = createStarter({
       // The deployment is the starter's alone here: the stack's worker keeps unscoped ids.
       config: { ...config, starterId: `starter-${id}`, deployment: opts.deployment ?? '' },
-      client,
-      redis,
-      blocking,
+      ...clients,
       agents: { agentFor: () => agentUrl },
       urlPolicy,
       keyPrefix: prefix,
@@ -186,9 +182,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       worker.shutdown();
       await running.catch(() => undefined);
       await native.close();
-      await connection.close();
-      blocking?.disconnect();
-      redis.disconnect();
+      await clients.close();
       await agent.close();
       await origin.close();
       rmSync(dataDir, { recursive: true, force: true });
