@@ -23,7 +23,7 @@ const WORKER_JS = path.join(PROJECT_ROOT, 'lib', 'src', 'worker.js');
 /** The prebuilt workflow bundle (scripts/build-bundle.ts). */
 const BUNDLE_JS = path.join(PROJECT_ROOT, 'lib', 'workflow-bundle.js');
 
-/** Throws unless the compiled worker and the workflow bundle exist; warns when they are older than src/. */
+/** Throws unless the compiled worker and the workflow bundle exist; warns through `report` when src/ is newer. */
 export function requireBuild(report: (msg: string) => void): void {
   const missing = [WORKER_JS, BUNDLE_JS].filter((f) => !existsSync(f));
   if (missing.length)

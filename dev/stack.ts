@@ -24,6 +24,7 @@ import { freePort } from '../src/net/ports';
 import { scrapeSdkMetrics, sdkTelemetryOptions } from '../src/worker/sdk-metrics';
 import { UrlPolicy } from '../src/net/url-policy';
 import { currentWorkflowBundle } from './bundle';
+import { APK_DIR } from './services';
 import { connectClients } from './clients';
 import { waitForResult } from './wait';
 
@@ -118,7 +119,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   const redisUrl = opts.redisUrl ?? process.env.TEST_REDIS_URL!;
   const wfBundle = await workflowBundle();
 
-  const origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
+  const origin = new ApkOrigin({ dir: APK_DIR });
   await origin.start();
   const apks: Stack['apks'] = {};
   for (const a of opts.apks ?? []) {

@@ -57,12 +57,7 @@ const SCENARIOS: Scenario[] = [
   {
     name: 'traversal-completed',
     scenario: 'a traversal that ran every step and completed',
-    async run(stack) {
-      const handle = await pushTask(stack, 'completed', 'rec-1', { apkSha256: stack.apks['app.apk']!.sha256 });
-      const r = await stack.waitResult('completed', 'rec-1');
-      expect(r.status === 'completed', `traversal-completed ended ${r.status}: ${JSON.stringify(r.error)}`);
-      return handle;
-    },
+    run: (stack) => completedTraversal(stack, 'completed', 'rec-1'),
   },
   {
     name: 'traversal-apk-not-found',
@@ -156,18 +151,7 @@ const SCENARIOS: Scenario[] = [
     name: 'traversal-completed-agent-heartbeats',
     scenario:
       'a completed traversal recorded after the agent-call-heartbeats patch (agent steps heartbeat; the patch marker is in the history)',
-    async run(stack) {
-      const handle = await pushTask(stack, 'patched', 'rec-1', {
-        apkSha256: stack.apks['app.apk']!.sha256,
-        packageName: 'com.example.patched',
-      });
-      const r = await stack.waitResult('patched', 'rec-1');
-      expect(
-        r.status === 'completed',
-        `traversal-completed-agent-heartbeats ended ${r.status}: ${JSON.stringify(r.error)}`,
-      );
-      return handle;
-    },
+    run: (stack) => completedTraversal(stack, 'patched', 'rec-1', { packageName: 'com.example.patched' }),
   },
   {
     name: 'device-quarantined-resumed',
@@ -217,15 +201,7 @@ const SCENARIOS: Scenario[] = [
     name: 'traversal-completed-publish-apart',
     scenario:
       'a completed traversal recorded after the publish-apart patch: it starts its publish workflow (abandoned child) and ends',
-    async run(stack) {
-      const handle = await pushTask(stack, 'apart', 'rec-8', {
-        apkSha256: stack.apks['app.apk']!.sha256,
-        packageName: 'com.example.apart',
-      });
-      const r = await stack.waitResult('apart', 'rec-8');
-      expect(r.status === 'completed', `traversal-completed-publish-apart ended ${r.status}: ${JSON.stringify(r.error)}`);
-      return handle;
-    },
+    run: (stack) => completedTraversal(stack, 'apart', 'rec-8', { packageName: 'com.example.apart' }),
   },
   {
     name: 'publish-waited-for-redis',
@@ -277,6 +253,19 @@ async function pushTask(
 ): Promise<WorkflowHandle> {
   await stack.push(task(stack, { taskId, deviceId, apkUrl: stack.apks['app.apk']!.url, ...fields }));
   return stack.client.workflow.getHandle(traversalWorkflowId(taskId, deviceId));
+}
+
+/** Pushes a task for app.apk with its hash and waits until the traversal completed; returns its handle. */
+async function completedTraversal(
+  stack: Stack,
+  taskId: string,
+  deviceId: string,
+  fields: Record<string, unknown> = {},
+): Promise<WorkflowHandle> {
+  const handle = await pushTask(stack, taskId, deviceId, { apkSha256: stack.apks['app.apk']!.sha256, ...fields });
+  const r = await stack.waitResult(taskId, deviceId);
+  expect(r.status === 'completed', `${taskId} on ${deviceId} ended ${r.status}: ${JSON.stringify(r.error)}`);
+  return handle;
 }
 
 /** Waits until the traversal's progress satisfies `ok` (a query before it started counts as "not yet"). */

@@ -33,7 +33,7 @@ import { createStarter } from '../../src/starter/create';
 import { mdTable, median, MiB, parseOptions, percentile, round, say, type ScenarioRun } from '../lib/report';
 import { Scope } from '../../dev/scope';
 import { currentBundleFile } from '../../dev/bundle';
-import { startLocalRedis, startSourceProcess, startTemporal } from '../../dev/services';
+import { APK_DIR, startLocalRedis, startSourceProcess, startTemporal } from '../../dev/services';
 
 const DEVICES = ['chaos-1', 'chaos-2', 'chaos-3', 'chaos-4', 'chaos-5'];
 const APK_COUNT = 3;
@@ -112,7 +112,7 @@ export const run: ScenarioRun = async ({ args }) => {
       blocking.disconnect();
     });
 
-    const origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
+    const origin = new ApkOrigin({ dir: APK_DIR });
     // Downloads last about a second, so some kills land in one.
     origin.throttleBytesPerSec = apkSize;
     const apks = [];
