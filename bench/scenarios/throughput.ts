@@ -23,6 +23,7 @@ import type { TaskBridge } from '../../src/starter/task-bridge';
 import { parseTask } from '../../src/starter/task';
 import { keepOrRemove, mdTable, mean, median, MiB, parseOptions, percentile, round, say, sleep, type ScenarioRun } from '../lib/report';
 import { Scope } from '../../dev/scope';
+import { waitFor } from '../../dev/wait';
 import {
   APK_DIR,
   requireBuild,
@@ -137,7 +138,7 @@ export const run: ScenarioRun = async ({ args }) => {
       );
       t0 = performance.now();
       const bridge = bridgeFor(redis, blocking, temporal.client, 'bench-start', keyPrefix, policy, noAgent).start();
-      await waitFor(() => bridge.stats.started + bridge.stats.dead >= K, 600_000, 'the bridge to start every task');
+      await waitFor(() => bridge.stats.started + bridge.stats.dead >= K, 600_000, 'the bridge to start every task', 20);
       s = (performance.now() - t0) / 1000;
       await bridge.stop();
       if (bridge.stats.dead)
@@ -155,7 +156,7 @@ export const run: ScenarioRun = async ({ args }) => {
       );
       t0 = performance.now();
       const serial = bridgeFor(redis, blocking, temporal.client, 'bench-start', serialPrefix, policy, noAgent, 'bench', 1).start();
-      await waitFor(() => serial.stats.started + serial.stats.dead >= K, 600_000, 'the serial bridge to start every task');
+      await waitFor(() => serial.stats.started + serial.stats.dead >= K, 600_000, 'the serial bridge to start every task', 20);
       s = (performance.now() - t0) / 1000;
       await serial.stop();
       starts.push({ kind: 'TaskBridge, 1 in flight', round: r, tasks: K, seconds: s, perSec: K / s });
@@ -175,7 +176,7 @@ export const run: ScenarioRun = async ({ args }) => {
         bridgeFor(redis, blocking2, temporal.client, 'bench-start', pairPrefix, policy, noAgent, 'bench-b').start(),
       ];
       const total = () => bridges.reduce((n, b) => n + b.stats.started + b.stats.dead, 0);
-      await waitFor(() => total() >= K, 600_000, 'two bridges to start every task');
+      await waitFor(() => total() >= K, 600_000, 'two bridges to start every task', 20);
       s = (performance.now() - t0) / 1000;
       await Promise.all(bridges.map((b) => b.stop()));
       starts.push({ kind: 'TaskBridge × 2', round: r, tasks: K, seconds: s, perSec: K / s });
@@ -288,14 +289,6 @@ function bridgeFor(
 
 async function pushTasks(redis: Redis, key: string, items: string[]): Promise<void> {
   for (let i = 0; i < items.length; i += 500) await redis.lpush(key, ...items.slice(i, i + 500));
-}
-
-async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}`);
-    await sleep(20);
-  }
 }
 
 interface E2EContext {
