@@ -69,4 +69,46 @@ describe('the starter with several items in flight', function () {
       for (const d of devices) await client.workflow.getHandle(deviceWorkflowId(d)).terminate('test over').catch(() => undefined);
     }
   });
+
+  it('a starter built from the configuration sends its run policy, deployment and task queue with every request', async function () {
+    const deviceId = `st-${id}-policy`;
+    const config = loadConfig(
+      {
+        DT_ALLOWED_HOSTS: '127.0.0.1',
+        DT_HEARTBEAT_TIMEOUT: '45s',
+        DT_MAX_ATTEMPTS: '5',
+        DT_DELIVERY: 'direct',
+        DT_MEASURE_LAUNCH: 'false',
+        DT_QUARANTINE_AFTER: '4',
+        DT_PUBLISH_RETRY_MAX: '20s',
+        DT_DEPLOYMENT: `lab-${id}`,
+      },
+      { taskQueue: `tq-nobody-${id}`, starterId: `policy-${id}` },
+    );
+    const bridge = createStarter({ config, ...clients, agents: { agentFor: () => 'http://127.0.0.1:9' }, keyPrefix: prefix });
+    const item = { taskId: 'policy', deviceId, apkUrl: 'http://127.0.0.1:9/app.apk', packageName: 'com.example.policy', traversal: { durationSec: 1 } };
+    await redis.lpush(bridge.keys.tasks, JSON.stringify(item));
+    bridge.start();
+    const handle = client.workflow.getHandle(deviceWorkflowId(deviceId, config.deployment));
+    try {
+      await waitFor(() => bridge.stats.started + bridge.stats.dead > 0, 60_000, 'the request to be sent');
+      assert.equal(bridge.stats.dead, 0);
+      const history = await handle.fetchHistory();
+      const signal = history.events?.find((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED);
+      const req = defaultPayloadConverter.fromPayload<TraversalRequest>(signal!.workflowExecutionSignaledEventAttributes!.input!.payloads![0]!);
+      assert.deepEqual(req.policy, {
+        heartbeatTimeoutMs: 45_000,
+        maxAttempts: 5,
+        delivery: 'direct',
+        measureLaunch: false,
+        quarantineAfter: 4,
+        publishRetryMaxMs: 20_000,
+      });
+      assert.equal(req.deployment, `lab-${id}`);
+      assert.equal(req.taskQueue, `tq-nobody-${id}`);
+    } finally {
+      await bridge.stop();
+      await handle.terminate('test over').catch(() => undefined);
+    }
+  });
 });
