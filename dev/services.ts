@@ -14,7 +14,7 @@ import { SIM_EXTRA_ARGS } from '../sim/traversal-sim-args';
 import { logTail, spawnLogged, type LoggedProcess } from './process';
 import { startRedis, type LocalRedis } from './redis-local';
 import type { Scope } from './scope';
-import { startDevServer, type DevServer } from './temporal-dev';
+import { onFreePorts, startDevServer, type DevServer } from './temporal-dev';
 
 /** Generated APKs, kept and reused across runs (the tests and benchmarks share the folder). */
 export const APK_DIR = path.join(PROJECT_ROOT, '.tools', 'apks');
@@ -62,14 +62,9 @@ export interface LocalTemporal {
 
 /** Starts an in-memory, headless Temporal dev server on free ports and connects a client. */
 export async function startTemporal(scope: Scope, workDir: string): Promise<LocalTemporal> {
-  const [port, httpPort, metricsPort] = [await freePort(), await freePort(), await freePort()];
-  scope.report(`starting the Temporal dev server on 127.0.0.1:${port}`);
-  const server = await startDevServer({
-    port,
-    uiPort: 0,
-    logFile: path.join(workDir, 'temporal.log'),
-    extraArgs: ['--http-port', String(httpPort), '--metrics-port', String(metricsPort)],
-  });
+  const options = await onFreePorts(path.join(workDir, 'temporal.log'));
+  scope.report(`starting the Temporal dev server on 127.0.0.1:${options.port}`);
+  const server = await startDevServer(options);
   scope.add('Temporal dev server', () => server.stop());
   const connection = await Connection.connect({ address: server.address });
   scope.add('Temporal connection', () => connection.close());

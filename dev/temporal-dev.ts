@@ -9,7 +9,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { PROJECT_ROOT } from '../src/config';
 import { SEARCH_ATTRIBUTE_NAMES } from '../src/contract/search-attributes';
-import { waitForPort } from '../src/net/ports';
+import { freePort, waitForPort } from '../src/net/ports';
 import { stopProcess } from './process';
 
 const run = promisify(execFile);
@@ -64,6 +64,16 @@ export interface DevServer {
   cli: string;
   /** Stops it (TERM, then KILL); safe to call twice. */
   stop(): Promise<void>;
+}
+
+/**
+ * Options of a headless dev server on free ports: gRPC, HTTP and metrics (the CLI's fixed defaults
+ * for the last two collide with any other dev server on the machine); its output goes to `logFile`.
+ * Started again with the same options after a stop, it comes back at the same address.
+ */
+export async function onFreePorts(logFile: string, more: DevServerOptions = {}): Promise<DevServerOptions> {
+  const extraArgs = ['--http-port', String(await freePort()), '--metrics-port', String(await freePort())];
+  return { port: await freePort(), uiPort: 0, logFile, ...more, extraArgs: [...extraArgs, ...(more.extraArgs ?? [])] };
 }
 
 /** Starts `temporal server start-dev` and returns once the namespace answers and attributes exist. */

@@ -21,7 +21,7 @@ import { parseArgs, promisify } from 'node:util';
 import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/net/ports';
 import { startRedis, type LocalRedis } from '../dev/redis-local';
-import { startDevServer, type DevServer } from '../dev/temporal-dev';
+import { onFreePorts, startDevServer, type DevServer } from '../dev/temporal-dev';
 import { requestTraversal } from '../src/starter/task-bridge';
 import { deviceWorkflowId, publishWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/contract/messages';
 import { TRAVERSAL_PHASE } from '../src/contract/search-attributes';
@@ -316,7 +316,7 @@ async function main(): Promise<void> {
   let stack: Stack | undefined;
   try {
     [temporal, redis] = await Promise.all([
-      startDevServer({ port: await freePort(), uiPort: 0, logFile: path.join(dir, 'temporal.log') }),
+      onFreePorts(path.join(dir, 'temporal.log')).then((options) => startDevServer(options)),
       freePort().then((port) => startRedis({ port, dir: path.join(dir, 'redis') })),
     ]);
     stack = await startStack({

@@ -9,8 +9,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { journalDir, type JournalFile } from '../../src/activities/traversal/attempt-journal';
-import { freePort } from '../../src/net/ports';
-import type { DevServerOptions } from '../../dev/temporal-dev';
+import { onFreePorts, type DevServerOptions } from '../../dev/temporal-dev';
 import { SIM_EXTRA_ARGS } from '../../sim/traversal-sim-args';
 import { TRAVERSAL_PHASE } from '../../src/contract/search-attributes';
 import { currentBundleFile } from '../../dev/bundle';
@@ -215,14 +214,8 @@ export function timeoutTypeName(t: temporal.api.enums.v1.TimeoutType | null | un
  * Options for a dev server of a test's own, on fixed free ports and a database file in `dir`: started
  * again with the same options after a kill, it comes back at the same address with what it held.
  */
-export async function devServerOnFile(dir: string, logDir: string): Promise<DevServerOptions> {
-  return {
-    port: await freePort(),
-    uiPort: 0,
-    dbFile: path.join(dir, 'temporal.db'),
-    logFile: path.join(logDir, 'temporal.log'),
-    extraArgs: ['--http-port', String(await freePort()), '--metrics-port', String(await freePort())],
-  };
+export function devServerOnFile(dir: string, logDir: string): Promise<DevServerOptions> {
+  return onFreePorts(path.join(logDir, 'temporal.log'), { dbFile: path.join(dir, 'temporal.db') });
 }
 
 /**
