@@ -9,7 +9,7 @@ import path from 'node:path';
 import { PROJECT_ROOT } from '../src/config';
 import { findTemporalCli } from '../dev/temporal-dev';
 import { machineInfo, say, type Machine, type ScenarioRun } from './lib/report';
-import { closeAllScopes } from './lib/scope';
+import { closeAllScopes } from '../dev/scope';
 
 const SCENARIOS = ['memory', 'dedupe', 'download', 'throughput', 'chaos', 'history'] as const;
 type ScenarioName = (typeof SCENARIOS)[number];

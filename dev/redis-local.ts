@@ -2,13 +2,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { canConnect, waitForPort } from '../src/net/ports';
+import { stopProcess } from './process';
 
 /** A running local Redis. */
 export interface LocalRedis {
   url: string;
   port: number;
   process?: ChildProcess;
-  /** Stops it when this process started it; safe to call twice. */
+  /** Stops it (TERM, then KILL) when this process started it; safe to call twice. */
   stop(): Promise<void>;
 }
 
@@ -41,11 +42,9 @@ export async function startRedis(opts: { port: number; dir: string; bin?: string
     port: opts.port,
     process: child,
     async stop() {
-      if (stopped || child.exitCode !== null || child.signalCode !== null) return;
+      if (stopped) return;
       stopped = true;
-      const exited = new Promise<void>((r) => child.once('exit', () => r()));
-      child.kill('SIGTERM');
-      await exited;
+      await stopProcess(child);
     },
   };
 }

@@ -9,7 +9,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { PROJECT_ROOT } from '../src/config';
 import { SEARCH_ATTRIBUTE_NAMES } from '../src/contract/search-attributes';
-import { waitForPort } from '../src/net/ports';
+import { freePort, waitForPort } from '../src/net/ports';
+import { stopProcess } from './process';
 
 const run = promisify(execFile);
 
@@ -65,6 +66,16 @@ export interface DevServer {
   stop(): Promise<void>;
 }
 
+/**
+ * Options of a headless dev server on free ports: gRPC, HTTP and metrics (the CLI's fixed defaults
+ * for the last two collide with any other dev server on the machine); its output goes to `logFile`.
+ * Started again with the same options after a stop, it comes back at the same address.
+ */
+export async function onFreePorts(logFile: string, more: DevServerOptions = {}): Promise<DevServerOptions> {
+  const extraArgs = ['--http-port', String(await freePort()), '--metrics-port', String(await freePort())];
+  return { port: await freePort(), uiPort: 0, logFile, ...more, extraArgs: [...extraArgs, ...(more.extraArgs ?? [])] };
+}
+
 /** Starts `temporal server start-dev` and returns once the namespace answers and attributes exist. */
 export async function startDevServer(opts: DevServerOptions = {}): Promise<DevServer> {
   const cli = opts.cli ?? findTemporalCli();
@@ -103,12 +114,7 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
     async stop() {
       if (stopped) return;
       stopped = true;
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise<void>((r) => child.once('exit', () => r()));
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(t);
+      await stopProcess(child);
     },
   };
   try {

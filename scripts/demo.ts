@@ -24,8 +24,8 @@
  */
 import { Client, Connection } from '@temporalio/client';
 import Redis from 'ioredis';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig, PROJECT_ROOT } from '../src/config';
 import { resultKey } from '../src/contract/redis-keys';
@@ -38,8 +38,10 @@ import {
   type InFlightRun,
 } from '../dev/in-flight';
 import { canConnect, portIsFree, waitForPort } from '../src/net/ports';
+import { spawnLogged, type LoggedProcess } from '../dev/process';
 import { ensureRedis, type LocalRedis } from '../dev/redis-local';
 import { mib, RssSampler } from '../dev/rss';
+import { Scope } from '../dev/scope';
 import { ensureSearchAttributes, findTemporalCli, startDevServer, type DevServer } from '../dev/temporal-dev';
 import { deviceStates, progressRow, queuedReason, type BoardRow } from '../src/starter/progress-board';
 import { AgentSimulator } from '../sim/agent-sim';
@@ -91,13 +93,9 @@ async function main(): Promise<void> {
   const demoDir = path.join(config.dataDir, 'demo');
   mkdirSync(demoDir, { recursive: true });
   const keys = starterKeys(STARTER_ID, config.redisKeyPrefix);
-  const cleanups: (() => Promise<unknown> | unknown)[] = [];
   // One stop, however many callers: the finally below waits for the one a Ctrl-C began.
-  let stopping: Promise<void> | undefined;
-  const stopAll = () =>
-    (stopping ??= (async () => {
-      for (const fn of cleanups.reverse()) await Promise.resolve(fn()).catch(() => undefined);
-    })());
+  const scope = new Scope('demo');
+  const stopAll = () => scope.close();
   process.on('SIGINT', () => {
     if (interrupted) {
       process.stdout.write('second Ctrl-C: stopping all at once\n');
@@ -141,7 +139,7 @@ async function main(): Promise<void> {
       });
       uiUrl = server.uiUrl!;
       children.push(server.process);
-      cleanups.push(() => server!.stop());
+      scope.add('Temporal dev server', () => server!.stop());
     }
     // Not closed by the demo: closing it under a query that is still retrying makes grpc-js throw
     // from a timer; the process exit ends it.
@@ -153,11 +151,11 @@ async function main(): Promise<void> {
       detached: true,
     });
     if (redisLocal.process) children.push(redisLocal.process);
-    cleanups.push(() => redisLocal.stop());
+    scope.add('redis-server', () => redisLocal.stop());
     step(`Redis: ${redisLocal.process ? 'started' : 'using'} ${config.redisUrl}`);
     const redis = new Redis(config.redisUrl);
     redis.on('error', () => undefined); // a Redis that went away ends the watch with its own error
-    cleanups.push(() => redis.disconnect());
+    scope.add('Redis connection', () => redis.disconnect());
 
     // 3. Was an earlier demo stopped mid-run? Its runs decide what must not change: the APK they
     //    verify by hash, the cache they install from. (Visibility and Redis only: no worker runs yet.)
@@ -193,14 +191,14 @@ async function main(): Promise<void> {
     const big = await origin.addApk('demo-app.apk', apkMiB * MiB);
     const lite = await origin.addApk('demo-lite.apk', 20 * MiB);
     const originUrl = await listen(() => origin.start(args.ports.origin), args.ports.origin, '--origin-port');
-    cleanups.push(() => origin.close());
+    scope.add('APK origin', () => origin.close());
     const agent = new AgentSimulator({
       devices: DEVICES,
       installDelayMs: 300,
       stateFile: path.join(demoDir, 'agent-state.json'),
     });
     const agentUrl = await listen(() => agent.start(args.ports.agent), args.ports.agent, '--agent-port');
-    cleanups.push(() => agent.close());
+    scope.add('agent simulator', () => agent.close());
     step(`Origin: ${originUrl}; devices ${DEVICES.join(', ')} on the agent simulator at ${agentUrl}`);
 
     // 5. Worker and starter as real processes (compiled JS, as in production).
@@ -230,18 +228,10 @@ async function main(): Promise<void> {
       MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '1',
       NODE_OPTIONS: process.env.NODE_OPTIONS ?? '--max-semi-space-size=1 --max-old-space-size=256',
     };
-    const worker = launch(
-      'worker',
-      path.join(PROJECT_ROOT, 'lib/src/worker.js'),
-      workerEnv,
-      path.join(demoDir, 'worker.log'),
-    );
-    cleanups.push(() => stopChild(worker));
-    const sampler = new RssSampler(worker.pid!).start();
-    cleanups.push(() => sampler.stop());
-    await waitForPort('127.0.0.1', args.ports.artifact, 120_000, 'worker', () =>
-      worker.exitCode !== null ? `exit ${worker.exitCode}; see ${demoDir}/worker.log` : undefined,
-    );
+    const worker = launch(scope, 'worker', workerEnv, demoDir);
+    const sampler = new RssSampler(worker.pid).start();
+    scope.add('RSS sampler', () => sampler.stop());
+    await waitForPort('127.0.0.1', args.ports.artifact, 120_000, 'worker', () => worker.exitNote());
     const idleRss = sampler.sample() ?? 0;
     step(
       `Worker: pid ${worker.pid}, artifact server and /metrics on http://127.0.0.1:${args.ports.artifact}, idle RSS ${mib(idleRss)}`,
@@ -257,13 +247,7 @@ async function main(): Promise<void> {
     });
     step(inFlight.length ? describeInFlight(inFlight) : 'No runs in flight from an earlier demo');
 
-    const starter = launch(
-      'starter',
-      path.join(PROJECT_ROOT, 'lib/src/starter.js'),
-      env,
-      path.join(demoDir, 'starter.log'),
-    );
-    cleanups.push(() => stopChild(starter));
+    const starter = launch(scope, 'starter', env, demoDir);
     step(`Starter: pid ${starter.pid}, consuming ${keys.tasks}`);
 
     // 7. Tasks: 5 devices on the big APK, then the lite APK on two of them.
@@ -410,28 +394,24 @@ function readMemory(file: string): DemoMemory {
   }
 }
 
-function launch(name: string, script: string, env: NodeJS.ProcessEnv, logFile: string): ChildProcess {
-  const fd = openSync(logFile, 'a');
+/** Starts the compiled worker or starter (lib/src/<name>.js) with its log in `<dir>/<name>.log`; the scope stops it. */
+function launch(scope: Scope, name: 'worker' | 'starter', env: NodeJS.ProcessEnv, dir: string): LoggedProcess {
+  const logFile = path.join(dir, `${name}.log`);
   // Own process group: a Ctrl-C reaches only the demo, which stops the starter and worker before the
   // servers they report to (a worker that can still reach Temporal fails its attempts at once, so
   // a restarted demo resumes them without waiting for the heartbeat timeout).
-  const child = spawn(process.execPath, [script], { env, stdio: ['ignore', fd, fd], detached: true });
-  closeSync(fd);
-  children.push(child);
-  child.once('exit', (code, sig) => {
-    if (code !== 0 && sig === null && !interrupted)
-      process.stderr.write(`${name} exited with ${code}; see ${logFile}\n`);
+  const proc = spawnLogged(name, process.execPath, [path.join(PROJECT_ROOT, 'lib', 'src', `${name}.js`)], {
+    logFile,
+    fullEnv: env,
+    detached: true,
+    scope,
+    graceMs: 15_000,
   });
-  return child;
-}
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
-  await exited;
-  clearTimeout(t);
+  children.push(proc.child);
+  void proc.exited.then(({ code, signal }) => {
+    if (code !== 0 && signal === null && !interrupted) process.stderr.write(`${name} exited with ${code}; see ${logFile}\n`);
+  });
+  return proc;
 }
 
 /**

@@ -4,7 +4,9 @@
  * server, a local Redis, the APK origin and agent simulators and the traversal jar, then writes one
  * JSON file per history to test/histories/ and replays each once as a self-check.
  *
- *   npx ts-node --transpile-only scripts/record-histories.ts [--only <name>]
+ *   npx ts-node --transpile-only scripts/record-histories.ts [--only <name>] [--out <dir>]
+ *
+ * `--out` writes the recordings to another folder (a trial run that leaves test/histories alone).
  *
  * Re-record only on purpose: a history recorded by old code is exactly what the guard needs. When a
  * workflow change is made behind `patched()`, add a new recording next to the old ones.
@@ -19,12 +21,12 @@ import { parseArgs, promisify } from 'node:util';
 import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/net/ports';
 import { startRedis, type LocalRedis } from '../dev/redis-local';
-import { startDevServer, type DevServer } from '../dev/temporal-dev';
+import { onFreePorts, startDevServer, type DevServer } from '../dev/temporal-dev';
 import { requestTraversal } from '../src/starter/task-bridge';
 import { deviceWorkflowId, publishWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/contract/messages';
 import { TRAVERSAL_PHASE } from '../src/contract/search-attributes';
-import { startStack, task, workflowBundle, type Stack } from '../test/support/stack';
-import { waitFor as pollUntil } from '../test/support/wait';
+import { startStack, task, workflowBundle, type Stack } from '../dev/stack';
+import { waitFor as pollUntil } from '../dev/wait';
 
 /** Where the recordings live; test/replay.test.ts reads every *.json here. */
 const HISTORIES_DIR = path.join(PROJECT_ROOT, 'test', 'histories');
@@ -51,23 +53,12 @@ interface Scenario {
   run(stack: Stack): Promise<WorkflowHandle>;
 }
 
-/** A scenario in which one traversal of app.apk (its hash given) runs every step and completes. */
-function completedRun(name: string, scenario: string, t: { taskId: string; deviceId: string; packageName?: string }): Scenario {
-  return {
-    name,
-    scenario,
-    async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(task(stack, { ...t, apkUrl: apk.url, apkSha256: apk.sha256 }));
-      const r = await stack.waitResult(t.taskId, t.deviceId);
-      expect(r.status === 'completed', `${name} ended ${r.status}: ${JSON.stringify(r.error)}`);
-      return stack.client.workflow.getHandle(traversalWorkflowId(t.taskId, t.deviceId));
-    },
-  };
-}
-
 const SCENARIOS: Scenario[] = [
-  completedRun('traversal-completed', 'a traversal that ran every step and completed', { taskId: 'completed', deviceId: 'rec-1' }),
+  {
+    name: 'traversal-completed',
+    scenario: 'a traversal that ran every step and completed',
+    run: (stack) => completedTraversal(stack, 'completed', 'rec-1'),
+  },
   {
     name: 'traversal-apk-not-found',
     scenario: 'a traversal whose APK URL answered 404: failed at resolveApk, cleanup and publish still ran',
@@ -88,21 +79,11 @@ const SCENARIOS: Scenario[] = [
     name: 'traversal-cancelled',
     scenario: 'a traversal cancelled while the jar ran: partial report, cleanup and publish in a non-cancellable scope',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, {
-          taskId: 'cancel',
-          deviceId: 'rec-3',
-          apkUrl: apk.url,
-          packageName: 'com.example.cancel',
-          traversal: { durationSec: 60, extraArgs: ['--tick-ms', '100'] },
-        }),
-      );
-      const handle = await handleOnceStarted(stack, traversalWorkflowId('cancel', 'rec-3'));
-      await waitFor(
-        async () => (await handle.query<TraversalProgress>('progress')).screens > 0,
-        'the cancel scenario to traverse',
-      );
+      const handle = await pushTask(stack, 'cancel', 'rec-3', {
+        packageName: 'com.example.cancel',
+        traversal: { durationSec: 60, extraArgs: ['--tick-ms', '100'] },
+      });
+      await progressUntil(handle, (p) => p.screens > 0, 'the cancel scenario to traverse');
       await handle.cancel();
       const r = await stack.waitResult('cancel', 'rec-3');
       expect(r.status === 'cancelled', `traversal-cancelled ended ${r.status}`);
@@ -113,28 +94,15 @@ const SCENARIOS: Scenario[] = [
     name: 'traversal-paused-resumed',
     scenario: 'a traversal paused by signal while traversing (the pause took effect before the upload), then resumed',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, {
-          taskId: 'pause',
-          deviceId: 'rec-4',
-          apkUrl: apk.url,
-          packageName: 'com.example.pause',
-          traversal: { durationSec: 3, extraArgs: ['--tick-ms', '100'] },
-        }),
-      );
-      const handle = await handleOnceStarted(stack, traversalWorkflowId('pause', 'rec-4'));
-      await waitFor(
-        async () => (await handle.query<TraversalProgress>('progress')).phase === 'traversing',
-        'the pause scenario to traverse',
-      );
+      const handle = await pushTask(stack, 'pause', 'rec-4', {
+        packageName: 'com.example.pause',
+        traversal: { durationSec: 3, extraArgs: ['--tick-ms', '100'] },
+      });
+      await progressUntil(handle, (p) => p.phase === 'traversing', 'the pause scenario to traverse');
       await handle.signal('pause');
       // Since pause also holds the running tool, finish it now so the pause shows between steps.
       await handle.signal('budget', { finishNow: true });
-      await waitFor(
-        async () => (await handle.query<TraversalProgress>('progress')).phase === 'paused',
-        'the traversal to pause',
-      );
+      await progressUntil(handle, (p) => p.phase === 'paused', 'the traversal to pause');
       await handle.signal('resume');
       const r = await stack.waitResult('pause', 'rec-4');
       expect(r.status === 'completed', `traversal-paused-resumed ended ${r.status}`);
@@ -147,24 +115,14 @@ const SCENARIOS: Scenario[] = [
       'a traversal whose tool reported crashes and an ANR (shipped to the sink as found), was paused while it ran ' +
       '(the tool held, progress only on 5-point steps) and resumed; the result carries the merged findings',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, {
-          taskId: 'findings',
-          deviceId: 'rec-7',
-          apkUrl: apk.url,
-          apkSha256: apk.sha256,
-          packageName: 'com.example.findings',
-          traversal: { durationSec: 4, extraArgs: ['--tick-ms', '100', '--crashes', '2', '--anrs', '1'] },
-        }),
-      );
-      const handle = await handleOnceStarted(stack, traversalWorkflowId('findings', 'rec-7'));
-      await waitFor(
-        async () => (await handle.query<TraversalProgress>('progress')).percent >= 10,
-        'the findings scenario to traverse',
-      );
+      const handle = await pushTask(stack, 'findings', 'rec-7', {
+        apkSha256: stack.apks['app.apk']!.sha256,
+        packageName: 'com.example.findings',
+        traversal: { durationSec: 4, extraArgs: ['--tick-ms', '100', '--crashes', '2', '--anrs', '1'] },
+      });
+      await progressUntil(handle, (p) => p.percent >= 10, 'the findings scenario to traverse');
       await handle.signal('pause');
-      await waitFor(async () => (await handle.query<TraversalProgress>('progress')).paused, 'the traversal to pause');
+      await progressUntil(handle, (p) => p.paused, 'the traversal to pause');
       await new Promise((r) => setTimeout(r, 1500));
       await handle.signal('resume');
       const r = await stack.waitResult('findings', 'rec-7');
@@ -177,13 +135,8 @@ const SCENARIOS: Scenario[] = [
     scenario:
       'a device workflow that ran two traversals one after the other and is idle (device workflows never complete)',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, { taskId: 'first', deviceId: 'rec-5', apkUrl: apk.url, packageName: 'com.example.first' }),
-      );
-      await stack.push(
-        task(stack, { taskId: 'second', deviceId: 'rec-5', apkUrl: apk.url, packageName: 'com.example.second' }),
-      );
+      await pushTask(stack, 'first', 'rec-5', { packageName: 'com.example.first' });
+      await pushTask(stack, 'second', 'rec-5', { packageName: 'com.example.second' });
       await stack.waitResult('first', 'rec-5');
       await stack.waitResult('second', 'rec-5');
       const handle = stack.client.workflow.getHandle(deviceWorkflowId('rec-5'));
@@ -198,24 +151,7 @@ const SCENARIOS: Scenario[] = [
     name: 'traversal-completed-agent-heartbeats',
     scenario:
       'a completed traversal recorded after the agent-call-heartbeats patch (agent steps heartbeat; the patch marker is in the history)',
-    async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, {
-          taskId: 'patched',
-          deviceId: 'rec-1',
-          apkUrl: apk.url,
-          apkSha256: apk.sha256,
-          packageName: 'com.example.patched',
-        }),
-      );
-      const r = await stack.waitResult('patched', 'rec-1');
-      expect(
-        r.status === 'completed',
-        `traversal-completed-agent-heartbeats ended ${r.status}: ${JSON.stringify(r.error)}`,
-      );
-      return stack.client.workflow.getHandle(traversalWorkflowId('patched', 'rec-1'));
-    },
+    run: (stack) => completedTraversal(stack, 'patched', 'rec-1', { packageName: 'com.example.patched' }),
   },
   {
     name: 'device-quarantined-resumed',
@@ -261,28 +197,27 @@ const SCENARIOS: Scenario[] = [
       return handle;
     },
   },
-  completedRun(
-    'traversal-completed-publish-apart',
-    'a completed traversal recorded after the publish-apart patch: it starts its publish workflow (abandoned child) and ends',
-    { taskId: 'apart', deviceId: 'rec-8', packageName: 'com.example.apart' },
-  ),
-  completedRun(
-    'traversal-completed-install-on-worker',
-    'a completed traversal recorded after the install-url-on-worker patch: installApp is told the APK source and ' +
+  {
+    name: 'traversal-completed-publish-apart',
+    scenario:
+      'a completed traversal recorded after the publish-apart patch: it starts its publish workflow (abandoned child) and ends',
+    run: (stack) => completedTraversal(stack, 'apart', 'rec-8', { packageName: 'com.example.apart' }),
+  },
+  {
+    name: 'traversal-completed-install-on-worker',
+    scenario:
+      'a completed traversal recorded after the install-url-on-worker patch: installApp is told the APK source and ' +
       'derives the install URL itself, so no artifact server URL is in the history',
-    { taskId: 'on-worker', deviceId: 'rec-10', packageName: 'com.example.onworker' },
-  ),
+    run: (stack) => completedTraversal(stack, 'on-worker', 'rec-10', { packageName: 'com.example.onworker' }),
+  },
   {
     name: 'publish-waited-for-redis',
     scenario:
       'a publish workflow whose Redis refused writes (maxmemory 1 byte, noeviction): its quick attempts failed, it said ' +
       'waiting-for-redis and published once Redis took writes again',
     async run(stack) {
-      const apk = stack.apks['app.apk']!;
-      await stack.push(
-        task(stack, { taskId: 'oom', deviceId: 'rec-9', apkUrl: apk.url, packageName: 'com.example.oom' }),
-      );
-      const traversal = await handleOnceStarted(stack, traversalWorkflowId('oom', 'rec-9'));
+      const traversal = await pushTask(stack, 'oom', 'rec-9', { packageName: 'com.example.oom' });
+      await waitFor(async () => (await traversal.describe()) !== undefined, 'oom to start');
       await stack.redis.config('SET', 'maxmemory-policy', 'noeviction');
       await stack.redis.config('SET', 'maxmemory', '1');
       try {
@@ -308,15 +243,45 @@ function expect(ok: boolean, message: string): asserts ok {
   if (!ok) throw new Error(message);
 }
 
-/** The tests' polling helper (a throwing predicate counts as "not yet"), in this script's argument order. */
+/** The harness's polling helper (a throwing predicate counts as "not yet"), in this script's argument order. */
 async function waitFor(pred: () => Promise<boolean>, what: string, timeoutMs = 60_000): Promise<void> {
   await pollUntil(pred, timeoutMs, what);
 }
 
-async function handleOnceStarted(stack: Stack, workflowId: string): Promise<WorkflowHandle> {
-  const handle = stack.client.workflow.getHandle(workflowId);
-  await waitFor(async () => (await handle.describe()) !== undefined, `${workflowId} to start`);
+/**
+ * Pushes a task for app.apk (the stack's defaults under `fields`) and returns its traversal
+ * workflow's handle; the workflow may not have started yet.
+ */
+async function pushTask(
+  stack: Stack,
+  taskId: string,
+  deviceId: string,
+  fields: Record<string, unknown> = {},
+): Promise<WorkflowHandle> {
+  await stack.push(task(stack, { taskId, deviceId, apkUrl: stack.apks['app.apk']!.url, ...fields }));
+  return stack.client.workflow.getHandle(traversalWorkflowId(taskId, deviceId));
+}
+
+/** Pushes a task for app.apk with its hash and waits until the traversal completed; returns its handle. */
+async function completedTraversal(
+  stack: Stack,
+  taskId: string,
+  deviceId: string,
+  fields: Record<string, unknown> = {},
+): Promise<WorkflowHandle> {
+  const handle = await pushTask(stack, taskId, deviceId, { apkSha256: stack.apks['app.apk']!.sha256, ...fields });
+  const r = await stack.waitResult(taskId, deviceId);
+  expect(r.status === 'completed', `${taskId} on ${deviceId} ended ${r.status}: ${JSON.stringify(r.error)}`);
   return handle;
+}
+
+/** Waits until the traversal's progress satisfies `ok` (a query before it started counts as "not yet"). */
+async function progressUntil(
+  handle: WorkflowHandle,
+  ok: (p: TraversalProgress) => boolean,
+  what: string,
+): Promise<void> {
+  await waitFor(async () => ok(await handle.query<TraversalProgress>('progress')), what);
 }
 
 /**
@@ -340,7 +305,14 @@ async function quietHistory(handle: WorkflowHandle) {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { only: { type: 'string', multiple: true } } });
+  const { values } = parseArgs({
+    options: { only: { type: 'string', multiple: true }, out: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+  });
+  if (values.help) {
+    console.log(`usage: record-histories.ts [--only <name>]… [--out <dir>]\nscenarios: ${SCENARIOS.map((s) => s.name).join(', ')}`);
+    return;
+  }
+  const outDir = values.out ? path.resolve(values.out) : HISTORIES_DIR;
   const chosen = values.only?.length ? SCENARIOS.filter((s) => values.only!.includes(s.name)) : SCENARIOS;
   if (chosen.length === 0)
     throw new Error(`--only matched nothing; scenarios: ${SCENARIOS.map((s) => s.name).join(', ')}`);
@@ -351,13 +323,12 @@ async function main(): Promise<void> {
   let stack: Stack | undefined;
   try {
     [temporal, redis] = await Promise.all([
-      startDevServer({ port: await freePort(), uiPort: 0, logFile: path.join(dir, 'temporal.log') }),
+      onFreePorts(path.join(dir, 'temporal.log')).then((options) => startDevServer(options)),
       freePort().then((port) => startRedis({ port, dir: path.join(dir, 'redis') })),
     ]);
-    // startStack is the test helper; it takes its servers from these two variables.
-    process.env.TEST_TEMPORAL_ADDRESS = temporal.address;
-    process.env.TEST_REDIS_URL = redis.url;
     stack = await startStack({
+      address: temporal.address,
+      redisUrl: redis.url,
       devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6', 'rec-7', 'rec-8', 'rec-9', 'rec-10'],
       apks: [{ name: 'app.apk', size: 2 * MiB }],
       starter: true,
@@ -365,7 +336,7 @@ async function main(): Promise<void> {
       policy: { publishRetryMaxMs: 2000 },
     });
 
-    mkdirSync(HISTORIES_DIR, { recursive: true });
+    mkdirSync(outDir, { recursive: true });
     const bundle = await workflowBundle();
     for (const s of chosen) {
       const t0 = Date.now();
@@ -405,7 +376,7 @@ async function main(): Promise<void> {
         scenario: s.scenario,
         history: json,
       };
-      const file = path.join(HISTORIES_DIR, `${s.name}.json`);
+      const file = path.join(outDir, `${s.name}.json`);
       writeFileSync(file, `${JSON.stringify(record, null, 2)}\n`);
       console.log(
         `${s.name}: ${history.events?.length ?? 0} events, ${desc.status.name}, ${Date.now() - t0} ms → ${path.relative(PROJECT_ROOT, file)}`,

@@ -2,10 +2,9 @@
 import Redis from 'ioredis';
 import { loadConfig } from './config';
 import { loadDeviceRegistry, urlPolicyFor } from './device-registry';
-import { extraArgsPolicyFor } from './contract/extra-args';
 import { JsonLogger } from './logger';
 import { ProgressBoard } from './starter/progress-board';
-import { TaskBridge } from './starter/task-bridge';
+import { createStarter } from './starter/create';
 import { connectClient, temporalApiKey, temporalSettings } from './temporal-connection';
 
 async function main(): Promise<void> {
@@ -29,26 +28,13 @@ async function main(): Promise<void> {
   blocking.on('error', () => undefined);
   const { client, connection } = await connectClient(temporal);
   try {
-    const bridge = new TaskBridge({
+    const bridge = createStarter({
+      config,
+      client,
       redis,
       blocking,
-      client,
-      taskQueue: config.taskQueue,
-      starterId: config.starterId,
-      concurrency: config.starterConcurrency,
       agents,
       urlPolicy,
-      extraArgs: extraArgsPolicyFor(config),
-      keyPrefix: config.redisKeyPrefix,
-      deployment: config.deployment,
-      policy: {
-        heartbeatTimeoutMs: config.heartbeatTimeoutMs,
-        maxAttempts: config.maxAttempts,
-        delivery: config.delivery,
-        measureLaunch: config.measureLaunch,
-        quarantineAfter: config.quarantineAfter,
-        publishRetryMaxMs: config.publishRetryMaxMs,
-      },
       log: (level, msg, meta) => logger[level](msg, meta),
     });
     logger.info('starter consuming', { tasks: bridge.keys.tasks, processing: bridge.keys.processing, temporal: temporal.address, taskQueue: config.taskQueue });

@@ -10,7 +10,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { traversalWorkflow } from '../src/workflows/traversal';
 import { traversalWorkflowId, type TraversalRequest } from '../src/contract/messages';
-import { startStack, type Stack } from './support/stack';
+import { startStack, type Stack } from '../dev/stack';
 import { activityStarts } from './support/history';
 
 const MiB = 1024 * 1024;

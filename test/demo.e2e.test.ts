@@ -31,8 +31,8 @@ import { ProgressBoard, queuedReason } from '../src/starter/progress-board';
 import { AgentSimulator } from '../sim/agent-sim';
 import { ApkOrigin } from '../sim/origin';
 import { request } from 'undici';
-import { startStack, task, type Stack } from './support/stack';
-import { waitFor } from './support/wait';
+import { startStack, task, type Stack } from '../dev/stack';
+import { waitFor } from '../dev/wait';
 
 const run = promisify(execFile);
 

@@ -7,8 +7,8 @@ import { strict as assert } from 'node:assert';
 import { loadConfig } from '../src/config';
 import { deviceStateQuery, deviceWorkflowId, enqueueSignal, traversalWorkflowId, type TraversalRequest } from '../src/contract/messages';
 import { enqueueSignals } from './support/history';
-import { startStack, task, type Stack } from './support/stack';
-import { waitFor } from './support/wait';
+import { startStack, task, type Stack } from '../dev/stack';
+import { waitFor } from '../dev/wait';
 
 /** How many `enqueue` signals a device workflow's history holds. */
 const signalCount = async (stack: Stack, workflowId: string): Promise<number> =>

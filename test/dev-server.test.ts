@@ -19,6 +19,7 @@ import {
   type DevServer,
 } from '../dev/temporal-dev';
 import { SEARCH_ATTRIBUTE_NAMES } from '../src/contract/search-attributes';
+import { stopProcess } from '../dev/process';
 
 const run = promisify(execFile);
 const SCRIPT = path.join(PROJECT_ROOT, 'scripts', 'dev-server.ts');
@@ -192,12 +193,7 @@ describe('local dev server', function () {
       assert.ok(existsSync(dbFile));
     } finally {
       // TERM lets the script stop its own temporal child; KILL only if it does not.
-      if (script.child.exitCode === null && script.child.signalCode === null) {
-        script.child.kill('SIGTERM');
-        const t = setTimeout(() => script.child.kill('SIGKILL'), 15_000);
-        await script.exited;
-        clearTimeout(t);
-      }
+      await stopProcess(script.child, 15_000);
     }
   });
 });

@@ -18,8 +18,8 @@ import { traversalWorkflowId, type TraversalRequest } from '../src/contract/mess
 import { ApkOrigin } from '../sim/origin';
 import { requestTraversal } from '../src/starter/task-bridge';
 import { createDispatcher } from '../src/net/dispatcher';
-import { startStack, type Stack } from './support/stack';
-import { waitFor } from './support/wait';
+import { startStack, type Stack } from '../dev/stack';
+import { waitFor } from '../dev/wait';
 
 const MiB = 1024 * 1024;
 /** Size of the tmpfs; the reserve a download leaves on it is 5% of it (the default 64 MiB is capped). */

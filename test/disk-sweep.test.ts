@@ -15,8 +15,8 @@ import { DiskSweeper, type DiskSweeperOptions } from '../src/worker/disk-sweeper
 import { traversalWorkflowId } from '../src/contract/messages';
 import { Metrics } from '../src/metrics';
 import { createDispatcher } from '../src/net/dispatcher';
-import { startStack } from './support/stack';
-import { waitFor } from './support/wait';
+import { startStack } from '../dev/stack';
+import { waitFor } from '../dev/wait';
 
 const KiB = 1024;
 const HOUR = 3_600_000;

@@ -20,8 +20,8 @@ import { ApkOrigin, type ApkInfo } from '../sim/origin';
 import { requestTraversal } from '../src/starter/task-bridge';
 import { startHttpSink, type HttpSink } from './support/http-sink';
 import { pendingActivity, pidAlive, spawnWorker, traversalPids, waitFor, type Proc } from './support/procs';
-import { startStack, type Stack } from './support/stack';
-import { waitForResult } from './support/wait';
+import { startStack, type Stack } from '../dev/stack';
+import { waitForResult } from '../dev/wait';
 
 const MiB = 1024 * 1024;
 const EventType = temporal.api.enums.v1.EventType;

@@ -21,7 +21,7 @@ import { ApkOrigin, type ApkInfo } from '../sim/origin';
 import { requestTraversal } from '../src/starter/task-bridge';
 import { pidAlive, spawnWorker, TcpProxy, traversalPids, waitFor, type Proc } from './support/procs';
 import { activityStarts } from './support/history';
-import { waitForResult } from './support/wait';
+import { waitForResult } from '../dev/wait';
 
 const MiB = 1024 * 1024;
 const HEARTBEAT_MS = 3000;

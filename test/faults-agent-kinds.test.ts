@@ -22,7 +22,7 @@ import {
 import { DEVICE_HEALTH } from '../src/contract/search-attributes';
 import { requestTraversal } from '../src/starter/task-bridge';
 import { pidAlive, traversalPids, waitFor } from './support/procs';
-import { startStack, type Stack } from './support/stack';
+import { startStack, type Stack } from '../dev/stack';
 
 const MiB = 1024 * 1024;
 /** Time between the watchdog's TERM and KILL; a frozen jar (SIGSTOP) holds its attempt this long. */

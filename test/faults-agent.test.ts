@@ -17,7 +17,7 @@ import {
 } from '../src/contract/messages';
 import { DEVICE_HEALTH } from '../src/contract/search-attributes';
 import { pidAlive, traversalPids, waitFor } from './support/procs';
-import { startStack, type Stack } from './support/stack';
+import { startStack, type Stack } from '../dev/stack';
 
 const MiB = 1024 * 1024;
 

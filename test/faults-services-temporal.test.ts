@@ -18,7 +18,7 @@ import { ApkOrigin } from '../sim/origin';
 import { starterKeys } from '../src/contract/redis-keys';
 import { enqueueSignals } from './support/history';
 import { devServerOnFile, spawnStarter, spawnWorker, type Proc } from './support/procs';
-import { waitFor, waitForResult } from './support/wait';
+import { waitFor, waitForResult } from '../dev/wait';
 
 const MiB = 1024 * 1024;
 

@@ -30,8 +30,8 @@ import { ApkOrigin } from '../sim/origin';
 import { starterKeys } from '../src/contract/redis-keys';
 import { devServerOnFile, pendingActivity, sleep, spawnStarter, spawnWorker, TcpProxy, waitFor, type Proc } from './support/procs';
 import { enqueueSignals } from './support/history';
-import { waitForResult } from './support/wait';
-import { startStack, type Stack } from './support/stack';
+import { waitForResult } from '../dev/wait';
+import { startStack, type Stack } from '../dev/stack';
 
 const MiB = 1024 * 1024;
 

@@ -35,7 +35,7 @@ import {
   type Proc,
 } from './support/procs';
 import { activityStarts, eventMs } from './support/history';
-import { waitForResult } from './support/wait';
+import { waitForResult } from '../dev/wait';
 
 const MiB = 1024 * 1024;
 const HEARTBEAT_MS = 3000;

@@ -26,7 +26,7 @@ import {
   workerJournals,
   type Proc,
 } from './support/procs';
-import { waitForResult } from './support/wait';
+import { waitForResult } from '../dev/wait';
 
 const MiB = 1024 * 1024;
 const HEARTBEAT_MS = 3000;

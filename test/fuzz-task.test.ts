@@ -22,7 +22,7 @@ import { firstInvalidUtf8, parseTask } from '../src/starter/task';
 import { UrlPolicy } from '../src/net/url-policy';
 import { anyPayload, garbage, mutatedTask, rawMutation, validTask } from './fuzz-payloads';
 import { enqueueSignals } from './support/history';
-import { waitFor } from './support/wait';
+import { waitFor } from '../dev/wait';
 
 /** Every problem starts with the field it is about. */
 const NAMES_A_FIELD =

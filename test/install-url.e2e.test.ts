@@ -11,7 +11,7 @@ import type { InstallAppInput } from '../src/activities/device-agent';
 import { deviceWorkflowId, publishWorkflowId, traversalWorkflowId } from '../src/contract/messages';
 import { historyText, runHistories } from './support/history';
 import { installOnce } from './support/install-workflow';
-import { installRuntime, startStack, task, type Stack } from './support/stack';
+import { installRuntime, startStack, task, type Stack } from '../dev/stack';
 
 const MiB = 1024 * 1024;
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { request } from 'undici';
 import { JsonLogger } from '../src/logger';
-import { startStack, task, type Stack } from './support/stack';
+import { startStack, task, type Stack } from '../dev/stack';
 
 const MiB = 1024 * 1024;
 

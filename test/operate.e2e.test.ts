@@ -11,9 +11,9 @@ import { promisify } from 'node:util';
 import { deviceWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress, type TraversalRequest } from '../src/contract/messages';
 import { ProgressBoard } from '../src/starter/progress-board';
 import { findTemporalCli } from '../dev/temporal-dev';
-import { startStack, type Stack } from './support/stack';
+import { startStack, type Stack } from '../dev/stack';
 import { childStarts, runHistories } from './support/history';
-import { traversalPids, waitFor } from './support/wait';
+import { traversalPids, waitFor } from '../dev/wait';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;

@@ -16,8 +16,8 @@ import { startRedis, type LocalRedis } from '../dev/redis-local';
 import { publishWorkflowId, traversalWorkflowId, type TraversalResult } from '../src/contract/messages';
 import { Metrics } from '../src/metrics';
 import { TRAVERSAL_PHASE } from '../src/contract/search-attributes';
-import { startStack, task, type Stack } from './support/stack';
-import { waitFor } from './support/wait';
+import { startStack, task, type Stack } from '../dev/stack';
+import { waitFor } from '../dev/wait';
 
 /** First retry delay in this test: the old code gave up after 10 attempts, 50 ms × (2⁹ − 1) ≈ 25.6 s. */
 const INITIAL_RETRY_MS = 50;

@@ -19,7 +19,7 @@ import {
   type WorkflowBundleWithSourceMap,
 } from '@temporalio/worker';
 import { DeterminismViolationError } from '@temporalio/workflow';
-import { workflowBundle } from './support/stack';
+import { workflowBundle } from '../dev/stack';
 
 const HISTORIES_DIR = path.join(__dirname, 'histories');
 

@@ -34,7 +34,7 @@ import type { AgentDirectory } from '../src/device-registry';
 import { parseTask } from '../src/starter/task';
 import { traversalWorkflow } from '../src/workflows';
 import { createDispatcher } from '../src/net/dispatcher';
-import { startStack, type Stack } from './support/stack';
+import { startStack, type Stack } from '../dev/stack';
 
 /** Identifiers that must never pass. */
 export const HOSTILE_IDS: [string, string][] = [

@@ -25,7 +25,7 @@ import { Metrics } from '../src/metrics';
 import { ApkOrigin, type ApkInfo } from '../sim/origin';
 import { UrlPolicy } from '../src/net/url-policy';
 import { createDispatcher } from '../src/net/dispatcher';
-import { waitFor } from './support/wait';
+import { waitFor } from '../dev/wait';
 
 const MiB = 1024 * 1024;
 const quiet = () => new MockActivityEnvironment(undefined, { logger: new DefaultLogger('ERROR') });

@@ -7,8 +7,8 @@
  * not the starter's check of the task.
  */
 import assert from 'node:assert/strict';
-import { Client, Connection } from '@temporalio/client';
-import Redis from 'ioredis';
+import type { Client } from '@temporalio/client';
+import type Redis from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -18,7 +18,8 @@ import { AgentSimulator } from '../sim/agent-sim';
 import { ApkOrigin } from '../sim/origin';
 import { requestTraversal } from '../src/starter/task-bridge';
 import { spawnWorker, type Proc } from './support/procs';
-import { waitForResult } from './support/wait';
+import { waitForResult } from '../dev/wait';
+import { connectClients, type Clients } from '../dev/clients';
 
 describe("agents of the device registry and DT_DEFAULT_AGENT_URL pass the worker's URL policy", function () {
   this.timeout(180_000);
@@ -34,7 +35,7 @@ describe("agents of the device registry and DT_DEFAULT_AGENT_URL pass the worker
   /** Named by no configuration, on 127.0.0.4: the kind of address the others have. */
   let stranger: AgentSimulator;
   let worker: Proc | undefined;
-  let connection: Connection;
+  let clients: Clients | undefined;
   let client: Client;
   let redis: Redis;
 
@@ -63,14 +64,12 @@ describe("agents of the device registry and DT_DEFAULT_AGENT_URL pass the worker
         DT_DEFAULT_AGENT_URL: fallback.url,
       },
     });
-    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
-    client = new Client({ connection });
-    redis = new Redis(process.env.TEST_REDIS_URL!);
+    clients = await connectClients();
+    ({ client, redis } = clients);
   });
   after(async () => {
     await worker?.stop();
-    await connection?.close();
-    redis?.disconnect();
+    await clients?.close();
     for (const s of [registered, fallback, stranger]) await s?.close();
     await origin?.close();
     if (tmp) rmSync(tmp, { recursive: true, force: true });

@@ -17,7 +17,7 @@ import { PROJECT_ROOT } from '../src/config';
 import { AgentSimulator } from '../sim/agent-sim';
 import { ApkOrigin } from '../sim/origin';
 import { spawnStarter, spawnWorker, type Proc } from './support/procs';
-import { waitForResult } from './support/wait';
+import { waitForResult } from '../dev/wait';
 
 const hex = (n: number) => randomBytes(n).toString('hex');
 

@@ -10,15 +10,16 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Client, Connection } from '@temporalio/client';
-import Redis from 'ioredis';
+import type { Client } from '@temporalio/client';
+import type Redis from 'ioredis';
 import { PROJECT_ROOT } from '../src/config';
 import { budgetSignal, traversalWorkflowId } from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
 import { ApkOrigin } from '../sim/origin';
 import { requestTraversal } from '../src/starter/task-bridge';
 import { spawnWorker, type Proc } from './support/procs';
-import { traversalPids, waitFor, waitForResult } from './support/wait';
+import { traversalPids, waitFor, waitForResult } from '../dev/wait';
+import { connectClients, type Clients } from '../dev/clients';
 
 const hex = (n: number) => randomBytes(n).toString('hex');
 
@@ -39,8 +40,8 @@ describe("the traversal tool's environment", function () {
   let origin: ApkOrigin;
   let agent: AgentSimulator;
   let worker: Proc | undefined;
+  let clients: Clients | undefined;
   let redis: Redis;
-  let connection: Connection;
   let client: Client;
 
   before(async () => {
@@ -50,9 +51,8 @@ describe("the traversal tool's environment", function () {
     await origin.addApk('env.apk', 128 * 1024);
     agent = new AgentSimulator({ devices: [deviceId], coldStartMs: [50, 100] });
     await agent.start();
-    redis = new Redis(process.env.TEST_REDIS_URL!);
-    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
-    client = new Client({ connection });
+    clients = await connectClients();
+    ({ client, redis } = clients);
     worker = await spawnWorker({
       taskQueue,
       redisKeyPrefix: prefix,
@@ -68,10 +68,9 @@ describe("the traversal tool's environment", function () {
   });
   after(async () => {
     await worker?.stop();
-    await connection?.close();
     const keys = await redis?.keys(`${prefix}*`);
     if (keys?.length) await redis.del(...keys);
-    redis?.disconnect();
+    await clients?.close();
     await agent?.close();
     await origin?.close();
     await fsp.rm(tmp, { recursive: true, force: true });

@@ -29,8 +29,9 @@ import { SIM_EXTRA_ARGS } from '../sim/traversal-sim-args';
 import { ApkOrigin } from '../sim/origin';
 import { temporalApiKey, temporalSettings } from '../src/temporal-connection';
 import { createDispatcher } from '../src/net/dispatcher';
+import { stopProcess } from '../dev/process';
+import { workflowBundle } from '../dev/stack';
 import { historyText } from './support/history';
-import { workflowBundle } from './support/stack';
 
 const hex = (n: number) => randomBytes(n).toString('hex');
 
@@ -120,18 +121,7 @@ function spawnService(script: string, env: NodeJS.ProcessEnv): Proc {
   let out = '';
   child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
   child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  return {
-    child,
-    out: () => out,
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      await exited;
-      clearTimeout(t);
-    },
-  };
+  return { child, out: () => out, stop: () => stopProcess(child, 15_000) };
 }
 
 async function waitFor<T>(

@@ -10,15 +10,16 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
-import Redis from 'ioredis';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
+import type Redis from 'ioredis';
 import { loadConfig } from '../src/config';
 import { ExtraArgsPolicy, extraArgsPolicyFor } from '../src/contract/extra-args';
 import { deviceWorkflowId, type TraversalRequest } from '../src/contract/messages';
-import { deadLetterPayload, requestTraversal, TaskBridge, type DeadLetter } from '../src/starter/task-bridge';
-import { UrlPolicy } from '../src/net/url-policy';
-import { startStack, type Stack } from './support/stack';
-import { waitFor } from './support/wait';
+import { createStarter } from '../src/starter/create';
+import { deadLetterPayload, requestTraversal, type DeadLetter, type TaskBridge } from '../src/starter/task-bridge';
+import { connectClients, type Clients } from '../dev/clients';
+import { startStack, type Stack } from '../dev/stack';
+import { waitFor } from '../dev/wait';
 
 /** The policy a starter or worker builds from this environment. */
 const policyOf = (env: NodeJS.ProcessEnv) => extraArgsPolicyFor(loadConfig(env));
@@ -159,7 +160,7 @@ describe('DT_TRAVERSAL_EXTRA_ARGS', () => {
 
 describe('task input through a real starter, Redis and Temporal', function () {
   this.timeout(120_000);
-  let connection: Connection;
+  let clients: Clients;
   let client: Client;
   let redis: Redis;
   let blocking: Redis;
@@ -168,10 +169,8 @@ describe('task input through a real starter, Redis and Temporal', function () {
   let n = 0;
 
   before(async () => {
-    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
-    client = new Client({ connection });
-    redis = new Redis(process.env.TEST_REDIS_URL!);
-    blocking = new Redis(process.env.TEST_REDIS_URL!);
+    clients = await connectClients();
+    ({ client, redis, blocking } = clients);
   });
   after(async () => {
     for (const d of devices)
@@ -181,22 +180,15 @@ describe('task input through a real starter, Redis and Temporal', function () {
         .catch(() => undefined);
     const keys = await redis.keys(`ti${id}*`);
     if (keys.length) await redis.del(...keys);
-    redis?.disconnect();
-    blocking?.disconnect();
-    await connection?.close();
+    await clients?.close();
   });
 
   /** A bridge with its own key prefix (a starter id per test, reused across its restarts); no worker polls its queue. */
   function bridgeFor(test: string, env: NodeJS.ProcessEnv = {}, logs: string[] = []): TaskBridge {
-    return new TaskBridge({
-      redis,
-      blocking,
-      client,
-      taskQueue: `tq-nobody-${id}`,
-      starterId: `starter-${test}`,
+    return createStarter({
+      config: loadConfig({ DT_ALLOWED_HOSTS: '127.0.0.1', ...env }, { taskQueue: `tq-nobody-${id}`, starterId: `starter-${test}` }),
+      ...clients,
       agents: { agentFor: () => 'http://127.0.0.1:9' },
-      urlPolicy: new UrlPolicy('127.0.0.1'),
-      extraArgs: policyOf(env),
       keyPrefix: `ti${id}-${test}:`,
       blockTimeoutSec: 0.2,
       log: (_level, msg) => logs.push(msg),

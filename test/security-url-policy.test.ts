@@ -28,7 +28,7 @@ import { parseTask } from '../src/starter/task';
 import { classifyAddress } from '../src/net/ip';
 import { UrlPolicy, type LookupFn } from '../src/net/url-policy';
 import { createDispatcher } from '../src/net/dispatcher';
-import { startStack, task, type Stack } from './support/stack';
+import { startStack, task, type Stack } from '../dev/stack';
 
 interface Coded {
   code: string;

@@ -5,48 +5,42 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { Client, Connection } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import { defaultPayloadConverter } from '@temporalio/common';
-import Redis from 'ioredis';
+import type Redis from 'ioredis';
 import { deviceWorkflowId, type TraversalRequest } from '../src/contract/messages';
-import { TaskBridge } from '../src/starter/task-bridge';
-import { waitFor } from './support/wait';
+import { loadConfig } from '../src/config';
+import { createStarter } from '../src/starter/create';
+import { connectClients, type Clients } from '../dev/clients';
+import { waitFor } from '../dev/wait';
 
 const EventType = temporal.api.enums.v1.EventType;
 
 describe('the starter with several items in flight', function () {
-  let connection: Connection;
+  let clients: Clients;
   let client: Client;
   let redis: Redis;
-  let blocking: Redis;
   const id = randomUUID().slice(0, 8);
   const prefix = `st${id}:`;
 
   before(async () => {
-    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
-    client = new Client({ connection });
-    redis = new Redis(process.env.TEST_REDIS_URL!);
-    blocking = new Redis(process.env.TEST_REDIS_URL!);
+    clients = await connectClients();
+    ({ client, redis } = clients);
   });
-  after(async () => {
-    redis?.disconnect();
-    blocking?.disconnect();
-    await connection?.close();
-  });
+  after(() => clients?.close());
 
   it('keeps the order of requests for each device and starts every task once', async function () {
     const devices = ['a', 'b', 'c'].map((d) => `st-${id}-${d}`);
     const pushed = new Map<string, string[]>(devices.map((d) => [d, []]));
-    const bridge = new TaskBridge({
-      redis,
-      blocking,
-      client,
-      taskQueue: `tq-nobody-${id}`,
-      starterId: `starter-${id}`,
+    const bridge = createStarter({
+      config: loadConfig(
+        { DT_ALLOWED_HOSTS: '127.0.0.1' },
+        { taskQueue: `tq-nobody-${id}`, starterId: `starter-${id}`, starterConcurrency: 8 },
+      ),
+      ...clients,
       agents: { agentFor: () => 'http://127.0.0.1:9' },
       keyPrefix: prefix,
-      concurrency: 8,
     });
     // 60 items, interleaved over three devices, some of them fanned out to two devices.
     for (let i = 0; i < 60; i++) {
@@ -73,6 +67,48 @@ describe('the starter with several items in flight', function () {
     } finally {
       await bridge.stop();
       for (const d of devices) await client.workflow.getHandle(deviceWorkflowId(d)).terminate('test over').catch(() => undefined);
+    }
+  });
+
+  it('a starter built from the configuration sends its run policy, deployment and task queue with every request', async function () {
+    const deviceId = `st-${id}-policy`;
+    const config = loadConfig(
+      {
+        DT_ALLOWED_HOSTS: '127.0.0.1',
+        DT_HEARTBEAT_TIMEOUT: '45s',
+        DT_MAX_ATTEMPTS: '5',
+        DT_DELIVERY: 'direct',
+        DT_MEASURE_LAUNCH: 'false',
+        DT_QUARANTINE_AFTER: '4',
+        DT_PUBLISH_RETRY_MAX: '20s',
+        DT_DEPLOYMENT: `lab-${id}`,
+      },
+      { taskQueue: `tq-nobody-${id}`, starterId: `policy-${id}` },
+    );
+    const bridge = createStarter({ config, ...clients, agents: { agentFor: () => 'http://127.0.0.1:9' }, keyPrefix: prefix });
+    const item = { taskId: 'policy', deviceId, apkUrl: 'http://127.0.0.1:9/app.apk', packageName: 'com.example.policy', traversal: { durationSec: 1 } };
+    await redis.lpush(bridge.keys.tasks, JSON.stringify(item));
+    bridge.start();
+    const handle = client.workflow.getHandle(deviceWorkflowId(deviceId, config.deployment));
+    try {
+      await waitFor(() => bridge.stats.started + bridge.stats.dead > 0, 60_000, 'the request to be sent');
+      assert.equal(bridge.stats.dead, 0);
+      const history = await handle.fetchHistory();
+      const signal = history.events?.find((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED);
+      const req = defaultPayloadConverter.fromPayload<TraversalRequest>(signal!.workflowExecutionSignaledEventAttributes!.input!.payloads![0]!);
+      assert.deepEqual(req.policy, {
+        heartbeatTimeoutMs: 45_000,
+        maxAttempts: 5,
+        delivery: 'direct',
+        measureLaunch: false,
+        quarantineAfter: 4,
+        publishRetryMaxMs: 20_000,
+      });
+      assert.equal(req.deployment, `lab-${id}`);
+      assert.equal(req.taskQueue, `tq-nobody-${id}`);
+    } finally {
+      await bridge.stop();
+      await handle.terminate('test over').catch(() => undefined);
     }
   });
 });

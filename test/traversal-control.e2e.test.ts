@@ -18,11 +18,10 @@ import {
   traversalWorkflowId,
   type TraversalRequest,
 } from '../src/contract/messages';
-import { extraArgsPolicyFor } from '../src/contract/extra-args';
-import { TaskBridge } from '../src/starter/task-bridge';
-import { startStack, task, type Stack } from './support/stack';
+import { createStarter } from '../src/starter/create';
+import { startStack, task, type Stack } from '../dev/stack';
 import { childStarts, enqueueSignals, runHistories, waitForEnqueueSignals } from './support/history';
-import { traversalPids, waitFor } from './support/wait';
+import { traversalPids, waitFor } from '../dev/wait';
 
 const MiB = 1024 * 1024;
 
@@ -155,14 +154,12 @@ describe('controlling traversals', function () {
     const deviceId = nextDevice();
     const redis = new Redis(process.env.TEST_REDIS_URL!);
     const blocking = new Redis(process.env.TEST_REDIS_URL!);
-    const bridge = new TaskBridge({
+    const bridge = createStarter({
+      config: { ...stack.config, starterId: 'replayer' },
+      client: stack.client,
       redis,
       blocking,
-      client: stack.client,
-      taskQueue: stack.taskQueue,
-      starterId: 'replayer',
       agents: { agentFor: () => stack.agent.url },
-      extraArgs: extraArgsPolicyFor(stack.config),
       keyPrefix: stack.prefix,
     });
     // As if a starter died after BLMOVE and before Temporal accepted the item.

@@ -15,7 +15,7 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import { createTraversalRunnerActivities, type TraversalRunnerDeps } from '../src/activities/traversal/runner';
 import { endStaleRun } from '../src/activities/traversal/process-group';
 import { pidAlive } from './support/procs';
-import { waitFor } from './support/wait';
+import { waitFor } from '../dev/wait';
 
 describe('the traversal runner', function () {
   let tmp: string;

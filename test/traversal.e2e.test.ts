@@ -7,8 +7,8 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ActivityFailure, ApplicationFailure } from '@temporalio/common';
-import { startStack, task, type Stack } from './support/stack';
-import { waitFor } from './support/wait';
+import { startStack, task, type Stack } from '../dev/stack';
+import { waitFor } from '../dev/wait';
 import { deviceStateQuery, deviceWorkflowId, traversalWorkflowId } from '../src/contract/messages';
 import { childStarts, runHistories, waitForEnqueueSignals } from './support/history';
 

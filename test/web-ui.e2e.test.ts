@@ -10,9 +10,9 @@ import path from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/net/ports';
-import { startDevServer, type DevServer } from '../dev/temporal-dev';
+import { onFreePorts, startDevServer, type DevServer } from '../dev/temporal-dev';
 import { traversalWorkflowId } from '../src/contract/messages';
-import { startStack, task, type Stack } from './support/stack';
+import { startStack, task, type Stack } from '../dev/stack';
 
 const CHROMIUM = '/usr/bin/chromium';
 const OUT = path.join(PROJECT_ROOT, 'test-output');
@@ -39,13 +39,9 @@ describe('the Temporal Web UI', function () {
   before(async function () {
     if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh does)`);
     dir = mkdtempSync(path.join(os.tmpdir(), 'dt-ui-'));
-    server = await startDevServer({
-      port: await freePort(),
-      uiPort: await freePort(),
-      dbFile: path.join(dir, 'temporal.db'),
-      logFile: path.join(dir, 'temporal.log'),
-      extraArgs: ['--http-port', String(await freePort()), '--metrics-port', String(await freePort())],
-    });
+    server = await startDevServer(
+      await onFreePorts(path.join(dir, 'temporal.log'), { uiPort: await freePort(), dbFile: path.join(dir, 'temporal.db') }),
+    );
     stack = await startStack({ devices: ['ui-1'], apks: [{ name: 'ui.apk', size: 1024 * 1024 }], starter: true, address: server.address });
     browser = await chromium.launch({
       executablePath: CHROMIUM,

@@ -3,8 +3,9 @@
  * statistics, Markdown tables, progress lines and a description of the machine.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { PROJECT_ROOT } from '../../src/config';
 
 /** Bytes in a MiB. */
@@ -193,4 +194,13 @@ export function parseOptions(args: string[]): Options {
       return items;
     },
   };
+}
+
+/** Removes a work folder after a clean run; keeps it (and says where) after a failure, for its logs. */
+export function keepOrRemove(dir: string, clean: boolean): void {
+  if (clean) {
+    rmSync(dir, { recursive: true, force: true });
+    return;
+  }
+  if (existsSync(dir)) say(`logs kept in ${path.relative(PROJECT_ROOT, dir) || dir}`);
 }

@@ -20,23 +20,20 @@
  * Alone: `npx ts-node --transpile-only bench/scenarios/chaos.ts [options]`.
  */
 import { Client, WorkflowNotFoundError } from '@temporalio/client';
-import { bundleWorkflowCode, DefaultLogger } from '@temporalio/worker';
 import Redis from 'ioredis';
-import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { resultKey } from '../../src/contract/redis-keys';
 import { loadConfig, PROJECT_ROOT } from '../../src/config';
-import { extraArgsPolicyFor } from '../../src/contract/extra-args';
 import { traversalWorkflowId, type TraversalResult } from '../../src/contract/messages';
 import { AgentSimulator } from '../../sim/agent-sim';
 import { ApkOrigin } from '../../sim/origin';
 import { SIM_EXTRA_ARGS } from '../../sim/traversal-sim-args';
-import { TaskBridge } from '../../src/starter/task-bridge';
-import { UrlPolicy } from '../../src/net/url-policy';
+import { createStarter } from '../../src/starter/create';
 import { mdTable, median, MiB, parseOptions, percentile, round, say, type ScenarioRun } from '../lib/report';
-import { Scope } from '../lib/scope';
-import { startBenchRedis, startTemporal } from '../lib/services';
+import { Scope } from '../../dev/scope';
+import { currentBundleFile } from '../../dev/bundle';
+import { APK_DIR, startLocalRedis, startSourceProcess, startTemporal } from '../../dev/services';
 
 const DEVICES = ['chaos-1', 'chaos-2', 'chaos-3', 'chaos-4', 'chaos-5'];
 const APK_COUNT = 3;
@@ -45,14 +42,6 @@ const RESTART_RESUME_TARGET_S = 10;
 /** Log lines of the start-up sweep (src/activities/traversal/attempt-journal.ts) counted in the report. */
 const JOURNAL_FAILED = 'failed the attempt of a dead worker so that it is retried now';
 const JOURNAL_STALE = 'attempt of a dead worker had already ended or was retried elsewhere; nothing to fail';
-
-/** A worker process of the soak. */
-interface WorkerProc {
-  pid: number;
-  alive(): boolean;
-  kill(): Promise<void>;
-  stop(): Promise<void>;
-}
 
 /** One kill and what it interrupted. */
 interface Kill {
@@ -74,52 +63,6 @@ function random(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
-}
-
-function spawnWorker(env: Record<string, string>, logFile: string): Promise<WorkerProc> {
-  const clean: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env))
-    if (!/^(TEMPORAL_|REDIS_URL$|TASK_QUEUE$|DT_)/.test(k)) clean[k] = v;
-  const fd = openSync(logFile, 'a');
-  const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', 'src/worker.ts'], {
-    cwd: PROJECT_ROOT,
-    env: { ...clean, ...env },
-    stdio: ['ignore', fd, fd],
-  });
-  closeSync(fd);
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const alive = () => child.exitCode === null && child.signalCode === null;
-  const proc: WorkerProc = {
-    pid: child.pid!,
-    alive,
-    async kill() {
-      if (alive()) child.kill('SIGKILL');
-      await exited;
-    },
-    async stop() {
-      if (!alive()) return;
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      await exited;
-      clearTimeout(t);
-    },
-  };
-  // Ready once it logged "worker started" (it polls right after).
-  return new Promise((resolve, reject) => {
-    const deadline = Date.now() + 90_000;
-    const poll = setInterval(() => {
-      const started = readFileSync(logFile, 'utf8')
-        .split('\n')
-        .some((line) => line.includes('"msg":"worker started"') && line.includes(`"pid":${proc.pid},`));
-      if (started) {
-        clearInterval(poll);
-        resolve(proc);
-      } else if (!alive() || Date.now() > deadline) {
-        clearInterval(poll);
-        reject(new Error(`worker ${proc.pid} did not start; see ${logFile}`));
-      }
-    }, 100);
-  });
 }
 
 /** Live jar processes per device, recognised by the marker variable the runner sets. */
@@ -158,10 +101,10 @@ export const run: ScenarioRun = async ({ args }) => {
   const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'chaos');
   rmSync(workDir, { recursive: true, force: true });
   mkdirSync(workDir, { recursive: true });
-  const scope = new Scope('chaos');
+  const scope = new Scope('chaos', say);
   try {
     const temporal = await startTemporal(scope, workDir);
-    const redisLocal = await startBenchRedis(scope, path.join(workDir, 'redis'));
+    const redisLocal = await startLocalRedis(scope, path.join(workDir, 'redis'));
     const redis = new Redis(redisLocal.url, { maxRetriesPerRequest: null });
     const blocking = new Redis(redisLocal.url, { maxRetriesPerRequest: null });
     scope.add('redis clients', () => {
@@ -169,7 +112,7 @@ export const run: ScenarioRun = async ({ args }) => {
       blocking.disconnect();
     });
 
-    const origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
+    const origin = new ApkOrigin({ dir: APK_DIR });
     // Downloads last about a second, so some kills land in one.
     origin.throttleBytesPerSec = apkSize;
     const apks = [];
@@ -181,12 +124,7 @@ export const run: ScenarioRun = async ({ args }) => {
     scope.add('agent simulator', () => agent.close());
 
     say('chaos: bundling the workflow code of the current source');
-    const { code } = await bundleWorkflowCode({
-      workflowsPath: require.resolve('../../src/workflows'),
-      logger: new DefaultLogger('WARN'),
-    });
-    const bundleFile = path.join(workDir, 'workflow-bundle.js');
-    writeFileSync(bundleFile, code);
+    const bundleFile = await currentBundleFile();
     const taskQueue = 'chaos';
     const workerEnv = {
       TEMPORAL_ADDRESS: temporal.address,
@@ -206,20 +144,18 @@ export const run: ScenarioRun = async ({ args }) => {
       DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
     };
     const logFile = path.join(workDir, 'worker.log');
-    let worker = await spawnWorker(workerEnv, logFile);
+    const startWorker = () => startSourceProcess('worker', workerEnv, { logFile, graceMs: 15_000 });
+    let worker = await startWorker();
     scope.add('worker', () => worker.stop());
 
-    const bridge = new TaskBridge({
+    const bridge = createStarter({
+      // Every kill interrupts all running traversals, so one may be hit several times.
+      config: loadConfig({ ...workerEnv, DT_STARTER_ID: 'chaos', DT_MAX_ATTEMPTS: '10', DT_MEASURE_LAUNCH: 'false' }),
+      client: temporal.client,
       redis,
       blocking,
-      client: temporal.client,
-      taskQueue,
-      starterId: 'chaos',
       agents: { agentFor: () => agentUrl },
-      urlPolicy: new UrlPolicy('127.0.0.1'),
-      extraArgs: extraArgsPolicyFor(loadConfig({ DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS })),
-      // Every kill interrupts all running traversals, so one may be hit several times.
-      policy: { heartbeatTimeoutMs: heartbeatSec * 1000, maxAttempts: 10, initialRetryMs: 500, measureLaunch: false },
+      policy: { initialRetryMs: 500 },
     }).start();
     scope.add('starter bridge', () => bridge.stop());
 
@@ -281,7 +217,7 @@ export const run: ScenarioRun = async ({ args }) => {
       const at = Date.now();
       await worker.kill();
       say(`chaos: kill ${kills.length + 1} of worker ${worker.pid} with ${running.length} traversals running`);
-      worker = await spawnWorker(workerEnv, logFile);
+      worker = await startWorker();
       kills.push(await watchResume(temporal.client, running, at, redis));
     }
     clearInterval(sampler);

@@ -12,18 +12,18 @@ import { request } from 'undici';
 import { PROJECT_ROOT } from '../../src/config';
 import type { TraversalResult } from '../../src/contract/messages';
 import { ApkOrigin, type ApkInfo } from '../../sim/origin';
-import { mdTable, MiB, parseOptions, round, say, sizeLabel, type ScenarioRun } from '../lib/report';
-import { keepOrRemove, Scope } from '../lib/scope';
+import { keepOrRemove, mdTable, MiB, parseOptions, round, say, sizeLabel, type ScenarioRun } from '../lib/report';
+import { Scope } from '../../dev/scope';
 import {
   APK_DIR,
   requireBuild,
   startAgentSim,
-  startBenchRedis,
+  startLocalRedis,
   startTemporal,
   startWorkerProc,
   redisClient,
   type WorkerProc,
-} from '../lib/services';
+} from '../../dev/services';
 import { enqueue, waitResults } from '../lib/traffic';
 
 const DEVICES = 20;
@@ -44,7 +44,7 @@ interface Part {
 
 /** Runs the dedupe scenario. */
 export const run: ScenarioRun = async ({ args }) => {
-  requireBuild();
+  requireBuild(say);
   const o = parseOptions(args);
   const quick = o.has('quick');
   const size1 = o.num('size-mib', quick ? 50 : 200) * MiB;
@@ -52,12 +52,12 @@ export const run: ScenarioRun = async ({ args }) => {
   const downloadSec = o.num('download-sec', 4);
   const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'dedupe');
   rmSync(workDir, { recursive: true, force: true });
-  const scope = new Scope('dedupe');
+  const scope = new Scope('dedupe', say);
   let finished = false;
   const parts: Part[] = [];
   try {
     const temporal = await startTemporal(scope, workDir);
-    const redisLocal = await startBenchRedis(scope, path.join(workDir, 'redis'));
+    const redisLocal = await startLocalRedis(scope, path.join(workDir, 'redis'));
     const redis = redisClient(scope, redisLocal.url);
     const origin = new ApkOrigin({ dir: APK_DIR });
     const one = await origin.addApk(`bench-dedupe-${size1 / MiB}m.apk`, size1);

@@ -12,9 +12,9 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { PROJECT_ROOT } from '../../src/config';
 import { ApkOrigin } from '../../sim/origin';
-import { mdTable, median, MiB, parseOptions, round, say, sizeLabel, type ScenarioRun } from '../lib/report';
-import { keepOrRemove, Scope } from '../lib/scope';
-import { APK_DIR } from '../lib/services';
+import { keepOrRemove, mdTable, median, MiB, parseOptions, round, say, sizeLabel, type ScenarioRun } from '../lib/report';
+import { Scope } from '../../dev/scope';
+import { APK_DIR } from '../../dev/services';
 
 const run$ = promisify(execFile);
 
@@ -36,7 +36,7 @@ export const run: ScenarioRun = async ({ args }) => {
   const curl = ensureCurl();
   const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'download');
   rmSync(workDir, { recursive: true, force: true });
-  const scope = new Scope('download');
+  const scope = new Scope('download', say);
   let finished = false;
   const times = new Map<string, number[]>();
   let modes: Mode[] = [];

@@ -13,27 +13,27 @@ import { temporal as proto } from '@temporalio/proto';
 import { deviceWorkflowId, traversalWorkflowId, type TraversalRequest } from '../../src/contract/messages';
 import { ApkOrigin } from '../../sim/origin';
 import { PROJECT_ROOT } from '../../src/config';
-import { mdTable, MiB, parseOptions, round, say, type ScenarioRun } from '../lib/report';
-import { keepOrRemove, Scope } from '../lib/scope';
-import { APK_DIR, redisClient, requireBuild, startAgentSim, startBenchRedis, startTemporal, startWorkerProc } from '../lib/services';
+import { keepOrRemove, mdTable, MiB, parseOptions, round, say, type ScenarioRun } from '../lib/report';
+import { Scope } from '../../dev/scope';
+import { APK_DIR, redisClient, requireBuild, startAgentSim, startLocalRedis, startTemporal, startWorkerProc } from '../../dev/services';
 import { enqueue, waitResults } from '../lib/traffic';
 
 const EventType = proto.api.enums.v1.EventType;
 
 /** Runs the history scenario. */
 export const run: ScenarioRun = async ({ args }) => {
-  requireBuild();
+  requireBuild(say);
   const o = parseOptions(args);
   const quick = o.has('quick');
   const durations = o.list('durations', quick ? [15, 60] : [15, 60, 240]);
   const deviceTasks = o.num('device-tasks', quick ? 200 : 1000);
   const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'history');
   rmSync(workDir, { recursive: true, force: true });
-  const scope = new Scope('history');
+  const scope = new Scope('history', say);
   let finished = false;
   try {
     const temporal = await startTemporal(scope, workDir);
-    const redisLocal = await startBenchRedis(scope, path.join(workDir, 'redis'));
+    const redisLocal = await startLocalRedis(scope, path.join(workDir, 'redis'));
     const redis = redisClient(scope, redisLocal.url);
     const origin = new ApkOrigin({ dir: APK_DIR });
     const apk = await origin.addApk('bench-history.apk', 2 * MiB);

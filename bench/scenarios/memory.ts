@@ -23,31 +23,19 @@ import { ApkOrigin, type ApkInfo } from '../../sim/origin';
 import { lineChart, type Series } from '../lib/chart';
 import { TreeSampler, type TreeMemory } from '../lib/procs';
 import { ensureOldServicePython } from '../lib/python';
-import {
-  GiB,
-  mdTable,
-  median,
-  MiB,
-  parseOptions,
-  round,
-  say,
-  sizeLabel,
-  sleep,
-  toMiB,
-  type ScenarioRun,
-} from '../lib/report';
-import { keepOrRemove, Scope } from '../lib/scope';
+import { GiB, keepOrRemove, mdTable, median, MiB, parseOptions, round, say, sizeLabel, sleep, toMiB, type ScenarioRun } from '../lib/report';
+import { spawnLogged } from '../../dev/process';
+import { Scope } from '../../dev/scope';
 import {
   APK_DIR,
   requireBuild,
-  spawnLogged,
   startAgentSim,
-  startBenchRedis,
+  startLocalRedis,
   startTemporal,
   startWorkerProc,
   redisClient,
-  type BenchTemporal,
-} from '../lib/services';
+  type LocalTemporal,
+} from '../../dev/services';
 import { enqueue, waitResults } from '../lib/traffic';
 
 /** The container the old service was OOMKilled in (docker -m 500m), bytes. */
@@ -172,18 +160,18 @@ function settings(args: string[]): Settings {
 
 /** Runs the memory scenario. */
 export const run: ScenarioRun = async ({ args, resultsDir }) => {
-  requireBuild();
+  requireBuild(say);
   const s = settings(args);
   const python = s.old && !s.tuning ? ensureOldServicePython() : '';
   const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'memory');
   rmSync(workDir, { recursive: true, force: true });
-  const scope = new Scope('memory');
+  const scope = new Scope('memory', say);
   let finished = false;
   const cells: Cell[] = [];
   const stamp = Date.now().toString(36);
   try {
     const temporal = await startTemporal(scope, workDir);
-    const redisLocal = await startBenchRedis(scope, path.join(workDir, 'redis'));
+    const redisLocal = await startLocalRedis(scope, path.join(workDir, 'redis'));
     const redis = redisClient(scope, redisLocal.url);
     const origin = new ApkOrigin({ dir: APK_DIR });
     await origin.start();
@@ -283,7 +271,7 @@ export const run: ScenarioRun = async ({ args, resultsDir }) => {
 let cellCounter = 0;
 
 interface CellContext {
-  temporal: BenchTemporal;
+  temporal: LocalTemporal;
   redis: Redis;
   redisUrl: string;
   origin: ApkOrigin;
@@ -324,7 +312,7 @@ async function newCell(ctx: CellContext, n: number, config: WorkerConfig): Promi
   const cellDir = path.join(ctx.workDir, cellId);
   const devices = Array.from({ length: n }, (_, i) => `${cellId}-d${i + 1}`);
   const warmDevice = `${cellId}-warm`;
-  const scope = new Scope(`memory ${cellId}`);
+  const scope = new Scope(`memory ${cellId}`, say);
   let clean = false;
   const base: Cell = { approach: 'new', config: config.label, devices: n, sizeBytes: size, status: 'failed' };
   say(`memory: new approach, ${n} devices × ${sizeLabel(size)}, worker ${config.label}…`);
@@ -429,14 +417,13 @@ async function oldCell(ctx: CellContext, python: string, n: number): Promise<Cel
   const cellId = `o${n}x${size / MiB}-${ctx.stamp}-${++cellCounter}`;
   const cellDir = path.join(ctx.workDir, cellId);
   const devices = Array.from({ length: n }, (_, i) => `${cellId}-d${i + 1}`);
-  const scope = new Scope(`memory ${cellId}`);
+  const scope = new Scope(`memory ${cellId}`, say);
   let clean = false;
   const base: Cell = { approach: 'old', devices: n, sizeBytes: size, status: 'failed' };
   say(`memory: old approach (Python), ${n} devices × ${sizeLabel(size)}…`);
   try {
     const agent = await startAgentSim(scope, { devices, logFile: path.join(cellDir, 'agent.log') });
     const proc = spawnLogged(
-      scope,
       'old service',
       python,
       [
@@ -452,7 +439,7 @@ async function oldCell(ctx: CellContext, python: string, n: number): Promise<Cel
         '--sha256',
         ctx.apk.sha256,
       ],
-      { logFile: path.join(cellDir, 'old.log'), stdin: 'pipe', stdout: 'pipe' },
+      { logFile: path.join(cellDir, 'old.log'), stdin: 'pipe', stdout: 'pipe', scope, graceMs: 15_000 },
     );
     const lines = readline.createInterface({ input: proc.child.stdout! });
     const next = lineReader(lines);

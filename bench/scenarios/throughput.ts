@@ -15,34 +15,25 @@ import { tsToMs } from '@temporalio/common/lib/time';
 import Redis from 'ioredis';
 import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { PROJECT_ROOT } from '../../src/config';
+import { loadConfig, PROJECT_ROOT } from '../../src/config';
 import { deviceWorkflowId, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../../src/contract/messages';
 import { ApkOrigin, type ApkInfo } from '../../sim/origin';
-import { TaskBridge } from '../../src/starter/task-bridge';
+import { createStarter } from '../../src/starter/create';
+import type { TaskBridge } from '../../src/starter/task-bridge';
 import { parseTask } from '../../src/starter/task';
-import {
-  mdTable,
-  mean,
-  median,
-  MiB,
-  parseOptions,
-  percentile,
-  round,
-  say,
-  sleep,
-  type ScenarioRun,
-} from '../lib/report';
-import { keepOrRemove, Scope } from '../lib/scope';
+import { keepOrRemove, mdTable, mean, median, MiB, parseOptions, percentile, round, say, sleep, type ScenarioRun } from '../lib/report';
+import { Scope } from '../../dev/scope';
+import { waitFor } from '../../dev/wait';
 import {
   APK_DIR,
   requireBuild,
   startAgentSim,
-  startBenchRedis,
+  startLocalRedis,
   startTemporal,
   startWorkerProc,
   redisClient,
-  type BenchTemporal,
-} from '../lib/services';
+  type LocalTemporal,
+} from '../../dev/services';
 import { enqueue, finishedCount, waitResults } from '../lib/traffic';
 
 interface StartRound {
@@ -82,7 +73,7 @@ interface E2E {
 
 /** Runs the throughput scenario. */
 export const run: ScenarioRun = async ({ args }) => {
-  requireBuild();
+  requireBuild(say);
   const o = parseOptions(args);
   const quick = o.has('quick');
   const K = o.num('tasks', quick ? 200 : 1000);
@@ -93,14 +84,14 @@ export const run: ScenarioRun = async ({ args }) => {
   const parts = new Set(o.str('parts', o.has('no-bare-command') ? 'start,jar' : 'start,jar,noop,serial').split(','));
   const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'throughput');
   rmSync(workDir, { recursive: true, force: true });
-  const scope = new Scope('throughput');
+  const scope = new Scope('throughput', say);
   let finished = false;
   const starts: StartRound[] = [];
   const e2e: E2E[] = [];
   let breakdown: BridgeCosts | undefined;
   try {
     const temporal = await startTemporal(scope, workDir);
-    const redisLocal = await startBenchRedis(scope, path.join(workDir, 'redis'));
+    const redisLocal = await startLocalRedis(scope, path.join(workDir, 'redis'));
     const redis = redisClient(scope, redisLocal.url);
     const blocking = redisClient(scope, redisLocal.url);
     const origin = new ApkOrigin({ dir: APK_DIR });
@@ -147,7 +138,7 @@ export const run: ScenarioRun = async ({ args }) => {
       );
       t0 = performance.now();
       const bridge = bridgeFor(redis, blocking, temporal.client, 'bench-start', keyPrefix, policy, noAgent).start();
-      await waitFor(() => bridge.stats.started + bridge.stats.dead >= K, 600_000, 'the bridge to start every task');
+      await waitFor(() => bridge.stats.started + bridge.stats.dead >= K, 600_000, 'the bridge to start every task', 20);
       s = (performance.now() - t0) / 1000;
       await bridge.stop();
       if (bridge.stats.dead)
@@ -165,7 +156,7 @@ export const run: ScenarioRun = async ({ args }) => {
       );
       t0 = performance.now();
       const serial = bridgeFor(redis, blocking, temporal.client, 'bench-start', serialPrefix, policy, noAgent, 'bench', 1).start();
-      await waitFor(() => serial.stats.started + serial.stats.dead >= K, 600_000, 'the serial bridge to start every task');
+      await waitFor(() => serial.stats.started + serial.stats.dead >= K, 600_000, 'the serial bridge to start every task', 20);
       s = (performance.now() - t0) / 1000;
       await serial.stop();
       starts.push({ kind: 'TaskBridge, 1 in flight', round: r, tasks: K, seconds: s, perSec: K / s });
@@ -185,7 +176,7 @@ export const run: ScenarioRun = async ({ args }) => {
         bridgeFor(redis, blocking2, temporal.client, 'bench-start', pairPrefix, policy, noAgent, 'bench-b').start(),
       ];
       const total = () => bridges.reduce((n, b) => n + b.stats.started + b.stats.dead, 0);
-      await waitFor(() => total() >= K, 600_000, 'two bridges to start every task');
+      await waitFor(() => total() >= K, 600_000, 'two bridges to start every task', 20);
       s = (performance.now() - t0) / 1000;
       await Promise.all(bridges.map((b) => b.stop()));
       starts.push({ kind: 'TaskBridge × 2', round: r, tasks: K, seconds: s, perSec: K / s });
@@ -265,6 +256,10 @@ async function bridgeCosts(redis: Redis, raw: string, agentUrl: string): Promise
   return { redisRoundTrips: rtt, parseTask: parse };
 }
 
+/**
+ * A starter's bridge as `npm run starter` builds it (URL policy and extra-args allow-list
+ * included), on its own key prefix; `policy` is the run policy the bare loop sends too.
+ */
 function bridgeFor(
   redis: Redis,
   blocking: Redis,
@@ -276,17 +271,19 @@ function bridgeFor(
   starterId = 'bench',
   concurrency?: number,
 ): TaskBridge {
-  return new TaskBridge({
+  const config = loadConfig(
+    { DT_ALLOWED_HOSTS: '127.0.0.1' },
+    { taskQueue, starterId, ...(concurrency ? { starterConcurrency: concurrency } : {}) },
+  );
+  return createStarter({
+    config,
+    client,
     redis,
     blocking,
-    client,
-    taskQueue,
-    starterId,
     agents: { agentFor: () => agentUrl },
     keyPrefix,
     policy,
     blockTimeoutSec: 0.2,
-    ...(concurrency ? { concurrency } : {}),
   });
 }
 
@@ -294,16 +291,8 @@ async function pushTasks(redis: Redis, key: string, items: string[]): Promise<vo
   for (let i = 0; i < items.length; i += 500) await redis.lpush(key, ...items.slice(i, i + 500));
 }
 
-async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
 interface E2EContext {
-  temporal: BenchTemporal;
+  temporal: LocalTemporal;
   redis: Redis;
   blocking: Redis;
   redisUrl: string;
@@ -320,7 +309,7 @@ interface E2EContext {
 }
 
 async function endToEnd(parent: Scope, c: E2EContext): Promise<E2E> {
-  const scope = new Scope(`throughput ${c.tag}`);
+  const scope = new Scope(`throughput ${c.tag}`, say);
   try {
     const deviceIds = Array.from({ length: c.devices }, (_, i) => `${c.tag}-d${i + 1}`);
     const agent = await startAgentSim(scope, {

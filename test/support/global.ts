@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
-import { startDevServer, type DevServer } from '../../dev/temporal-dev';
+import { onFreePorts, startDevServer, type DevServer } from '../../dev/temporal-dev';
 import { startRedis, type LocalRedis } from '../../dev/redis-local';
 import { freePort } from '../../src/net/ports';
 
@@ -20,17 +20,12 @@ let dir: string | undefined;
 
 export async function mochaGlobalSetup(): Promise<void> {
   dir = mkdtempSync(path.join(os.tmpdir(), 'dt-test-'));
-  const [tport, rport] = [await freePort(), await freePort()];
+  const rport = await freePort();
   const t0 = Date.now();
   [temporal, redis] = await Promise.all([
     process.env.TEST_TEMPORAL_ADDRESS
       ? Promise.resolve(undefined)
-      : startDevServer({
-          port: tport,
-          uiPort: 0,
-          logFile: path.join(dir, 'temporal.log'),
-          extraArgs: ['--http-port', String(await freePort()), '--metrics-port', String(await freePort())],
-        }),
+      : startDevServer(await onFreePorts(path.join(dir, 'temporal.log'))),
     process.env.TEST_REDIS_URL ? Promise.resolve(undefined) : startRedis({ port: rport, dir: path.join(dir, 'redis') }),
   ]);
   if (temporal) process.env.TEST_TEMPORAL_ADDRESS = temporal.address;

@@ -8,7 +8,7 @@ import type { Client } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
 import type { TraversalRequest } from '../../src/contract/messages';
-import { waitFor } from './wait';
+import { waitFor } from '../../dev/wait';
 
 type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
 

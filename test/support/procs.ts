@@ -1,148 +1,31 @@
 /**
  * Real processes for the fault-injection suites: workers and starters spawned from the current
- * source, killed with real signals; a TCP proxy that can black-hole a connection; helpers to find
- * traversal processes on this machine and to read JSON-lines logs.
+ * source with the suites' settings (dev/services.ts spawns them), killed with real signals; a TCP
+ * proxy that can black-hole a connection; what Temporal says about pending activities.
  */
 import type { WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { journalDir, type JournalFile } from '../../src/activities/traversal/attempt-journal';
-import { PROJECT_ROOT } from '../../src/config';
-import { freePort } from '../../src/net/ports';
-import type { DevServerOptions } from '../../dev/temporal-dev';
+import { onFreePorts, type DevServerOptions } from '../../dev/temporal-dev';
 import { SIM_EXTRA_ARGS } from '../../sim/traversal-sim-args';
 import { TRAVERSAL_PHASE } from '../../src/contract/search-attributes';
-import { workflowBundle } from './stack';
-import { traversalPids, waitFor } from './wait';
+import { currentBundleFile } from '../../dev/bundle';
+import type { LoggedProcess } from '../../dev/process';
+import { startSourceProcess } from '../../dev/services';
+import { traversalPids, waitFor } from '../../dev/wait';
 
-/** A spawned Node process whose output goes to a log file (kept when it is killed). */
-export interface Proc {
-  name: string;
-  pid: number;
-  child: ChildProcess;
-  logFile: string;
-  /** Settles when the process has exited. */
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  /** True until the process has exited. */
-  alive(): boolean;
-  /** Sends a signal (SIGKILL by default) and waits for the exit. */
-  kill(signal?: NodeJS.Signals): Promise<void>;
-  /** Graceful stop: TERM, then KILL after `graceMs`; safe to call twice. */
-  stop(graceMs?: number): Promise<void>;
-  /** JSON log lines written so far (non-JSON lines are skipped). */
-  logs(): Record<string, unknown>[];
-  /** Waits for a log line whose `msg` matches and whose fields include `fields`. */
-  waitForLog(
-    msg: string | RegExp,
-    timeoutMs?: number,
-    fields?: Record<string, unknown>,
-  ): Promise<Record<string, unknown>>;
-}
+/** A spawned worker or starter, its output in a log file of the suite (kept when it is killed). */
+export type Proc = LoggedProcess;
 
-let bundlePath: Promise<string> | undefined;
-
-/**
- * The workflow bundle of the current source, written to a file once per test run. Spawned workers
- * load it through DT_WORKFLOW_BUNDLE instead of each bundling the source again (seconds of CPU
- * per start on a small CI machine); lib/workflow-bundle.js is not used, as it may be stale.
- */
-export function currentBundleFile(): Promise<string> {
-  bundlePath ??= (async () => {
-    const { code } = await workflowBundle();
-    const file = path.join(os.tmpdir(), `dt-faults-bundle-${process.pid}.js`);
-    writeFileSync(file, code);
-    process.once('exit', () => rmSync(file, { force: true }));
-    return file;
-  })();
-  return bundlePath;
-}
-
-/** The environment of a child: this process's, minus every service variable, plus `env`. */
-function childEnv(env: Record<string, string>): NodeJS.ProcessEnv {
-  const out: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!/^(TEMPORAL_|REDIS_URL$|TASK_QUEUE$|DT_)/.test(k)) out[k] = v;
-  }
-  return { ...out, ...env };
-}
-
-/** Spawns `node -r ts-node/register/transpile-only <script>` from the project root. */
-export function spawnNode(name: string, script: string, env: Record<string, string>, logDir: string): Proc {
+/** A log file of `logDir` no earlier process of the suite used: `<name>-<n>.log`. */
+function nextLogFile(logDir: string, name: string): string {
   mkdirSync(logDir, { recursive: true });
   let n = 1;
   while (existsSync(path.join(logDir, `${name}-${n}.log`))) n++;
-  const logFile = path.join(logDir, `${name}-${n}.log`);
-  const fd = openSync(logFile, 'a');
-  const child = spawn(process.execPath, ['-r', 'ts-node/register/transpile-only', script], {
-    cwd: PROJECT_ROOT,
-    env: childEnv(env),
-    stdio: ['ignore', fd, fd],
-  });
-  closeSync(fd);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
-  const alive = () => child.exitCode === null && child.signalCode === null;
-  const logs = () => {
-    const text = existsSync(logFile) ? readFileSync(logFile, 'utf8') : '';
-    const out: Record<string, unknown>[] = [];
-    for (const line of text.split('\n')) {
-      if (!line.startsWith('{')) continue;
-      try {
-        out.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        // a line cut by a kill
-      }
-    }
-    return out;
-  };
-  const proc: Proc = {
-    name,
-    pid: child.pid!,
-    child,
-    logFile,
-    exited,
-    alive,
-    logs,
-    async kill(signal = 'SIGKILL') {
-      if (!alive()) return;
-      child.kill(signal);
-      await exited;
-    },
-    async stop(graceMs = 10_000) {
-      if (!alive()) return;
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
-      await exited;
-      clearTimeout(t);
-    },
-    async waitForLog(msg, timeoutMs = 60_000, fields = {}) {
-      const deadline = Date.now() + timeoutMs;
-      const matches = (e: Record<string, unknown>) =>
-        (typeof msg === 'string' ? e.msg === msg : msg.test(String(e.msg))) &&
-        Object.entries(fields).every(([k, v]) => e[k] === v);
-      for (;;) {
-        const hit = logs().find(matches);
-        if (hit) return hit;
-        if (!alive())
-          throw new Error(`${name} exited before logging ${String(msg)}; see ${logFile}:\n${tail(logFile)}`);
-        if (Date.now() > deadline)
-          throw new Error(
-            `${name} did not log ${String(msg)} within ${timeoutMs} ms; see ${logFile}:\n${tail(logFile)}`,
-          );
-        await sleep(100);
-      }
-    },
-  };
-  return proc;
-}
-
-function tail(file: string): string {
-  return existsSync(file) ? readFileSync(file, 'utf8').split('\n').slice(-15).join('\n') : '';
+  return path.join(logDir, `${name}-${n}.log`);
 }
 
 /** Settings shared by spawned workers and starters. */
@@ -158,60 +41,41 @@ export interface ServiceEnv {
   env?: Record<string, string>;
 }
 
+/** The variables a spawned worker and starter share: where the services are, and the suites' defaults. */
+function sharedEnv(s: ServiceEnv): Record<string, string> {
+  return {
+    TEMPORAL_ADDRESS: s.temporalAddress ?? process.env.TEST_TEMPORAL_ADDRESS!,
+    TEMPORAL_NAMESPACE: 'default',
+    REDIS_URL: s.redisUrl ?? process.env.TEST_REDIS_URL!,
+    TASK_QUEUE: s.taskQueue,
+    DT_REDIS_KEY_PREFIX: s.redisKeyPrefix,
+    // Unscoped workflow ids, as the tests name them (test/deployments.e2e.test.ts covers named ones).
+    DT_DEPLOYMENT: 'none',
+    DT_LOG_LEVEL: 'info',
+    // Every test server listens on loopback, which the URL policy refuses unless allow-listed.
+    DT_ALLOWED_HOSTS: '127.0.0.1',
+    DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
+  };
+}
+
 /** Starts `src/worker.ts` as a process and waits until it polls. */
 export async function spawnWorker(s: ServiceEnv & { dataDir: string }): Promise<Proc> {
-  const proc = spawnNode(
-    'worker',
-    'src/worker.ts',
-    {
-      TEMPORAL_ADDRESS: s.temporalAddress ?? process.env.TEST_TEMPORAL_ADDRESS!,
-      TEMPORAL_NAMESPACE: 'default',
-      REDIS_URL: s.redisUrl ?? process.env.TEST_REDIS_URL!,
-      TASK_QUEUE: s.taskQueue,
-      DT_REDIS_KEY_PREFIX: s.redisKeyPrefix,
-      // Unscoped workflow ids, as the tests name them (test/deployments.e2e.test.ts covers named ones).
-      DT_DEPLOYMENT: 'none',
-      DT_DATA_DIR: s.dataDir,
-      DT_ARTIFACT_PORT: '0',
-      DT_WORKFLOW_BUNDLE: await currentBundleFile(),
-      DT_KILL_GRACE: '2s',
-      DT_CONTROL_POLL_INTERVAL: '500ms',
-      DT_LOG_LEVEL: 'info',
-      // Every test server listens on loopback, which the URL policy refuses unless allow-listed.
-      DT_ALLOWED_HOSTS: '127.0.0.1',
-      DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
-      ...s.env,
-    },
-    s.logDir,
-  );
-  await proc.waitForLog('worker started', 90_000);
-  return proc;
+  const env = {
+    ...sharedEnv(s),
+    DT_DATA_DIR: s.dataDir,
+    DT_ARTIFACT_PORT: '0',
+    DT_WORKFLOW_BUNDLE: await currentBundleFile(),
+    DT_KILL_GRACE: '2s',
+    DT_CONTROL_POLL_INTERVAL: '500ms',
+    ...s.env,
+  };
+  return startSourceProcess('worker', env, { logFile: nextLogFile(s.logDir, 'worker') });
 }
 
 /** Starts `src/starter.ts` as a process and waits until it consumes. */
-export async function spawnStarter(s: ServiceEnv & { starterId: string }): Promise<Proc> {
-  const proc = spawnNode(
-    'starter',
-    'src/starter.ts',
-    {
-      TEMPORAL_ADDRESS: s.temporalAddress ?? process.env.TEST_TEMPORAL_ADDRESS!,
-      TEMPORAL_NAMESPACE: 'default',
-      REDIS_URL: s.redisUrl ?? process.env.TEST_REDIS_URL!,
-      TASK_QUEUE: s.taskQueue,
-      DT_REDIS_KEY_PREFIX: s.redisKeyPrefix,
-      // Unscoped workflow ids, as the tests name them (test/deployments.e2e.test.ts covers named ones).
-      DT_DEPLOYMENT: 'none',
-      DT_STARTER_ID: s.starterId,
-      DT_PROGRESS: 'off',
-      DT_LOG_LEVEL: 'info',
-      DT_ALLOWED_HOSTS: '127.0.0.1',
-      DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
-      ...s.env,
-    },
-    s.logDir,
-  );
-  await proc.waitForLog('starter consuming', 90_000);
-  return proc;
+export function spawnStarter(s: ServiceEnv & { starterId: string }): Promise<Proc> {
+  const env = { ...sharedEnv(s), DT_STARTER_ID: s.starterId, DT_PROGRESS: 'off', ...s.env };
+  return startSourceProcess('starter', env, { logFile: nextLogFile(s.logDir, 'starter') });
 }
 
 /**
@@ -272,7 +136,7 @@ export class TcpProxy {
 }
 
 /** Pids of live traversal processes of a device (shared with the other end-to-end suites). */
-export { traversalPids } from './wait';
+export { traversalPids } from '../../dev/wait';
 
 /** True while a pid exists and is not a zombie. */
 export function pidAlive(pid: number): boolean {
@@ -284,7 +148,7 @@ export function pidAlive(pid: number): boolean {
 }
 
 /** The shared polling helper (a throwing predicate counts as "not yet"). */
-export { waitFor } from './wait';
+export { waitFor } from '../../dev/wait';
 
 /** Resolves after `ms`. */
 export function sleep(ms: number): Promise<void> {
@@ -350,14 +214,8 @@ export function timeoutTypeName(t: temporal.api.enums.v1.TimeoutType | null | un
  * Options for a dev server of a test's own, on fixed free ports and a database file in `dir`: started
  * again with the same options after a kill, it comes back at the same address with what it held.
  */
-export async function devServerOnFile(dir: string, logDir: string): Promise<DevServerOptions> {
-  return {
-    port: await freePort(),
-    uiPort: 0,
-    dbFile: path.join(dir, 'temporal.db'),
-    logFile: path.join(logDir, 'temporal.log'),
-    extraArgs: ['--http-port', String(await freePort()), '--metrics-port', String(await freePort())],
-  };
+export function devServerOnFile(dir: string, logDir: string): Promise<DevServerOptions> {
+  return onFreePorts(path.join(logDir, 'temporal.log'), { dbFile: path.join(dir, 'temporal.db') });
 }
 
 /**

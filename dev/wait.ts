@@ -1,18 +1,19 @@
-/** Small polling helpers shared by the end-to-end tests. */
+/** Polling helpers of the harness: a condition, a published result, a device's traversal processes. */
 import type Redis from 'ioredis';
 import { readdirSync, readFileSync } from 'node:fs';
-import { resultKey } from '../../src/contract/redis-keys';
-import type { TraversalResult } from '../../src/contract/messages';
+import { resultKey } from '../src/contract/redis-keys';
+import type { TraversalResult } from '../src/contract/messages';
 
 /**
- * Polls `fn` every 100 ms until it returns something truthy and returns that; throws naming `what`
- * after the timeout. A throwing `fn` counts as "not yet" (a query before a worker runs, a server
+ * Polls `fn` every `intervalMs` (100 ms) until it returns something truthy and returns that; throws
+ * naming `what` after the timeout. A throwing `fn` counts as "not yet" (a query before a worker runs, a server
  * restarting); the last error is quoted in the timeout message.
  */
 export async function waitFor<T>(
   fn: () => T | undefined | false | null | Promise<T | undefined | false | null>,
   timeoutMs = 60_000,
   what = 'condition',
+  intervalMs = 100,
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
@@ -27,7 +28,7 @@ export async function waitFor<T>(
       const cause = lastError ? ` (last error: ${lastError instanceof Error ? lastError.message : String(lastError)})` : '';
       throw new Error(`${what} not met within ${timeoutMs} ms${cause}`);
     }
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
 

@@ -1,29 +1,33 @@
 /**
- * A real local stack for one suite: a worker (in this process) on a unique task queue, an APK origin,
- * a device agent simulator, Redis with a unique key prefix, and optionally a starter bridge.
+ * The local stack in one process, for a test suite or the history recorder: a worker on a unique
+ * task queue, an APK origin, a device agent simulator, Redis with a unique key prefix, and
+ * optionally a starter bridge. Temporal and Redis are servers already running; the mocha global
+ * fixture (test/support/global.ts) announces its own in TEST_TEMPORAL_ADDRESS and TEST_REDIS_URL,
+ * which are the defaults here. The same stack as separate processes is dev/services.ts.
  */
-import { Client, Connection } from '@temporalio/client';
-import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import Redis from 'ioredis';
+import type { Client } from '@temporalio/client';
+import { DefaultLogger, NativeConnection, Runtime, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import type Redis from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { loadConfig, PROJECT_ROOT, type Config } from '../../src/config';
-import { extraArgsPolicyFor } from '../../src/contract/extra-args';
-import type { RunPolicy, TraversalResult } from '../../src/contract/messages';
+import { loadConfig, PROJECT_ROOT, type Config } from '../src/config';
+import type { RunPolicy, TraversalResult } from '../src/contract/messages';
+import { AgentSimulator, type AgentSimOptions } from '../sim/agent-sim';
+import { ApkOrigin, type ApkInfo } from '../sim/origin';
+import { SIM_EXTRA_ARGS } from '../sim/traversal-sim-args';
+import { createStarter } from '../src/starter/create';
+import type { TaskBridge } from '../src/starter/task-bridge';
+import { createTraversalWorker, type TraversalWorker } from '../src/worker/setup';
+import { freePort } from '../src/net/ports';
+import { scrapeSdkMetrics, sdkTelemetryOptions } from '../src/worker/sdk-metrics';
+import { UrlPolicy } from '../src/net/url-policy';
+import { currentWorkflowBundle } from './bundle';
+import { APK_DIR } from './services';
+import { connectClients } from './clients';
 import { waitForResult } from './wait';
-import { AgentSimulator, type AgentSimOptions } from '../../sim/agent-sim';
-import { ApkOrigin, type ApkInfo } from '../../sim/origin';
-import { SIM_EXTRA_ARGS } from '../../sim/traversal-sim-args';
-import { TaskBridge } from '../../src/starter/task-bridge';
-import { createTraversalWorker, type TraversalWorker } from '../../src/worker/setup';
-import type { AgentDirectory } from '../../src/device-registry';
-import { freePort } from '../../src/net/ports';
-import { scrapeSdkMetrics, sdkTelemetryOptions } from '../../src/worker/sdk-metrics';
-import { UrlPolicy } from '../../src/net/url-policy';
 
-let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
 let runtime: Promise<void> | undefined;
 /** Port of the SDK's Prometheus exporter in this test process. */
 export let sdkMetricsPort = 0;
@@ -40,14 +44,13 @@ export function installRuntime(): Promise<void> {
   return runtime;
 }
 
-/** The workflow bundle, built once per test process. */
+/** The workflow bundle of the current source, built once per process, with the runtime installed. */
 export async function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
   await installRuntime();
-  bundle ??= bundleWorkflowCode({ workflowsPath: require.resolve('../../src/workflows'), logger: new DefaultLogger('WARN') });
-  return bundle;
+  return currentWorkflowBundle();
 }
 
-/** Options of a test stack. */
+/** Options of a stack. */
 export interface StackOptions {
   devices: string[];
   apks?: { name: string; size: number }[];
@@ -55,11 +58,11 @@ export interface StackOptions {
   config?: Partial<Config>;
   /** Start a starter bridge too. */
   starter?: boolean;
-  /** Temporal address (default: the global test server). */
+  /** Temporal address (default: TEST_TEMPORAL_ADDRESS, the test run's server). */
   address?: string;
   /** URL policy of the worker and starter (default: config.allowedHosts, which allows 127.0.0.1 here). */
   urlPolicy?: UrlPolicy;
-  /** Redis of the whole stack, worker and starter (default: the global test Redis). */
+  /** Redis of the whole stack, worker and starter (default: TEST_REDIS_URL, the test run's Redis). */
   redisUrl?: string;
   /** Run policy fields the starter puts into every request, over the stack's defaults. */
   policy?: Partial<RunPolicy>;
@@ -87,7 +90,7 @@ export interface Stack {
   stop(): Promise<void>;
 }
 
-/** Starts a stack against the global dev server and Redis. */
+/** Starts a stack against running Temporal and Redis servers. */
 export async function startStack(opts: StackOptions): Promise<Stack> {
   const id = randomUUID().slice(0, 8);
   const prefix = `t${id}:`;
@@ -116,7 +119,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   const redisUrl = opts.redisUrl ?? process.env.TEST_REDIS_URL!;
   const wfBundle = await workflowBundle();
 
-  const origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
+  const origin = new ApkOrigin({ dir: APK_DIR });
   await origin.start();
   const apks: Stack['apks'] = {};
   for (const a of opts.apks ?? []) {
@@ -126,10 +129,10 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   const agent = new AgentSimulator({ devices: opts.devices, coldStartMs: [100, 200], ...opts.agent });
   const agentUrl = await agent.start();
 
-  const redis = new Redis(redisUrl);
-  const connection = await Connection.connect({ address });
-  const client = new Client({ connection });
+  const clients = await connectClients({ address, redisUrl });
+  const { client, redis } = clients;
   const native = await NativeConnection.connect({ address });
+  const urlPolicy = opts.urlPolicy ?? new UrlPolicy(config.allowedHosts);
   const worker = await createTraversalWorker({
     config,
     connection: native,
@@ -138,28 +141,21 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     redis,
     workflowBundle: wfBundle,
     redisKeyPrefix: prefix,
-    urlPolicy: opts.urlPolicy ?? new UrlPolicy(config.allowedHosts),
+    urlPolicy,
     sdkMetrics: () => scrapeSdkMetrics(sdkMetricsPort),
   });
   const running = worker.run();
 
   let bridge: TaskBridge | undefined;
-  let blocking: Redis | undefined;
   if (opts.starter) {
-    blocking = new Redis(redisUrl);
-    const agents: AgentDirectory = { agentFor: () => agentUrl };
-    bridge = new TaskBridge({
-      redis,
-      blocking,
-      client,
-      taskQueue,
-      starterId: `starter-${id}`,
-      agents,
-      urlPolicy: opts.urlPolicy ?? new UrlPolicy(config.allowedHosts),
-      extraArgs: extraArgsPolicyFor(config),
+    bridge = createStarter({
+      // The deployment is the starter's alone here: the stack's worker keeps unscoped ids.
+      config: { ...config, starterId: `starter-${id}`, deployment: opts.deployment ?? '' },
+      ...clients,
+      agents: { agentFor: () => agentUrl },
+      urlPolicy,
       keyPrefix: prefix,
-      deployment: opts.deployment,
-      policy: { heartbeatTimeoutMs: config.heartbeatTimeoutMs, maxAttempts: config.maxAttempts, initialRetryMs: 200, ...opts.policy },
+      policy: { initialRetryMs: 200, ...opts.policy },
     }).start();
   }
 
@@ -187,9 +183,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       worker.shutdown();
       await running.catch(() => undefined);
       await native.close();
-      await connection.close();
-      blocking?.disconnect();
-      redis.disconnect();
+      await clients.close();
       await agent.close();
       await origin.close();
       rmSync(dataDir, { recursive: true, force: true });

@@ -1,40 +1,30 @@
 /**
- * The servers and processes a scenario runs against, each on free 127.0.0.1 ports and each
- * registered with a {@link Scope} that stops it: an in-memory Temporal dev server, redis-server,
- * the agent simulator and workers as separate processes (`node lib/src/worker.js` with the
- * prebuilt workflow bundle, as a production worker runs).
+ * The local stack as separate processes, each on free 127.0.0.1 ports and each registered with a
+ * {@link Scope} that stops it: an in-memory Temporal dev server, redis-server, the agent simulator,
+ * and workers either compiled (`node lib/src/worker.js` with the prebuilt workflow bundle, as a
+ * production worker runs) or from the current source. The in-process stack is dev/stack.ts.
  */
 import { Client, Connection } from '@temporalio/client';
 import Redis from 'ioredis';
-import { spawn, type ChildProcess } from 'node:child_process';
-import {
-  closeSync,
-  createWriteStream,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  statSync,
-} from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { PROJECT_ROOT } from '../../src/config';
-import { freePort, waitForPort } from '../../src/net/ports';
-import { startRedis, type LocalRedis } from '../../dev/redis-local';
-import { startDevServer, type DevServer } from '../../dev/temporal-dev';
-import { SIM_EXTRA_ARGS } from '../../sim/traversal-sim-args';
-import { say } from './report';
+import { PROJECT_ROOT } from '../src/config';
+import { freePort, waitForPort } from '../src/net/ports';
+import { SIM_EXTRA_ARGS } from '../sim/traversal-sim-args';
+import { logTail, spawnLogged, type LoggedProcess } from './process';
+import { startRedis, type LocalRedis } from './redis-local';
 import type { Scope } from './scope';
+import { onFreePorts, startDevServer, type DevServer } from './temporal-dev';
 
-/** Generated APKs, kept and reused across runs (the tests use the same folder). */
+/** Generated APKs, kept and reused across runs (the tests and benchmarks share the folder). */
 export const APK_DIR = path.join(PROJECT_ROOT, '.tools', 'apks');
 /** The compiled worker entry point. */
 const WORKER_JS = path.join(PROJECT_ROOT, 'lib', 'src', 'worker.js');
 /** The prebuilt workflow bundle (scripts/build-bundle.ts). */
 const BUNDLE_JS = path.join(PROJECT_ROOT, 'lib', 'workflow-bundle.js');
 
-/** Throws unless the compiled worker and the workflow bundle exist; warns when they are older than src/. */
-export function requireBuild(): void {
+/** Throws unless the compiled worker and the workflow bundle exist; warns through `report` when src/ is newer. */
+export function requireBuild(report: (msg: string) => void): void {
   const missing = [WORKER_JS, BUNDLE_JS].filter((f) => !existsSync(f));
   if (missing.length)
     throw new Error(
@@ -44,7 +34,7 @@ export function requireBuild(): void {
   const built = Math.min(statSync(WORKER_JS).mtimeMs, statSync(BUNDLE_JS).mtimeMs);
   const newer = newestTs(path.join(PROJECT_ROOT, 'src'));
   if (newer.mtime > built)
-    say(`warning: ${path.relative(PROJECT_ROOT, newer.file)} is newer than lib/; the workers run the last build`);
+    report(`warning: ${path.relative(PROJECT_ROOT, newer.file)} is newer than lib/; the workers run the last build`);
 }
 
 function newestTs(dir: string): { file: string; mtime: number } {
@@ -61,105 +51,8 @@ function newestTs(dir: string): { file: string; mtime: number } {
   return best;
 }
 
-/** A process started by the benchmark, its output in a log file. */
-export interface BenchProc {
-  name: string;
-  child: ChildProcess;
-  pid: number;
-  logFile: string;
-  /** Undefined while it runs; how it ended (and where its log is) once it has exited. */
-  exitNote(): string | undefined;
-  /** TERM, then KILL after `graceMs` (default 15 s); safe to call twice. */
-  stop(graceMs?: number): Promise<void>;
-}
-
-/** Options of {@link spawnLogged}. */
-export interface SpawnOptions {
-  logFile: string;
-  /** Extra environment on top of this process's, without its Temporal, Redis and DT_ variables. */
-  env?: Record<string, string>;
-  cwd?: string;
-  /** 'pipe' gives the caller `child.stdin` (default: none). */
-  stdin?: 'pipe' | 'ignore';
-  /** 'pipe' gives the caller `child.stdout` (a copy still goes to the log); default: the log only. */
-  stdout?: 'pipe' | 'log';
-}
-
-/** The environment of a child: this process's minus every service variable, plus `env`. */
-function childEnv(env: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const out: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!/^(TEMPORAL_|REDIS_URL$|TASK_QUEUE$|DT_)/.test(k)) out[k] = v;
-  }
-  return { ...out, ...env };
-}
-
-/** Spawns a process with its output in `logFile`; the scope stops it. */
-export function spawnLogged(
-  scope: Scope,
-  name: string,
-  command: string,
-  args: string[],
-  opts: SpawnOptions,
-): BenchProc {
-  mkdirSync(path.dirname(opts.logFile), { recursive: true });
-  const fd = openSync(opts.logFile, 'a');
-  const pipeOut = opts.stdout === 'pipe';
-  const child = spawn(command, args, {
-    cwd: opts.cwd ?? PROJECT_ROOT,
-    env: childEnv(opts.env),
-    stdio: [opts.stdin ?? 'ignore', pipeOut ? 'pipe' : fd, fd],
-  });
-  closeSync(fd);
-  if (pipeOut && child.stdout) {
-    const copy = createWriteStream(opts.logFile, { flags: 'a' });
-    child.stdout.on('data', (chunk: Buffer) => copy.write(chunk));
-    child.stdout.once('close', () => copy.end());
-  }
-  let note: string | undefined;
-  const exited = new Promise<void>((resolve) => {
-    child.once('exit', (code, signal) => {
-      note = `${name} exited (${signal ?? `code ${code}`}); see ${path.relative(PROJECT_ROOT, opts.logFile)}`;
-      resolve();
-    });
-    child.once('error', (err) => {
-      note = `${name} could not run: ${err.message}`;
-      resolve();
-    });
-  });
-  let stopping: Promise<void> | undefined;
-  const proc: BenchProc = {
-    name,
-    child,
-    pid: child.pid ?? -1,
-    logFile: opts.logFile,
-    exitNote: () => note,
-    stop(graceMs = 15_000) {
-      stopping ??= (async () => {
-        if (note !== undefined || child.exitCode !== null || child.signalCode !== null) return;
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-        await exited;
-        clearTimeout(timer);
-      })();
-      return stopping;
-    },
-  };
-  scope.add(name, () => proc.stop());
-  return proc;
-}
-
-/** The last lines of a log, for error messages. */
-function tail(file: string, lines = 15): string {
-  try {
-    return readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n');
-  } catch {
-    return '';
-  }
-}
-
-/** A dev server of the benchmark with a client connected to it. */
-export interface BenchTemporal {
+/** A local dev server with a client connected to it. */
+export interface LocalTemporal {
   address: string;
   namespace: string;
   client: Client;
@@ -168,15 +61,10 @@ export interface BenchTemporal {
 }
 
 /** Starts an in-memory, headless Temporal dev server on free ports and connects a client. */
-export async function startTemporal(scope: Scope, workDir: string): Promise<BenchTemporal> {
-  const [port, httpPort, metricsPort] = [await freePort(), await freePort(), await freePort()];
-  say(`starting the Temporal dev server on 127.0.0.1:${port}`);
-  const server = await startDevServer({
-    port,
-    uiPort: 0,
-    logFile: path.join(workDir, 'temporal.log'),
-    extraArgs: ['--http-port', String(httpPort), '--metrics-port', String(metricsPort)],
-  });
+export async function startTemporal(scope: Scope, workDir: string): Promise<LocalTemporal> {
+  const options = await onFreePorts(path.join(workDir, 'temporal.log'));
+  scope.report(`starting the Temporal dev server on 127.0.0.1:${options.port}`);
+  const server = await startDevServer(options);
   scope.add('Temporal dev server', () => server.stop());
   const connection = await Connection.connect({ address: server.address });
   scope.add('Temporal connection', () => connection.close());
@@ -190,7 +78,7 @@ export async function startTemporal(scope: Scope, workDir: string): Promise<Benc
 }
 
 /** Starts redis-server on a free port with its files in `dir`. */
-export async function startBenchRedis(scope: Scope, dir: string): Promise<LocalRedis> {
+export async function startLocalRedis(scope: Scope, dir: string): Promise<LocalRedis> {
   const redis = await startRedis({ port: await freePort(), dir });
   scope.add('redis-server', () => redis.stop());
   return redis;
@@ -205,7 +93,7 @@ export function redisClient(scope: Scope, url: string): Redis {
   redis.on('error', (err: Error) => {
     if (closed || reported) return;
     reported = true;
-    say(`Redis connection to ${url}: ${err.message} (retrying)`);
+    scope.report(`Redis connection to ${url}: ${err.message} (retrying)`);
   });
   scope.add('Redis connection', () => {
     closed = true;
@@ -229,7 +117,7 @@ export interface AgentSimProcOptions {
 /** A running agent simulator process. */
 export interface AgentSimProc {
   url: string;
-  proc: BenchProc;
+  proc: LoggedProcess;
 }
 
 /** Starts the device agent simulator as its own process on a free port. */
@@ -243,16 +131,15 @@ export async function startAgentSim(scope: Scope, opts: AgentSimProcOptions): Pr
     installDelayMs: opts.installDelayMs ?? 0,
   };
   const proc = spawnLogged(
-    scope,
     'agent simulator',
     process.execPath,
     ['-r', 'ts-node/register/transpile-only', path.join(__dirname, 'agent-child.ts'), JSON.stringify(options)],
-    { logFile: opts.logFile },
+    { logFile: opts.logFile, scope, graceMs: 15_000 },
   );
   try {
     await waitForPort('127.0.0.1', port, 60_000, 'agent simulator', () => proc.exitNote());
   } catch (err) {
-    throw new Error(`${(err as Error).message}\n${tail(proc.logFile)}`);
+    throw new Error(`${(err as Error).message}\n${logTail(proc.logFile)}`);
   }
   return { url: `http://127.0.0.1:${port}`, proc };
 }
@@ -273,7 +160,7 @@ export interface WorkerProcOptions {
 
 /** A running worker process. */
 export interface WorkerProc {
-  proc: BenchProc;
+  proc: LoggedProcess;
   /** Base URL of its artifact and metrics server. */
   artifactUrl: string;
 }
@@ -286,8 +173,10 @@ export interface WorkerProc {
 export async function startWorkerProc(scope: Scope, opts: WorkerProcOptions): Promise<WorkerProc> {
   mkdirSync(opts.dataDir, { recursive: true });
   const port = await freePort();
-  const proc = spawnLogged(scope, `worker ${opts.taskQueue}`, process.execPath, [...(opts.nodeArgs ?? []), WORKER_JS], {
+  const proc = spawnLogged(`worker ${opts.taskQueue}`, process.execPath, [...(opts.nodeArgs ?? []), WORKER_JS], {
     logFile: opts.logFile,
+    scope,
+    graceMs: 15_000,
     env: {
       TEMPORAL_ADDRESS: opts.temporalAddress,
       TEMPORAL_NAMESPACE: 'default',
@@ -308,7 +197,30 @@ export async function startWorkerProc(scope: Scope, opts: WorkerProcOptions): Pr
   try {
     await waitForPort('127.0.0.1', port, 120_000, `worker ${opts.taskQueue}`, () => proc.exitNote());
   } catch (err) {
-    throw new Error(`${(err as Error).message}\n${tail(proc.logFile)}`);
+    throw new Error(`${(err as Error).message}\n${logTail(proc.logFile)}`);
   }
   return { proc, artifactUrl: `http://127.0.0.1:${port}` };
+}
+
+/** The line each entry point logs once it takes work. */
+const READY_LINE = { worker: 'worker started', starter: 'starter consuming' } as const;
+
+/**
+ * Starts `src/worker.ts` or `src/starter.ts` of the current source (through ts-node) with `env` as its
+ * settings, and waits until it logged that it takes work. A worker's log file may be shared by the
+ * workers of several restarts: its lines carry its pid, so only this one's ready line counts.
+ */
+export async function startSourceProcess(
+  entry: keyof typeof READY_LINE,
+  env: Record<string, string>,
+  opts: { logFile: string; name?: string; scope?: Scope; graceMs?: number; readyTimeoutMs?: number },
+): Promise<LoggedProcess> {
+  const proc = spawnLogged(
+    opts.name ?? entry,
+    process.execPath,
+    ['-r', 'ts-node/register/transpile-only', `src/${entry}.ts`],
+    { logFile: opts.logFile, env, scope: opts.scope, graceMs: opts.graceMs },
+  );
+  await proc.waitForLog(READY_LINE[entry], opts.readyTimeoutMs ?? 90_000, entry === 'worker' ? { pid: proc.pid } : {});
+  return proc;
 }

@@ -1,11 +1,7 @@
 /**
- * Cleanup scopes: everything a scenario starts registers how to stop it, and the scope stops it
- * all in reverse order at the end, after a failure, or on Ctrl-C (`closeAllScopes`).
+ * Cleanup scopes: everything a benchmark, a test or the demo starts registers how to stop it, and
+ * the scope stops it all in reverse order at the end, after a failure, or on Ctrl-C (`closeAllScopes`).
  */
-import { existsSync, rmSync } from 'node:fs';
-import path from 'node:path';
-import { PROJECT_ROOT } from '../../src/config';
-import { say } from './report';
 
 /** How long one cleanup may take before the scope moves on, ms. */
 const CLEANUP_TIMEOUT_MS = 30_000;
@@ -18,15 +14,21 @@ export class Scope {
   private readonly cleanups: { name: string; fn: () => unknown }[] = [];
   private closing?: Promise<void>;
 
-  /** `name` appears in messages about cleanups that failed. */
-  constructor(readonly name: string) {
+  /**
+   * `name` appears in the messages about cleanups that failed; those, and what the services started
+   * in this scope have to say, go to `report` (default: a line on stderr).
+   */
+  constructor(
+    readonly name: string,
+    readonly report: (msg: string) => void = (msg) => process.stderr.write(`${msg}\n`),
+  ) {
     open.add(this);
   }
 
   /** Registers a cleanup; on a scope already closing it runs at once. */
   add(name: string, fn: () => unknown): void {
     if (this.closing) {
-      void this.closing.then(() => runCleanup(this.name, name, fn));
+      void this.closing.then(() => runCleanup(this.name, name, fn, this.report));
       return;
     }
     this.cleanups.push({ name, fn });
@@ -35,14 +37,14 @@ export class Scope {
   /** Runs every cleanup, newest first; a failing one is reported and the rest still run. Safe to call twice. */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      for (const c of this.cleanups.splice(0).reverse()) await runCleanup(this.name, c.name, c.fn);
+      for (const c of this.cleanups.splice(0).reverse()) await runCleanup(this.name, c.name, c.fn, this.report);
       open.delete(this);
     })();
     return this.closing;
   }
 }
 
-async function runCleanup(scope: string, name: string, fn: () => unknown): Promise<void> {
+async function runCleanup(scope: string, name: string, fn: () => unknown, report: (msg: string) => void): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   try {
     await Promise.race([
@@ -55,7 +57,7 @@ async function runCleanup(scope: string, name: string, fn: () => unknown): Promi
       }),
     ]);
   } catch (err) {
-    say(`${scope}: stopping ${name} failed: ${err instanceof Error ? err.message : String(err)}`);
+    report(`${scope}: stopping ${name} failed: ${err instanceof Error ? err.message : String(err)}`);
   } finally {
     clearTimeout(timer);
   }
@@ -64,13 +66,4 @@ async function runCleanup(scope: string, name: string, fn: () => unknown): Promi
 /** Closes every open scope, newest first (Ctrl-C and fatal errors). */
 export async function closeAllScopes(): Promise<void> {
   for (const scope of [...open].reverse()) await scope.close();
-}
-
-/** Removes a work folder after a clean run; keeps it (and says where) after a failure, for its logs. */
-export function keepOrRemove(dir: string, clean: boolean): void {
-  if (clean) {
-    rmSync(dir, { recursive: true, force: true });
-    return;
-  }
-  if (existsSync(dir)) say(`logs kept in ${path.relative(PROJECT_ROOT, dir) || dir}`);
 }

@@ -1,11 +1,11 @@
 /**
- * The device agent simulator as its own process for the benchmarks (started by `startAgentSim`).
+ * The device agent simulator as its own process (started by `startAgentSim` in dev/services.ts).
  * Unlike `npm run agent-sim` it takes the cold-start range, so the orchestration is not measured
  * against the simulator's default 0.3–1.2 s launch time.
  *
  * Usage: agent-child.ts '{"devices":["d1"],"port":7301,"coldStartMs":[10,50]}'
  */
-import { AgentSimulator } from '../../sim/agent-sim';
+import { AgentSimulator } from '../sim/agent-sim';
 
 /** Options passed as one JSON argument. */
 interface AgentChildOptions {
