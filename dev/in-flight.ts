@@ -136,7 +136,9 @@ export function describeInFlight(runs: InFlightRun[], what = 'from an earlier de
     .sort((a, b) => a.taskId.localeCompare(b.taskId) || a.deviceId.localeCompare(b.deviceId));
   const queued = runs.filter((r) => r.state === 'queued').length;
   const pending = runs.filter((r) => r.state === 'pending').length;
-  const list = running.map((r) => `${r.workflowId ?? traversalWorkflowId(r.taskId, r.deviceId)} (${r.detail})`).join(', ');
+  const list = running
+    .map((r) => `${r.workflowId ?? traversalWorkflowId(r.taskId, r.deviceId)} (${r.detail})`)
+    .join(', ');
   let text = `found ${running.length} run${running.length === 1 ? '' : 's'} in flight ${what}${list ? `: ${list}` : ''}`;
   if (queued) text += `; ${queued} queued behind them`;
   if (pending) text += `; ${pending} not yet started, still in Redis`;

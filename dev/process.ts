@@ -69,7 +69,11 @@ export interface LoggedProcess {
   /** JSON log lines written so far (other lines are skipped). */
   logs(): Record<string, unknown>[];
   /** Waits for a JSON log line whose `msg` matches and whose fields include `fields`. */
-  waitForLog(msg: string | RegExp, timeoutMs?: number, fields?: Record<string, unknown>): Promise<Record<string, unknown>>;
+  waitForLog(
+    msg: string | RegExp,
+    timeoutMs?: number,
+    fields?: Record<string, unknown>,
+  ): Promise<Record<string, unknown>>;
 }
 
 /** Options of {@link spawnLogged}. */
@@ -151,9 +155,12 @@ export function spawnLogged(name: string, command: string, args: string[], opts:
       for (;;) {
         const hit = logs().find(matches);
         if (hit) return hit;
-        if (!alive()) throw new Error(`${name} exited before logging ${String(msg)}; see ${logFile}:\n${logTail(logFile)}`);
+        if (!alive())
+          throw new Error(`${name} exited before logging ${String(msg)}; see ${logFile}:\n${logTail(logFile)}`);
         if (Date.now() > deadline)
-          throw new Error(`${name} did not log ${String(msg)} within ${timeoutMs} ms; see ${logFile}:\n${logTail(logFile)}`);
+          throw new Error(
+            `${name} did not log ${String(msg)} within ${timeoutMs} ms; see ${logFile}:\n${logTail(logFile)}`,
+          );
         await new Promise((r) => setTimeout(r, 100));
       }
     },

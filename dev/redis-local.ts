@@ -17,7 +17,12 @@ export interface LocalRedis {
  * Starts redis-server on 127.0.0.1:<port> with its files in `dir`; `detached` puts it in its own
  * process group, so a Ctrl-C at the terminal reaches only the caller, which stops it last.
  */
-export async function startRedis(opts: { port: number; dir: string; bin?: string; detached?: boolean }): Promise<LocalRedis> {
+export async function startRedis(opts: {
+  port: number;
+  dir: string;
+  bin?: string;
+  detached?: boolean;
+}): Promise<LocalRedis> {
   mkdirSync(opts.dir, { recursive: true });
   const bin = opts.bin ?? 'redis-server';
   const child = spawn(
@@ -31,8 +36,10 @@ export async function startRedis(opts: { port: number; dir: string; bin?: string
     { stdio: 'ignore', detached: opts.detached ?? false },
   );
   let exitNote: string | undefined;
-  child.once('error', (err) =>
-    (exitNote = `${err.message}; install it (Debian: apt-get install redis-server) or set REDIS_URL to a running Redis`),
+  child.once(
+    'error',
+    (err) =>
+      (exitNote = `${err.message}; install it (Debian: apt-get install redis-server) or set REDIS_URL to a running Redis`),
   );
   child.once('exit', (code, sig) => (exitNote ??= `exit ${code ?? sig}`));
   await waitForPort('127.0.0.1', opts.port, 30_000, 'redis-server', () => exitNote);

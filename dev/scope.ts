@@ -44,7 +44,12 @@ export class Scope {
   }
 }
 
-async function runCleanup(scope: string, name: string, fn: () => unknown, report: (msg: string) => void): Promise<void> {
+async function runCleanup(
+  scope: string,
+  name: string,
+  fn: () => unknown,
+  report: (msg: string) => void,
+): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   try {
     await Promise.race([

@@ -28,7 +28,9 @@ export function findTemporalCli(env: NodeJS.ProcessEnv = process.env): string {
     if (dir && existsSync(candidate)) return candidate;
   }
   if (existsSync(LOCAL_CLI)) return LOCAL_CLI;
-  throw new Error('the temporal CLI was not found: set TEMPORAL_CLI, put temporal on PATH, or run `bash scripts/setup.sh` to install it locally');
+  throw new Error(
+    'the temporal CLI was not found: set TEMPORAL_CLI, put temporal on PATH, or run `bash scripts/setup.sh` to install it locally',
+  );
 }
 
 /** Options of a local dev server. */
@@ -83,7 +85,18 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
   const port = opts.port ?? 7233;
   const uiPort = opts.uiPort ?? 8233;
   const namespace = opts.namespace ?? 'default';
-  const args = ['server', 'start-dev', '--ip', ip, '--port', String(port), '--namespace', namespace, '--log-level', 'warn'];
+  const args = [
+    'server',
+    'start-dev',
+    '--ip',
+    ip,
+    '--port',
+    String(port),
+    '--namespace',
+    namespace,
+    '--log-level',
+    'warn',
+  ];
   if (uiPort === 0) args.push('--headless');
   else args.push('--ui-port', String(uiPort), '--ui-disable-news-fetch');
   if (opts.dbFile) {
@@ -130,7 +143,12 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
 }
 
 /** Waits until `temporal operator namespace describe` succeeds. */
-export async function waitForNamespace(cli: string, address: string, namespace: string, timeoutMs: number): Promise<void> {
+export async function waitForNamespace(
+  cli: string,
+  address: string,
+  namespace: string,
+  timeoutMs: number,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {
@@ -146,18 +164,50 @@ export async function waitForNamespace(cli: string, address: string, namespace: 
 }
 
 /** Registers any of the project's search attributes that the namespace lacks (idempotent). */
-export async function ensureSearchAttributes(cli: string, address: string, namespace: string, extraArgs: string[] = []): Promise<string[]> {
-  const { stdout } = await run(cli, ['operator', 'search-attribute', 'list', '--address', address, '-n', namespace, '-o', 'json', ...extraArgs]);
+export async function ensureSearchAttributes(
+  cli: string,
+  address: string,
+  namespace: string,
+  extraArgs: string[] = [],
+): Promise<string[]> {
+  const { stdout } = await run(cli, [
+    'operator',
+    'search-attribute',
+    'list',
+    '--address',
+    address,
+    '-n',
+    namespace,
+    '-o',
+    'json',
+    ...extraArgs,
+  ]);
   const existing = new Set<string>();
   try {
-    const doc = JSON.parse(stdout) as { customAttributes?: Record<string, unknown>; systemAttributes?: Record<string, unknown> };
+    const doc = JSON.parse(stdout) as {
+      customAttributes?: Record<string, unknown>;
+      systemAttributes?: Record<string, unknown>;
+    };
     for (const k of Object.keys(doc.customAttributes ?? {})) existing.add(k);
   } catch {
     for (const m of stdout.matchAll(/"?(\w+)"?\s*[:=]/g)) existing.add(m[1]!);
   }
   const missing = SEARCH_ATTRIBUTE_NAMES.filter((n) => !existing.has(n));
   for (const name of missing) {
-    await run(cli, ['operator', 'search-attribute', 'create', '--address', address, '-n', namespace, '--name', name, '--type', 'Keyword', ...extraArgs]);
+    await run(cli, [
+      'operator',
+      'search-attribute',
+      'create',
+      '--address',
+      address,
+      '-n',
+      namespace,
+      '--name',
+      name,
+      '--type',
+      'Keyword',
+      ...extraArgs,
+    ]);
   }
   return missing;
 }

@@ -9,7 +9,9 @@ async function main(): Promise<void> {
   const { code } = await bundleWorkflowCode({ workflowsPath: require.resolve('../src/workflows') });
   mkdirSync(path.dirname(out), { recursive: true });
   writeFileSync(out, code);
-  console.log(`[setup] workflow bundle written to ${path.relative(PROJECT_ROOT, out)} (${(code.length / 1024).toFixed(0)} KiB)`);
+  console.log(
+    `[setup] workflow bundle written to ${path.relative(PROJECT_ROOT, out)} (${(code.length / 1024).toFixed(0)} KiB)`,
+  );
 }
 
 main().catch((err) => {

@@ -7,7 +7,8 @@ import path from 'node:path';
 import { OPTIONS, PROJECT_ROOT } from '../src/config';
 
 const rows = Object.values(OPTIONS).map(
-  (o) => `| \`${o.env}\` | ${o.default ? `\`${o.default.replace(/\|/g, '\\|')}\`` : '(empty)'} | ${o.doc.replace(/\|/g, '\\|')} |`,
+  (o) =>
+    `| \`${o.env}\` | ${o.default ? `\`${o.default.replace(/\|/g, '\\|')}\`` : '(empty)'} | ${o.doc.replace(/\|/g, '\\|')} |`,
 );
 const table = ['| variable | default | meaning |', '|---|---|---|', ...rows].join('\n');
 

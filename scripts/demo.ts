@@ -30,13 +30,7 @@ import path from 'node:path';
 import { loadConfig, PROJECT_ROOT } from '../src/config';
 import { resultKey } from '../src/contract/redis-keys';
 import { progressQuery, traversalWorkflowId, type TraversalResult } from '../src/contract/messages';
-import {
-  describeInFlight,
-  findInFlight,
-  pendingTasks,
-  runningTraversals,
-  type InFlightRun,
-} from '../dev/in-flight';
+import { describeInFlight, findInFlight, pendingTasks, runningTraversals, type InFlightRun } from '../dev/in-flight';
 import { canConnect, portIsFree, waitForPort } from '../src/net/ports';
 import { spawnLogged, type LoggedProcess } from '../dev/process';
 import { ensureRedis, type LocalRedis } from '../dev/redis-local';
@@ -409,7 +403,8 @@ function launch(scope: Scope, name: 'worker' | 'starter', env: NodeJS.ProcessEnv
   });
   children.push(proc.child);
   void proc.exited.then(({ code, signal }) => {
-    if (code !== 0 && signal === null && !interrupted) process.stderr.write(`${name} exited with ${code}; see ${logFile}\n`);
+    if (code !== 0 && signal === null && !interrupted)
+      process.stderr.write(`${name} exited with ${code}; see ${logFile}\n`);
   });
   return proc;
 }
@@ -462,7 +457,9 @@ async function watch(
       else {
         try {
           const p = await client.connection.withDeadline(Date.now() + 3000, () =>
-            client.workflow.getHandle(traversalWorkflowId(job.taskId, job.deviceId, ctx.deployment)).query(progressQuery),
+            client.workflow
+              .getHandle(traversalWorkflowId(job.taskId, job.deviceId, ctx.deployment))
+              .query(progressQuery),
           );
           Object.assign(row, { phase: p.phase, percent: p.percent, screens: p.screens });
         } catch {

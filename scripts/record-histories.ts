@@ -23,7 +23,13 @@ import { freePort } from '../src/net/ports';
 import { startRedis, type LocalRedis } from '../dev/redis-local';
 import { onFreePorts, startDevServer, type DevServer } from '../dev/temporal-dev';
 import { requestTraversal } from '../src/starter/task-bridge';
-import { deviceWorkflowId, publishWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress } from '../src/contract/messages';
+import {
+  deviceWorkflowId,
+  publishWorkflowId,
+  traversalWorkflowId,
+  type DeviceState,
+  type TraversalProgress,
+} from '../src/contract/messages';
 import { TRAVERSAL_PHASE } from '../src/contract/search-attributes';
 import { startStack, task, workflowBundle, type Stack } from '../dev/stack';
 import { waitFor as pollUntil } from '../dev/wait';
@@ -126,7 +132,10 @@ const SCENARIOS: Scenario[] = [
       await new Promise((r) => setTimeout(r, 1500));
       await handle.signal('resume');
       const r = await stack.waitResult('findings', 'rec-7');
-      expect(r.status === 'completed' && r.findings.length === 3, `traversal-findings-paused ended ${r.status} with ${r.findings?.length} findings`);
+      expect(
+        r.status === 'completed' && r.findings.length === 3,
+        `traversal-findings-paused ended ${r.status} with ${r.findings?.length} findings`,
+      );
       return handle;
     },
   },
@@ -306,10 +315,16 @@ async function quietHistory(handle: WorkflowHandle) {
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { only: { type: 'string', multiple: true }, out: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      only: { type: 'string', multiple: true },
+      out: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
   });
   if (values.help) {
-    console.log(`usage: record-histories.ts [--only <name>]… [--out <dir>]\nscenarios: ${SCENARIOS.map((s) => s.name).join(', ')}`);
+    console.log(
+      `usage: record-histories.ts [--only <name>]… [--out <dir>]\nscenarios: ${SCENARIOS.map((s) => s.name).join(', ')}`,
+    );
     return;
   }
   const outDir = values.out ? path.resolve(values.out) : HISTORIES_DIR;

@@ -101,7 +101,10 @@ async function main(): Promise<void> {
     log: (msg, meta) => process.stdout.write(`${JSON.stringify({ msg, ...meta })}\n`),
   });
   const url = await sim.start(args.port, args.host).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'EADDRINUSE') throw new Error(`port ${args.port} on ${args.host} is in use by another program; stop it or pick another with --port`);
+    if (err.code === 'EADDRINUSE')
+      throw new Error(
+        `port ${args.port} on ${args.host} is in use by another program; stop it or pick another with --port`,
+      );
     throw err;
   });
   process.stdout.write(`${JSON.stringify({ msg: 'agent-sim listening', url, devices: sim.deviceIds() })}\n`);

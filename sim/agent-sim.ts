@@ -149,7 +149,8 @@ export class AgentSimulator {
     this.failureRate = checkRate(opts.failureRate ?? 0);
     this.installDelayMs = opts.installDelayMs ?? 0;
     this.coldStart = opts.coldStartMs ?? [300, 1200];
-    if (this.coldStart[0] > this.coldStart[1]) throw new Error(`coldStartMs min ${this.coldStart[0]} exceeds max ${this.coldStart[1]}`);
+    if (this.coldStart[0] > this.coldStart[1])
+      throw new Error(`coldStartMs min ${this.coldStart[0]} exceeds max ${this.coldStart[1]}`);
     this.random = opts.random ?? Math.random;
     this.log = opts.log ?? (() => {});
     const offline = new Set(opts.offline ?? []);
@@ -197,7 +198,9 @@ export class AgentSimulator {
 
   /** Calls being handled right now, optionally of one device and operation: a test waits on one to kill its caller inside it. */
   inFlight(deviceId?: string, op?: AgentOp): AgentCall[] {
-    return [...this.running].filter((c) => (deviceId === undefined || c.deviceId === deviceId) && (op === undefined || c.op === op));
+    return [...this.running].filter(
+      (c) => (deviceId === undefined || c.deviceId === deviceId) && (op === undefined || c.op === op),
+    );
   }
 
   /** Takes a device off the network (every call answers 503) or brings it back. */
@@ -252,7 +255,9 @@ export class AgentSimulator {
       saved = JSON.parse(readFileSync(file, 'utf8')) as typeof saved;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw new Error(`agent simulator state file ${file} is unreadable (${(err as Error).message}); delete it to start with empty devices`);
+      throw new Error(
+        `agent simulator state file ${file} is unreadable (${(err as Error).message}); delete it to start with empty devices`,
+      );
     }
     for (const [id, apps] of Object.entries(saved.installed ?? {})) {
       const dev = this.devices.get(id);
@@ -287,20 +292,31 @@ export class AgentSimulator {
     let status = 200;
     let body: Json;
     try {
-      if (!dev) throw new HttpError(404, `device ${deviceId} is not attached to this agent; use one of: ${this.deviceIds().slice(0, 20).join(', ')}`);
+      if (!dev)
+        throw new HttpError(
+          404,
+          `device ${deviceId} is not attached to this agent; use one of: ${this.deviceIds().slice(0, 20).join(', ')}`,
+        );
       if (op !== 'status') {
         if (dev.busy) {
           const ms = Math.round(now() - dev.busy.since);
-          throw new HttpError(409, `device ${deviceId} is busy with ${dev.busy.op} (running ${ms} ms); retry once it finishes`);
+          throw new HttpError(
+            409,
+            `device ${deviceId} is busy with ${dev.busy.op} (running ${ms} ms); retry once it finishes`,
+          );
         }
         // Taken before any await so the recorded [startedAt, endedAt] of successful calls never overlap.
         dev.busy = { op, since: call.startedAt };
         locked = true;
       }
       if (this.latencyMs > 0) await sleep(this.latencyMs);
-      if (dev.offline) throw new HttpError(503, `device ${deviceId} is offline; wait for it to reconnect or pick another device`, { online: false });
+      if (dev.offline)
+        throw new HttpError(503, `device ${deviceId} is offline; wait for it to reconnect or pick another device`, {
+          online: false,
+        });
       const injected = dev.failQueue.get(op)?.shift();
-      if (injected !== undefined) throw new HttpError(injected, `injected failure (HTTP ${injected}) for ${op} on device ${deviceId}; retry`);
+      if (injected !== undefined)
+        throw new HttpError(injected, `injected failure (HTTP ${injected}) for ${op} on device ${deviceId}; retry`);
       if (this.failureRate > 0 && this.random() < this.failureRate) {
         throw new HttpError(503, `device ${deviceId} agent is temporarily unavailable (injected); retry shortly`);
       }
@@ -327,7 +343,14 @@ export class AgentSimulator {
   private async run(op: AgentOp, dev: Device, req: http.IncomingMessage, call: AgentCall): Promise<Json> {
     switch (op) {
       case 'status':
-        return { deviceId: dev.id, online: true, model: dev.model.model, sdk: dev.model.sdk, installed: [...dev.installed.keys()], busy: dev.busy !== undefined };
+        return {
+          deviceId: dev.id,
+          online: true,
+          model: dev.model.model,
+          sdk: dev.model.sdk,
+          installed: [...dev.installed.keys()],
+          busy: dev.busy !== undefined,
+        };
       case 'install':
         return this.installFromUrl(dev, await readJson(req), call);
       case 'install-multipart':
@@ -335,7 +358,8 @@ export class AgentSimulator {
       case 'launch': {
         const { packageName } = await readJson(req);
         const pkg = requirePackage(packageName, call);
-        if (!dev.installed.has(pkg)) throw new HttpError(422, `package ${pkg} is not installed on device ${dev.id}; call installApp first`);
+        if (!dev.installed.has(pkg))
+          throw new HttpError(422, `package ${pkg} is not installed on device ${dev.id}; call installApp first`);
         const [min, max] = this.coldStart;
         const coldStartMs = Math.round(min + this.random() * (max - min));
         // Report a realistic number but only pay a sliver of it, so suites stay fast.
@@ -365,17 +389,25 @@ export class AgentSimulator {
     const pkg = requirePackage(body.packageName, call);
     const expected = optionalSha(body.sha256);
     const url = body.url;
-    if (typeof url !== 'string' || !/^https?:\/\//i.test(url)) throw new HttpError(400, `installApp on device ${dev.id} needs "url" (http or https)`);
+    if (typeof url !== 'string' || !/^https?:\/\//i.test(url))
+      throw new HttpError(400, `installApp on device ${dev.id} needs "url" (http or https)`);
     call.url = url;
     let res: Awaited<ReturnType<typeof request>>;
     try {
       res = await request(url, { dispatcher: this.dispatcher });
     } catch (err) {
-      throw new HttpError(422, `download of ${url} failed for device ${dev.id}: ${(err as Error).message}; check the URL is reachable from the agent`);
+      throw new HttpError(
+        422,
+        `download of ${url} failed for device ${dev.id}: ${(err as Error).message}; check the URL is reachable from the agent`,
+      );
     }
     if (res.statusCode !== 200) {
       await res.body.dump().catch(() => {});
-      throw new HttpError(422, `download of ${url} failed for device ${dev.id}: origin answered HTTP ${res.statusCode}; check the APK URL`, { urlStatus: res.statusCode });
+      throw new HttpError(
+        422,
+        `download of ${url} failed for device ${dev.id}: origin answered HTTP ${res.statusCode}; check the APK URL`,
+        { urlStatus: res.statusCode },
+      );
     }
     const hash = createHash('sha256');
     let bytes = 0;
@@ -389,7 +421,10 @@ export class AgentSimulator {
         this.stats.downloadedBytes += buf.length;
       }
     } catch (err) {
-      throw new HttpError(422, `download of ${url} broke off after ${bytes} bytes for device ${dev.id}: ${(err as Error).message}; retry the install`);
+      throw new HttpError(
+        422,
+        `download of ${url} broke off after ${bytes} bytes for device ${dev.id}: ${(err as Error).message}; retry the install`,
+      );
     }
     return this.finishInstall(dev, pkg, expected, hash.digest('hex'), bytes, t0);
   }
@@ -399,13 +434,15 @@ export class AgentSimulator {
     const ct = req.headers['content-type'] ?? '';
     const m = /boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(ct);
     const boundary = m?.[1] ?? m?.[2];
-    if (!boundary) throw new HttpError(400, `multipart installApp on device ${dev.id} is missing the boundary parameter`);
+    if (!boundary)
+      throw new HttpError(400, `multipart installApp on device ${dev.id} is missing the boundary parameter`);
     const fields = new Map<string, string>();
     const file = { seen: false, bytes: 0, hash: createHash('sha256') };
     try {
       await parseMultipart(req, boundary, (part) => {
         if (part.name === 'apk') {
-          if (file.seen) throw new HttpError(400, `multipart installApp on device ${dev.id} has more than one "apk" part`);
+          if (file.seen)
+            throw new HttpError(400, `multipart installApp on device ${dev.id} has more than one "apk" part`);
           file.seen = true;
           return {
             write: (c) => {
@@ -423,7 +460,8 @@ export class AgentSimulator {
         return {
           write: (c) => {
             size += c.length;
-            if (size > FIELD_LIMIT) throw new HttpError(400, `multipart field ${part.name} is larger than ${FIELD_LIMIT} bytes`);
+            if (size > FIELD_LIMIT)
+              throw new HttpError(400, `multipart field ${part.name} is larger than ${FIELD_LIMIT} bytes`);
             chunks.push(c);
           },
           end: () => fields.set(part.name, Buffer.concat(chunks).toString('utf8').trim()),
@@ -439,9 +477,17 @@ export class AgentSimulator {
     return this.finishInstall(dev, pkg, expected, file.hash.digest('hex'), file.bytes, t0);
   }
 
-  private async finishInstall(dev: Device, pkg: string, expected: string | undefined, sha256: string, bytes: number, t0: number): Promise<Json> {
+  private async finishInstall(
+    dev: Device,
+    pkg: string,
+    expected: string | undefined,
+    sha256: string,
+    bytes: number,
+    t0: number,
+  ): Promise<Json> {
     if (bytes === 0) throw new HttpError(422, `bad APK for ${pkg} on device ${dev.id}: file is empty`);
-    if (expected && expected !== sha256) throw new HttpError(422, `sha256 mismatch: expected ${expected}, got ${sha256}`);
+    if (expected && expected !== sha256)
+      throw new HttpError(422, `sha256 mismatch: expected ${expected}, got ${sha256}`);
     if (this.installDelayMs > 0) await sleep(this.installDelayMs);
     const versionCode = parseInt(sha256.slice(0, 6), 16);
     dev.installed.set(pkg, { versionCode, sha256, bytes });
@@ -495,7 +541,8 @@ export async function parseMultipart(
           return false;
         }
         // RFC 2046 lets senders pad the boundary line with spaces or tabs.
-        if (buf.subarray(0, eol).some((b) => b !== 0x20 && b !== 0x09)) throw new Error('boundary string appears inside a part');
+        if (buf.subarray(0, eol).some((b) => b !== 0x20 && b !== 0x09))
+          throw new Error('boundary string appears inside a part');
         buf = buf.subarray(eol + 2);
         state = 'headers';
       } else if (state === 'headers') {
@@ -522,7 +569,12 @@ export async function parseMultipart(
   for await (const raw of source) {
     // Keep reading after the closing delimiter so the sender is never left blocked on a full socket.
     if (finished) continue;
-    const chunk = typeof raw === 'string' ? Buffer.from(raw) : Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+    const chunk =
+      typeof raw === 'string'
+        ? Buffer.from(raw)
+        : Buffer.isBuffer(raw)
+          ? raw
+          : Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
     buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
     finished = drain();
   }
@@ -545,7 +597,10 @@ function parseRoute(req: http.IncomingMessage): Route {
   const parts = pathname.split('/').filter((p) => p !== '');
   const [root, rawId, action] = parts;
   if (root !== 'mobile' || rawId === undefined || parts.length > 3) {
-    return { status: 404, error: `unknown endpoint ${pathname}; use /mobile/<deviceId>[/installApp|launchApp|uninstallApp|reset]` };
+    return {
+      status: 404,
+      error: `unknown endpoint ${pathname}; use /mobile/<deviceId>[/installApp|launchApp|uninstallApp|reset]`,
+    };
   }
   let deviceId: string;
   try {
@@ -570,7 +625,10 @@ function parseRoute(req: http.IncomingMessage): Route {
     case 'reset':
       return want('POST', 'reset');
     default:
-      return { status: 404, error: `unknown action ${action} for device ${deviceId}; use installApp, launchApp, uninstallApp or reset` };
+      return {
+        status: 404,
+        error: `unknown action ${action} for device ${deviceId}; use installApp, launchApp, uninstallApp or reset`,
+      };
   }
 }
 
@@ -579,7 +637,8 @@ async function readJson(req: http.IncomingMessage): Promise<Json> {
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > JSON_LIMIT) throw new HttpError(400, `JSON body larger than ${JSON_LIMIT} bytes; send APKs by URL or multipart`);
+    if (size > JSON_LIMIT)
+      throw new HttpError(400, `JSON body larger than ${JSON_LIMIT} bytes; send APKs by URL or multipart`);
     chunks.push(chunk as Buffer);
   }
   const text = Buffer.concat(chunks).toString('utf8').trim();
@@ -590,13 +649,17 @@ async function readJson(req: http.IncomingMessage): Promise<Json> {
   } catch (err) {
     throw new HttpError(400, `body is not valid JSON: ${(err as Error).message}`);
   }
-  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new HttpError(400, 'body must be a JSON object');
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+    throw new HttpError(400, 'body must be a JSON object');
   return parsed as Json;
 }
 
 function requirePackage(value: unknown, call: AgentCall): string {
   if (typeof value !== 'string' || !PACKAGE_RE.test(value)) {
-    throw new HttpError(400, `"packageName" must be a package name like com.example.app (got ${JSON.stringify(value) ?? 'nothing'}) on device ${call.deviceId}`);
+    throw new HttpError(
+      400,
+      `"packageName" must be a package name like com.example.app (got ${JSON.stringify(value) ?? 'nothing'}) on device ${call.deviceId}`,
+    );
   }
   call.packageName = value;
   return value;
@@ -604,7 +667,8 @@ function requirePackage(value: unknown, call: AgentCall): string {
 
 function optionalSha(value: unknown): string | undefined {
   if (value === undefined || value === null) return undefined;
-  if (typeof value !== 'string' || !SHA_RE.test(value)) throw new HttpError(400, '"sha256" must be 64 hex characters when given');
+  if (typeof value !== 'string' || !SHA_RE.test(value))
+    throw new HttpError(400, '"sha256" must be 64 hex characters when given');
   return value.toLowerCase();
 }
 

@@ -77,7 +77,9 @@ export class ApkOrigin {
   /** Generates (or reuses) a deterministic file of `sizeBytes` bytes and serves it at /apps/<name>. */
   addApk(name: string, sizeBytes: number, seed: string = name): Promise<ApkInfo> {
     if (!NAME_RE.test(name)) {
-      return Promise.reject(new Error(`invalid APK name ${JSON.stringify(name)}: use only letters, digits, '.', '_' and '-'`));
+      return Promise.reject(
+        new Error(`invalid APK name ${JSON.stringify(name)}: use only letters, digits, '.', '_' and '-'`),
+      );
     }
     if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 0) {
       return Promise.reject(new Error(`invalid size ${sizeBytes} for ${name}: need a non-negative integer`));
@@ -187,7 +189,8 @@ export class ApkOrigin {
       name = undefined;
     }
     const e = name !== undefined ? this.apks.get(name) : undefined;
-    if (!e || name === undefined) return sendError(res, 404, `no such file ${pathname}; known: /apps/<name> for names passed to addApk`);
+    if (!e || name === undefined)
+      return sendError(res, 404, `no such file ${pathname}; known: /apps/<name> for names passed to addApk`);
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.setHeader('Allow', 'GET, HEAD');
       return sendError(res, 405, `method ${req.method} not allowed; use GET or HEAD`);
@@ -196,7 +199,8 @@ export class ApkOrigin {
     if (head) e.stats.heads++;
     else e.stats.gets++;
     if (e.missing) return sendError(res, 404, `${name} is marked missing on this origin`);
-    if (e.forcedStatus !== undefined) return sendError(res, e.forcedStatus, `forced status ${e.forcedStatus} for ${name}`);
+    if (e.forcedStatus !== undefined)
+      return sendError(res, e.forcedStatus, `forced status ${e.forcedStatus} for ${name}`);
 
     const etag = `"${e.sha256.slice(0, 32)}"`;
     res.setHeader('Accept-Ranges', 'bytes');
@@ -329,7 +333,7 @@ async function generate(file: string, size: number, seed: string): Promise<strin
   const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
   const fh = await fs.promises.open(tmp, 'w');
   try {
-    for (let done = 0; done < size; ) {
+    for (let done = 0; done < size;) {
       for (let i = 0; i < words.length; i++) {
         const t = x ^ (x << 11);
         x = y;
@@ -342,7 +346,7 @@ async function generate(file: string, size: number, seed: string): Promise<strin
       const part = buf.subarray(0, n);
       hash.update(part);
       // Awaiting each write is the backpressure: the single block buffer is only refilled once it is on disk.
-      for (let off = 0; off < n; ) off += (await fh.write(part, off, n - off)).bytesWritten;
+      for (let off = 0; off < n;) off += (await fh.write(part, off, n - off)).bytesWritten;
       done += n;
     }
   } catch (err) {

@@ -21,7 +21,12 @@ export class JsonLogger implements Logger {
   /** Writes one line at `level`. */
   log(level: LogLevel, message: string, meta?: LogMetadata): void {
     if ((ORDER[level] ?? 2) < this.min) return;
-    const entry: Record<string, unknown> = { time: new Date().toISOString(), level: level.toLowerCase(), msg: message, ...this.base };
+    const entry: Record<string, unknown> = {
+      time: new Date().toISOString(),
+      level: level.toLowerCase(),
+      msg: message,
+      ...this.base,
+    };
     for (const [k, v] of Object.entries(meta ?? {})) {
       // The SDK passes its own fields (workflowId, activityType…) in meta; keep them flat.
       entry[k] = v instanceof Error ? { name: v.name, message: v.message } : v;
@@ -54,7 +59,12 @@ export class JsonLogger implements Logger {
   }
   /** A logger with extra fixed fields on every line. */
   child(fields: Record<string, unknown>): JsonLogger {
-    return new JsonLogger({ ...this.base, ...fields }, Object.keys(ORDER).find((k) => ORDER[k] === this.min), this.out, this.redact);
+    return new JsonLogger(
+      { ...this.base, ...fields },
+      Object.keys(ORDER).find((k) => ORDER[k] === this.min),
+      this.out,
+      this.redact,
+    );
   }
 }
 

@@ -73,21 +73,36 @@ export class FailingSet {
 /** The worker's metrics; one instance per worker process, handed to activities. */
 export class Metrics {
   readonly originDownloads = new Counter('dt_apk_origin_downloads_total', 'APK downloads started against an origin');
-  readonly cacheHits = new Counter('dt_apk_cache_hits_total', 'APK requests served from the local cache without a download');
-  readonly bytesDownloaded = new Counter('dt_apk_bytes_downloaded_total', 'Bytes streamed from APK origins to the cache');
+  readonly cacheHits = new Counter(
+    'dt_apk_cache_hits_total',
+    'APK requests served from the local cache without a download',
+  );
+  readonly bytesDownloaded = new Counter(
+    'dt_apk_bytes_downloaded_total',
+    'Bytes streamed from APK origins to the cache',
+  );
   readonly bytesServed = new Counter('dt_artifact_bytes_served_total', 'Bytes served by the artifact server to agents');
   readonly installs = new Counter('dt_installs_total', 'Install-by-URL calls that succeeded');
   readonly traversals = new Counter('dt_traversals_total', 'Traversal command runs by outcome');
   readonly traversalSeconds = new Counter('dt_traversal_seconds_total', 'Seconds spent running traversal commands');
   readonly failures = new Counter('dt_activity_failures_total', 'Activity failures by error type');
-  readonly publishFailures = new Counter('dt_result_publish_failures_total', 'Failed attempts to write a result to Redis, by Redis error');
+  readonly publishFailures = new Counter(
+    'dt_result_publish_failures_total',
+    'Failed attempts to write a result to Redis, by Redis error',
+  );
   readonly resultsWaiting = new FailingSet(
     'dt_results_waiting_for_redis',
     'Results whose last publish attempt on this worker failed (kept by Temporal, retried until Redis takes them)',
     3 * PUBLISH_RETRY_CAP_MS,
   );
-  readonly sweptFiles = new Counter('dt_disk_swept_total', 'Files and folders removed by the disk sweep, by kind (apk-part, run)');
-  readonly sweptBytes = new Counter('dt_disk_swept_bytes_total', 'Bytes freed by the disk sweep, by kind (apk-part, run)');
+  readonly sweptFiles = new Counter(
+    'dt_disk_swept_total',
+    'Files and folders removed by the disk sweep, by kind (apk-part, run)',
+  );
+  readonly sweptBytes = new Counter(
+    'dt_disk_swept_bytes_total',
+    'Bytes freed by the disk sweep, by kind (apk-part, run)',
+  );
 
   /** Full exposition text, including process memory. */
   render(): string {

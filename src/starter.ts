@@ -10,7 +10,13 @@ import { connectClient, temporalApiKey, temporalSettings } from './temporal-conn
 async function main(): Promise<void> {
   const config = loadConfig();
   const temporal = temporalSettings();
-  const secrets = [process.env.TEMPORAL_API_KEY ?? '', temporalApiKey(temporal), new URL(config.redisUrl).password, config.artifactToken, config.reportSinkToken].filter(Boolean);
+  const secrets = [
+    process.env.TEMPORAL_API_KEY ?? '',
+    temporalApiKey(temporal),
+    new URL(config.redisUrl).password,
+    config.artifactToken,
+    config.reportSinkToken,
+  ].filter(Boolean);
   const mode = config.progress === 'auto' ? (process.stdout.isTTY ? 'bars' : 'lines') : config.progress;
   // With bars on the terminal, only warnings and errors are logged (to stderr) so they do not tear the board.
   const logger =
@@ -37,7 +43,12 @@ async function main(): Promise<void> {
       urlPolicy,
       log: (level, msg, meta) => logger[level](msg, meta),
     });
-    logger.info('starter consuming', { tasks: bridge.keys.tasks, processing: bridge.keys.processing, temporal: temporal.address, taskQueue: config.taskQueue });
+    logger.info('starter consuming', {
+      tasks: bridge.keys.tasks,
+      processing: bridge.keys.processing,
+      temporal: temporal.address,
+      taskQueue: config.taskQueue,
+    });
     const stop = (sig: string) => {
       logger.info('stopping after the current task', { signal: sig });
       void bridge.stop();
@@ -66,6 +77,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((err) => {
-  process.stderr.write(`starter failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+  process.stderr.write(`starter failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exit(1);
 });

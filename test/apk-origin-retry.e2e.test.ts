@@ -49,7 +49,10 @@ class BusyFront {
     const method = req.method ?? 'GET';
     if (seen.length === 0) {
       seen.push({ method, status: Number(status) });
-      res.writeHead(Number(status), { 'content-type': 'text/plain', ...(status === '429' ? { 'retry-after': '1' } : {}) });
+      res.writeHead(Number(status), {
+        'content-type': 'text/plain',
+        ...(status === '429' ? { 'retry-after': '1' } : {}),
+      });
       res.end(`busy: HTTP ${status}\n`);
       return;
     }
@@ -101,7 +104,11 @@ describe('an APK origin that answers 408 or 429', function () {
         policy: { heartbeatTimeoutMs: 10_000, initialRetryMs: 200, measureLaunch: false, delivery },
       };
       const workflowId = traversalWorkflowId(req.taskId, req.deviceId);
-      const result = await stack.client.workflow.execute(traversalWorkflow, { workflowId, taskQueue: stack.taskQueue, args: [req] });
+      const result = await stack.client.workflow.execute(traversalWorkflow, {
+        workflowId,
+        taskQueue: stack.taskQueue,
+        args: [req],
+      });
       assert.equal(result.status, 'completed', JSON.stringify(result.error));
 
       // History keeps the last attempt of an activity, with the failure of the one before.
@@ -121,10 +128,21 @@ describe('an APK origin that answers 408 or 429', function () {
       const install = stack.agent.calls.find((c) => c.deviceId === deviceId && c.op === 'install');
       if (delivery === 'direct') {
         assert.equal(install?.url, req.apkUrl, 'the agent installed from the origin');
-        assert.deepEqual(answers.map((a) => a.method), ['HEAD', 'HEAD', 'GET'], 'the worker checked twice, the agent fetched once');
+        assert.deepEqual(
+          answers.map((a) => a.method),
+          ['HEAD', 'HEAD', 'GET'],
+          'the worker checked twice, the agent fetched once',
+        );
       } else {
-        assert.ok(install?.url?.startsWith(stack.worker.artifactUrl), `the agent installed from the worker: ${install?.url}`);
-        assert.deepEqual(answers.map((a) => a.method), ['GET', 'GET'], 'the worker downloaded twice, the agent never went to the origin');
+        assert.ok(
+          install?.url?.startsWith(stack.worker.artifactUrl),
+          `the agent installed from the worker: ${install?.url}`,
+        );
+        assert.deepEqual(
+          answers.map((a) => a.method),
+          ['GET', 'GET'],
+          'the worker downloaded twice, the agent never went to the origin',
+        );
       }
     });
   }

@@ -5,7 +5,13 @@
  */
 import { strict as assert } from 'node:assert';
 import { loadConfig } from '../src/config';
-import { deviceStateQuery, deviceWorkflowId, enqueueSignal, traversalWorkflowId, type TraversalRequest } from '../src/contract/messages';
+import {
+  deviceStateQuery,
+  deviceWorkflowId,
+  enqueueSignal,
+  traversalWorkflowId,
+  type TraversalRequest,
+} from '../src/contract/messages';
 import { enqueueSignals } from './support/history';
 import { startStack, task, type Stack } from '../dev/stack';
 import { waitFor } from '../dev/wait';
@@ -33,14 +39,20 @@ describe('deployments sharing a Temporal namespace', function () {
     for (const s of [a, b]) {
       await s.push(task(s, { taskId: 'same-task', deviceId: 'dep-2', apkUrl: s.apks['dep.apk']!.url }));
     }
-    const [ra, rb] = await Promise.all([a.waitResult('same-task', 'dep-2', 120_000), b.waitResult('same-task', 'dep-2', 120_000)]);
+    const [ra, rb] = await Promise.all([
+      a.waitResult('same-task', 'dep-2', 120_000),
+      b.waitResult('same-task', 'dep-2', 120_000),
+    ]);
     assert.equal(ra.status, 'completed');
     assert.equal(rb.status, 'completed');
     assert.equal(ra.workflowId, traversalWorkflowId('same-task', 'dep-2', 'lab-a'));
     assert.equal(rb.workflowId, traversalWorkflowId('same-task', 'dep-2', 'lab-b'));
     assert.equal(ra.workflowId, 'lab-a/traversal/same-task/dep-2');
     // Each device workflow got exactly its own deployment's request, on its own task queue.
-    for (const [s, name] of [[a, 'lab-a'], [b, 'lab-b']] as const) {
+    for (const [s, name] of [
+      [a, 'lab-a'],
+      [b, 'lab-b'],
+    ] as const) {
       const id = deviceWorkflowId('dep-2', name);
       assert.equal(id, `${name}/device/dep-2`);
       assert.equal((await s.client.workflow.getHandle(id).describe()).taskQueue, s.taskQueue);
@@ -52,23 +64,35 @@ describe('deployments sharing a Temporal namespace', function () {
 
   it('dead-letters a task whose device workflow belongs to another deployment of the same name', async function () {
     // Misconfigured: B's name again, on a task queue and Redis prefix of its own.
-    const c = await startStack({ devices, apks: [{ name: 'dep.apk', size: 50_000 }], starter: true, deployment: 'lab-b' });
+    const c = await startStack({
+      devices,
+      apks: [{ name: 'dep.apk', size: 50_000 }],
+      starter: true,
+      deployment: 'lab-b',
+    });
     try {
       // B owns the device workflow lab-b/device/dep-2 (the first test made it; alone, this one does).
       const owned = await b.client.workflow
         .getHandle(deviceWorkflowId('dep-2', 'lab-b'))
         .describe()
-        .then(() => true, () => false);
+        .then(
+          () => true,
+          () => false,
+        );
       if (!owned) {
         await b.push(task(b, { taskId: 'b-owns-dep-2', deviceId: 'dep-2', apkUrl: b.apks['dep.apk']!.url }));
         await b.waitResult('b-owns-dep-2', 'dep-2', 120_000);
       }
       const before = await signalCount(b, deviceWorkflowId('dep-2', 'lab-b'));
       await c.push(task(c, { taskId: 'stray', deviceId: 'dep-2', apkUrl: c.apks['dep.apk']!.url }));
-      const entry = await waitFor(async () => {
-        const raw = await c.redis.lindex(c.bridge!.keys.dead, 0);
-        return raw ? (JSON.parse(raw) as { reason: string }) : undefined;
-      }, 30_000, 'dead letter');
+      const entry = await waitFor(
+        async () => {
+          const raw = await c.redis.lindex(c.bridge!.keys.dead, 0);
+          return raw ? (JSON.parse(raw) as { reason: string }) : undefined;
+        },
+        30_000,
+        'dead letter',
+      );
       assert.match(entry.reason, /device workflow lab-b\/device\/dep-2 belongs to another deployment/);
       assert.match(entry.reason, new RegExp(`task queue ${b.taskQueue}`));
       assert.equal(await signalCount(b, deviceWorkflowId('dep-2', 'lab-b')), before, "B's workflow got no signal");
@@ -93,11 +117,20 @@ describe('deployments sharing a Temporal namespace', function () {
       deployment: 'lab-b',
     };
     await handle.signal(enqueueSignal, foreign);
-    await handle.signal(enqueueSignal, { ...foreign, taskId: 'foreign-queue', deployment: 'lab-a', taskQueue: b.taskQueue });
-    const state = await waitFor(async () => {
-      const s = await handle.query(deviceStateQuery);
-      return s.refused === 2 ? s : undefined;
-    }, 20_000, 'both requests refused');
+    await handle.signal(enqueueSignal, {
+      ...foreign,
+      taskId: 'foreign-queue',
+      deployment: 'lab-a',
+      taskQueue: b.taskQueue,
+    });
+    const state = await waitFor(
+      async () => {
+        const s = await handle.query(deviceStateQuery);
+        return s.refused === 2 ? s : undefined;
+      },
+      20_000,
+      'both requests refused',
+    );
     assert.equal(state.queue.length, 0);
     assert.equal(state.current, undefined);
     assert.equal(await a.redis.exists(`${a.prefix}traversal:result:foreign:dep-1`), 0);
@@ -121,7 +154,10 @@ describe('deployments sharing a Temporal namespace', function () {
     assert.equal(name({ DT_REDIS_KEY_PREFIX: 'lab-a:', DT_DEPLOYMENT: 'lab-b' }), 'lab-b');
     assert.equal(name({ DT_REDIS_KEY_PREFIX: 'lab-a:', DT_DEPLOYMENT: 'none' }), '');
     assert.equal(name({}), '');
-    assert.throws(() => name({ DT_REDIS_KEY_PREFIX: 'lab a:' }), /DT_REDIS_KEY_PREFIX="lab a:" does not make a deployment name/);
+    assert.throws(
+      () => name({ DT_REDIS_KEY_PREFIX: 'lab a:' }),
+      /DT_REDIS_KEY_PREFIX="lab a:" does not make a deployment name/,
+    );
     assert.throws(() => name({ DT_DEPLOYMENT: 'a/b' }), /DT_DEPLOYMENT="a\/b" is invalid/);
   });
 });

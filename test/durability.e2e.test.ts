@@ -14,7 +14,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { PROJECT_ROOT } from '../src/config';
-import { budgetSignal, pauseSignal, progressQuery, resumeSignal, traversalWorkflowId, type Finding, type TraversalRequest, type TraversalResult } from '../src/contract/messages';
+import {
+  budgetSignal,
+  pauseSignal,
+  progressQuery,
+  resumeSignal,
+  traversalWorkflowId,
+  type Finding,
+  type TraversalRequest,
+  type TraversalResult,
+} from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
 import { ApkOrigin, type ApkInfo } from '../sim/origin';
 import { requestTraversal } from '../src/starter/task-bridge';
@@ -29,8 +38,12 @@ const EventType = temporal.api.enums.v1.EventType;
 /** The files of a tar archive (uncompressed bytes), by name, in archive order. */
 function tarEntries(tar: Buffer): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
-  const field = (off: number, len: number) => tar.subarray(off, off + len).toString('utf8').replace(/\0.*$/s, '');
-  for (let off = 0; off + 512 <= tar.length; ) {
+  const field = (off: number, len: number) =>
+    tar
+      .subarray(off, off + len)
+      .toString('utf8')
+      .replace(/\0.*$/s, '');
+  for (let off = 0; off + 512 <= tar.length;) {
     const name = field(off, 100);
     if (!name) break;
     const size = parseInt(field(off + 124, 12).trim() || '0', 8);
@@ -55,7 +68,12 @@ describe('a traversal at production shape', function () {
     await stack?.stop();
   });
 
-  const request = (taskId: string, deviceId: string, durationSec: number, extraArgs: string[] = []): TraversalRequest => ({
+  const request = (
+    taskId: string,
+    deviceId: string,
+    durationSec: number,
+    extraArgs: string[] = [],
+  ): TraversalRequest => ({
     taskId,
     deviceId,
     agentUrl: stack.agent.url,
@@ -70,7 +88,9 @@ describe('a traversal at production shape', function () {
     const h = await stack.client.workflow.getHandle(workflowId).fetchHistory();
     const events = h.events ?? [];
     const signals = events.filter(
-      (e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED && e.workflowExecutionSignaledEventAttributes?.signalName === 'progress-update',
+      (e) =>
+        e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED &&
+        e.workflowExecutionSignaledEventAttributes?.signalName === 'progress-update',
     ).length;
     return { events: events.length, signals };
   }
@@ -80,11 +100,16 @@ describe('a traversal at production shape', function () {
     const args = ['--crashes', '2', '--anrs', '1'];
     await requestTraversal(stack.client, stack.taskQueue, request('h15', 'hist-15', 15, args));
     await requestTraversal(stack.client, stack.taskQueue, request('h60', 'hist-60', 60, args));
-    const [r15, r60] = await Promise.all([stack.waitResult('h15', 'hist-15', 120_000), stack.waitResult('h60', 'hist-60', 180_000)]);
+    const [r15, r60] = await Promise.all([
+      stack.waitResult('h15', 'hist-15', 120_000),
+      stack.waitResult('h60', 'hist-60', 180_000),
+    ]);
     for (const r of [r15, r60]) assert.equal(r.status, 'completed', JSON.stringify(r.error));
     const h15 = await history(traversalWorkflowId('h15', 'hist-15'));
     const h60 = await history(traversalWorkflowId('h60', 'hist-60'));
-    console.log(`      history events: 15 s → ${h15.events} (${h15.signals} progress signals), 60 s → ${h60.events} (${h60.signals} progress signals)`);
+    console.log(
+      `      history events: 15 s → ${h15.events} (${h15.signals} progress signals), 60 s → ${h60.events} (${h60.signals} progress signals)`,
+    );
     assert.ok(h15.events <= 250 && h60.events <= 250, `${h15.events} and ${h60.events} events`);
     assert.ok(h60.events - h15.events <= 12, `a 60 s run wrote ${h60.events - h15.events} events more than a 15 s run`);
     // Percent still reaches the workflow in 5-point steps: one signal per step at most, plus the start.
@@ -100,10 +125,17 @@ describe('a traversal at production shape', function () {
     assert.deepEqual(r15.findings.map((f) => f.signature).sort(), r60.findings.map((f) => f.signature).sort());
     const tar = tarEntries(gunzipSync(readFileSync(r60.reportUrl!.replace('file://', ''))));
     const names = [...tar.keys()];
-    for (const n of ['summary.json', 'findings.json', 'findings/crash-1.png', 'findings/anr-1.png']) assert.ok(names.includes(n), `archive holds ${n}: ${names.join(', ')}`);
+    for (const n of ['summary.json', 'findings.json', 'findings/crash-1.png', 'findings/anr-1.png'])
+      assert.ok(names.includes(n), `archive holds ${n}: ${names.join(', ')}`);
     const inArchive = JSON.parse(tar.get('findings.json')!.toString('utf8')) as Finding[];
-    assert.deepEqual(inArchive.map((f) => f.signature), r60.findings.map((f) => f.signature));
-    assert.ok(inArchive.every((f) => f.frames.length > 0 && f.screenshot && names.includes(f.screenshot)), 'every finding has frames and its screenshot');
+    assert.deepEqual(
+      inArchive.map((f) => f.signature),
+      r60.findings.map((f) => f.signature),
+    );
+    assert.ok(
+      inArchive.every((f) => f.frames.length > 0 && f.screenshot && names.includes(f.screenshot)),
+      'every finding has frames and its screenshot',
+    );
   });
 
   it('a pause reaches the running tool and holds it (how soon is printed); resume and a budget change do too', async function () {
@@ -111,7 +143,11 @@ describe('a traversal at production shape', function () {
     const id = traversalWorkflowId('p1', 'pause-1');
     await requestTraversal(stack.client, stack.taskQueue, request('p1', 'pause-1', 60));
     const handle = stack.client.workflow.getHandle(id);
-    await waitFor(async () => (await pendingActivity(handle, 'runTraversal'))?.details?.percent as number >= 5, 60_000, 'the traversal past 5%');
+    await waitFor(
+      async () => ((await pendingActivity(handle, 'runTraversal'))?.details?.percent as number) >= 5,
+      60_000,
+      'the traversal past 5%',
+    );
     const log = path.join(stack.dataDir, 'runs', 'p1', 'pause-1', 'attempt-1.log');
     const lines = () => readFileSync(log, 'utf8');
 
@@ -148,7 +184,9 @@ describe('a traversal at production shape', function () {
     await handle.signal(budgetSignal, { finishNow: true });
     const r = await stack.waitResult('p1', 'pause-1', 60_000);
     const stopMs = Date.now() - t2;
-    console.log(`      pause reached the tool after ${(pauseMs / 1000).toFixed(1)} s, resume after ${(resumeMs / 1000).toFixed(1)} s, finishNow ended the run after ${(stopMs / 1000).toFixed(1)} s`);
+    console.log(
+      `      pause reached the tool after ${(pauseMs / 1000).toFixed(1)} s, resume after ${(resumeMs / 1000).toFixed(1)} s, finishNow ended the run after ${(stopMs / 1000).toFixed(1)} s`,
+    );
     // Generous on a busy machine; the figures are printed above (a few hundred ms when idle).
     assert.ok(pauseMs <= 30_000 && resumeMs <= 30_000, `pause ${pauseMs} ms, resume ${resumeMs} ms`);
     assert.equal(r.status, 'completed', JSON.stringify(r.error));
@@ -190,7 +228,12 @@ describe('findings when a host is lost mid-traversal', function () {
         redisKeyPrefix: prefix,
         dataDir,
         logDir: path.join(root, 'logs'),
-        env: { DT_REPORT_SINK: sink.url, DT_REPORT_SINK_TOKEN: 'sink-token', DT_REPORT_SHIP_INTERVAL: '2s', DT_STICKY_TIMEOUT: '2s' },
+        env: {
+          DT_REPORT_SINK: sink.url,
+          DT_REPORT_SINK_TOKEN: 'sink-token',
+          DT_REPORT_SHIP_INTERVAL: '2s',
+          DT_STICKY_TIMEOUT: '2s',
+        },
       });
       hosts.push({ name, dataDir, worker });
     }
@@ -252,11 +295,16 @@ describe('findings when a host is lost mid-traversal', function () {
     assert.equal(r.status, 'completed', JSON.stringify(r.error));
     assert.equal(r.traversalAttempt, 2);
     assert.ok(Number(r.resumedFrom) > 0, 'resumed from a checkpoint');
-    console.log(`      ${foundBefore} findings before the loss; ${r.findings.filter((f) => f.attempt === 1).length} of ${r.findings.length} in the result come from the lost host`);
+    console.log(
+      `      ${foundBefore} findings before the loss; ${r.findings.filter((f) => f.attempt === 1).length} of ${r.findings.length} in the result come from the lost host`,
+    );
     assert.ok(foundBefore >= 2, `findings reported before the loss: ${foundBefore}`);
     assert.deepEqual(signatures(r), signatures(twin), 'the same findings as the twin');
     assert.deepEqual([r.crashes, r.anrs], [5, 2]);
-    assert.ok(r.findings.some((f) => f.attempt === 1), 'findings of the lost host kept');
+    assert.ok(
+      r.findings.some((f) => f.attempt === 1),
+      'findings of the lost host kept',
+    );
 
     // The archive, read back from the sink, names them all; the lost host's screenshots are in it too.
     const tar = tarEntries(gunzipSync(readFileSync(sink.fileOf('/reports/run/lost-run.tar.gz'))));
@@ -264,6 +312,10 @@ describe('findings when a host is lost mid-traversal', function () {
     const inArchive = JSON.parse(tar.get('findings.json')!.toString('utf8')) as Finding[];
     assert.deepEqual(inArchive.map((f) => `${f.kind}:${f.signature}`).sort(), signatures(twin));
     const early = inArchive.filter((f) => f.attempt === 1);
-    assert.ok(early.length > 0 && early.every((f) => f.screenshot?.startsWith('attempts/attempt-1/') && names.includes(f.screenshot)), JSON.stringify(early.map((f) => f.screenshot)));
+    assert.ok(
+      early.length > 0 &&
+        early.every((f) => f.screenshot?.startsWith('attempts/attempt-1/') && names.includes(f.screenshot)),
+      JSON.stringify(early.map((f) => f.screenshot)),
+    );
   });
 });

@@ -28,7 +28,16 @@ import {
 import { AgentSimulator } from '../sim/agent-sim';
 import { ApkOrigin } from '../sim/origin';
 import { starterKeys } from '../src/contract/redis-keys';
-import { devServerOnFile, pendingActivity, sleep, spawnStarter, spawnWorker, TcpProxy, waitFor, type Proc } from './support/procs';
+import {
+  devServerOnFile,
+  pendingActivity,
+  sleep,
+  spawnStarter,
+  spawnWorker,
+  TcpProxy,
+  waitFor,
+  type Proc,
+} from './support/procs';
 import { enqueueSignals } from './support/history';
 import { waitForResult } from '../dev/wait';
 import { startStack, type Stack } from '../dev/stack';
@@ -96,7 +105,11 @@ describe('starters killed: every task is started exactly once', function () {
       await second.waitForLog('traversal requested', 5_000, { taskId: 's-once' });
       assert.equal(await stack.redis.llen(processing), 0);
       const signals = await enqueueSignals(stack.client, deviceWorkflowId('st-1'));
-      assert.deepEqual(signals.map((x) => x.taskId), ['s-once'], 'one enqueue signal, after the restart');
+      assert.deepEqual(
+        signals.map((x) => x.taskId),
+        ['s-once'],
+        'one enqueue signal, after the restart',
+      );
       assert.equal(
         stack.agent.calls.filter((c) => c.op === 'install' && c.packageName === 'com.example.sonce').length,
         1,
@@ -163,7 +176,10 @@ describe('starters killed: every task is started exactly once', function () {
       signals += pids.length;
       const sentByA = pids.every((p) => p === a.pid || p === a2.pid);
       const sentByB = pids.every((p) => p === b.pid);
-      assert.ok(pids.length > 0 && (sentByA || sentByB), `${taskId} went to one starter id (senders ${pids.join(', ')})`);
+      assert.ok(
+        pids.length > 0 && (sentByA || sentByB),
+        `${taskId} went to one starter id (senders ${pids.join(', ')})`,
+      );
     }
     console.log(`      16 tasks, ${signals} enqueue signals, ${tasks.length} traversals`);
     await stopStarters();
@@ -349,7 +365,11 @@ describe('the Temporal server and Redis killed and restarted', function () {
       await redis.lpush(keys.tasks, ...during.map((t) => task(t.taskId, t.deviceId, 120)));
       const duringHandles = during.map((t) => client.workflow.getHandle(traversalWorkflowId(t.taskId, t.deviceId)));
       for (const h of duringHandles)
-        await waitFor(async () => (await pendingActivity(h, 'runTraversal'))?.started, 60_000, `${h.workflowId} traversing`);
+        await waitFor(
+          async () => (await pendingActivity(h, 'runTraversal'))?.started,
+          60_000,
+          `${h.workflowId} traversing`,
+        );
       await waitFor(async () => (await redis.llen(keys.processing)) === 0, 20_000, 'the processing list emptied');
 
       // Temporal held from the starter: it takes `concurrency` items and waits; the rest stay queued.
@@ -357,7 +377,9 @@ describe('the Temporal server and Redis killed and restarted', function () {
       const held = devices.concat(devices).map((d, i) => ({ taskId: `rd-held-${i}`, deviceId: d }));
       await redis.lpush(keys.tasks, ...held.map((t) => task(t.taskId, t.deviceId)));
       await waitFor(
-        async () => (await redis.llen(keys.processing)) === concurrency && (await redis.llen(keys.tasks)) === held.length - concurrency,
+        async () =>
+          (await redis.llen(keys.processing)) === concurrency &&
+          (await redis.llen(keys.tasks)) === held.length - concurrency,
         20_000,
         `${concurrency} items taken, the rest queued`,
       );
@@ -373,13 +395,20 @@ describe('the Temporal server and Redis killed and restarted', function () {
       // Each finished traversal handed its result to a publish workflow, whose attempts now fail.
       for (const t of during) {
         const publish = client.workflow.getHandle(publishWorkflowId(t.taskId, t.deviceId));
-        await waitFor(async () => (await pendingActivity(publish, 'publishResult'))?.lastFailure, 90_000, `a failed publish of ${t.taskId}`);
+        await waitFor(
+          async () => (await pendingActivity(publish, 'publishResult'))?.lastFailure,
+          90_000,
+          `a failed publish of ${t.taskId}`,
+        );
       }
       redisServer = await startRedis({ port, dir: redisDir });
       console.log(`      Redis down for ${((Date.now() - downAt) / 1000).toFixed(1)} s`);
 
       // The append-only file brought back every list and result as they were.
-      assert.deepEqual([await redis.lrange(keys.tasks, 0, -1), await redis.lrange(keys.processing, 0, -1)], listsBefore);
+      assert.deepEqual(
+        [await redis.lrange(keys.tasks, 0, -1), await redis.lrange(keys.processing, 0, -1)],
+        listsBefore,
+      );
       assert.deepEqual(await redis.mget(...resultKeys), publishedBefore, 'earlier results survived');
 
       proxy.unblock();
@@ -391,20 +420,34 @@ describe('the Temporal server and Redis killed and restarted', function () {
         const publish = client.workflow.getHandle(publishWorkflowId(t.taskId, t.deviceId));
         await publish.result();
         const events = (await publish.fetchHistory()).events ?? [];
-        const attempts = events.flatMap((e) => (e.activityTaskStartedEventAttributes ? [e.activityTaskStartedEventAttributes.attempt ?? 1] : []));
+        const attempts = events.flatMap((e) =>
+          e.activityTaskStartedEventAttributes ? [e.activityTaskStartedEventAttributes.attempt ?? 1] : [],
+        );
         const scheduled = events.filter((e) => e.activityTaskScheduledEventAttributes).length;
-        assert.ok(scheduled > 1 || attempts.some((a) => a > 1), `${t.taskId} published after a retry (attempts ${attempts.join(', ')})`);
-        assert.ok(events.some((e) => e.activityTaskCompletedEventAttributes), `${t.taskId} published`);
+        assert.ok(
+          scheduled > 1 || attempts.some((a) => a > 1),
+          `${t.taskId} published after a retry (attempts ${attempts.join(', ')})`,
+        );
+        assert.ok(
+          events.some((e) => e.activityTaskCompletedEventAttributes),
+          `${t.taskId} published`,
+        );
       }
       for (const t of held) {
         const r = await result(t.taskId, t.deviceId);
         assert.equal(r.status, 'completed', `${t.taskId}: ${JSON.stringify(r.error)}`);
       }
       // Only a replay of the processing list after the reconnect can find the orphan.
-      assert.equal((await result(orphan.taskId, orphan.deviceId, 60_000)).status, 'completed', 'the orphan was replayed');
+      assert.equal(
+        (await result(orphan.taskId, orphan.deviceId, 60_000)).status,
+        'completed',
+        'the orphan was replayed',
+      );
       await starter.waitForLog('Redis reconnected; replaying the processing list', 10_000);
       for (const t of [...before, ...during, ...held, orphan]) {
-        const installs = agent.calls.filter((c) => c.op === 'install' && c.packageName === `com.example.${t.taskId.replace(/\W/g, '')}`);
+        const installs = agent.calls.filter(
+          (c) => c.op === 'install' && c.packageName === `com.example.${t.taskId.replace(/\W/g, '')}`,
+        );
         assert.equal(installs.length, 1, `${t.taskId} ran once`);
       }
       assert.ok(starter.alive() && worker.alive(), 'starter and worker rode the outage out');

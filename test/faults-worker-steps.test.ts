@@ -18,7 +18,12 @@ import path from 'node:path';
 import { resultKey } from '../src/contract/redis-keys';
 import { WORKER_LOST } from '../src/activities/traversal/attempt-journal';
 import { PROJECT_ROOT } from '../src/config';
-import { budgetSignal, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../src/contract/messages';
+import {
+  budgetSignal,
+  traversalWorkflowId,
+  type TraversalRequest,
+  type TraversalResult,
+} from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
 import { ApkOrigin, type ApkInfo } from '../sim/origin';
 import { requestTraversal } from '../src/starter/task-bridge';
@@ -313,7 +318,9 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     assert.equal(r.error?.type, WORKER_LOST, JSON.stringify(r.error));
     assert.equal(r.error?.kind, 'infrastructure');
     assert.equal(r.error?.step, 'runTraversal');
-    const started = activityStarts((await handle.fetchHistory()).events ?? [], 'runTraversal').at(-1)?.activityTaskStartedEventAttributes;
+    const started = activityStarts((await handle.fetchHistory()).events ?? [], 'runTraversal').at(
+      -1,
+    )?.activityTaskStartedEventAttributes;
     assert.equal(Number(started?.attempt), 2, 'the last attempt was the second');
     for (const pid of jars) assert.ok(!pidAlive(pid), `jar ${pid} was ended`);
     assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');

@@ -13,7 +13,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { JOURNAL_LEASE_STALE_MS, WORKER_LOST } from '../src/activities/traversal/attempt-journal';
 import { PROJECT_ROOT } from '../src/config';
-import { budgetSignal, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../src/contract/messages';
+import {
+  budgetSignal,
+  traversalWorkflowId,
+  type TraversalRequest,
+  type TraversalResult,
+} from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
 import { ApkOrigin, type ApkInfo } from '../sim/origin';
 import {

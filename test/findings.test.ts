@@ -3,7 +3,15 @@
  * prints (and the traversal simulator imitates), so the grouping rules are pinned down exactly.
  */
 import assert from 'node:assert/strict';
-import { findingsForResult, frameKey, mergeFindings, parseFindingLine, signatureFrames, signatureOf, toFinding } from '../src/activities/findings';
+import {
+  findingsForResult,
+  frameKey,
+  mergeFindings,
+  parseFindingLine,
+  signatureFrames,
+  signatureOf,
+  toFinding,
+} from '../src/activities/findings';
 import type { Finding } from '../src/contract/messages';
 
 const STACK = [
@@ -27,7 +35,10 @@ describe('finding signatures', function () {
     assert.equal(frameKey('com.x.Foo.lambda$onCreate$0(Foo.java:9)'), undefined);
     assert.equal(frameKey('com.x.Foo$$ExternalSyntheticLambda3.onClick(Unknown Source:2)'), undefined);
     assert.equal(frameKey('com.x.Foo$$Lambda$12/0x0000000801234.run(Unknown Source)'), undefined);
-    assert.equal(frameKey('jdk.internal.reflect.GeneratedMethodAccessor123.invoke(Unknown Source)'), 'jdk.internal.reflect.GeneratedMethodAccessor.invoke');
+    assert.equal(
+      frameKey('jdk.internal.reflect.GeneratedMethodAccessor123.invoke(Unknown Source)'),
+      'jdk.internal.reflect.GeneratedMethodAccessor.invoke',
+    );
   });
 
   it('hash the in-app frames only, in order, at most five', function () {
@@ -40,14 +51,25 @@ describe('finding signatures', function () {
   });
 
   it('fall back to the framework frames when a stack has no in-app frame', function () {
-    const system = ['android.os.BinderProxy.transactNative(Native Method)', 'android.os.BinderProxy.transact(BinderProxy.java:540)'];
-    assert.deepEqual(signatureFrames(system), ['android.os.BinderProxy.transactNative', 'android.os.BinderProxy.transact']);
+    const system = [
+      'android.os.BinderProxy.transactNative(Native Method)',
+      'android.os.BinderProxy.transact(BinderProxy.java:540)',
+    ];
+    assert.deepEqual(signatureFrames(system), [
+      'android.os.BinderProxy.transactNative',
+      'android.os.BinderProxy.transact',
+    ]);
   });
 
   it('are equal for the same bug whatever the line numbers, message, addresses or lambda numbering', function () {
-    const other = STACK.map((f) => f.replace(/:(\d+)\)/, (_m, n: string) => `:${Number(n) + 3})`)).map((f) => f.replace('lambda$onViewCreated$1', 'lambda$onViewCreated$4'));
+    const other = STACK.map((f) => f.replace(/:(\d+)\)/, (_m, n: string) => `:${Number(n) + 3})`)).map((f) =>
+      f.replace('lambda$onViewCreated$1', 'lambda$onViewCreated$4'),
+    );
     const a = signatureOf('crash', 'java.lang.IllegalStateException', STACK);
-    assert.equal(signatureOf('crash', 'java.lang.IllegalStateException: token android.os.BinderProxy@b678a28 is not valid', other), a);
+    assert.equal(
+      signatureOf('crash', 'java.lang.IllegalStateException: token android.os.BinderProxy@b678a28 is not valid', other),
+      a,
+    );
     assert.match(a, /^[0-9a-f]{12}$/);
   });
 

@@ -73,7 +73,11 @@ describe('the install URL is derived by the worker that installs', function () {
     await stack.push(task(stack, { taskId: 'no-url', deviceId: 'iu-1', apkUrl: apk.url, apkSha256: apk.sha256 }));
     const r = await stack.waitResult('no-url', 'iu-1');
     assert.equal(r.status, 'completed', JSON.stringify(r.error));
-    assert.deepEqual(Object.keys(r.apk ?? {}).sort(), ['fromCache', 'sha256', 'size'], 'the result names no install URL');
+    assert.deepEqual(
+      Object.keys(r.apk ?? {}).sort(),
+      ['fromCache', 'sha256', 'size'],
+      'the result names no install URL',
+    );
 
     const installUrl = stack.agent.calls.find((c) => c.op === 'install' && c.deviceId === 'iu-1')?.url ?? '';
     assert.ok(installUrl.startsWith(`${stack.worker.artifactUrl}/apk/`), `installed from this worker: ${installUrl}`);
@@ -82,10 +86,17 @@ describe('the install URL is derived by the worker that installs', function () {
     const address = new URL(stack.worker.artifactUrl).host;
 
     const histories: Record<string, string> = {};
-    for (const id of [traversalWorkflowId('no-url', 'iu-1'), publishWorkflowId('no-url', 'iu-1'), deviceWorkflowId('iu-1')]) {
-      for (const { runId, events } of await runHistories(stack.client, id)) histories[`${id} (${runId})`] = historyText({ events });
+    for (const id of [
+      traversalWorkflowId('no-url', 'iu-1'),
+      publishWorkflowId('no-url', 'iu-1'),
+      deviceWorkflowId('iu-1'),
+    ]) {
+      for (const { runId, events } of await runHistories(stack.client, id))
+        histories[`${id} (${runId})`] = historyText({ events });
     }
-    const traversal = Object.entries(histories).find(([name]) => name.startsWith(traversalWorkflowId('no-url', 'iu-1')))![1];
+    const traversal = Object.entries(histories).find(([name]) =>
+      name.startsWith(traversalWorkflowId('no-url', 'iu-1')),
+    )![1];
     assert.match(traversal, /install-url-on-worker/, 'the run took the patched path');
     assert.ok(traversal.includes(apk.url), 'payloads are searched decoded');
     for (const [name, text] of Object.entries(histories)) {
@@ -129,7 +140,10 @@ describe('the install URL is derived by the worker that installs', function () {
       packageName: 'com.example.fresh',
       apk: { originUrl: apk.url, sha256: apk.sha256, delivery: 'cache' },
     });
-    assert.ok(url.startsWith(`${stack.worker.artifactUrl}/apk/${apk.sha256}.apk?token=`), `installed from this worker: ${url}`);
+    assert.ok(
+      url.startsWith(`${stack.worker.artifactUrl}/apk/${apk.sha256}.apk?token=`),
+      `installed from this worker: ${url}`,
+    );
     assert.equal(await stack.worker.cache.stat(apk.sha256), apk.size, 'the APK is in this host cache');
     assert.equal(stack.origin.stats('iu-fresh.apk').gets, 1, 'one origin download');
   });

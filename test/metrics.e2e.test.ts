@@ -16,7 +16,11 @@ function series(text: string, name: string, labels = ''): number | undefined {
 describe('metrics and logs', function () {
   let stack: Stack;
   before(async function () {
-    stack = await startStack({ devices: ['m-1', 'm-2', 'm-3'], apks: [{ name: 'metrics.apk', size: 3 * MiB }], starter: true });
+    stack = await startStack({
+      devices: ['m-1', 'm-2', 'm-3'],
+      apks: [{ name: 'metrics.apk', size: 3 * MiB }],
+      starter: true,
+    });
   });
   after(async function () {
     await stack?.stop();
@@ -25,8 +29,14 @@ describe('metrics and logs', function () {
   it('counters in /metrics match what a run did, next to the SDK’s own metrics', async function () {
     const apk = stack.apks['metrics.apk']!;
     await stack.push(task(stack, { taskId: 'm-ok', devices: ['m-1', 'm-2'], apkUrl: apk.url }));
-    await stack.push(task(stack, { taskId: 'm-404', deviceId: 'm-3', apkUrl: apk.url.replace('metrics.apk', 'nope.apk') }));
-    await Promise.all([stack.waitResult('m-ok', 'm-1'), stack.waitResult('m-ok', 'm-2'), stack.waitResult('m-404', 'm-3')]);
+    await stack.push(
+      task(stack, { taskId: 'm-404', deviceId: 'm-3', apkUrl: apk.url.replace('metrics.apk', 'nope.apk') }),
+    );
+    await Promise.all([
+      stack.waitResult('m-ok', 'm-1'),
+      stack.waitResult('m-ok', 'm-2'),
+      stack.waitResult('m-404', 'm-3'),
+    ]);
     const res = await request(`${stack.worker.artifactUrl}/metrics`);
     assert.equal(res.statusCode, 200);
     const text = await res.body.text();
@@ -46,8 +56,14 @@ describe('metrics and logs', function () {
     const out = new PassThrough();
     const chunks: string[] = [];
     out.on('data', (c: Buffer) => chunks.push(c.toString()));
-    const logger = new JsonLogger({ service: 'worker' }, 'info', out as unknown as NodeJS.WritableStream, ['s3cr3t-token']);
-    logger.info('APK ready', { workflowId: 'traversal/task-9/sim-4', activityType: 'resolveApk', url: 'http://x/?key=s3cr3t-token' });
+    const logger = new JsonLogger({ service: 'worker' }, 'info', out as unknown as NodeJS.WritableStream, [
+      's3cr3t-token',
+    ]);
+    logger.info('APK ready', {
+      workflowId: 'traversal/task-9/sim-4',
+      activityType: 'resolveApk',
+      url: 'http://x/?key=s3cr3t-token',
+    });
     logger.debug('hidden at info level');
     const lines = chunks.join('').trim().split('\n');
     assert.equal(lines.length, 1);

@@ -8,7 +8,13 @@ import { execFile } from 'node:child_process';
 import { readFileSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { deviceWorkflowId, traversalWorkflowId, type DeviceState, type TraversalProgress, type TraversalRequest } from '../src/contract/messages';
+import {
+  deviceWorkflowId,
+  traversalWorkflowId,
+  type DeviceState,
+  type TraversalProgress,
+  type TraversalRequest,
+} from '../src/contract/messages';
 import { ProgressBoard } from '../src/starter/progress-board';
 import { findTemporalCli } from '../dev/temporal-dev';
 import { startStack, type Stack } from '../dev/stack';
@@ -246,14 +252,20 @@ describe('operating runs with the temporal CLI', function () {
     // the state shows the request at all, a device that ignored the pause would show it as current.
     const state = await waitFor(
       async () => {
-        const s = findState(JSON.parse(await temporal('workflow', 'query', '--workflow-id', workflowId, '--name', 'state', '-o', 'json')));
+        const s = findState(
+          JSON.parse(await temporal('workflow', 'query', '--workflow-id', workflowId, '--name', 'state', '-o', 'json')),
+        );
         return s && JSON.stringify(s).includes('dev-held') ? s : undefined;
       },
       30_000,
       'dev-held in the device state',
     );
     assert.equal(state.paused, true);
-    assert.deepEqual((state.queue ?? []).map((q) => q.taskId), ['dev-held'], 'the task waits in the queue');
+    assert.deepEqual(
+      (state.queue ?? []).map((q) => q.taskId),
+      ['dev-held'],
+      'the task waits in the queue',
+    );
     assert.equal(state.current, undefined, 'nothing runs');
     const children = (await runHistories(stack.client, workflowId)).flatMap((run) => childStarts(run.events));
     assert.ok(!children.includes(traversalWorkflowId('dev-held', 'op-5')), 'no traversal started for dev-held');

@@ -61,10 +61,29 @@ describe('publishing while Redis refuses writes', function () {
     const { client, redis, prefix } = stack;
     const device = 'pub-1';
     const apkUrl = stack.apks['publish.apk']!.url;
-    await stack.push(task(stack, { taskId: 'pub-a', deviceId: device, apkUrl, traversal: { durationSec: 2, extraArgs: ['--tick-ms', '100'] } }));
-    await stack.push(task(stack, { taskId: 'pub-b', deviceId: device, apkUrl, traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] } }));
+    await stack.push(
+      task(stack, {
+        taskId: 'pub-a',
+        deviceId: device,
+        apkUrl,
+        traversal: { durationSec: 2, extraArgs: ['--tick-ms', '100'] },
+      }),
+    );
+    await stack.push(
+      task(stack, {
+        taskId: 'pub-b',
+        deviceId: device,
+        apkUrl,
+        traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
+      }),
+    );
     // Both tasks are in Temporal (the starter's lists are empty) before Redis stops taking writes.
-    await waitFor(async () => (await redis.llen(stack.bridge!.keys.tasks)) + (await redis.llen(stack.bridge!.keys.processing)) === 0, 30_000, 'tasks handed to Temporal');
+    await waitFor(
+      async () =>
+        (await redis.llen(stack.bridge!.keys.tasks)) + (await redis.llen(stack.bridge!.keys.processing)) === 0,
+      30_000,
+      'tasks handed to Temporal',
+    );
     await redis.config('SET', 'maxmemory-policy', 'noeviction');
     await redis.config('SET', 'maxmemory', '1');
     await assert.rejects(redis.set(`${prefix}probe`, 'x'), /OOM/, 'Redis refuses writes');
@@ -94,14 +113,18 @@ describe('publishing while Redis refuses writes', function () {
         `${h.workflowId} waiting for Redis`,
       );
     }
-    assert.ok(stack.worker.metrics.publishFailures.get({ reason: 'OOM' }) >= 10, 'failed attempts counted by Redis error');
+    assert.ok(
+      stack.worker.metrics.publishFailures.get({ reason: 'OOM' }) >= 10,
+      'failed attempts counted by Redis error',
+    );
     assert.equal(stack.worker.metrics.resultsWaiting.size(), 2);
     assert.match(stack.worker.metrics.render(), /^dt_results_waiting_for_redis 2$/m);
 
     // Keep Redis unwritable for longer than the old give-up window, counted from A's end.
     const holdUntil = aClosed + OLD_GIVE_UP_MS + 5_000;
     while (Date.now() < holdUntil) await new Promise((r) => setTimeout(r, 500));
-    for (const h of [pubA, pubB]) assert.equal((await h.describe()).status.name, 'RUNNING' satisfies WorkflowExecutionStatusName);
+    for (const h of [pubA, pubB])
+      assert.equal((await h.describe()).status.name, 'RUNNING' satisfies WorkflowExecutionStatusName);
     assert.equal(await redis.exists(resultKey('pub-a', device, prefix), resultKey('pub-b', device, prefix)), 0);
 
     await redis.config('SET', 'maxmemory', '0');
@@ -113,7 +136,10 @@ describe('publishing while Redis refuses writes', function () {
       `      B started ${((bStarted - aFinished) / 1000).toFixed(1)} s after A's result was final; Redis refused writes for ` +
         `${((Date.now() - publishedMs - aFinished) / 1000).toFixed(0)} s after it; both results published ${(publishedMs / 1000).toFixed(1)} s after Redis came back`,
     );
-    for (const [id, r] of [['pub-a', resultA], ['pub-b', resultB]] as const) {
+    for (const [id, r] of [
+      ['pub-a', resultA],
+      ['pub-b', resultB],
+    ] as const) {
       const stored = JSON.parse((await redis.get(resultKey(id, device, prefix)))!) as TraversalResult;
       assert.equal(stored.runId, r.runId);
       assert.equal(stored.status, 'completed');
@@ -138,13 +164,17 @@ describe('publishResult writes the key and the event together, once per run', fu
     await local?.stop();
   });
 
-  const result = (runId: string) => ({ taskId: 'pt', deviceId: 'pd', status: 'completed', runId, workflowId: 'traversal/pt/pd' }) as TraversalResult;
+  const result = (runId: string) =>
+    ({ taskId: 'pt', deviceId: 'pd', status: 'completed', runId, workflowId: 'traversal/pt/pd' }) as TraversalResult;
 
   it('writes nothing when the stream key has the wrong type, and everything once it is fixed', async function () {
     const metrics = new Metrics();
     const { publishResult } = createResultPublisherActivities({ redis, keyPrefix: 'w:', metrics });
     await redis.set(resultsStream('w:'), 'not a stream');
-    await assert.rejects(publishResult(result('run-1')), /WRONGTYPE w:traversal:results holds a string, not a stream; nothing was written/);
+    await assert.rejects(
+      publishResult(result('run-1')),
+      /WRONGTYPE w:traversal:results holds a string, not a stream; nothing was written/,
+    );
     assert.equal(await redis.exists(resultKey('pt', 'pd', 'w:')), 0, 'no result key without its event');
     assert.equal(metrics.resultsWaiting.size(), 1);
     await redis.del(resultsStream('w:'));

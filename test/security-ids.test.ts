@@ -28,7 +28,12 @@ import { ApkCache } from '../src/apk-cache';
 import { ArtifactServer } from '../src/worker/artifact-server';
 import { loadConfig, PROJECT_ROOT } from '../src/config';
 import { InvalidTaskError } from '../src/contract/errors';
-import { traversalWorkflowId, publishWorkflowId, type TraversalRequest, type TraversalResult } from '../src/contract/messages';
+import {
+  traversalWorkflowId,
+  publishWorkflowId,
+  type TraversalRequest,
+  type TraversalResult,
+} from '../src/contract/messages';
 import { Metrics } from '../src/metrics';
 import type { AgentDirectory } from '../src/device-registry';
 import { parseTask } from '../src/starter/task';

@@ -22,7 +22,12 @@ import { resultKey } from '../src/contract/redis-keys';
 import { ArtifactServer, artifactInstallUrl } from '../src/worker/artifact-server';
 import { deploymentFromPrefix, PROJECT_ROOT } from '../src/config';
 import { JsonLogger } from '../src/logger';
-import { deviceWorkflowId, publishWorkflowId, traversalWorkflowId, type TraversalResult } from '../src/contract/messages';
+import {
+  deviceWorkflowId,
+  publishWorkflowId,
+  traversalWorkflowId,
+  type TraversalResult,
+} from '../src/contract/messages';
 import { Metrics } from '../src/metrics';
 import { AgentSimulator } from '../sim/agent-sim';
 import { SIM_EXTRA_ARGS } from '../sim/traversal-sim-args';
@@ -348,7 +353,9 @@ describe('the Temporal API key from a config-file profile', function () {
       assert.equal(temporalApiKey(settings), 'key-from-profile-123');
       const lines: string[] = [];
       const sink = { write: (t: string) => lines.push(t) } as unknown as NodeJS.WritableStream;
-      new JsonLogger({ service: 'test' }, 'info', sink, [temporalApiKey(settings)]).info('connecting with key-from-profile-123');
+      new JsonLogger({ service: 'test' }, 'info', sink, [temporalApiKey(settings)]).info(
+        'connecting with key-from-profile-123',
+      );
       assert.ok(!lines.join('').includes('key-from-profile-123'), lines.join(''));
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -186,7 +186,10 @@ describe('task input through a real starter, Redis and Temporal', function () {
   /** A bridge with its own key prefix (a starter id per test, reused across its restarts); no worker polls its queue. */
   function bridgeFor(test: string, env: NodeJS.ProcessEnv = {}, logs: string[] = []): TaskBridge {
     return createStarter({
-      config: loadConfig({ DT_ALLOWED_HOSTS: '127.0.0.1', ...env }, { taskQueue: `tq-nobody-${id}`, starterId: `starter-${test}` }),
+      config: loadConfig(
+        { DT_ALLOWED_HOSTS: '127.0.0.1', ...env },
+        { taskQueue: `tq-nobody-${id}`, starterId: `starter-${test}` },
+      ),
       ...clients,
       agents: { agentFor: () => 'http://127.0.0.1:9' },
       keyPrefix: `ti${id}-${test}:`,

@@ -17,14 +17,22 @@ interface Reply {
   body: Buffer;
 }
 
-async function fetchRaw(url: string, opts: { method?: 'GET' | 'HEAD' | 'POST'; headers?: Record<string, string>; body?: string | Readable } = {}): Promise<Reply> {
+async function fetchRaw(
+  url: string,
+  opts: { method?: 'GET' | 'HEAD' | 'POST'; headers?: Record<string, string>; body?: string | Readable } = {},
+): Promise<Reply> {
   const res = await request(url, { method: opts.method ?? 'GET', headers: opts.headers, body: opts.body });
   const body = Buffer.from(await res.body.arrayBuffer());
   return { status: res.statusCode, headers: res.headers, body };
 }
 
 async function call(url: string, body?: object): Promise<{ status: number; json: Record<string, unknown> }> {
-  const r = await fetchRaw(url, body === undefined ? {} : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const r = await fetchRaw(
+    url,
+    body === undefined
+      ? {}
+      : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) },
+  );
   return { status: r.status, json: JSON.parse(r.body.toString('utf8')) as Record<string, unknown> };
 }
 
@@ -34,11 +42,15 @@ function multipart(boundary: string, parts: Array<{ name: string; value?: string
   async function* gen(): AsyncGenerator<Buffer> {
     for (const p of parts) {
       if (p.file) {
-        yield Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${p.name}"; filename="app.apk"\r\nContent-Type: application/vnd.android.package-archive\r\n\r\n`);
+        yield Buffer.from(
+          `--${boundary}\r\nContent-Disposition: form-data; name="${p.name}"; filename="app.apk"\r\nContent-Type: application/vnd.android.package-archive\r\n\r\n`,
+        );
         yield* fs.createReadStream(p.file) as AsyncIterable<Buffer>;
         yield Buffer.from('\r\n');
       } else {
-        yield Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${p.name}"\r\n\r\n${p.value ?? ''}\r\n`);
+        yield Buffer.from(
+          `--${boundary}\r\nContent-Disposition: form-data; name="${p.name}"\r\n\r\n${p.value ?? ''}\r\n`,
+        );
       }
     }
     yield Buffer.from(`--${boundary}--\r\n`);
@@ -164,9 +176,15 @@ describe('sims', function () {
   describe('parseMultipart', () => {
     it('handles boundaries split across arbitrarily small chunks', async () => {
       const boundary = 'xYz123';
-      const payload = Buffer.concat([Buffer.from('\r\n--xYz12 almost a boundary \r\n-'), Buffer.alloc(300, 7), Buffer.from('\r\n--xY')]);
+      const payload = Buffer.concat([
+        Buffer.from('\r\n--xYz12 almost a boundary \r\n-'),
+        Buffer.alloc(300, 7),
+        Buffer.from('\r\n--xY'),
+      ]);
       const body = Buffer.concat([
-        Buffer.from(`preamble\r\n--${boundary}\r\nContent-Disposition: form-data; name="packageName"\r\n\r\ncom.example\r\n`),
+        Buffer.from(
+          `preamble\r\n--${boundary}\r\nContent-Disposition: form-data; name="packageName"\r\n\r\ncom.example\r\n`,
+        ),
         Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="apk"; filename="a.apk"\r\n\r\n`),
         payload,
         Buffer.from(`\r\n--${boundary}--\r\nepilogue`),
@@ -178,7 +196,10 @@ describe('sims', function () {
         })();
         await parseMultipart(Readable.from(chunks), boundary, (info) => {
           const bufs: Buffer[] = [];
-          return { write: (c) => bufs.push(Buffer.from(c)), end: () => parts.push({ info, data: Buffer.concat(bufs) }) };
+          return {
+            write: (c) => bufs.push(Buffer.from(c)),
+            end: () => parts.push({ info, data: Buffer.concat(bufs) }),
+          };
         });
         assert.equal(parts.length, 2, `chunk size ${size}`);
         assert.equal(parts[0]?.info.name, 'packageName');
@@ -186,7 +207,10 @@ describe('sims', function () {
         assert.equal(parts[1]?.info.filename, 'a.apk');
         assert.deepEqual(parts[1]?.data, payload, `chunk size ${size}`);
       }
-      await assert.rejects(parseMultipart(Readable.from([body.subarray(0, 150)]), boundary, () => ({ write: () => {}, end: () => {} })), /closing boundary/);
+      await assert.rejects(
+        parseMultipart(Readable.from([body.subarray(0, 150)]), boundary, () => ({ write: () => {}, end: () => {} })),
+        /closing boundary/,
+      );
     });
   });
 
@@ -197,7 +221,11 @@ describe('sims', function () {
 
     before(async () => {
       big = await origin.addApk('big.apk', 20 * 1024 * 1024 + 17);
-      sim = new AgentSimulator({ devices: ['sim-1', 'sim-2', 'sim-3', 'sim-4'], offline: ['sim-4'], coldStartMs: [300, 400] });
+      sim = new AgentSimulator({
+        devices: ['sim-1', 'sim-2', 'sim-3', 'sim-4'],
+        offline: ['sim-4'],
+        coldStartMs: [300, 400],
+      });
       base = await sim.start(0, '127.0.0.1');
     });
 
@@ -227,7 +255,11 @@ describe('sims', function () {
 
     it('installs by downloading from the origin and checking the hash', async () => {
       const dl = sim.stats.downloadedBytes;
-      const r = await call(`${base}/mobile/sim-1/installApp`, { url: origin.url('small.apk'), packageName: 'com.example.small', sha256: small.sha256 });
+      const r = await call(`${base}/mobile/sim-1/installApp`, {
+        url: origin.url('small.apk'),
+        packageName: 'com.example.small',
+        sha256: small.sha256,
+      });
       assert.equal(r.status, 200, JSON.stringify(r.json));
       assert.equal(r.json.installed, true);
       assert.equal(r.json.bytes, small.size);
@@ -235,21 +267,34 @@ describe('sims', function () {
       assert.equal(typeof r.json.versionCode, 'number');
       assert.equal(sim.stats.downloadedBytes, dl + small.size);
       assert.deepEqual(sim.installed('sim-1'), ['com.example.small']);
-      const again = await call(`${base}/mobile/sim-1/installApp`, { url: origin.url('small.apk'), packageName: 'com.example.small' });
+      const again = await call(`${base}/mobile/sim-1/installApp`, {
+        url: origin.url('small.apk'),
+        packageName: 'com.example.small',
+      });
       assert.equal(again.status, 200);
       assert.deepEqual(sim.installed('sim-1'), ['com.example.small']);
     });
 
     it('answers 422 on hash mismatch or when the origin fails, 400 on a bad body', async () => {
       const wrong = 'ab'.repeat(32);
-      const mismatch = await call(`${base}/mobile/sim-2/installApp`, { url: origin.url('small.apk'), packageName: 'com.bad', sha256: wrong });
+      const mismatch = await call(`${base}/mobile/sim-2/installApp`, {
+        url: origin.url('small.apk'),
+        packageName: 'com.bad',
+        sha256: wrong,
+      });
       assert.equal(mismatch.status, 422);
       assert.equal(mismatch.json.error, `sha256 mismatch: expected ${wrong}, got ${small.sha256}`);
-      const missing = await call(`${base}/mobile/sim-2/installApp`, { url: origin.url('ghost.apk'), packageName: 'com.bad' });
+      const missing = await call(`${base}/mobile/sim-2/installApp`, {
+        url: origin.url('ghost.apk'),
+        packageName: 'com.bad',
+      });
       assert.equal(missing.status, 422);
       assert.match(String(missing.json.error), /404/);
       origin.respondWith('small.apk', 500);
-      const broken = await call(`${base}/mobile/sim-2/installApp`, { url: origin.url('small.apk'), packageName: 'com.bad' });
+      const broken = await call(`${base}/mobile/sim-2/installApp`, {
+        url: origin.url('small.apk'),
+        packageName: 'com.bad',
+      });
       origin.respondWith('small.apk', undefined);
       assert.equal(broken.status, 422);
       assert.match(String(broken.json.error), /500/);
@@ -262,7 +307,11 @@ describe('sims', function () {
       const up = sim.stats.uploadedBytes;
       const boundary = '----sims-test-boundary-42';
       const headers = { 'content-type': `multipart/form-data; boundary=${boundary}` };
-      const body = multipart(boundary, [{ name: 'packageName', value: 'com.example.big' }, { name: 'sha256', value: big.sha256 }, { name: 'apk', file: big.path }]);
+      const body = multipart(boundary, [
+        { name: 'packageName', value: 'com.example.big' },
+        { name: 'sha256', value: big.sha256 },
+        { name: 'apk', file: big.path },
+      ]);
       const r = await fetchRaw(`${base}/mobile/sim-3/installApp`, { method: 'POST', headers, body });
       const json = JSON.parse(r.body.toString()) as Record<string, unknown>;
       assert.equal(r.status, 200, JSON.stringify(json));
@@ -273,7 +322,11 @@ describe('sims', function () {
       assert.equal(sim.calls.at(-1)?.op, 'install-multipart');
 
       // Fields after the file part must work too, since the hash is only compared at the end.
-      const bad = multipart(boundary, [{ name: 'apk', file: small.path }, { name: 'packageName', value: 'com.example.bad' }, { name: 'sha256', value: big.sha256 }]);
+      const bad = multipart(boundary, [
+        { name: 'apk', file: small.path },
+        { name: 'packageName', value: 'com.example.bad' },
+        { name: 'sha256', value: big.sha256 },
+      ]);
       const r2 = await fetchRaw(`${base}/mobile/sim-3/installApp`, { method: 'POST', headers, body: bad });
       assert.equal(r2.status, 422);
       assert.match(r2.body.toString(), /sha256 mismatch/);
@@ -282,7 +335,11 @@ describe('sims', function () {
     it('answers 409 while a device is busy and never overlaps operations on one device', async () => {
       const slow = await origin.addApk('slow.apk', 1024 * 1024);
       origin.throttleBytesPerSec = 2 * 1024 * 1024;
-      const first = call(`${base}/mobile/sim-2/installApp`, { url: slow.url, packageName: 'com.slow', sha256: slow.sha256 });
+      const first = call(`${base}/mobile/sim-2/installApp`, {
+        url: slow.url,
+        packageName: 'com.slow',
+        sha256: slow.sha256,
+      });
       await waitFor(() => origin.stats('slow.apk').inFlight === 1);
       origin.throttleBytesPerSec = undefined;
       const second = await call(`${base}/mobile/sim-2/installApp`, { url: slow.url, packageName: 'com.slow2' });
@@ -293,7 +350,10 @@ describe('sims', function () {
       assert.equal(status.status, 200);
       assert.equal(status.json.busy, true);
       // Other devices are independent.
-      assert.equal((await call(`${base}/mobile/sim-1/installApp`, { url: slow.url, packageName: 'com.other' })).status, 200);
+      assert.equal(
+        (await call(`${base}/mobile/sim-1/installApp`, { url: slow.url, packageName: 'com.other' })).status,
+        200,
+      );
       assert.equal((await first).status, 200);
       assert.equal((await call(`${base}/mobile/sim-2/launchApp`, { packageName: 'com.slow' })).status, 200);
       assert.equal((await call(`${base}/mobile/sim-2/uninstallApp`, { packageName: 'com.slow' })).status, 200);
@@ -312,7 +372,10 @@ describe('sims', function () {
     it('launches, uninstalls idempotently and resets', async () => {
       const install = { url: origin.url('small.apk'), packageName: 'com.example.small', sha256: small.sha256 };
       assert.equal((await call(`${base}/mobile/sim-1/installApp`, install)).status, 200);
-      const launch = await call(`${base}/mobile/sim-1/launchApp`, { packageName: 'com.example.small', activity: '.Main' });
+      const launch = await call(`${base}/mobile/sim-1/launchApp`, {
+        packageName: 'com.example.small',
+        activity: '.Main',
+      });
       assert.equal(launch.status, 200);
       const cold = Number(launch.json.coldStartMs);
       assert.ok(cold >= 300 && cold <= 400, `coldStartMs ${cold}`);
@@ -330,7 +393,8 @@ describe('sims', function () {
       assert.equal((await call(`${base}/mobile/sim-3/installApp`, install)).status, 200);
       sim.failNext('sim-3', 'launch', 500, 2);
       const codes: number[] = [];
-      for (let i = 0; i < 3; i++) codes.push((await call(`${base}/mobile/sim-3/launchApp`, { packageName: 'com.example.big' })).status);
+      for (let i = 0; i < 3; i++)
+        codes.push((await call(`${base}/mobile/sim-3/launchApp`, { packageName: 'com.example.big' })).status);
       assert.deepEqual(codes, [500, 500, 200]);
       sim.setFailureRate(1);
       assert.equal((await call(`${base}/mobile/sim-3`)).status, 503);

@@ -49,24 +49,44 @@ describe('the starter with several items in flight', function () {
       const taskId = `t${String(i).padStart(2, '0')}`;
       const targets = second ? [first, second] : [first];
       for (const d of targets) pushed.get(d)!.push(taskId);
-      const item = { taskId, apkUrl: 'http://127.0.0.1:9/app.apk', packageName: 'com.example.order', traversal: { durationSec: 1 }, ...(second ? { devices: targets } : { deviceId: first }) };
+      const item = {
+        taskId,
+        apkUrl: 'http://127.0.0.1:9/app.apk',
+        packageName: 'com.example.order',
+        traversal: { durationSec: 1 },
+        ...(second ? { devices: targets } : { deviceId: first }),
+      };
       await redis.lpush(bridge.keys.tasks, JSON.stringify(item));
     }
     bridge.start();
     try {
       const total = [...pushed.values()].reduce((n, l) => n + l.length, 0);
-      await waitFor(async () => bridge.stats.dead > 0 || bridge.stats.started === total && (await redis.llen(bridge.keys.processing)) === 0, 60_000, 'all started');
+      await waitFor(
+        async () =>
+          bridge.stats.dead > 0 || (bridge.stats.started === total && (await redis.llen(bridge.keys.processing)) === 0),
+        60_000,
+        'all started',
+      );
       assert.equal(bridge.stats.dead, 0);
       for (const deviceId of devices) {
         const history = await client.workflow.getHandle(deviceWorkflowId(deviceId)).fetchHistory();
         const received = (history.events ?? [])
           .filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
-          .map((e) => defaultPayloadConverter.fromPayload<TraversalRequest>(e.workflowExecutionSignaledEventAttributes!.input!.payloads![0]!).taskId);
+          .map(
+            (e) =>
+              defaultPayloadConverter.fromPayload<TraversalRequest>(
+                e.workflowExecutionSignaledEventAttributes!.input!.payloads![0]!,
+              ).taskId,
+          );
         assert.deepEqual(received, pushed.get(deviceId), `requests for ${deviceId} arrive in push order, each once`);
       }
     } finally {
       await bridge.stop();
-      for (const d of devices) await client.workflow.getHandle(deviceWorkflowId(d)).terminate('test over').catch(() => undefined);
+      for (const d of devices)
+        await client.workflow
+          .getHandle(deviceWorkflowId(d))
+          .terminate('test over')
+          .catch(() => undefined);
     }
   });
 
@@ -85,8 +105,19 @@ describe('the starter with several items in flight', function () {
       },
       { taskQueue: `tq-nobody-${id}`, starterId: `policy-${id}` },
     );
-    const bridge = createStarter({ config, ...clients, agents: { agentFor: () => 'http://127.0.0.1:9' }, keyPrefix: prefix });
-    const item = { taskId: 'policy', deviceId, apkUrl: 'http://127.0.0.1:9/app.apk', packageName: 'com.example.policy', traversal: { durationSec: 1 } };
+    const bridge = createStarter({
+      config,
+      ...clients,
+      agents: { agentFor: () => 'http://127.0.0.1:9' },
+      keyPrefix: prefix,
+    });
+    const item = {
+      taskId: 'policy',
+      deviceId,
+      apkUrl: 'http://127.0.0.1:9/app.apk',
+      packageName: 'com.example.policy',
+      traversal: { durationSec: 1 },
+    };
     await redis.lpush(bridge.keys.tasks, JSON.stringify(item));
     bridge.start();
     const handle = client.workflow.getHandle(deviceWorkflowId(deviceId, config.deployment));
@@ -95,7 +126,9 @@ describe('the starter with several items in flight', function () {
       assert.equal(bridge.stats.dead, 0);
       const history = await handle.fetchHistory();
       const signal = history.events?.find((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED);
-      const req = defaultPayloadConverter.fromPayload<TraversalRequest>(signal!.workflowExecutionSignaledEventAttributes!.input!.payloads![0]!);
+      const req = defaultPayloadConverter.fromPayload<TraversalRequest>(
+        signal!.workflowExecutionSignaledEventAttributes!.input!.payloads![0]!,
+      );
       assert.deepEqual(req.policy, {
         heartbeatTimeoutMs: 45_000,
         maxAttempts: 5,

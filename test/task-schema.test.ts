@@ -54,10 +54,26 @@ export const SCHEMA_CASES: [string, unknown, RegExp][] = [
     /^traversal\.durationSec: must be a whole number of seconds from 1 to 604800 \(7 days\), got -1$/,
   ],
   ['zero duration', { ...good, traversal: { durationSec: 0 } }, /^traversal\.durationSec: must be .*, got 0$/],
-  ['duration of 1e-7 s', '{"taskId":"t-1","deviceId":"lab-1","apkUrl":"https://apk.example.com/a.apk","packageName":"com.example.app","traversal":{"durationSec":1e-7}}', /^traversal\.durationSec: must be a whole number of seconds .*, got 1e-7$/],
-  ['fractional duration', { ...good, traversal: { durationSec: 1.5 } }, /^traversal\.durationSec: must be .*, got 1\.5$/],
-  ['duration over 7 days', { ...good, traversal: { durationSec: 604801 } }, /^traversal\.durationSec: must be .*, got 604801$/],
-  ['huge duration', { ...good, traversal: { durationSec: 1e300 } }, /^traversal\.durationSec: must be .*, got 1e\+300$/],
+  [
+    'duration of 1e-7 s',
+    '{"taskId":"t-1","deviceId":"lab-1","apkUrl":"https://apk.example.com/a.apk","packageName":"com.example.app","traversal":{"durationSec":1e-7}}',
+    /^traversal\.durationSec: must be a whole number of seconds .*, got 1e-7$/,
+  ],
+  [
+    'fractional duration',
+    { ...good, traversal: { durationSec: 1.5 } },
+    /^traversal\.durationSec: must be .*, got 1\.5$/,
+  ],
+  [
+    'duration over 7 days',
+    { ...good, traversal: { durationSec: 604801 } },
+    /^traversal\.durationSec: must be .*, got 604801$/,
+  ],
+  [
+    'huge duration',
+    { ...good, traversal: { durationSec: 1e300 } },
+    /^traversal\.durationSec: must be .*, got 1e\+300$/,
+  ],
   [
     'extraArgs with the default (empty) DT_TRAVERSAL_EXTRA_ARGS',
     { ...good, traversal: { durationSec: 1, extraArgs: ['--faults-once', '/tmp/x'] } },

@@ -25,7 +25,10 @@ import { traversalPids, waitFor } from '../dev/wait';
 
 const MiB = 1024 * 1024;
 
-function request(stack: Stack, fields: Partial<TraversalRequest> & { taskId: string; deviceId: string }): TraversalRequest {
+function request(
+  stack: Stack,
+  fields: Partial<TraversalRequest> & { taskId: string; deviceId: string },
+): TraversalRequest {
   return {
     agentUrl: stack.agent.url,
     apkUrl: stack.apks['ctl.apk']!.url,
@@ -74,7 +77,9 @@ describe('controlling traversals', function () {
     const log2 = readFileSync(path.join(stack.dataDir, 'runs', 'resume', deviceId, 'attempt-2.log'), 'utf8');
     assert.match(log2, new RegExp(`--resume-from","${r.resumedFrom}"`), 'checkpoint passed in argv');
     assert.match(log2, new RegExp(`RESUMED from=${r.resumedFrom}`), 'the jar confirmed it resumed');
-    const summary = JSON.parse(readFileSync(path.join(stack.dataDir, 'runs', 'resume', deviceId, 'report', 'summary.json'), 'utf8'));
+    const summary = JSON.parse(
+      readFileSync(path.join(stack.dataDir, 'runs', 'resume', deviceId, 'report', 'summary.json'), 'utf8'),
+    );
     assert.equal(String(summary.resumedFrom), r.resumedFrom);
     const installs = stack.agent.calls.filter((c) => c.deviceId === deviceId && c.op === 'install');
     assert.equal(installs.length, 1, 'installed once');
@@ -82,7 +87,10 @@ describe('controlling traversals', function () {
 
   it('cancelling a running traversal kills its process group, uploads the partial report and still cleans the device', async function () {
     const deviceId = nextDevice();
-    await enqueue(stack, request(stack, { taskId: 'cancel', deviceId, traversal: { durationSec: 120, extraArgs: ['--tick-ms', '100'] } }));
+    await enqueue(
+      stack,
+      request(stack, { taskId: 'cancel', deviceId, traversal: { durationSec: 120, extraArgs: ['--tick-ms', '100'] } }),
+    );
     const handle = stack.client.workflow.getHandle(traversalWorkflowId('cancel', deviceId));
     await waitFor(async () => {
       try {
@@ -92,7 +100,7 @@ describe('controlling traversals', function () {
         return false;
       }
     });
-    assert.ok((traversalPids(deviceId)).length > 0, 'the jar is running');
+    assert.ok(traversalPids(deviceId).length > 0, 'the jar is running');
     const cancelledAt = Date.now();
     await handle.cancel();
     // The kill grace is 2 s; the limit is generous for a busy machine and the figure is printed.
@@ -102,7 +110,10 @@ describe('controlling traversals', function () {
     assert.equal(r.status, 'cancelled');
     assert.equal(r.error?.type, 'Cancelled');
     assert.ok(r.reportUrl?.includes('.partial.tar.gz'), `partial report uploaded: ${r.reportUrl}`);
-    assert.ok(stack.agent.calls.some((c) => c.deviceId === deviceId && c.op === 'uninstall'), 'cleanup ran');
+    assert.ok(
+      stack.agent.calls.some((c) => c.deviceId === deviceId && c.op === 'uninstall'),
+      'cleanup ran',
+    );
     // The device takes its next task.
     await enqueue(stack, request(stack, { taskId: 'after-cancel', deviceId }));
     assert.equal((await stack.waitResult('after-cancel', deviceId)).status, 'completed');
@@ -112,7 +123,15 @@ describe('controlling traversals', function () {
     const deviceId = nextDevice();
     const apk = stack.apks['ctl.apk']!;
     const before = stack.origin.stats('ctl.apk').gets;
-    await enqueue(stack, request(stack, { taskId: 'direct', deviceId, apkSha256: apk.sha256, policy: { delivery: 'direct', initialRetryMs: 200 } }));
+    await enqueue(
+      stack,
+      request(stack, {
+        taskId: 'direct',
+        deviceId,
+        apkSha256: apk.sha256,
+        policy: { delivery: 'direct', initialRetryMs: 200 },
+      }),
+    );
     const r = await stack.waitResult('direct', deviceId);
     assert.equal(r.status, 'completed', JSON.stringify(r.error));
     const install = stack.agent.calls.find((c) => c.deviceId === deviceId && c.op === 'install');
@@ -123,11 +142,18 @@ describe('controlling traversals', function () {
   it('a device workflow continues as new between children and keeps its queue and dedupe memory', async function () {
     const deviceId = nextDevice();
     const workflowId = deviceWorkflowId(deviceId);
-    for (let i = 1; i <= 4; i++) await enqueue(stack, request(stack, { taskId: `can-${i}`, deviceId, traversal: { durationSec: 0 } }), { historyLimit: 30 });
+    for (let i = 1; i <= 4; i++)
+      await enqueue(stack, request(stack, { taskId: `can-${i}`, deviceId, traversal: { durationSec: 0 } }), {
+        historyLimit: 30,
+      });
     for (let i = 1; i <= 4; i++) assert.equal((await stack.waitResult(`can-${i}`, deviceId)).status, 'completed');
     const handle = stack.client.workflow.getHandle(workflowId);
     const desc = await handle.describe();
-    assert.notEqual(desc.runId, desc.raw.workflowExecutionInfo?.firstRunId ?? undefined, 'the workflow continued as new');
+    assert.notEqual(
+      desc.runId,
+      desc.raw.workflowExecutionInfo?.firstRunId ?? undefined,
+      'the workflow continued as new',
+    );
     const firstSignal = (await enqueueSignals(stack.client, workflowId)).find((s) => s.taskId === 'can-1');
     assert.notEqual(firstSignal?.runId, desc.runId, 'can-1 was first received by an earlier run');
 
@@ -136,17 +162,25 @@ describe('controlling traversals', function () {
     await enqueue(stack, request(stack, { taskId: 'can-1', deviceId }));
     const [, repeat] = await waitForEnqueueSignals(stack.client, workflowId, 'can-1', 2);
     assert.equal(repeat!.runId, (await handle.describe()).runId, 'the repeat reached the current run');
-    const state = await waitFor(async () => {
-      const s = await handle.query(deviceStateQuery);
-      return s.duplicates ? s : undefined;
-    }, 30_000, 'the repeat counted as a duplicate');
+    const state = await waitFor(
+      async () => {
+        const s = await handle.query(deviceStateQuery);
+        return s.duplicates ? s : undefined;
+      },
+      30_000,
+      'the repeat counted as a duplicate',
+    );
     assert.equal(state.duplicates, 1);
     assert.equal(state.completed, 4);
     assert.deepEqual(state.queue, []);
     assert.equal(state.current, undefined);
     const runs = await runHistories(stack.client, workflowId);
     const children = runs.flatMap((r) => childStarts(r.events));
-    assert.equal(children.filter((id) => id === traversalWorkflowId('can-1', deviceId)).length, 1, 'one child for can-1');
+    assert.equal(
+      children.filter((id) => id === traversalWorkflowId('can-1', deviceId)).length,
+      1,
+      'one child for can-1',
+    );
     assert.equal(stack.agent.calls.filter((c) => c.deviceId === deviceId && c.op === 'install').length, 4);
   });
 
@@ -214,7 +248,8 @@ describe('an HTTP report sink', function () {
     assert.ok(got, `PUT arrived (got ${[...received.keys()].join(', ')})`);
     assert.equal(got.auth, 'Bearer sink-secret');
     const tar = gunzipSync(got.body).toString('latin1');
-    for (const name of ['summary.json', 'index.html', 'screenshots/screen-001.png']) assert.ok(tar.includes(name), `archive holds ${name}`);
+    for (const name of ['summary.json', 'index.html', 'screenshots/screen-001.png'])
+      assert.ok(tar.includes(name), `archive holds ${name}`);
     assert.equal(r.reportUrl, `${stack.config.reportSink}/put/put-1.tar.gz`);
   });
 });

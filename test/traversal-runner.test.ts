@@ -56,9 +56,19 @@ describe('the traversal runner', function () {
   it('hands the tool a budget in whole seconds, and refuses one that is no number', async function () {
     this.timeout(20_000);
     const out = path.join(tmp, 'argv.json');
-    const command = [process.execPath, '-e', 'require("fs").writeFileSync(process.argv[1], JSON.stringify(process.argv.slice(2)))', out, '{durationSec}'];
+    const command = [
+      process.execPath,
+      '-e',
+      'require("fs").writeFileSync(process.argv[1], JSON.stringify(process.argv.slice(2)))',
+      out,
+      '{durationSec}',
+    ];
     // A workflow started around the starter may carry any number; 1e-7 once burnt every attempt.
-    for (const [given, seen] of [[1e-7, '1'], [2.5, '3'], [0, '0']] as const) {
+    for (const [given, seen] of [
+      [1e-7, '1'],
+      [2.5, '3'],
+      [0, '0'],
+    ] as const) {
       await env().run(createTraversalRunnerActivities(deps(command)).runTraversal, { ...input, durationSec: given });
       assert.deepEqual(JSON.parse(readFileSync(out, 'utf8')), [seen], `durationSec ${given}`);
     }

@@ -48,7 +48,8 @@ describe('a traversal end to end', function () {
     assert.equal(originStats.bytesServed, apk.size);
     const installs = stack.agent.calls.filter((c) => c.op === 'install' && c.status === 200);
     assert.equal(installs.length, 5);
-    for (const c of installs) assert.ok(c.url?.startsWith(stack.worker.artifactUrl), `installed from the cache URL: ${c.url}`);
+    for (const c of installs)
+      assert.ok(c.url?.startsWith(stack.worker.artifactUrl), `installed from the cache URL: ${c.url}`);
     assert.equal(stack.agent.calls.filter((c) => c.op === 'install-multipart').length, 0, 'no multipart upload');
     assert.equal(stack.agent.stats.uploadedBytes, 0, 'the worker posted no APK bytes');
     // Results stream got one event per device.
@@ -59,14 +60,20 @@ describe('a traversal end to end', function () {
 
   it('two tasks for one device run one after the other, never overlapping', async function () {
     const apk = stack.apks['app-b.apk']!;
-    await stack.push(task(stack, { taskId: 'seq-1', deviceId: 'sim-1', apkUrl: apk.url, packageName: 'com.example.one' }));
-    await stack.push(task(stack, { taskId: 'seq-2', deviceId: 'sim-1', apkUrl: apk.url, packageName: 'com.example.two' }));
+    await stack.push(
+      task(stack, { taskId: 'seq-1', deviceId: 'sim-1', apkUrl: apk.url, packageName: 'com.example.one' }),
+    );
+    await stack.push(
+      task(stack, { taskId: 'seq-2', deviceId: 'sim-1', apkUrl: apk.url, packageName: 'com.example.two' }),
+    );
     const [a, b] = await Promise.all([stack.waitResult('seq-1', 'sim-1'), stack.waitResult('seq-2', 'sim-1')]);
     assert.equal(a.status, 'completed');
     assert.equal(b.status, 'completed');
     // The whole of the first traversal (install to cleanup) ends before the second one starts.
     assert.ok(Date.parse(a.finishedAt) <= Date.parse(b.startedAt), `${a.finishedAt} <= ${b.startedAt}`);
-    const calls = stack.agent.calls.filter((c) => c.deviceId === 'sim-1' && c.status !== 409).sort((x, y) => x.startedAt - y.startedAt);
+    const calls = stack.agent.calls
+      .filter((c) => c.deviceId === 'sim-1' && c.status !== 409)
+      .sort((x, y) => x.startedAt - y.startedAt);
     for (let i = 1; i < calls.length; i++) {
       assert.ok(calls[i]!.startedAt >= calls[i - 1]!.endedAt, 'agent calls on one device never overlap');
     }
@@ -87,15 +94,23 @@ describe('a traversal end to end', function () {
     const copies = await waitForEnqueueSignals(stack.client, workflowId, 'twice', 2);
     assert.equal(copies.length, 2, 'two enqueue signals for the task');
     const handle = stack.client.workflow.getHandle(workflowId);
-    const state = await waitFor(async () => {
-      const s = await handle.query(deviceStateQuery);
-      return s.duplicates ? s : undefined;
-    }, 30_000, 'the second copy counted as a duplicate');
+    const state = await waitFor(
+      async () => {
+        const s = await handle.query(deviceStateQuery);
+        return s.duplicates ? s : undefined;
+      },
+      30_000,
+      'the second copy counted as a duplicate',
+    );
     assert.equal(state.duplicates, 1);
     assert.deepEqual(state.queue, []);
     assert.equal(state.current, undefined);
     const children = (await runHistories(stack.client, workflowId)).flatMap((run) => childStarts(run.events));
-    assert.equal(children.filter((id) => id === traversalWorkflowId('twice', 'sim-2')).length, 1, 'one traversal child');
+    assert.equal(
+      children.filter((id) => id === traversalWorkflowId('twice', 'sim-2')).length,
+      1,
+      'one traversal child',
+    );
     const installs = stack.agent.calls.filter((c) => c.op === 'install' && c.packageName === 'com.example.twice');
     assert.equal(installs.length, 1);
   });
@@ -107,7 +122,9 @@ describe('a traversal end to end', function () {
     assert.equal(r.status, 'failed');
     assert.equal(r.error?.type, 'ApkNotFound');
     assert.match(r.error!.message, /404/);
-    const cleanup = stack.agent.calls.filter((c) => c.deviceId === 'sim-3' && c.op === 'uninstall' && c.packageName === 'com.example.missing');
+    const cleanup = stack.agent.calls.filter(
+      (c) => c.deviceId === 'sim-3' && c.op === 'uninstall' && c.packageName === 'com.example.missing',
+    );
     assert.equal(cleanup.length, 1, 'cleanup ran');
     const handle = stack.client.workflow.getHandle(traversalWorkflowId('nf', 'sim-3'));
     const err = await handle.result().then(
@@ -121,17 +138,29 @@ describe('a traversal end to end', function () {
     assert.ok(activityFailure.cause instanceof ApplicationFailure && activityFailure.cause.type === 'ApkNotFound');
     // Not retried: one attempt in the history.
     const history = await handle.fetchHistory();
-    const scheduled = history.events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'resolveApk');
+    const scheduled = history.events!.filter(
+      (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'resolveApk',
+    );
     const started = history.events!.filter((e) => e.activityTaskStartedEventAttributes);
     assert.equal(scheduled.length, 1);
-    const resolveStarted = started.find((e) => Number(e.activityTaskStartedEventAttributes!.scheduledEventId) === Number(scheduled[0]!.eventId));
+    const resolveStarted = started.find(
+      (e) => Number(e.activityTaskStartedEventAttributes!.scheduledEventId) === Number(scheduled[0]!.eventId),
+    );
     assert.equal(resolveStarted?.activityTaskStartedEventAttributes?.attempt, 1);
   });
 
   it('a sha256 mismatch is a non-retryable failure naming the expected and actual hash', async function () {
     const apk = stack.apks['app-b.apk']!;
     const wrong = 'ab'.repeat(32);
-    await stack.push(task(stack, { taskId: 'hash', deviceId: 'sim-4', apkUrl: apk.url, apkSha256: wrong, packageName: 'com.example.hash' }));
+    await stack.push(
+      task(stack, {
+        taskId: 'hash',
+        deviceId: 'sim-4',
+        apkUrl: apk.url,
+        apkSha256: wrong,
+        packageName: 'com.example.hash',
+      }),
+    );
     const r = await stack.waitResult('hash', 'sim-4');
     assert.equal(r.status, 'failed');
     assert.equal(r.error?.type, 'ApkHashMismatch');
@@ -140,9 +169,13 @@ describe('a traversal end to end', function () {
     assert.ok(r.error!.message.includes(apk.sha256), 'names the actual hash');
     // Not retried: resolveApk was scheduled once and ran once.
     const history = await stack.client.workflow.getHandle(traversalWorkflowId('hash', 'sim-4')).fetchHistory();
-    const scheduled = history.events!.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'resolveApk');
+    const scheduled = history.events!.filter(
+      (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'resolveApk',
+    );
     assert.equal(scheduled.length, 1);
-    const started = history.events!.find((e) => Number(e.activityTaskStartedEventAttributes?.scheduledEventId) === Number(scheduled[0]!.eventId));
+    const started = history.events!.find(
+      (e) => Number(e.activityTaskStartedEventAttributes?.scheduledEventId) === Number(scheduled[0]!.eventId),
+    );
     assert.equal(started?.activityTaskStartedEventAttributes?.attempt, 1);
   });
 
@@ -164,17 +197,32 @@ describe('a traversal end to end', function () {
     assert.match(r.error!.message, /fatal: simulated traversal failure/);
     const history = await stack.client.workflow.getHandle(traversalWorkflowId('exit', 'sim-5')).fetchHistory();
     const failedAttempt = history.events!.find((e) => e.activityTaskFailedEventAttributes);
-    const startedRun = history.events!.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt);
+    const startedRun = history
+      .events!.filter((e) => e.activityTaskStartedEventAttributes)
+      .map((e) => e.activityTaskStartedEventAttributes!.attempt);
     assert.ok(failedAttempt);
     assert.equal(Math.max(...startedRun.map(Number)), stack.config.maxAttempts, 'retried up to maxAttempts');
-    assert.ok(stack.agent.calls.some((c) => c.deviceId === 'sim-5' && c.op === 'uninstall' && c.packageName === 'com.example.exit'));
+    assert.ok(
+      stack.agent.calls.some(
+        (c) => c.deviceId === 'sim-5' && c.op === 'uninstall' && c.packageName === 'com.example.exit',
+      ),
+    );
   });
 
   it('a malformed task lands in the dead-letter list with its reason and the starter goes on', async function () {
     await stack.push('{"taskId": "broken", ');
-    await stack.push(JSON.stringify({ taskId: 'no-url', deviceId: 'sim-1', packageName: 'com.example.x', traversal: { durationSec: 1 } }));
+    await stack.push(
+      JSON.stringify({
+        taskId: 'no-url',
+        deviceId: 'sim-1',
+        packageName: 'com.example.x',
+        traversal: { durationSec: 1 },
+      }),
+    );
     const apk = stack.apks['app-b.apk']!;
-    await stack.push(task(stack, { taskId: 'after-bad', deviceId: 'sim-1', apkUrl: apk.url, packageName: 'com.example.after' }));
+    await stack.push(
+      task(stack, { taskId: 'after-bad', deviceId: 'sim-1', apkUrl: apk.url, packageName: 'com.example.after' }),
+    );
     const r = await stack.waitResult('after-bad', 'sim-1');
     assert.equal(r.status, 'completed');
     const dead = (await stack.redis.lrange(`${stack.prefix}traversal:tasks:dead`, 0, -1)).map((x) => JSON.parse(x));

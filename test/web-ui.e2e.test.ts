@@ -22,7 +22,10 @@ async function textInSomeFrame(page: Page, text: string, timeoutMs: number): Pro
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     for (const frame of page.frames()) {
-      const body = await frame.locator('body').innerText({ timeout: 2000 }).catch(() => '');
+      const body = await frame
+        .locator('body')
+        .innerText({ timeout: 2000 })
+        .catch(() => '');
       if (body.includes(text)) return true;
     }
     await page.waitForTimeout(500);
@@ -37,15 +40,32 @@ describe('the Temporal Web UI', function () {
   let dir: string;
 
   before(async function () {
-    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh does)`);
+    if (!existsSync(CHROMIUM))
+      throw new Error(`${CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh does)`);
     dir = mkdtempSync(path.join(os.tmpdir(), 'dt-ui-'));
     server = await startDevServer(
-      await onFreePorts(path.join(dir, 'temporal.log'), { uiPort: await freePort(), dbFile: path.join(dir, 'temporal.db') }),
+      await onFreePorts(path.join(dir, 'temporal.log'), {
+        uiPort: await freePort(),
+        dbFile: path.join(dir, 'temporal.db'),
+      }),
     );
-    stack = await startStack({ devices: ['ui-1'], apks: [{ name: 'ui.apk', size: 1024 * 1024 }], starter: true, address: server.address });
+    stack = await startStack({
+      devices: ['ui-1'],
+      apks: [{ name: 'ui.apk', size: 1024 * 1024 }],
+      starter: true,
+      address: server.address,
+    });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        '--no-first-run',
+      ],
     });
     mkdirSync(OUT, { recursive: true });
   });
@@ -57,7 +77,14 @@ describe('the Temporal Web UI', function () {
   });
 
   it('lists the run filtered by DeviceId and shows its summary and details on its page', async function () {
-    await stack.push(task(stack, { taskId: 'ui-task', deviceId: 'ui-1', apkUrl: stack.apks['ui.apk']!.url, packageName: 'com.example.ui' }));
+    await stack.push(
+      task(stack, {
+        taskId: 'ui-task',
+        deviceId: 'ui-1',
+        apkUrl: stack.apks['ui.apk']!.url,
+        packageName: 'com.example.ui',
+      }),
+    );
     const result = await stack.waitResult('ui-task', 'ui-1');
     assert.equal(result.status, 'completed');
     const workflowId = traversalWorkflowId('ui-task', 'ui-1');
@@ -68,17 +95,22 @@ describe('the Temporal Web UI', function () {
     await page.getByText(workflowId).filter({ visible: true }).first().waitFor({ timeout: 60_000 });
     await page.screenshot({ path: path.join(OUT, 'web-ui-list.png'), fullPage: true });
 
-    await page.goto(`${server.uiUrl}/namespaces/default/workflows/${encodeURIComponent(workflowId)}/${result.runId}/history`);
+    await page.goto(
+      `${server.uiUrl}/namespaces/default/workflows/${encodeURIComponent(workflowId)}/${result.runId}/history`,
+    );
     await page.getByText('User Metadata', { exact: true }).filter({ visible: true }).first().click({ timeout: 60_000 });
     // The UI renders summary and details as Markdown, sometimes inside an iframe: look in every frame.
     const summarySeen = await textInSomeFrame(page, 'com.example.ui on ui-1 (task ui-task)', 60_000);
     const detailsSeen = summarySeen && (await textInSomeFrame(page, 'com.example.ui on ui-1 — completed', 60_000));
-    if (!summarySeen || !detailsSeen) await page.screenshot({ path: path.join(OUT, 'web-ui-failure.png'), fullPage: true });
+    if (!summarySeen || !detailsSeen)
+      await page.screenshot({ path: path.join(OUT, 'web-ui-failure.png'), fullPage: true });
     assert.ok(summarySeen, 'the static summary is shown (see test-output/web-ui-failure.png)');
     assert.ok(detailsSeen, 'the current details are shown (see test-output/web-ui-failure.png)');
     const shot = path.join(OUT, 'web-ui-workflow.png');
     await page.screenshot({ path: shot, fullPage: true });
     assert.ok(existsSync(shot));
-    console.log(`      screenshots: ${path.relative(PROJECT_ROOT, OUT)}/web-ui-list.png, ${path.relative(PROJECT_ROOT, shot)}`);
+    console.log(
+      `      screenshots: ${path.relative(PROJECT_ROOT, OUT)}/web-ui-list.png, ${path.relative(PROJECT_ROOT, shot)}`,
+    );
   });
 });

@@ -12,7 +12,17 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { PROJECT_ROOT } from '../../src/config';
 import { ApkOrigin } from '../../sim/origin';
-import { keepOrRemove, mdTable, median, MiB, parseOptions, round, say, sizeLabel, type ScenarioRun } from '../lib/report';
+import {
+  keepOrRemove,
+  mdTable,
+  median,
+  MiB,
+  parseOptions,
+  round,
+  say,
+  sizeLabel,
+  type ScenarioRun,
+} from '../lib/report';
 import { Scope } from '../../dev/scope';
 import { APK_DIR } from '../../dev/services';
 

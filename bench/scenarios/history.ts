@@ -15,7 +15,15 @@ import { ApkOrigin } from '../../sim/origin';
 import { PROJECT_ROOT } from '../../src/config';
 import { keepOrRemove, mdTable, MiB, parseOptions, round, say, type ScenarioRun } from '../lib/report';
 import { Scope } from '../../dev/scope';
-import { APK_DIR, redisClient, requireBuild, startAgentSim, startLocalRedis, startTemporal, startWorkerProc } from '../../dev/services';
+import {
+  APK_DIR,
+  redisClient,
+  requireBuild,
+  startAgentSim,
+  startLocalRedis,
+  startTemporal,
+  startWorkerProc,
+} from '../../dev/services';
 import { enqueue, waitResults } from '../lib/traffic';
 
 const EventType = proto.api.enums.v1.EventType;
@@ -67,25 +75,48 @@ export const run: ScenarioRun = async ({ args }) => {
     // Part 1: the same traversal at several durations, side by side.
     say(`part 1: traversals of ${durations.join(', ')} s side by side`);
     const t0 = Date.now();
-    for (const d of durations) await enqueue(client, taskQueue, request(`h${d}`, `hist-${d}s`, d, ['--crashes', '3', '--anrs', '1']));
-    const results = await waitResults(redis, durations.map((d) => ({ taskId: `h${d}`, deviceId: `hist-${d}s` })), (Math.max(...durations) + 120) * 1000);
-    const rows: { durationSec: number; events: number; progressSignals: number; findings: number; status: string }[] = [];
+    for (const d of durations)
+      await enqueue(client, taskQueue, request(`h${d}`, `hist-${d}s`, d, ['--crashes', '3', '--anrs', '1']));
+    const results = await waitResults(
+      redis,
+      durations.map((d) => ({ taskId: `h${d}`, deviceId: `hist-${d}s` })),
+      (Math.max(...durations) + 120) * 1000,
+    );
+    const rows: { durationSec: number; events: number; progressSignals: number; findings: number; status: string }[] =
+      [];
     for (const [i, d] of durations.entries()) {
       const events = await historyOf(traversalWorkflowId(`h${d}`, `hist-${d}s`));
       const progressSignals = events.filter(
-        (e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED && e.workflowExecutionSignaledEventAttributes?.signalName === 'progress-update',
+        (e) =>
+          e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED &&
+          e.workflowExecutionSignaledEventAttributes?.signalName === 'progress-update',
       ).length;
-      rows.push({ durationSec: d, events: events.length, progressSignals, findings: results[i]!.findings.length, status: results[i]!.status });
+      rows.push({
+        durationSec: d,
+        events: events.length,
+        progressSignals,
+        findings: results[i]!.findings.length,
+        status: results[i]!.status,
+      });
     }
-    say(`part 1 done in ${round((Date.now() - t0) / 1000)} s: ${rows.map((r) => `${r.durationSec} s → ${r.events} events`).join(', ')}`);
+    say(
+      `part 1 done in ${round((Date.now() - t0) / 1000)} s: ${rows.map((r) => `${r.durationSec} s → ${r.events} events`).join(', ')}`,
+    );
 
     // Part 2: a burst of short tasks on one device.
     let soak: Record<string, unknown> | undefined;
     if (deviceTasks > 0) {
       say(`part 2: ${deviceTasks} tasks sent at once to one device`);
       const t1 = Date.now();
-      const ids = Array.from({ length: deviceTasks }, (_, i) => ({ taskId: `soak-${String(i + 1).padStart(5, '0')}`, deviceId: 'soak-1' }));
-      for (const id of ids) await enqueue(client, taskQueue, { ...request(id.taskId, id.deviceId, 0, []), policy: { initialRetryMs: 500, measureLaunch: false } });
+      const ids = Array.from({ length: deviceTasks }, (_, i) => ({
+        taskId: `soak-${String(i + 1).padStart(5, '0')}`,
+        deviceId: 'soak-1',
+      }));
+      for (const id of ids)
+        await enqueue(client, taskQueue, {
+          ...request(id.taskId, id.deviceId, 0, []),
+          policy: { initialRetryMs: 500, measureLaunch: false },
+        });
       const soakResults = await waitResults(redis, ids, deviceTasks * 10_000);
       const wallS = (Date.now() - t1) / 1000;
       // Walk the device workflow's chain of runs, newest first.
@@ -133,8 +164,28 @@ export const run: ScenarioRun = async ({ args }) => {
             '## One device, a burst of tasks',
             '',
             mdTable(
-              ['tasks', 'completed', 'distinct children (starts per task, max)', 'device workflow runs', 'max events in one run', 'max carried input', 'wall', 'traversals/s'],
-              [[soak.tasks, soak.completed, `${(soak.childStartsPerTask as { distinct: number }).distinct} (${(soak.childStartsPerTask as { max: number }).max})`, soak.runs, soak.maxEventsPerRun, `${soak.maxInputKiB} KiB`, `${soak.wallS} s`, soak.traversalsPerS]],
+              [
+                'tasks',
+                'completed',
+                'distinct children (starts per task, max)',
+                'device workflow runs',
+                'max events in one run',
+                'max carried input',
+                'wall',
+                'traversals/s',
+              ],
+              [
+                [
+                  soak.tasks,
+                  soak.completed,
+                  `${(soak.childStartsPerTask as { distinct: number }).distinct} (${(soak.childStartsPerTask as { max: number }).max})`,
+                  soak.runs,
+                  soak.maxEventsPerRun,
+                  `${soak.maxInputKiB} KiB`,
+                  `${soak.wallS} s`,
+                  soak.traversalsPerS,
+                ],
+              ],
             ),
             '',
             'All tasks are sent at once, so the first runs of the device workflow carry most of the queue in their continue-as-new input.',

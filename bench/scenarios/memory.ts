@@ -23,7 +23,20 @@ import { ApkOrigin, type ApkInfo } from '../../sim/origin';
 import { lineChart, type Series } from '../lib/chart';
 import { TreeSampler, type TreeMemory } from '../lib/procs';
 import { ensureOldServicePython } from '../lib/python';
-import { GiB, keepOrRemove, mdTable, median, MiB, parseOptions, round, say, sizeLabel, sleep, toMiB, type ScenarioRun } from '../lib/report';
+import {
+  GiB,
+  keepOrRemove,
+  mdTable,
+  median,
+  MiB,
+  parseOptions,
+  round,
+  say,
+  sizeLabel,
+  sleep,
+  toMiB,
+  type ScenarioRun,
+} from '../lib/report';
 import { spawnLogged } from '../../dev/process';
 import { Scope } from '../../dev/scope';
 import {

@@ -16,12 +16,29 @@ import Redis from 'ioredis';
 import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig, PROJECT_ROOT } from '../../src/config';
-import { deviceWorkflowId, traversalWorkflowId, type TraversalRequest, type TraversalResult } from '../../src/contract/messages';
+import {
+  deviceWorkflowId,
+  traversalWorkflowId,
+  type TraversalRequest,
+  type TraversalResult,
+} from '../../src/contract/messages';
 import { ApkOrigin, type ApkInfo } from '../../sim/origin';
 import { createStarter } from '../../src/starter/create';
 import type { TaskBridge } from '../../src/starter/task-bridge';
 import { parseTask } from '../../src/starter/task';
-import { keepOrRemove, mdTable, mean, median, MiB, parseOptions, percentile, round, say, sleep, type ScenarioRun } from '../lib/report';
+import {
+  keepOrRemove,
+  mdTable,
+  mean,
+  median,
+  MiB,
+  parseOptions,
+  percentile,
+  round,
+  say,
+  sleep,
+  type ScenarioRun,
+} from '../lib/report';
 import { Scope } from '../../dev/scope';
 import { waitFor } from '../../dev/wait';
 import {
@@ -155,8 +172,23 @@ export const run: ScenarioRun = async ({ args }) => {
         Array.from({ length: K }, (_, i) => JSON.stringify(task(`serial${r}`, i, startDevices))),
       );
       t0 = performance.now();
-      const serial = bridgeFor(redis, blocking, temporal.client, 'bench-start', serialPrefix, policy, noAgent, 'bench', 1).start();
-      await waitFor(() => serial.stats.started + serial.stats.dead >= K, 600_000, 'the serial bridge to start every task', 20);
+      const serial = bridgeFor(
+        redis,
+        blocking,
+        temporal.client,
+        'bench-start',
+        serialPrefix,
+        policy,
+        noAgent,
+        'bench',
+        1,
+      ).start();
+      await waitFor(
+        () => serial.stats.started + serial.stats.dead >= K,
+        600_000,
+        'the serial bridge to start every task',
+        20,
+      );
       s = (performance.now() - t0) / 1000;
       await serial.stop();
       starts.push({ kind: 'TaskBridge, 1 in flight', round: r, tasks: K, seconds: s, perSec: K / s });
@@ -194,7 +226,11 @@ export const run: ScenarioRun = async ({ args }) => {
     const variants: { label: string; command: string; env: Record<string, string>; K?: number; devices?: number }[] =
       [];
     if (parts.has('jar'))
-      variants.push({ label: 'traversal simulator jar, duration 1 s', command: 'java -jar traversal-sim.jar', env: {} });
+      variants.push({
+        label: 'traversal simulator jar, duration 1 s',
+        command: 'java -jar traversal-sim.jar',
+        env: {},
+      });
     // A command that lasts a fixed 0.2 s instead of a JVM start: the orchestration alone. (A command
     // that exits within a few ms trips a race in the runner; see docs/BENCHMARKS.md.)
     const sleepCmd = { command: 'sleep 0.2', env: { DT_TRAVERSAL_COMMAND: '["sleep","0.2"]' } };

@@ -50,11 +50,13 @@ export function createApkActivities(deps: ApkActivityDeps) {
       const ctx = Context.current();
       const delivery = input.delivery ?? deps.delivery;
       if (delivery === 'direct') {
-        const res = await request(input.url, { method: 'HEAD', dispatcher: deps.dispatcher, signal: ctx.cancellationSignal }).catch(
-          (err: unknown) => {
-            throw apkRequestError(input.url, err, ctx.cancellationSignal);
-          },
-        );
+        const res = await request(input.url, {
+          method: 'HEAD',
+          dispatcher: deps.dispatcher,
+          signal: ctx.cancellationSignal,
+        }).catch((err: unknown) => {
+          throw apkRequestError(input.url, err, ctx.cancellationSignal);
+        });
         await res.body.dump();
         if (statusVerdict(res.statusCode) !== 'success') throw apkStatusError(input.url, res.statusCode);
         const size = Number(res.headers['content-length']);
@@ -69,7 +71,12 @@ export function createApkActivities(deps: ApkActivityDeps) {
       }
       const onState = (s: DownloadState) => ctx.heartbeat({ bytes: s.bytes, total: s.total, phase: s.phase });
       const apk = await deps.cache.resolve(input.url, input.sha256, { signal: ctx.cancellationSignal, onState });
-      ctx.log.info('APK ready', { sha256: apk.sha256, size: apk.size, fromCache: apk.fromCache, downloadedBytes: apk.downloadedBytes });
+      ctx.log.info('APK ready', {
+        sha256: apk.sha256,
+        size: apk.size,
+        fromCache: apk.fromCache,
+        downloadedBytes: apk.downloadedBytes,
+      });
       return {
         sha256: apk.sha256,
         size: apk.size,

@@ -44,7 +44,8 @@ export function activityBoundary<T extends Record<string, (...args: any[]) => Pr
         return await fn(...args);
       } catch (err) {
         const failure = toFailure(err);
-        const type = failure instanceof ApplicationFailure ? (failure.type ?? 'Error') : ((err as Error)?.name ?? 'Error');
+        const type =
+          failure instanceof ApplicationFailure ? (failure.type ?? 'Error') : ((err as Error)?.name ?? 'Error');
         // Cancellation is not a failure of the activity; don't count it.
         if (type !== 'CancelledFailure') onFailure?.(name, type);
         throw failure;

@@ -71,7 +71,10 @@ export async function agentCall<T>(
       bodyTimeout: deps.callTimeoutMs ?? 15 * 60_000,
     });
   } catch (err) {
-    const target = { name: `device agent ${agentUrl}`, unreachable: (why: string) => new AgentUnavailableError(agentUrl, op || 'status', why) };
+    const target = {
+      name: `device agent ${agentUrl}`,
+      unreachable: (why: string) => new AgentUnavailableError(agentUrl, op || 'status', why),
+    };
     throw requestError(target, err, signal);
   }
   const text = await res.body.text().catch(() => '');
@@ -104,9 +107,21 @@ export async function agentCall<T>(
  * Other agent trouble is returned, not thrown: a running traversal does not stop because one
  * status call failed.
  */
-export async function checkDeviceOnline(deps: DeviceAgentDeps, agentUrl: string, deviceId: string, signal?: AbortSignal): Promise<Error | undefined> {
+export async function checkDeviceOnline(
+  deps: DeviceAgentDeps,
+  agentUrl: string,
+  deviceId: string,
+  signal?: AbortSignal,
+): Promise<Error | undefined> {
   try {
-    const status = await agentCall<DeviceStatus>({ ...deps, callTimeoutMs: Math.min(deps.callTimeoutMs ?? 10_000, 10_000) }, agentUrl, deviceId, '', undefined, signal);
+    const status = await agentCall<DeviceStatus>(
+      { ...deps, callTimeoutMs: Math.min(deps.callTimeoutMs ?? 10_000, 10_000) },
+      agentUrl,
+      deviceId,
+      '',
+      undefined,
+      signal,
+    );
     if (status.online === false) throw new DeviceOfflineError(deviceId, 'the agent reports it offline');
     return undefined;
   } catch (err) {
@@ -176,7 +191,9 @@ export function createDeviceAgentActivities(deps: DeviceAgentActivityDeps) {
     },
 
     /** Launches the app once and returns its cold start time. */
-    async measureLaunch(input: DeviceRef & { packageName: string; activity?: string }): Promise<{ coldStartMs: number }> {
+    async measureLaunch(
+      input: DeviceRef & { packageName: string; activity?: string },
+    ): Promise<{ coldStartMs: number }> {
       const stop = keepAlive();
       try {
         const res = await agentCall<{ coldStartMs: number }>(

@@ -54,10 +54,14 @@ export function frameKey(frame: string): string | undefined {
   const dot = f.lastIndexOf('.');
   const cls = dot > 0 ? f.slice(0, dot) : f;
   const method = dot > 0 ? f.slice(dot + 1) : '';
-  if (/\$\$Lambda|\$\$ExternalSyntheticLambda|\$lambda\$|^lambda\$/.test(cls) || method.startsWith('lambda$')) return undefined;
+  if (/\$\$Lambda|\$\$ExternalSyntheticLambda|\$lambda\$|^lambda\$/.test(cls) || method.startsWith('lambda$'))
+    return undefined;
   // Generated reflection accessors carry a counter that differs from process to process.
   // Anonymous classes ($1) stay: they name distinct code.
-  return `${cls.replace(/(GeneratedMethodAccessor|GeneratedConstructorAccessor)\d+$/, '$1')}.${method}`.replace(/0x[0-9a-f]+/gi, '');
+  return `${cls.replace(/(GeneratedMethodAccessor|GeneratedConstructorAccessor)\d+$/, '$1')}.${method}`.replace(
+    /0x[0-9a-f]+/gi,
+    '',
+  );
 }
 
 /** True for frames of the platform (android.*, java.*, kotlin.*, …). */
@@ -99,7 +103,8 @@ export interface RawFinding {
  * screenshot must be a relative path inside the report folder, and the signature is computed here.
  */
 export function toFinding(raw: RawFinding, attempt: number, now = new Date()): Finding | string {
-  if (raw.kind !== 'crash' && raw.kind !== 'anr') return `kind must be "crash" or "anr", got ${JSON.stringify(raw.kind)}`;
+  if (raw.kind !== 'crash' && raw.kind !== 'anr')
+    return `kind must be "crash" or "anr", got ${JSON.stringify(raw.kind)}`;
   if (typeof raw.exception !== 'string' || !raw.exception.trim()) return 'exception must be a non-empty string';
   const frames = Array.isArray(raw.frames) ? raw.frames.filter((f): f is string => typeof f === 'string') : [];
   const exception = clip(raw.exception.trim(), LIMITS.exception);
@@ -110,16 +115,24 @@ export function toFinding(raw: RawFinding, attempt: number, now = new Date()): F
     message: clip(typeof raw.message === 'string' ? raw.message : '', LIMITS.message),
     frames: frames.slice(0, LIMITS.frames).map((f) => clip(f, LIMITS.frame)),
     attempt,
-    foundAt: typeof raw.foundAt === 'string' && !Number.isNaN(Date.parse(raw.foundAt)) ? raw.foundAt : now.toISOString(),
+    foundAt:
+      typeof raw.foundAt === 'string' && !Number.isNaN(Date.parse(raw.foundAt)) ? raw.foundAt : now.toISOString(),
   };
   if (typeof raw.step === 'number' && Number.isSafeInteger(raw.step) && raw.step >= 0) finding.step = raw.step;
-  if (typeof raw.screenshot === 'string' && isSafeRelativePath(raw.screenshot)) finding.screenshot = clip(raw.screenshot, LIMITS.screenshot);
+  if (typeof raw.screenshot === 'string' && isSafeRelativePath(raw.screenshot))
+    finding.screenshot = clip(raw.screenshot, LIMITS.screenshot);
   return finding;
 }
 
 /** A relative path that stays inside its folder (no `..`, no absolute path, no backslashes or NUL). */
 export function isSafeRelativePath(p: string): boolean {
-  return p.length > 0 && p.length <= 500 && !p.startsWith('/') && !/[\\\0]/.test(p) && !p.split('/').some((s) => s === '..' || s === '');
+  return (
+    p.length > 0 &&
+    p.length <= 500 &&
+    !p.startsWith('/') &&
+    !/[\\\0]/.test(p) &&
+    !p.split('/').some((s) => s === '..' || s === '')
+  );
 }
 
 /** Parses a tool's output line against the finding pattern (a regex with a `json` group). */

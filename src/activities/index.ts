@@ -43,42 +43,49 @@ export function createActivities(deps: ActivityDeps) {
     metrics: deps.metrics,
     callTimeoutMs: config.agentTimeoutMs,
   };
-  const store = new ReportStore({ sink: config.reportSink, token: config.reportSinkToken, dispatcher: deps.dispatcher });
-  return activityBoundary({
-    ...createApkActivities({ cache: deps.cache, dispatcher: deps.dispatcher, delivery: config.delivery }),
-    ...createDeviceAgentActivities({
-      ...agentDeps,
-      installUrlOf: installUrlResolver({ cache: deps.cache, installUrlFor: deps.installUrlFor }),
-    }),
-    ...createTraversalRunnerActivities({
-      runsDir: path.join(config.dataDir, 'runs'),
-      pidsDir: path.join(config.dataDir, 'pids'),
-      command: config.traversalCommand,
-      resumeArgs: config.traversalResumeArgs,
-      extraArgs: config.traversalExtraArgs,
-      jar: config.traversalJar,
-      progressPattern: config.progressPattern,
-      findingPattern: config.findingPattern,
-      store,
-      reportShipMs: config.reportShipMs,
-      killGraceMs: config.killGraceMs,
-      pushProgress: deps.pushProgress,
-      readBudget: deps.readBudget,
-      controlPollMs: config.controlPollMs,
-      maxConcurrent: config.maxConcurrentTraversals,
-      metrics: deps.metrics,
-      checkDevice: (agentUrl, deviceId, signal) => checkDeviceOnline(agentDeps, agentUrl, deviceId, signal),
-      deviceCheckMs: config.deviceCheckMs,
-    }),
-    ...createReportSinkActivities({
-      runsDir: path.join(config.dataDir, 'runs'),
-      sink: config.reportSink,
-      token: config.reportSinkToken,
-      dispatcher: deps.dispatcher,
-      maxBytes: config.reportMaxBytes,
-    }),
-    ...createResultPublisherActivities({ redis: deps.redis, keyPrefix: deps.redisKeyPrefix, metrics: deps.metrics }),
-  }, (activity, type) => deps.metrics.failures.inc({ activity, type }));
+  const store = new ReportStore({
+    sink: config.reportSink,
+    token: config.reportSinkToken,
+    dispatcher: deps.dispatcher,
+  });
+  return activityBoundary(
+    {
+      ...createApkActivities({ cache: deps.cache, dispatcher: deps.dispatcher, delivery: config.delivery }),
+      ...createDeviceAgentActivities({
+        ...agentDeps,
+        installUrlOf: installUrlResolver({ cache: deps.cache, installUrlFor: deps.installUrlFor }),
+      }),
+      ...createTraversalRunnerActivities({
+        runsDir: path.join(config.dataDir, 'runs'),
+        pidsDir: path.join(config.dataDir, 'pids'),
+        command: config.traversalCommand,
+        resumeArgs: config.traversalResumeArgs,
+        extraArgs: config.traversalExtraArgs,
+        jar: config.traversalJar,
+        progressPattern: config.progressPattern,
+        findingPattern: config.findingPattern,
+        store,
+        reportShipMs: config.reportShipMs,
+        killGraceMs: config.killGraceMs,
+        pushProgress: deps.pushProgress,
+        readBudget: deps.readBudget,
+        controlPollMs: config.controlPollMs,
+        maxConcurrent: config.maxConcurrentTraversals,
+        metrics: deps.metrics,
+        checkDevice: (agentUrl, deviceId, signal) => checkDeviceOnline(agentDeps, agentUrl, deviceId, signal),
+        deviceCheckMs: config.deviceCheckMs,
+      }),
+      ...createReportSinkActivities({
+        runsDir: path.join(config.dataDir, 'runs'),
+        sink: config.reportSink,
+        token: config.reportSinkToken,
+        dispatcher: deps.dispatcher,
+        maxBytes: config.reportMaxBytes,
+      }),
+      ...createResultPublisherActivities({ redis: deps.redis, keyPrefix: deps.redisKeyPrefix, metrics: deps.metrics }),
+    },
+    (activity, type) => deps.metrics.failures.inc({ activity, type }),
+  );
 }
 
 /** The activity interface workflows proxy. */

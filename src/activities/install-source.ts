@@ -64,7 +64,9 @@ export function installUrlResolver(deps: InstallSourceDeps): InstallUrlOf {
     if (!sha256 || !pathOf(recorded).endsWith(`/apk/${sha256}.apk`)) return recorded;
     if (await deps.cache.touch(sha256)) return deps.installUrlFor(sha256);
     // Such an input does not name the origin, so the recorded URL is the only lead left.
-    Context.current().log.warn('APK not in this host cache; installing from the recorded URL', { url: pathOf(recorded) });
+    Context.current().log.warn('APK not in this host cache; installing from the recorded URL', {
+      url: pathOf(recorded),
+    });
     return recorded;
   };
 }

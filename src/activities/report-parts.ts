@@ -182,7 +182,9 @@ export class AttemptShipper {
 
   private async putFinding(seq: number, finding: Finding): Promise<boolean> {
     if (finding.screenshot && isSafeRelativePath(finding.screenshot)) await this.putFile(finding.screenshot);
-    return this.withRetries(`finding ${seq}`, (store) => store.put(this.key('findings', `${seq}.json`), JSON.stringify(finding)));
+    return this.withRetries(`finding ${seq}`, (store) =>
+      store.put(this.key('findings', `${seq}.json`), JSON.stringify(finding)),
+    );
   }
 
   /** Ships one report file if it is new or changed since it was last shipped; false when that failed. */
@@ -196,7 +198,9 @@ export class AttemptShipper {
     }
     const last = this.shipped.get(rel);
     if (last && last.size === st.size && last.mtimeMs === st.mtimeMs) return true;
-    const ok = await this.withRetries(rel, (store) => store.put(this.key('files', ...rel.split('/')), createReadStream(file)));
+    const ok = await this.withRetries(rel, (store) =>
+      store.put(this.key('files', ...rel.split('/')), createReadStream(file)),
+    );
     if (ok) this.shipped.set(rel, { size: st.size, mtimeMs: st.mtimeMs });
     return ok;
   }

@@ -35,7 +35,9 @@ export class ReportTooLargeError extends TraversalError {
  * the starter validated them (a workflow can be started by other means than the starter).
  */
 function checkIds(input: { taskId: unknown; deviceId: unknown }): void {
-  const problems = [checkIdentifier('taskId', input.taskId), checkIdentifier('deviceId', input.deviceId)].filter((p): p is string => !!p);
+  const problems = [checkIdentifier('taskId', input.taskId), checkIdentifier('deviceId', input.deviceId)].filter(
+    (p): p is string => !!p,
+  );
   if (problems.length) throw new InvalidTaskError(problems);
 }
 
@@ -43,7 +45,10 @@ function checkIds(input: { taskId: unknown; deviceId: unknown }): void {
 function insideRoot(root: string, dir: string): string {
   const r = path.resolve(root);
   const d = path.resolve(r, dir);
-  if (d !== r && !d.startsWith(r + path.sep)) throw new InvalidTaskError([`reportDir: must lie inside the runs folder, got ${JSON.stringify(dir).slice(0, 120)}`]);
+  if (d !== r && !d.startsWith(r + path.sep))
+    throw new InvalidTaskError([
+      `reportDir: must lie inside the runs folder, got ${JSON.stringify(dir).slice(0, 120)}`,
+    ]);
   return d;
 }
 
@@ -138,7 +143,8 @@ interface AttemptSource {
 /** Builds the uploadReport activity. */
 export function createReportSinkActivities(deps: ReportSinkDeps) {
   const maxBytes = deps.maxBytes ?? 1024 ** 3;
-  if (/^https?:\/\/[^/]*@/.test(deps.sink)) throw new Error('the report sink URL carries credentials; give the token separately (DT_REPORT_SINK_TOKEN)');
+  if (/^https?:\/\/[^/]*@/.test(deps.sink))
+    throw new Error('the report sink URL carries credentials; give the token separately (DT_REPORT_SINK_TOKEN)');
   const store = new ReportStore({ sink: deps.sink, token: deps.token, dispatcher: deps.dispatcher });
 
   /** A file of the sink on disk: itself for a file sink, else downloaded into `staging`. */
@@ -154,7 +160,13 @@ export function createReportSinkActivities(deps: ReportSinkDeps) {
   }
 
   /** Reads what attempt `n` shipped to the sink; undefined when it left nothing. */
-  async function sinkAttempt(taskId: string, deviceId: string, n: number, staging: string, signal: AbortSignal): Promise<AttemptSource | undefined> {
+  async function sinkAttempt(
+    taskId: string,
+    deviceId: string,
+    n: number,
+    staging: string,
+    signal: AbortSignal,
+  ): Promise<AttemptSource | undefined> {
     const manifest = await store.getJson<AttemptManifest>(partKey(taskId, deviceId, n, 'manifest.json'), signal);
     const findings: Finding[] = [];
     // Findings are numbered without gaps; a shipper that died may have got past its last manifest.
@@ -166,7 +178,10 @@ export function createReportSinkActivities(deps: ReportSinkDeps) {
       } else misses++;
     }
     if (!manifest && findings.length === 0) return undefined;
-    const wanted = new Set([...(manifest?.files ?? []).map((f) => f.path), ...findings.flatMap((f) => (f.screenshot ? [f.screenshot] : []))]);
+    const wanted = new Set([
+      ...(manifest?.files ?? []).map((f) => f.path),
+      ...findings.flatMap((f) => (f.screenshot ? [f.screenshot] : [])),
+    ]);
     const files = new Map<string, string>();
     for (const rel of wanted) {
       const file = await fetchPart(partKey(taskId, deviceId, n, 'files', ...rel.split('/')), staging, signal);
@@ -182,7 +197,10 @@ export function createReportSinkActivities(deps: ReportSinkDeps) {
       const signal = ctx.cancellationSignal;
       checkIds(input);
       const runDir = insideRoot(deps.runsDir, path.join(input.taskId, input.deviceId));
-      const localReport = insideRoot(deps.runsDir, input.reportDir ?? path.join(input.taskId, input.deviceId, 'report'));
+      const localReport = insideRoot(
+        deps.runsDir,
+        input.reportDir ?? path.join(input.taskId, input.deviceId, 'report'),
+      );
       const staging = path.join(runDir, `.merge-${process.pid}-${Date.now()}`);
       try {
         // Every attempt on this host wrote into the one local folder: list it once.
@@ -192,8 +210,18 @@ export function createReportSinkActivities(deps: ReportSinkDeps) {
         const sources: AttemptSource[] = [];
         for (let n = 1; n <= Math.max(1, input.attempts ?? 1); n++) {
           const marker = localFindingsFile(runDir, n);
-          if (await fsp.stat(marker).then(() => true, () => false)) {
-            sources.push({ attempt: n, local: true, files: await localFiles(), findings: await readLocalFindings(marker) });
+          if (
+            await fsp.stat(marker).then(
+              () => true,
+              () => false,
+            )
+          ) {
+            sources.push({
+              attempt: n,
+              local: true,
+              files: await localFiles(),
+              findings: await readLocalFindings(marker),
+            });
           } else {
             const s = await sinkAttempt(input.taskId, input.deviceId, n, staging, signal);
             if (s) sources.push(s);

@@ -30,7 +30,8 @@ export interface ReportStoreOptions {
 /** Key segments: no empty ones, no `.` or `..`, no slashes or NUL inside one. */
 function checkKey(key: readonly string[]): void {
   for (const s of key)
-    if (!s || s === '.' || s === '..' || /[/\\\0]/.test(s)) throw new Error(`bad report key segment ${JSON.stringify(s)}`);
+    if (!s || s === '.' || s === '..' || /[/\\\0]/.test(s))
+      throw new Error(`bad report key segment ${JSON.stringify(s)}`);
 }
 
 /** Statuses of a GET that mean "nothing stored here" (405/501: a sink that only takes PUTs). */
@@ -84,7 +85,8 @@ export class ReportStore {
         signal,
       });
       await res.body.dump();
-      if (statusVerdict(res.statusCode) !== 'success') throw new ReportUploadError(this.opts.sink, `HTTP ${res.statusCode} for PUT ${key.join('/')}`);
+      if (statusVerdict(res.statusCode) !== 'success')
+        throw new ReportUploadError(this.opts.sink, `HTTP ${res.statusCode} for PUT ${key.join('/')}`);
     } catch (err) {
       source.destroy();
       throw this.wrap(err, signal);
@@ -104,7 +106,12 @@ export class ReportStore {
       return createReadStream(file);
     }
     try {
-      const res = await request(this.url(key), { method: 'GET', headers: this.auth(), dispatcher: this.opts.dispatcher, signal });
+      const res = await request(this.url(key), {
+        method: 'GET',
+        headers: this.auth(),
+        dispatcher: this.opts.dispatcher,
+        signal,
+      });
       if (res.statusCode === 200) return res.body;
       await res.body.dump();
       if (ABSENT.has(res.statusCode) || statusVerdict(res.statusCode) === 'success') return undefined;
@@ -122,7 +129,8 @@ export class ReportStore {
     let size = 0;
     for await (const c of body as AsyncIterable<Buffer>) {
       size += c.length;
-      if (size > 16 * 1024 * 1024) throw new ReportUploadError(this.opts.sink, `${key.join('/')} is larger than 16 MiB`);
+      if (size > 16 * 1024 * 1024)
+        throw new ReportUploadError(this.opts.sink, `${key.join('/')} is larger than 16 MiB`);
       chunks.push(c);
     }
     try {
@@ -138,7 +146,11 @@ export class ReportStore {
 
   private wrap(err: unknown, signal?: AbortSignal): unknown {
     const sink = this.opts.sink;
-    return requestError({ name: `report sink ${sink}`, unreachable: (why) => new ReportUploadError(sink, why) }, err, signal);
+    return requestError(
+      { name: `report sink ${sink}`, unreachable: (why) => new ReportUploadError(sink, why) },
+      err,
+      signal,
+    );
   }
 }
 

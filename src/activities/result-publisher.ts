@@ -66,7 +66,14 @@ export function createResultPublisherActivities(deps: ResultPublisherDeps) {
     async publishResult(result: TraversalResult): Promise<PublishOutcome> {
       const key = resultKey(result.taskId, result.deviceId, prefix);
       const json = JSON.stringify(result);
-      const args = [json, result.runId, String(deps.streamMaxLen ?? 100_000), result.taskId, result.deviceId, result.status];
+      const args = [
+        json,
+        result.runId,
+        String(deps.streamMaxLen ?? 100_000),
+        result.taskId,
+        result.deviceId,
+        result.status,
+      ];
       try {
         const id = (await deps.redis.eval(PUBLISH_SCRIPT, 2, key, resultsStream(prefix), ...args)) as string | null;
         waiting?.remove(result.workflowId);

@@ -45,7 +45,9 @@ export class ApkTooLargeError extends TraversalError {
   readonly code = 'ApkTooLarge';
   readonly nonRetryable = true;
   constructor(url: string, limitBytes: number, seenBytes: number) {
-    super(`APK too large: ${url} exceeds the cap of ${limitBytes} bytes (saw ${seenBytes}); raise DT_APK_MAX_BYTES if intended`);
+    super(
+      `APK too large: ${url} exceeds the cap of ${limitBytes} bytes (saw ${seenBytes}); raise DT_APK_MAX_BYTES if intended`,
+    );
     this.details = { url, limitBytes, seenBytes };
   }
 }
@@ -176,7 +178,9 @@ export class TraversalHungError extends TraversalError {
   readonly code = 'TraversalHung';
   readonly nonRetryable = false;
   constructor(silentMs: number, pid: number) {
-    super(`traversal command (pid ${pid}) printed no progress for ${Math.round(silentMs / 1000)} s; its process group was ended`);
+    super(
+      `traversal command (pid ${pid}) printed no progress for ${Math.round(silentMs / 1000)} s; its process group was ended`,
+    );
     this.details = { silentMs, pid };
   }
 }
@@ -253,7 +257,10 @@ const DEVICE_STEPS = ['prepareDevice', 'installApp', 'measureLaunch', 'runTraver
  * failing tool says nothing about the phone and never quarantines it.
  */
 export function isDeviceFault(type: string, step?: string): boolean {
-  return DEVICE_FAULT_TYPES.includes(type) || (type.startsWith('Timeout') && step !== undefined && DEVICE_STEPS.includes(step));
+  return (
+    DEVICE_FAULT_TYPES.includes(type) ||
+    (type.startsWith('Timeout') && step !== undefined && DEVICE_STEPS.includes(step))
+  );
 }
 
 /** Turns a project error into the ApplicationFailure Temporal records; other errors pass through unchanged. */

@@ -177,8 +177,10 @@ export class ExtraArgsPolicy {
 }
 
 /** The policy of a configuration: its allow-list against its own command template. */
-export function extraArgsPolicyFor(
-  config: { traversalExtraArgs: string; traversalCommand: readonly string[]; traversalResumeArgs: readonly string[] },
-): ExtraArgsPolicy {
+export function extraArgsPolicyFor(config: {
+  traversalExtraArgs: string;
+  traversalCommand: readonly string[];
+  traversalResumeArgs: readonly string[];
+}): ExtraArgsPolicy {
   return new ExtraArgsPolicy(config.traversalExtraArgs, [...config.traversalCommand, ...config.traversalResumeArgs]);
 }

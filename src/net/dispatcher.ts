@@ -99,7 +99,10 @@ function policyInterceptor(policy: UrlPolicy): Dispatcher.DispatcherComposeInter
       problem = 'not a valid URL';
     }
     if (problem || !here) {
-      handler.onResponseError?.(null as never, new UrlRefusedError(origin ?? '(no origin)', problem ?? 'not a valid URL'));
+      handler.onResponseError?.(
+        null as never,
+        new UrlRefusedError(origin ?? '(no origin)', problem ?? 'not a valid URL'),
+      );
       return true;
     }
     return dispatch(opts, new PolicedRedirectHandler(policy, here, handler));
@@ -110,7 +113,10 @@ function policyInterceptor(policy: UrlPolicy): Dispatcher.DispatcherComposeInter
  * Redirect interceptor plus the policy check on every hop. Compose after the Agent:
  * `agent.compose(...policedRedirects(policy))`.
  */
-export function policedRedirects(policy: UrlPolicy, maxRedirections = MAX_REDIRECTS): Dispatcher.DispatcherComposeInterceptor[] {
+export function policedRedirects(
+  policy: UrlPolicy,
+  maxRedirections = MAX_REDIRECTS,
+): Dispatcher.DispatcherComposeInterceptor[] {
   return [policyInterceptor(policy), interceptors.redirect({ maxRedirections })];
 }
 

@@ -63,5 +63,9 @@ export function requestError(target: HttpTarget, err: unknown, signal?: AbortSig
 
 /** requestError for an APK origin: transport failures become a retryable ApkDownloadError. */
 export function apkRequestError(url: string, err: unknown, signal?: AbortSignal): unknown {
-  return requestError({ name: `APK URL ${url}`, unreachable: (reason) => new ApkDownloadError(url, reason) }, err, signal);
+  return requestError(
+    { name: `APK URL ${url}`, unreachable: (reason) => new ApkDownloadError(url, reason) },
+    err,
+    signal,
+  );
 }

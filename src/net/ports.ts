@@ -41,7 +41,13 @@ export function canConnect(host: string, port: number, timeoutMs = 1000): Promis
 }
 
 /** Waits until host:port accepts connections; throws with `what` in the message after the timeout. */
-export async function waitForPort(host: string, port: number, timeoutMs: number, what: string, isDead?: () => string | undefined): Promise<void> {
+export async function waitForPort(
+  host: string,
+  port: number,
+  timeoutMs: number,
+  what: string,
+  isDead?: () => string | undefined,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const dead = isDead?.();

@@ -43,7 +43,9 @@ export interface DeadLetter {
 
 /** The exact bytes of the item a dead letter holds. */
 export function deadLetterPayload(entry: DeadLetter): Buffer {
-  return entry.payloadBase64 !== undefined ? Buffer.from(entry.payloadBase64, 'base64') : Buffer.from(entry.payload ?? '', 'utf8');
+  return entry.payloadBase64 !== undefined
+    ? Buffer.from(entry.payloadBase64, 'base64')
+    : Buffer.from(entry.payload ?? '', 'utf8');
 }
 
 /**
@@ -75,7 +77,11 @@ export async function requestTraversal(client: Client, taskQueue: string, req: T
  * task queue or deployment name: two deployments misconfigured with one DT_DEPLOYMENT), or
  * undefined when it is ours or none runs.
  */
-export async function foreignOwner(client: Client, taskQueue: string, req: TraversalRequest): Promise<string | undefined> {
+export async function foreignOwner(
+  client: Client,
+  taskQueue: string,
+  req: TraversalRequest,
+): Promise<string | undefined> {
   const deployment = req.deployment ?? '';
   const id = deviceWorkflowId(req.deviceId, deployment);
   let desc;
@@ -211,7 +217,9 @@ export class TaskBridge {
     while (!this.stopping) {
       if (this.replayPending) {
         this.replayPending = false;
-        this.opts.log?.('info', 'Redis reconnected; replaying the processing list', { processing: this.keys.processing });
+        this.opts.log?.('info', 'Redis reconnected; replaying the processing list', {
+          processing: this.keys.processing,
+        });
         await this.drain();
         await this.replay();
         continue;
@@ -222,7 +230,13 @@ export class TaskBridge {
       }
       let raw: Buffer | null;
       try {
-        raw = await blocking.blmoveBuffer(this.keys.tasks, this.keys.processing, 'RIGHT', 'LEFT', this.opts.blockTimeoutSec ?? 1);
+        raw = await blocking.blmoveBuffer(
+          this.keys.tasks,
+          this.keys.processing,
+          'RIGHT',
+          'LEFT',
+          this.opts.blockTimeoutSec ?? 1,
+        );
       } catch (err) {
         if (this.stopping) break;
         this.opts.log?.('warn', 'waiting for Redis', { error: (err as Error).message });
@@ -282,7 +296,9 @@ export class TaskBridge {
       };
       const before = this.deviceTail.get(req.deviceId) ?? Promise.resolve(true);
       // A request whose predecessor was not sent (stopping) is not sent either: both are replayed later, in order.
-      const mine = before.then((ok): Promise<SendOutcome> => (ok ? this.startWithRetry(full, raw) : Promise.resolve({ stopped: true })));
+      const mine = before.then((ok): Promise<SendOutcome> =>
+        ok ? this.startWithRetry(full, raw) : Promise.resolve({ stopped: true }),
+      );
       const tail = mine.then((o) => !o.stopped);
       this.deviceTail.set(req.deviceId, tail);
       void tail.then(() => {
@@ -318,14 +334,22 @@ export class TaskBridge {
         const deadline = Date.now() + (this.opts.temporalTimeoutMs ?? 10_000);
         const refused = await this.opts.client.withDeadline(deadline, () => this.checkOwner(req));
         if (refused) {
-          this.opts.log?.('warn', 'request refused: its device workflow belongs to another deployment', { taskId: req.taskId, deviceId: req.deviceId, reason: refused });
+          this.opts.log?.('warn', 'request refused: its device workflow belongs to another deployment', {
+            taskId: req.taskId,
+            deviceId: req.deviceId,
+            reason: refused,
+          });
           return { refused };
         }
         await this.opts.client.withDeadline(deadline, () =>
           requestTraversal(this.opts.client, this.opts.taskQueue, req),
         );
         this.stats.started++;
-        this.opts.log?.('info', 'traversal requested', { taskId: req.taskId, deviceId: req.deviceId, packageName: req.packageName });
+        this.opts.log?.('info', 'traversal requested', {
+          taskId: req.taskId,
+          deviceId: req.deviceId,
+          packageName: req.packageName,
+        });
         this.opts.onStarted?.(req, raw);
         return {};
       } catch (err) {

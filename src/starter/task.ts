@@ -11,7 +11,15 @@
  */
 import type { AgentDirectory } from '../device-registry';
 import { InvalidTaskError } from '../contract/errors';
-import { ACTIVITY_PATTERN, checkHttpUrl, checkIdentifier, ID_RULES, MAX_URL_LENGTH, preview, str } from '../contract/ids';
+import {
+  ACTIVITY_PATTERN,
+  checkHttpUrl,
+  checkIdentifier,
+  ID_RULES,
+  MAX_URL_LENGTH,
+  preview,
+  str,
+} from '../contract/ids';
 import { ExtraArgsPolicy } from '../contract/extra-args';
 import type { TraversalRequest } from '../contract/messages';
 import { UrlPolicy } from '../net/url-policy';
@@ -60,7 +68,7 @@ const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
  */
 export function firstInvalidUtf8(bytes: Uint8Array): number {
   const cont = (i: number, lo = 0x80, hi = 0xbf) => i < bytes.length && bytes[i]! >= lo && bytes[i]! <= hi;
-  for (let i = 0; i < bytes.length; ) {
+  for (let i = 0; i < bytes.length;) {
     const b = bytes[i]!;
     let n: number;
     if (b < 0x80) n = 1;
@@ -81,7 +89,8 @@ export function firstInvalidUtf8(bytes: Uint8Array): number {
 /** The text of a raw task; throws InvalidTaskError when it is too large or not UTF-8. */
 function taskText(raw: string | Uint8Array): string {
   const bytes = typeof raw === 'string' ? Buffer.byteLength(raw) : raw.byteLength;
-  if (bytes > MAX_TASK_BYTES) throw new InvalidTaskError([`task: must be at most ${MAX_TASK_BYTES} bytes, got ${bytes}`]);
+  if (bytes > MAX_TASK_BYTES)
+    throw new InvalidTaskError([`task: must be at most ${MAX_TASK_BYTES} bytes, got ${bytes}`]);
   if (typeof raw === 'string') return raw;
   try {
     return UTF8.decode(raw);
@@ -155,7 +164,11 @@ function sameAgent(a: string, b: string): boolean {
  * Parses one raw Redis item (its bytes, or text already decoded) into one request per device.
  * Throws InvalidTaskError naming every problem found (`<field>: <rule>`); never throws anything else.
  */
-export function parseTask(raw: string | Uint8Array, agents: AgentDirectory, opts: ParseOptions = {}): TraversalRequest[] {
+export function parseTask(
+  raw: string | Uint8Array,
+  agents: AgentDirectory,
+  opts: ParseOptions = {},
+): TraversalRequest[] {
   try {
     return parse(raw, agents, opts);
   } catch (err) {

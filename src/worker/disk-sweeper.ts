@@ -230,4 +230,3 @@ async function folderFacts(dir: string): Promise<{ bytes: number; changedMs: num
   }
   return { bytes, changedMs };
 }
-

@@ -87,7 +87,10 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
       log.warn('request for another device ignored', { deviceId, requestDevice: req.deviceId, taskId: req.taskId });
       return;
     }
-    if ((req.deployment ?? '') !== deployment || (req.taskQueue !== undefined && req.taskQueue !== workflowInfo().taskQueue)) {
+    if (
+      (req.deployment ?? '') !== deployment ||
+      (req.taskQueue !== undefined && req.taskQueue !== workflowInfo().taskQueue)
+    ) {
       // The starter checks this before it signals; this catches a request sent around it.
       refused++;
       log.warn('request from another deployment refused', {
@@ -187,7 +190,10 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
             since: fault.at,
             failures: infraFailures.slice(-limit),
           };
-          log.warn('device quarantined: it takes no work until the resume signal', { deviceId, reason: quarantine.reason });
+          log.warn('device quarantined: it takes no work until the resume signal', {
+            deviceId,
+            reason: quarantine.reason,
+          });
           setHealth('quarantined');
         }
       }

@@ -4,7 +4,13 @@
  * takes the next task while Redis is away; the result itself is already safe as the traversal's
  * workflow result.
  */
-import { log, proxyActivities, setCurrentDetails, upsertSearchAttributes, type ActivityOptions } from '@temporalio/workflow';
+import {
+  log,
+  proxyActivities,
+  setCurrentDetails,
+  upsertSearchAttributes,
+  type ActivityOptions,
+} from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { PUBLISH_RETRY_CAP_MS, type TraversalResult } from '../contract/messages';
 import { TRAVERSAL_PHASE } from '../contract/search-attributes';
@@ -36,11 +42,18 @@ export async function publishWorkflow(input: PublishInput): Promise<void> {
   const what = `result of ${result.taskId} on ${result.deviceId} (${result.status})`;
   setCurrentDetails(`publishing the ${what}`);
   try {
-    await proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry(QUICK_ATTEMPTS) }).publishResult(result);
+    await proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry(QUICK_ATTEMPTS) }).publishResult(
+      result,
+    );
   } catch (err) {
     // Retries from here on are the server's: the history does not grow while Redis is away.
-    const reason = (err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message;
-    log.warn('Redis does not take the result; retrying until it does', { taskId: result.taskId, deviceId: result.deviceId, reason });
+    const reason =
+      (err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message;
+    log.warn('Redis does not take the result; retrying until it does', {
+      taskId: result.taskId,
+      deviceId: result.deviceId,
+      reason,
+    });
     upsertSearchAttributes([{ key: TRAVERSAL_PHASE, value: 'waiting-for-redis' }]);
     setCurrentDetails(`waiting for Redis to take the ${what}; last error: ${reason.slice(0, 300)}`);
     await proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry() }).publishResult(result);

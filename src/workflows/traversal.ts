@@ -59,8 +59,10 @@ function retry(maximumAttempts: number, initialMs: number): ActivityOptions['ret
 function describeFailure(err: unknown): { type: string; message: string; nonRetryable?: boolean } {
   let e: unknown = err;
   while (e instanceof ActivityFailure && e.cause) e = e.cause;
-  if (e instanceof ApplicationFailure) return { type: e.type ?? 'Error', message: e.message, nonRetryable: e.nonRetryable ?? undefined };
-  if (e instanceof TimeoutFailure) return { type: `Timeout${e.timeoutType !== undefined ? `:${e.timeoutType}` : ''}`, message: e.message };
+  if (e instanceof ApplicationFailure)
+    return { type: e.type ?? 'Error', message: e.message, nonRetryable: e.nonRetryable ?? undefined };
+  if (e instanceof TimeoutFailure)
+    return { type: `Timeout${e.timeoutType !== undefined ? `:${e.timeoutType}` : ''}`, message: e.message };
   if (isCancellation(err)) return { type: 'Cancelled', message: 'the traversal was cancelled' };
   return { type: (e as Error)?.name ?? 'Error', message: (e as Error)?.message ?? String(e) };
 }
@@ -74,7 +76,13 @@ function errorOf(failure: unknown, step: StepName | undefined): NonNullable<Trav
 /** The traversal workflow (id `traversal/<taskId>/<deviceId>`). */
 export async function traversalWorkflow(req: TraversalRequest): Promise<TraversalResult> {
   const info = workflowInfo();
-  const policy = { heartbeatTimeoutMs: 30_000, maxAttempts: 3, initialRetryMs: 1000, measureLaunch: true, ...req.policy };
+  const policy = {
+    heartbeatTimeoutMs: 30_000,
+    maxAttempts: 3,
+    initialRetryMs: 1000,
+    measureLaunch: true,
+    ...req.policy,
+  };
   const hb = policy.heartbeatTimeoutMs;
   const init = policy.initialRetryMs;
   const startedAt = Date.now();
@@ -92,7 +100,11 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     ...(patched('agent-call-heartbeats') ? { heartbeatTimeout: hb } : {}),
     retry: retry(5, init),
   });
-  const agentInstall = proxyActivities<Activities>({ startToCloseTimeout: '30m', heartbeatTimeout: hb, retry: retry(5, init) });
+  const agentInstall = proxyActivities<Activities>({
+    startToCloseTimeout: '30m',
+    heartbeatTimeout: hb,
+    retry: retry(5, init),
+  });
   const runner = proxyActivities<Activities>({
     // A hung tool is caught by the heartbeat timeout; this only bounds runs whose budget was extended.
     startToCloseTimeout: Math.round(req.traversal.durationSec * 3000) + 24 * 3600_000,
@@ -101,7 +113,11 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     summary: `traverse ${req.packageName} on ${req.deviceId}`,
   });
-  const uploader = proxyActivities<Activities>({ startToCloseTimeout: '30m', heartbeatTimeout: hb, retry: retry(5, init) });
+  const uploader = proxyActivities<Activities>({
+    startToCloseTimeout: '30m',
+    heartbeatTimeout: hb,
+    retry: retry(5, init),
+  });
   const publisher = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry(10, init) });
 
   const progress: TraversalProgress = {
@@ -123,7 +139,8 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   setHandler(budgetSignal, (change) => {
     if (change.finishNow) budget.finishNow = true;
     if (typeof change.durationSec === 'number' && change.durationSec >= 0) budget.durationSec = change.durationSec;
-    if (typeof change.extendBySec === 'number') budget.durationSec = Math.max(0, budget.durationSec + change.extendBySec);
+    if (typeof change.extendBySec === 'number')
+      budget.durationSec = Math.max(0, budget.durationSec + change.extendBySec);
     budget.version++;
     log.info('traversal budget changed', { taskId: req.taskId, deviceId: req.deviceId, ...budget });
   });
@@ -138,13 +155,22 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   });
   setHandler(progressSignal, (u) => {
     if (progress.phase !== 'traversing' && progress.phase !== 'paused') return;
-    Object.assign(progress, { percent: u.percent, screens: u.screens, crashes: u.crashes, anrs: u.anrs, attempt: u.attempt });
+    Object.assign(progress, {
+      percent: u.percent,
+      screens: u.screens,
+      crashes: u.crashes,
+      anrs: u.anrs,
+      attempt: u.attempt,
+    });
     describe();
   });
 
   function describe(): void {
     const found = progress.crashes + progress.anrs > 0 ? `, ${progress.crashes} crashes, ${progress.anrs} ANRs` : '';
-    const pct = progress.phase === 'traversing' ? `${paused ? ' (paused)' : ''}, ${progress.percent}%, ${progress.screens} screens${found}` : '';
+    const pct =
+      progress.phase === 'traversing'
+        ? `${paused ? ' (paused)' : ''}, ${progress.percent}%, ${progress.screens} screens${found}`
+        : '';
     setCurrentDetails(`${req.packageName} on ${req.deviceId} — ${progress.phase}${pct}`);
   }
   function setPhase(phase: Phase): void {
@@ -196,7 +222,11 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
         // The worker that installs derives the install URL, so no worker's URL enters history;
         // runs recorded before passed the one resolveApk built (installApp still accepts it).
         patched('install-url-on-worker')
-          ? { ...device, packageName: req.packageName, apk: { originUrl: req.apkUrl, sha256: apk!.sha256, delivery: apk!.delivery } }
+          ? {
+              ...device,
+              packageName: req.packageName,
+              apk: { originUrl: req.apkUrl, sha256: apk!.sha256, delivery: apk!.delivery },
+            }
           : { ...device, url: apk!.installUrl, packageName: req.packageName, sha256: apk!.sha256 },
       ),
     );
@@ -218,7 +248,13 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
         extraArgs: req.traversal.extraArgs,
       }),
     );
-    Object.assign(progress, { percent: 100, screens: run.screens, crashes: run.crashes, anrs: run.anrs, attempt: run.attempt });
+    Object.assign(progress, {
+      percent: 100,
+      screens: run.screens,
+      crashes: run.crashes,
+      anrs: run.anrs,
+      attempt: run.attempt,
+    });
     // Built from every attempt's parts, wherever they ran, so a run resumed on another host keeps all it found.
     report = await step('uploadReport', 'uploading', () =>
       uploader.uploadReport({ taskId: req.taskId, deviceId: req.deviceId, attempts: run!.attempt }),
@@ -319,7 +355,13 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   if (failure !== undefined) {
     if (cancelled) throw failure;
     const d = describeFailure(failure);
-    throw ApplicationFailure.create({ type: d.type, message: d.message, nonRetryable: true, details: [result], cause: failure as Error });
+    throw ApplicationFailure.create({
+      type: d.type,
+      message: d.message,
+      nonRetryable: true,
+      details: [result],
+      cause: failure as Error,
+    });
   }
   return result!;
 }

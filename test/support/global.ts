@@ -31,7 +31,9 @@ export async function mochaGlobalSetup(): Promise<void> {
   if (temporal) process.env.TEST_TEMPORAL_ADDRESS = temporal.address;
   if (redis) process.env.TEST_REDIS_URL = redis.url;
   process.env.TEST_TEMPORAL_CLI = temporal?.cli ?? '';
-  console.log(`[global] temporal ${process.env.TEST_TEMPORAL_ADDRESS}, redis ${process.env.TEST_REDIS_URL} ready in ${Date.now() - t0} ms`);
+  console.log(
+    `[global] temporal ${process.env.TEST_TEMPORAL_ADDRESS}, redis ${process.env.TEST_REDIS_URL} ready in ${Date.now() - t0} ms`,
+  );
 }
 
 export async function mochaGlobalTeardown(): Promise<void> {
@@ -54,7 +56,9 @@ function reportLeaksAfter(ms: number): void {
       const name = (h as object)?.constructor?.name ?? typeof h;
       const sock = h as { remoteAddress?: string; remotePort?: number; localPort?: number };
       const child = h as { pid?: number; spawnfile?: string };
-      console.error(`  ${name}${sock.remotePort ? ` ${sock.remoteAddress}:${sock.remotePort}` : ''}${sock.localPort ? ` local :${sock.localPort}` : ''}${child.pid ? ` pid ${child.pid} ${child.spawnfile ?? ''}` : ''}`);
+      console.error(
+        `  ${name}${sock.remotePort ? ` ${sock.remoteAddress}:${sock.remotePort}` : ''}${sock.localPort ? ` local :${sock.localPort}` : ''}${child.pid ? ` pid ${child.pid} ${child.spawnfile ?? ''}` : ''}`,
+      );
     }
   }, ms).unref();
 }

@@ -55,12 +55,19 @@ export class ControlChannel {
     this.version = Math.max(this.version, b.version);
     this.paused = paused;
     const { pid, controlFile } = this.target;
-    this.ctx.log.info(pauseChanged ? (paused ? 'pausing the traversal tool' : 'continuing the traversal tool') : 'applying a new time budget', {
-      durationSec: b.durationSec,
-      finishNow: b.finishNow,
-      paused,
-      childPid: pid,
-    });
+    this.ctx.log.info(
+      pauseChanged
+        ? paused
+          ? 'pausing the traversal tool'
+          : 'continuing the traversal tool'
+        : 'applying a new time budget',
+      {
+        durationSec: b.durationSec,
+        finishNow: b.finishNow,
+        paused,
+        childPid: pid,
+      },
+    );
     if (controlFile) {
       // The tool polls this file: 'stop' ends it gracefully, 'pause' holds it, 'duration=N' sets its budget.
       const tmp = `${controlFile}.tmp`;

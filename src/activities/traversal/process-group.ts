@@ -247,7 +247,8 @@ async function findRun(runId: string, deviceId: string): Promise<number | undefi
   for (const entry of await fsp.readdir('/proc').catch(() => [] as string[])) {
     if (!/^\d+$/.test(entry)) continue;
     const p = await liveProcess(entry);
-    if (p && p.pgrp > 0 && p.env.includes(`${RUN_MARKER}=${runId}`) && p.env.includes(`${MARKER}=${deviceId}`)) return p.pgrp;
+    if (p && p.pgrp > 0 && p.env.includes(`${RUN_MARKER}=${runId}`) && p.env.includes(`${MARKER}=${deviceId}`))
+      return p.pgrp;
   }
   return undefined;
 }

@@ -86,7 +86,14 @@ export class ProgressReporter {
     if (!push || this.pushing || (!force && step === this.lastStep)) return;
     this.lastStep = step;
     const { percent, screens, crashes, anrs, checkpoint } = this.state;
-    this.pushing = push(this.target.workflowId, { percent, screens, crashes, anrs, checkpoint, attempt: this.ctx.info.attempt })
+    this.pushing = push(this.target.workflowId, {
+      percent,
+      screens,
+      crashes,
+      anrs,
+      checkpoint,
+      attempt: this.ctx.info.attempt,
+    })
       .catch((err) => this.ctx.log.debug('progress signal failed', { error: String(err) }))
       .finally(() => (this.pushing = undefined));
   }

@@ -15,7 +15,17 @@ import { parseFindingLine, toFinding } from '../findings';
 import { AttemptShipper } from '../report-parts';
 import { commandLine, usesControlFile } from './command';
 import { ControlChannel } from './control-channel';
-import { childEnv, endStaleRun, forgetRun, killGroup, recordRun, signalGroup, spawnGroup, type GroupExit, type RunningGroup } from './process-group';
+import {
+  childEnv,
+  endStaleRun,
+  forgetRun,
+  killGroup,
+  recordRun,
+  signalGroup,
+  spawnGroup,
+  type GroupExit,
+  type RunningGroup,
+} from './process-group';
 import { ProgressReporter } from './progress-reporter';
 import type { RunTraversalInput, RunTraversalResult, TraversalCheckpoint, TraversalRunnerDeps } from './runner';
 
@@ -80,7 +90,13 @@ export class TraversalRun {
     private readonly started: StartedRun,
   ) {
     const { workflowId, shipper, resumeFrom, group } = started;
-    this.progress = new ProgressReporter(ctx, { workflowId, shipper, pushProgress: deps.pushProgress }, previous, resumeFrom, group.pid);
+    this.progress = new ProgressReporter(
+      ctx,
+      { workflowId, shipper, pushProgress: deps.pushProgress },
+      previous,
+      resumeFrom,
+      group.pid,
+    );
     this.control = new ControlChannel(ctx, {
       workflowId,
       readBudget: deps.readBudget,
@@ -197,7 +213,11 @@ export class TraversalRun {
       new Promise<string[]>((resolve) => setTimeout(() => resolve(['timed out']), FINAL_SHIP_MS).unref()),
     ]).finally(() => clearInterval(shipping));
     this.progress.release();
-    if (problems.length) this.ctx.log.warn('report parts did not all reach the sink', { problems: problems.slice(0, 5), deviceId: this.input.deviceId });
+    if (problems.length)
+      this.ctx.log.warn('report parts did not all reach the sink', {
+        problems: problems.slice(0, 5),
+        deviceId: this.input.deviceId,
+      });
     return problems;
   }
 
@@ -224,7 +244,11 @@ export class TraversalRun {
       throw new TraversalExitError(exit.code, exit.signal, this.stderrTail.join('\n'));
     }
     // A retry resumes at the end and ships again; nothing found is given up for a sink hiccup.
-    if (problems.length && deps.store) throw new ReportUploadError(deps.store.url([this.input.taskId]), `report parts not shipped: ${problems.slice(0, 3).join(', ')}`);
+    if (problems.length && deps.store)
+      throw new ReportUploadError(
+        deps.store.url([this.input.taskId]),
+        `report parts not shipped: ${problems.slice(0, 3).join(', ')}`,
+      );
     const summary = await readSummary(started.reportDir);
     deps.metrics?.traversals.inc({ outcome: 'completed' });
     progress.state.percent = 100;
@@ -264,9 +288,16 @@ export class TraversalRun {
       const raw = deps.findingPattern ? parseFindingLine(line, deps.findingPattern) : undefined;
       if (raw) {
         const finding = toFinding(raw, ctx.info.attempt);
-        if (typeof finding === 'string') ctx.log.warn('ignoring a malformed finding line', { problem: finding, deviceId: input.deviceId });
+        if (typeof finding === 'string')
+          ctx.log.warn('ignoring a malformed finding line', { problem: finding, deviceId: input.deviceId });
         else {
-          ctx.log.info('finding reported', { kind: finding.kind, signature: finding.signature, exception: finding.exception, step: finding.step, deviceId: input.deviceId });
+          ctx.log.info('finding reported', {
+            kind: finding.kind,
+            signature: finding.signature,
+            exception: finding.exception,
+            step: finding.step,
+            deviceId: input.deviceId,
+          });
           started.shipper.addFinding(finding, () => this.progress.release());
         }
         return;
