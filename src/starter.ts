@@ -5,18 +5,12 @@ import { loadDeviceRegistry, urlPolicyFor } from './device-registry';
 import { JsonLogger } from './logger';
 import { ProgressBoard } from './starter/progress-board';
 import { createStarter } from './starter/create';
-import { connectClient, temporalApiKey, temporalSettings } from './temporal-connection';
+import { connectClient, secretValues, temporalSettings } from './temporal-connection';
 
 async function main(): Promise<void> {
   const config = loadConfig();
   const temporal = temporalSettings();
-  const secrets = [
-    process.env.TEMPORAL_API_KEY ?? '',
-    temporalApiKey(temporal),
-    new URL(config.redisUrl).password,
-    config.artifactToken,
-    config.reportSinkToken,
-  ].filter(Boolean);
+  const secrets = secretValues(config, temporal);
   const mode = config.progress === 'auto' ? (process.stdout.isTTY ? 'bars' : 'lines') : config.progress;
   // With bars on the terminal, only warnings and errors are logged (to stderr) so they do not tear the board.
   const logger =

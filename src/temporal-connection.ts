@@ -6,6 +6,7 @@
 import { Connection, Client } from '@temporalio/client';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import { NativeConnection, type NativeConnectionOptions } from '@temporalio/worker';
+import type { Config } from './config';
 
 /** Default address when neither the environment nor a profile names one. */
 export const DEFAULT_TEMPORAL_ADDRESS = '127.0.0.1:7233';
@@ -41,4 +42,22 @@ export async function connectClient(s: TemporalSettings): Promise<{ client: Clie
 /** Connects a worker's native connection. */
 export function connectWorker(s: TemporalSettings): Promise<NativeConnection> {
   return NativeConnection.connect(s.connectionOptions);
+}
+
+/**
+ * Every secret value a process holds (the Temporal API key from the environment or a profile, the
+ * Redis password, the artifact and sink tokens), for the logger to mask.
+ */
+export function secretValues(
+  config: Config,
+  temporal: TemporalSettings,
+  env: NodeJS.ProcessEnv = process.env,
+): string[] {
+  return [
+    env.TEMPORAL_API_KEY ?? '',
+    temporalApiKey(temporal),
+    new URL(config.redisUrl).password,
+    config.artifactToken,
+    config.reportSinkToken,
+  ].filter(Boolean);
 }

@@ -5,19 +5,13 @@ import { loadConfig } from './config';
 import { JsonLogger } from './logger';
 import { freePort } from './net/ports';
 import { scrapeSdkMetrics, sdkTelemetryOptions } from './worker/sdk-metrics';
-import { connectClient, connectWorker, temporalApiKey, temporalSettings } from './temporal-connection';
+import { connectClient, connectWorker, secretValues, temporalSettings } from './temporal-connection';
 import { createTraversalWorker } from './worker/setup';
 
 async function main(): Promise<void> {
   const config = loadConfig();
   const temporal = temporalSettings();
-  const secrets = [
-    process.env.TEMPORAL_API_KEY ?? '',
-    temporalApiKey(temporal),
-    config.reportSinkToken,
-    config.artifactToken,
-    new URL(config.redisUrl).password,
-  ].filter(Boolean);
+  const secrets = secretValues(config, temporal);
   const logger = new JsonLogger({ service: 'worker', pid: process.pid }, config.logLevel, process.stdout, secrets);
   const sdkMetricsPort = config.sdkMetricsPort || (await freePort());
   Runtime.install({

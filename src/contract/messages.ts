@@ -103,6 +103,22 @@ export interface TraversalProgress {
   paused: boolean;
 }
 
+/** The progress of a traversal that has not started yet: queued, nothing counted. */
+export function queuedProgress(taskId: string, deviceId: string, attempt: number, paused = false): TraversalProgress {
+  return {
+    taskId,
+    deviceId,
+    phase: 'queued',
+    percent: 0,
+    screens: 0,
+    crashes: 0,
+    anrs: 0,
+    elapsedMs: 0,
+    attempt,
+    paused,
+  };
+}
+
 /** Progress pushed from the running traversal command to its workflow. */
 export interface ProgressUpdate {
   percent: number;
@@ -118,8 +134,8 @@ export type FindingKind = 'crash' | 'anr';
 
 /**
  * One crash or ANR the traversal tool reported, as it was found. `signature` is a short stable hash
- * of the kind, the exception class and the top in-app frames (src/activities/findings.ts), equal for the same
- * bug on any device, attempt or run.
+ * of the kind, the exception class and the top in-app frames (src/activities/findings.ts), equal for
+ * the same bug on any device, attempt or run.
  */
 export interface Finding {
   kind: FindingKind;

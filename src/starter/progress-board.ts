@@ -7,7 +7,13 @@
  * list capped ({@link MAX_ROWS}, {@link MAX_DEVICES}) and each query bounded by a deadline.
  */
 import type { Client } from '@temporalio/client';
-import { deviceStateQuery, progressQuery, type DeviceState, type TraversalProgress } from '../contract/messages';
+import {
+  deviceStateQuery,
+  progressQuery,
+  queuedProgress,
+  type DeviceState,
+  type TraversalProgress,
+} from '../contract/messages';
 
 /** Rows one tick shows at most (running traversals first). */
 export const MAX_ROWS = 50;
@@ -41,16 +47,7 @@ export function queuedReason(state: DeviceState, position = 0): string {
 /** The rows of the tasks waiting in one device's queue, in queue order. */
 export function queuedRows(state: DeviceState): BoardRow[] {
   return state.queue.map((q, i) => ({
-    taskId: q.taskId,
-    deviceId: state.deviceId,
-    phase: 'queued',
-    percent: 0,
-    screens: 0,
-    crashes: 0,
-    anrs: 0,
-    elapsedMs: 0,
-    attempt: 0,
-    paused: state.paused,
+    ...queuedProgress(q.taskId, state.deviceId, 0, state.paused),
     waiting: queuedReason(state, i),
   }));
 }

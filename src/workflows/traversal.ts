@@ -34,6 +34,7 @@ import {
   progressQuery,
   progressSignal,
   publishWorkflowId,
+  queuedProgress,
   resumeSignal,
   type Phase,
   type StepName,
@@ -120,18 +121,7 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   });
   const publisher = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry(10, init) });
 
-  const progress: TraversalProgress = {
-    taskId: req.taskId,
-    deviceId: req.deviceId,
-    phase: 'queued',
-    percent: 0,
-    screens: 0,
-    crashes: 0,
-    anrs: 0,
-    elapsedMs: 0,
-    attempt: 1,
-    paused: false,
-  };
+  const progress: TraversalProgress = queuedProgress(req.taskId, req.deviceId, 1);
   let paused = false;
   const budget: TraversalBudget = { durationSec: req.traversal.durationSec, finishNow: false, version: 0 };
   // The running tool reads this every few seconds (a query writes no history), pause included.
