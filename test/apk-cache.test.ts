@@ -64,6 +64,23 @@ async function deadPid(): Promise<number> {
   return child.pid;
 }
 
+/** Where a cache in `dir` keeps the download lock of `url`. */
+function lockPathOf(dir: string, url: string): string {
+  return path.join(dir, 'locks', `${urlKey(url)}.lock`);
+}
+
+/**
+ * Writes the download lock of `url` into the cache in `dir` as the process `pid` on `host` would hold
+ * it; returns its path and what it says.
+ */
+async function plantLock(dir: string, url: string, pid: number, host = os.hostname()) {
+  const lockPath = lockPathOf(dir, url);
+  const holder = { pid, host, url, at: new Date().toISOString() };
+  await fsp.mkdir(path.dirname(lockPath), { recursive: true });
+  await fsp.writeFile(lockPath, JSON.stringify(holder));
+  return { lockPath, holder };
+}
+
 /** Sends a request with a path exactly as given (undici would normalise `..` away). */
 function rawGet(
   base: string,
@@ -255,7 +272,7 @@ describe('APK cache', function () {
         await exited;
       }
       origin.throttleBytesPerSec = undefined;
-      const lock = await fsp.readFile(path.join(dir, 'locks', `${urlKey(url)}.lock`), 'utf8');
+      const lock = await fsp.readFile(lockPathOf(dir, url), 'utf8');
       assert.equal((JSON.parse(lock) as { pid: number }).pid, child.pid);
 
       const r = await cache.resolve(url, undefined, { signal: AbortSignal.timeout(10_000) });
@@ -269,12 +286,7 @@ describe('APK cache', function () {
       const apk = await origin.addApk('cache-stale.apk', 1 * MiB);
       const url = origin.url('cache-stale.apk');
       const { cache, dir } = await freshCache();
-      await fsp.mkdir(path.join(dir, 'locks'), { recursive: true });
-      const lockPath = path.join(dir, 'locks', `${urlKey(url)}.lock`);
-      await fsp.writeFile(
-        lockPath,
-        JSON.stringify({ pid: await deadPid(), host: os.hostname(), url, at: new Date().toISOString() }),
-      );
+      const { lockPath } = await plantLock(dir, url, await deadPid());
 
       const r = await cache.resolve(url, undefined, { signal: AbortSignal.timeout(5_000) });
       assert.equal(r.sha256, apk.sha256);
@@ -285,12 +297,7 @@ describe('APK cache', function () {
       const apk = await origin.addApk('cache-ownpid.apk', 1 * MiB);
       const url = origin.url('cache-ownpid.apk');
       const { cache, dir } = await freshCache();
-      await fsp.mkdir(path.join(dir, 'locks'), { recursive: true });
-      const lockPath = path.join(dir, 'locks', `${urlKey(url)}.lock`);
-      await fsp.writeFile(
-        lockPath,
-        JSON.stringify({ pid: process.pid, host: os.hostname(), url, at: new Date().toISOString() }),
-      );
+      await plantLock(dir, url, process.pid);
 
       const r = await cache.resolve(url, undefined, { signal: AbortSignal.timeout(5_000) });
       assert.equal(r.sha256, apk.sha256);
@@ -300,10 +307,7 @@ describe('APK cache', function () {
       await origin.addApk('cache-live.apk', 1 * MiB);
       const url = origin.url('cache-live.apk');
       const { cache, dir } = await freshCache();
-      await fsp.mkdir(path.join(dir, 'locks'), { recursive: true });
-      const lockPath = path.join(dir, 'locks', `${urlKey(url)}.lock`);
-      const holder = { pid: process.ppid, host: os.hostname(), url, at: new Date().toISOString() };
-      await fsp.writeFile(lockPath, JSON.stringify(holder));
+      const { lockPath, holder } = await plantLock(dir, url, process.ppid);
 
       await assert.rejects(cache.resolve(url, undefined, { signal: AbortSignal.timeout(300) }), {
         name: 'TimeoutError',
@@ -316,12 +320,7 @@ describe('APK cache', function () {
       const apk = await origin.addApk('cache-foreign.apk', 1 * MiB);
       const url = origin.url('cache-foreign.apk');
       const { cache, dir } = await freshCache();
-      await fsp.mkdir(path.join(dir, 'locks'), { recursive: true });
-      const lockPath = path.join(dir, 'locks', `${urlKey(url)}.lock`);
-      await fsp.writeFile(
-        lockPath,
-        JSON.stringify({ pid: 1, host: 'container-that-is-gone', url, at: new Date().toISOString() }),
-      );
+      const { lockPath } = await plantLock(dir, url, 1, 'container-that-is-gone');
 
       // Fresh: the other host may still be downloading, so wait.
       await assert.rejects(cache.resolve(url, undefined, { signal: AbortSignal.timeout(300) }), {

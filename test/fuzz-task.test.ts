@@ -10,9 +10,9 @@
 import assert from 'node:assert/strict';
 import { isUtf8 } from 'node:buffer';
 import { randomUUID } from 'node:crypto';
-import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import fc from 'fast-check';
-import Redis from 'ioredis';
+import type Redis from 'ioredis';
 import { InvalidTaskError } from '../src/contract/errors';
 import { deviceWorkflowId, type TraversalRequest } from '../src/contract/messages';
 import { deadLetterPayload, TaskBridge, type DeadLetter } from '../src/starter/task-bridge';
@@ -22,6 +22,8 @@ import { firstInvalidUtf8, parseTask } from '../src/starter/task';
 import { UrlPolicy } from '../src/net/url-policy';
 import { anyPayload, garbage, mutatedTask, rawMutation, validTask } from './fuzz-payloads';
 import { enqueueSignals } from './support/history';
+import { terminateAll } from './support/device-tasks';
+import { connectClients, type Clients } from '../dev/clients';
 import { waitFor } from '../dev/wait';
 
 /** Every problem starts with the field it is about. */
@@ -68,6 +70,40 @@ async function enqueuedTaskIds(client: Client, deviceId: string): Promise<string
     if (err instanceof WorkflowNotFoundError) return [];
     throw err;
   }
+}
+
+/**
+ * A task bridge named `name` over `clients`, on a task queue of the same name that no worker polls:
+ * the device workflows it creates are left waiting with the requests they received.
+ */
+function idleBridge(clients: Clients, name: string, prefix: string): TaskBridge {
+  return new TaskBridge({
+    redis: clients.redis,
+    blocking: clients.blocking,
+    client: clients.client,
+    taskQueue: name,
+    starterId: name,
+    agents,
+    urlPolicy: policy,
+    keyPrefix: `${prefix}:`,
+    blockTimeoutSec: 1,
+  });
+}
+
+/** Stops the bridge, terminates the device workflows it created, deletes its keys and closes the clients. */
+async function tearDown(
+  clients: Clients,
+  bridge: TaskBridge | undefined,
+  devices: Iterable<string>,
+  prefix: string,
+  reason: string,
+): Promise<void> {
+  await bridge?.stop();
+  const workflowIds = [...devices].map((d) => deviceWorkflowId(d));
+  await terminateAll(clients.client, workflowIds, reason);
+  const keys = await clients.redis.keys(`${prefix}:*`);
+  if (keys.length) await clients.redis.del(...keys);
+  await clients.close();
 }
 
 /** The dead letters of a list, newest first. */
@@ -199,23 +235,10 @@ describe('task validation under fuzzing', function () {
     const payloads = fc.sample(anyPayload(`${prefix}-`), { numRuns: N, seed: SEED });
     counts.e2e = payloads.length;
 
-    const redis = new Redis(process.env.TEST_REDIS_URL!);
-    const blocking = new Redis(process.env.TEST_REDIS_URL!);
-    const connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
-    const client = new Client({ connection });
+    const clients = await connectClients();
+    const { client, redis } = clients;
     const devices = new Set<string>();
-    const bridge = new TaskBridge({
-      redis,
-      blocking,
-      client,
-      // No worker polls this queue: the device workflows are created and left waiting.
-      taskQueue: `fuzz-${run}`,
-      starterId: `fuzz-${run}`,
-      agents,
-      urlPolicy: policy,
-      keyPrefix: `${prefix}:`,
-      blockTimeoutSec: 1,
-    });
+    const bridge = idleBridge(clients, `fuzz-${run}`, prefix);
     try {
       // Pushed oldest first, as producers would. Redis holds bytes: what the starter sees is the
       // UTF-8 of each payload, so that is what the expectations are computed from.
@@ -284,17 +307,7 @@ describe('task validation under fuzzing', function () {
         `      end to end: ${payloads.length} payloads, ${signals} requests in the histories of ${devices.size} device workflows, ${entries.length} dead letters`,
       );
     } finally {
-      await bridge.stop();
-      for (const d of devices)
-        await client.workflow
-          .getHandle(deviceWorkflowId(d))
-          .terminate('fuzz test done')
-          .catch(() => undefined);
-      const keys = await redis.keys(`${prefix}:*`);
-      if (keys.length) await redis.del(...keys);
-      await connection.close();
-      redis.disconnect();
-      blocking.disconnect();
+      await tearDown(clients, bridge, devices, prefix, 'fuzz test done');
     }
   });
 });
@@ -303,9 +316,8 @@ describe('the hostile payloads docs/SECURITY.md names, through a real starter, R
   this.timeout(90_000);
   const run = randomUUID().slice(0, 6);
   const prefix = `fx${run}`;
+  let clients: Clients | undefined;
   let redis: Redis;
-  let blocking: Redis;
-  let connection: Connection;
   let client: Client;
   let bridge: TaskBridge;
   let ended = false;
@@ -326,36 +338,13 @@ describe('the hostile payloads docs/SECURITY.md names, through a real starter, R
   }
 
   before(async () => {
-    redis = new Redis(process.env.TEST_REDIS_URL!);
-    blocking = new Redis(process.env.TEST_REDIS_URL!);
-    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
-    client = new Client({ connection });
-    bridge = new TaskBridge({
-      redis,
-      blocking,
-      client,
-      // No worker polls this queue: the device workflows are created and left waiting.
-      taskQueue: `fixed-${run}`,
-      starterId: `fixed-${run}`,
-      agents,
-      urlPolicy: policy,
-      keyPrefix: `${prefix}:`,
-      blockTimeoutSec: 1,
-    }).start();
+    clients = await connectClients();
+    ({ client, redis } = clients);
+    bridge = idleBridge(clients, `fixed-${run}`, prefix).start();
     void bridge.done().then(() => (ended = true));
   });
   after(async () => {
-    await bridge?.stop();
-    for (const d of devices)
-      await client.workflow
-        .getHandle(deviceWorkflowId(d))
-        .terminate('fixed cases done')
-        .catch(() => undefined);
-    const keys = await redis.keys(`${prefix}:*`);
-    if (keys.length) await redis.del(...keys);
-    await connection?.close();
-    redis?.disconnect();
-    blocking?.disconnect();
+    if (clients) await tearDown(clients, bridge, devices, prefix, 'fixed cases done');
   });
 
   /**

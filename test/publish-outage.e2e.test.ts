@@ -61,22 +61,13 @@ describe('publishing while Redis refuses writes', function () {
     const { client, redis, prefix } = stack;
     const device = 'pub-1';
     const apkUrl = stack.apks['publish.apk']!.url;
-    await stack.push(
-      task(stack, {
-        taskId: 'pub-a',
-        deviceId: device,
-        apkUrl,
-        traversal: { durationSec: 2, extraArgs: ['--tick-ms', '100'] },
-      }),
-    );
-    await stack.push(
-      task(stack, {
-        taskId: 'pub-b',
-        deviceId: device,
-        apkUrl,
-        traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
-      }),
-    );
+    for (const [taskId, durationSec] of [
+      ['pub-a', 2],
+      ['pub-b', 1],
+    ] as const)
+      await stack.push(
+        task(stack, { taskId, deviceId: device, apkUrl, traversal: { durationSec, extraArgs: ['--tick-ms', '100'] } }),
+      );
     // Both tasks are in Temporal (the starter's lists are empty) before Redis stops taking writes.
     await waitFor(
       async () =>

@@ -40,6 +40,7 @@ import { parseTask } from '../src/starter/task';
 import { traversalWorkflow } from '../src/workflows';
 import { createDispatcher } from '../src/net/dispatcher';
 import { startStack, type Stack } from '../dev/stack';
+import { terminateAll, WELL_FORMED_TASK } from './support/device-tasks';
 
 /** Identifiers that must never pass. */
 export const HOSTILE_IDS: [string, string][] = [
@@ -68,13 +69,6 @@ export const HOSTILE_IDS: [string, string][] = [
 
 const agents: AgentDirectory = { agentFor: () => 'http://127.0.0.1:9' };
 const quiet = () => new MockActivityEnvironment(undefined, { logger: new DefaultLogger('ERROR') });
-const base = {
-  taskId: 't1',
-  deviceId: 'd1',
-  apkUrl: 'https://apk.example.com/a.apk',
-  packageName: 'com.example.app',
-  traversal: { durationSec: 1 },
-};
 
 function problemsOf(task: Record<string, unknown>): string[] {
   try {
@@ -99,14 +93,14 @@ describe('identifiers', function () {
   it('the starter refuses every hostile taskId, deviceId, devices entry and packageName, naming the field', () => {
     for (const [id, what] of HOSTILE_IDS) {
       const cases: [Record<string, unknown>, RegExp][] = [
-        [{ ...base, taskId: id }, /^taskId: must be 1-128 letters/],
-        [{ ...base, deviceId: id }, /^deviceId: must be 1-64 letters/],
-        [{ ...base, deviceId: undefined, devices: ['ok-1', id] }, /^devices\[1\]: must be 1-64 letters/],
+        [{ ...WELL_FORMED_TASK, taskId: id }, /^taskId: must be 1-128 letters/],
+        [{ ...WELL_FORMED_TASK, deviceId: id }, /^deviceId: must be 1-64 letters/],
+        [{ ...WELL_FORMED_TASK, deviceId: undefined, devices: ['ok-1', id] }, /^devices\[1\]: must be 1-64 letters/],
         [
-          { ...base, deviceId: undefined, devices: [{ deviceId: id }] },
+          { ...WELL_FORMED_TASK, deviceId: undefined, devices: [{ deviceId: id }] },
           /^devices\[0\]\.deviceId: must be 1-64 letters/,
         ],
-        [{ ...base, packageName: id }, /^packageName: must be an Android application id/],
+        [{ ...WELL_FORMED_TASK, packageName: id }, /^packageName: must be an Android application id/],
       ];
       for (const [task, rule] of cases) {
         const problems = problemsOf(task);
@@ -324,11 +318,7 @@ describe('identifiers through a real worker, in workflows started around the sta
     stack = await startStack({ devices, apks: [{ name: 'ids.apk', size: 64 * 1024 }] });
   });
   after(async () => {
-    for (const id of started)
-      await stack?.client.workflow
-        .getHandle(id)
-        .terminate('test over')
-        .catch(() => undefined);
+    if (stack) await terminateAll(stack.client, started, 'test over');
     await stack?.stop();
   });
 

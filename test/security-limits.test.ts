@@ -185,6 +185,9 @@ describe('resource limits', function () {
     /** `/hold-*` requests send nothing until this is called (set per test). */
     let releaseHold: (() => void) | undefined;
     let held: Promise<void> = Promise.resolve();
+    /** A cache in a folder of its own whose origin downloads share `slots` slots. */
+    const slotCache = (folder: string, slots: number) =>
+      new ApkCache({ dir: path.join(tmp, folder), maxBytes: 64 * MiB, maxConcurrentDownloads: slots, dispatcher });
 
     before(async () => {
       server = http.createServer((req, res) => {
@@ -223,12 +226,7 @@ describe('resource limits', function () {
     });
 
     it('runs at most DT_MAX_ORIGIN_DOWNLOADS downloads at once and queues the rest', async () => {
-      const c = new ApkCache({
-        dir: path.join(tmp, 'slots'),
-        maxBytes: 64 * MiB,
-        maxConcurrentDownloads: 2,
-        dispatcher,
-      });
+      const c = slotCache('slots', 2);
       peak = 0;
       const all = Array.from({ length: 6 }, (_, i) => c.resolve(`${base}/slot-${i}.apk`));
       const results = await Promise.all(all);
@@ -238,12 +236,7 @@ describe('resource limits', function () {
     });
 
     it('lets a caller waiting for a slot give up without ever reaching the origin, even once the slot frees', async () => {
-      const c = new ApkCache({
-        dir: path.join(tmp, 'slots-abort'),
-        maxBytes: 64 * MiB,
-        maxConcurrentDownloads: 1,
-        dispatcher,
-      });
+      const c = slotCache('slots-abort', 1);
       held = new Promise((r) => (releaseHold = r));
       /** Resolves once a caller's download reports that it waits for a slot (reported every second). */
       const waitingForSlot = () => {

@@ -14,6 +14,7 @@ import { loadConfig } from '../src/config';
 import { createStarter } from '../src/starter/create';
 import { connectClients, type Clients } from '../dev/clients';
 import { waitFor } from '../dev/wait';
+import { terminateAll } from './support/device-tasks';
 
 const EventType = temporal.api.enums.v1.EventType;
 
@@ -82,11 +83,11 @@ describe('the starter with several items in flight', function () {
       }
     } finally {
       await bridge.stop();
-      for (const d of devices)
-        await client.workflow
-          .getHandle(deviceWorkflowId(d))
-          .terminate('test over')
-          .catch(() => undefined);
+      await terminateAll(
+        client,
+        devices.map((d) => deviceWorkflowId(d)),
+        'test over',
+      );
     }
   });
 

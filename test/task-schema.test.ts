@@ -9,18 +9,12 @@ import { extraArgsPolicyFor } from '../src/contract/extra-args';
 import type { AgentDirectory } from '../src/device-registry';
 import { MAX_TASK_BYTES, parseTask, TASK_SCHEMA } from '../src/starter/task';
 import { UrlPolicy } from '../src/net/url-policy';
+import { WELL_FORMED_TASK as good } from './support/device-tasks';
 
 const agents: AgentDirectory = { agentFor: (d) => (d.startsWith('lab-') ? 'http://10.0.0.5:7301' : undefined) };
 const policy = new UrlPolicy('10.0.0.0/8');
 /** The default DT_TRAVERSAL_EXTRA_ARGS (none) against the default command template. */
 const defaultExtraArgs = extraArgsPolicyFor(loadConfig({}));
-const good = {
-  taskId: 't-1',
-  deviceId: 'lab-1',
-  apkUrl: 'https://apk.example.com/a.apk',
-  packageName: 'com.example.app',
-  traversal: { durationSec: 60 },
-};
 
 function problems(raw: unknown): string[] {
   try {

@@ -11,7 +11,6 @@ import { gunzipSync } from 'node:zlib';
 import Redis from 'ioredis';
 import { deviceWorkflow } from '../src/workflows/device';
 import {
-  deviceStateQuery,
   deviceWorkflowId,
   enqueueSignal,
   progressQuery,
@@ -21,6 +20,7 @@ import {
 import { createStarter } from '../src/starter/create';
 import { startStack, task, type Stack } from '../dev/stack';
 import { childStarts, enqueueSignals, runHistories, waitForEnqueueSignals } from './support/history';
+import { waitForDuplicate } from './support/device-tasks';
 import { traversalPids, waitFor } from '../dev/wait';
 
 const MiB = 1024 * 1024;
@@ -162,14 +162,7 @@ describe('controlling traversals', function () {
     await enqueue(stack, request(stack, { taskId: 'can-1', deviceId }));
     const [, repeat] = await waitForEnqueueSignals(stack.client, workflowId, 'can-1', 2);
     assert.equal(repeat!.runId, (await handle.describe()).runId, 'the repeat reached the current run');
-    const state = await waitFor(
-      async () => {
-        const s = await handle.query(deviceStateQuery);
-        return s.duplicates ? s : undefined;
-      },
-      30_000,
-      'the repeat counted as a duplicate',
-    );
+    const state = await waitForDuplicate(handle, 'the repeat counted as a duplicate');
     assert.equal(state.duplicates, 1);
     assert.equal(state.completed, 4);
     assert.deepEqual(state.queue, []);

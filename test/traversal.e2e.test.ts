@@ -8,9 +8,9 @@ import { fileURLToPath } from 'node:url';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ActivityFailure, ApplicationFailure } from '@temporalio/common';
 import { startStack, task, type Stack } from '../dev/stack';
-import { waitFor } from '../dev/wait';
-import { deviceStateQuery, deviceWorkflowId, traversalWorkflowId } from '../src/contract/messages';
+import { deviceWorkflowId, traversalWorkflowId } from '../src/contract/messages';
 import { childStarts, runHistories, waitForEnqueueSignals } from './support/history';
+import { waitForDuplicate } from './support/device-tasks';
 
 const MiB = 1024 * 1024;
 
@@ -94,14 +94,7 @@ describe('a traversal end to end', function () {
     const copies = await waitForEnqueueSignals(stack.client, workflowId, 'twice', 2);
     assert.equal(copies.length, 2, 'two enqueue signals for the task');
     const handle = stack.client.workflow.getHandle(workflowId);
-    const state = await waitFor(
-      async () => {
-        const s = await handle.query(deviceStateQuery);
-        return s.duplicates ? s : undefined;
-      },
-      30_000,
-      'the second copy counted as a duplicate',
-    );
+    const state = await waitForDuplicate(handle, 'the second copy counted as a duplicate');
     assert.equal(state.duplicates, 1);
     assert.deepEqual(state.queue, []);
     assert.equal(state.current, undefined);
