@@ -149,10 +149,7 @@ const SCENARIOS: Scenario[] = [
       await stack.waitResult('first', 'rec-5');
       await stack.waitResult('second', 'rec-5');
       const handle = stack.client.workflow.getHandle(deviceWorkflowId('rec-5'));
-      await waitFor(async () => {
-        const s = await handle.query<DeviceState>('state');
-        return s.completed === 2 && s.current === undefined && s.queue.length === 0;
-      }, 'the device workflow to finish both children');
+      await deviceIdle(handle, 2, 'the device workflow to finish both children');
       return handle;
     },
   },
@@ -199,10 +196,7 @@ const SCENARIOS: Scenario[] = [
       await handle.signal('resume');
       const r = await stack.waitResult('q3', deviceId);
       expect(r.status === 'completed', `the held task ended ${r.status}`);
-      await waitFor(async () => {
-        const st = await handle.query<DeviceState>('state');
-        return st.completed === 3 && st.current === undefined && st.queue.length === 0 && st.quarantine === undefined;
-      }, 'the device workflow to settle after the resume');
+      await deviceIdle(handle, 3, 'the device workflow to settle after the resume');
       return handle;
     },
   },
@@ -291,6 +285,14 @@ async function progressUntil(
   what: string,
 ): Promise<void> {
   await waitFor(async () => ok(await handle.query<TraversalProgress>('progress')), what);
+}
+
+/** Waits until the device workflow finished `completed` traversals, runs and queues none, and is not quarantined. */
+async function deviceIdle(handle: WorkflowHandle, completed: number, what: string): Promise<void> {
+  await waitFor(async () => {
+    const s = await handle.query<DeviceState>('state');
+    return s.completed === completed && s.current === undefined && s.queue.length === 0 && s.quarantine === undefined;
+  }, what);
 }
 
 /**

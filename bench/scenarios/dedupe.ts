@@ -6,24 +6,13 @@
  * Options: --quick, --size-mib 200 (part 1), --size4-mib 50 (part 2), --download-sec 4 (origin
  * throttle so the download lasts about this long and every traversal overlaps it; 0 = unthrottled).
  */
-import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { request } from 'undici';
-import { PROJECT_ROOT } from '../../src/config';
 import type { TraversalResult } from '../../src/contract/messages';
-import { ApkOrigin, type ApkInfo } from '../../sim/origin';
-import { keepOrRemove, mdTable, MiB, parseOptions, round, say, sizeLabel, type ScenarioRun } from '../lib/report';
-import { Scope } from '../../dev/scope';
-import {
-  APK_DIR,
-  requireBuild,
-  startAgentSim,
-  startLocalRedis,
-  startTemporal,
-  startWorkerProc,
-  redisClient,
-  type WorkerProc,
-} from '../../dev/services';
+import type { ApkInfo } from '../../sim/origin';
+import { mdTable, MiB, parseOptions, round, say, sizeLabel, type ScenarioRun } from '../lib/report';
+import { inScenarioDir, startBenchStack } from '../lib/stack';
+import { requireBuild, startAgentSim, startWorkerProc, type WorkerProc } from '../../dev/services';
 import { enqueue, waitResults } from '../lib/traffic';
 
 const DEVICES = 20;
@@ -50,21 +39,12 @@ export const run: ScenarioRun = async ({ args }) => {
   const size1 = o.num('size-mib', quick ? 50 : 200) * MiB;
   const size4 = o.num('size4-mib', quick ? 20 : 50) * MiB;
   const downloadSec = o.num('download-sec', 4);
-  const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'dedupe');
-  rmSync(workDir, { recursive: true, force: true });
-  const scope = new Scope('dedupe', say);
-  let finished = false;
   const parts: Part[] = [];
-  try {
-    const temporal = await startTemporal(scope, workDir);
-    const redisLocal = await startLocalRedis(scope, path.join(workDir, 'redis'));
-    const redis = redisClient(scope, redisLocal.url);
-    const origin = new ApkOrigin({ dir: APK_DIR });
+  await inScenarioDir('dedupe', async (scope, workDir) => {
+    const { temporal, redisUrl, redis, origin } = await startBenchStack(scope, workDir);
     const one = await origin.addApk(`bench-dedupe-${size1 / MiB}m.apk`, size1);
     const four: ApkInfo[] = [];
     for (let i = 1; i <= 4; i++) four.push(await origin.addApk(`bench-dedupe-${i}-${size4 / MiB}m.apk`, size4));
-    await origin.start();
-    scope.add('origin', () => origin.close());
 
     const devices = Array.from({ length: DEVICES }, (_, i) => `dd-${i + 1}`);
     const agent = await startAgentSim(scope, { devices, logFile: path.join(workDir, 'agent.log') });
@@ -75,7 +55,7 @@ export const run: ScenarioRun = async ({ args }) => {
       workers.push(
         await startWorkerProc(scope, {
           temporalAddress: temporal.address,
-          redisUrl: redisLocal.url,
+          redisUrl,
           taskQueue: 'bench-dedupe',
           dataDir,
           logFile: path.join(workDir, `worker-${i}.log`),
@@ -147,11 +127,7 @@ export const run: ScenarioRun = async ({ args }) => {
       ...four[i % 4]!,
       file: `bench-dedupe-${(i % 4) + 1}-${size4 / MiB}m.apk`,
     }));
-    finished = true;
-  } finally {
-    await scope.close();
-    keepOrRemove(workDir, finished);
-  }
+  });
   return summarize(parts, { size1, size4, downloadSec });
 };
 

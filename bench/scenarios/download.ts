@@ -11,20 +11,8 @@ import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { PROJECT_ROOT } from '../../src/config';
-import { ApkOrigin } from '../../sim/origin';
-import {
-  keepOrRemove,
-  mdTable,
-  median,
-  MiB,
-  parseOptions,
-  round,
-  say,
-  sizeLabel,
-  type ScenarioRun,
-} from '../lib/report';
-import { Scope } from '../../dev/scope';
-import { APK_DIR } from '../../dev/services';
+import { mdTable, median, MiB, parseOptions, round, say, sizeLabel, type ScenarioRun } from '../lib/report';
+import { inScenarioDir, startOrigin } from '../lib/stack';
 
 const run$ = promisify(execFile);
 
@@ -44,19 +32,13 @@ export const run: ScenarioRun = async ({ args }) => {
   const repeats = o.num('repeats', quick ? 2 : 3);
   const hwm = o.num('hwm', MiB);
   const curl = ensureCurl();
-  const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'download');
-  rmSync(workDir, { recursive: true, force: true });
-  const scope = new Scope('download', say);
-  let finished = false;
   const times = new Map<string, number[]>();
   let modes: Mode[] = [];
-  try {
-    const origin = new ApkOrigin({ dir: APK_DIR });
+  await inScenarioDir('download', async (scope, workDir) => {
+    const origin = await startOrigin(scope);
     const name = `bench-${size / MiB}m.apk`;
     say(`download: preparing ${name}`);
     await origin.addApk(name, size);
-    await origin.start();
-    scope.add('origin', () => origin.close());
     const url = origin.url(name);
 
     const curlTo = (target: string) => async (): Promise<number> => {
@@ -149,11 +131,7 @@ export const run: ScenarioRun = async ({ args }) => {
         say(`download: run ${r}/${repeats} ${m.key}: ${round(size / MiB / (ms / 1000), 0)} MiB/s`);
       }
     }
-    finished = true;
-  } finally {
-    await scope.close();
-    keepOrRemove(workDir, finished);
-  }
+  });
   const rate = (key: string) => size / MiB / (median(times.get(key)!) / 1000);
   const reference = rate('curl-null');
   const rows = modes.map((m) => [

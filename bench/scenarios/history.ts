@@ -7,23 +7,12 @@
  *
  * Options: --quick, --durations 15,60,240 (seconds, part 1), --device-tasks 1000 (part 2; 0 skips it).
  */
-import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { temporal as proto } from '@temporalio/proto';
 import { deviceWorkflowId, traversalWorkflowId, type TraversalRequest } from '../../src/contract/messages';
-import { ApkOrigin } from '../../sim/origin';
-import { PROJECT_ROOT } from '../../src/config';
-import { keepOrRemove, mdTable, MiB, parseOptions, round, say, type ScenarioRun } from '../lib/report';
-import { Scope } from '../../dev/scope';
-import {
-  APK_DIR,
-  redisClient,
-  requireBuild,
-  startAgentSim,
-  startLocalRedis,
-  startTemporal,
-  startWorkerProc,
-} from '../../dev/services';
+import { mdTable, MiB, parseOptions, round, say, type ScenarioRun } from '../lib/report';
+import { inScenarioDir, startBenchStack } from '../lib/stack';
+import { requireBuild, startAgentSim, startWorkerProc } from '../../dev/services';
 import { enqueue, waitResults } from '../lib/traffic';
 
 const EventType = proto.api.enums.v1.EventType;
@@ -35,24 +24,15 @@ export const run: ScenarioRun = async ({ args }) => {
   const quick = o.has('quick');
   const durations = o.list('durations', quick ? [15, 60] : [15, 60, 240]);
   const deviceTasks = o.num('device-tasks', quick ? 200 : 1000);
-  const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'history');
-  rmSync(workDir, { recursive: true, force: true });
-  const scope = new Scope('history', say);
-  let finished = false;
-  try {
-    const temporal = await startTemporal(scope, workDir);
-    const redisLocal = await startLocalRedis(scope, path.join(workDir, 'redis'));
-    const redis = redisClient(scope, redisLocal.url);
-    const origin = new ApkOrigin({ dir: APK_DIR });
+  const { rows, soak } = await inScenarioDir('history', async (scope, workDir) => {
+    const { temporal, redisUrl, redis, origin } = await startBenchStack(scope, workDir);
     const apk = await origin.addApk('bench-history.apk', 2 * MiB);
-    await origin.start();
-    scope.add('origin', () => origin.close());
     const devices = [...durations.map((d) => `hist-${d}s`), 'soak-1'];
     const agent = await startAgentSim(scope, { devices, logFile: path.join(workDir, 'agent.log') });
     const taskQueue = 'bench-history';
     await startWorkerProc(scope, {
       temporalAddress: temporal.address,
-      redisUrl: redisLocal.url,
+      redisUrl,
       taskQueue,
       dataDir: path.join(workDir, 'data'),
       logFile: path.join(workDir, 'worker.log'),
@@ -147,54 +127,51 @@ export const run: ScenarioRun = async ({ args }) => {
       };
       say(`part 2 done: ${JSON.stringify(soak)}`);
     }
-    finished = true;
+    return { rows, soak };
+  });
 
-    const md = [
-      '## History events vs traversal duration',
-      '',
-      mdTable(
-        ['traversal duration', 'history events', 'progress signals', 'findings', 'status'],
-        rows.map((r) => [`${r.durationSec} s`, r.events, r.progressSignals, r.findings, r.status]),
-      ),
-      '',
-      'Every traversal runs the same app with 3 crashes and 1 ANR; the count does not depend on the duration, because progress is signalled only per 5-point step (heartbeats and queries write no history).',
-      ...(soak
-        ? [
-            '',
-            '## One device, a burst of tasks',
-            '',
-            mdTable(
+  const md = [
+    '## History events vs traversal duration',
+    '',
+    mdTable(
+      ['traversal duration', 'history events', 'progress signals', 'findings', 'status'],
+      rows.map((r) => [`${r.durationSec} s`, r.events, r.progressSignals, r.findings, r.status]),
+    ),
+    '',
+    'Every traversal runs the same app with 3 crashes and 1 ANR; the count does not depend on the duration, because progress is signalled only per 5-point step (heartbeats and queries write no history).',
+    ...(soak
+      ? [
+          '',
+          '## One device, a burst of tasks',
+          '',
+          mdTable(
+            [
+              'tasks',
+              'completed',
+              'distinct children (starts per task, max)',
+              'device workflow runs',
+              'max events in one run',
+              'max carried input',
+              'wall',
+              'traversals/s',
+            ],
+            [
               [
-                'tasks',
-                'completed',
-                'distinct children (starts per task, max)',
-                'device workflow runs',
-                'max events in one run',
-                'max carried input',
-                'wall',
-                'traversals/s',
+                soak.tasks,
+                soak.completed,
+                `${(soak.childStartsPerTask as { distinct: number }).distinct} (${(soak.childStartsPerTask as { max: number }).max})`,
+                soak.runs,
+                soak.maxEventsPerRun,
+                `${soak.maxInputKiB} KiB`,
+                `${soak.wallS} s`,
+                soak.traversalsPerS,
               ],
-              [
-                [
-                  soak.tasks,
-                  soak.completed,
-                  `${(soak.childStartsPerTask as { distinct: number }).distinct} (${(soak.childStartsPerTask as { max: number }).max})`,
-                  soak.runs,
-                  soak.maxEventsPerRun,
-                  `${soak.maxInputKiB} KiB`,
-                  `${soak.wallS} s`,
-                  soak.traversalsPerS,
-                ],
-              ],
-            ),
-            '',
-            'All tasks are sent at once, so the first runs of the device workflow carry most of the queue in their continue-as-new input.',
-          ]
-        : []),
-    ].join('\n');
-    return { markdown: md, json: { durations: rows, deviceSoak: soak } };
-  } finally {
-    await scope.close();
-    keepOrRemove(workDir, finished);
-  }
+            ],
+          ),
+          '',
+          'All tasks are sent at once, so the first runs of the device workflow carry most of the queue in their continue-as-new input.',
+        ]
+      : []),
+  ].join('\n');
+  return { markdown: md, json: { durations: rows, deviceSoak: soak } };
 };

@@ -13,7 +13,7 @@
  * --no-old, --duration 1 (traversal seconds), --tuning, --tuning-cell 20x200, --repeats 3.
  */
 import Redis from 'ioredis';
-import { rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { PROJECT_ROOT } from '../../src/config';
@@ -25,7 +25,6 @@ import { TreeSampler, type TreeMemory } from '../lib/procs';
 import { ensureOldServicePython } from '../lib/python';
 import {
   GiB,
-  keepOrRemove,
   mdTable,
   median,
   MiB,
@@ -37,18 +36,10 @@ import {
   toMiB,
   type ScenarioRun,
 } from '../lib/report';
+import { inScenarioDir, inWorkDir, startBenchStack } from '../lib/stack';
 import { spawnLogged } from '../../dev/process';
-import { Scope } from '../../dev/scope';
-import {
-  APK_DIR,
-  requireBuild,
-  startAgentSim,
-  startLocalRedis,
-  startTemporal,
-  startWorkerProc,
-  redisClient,
-  type LocalTemporal,
-} from '../../dev/services';
+import type { Scope } from '../../dev/scope';
+import { requireBuild, startAgentSim, startWorkerProc, type LocalTemporal } from '../../dev/services';
 import { enqueue, waitResults } from '../lib/traffic';
 
 /** The container the old service was OOMKilled in (docker -m 500m), bytes. */
@@ -176,19 +167,10 @@ export const run: ScenarioRun = async ({ args, resultsDir }) => {
   requireBuild(say);
   const s = settings(args);
   const python = s.old && !s.tuning ? ensureOldServicePython() : '';
-  const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'memory');
-  rmSync(workDir, { recursive: true, force: true });
-  const scope = new Scope('memory', say);
-  let finished = false;
   const cells: Cell[] = [];
   const stamp = Date.now().toString(36);
-  try {
-    const temporal = await startTemporal(scope, workDir);
-    const redisLocal = await startLocalRedis(scope, path.join(workDir, 'redis'));
-    const redis = redisClient(scope, redisLocal.url);
-    const origin = new ApkOrigin({ dir: APK_DIR });
-    await origin.start();
-    scope.add('origin', () => origin.close());
+  await inScenarioDir('memory', async (scope, workDir) => {
+    const { temporal, redisUrl, redis, origin } = await startBenchStack(scope, workDir);
     const warmupApk = await origin.addApk('bench-warmup.apk', MiB);
     const warmup = { apk: warmupApk, url: origin.url('bench-warmup.apk') };
     const context = async (size: number): Promise<CellContext> => {
@@ -198,7 +180,7 @@ export const run: ScenarioRun = async ({ args, resultsDir }) => {
       return {
         temporal,
         redis,
-        redisUrl: redisLocal.url,
+        redisUrl,
         origin,
         apk,
         url: origin.url(name),
@@ -217,8 +199,7 @@ export const run: ScenarioRun = async ({ args, resultsDir }) => {
           report(cells.at(-1)!);
         }
       }
-      finished = true;
-      return tuningSummary(cells, s);
+      return;
     }
 
     // The old approach's memory grows with N × S; its factor is learned from the cells that ran
@@ -271,11 +252,8 @@ export const run: ScenarioRun = async ({ args, resultsDir }) => {
         report(cells.at(-1)!);
       }
     }
-    finished = true;
-  } finally {
-    await scope.close();
-    keepOrRemove(workDir, finished);
-  }
+  });
+  if (s.tuning) return tuningSummary(cells, s);
   writeFileSync(path.join(resultsDir, s.tag ? `memory-${s.tag}-rss.svg` : 'memory-rss.svg'), chart(cells, s));
   return summarize(cells, s);
 };
@@ -318,15 +296,46 @@ async function idleRss(pid: number, ms = 1500): Promise<number> {
   return low;
 }
 
+/** One cell's id, folder, device ids and scope, handed to its measurement. */
+interface CellRun {
+  cellId: string;
+  cellDir: string;
+  devices: string[];
+  scope: Scope;
+}
+
+/** A measured cell, and whether its folder may go (otherwise it stays, with the logs). */
+interface Measured {
+  cell: Cell;
+  clean: boolean;
+}
+
+/**
+ * Runs one cell's measurement in its own folder and scope, under ids unique within the run; an
+ * error becomes `base` with the message as its note, and keeps the folder.
+ */
+async function measureCell(ctx: CellContext, base: Cell, measure: (run: CellRun) => Promise<Measured>): Promise<Cell> {
+  const kind = base.approach === 'new' ? 'n' : 'o';
+  const cellId = `${kind}${base.devices}x${base.sizeBytes / MiB}-${ctx.stamp}-${++cellCounter}`;
+  const devices = Array.from({ length: base.devices }, (_, i) => `${cellId}-d${i + 1}`);
+  const { cell } = await inWorkDir(
+    `memory ${cellId}`,
+    path.join(ctx.workDir, cellId),
+    async (scope, cellDir): Promise<Measured> => {
+      try {
+        return await measure({ cellId, cellDir, devices, scope });
+      } catch (err) {
+        return { cell: { ...base, note: (err as Error).message.slice(0, 300) }, clean: false };
+      }
+    },
+    (m) => m.clean,
+  );
+  return cell;
+}
+
 /** This project: N traversals through one worker process, APK streamed and installed by URL. */
 async function newCell(ctx: CellContext, n: number, config: WorkerConfig): Promise<Cell> {
   const size = ctx.apk.size;
-  const cellId = `n${n}x${size / MiB}-${ctx.stamp}-${++cellCounter}`;
-  const cellDir = path.join(ctx.workDir, cellId);
-  const devices = Array.from({ length: n }, (_, i) => `${cellId}-d${i + 1}`);
-  const warmDevice = `${cellId}-warm`;
-  const scope = new Scope(`memory ${cellId}`, say);
-  let clean = false;
   const base: Cell = { approach: 'new', config: config.label, devices: n, sizeBytes: size, status: 'failed' };
   say(`memory: new approach, ${n} devices × ${sizeLabel(size)}, worker ${config.label}…`);
   const request = (
@@ -345,7 +354,8 @@ async function newCell(ctx: CellContext, n: number, config: WorkerConfig): Promi
     traversal: { durationSec, extraArgs: ['--tick-ms', '100'] },
     policy: { heartbeatTimeoutMs: 30_000, maxAttempts: 3, initialRetryMs: 1000 },
   });
-  try {
+  return measureCell(ctx, base, async ({ cellId, cellDir, devices, scope }) => {
+    const warmDevice = `${cellId}-warm`;
     const agent = await startAgentSim(scope, {
       devices: [...devices, warmDevice],
       logFile: path.join(cellDir, 'agent.log'),
@@ -395,8 +405,7 @@ async function newCell(ctx: CellContext, n: number, config: WorkerConfig): Promi
     const wallS = (Date.now() - t0) / 1000;
     const memory = sampler.stop();
     const failed = results.filter((r) => r.status !== 'completed');
-    clean = failed.length === 0;
-    return {
+    const cell: Cell = {
       ...base,
       status: failed.length === 0 ? 'ok' : 'failed',
       note: failed.length ? describeFailures(failed) : undefined,
@@ -408,12 +417,8 @@ async function newCell(ctx: CellContext, n: number, config: WorkerConfig): Promi
       installMsMedian: median(results.map((r) => r.timings.installApp ?? 0)),
       failures: failed.length,
     };
-  } catch (err) {
-    return { ...base, note: (err as Error).message.slice(0, 300) };
-  } finally {
-    await scope.close();
-    keepOrRemove(cellDir, clean);
-  }
+    return { cell, clean: failed.length === 0 };
+  });
 }
 
 function describeFailures(failed: TraversalResult[]): string {
@@ -427,14 +432,9 @@ function describeFailures(failed: TraversalResult[]): string {
 /** The old service: one Python thread per device, `requests.get(url).content`, multipart POST. */
 async function oldCell(ctx: CellContext, python: string, n: number): Promise<Cell> {
   const size = ctx.apk.size;
-  const cellId = `o${n}x${size / MiB}-${ctx.stamp}-${++cellCounter}`;
-  const cellDir = path.join(ctx.workDir, cellId);
-  const devices = Array.from({ length: n }, (_, i) => `${cellId}-d${i + 1}`);
-  const scope = new Scope(`memory ${cellId}`, say);
-  let clean = false;
   const base: Cell = { approach: 'old', devices: n, sizeBytes: size, status: 'failed' };
   say(`memory: old approach (Python), ${n} devices × ${sizeLabel(size)}…`);
-  try {
+  return measureCell(ctx, base, async ({ cellDir, devices, scope }) => {
     const agent = await startAgentSim(scope, { devices, logFile: path.join(cellDir, 'agent.log') });
     const proc = spawnLogged(
       'old service',
@@ -480,16 +480,18 @@ async function oldCell(ctx: CellContext, python: string, n: number): Promise<Cel
     const wallS = (Date.now() - t0) / 1000;
     clearInterval(watchdog);
     const memory = sampler.stop();
-    clean = killed;
     if (killed)
       return {
-        ...base,
-        status: 'killed',
-        note: `RSS passed ${toMiB(ctx.s.oldBudget)} MiB`,
-        coldIdle,
-        idle,
-        memory,
-        wallS,
+        cell: {
+          ...base,
+          status: 'killed',
+          note: `RSS passed ${toMiB(ctx.s.oldBudget)} MiB`,
+          coldIdle,
+          idle,
+          memory,
+          wallS,
+        },
+        clean: true,
       };
     if (!line || line === 'timeout')
       throw new Error(`old service gave no result (${line ?? proc.exitNote() ?? 'no output'}); see ${proc.logFile}`);
@@ -499,8 +501,7 @@ async function oldCell(ctx: CellContext, python: string, n: number): Promise<Cel
     };
     const rows = Object.values(out.devices);
     const failed = rows.filter((r) => !r.ok);
-    clean = failed.length === 0;
-    return {
+    const cell: Cell = {
       ...base,
       status: failed.length === 0 && rows.length === n ? 'ok' : 'failed',
       note: failed.length ? `${failed.length} failed, e.g. ${failed[0]!.error}` : undefined,
@@ -512,12 +513,8 @@ async function oldCell(ctx: CellContext, python: string, n: number): Promise<Cel
       installMsMedian: median(rows.map((r) => (r.installS ?? 0) * 1000)),
       failures: failed.length,
     };
-  } catch (err) {
-    return { ...base, note: (err as Error).message.slice(0, 300) };
-  } finally {
-    await scope.close();
-    keepOrRemove(cellDir, clean);
-  }
+    return { cell, clean: failed.length === 0 };
+  });
 }
 
 /** Reads lines one at a time; resolves undefined when the stream ends. */

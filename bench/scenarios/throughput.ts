@@ -13,21 +13,20 @@
 import type { Client } from '@temporalio/client';
 import { tsToMs } from '@temporalio/common/lib/time';
 import Redis from 'ioredis';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { loadConfig, PROJECT_ROOT } from '../../src/config';
+import { loadConfig } from '../../src/config';
 import {
   deviceWorkflowId,
   traversalWorkflowId,
   type TraversalRequest,
   type TraversalResult,
 } from '../../src/contract/messages';
-import { ApkOrigin, type ApkInfo } from '../../sim/origin';
+import type { ApkInfo } from '../../sim/origin';
 import { createStarter } from '../../src/starter/create';
 import type { TaskBridge } from '../../src/starter/task-bridge';
 import { parseTask } from '../../src/starter/task';
 import {
-  keepOrRemove,
   mdTable,
   mean,
   median,
@@ -39,18 +38,10 @@ import {
   sleep,
   type ScenarioRun,
 } from '../lib/report';
+import { inScenarioDir, startBenchStack } from '../lib/stack';
 import { Scope } from '../../dev/scope';
 import { waitFor } from '../../dev/wait';
-import {
-  APK_DIR,
-  requireBuild,
-  startAgentSim,
-  startLocalRedis,
-  startTemporal,
-  startWorkerProc,
-  redisClient,
-  type LocalTemporal,
-} from '../../dev/services';
+import { redisClient, requireBuild, startAgentSim, startWorkerProc, type LocalTemporal } from '../../dev/services';
 import { enqueue, finishedCount, waitResults } from '../lib/traffic';
 
 interface StartRound {
@@ -99,22 +90,13 @@ export const run: ScenarioRun = async ({ args }) => {
   const devices = o.num('devices', 20);
   const sampleSize = o.num('sample', 50);
   const parts = new Set(o.str('parts', o.has('no-bare-command') ? 'start,jar' : 'start,jar,noop,serial').split(','));
-  const workDir = path.join(PROJECT_ROOT, '.data', 'bench', 'throughput');
-  rmSync(workDir, { recursive: true, force: true });
-  const scope = new Scope('throughput', say);
-  let finished = false;
   const starts: StartRound[] = [];
   const e2e: E2E[] = [];
   let breakdown: BridgeCosts | undefined;
-  try {
-    const temporal = await startTemporal(scope, workDir);
-    const redisLocal = await startLocalRedis(scope, path.join(workDir, 'redis'));
-    const redis = redisClient(scope, redisLocal.url);
-    const blocking = redisClient(scope, redisLocal.url);
-    const origin = new ApkOrigin({ dir: APK_DIR });
+  await inScenarioDir('throughput', async (scope, workDir) => {
+    const { temporal, redisUrl, redis, origin } = await startBenchStack(scope, workDir);
+    const blocking = redisClient(scope, redisUrl);
     const apk = await origin.addApk('bench-warmup.apk', MiB);
-    await origin.start();
-    scope.add('origin', () => origin.close());
     const apkUrl = origin.url('bench-warmup.apk');
 
     // 1. Starting: no worker polls this queue, so only the start path is measured.
@@ -201,7 +183,7 @@ export const run: ScenarioRun = async ({ args }) => {
         `${pairPrefix}traversal:tasks`,
         Array.from({ length: K }, (_, i) => JSON.stringify(task(pair, i, startDevices))),
       );
-      const blocking2 = redisClient(scope, redisLocal.url);
+      const blocking2 = redisClient(scope, redisUrl);
       t0 = performance.now();
       const bridges = [
         bridgeFor(redis, blocking, temporal.client, 'bench-start', pairPrefix, policy, noAgent, 'bench-a').start(),
@@ -249,7 +231,7 @@ export const run: ScenarioRun = async ({ args }) => {
           temporal,
           redis,
           blocking,
-          redisUrl: redisLocal.url,
+          redisUrl,
           apk,
           apkUrl,
           workDir,
@@ -261,11 +243,7 @@ export const run: ScenarioRun = async ({ args }) => {
         }),
       );
     }
-    finished = true;
-  } finally {
-    await scope.close();
-    keepOrRemove(workDir, finished);
-  }
+  });
   return summarize(starts, e2e, breakdown);
 };
 
