@@ -7,42 +7,25 @@
  * the SDK's own cancel of the silent attempt would.
  */
 import assert from 'node:assert/strict';
-import { Client, Connection } from '@temporalio/client';
-import Redis from 'ioredis';
-import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { runDir } from '../src/activities/traversal/run';
-import { PROJECT_ROOT } from '../src/config';
-import { traversalWorkflowId, type TraversalRequest } from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
-import { ApkOrigin, type ApkInfo } from '../sim/origin';
-import { requestTraversal } from '../src/starter/task-bridge';
-import { pidAlive, spawnWorker, TcpProxy, traversalPids, waitFor, type Proc } from './support/procs';
+import type { ApkInfo } from '../sim/origin';
+import { pidAlive, spawnWorker, TcpProxy, traversalPids, waitFor } from './support/procs';
 import { activityStarts } from './support/history';
+import { faultRequest, FaultSuite, HEARTBEAT_MS, MiB } from './support/fault-suite';
 import { waitForResult } from '../dev/wait';
 
-const MiB = 1024 * 1024;
-const HEARTBEAT_MS = 3000;
-
 describe('a hung jar on a host cut off from Temporal', function () {
-  const id = randomUUID().slice(0, 8);
-  const taskQueue = `faults-hang-${id}`;
-  const prefix = `fh${id}:`;
-  const base = mkdtempSync(path.join(os.tmpdir(), `dt-faults-hang-${id}-`));
-  const logDir = path.join(base, 'logs');
+  const suite = new FaultSuite('hang');
+  const { taskQueue, prefix, dir: base, logDir } = suite;
   const dataA = path.join(base, 'host-a');
   const dataB = path.join(base, 'host-b');
   const deviceId = 'hang-1';
-  let origin: ApkOrigin;
   let agent: AgentSimulator;
   let apk: ApkInfo & { url: string };
   let proxy: TcpProxy;
-  let connection: Connection;
-  let client: Client;
-  let redis: Redis;
-  const workers: Proc[] = [];
 
   const startWorker = async (dataDir: string, temporalAddress: string) => {
     const w = await spawnWorker({
@@ -54,49 +37,38 @@ describe('a hung jar on a host cut off from Temporal', function () {
       // One report sink for both hosts, as a deployment has; workflows cached on a lost host move on after 1 s.
       env: { DT_REPORT_SINK: `file://${path.join(base, 'sink')}`, DT_STICKY_TIMEOUT: '1s' },
     });
-    workers.push(w);
+    suite.procs.push(w);
     return w;
   };
 
   before(async function () {
-    origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
-    await origin.start();
-    apk = { ...(await origin.addApk('faults-hang.apk', 1 * MiB)), url: origin.url('faults-hang.apk') };
+    await suite.start();
+    apk = await suite.addApk('faults-hang.apk', 1 * MiB);
     agent = new AgentSimulator({ devices: [deviceId], coldStartMs: [100, 200] });
     await agent.start();
     const [host, port] = process.env.TEST_TEMPORAL_ADDRESS!.split(':') as [string, string];
     proxy = new TcpProxy(host, Number(port));
     await proxy.start();
-    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
-    client = new Client({ connection });
-    redis = new Redis(process.env.TEST_REDIS_URL!);
   });
 
   after(async function () {
     proxy?.unblock();
-    await Promise.all(workers.map((w) => w.stop()));
+    await suite.stopProcs();
     await proxy?.close();
-    redis?.disconnect();
-    await connection?.close();
-    await Promise.all([agent?.close(), origin?.close()]);
-    rmSync(base, { recursive: true, force: true });
+    await agent?.close();
+    await suite.close();
   });
 
   it('the host’s watchdog ends the hung jar (TraversalHung: log line and metric) while the retry resumes on another host', async function () {
     const workerA = await startWorker(dataA, `127.0.0.1:${proxy.port}`);
-    const req: TraversalRequest = {
+    const req = faultRequest(apk, {
       taskId: 'hang',
       deviceId,
       agentUrl: agent.url,
-      apkUrl: apk.url,
-      apkSha256: apk.sha256,
-      packageName: 'com.example.hang',
       // The jar stops printing at 30 % and sleeps until killed; `hang.once` in its run folder disarms that.
       traversal: { durationSec: 3, extraArgs: ['--tick-ms', '100', '--hang-at', '30', '--faults-once', 'hang.once'] },
-      policy: { heartbeatTimeoutMs: HEARTBEAT_MS, initialRetryMs: 200, maxAttempts: 3, measureLaunch: false },
-    };
-    await requestTraversal(client, taskQueue, req);
-    const handle = client.workflow.getHandle(traversalWorkflowId(req.taskId, deviceId));
+    });
+    const handle = await suite.enqueue(req);
 
     // The marker is written the moment the hang starts.
     const markerA = path.join(runDir(path.join(dataA, 'runs'), req.taskId, deviceId), 'hang.once');
@@ -111,7 +83,7 @@ describe('a hung jar on a host cut off from Temporal', function () {
     writeFileSync(path.join(runB, 'hang.once'), '');
     const workerB = await startWorker(dataB, process.env.TEST_TEMPORAL_ADDRESS!);
 
-    const r = await waitForResult(redis, prefix, req.taskId, deviceId, 120_000);
+    const r = await waitForResult(suite.redis, prefix, req.taskId, deviceId, 120_000);
     assert.equal(r.status, 'completed', JSON.stringify(r.error));
     assert.equal(r.traversalAttempt, 2);
     assert.ok(Number(r.resumedFrom) > 0, `resumed from ${r.resumedFrom}`);

@@ -119,6 +119,12 @@ describe('agent and device trouble is named in the result, and device faults qua
     await requestTraversal(stack.client, stack.taskQueue, req);
     return stack.client.workflow.getHandle(traversalWorkflowId(req.taskId, req.deviceId));
   }
+  /** Waits for the result of `taskId` on `deviceId` and checks how it ended: status, error type, kind and step. */
+  async function endedAs(taskId: string, deviceId: string, ended: [string, string, string, string]) {
+    const r = await stack.waitResult(taskId, deviceId);
+    assert.deepEqual([r.status, r.error?.type, r.error?.kind, r.error?.step], ended, JSON.stringify(r.error));
+    return r;
+  }
   const traversals = (outcome: string) => stack.worker.metrics.traversals.get({ outcome });
   /** Waits for the device's quarantine and returns the device state. */
   async function quarantined(deviceId: string) {
@@ -144,12 +150,7 @@ describe('agent and device trouble is named in the result, and device faults qua
     const first = await enqueue(request({ taskId: 'down-1', deviceId, agentUrl, policy }));
     await enqueue(request({ taskId: 'down-2', deviceId, agentUrl, policy }));
 
-    const r = await stack.waitResult('down-1', deviceId);
-    assert.deepEqual(
-      [r.status, r.error?.type, r.error?.kind, r.error?.step],
-      ['failed', 'AgentUnavailable', 'infrastructure', 'prepareDevice'],
-      JSON.stringify(r.error),
-    );
+    const r = await endedAs('down-1', deviceId, ['failed', 'AgentUnavailable', 'infrastructure', 'prepareDevice']);
     assert.match(r.error!.message, /ECONNREFUSED/);
     assert.deepEqual(
       (await recordedFailures(first)).filter((f) => f.activity === 'prepareDevice').map((f) => [f.type, f.attempt]),
@@ -176,12 +177,7 @@ describe('agent and device trouble is named in the result, and device faults qua
       const first = await enqueue(request({ taskId: 'busy-1', deviceId, policy }));
       await enqueue(request({ taskId: 'busy-2', deviceId, policy }));
 
-      const r = await stack.waitResult('busy-1', deviceId);
-      assert.deepEqual(
-        [r.status, r.error?.type, r.error?.kind, r.error?.step],
-        ['failed', 'DeviceBusy', 'infrastructure', 'prepareDevice'],
-        JSON.stringify(r.error),
-      );
+      await endedAs('busy-1', deviceId, ['failed', 'DeviceBusy', 'infrastructure', 'prepareDevice']);
       assert.deepEqual(
         (await recordedFailures(first)).filter((f) => f.activity === 'prepareDevice').map((f) => [f.type, f.attempt]),
         [['DeviceBusy', 5]],
@@ -203,12 +199,7 @@ describe('agent and device trouble is named in the result, and device faults qua
   it('a device the agent does not serve (404) fails the run as UnknownDevice at once, a task error that does not count against the device', async function () {
     const deviceId = 'k-ghost'; // not one of the simulator's devices
     const handle = await enqueue(request({ taskId: 'ghost', deviceId }));
-    const r = await stack.waitResult('ghost', deviceId);
-    assert.deepEqual(
-      [r.status, r.error?.type, r.error?.kind, r.error?.step],
-      ['failed', 'UnknownDevice', 'task', 'prepareDevice'],
-      JSON.stringify(r.error),
-    );
+    await endedAs('ghost', deviceId, ['failed', 'UnknownDevice', 'task', 'prepareDevice']);
     assert.deepEqual(
       (await recordedFailures(handle)).filter((f) => f.activity === 'prepareDevice'),
       [{ activity: 'prepareDevice', type: 'UnknownDevice', attempt: 1, nonRetryable: true }],
@@ -261,12 +252,7 @@ describe('agent and device trouble is named in the result, and device faults qua
       { timeout: 60_000 },
     );
 
-    const r = await stack.waitResult('cancel', deviceId);
-    assert.deepEqual(
-      [r.status, r.error?.type, r.error?.kind, r.error?.step],
-      ['cancelled', 'Cancelled', 'cancelled', 'runTraversal'],
-      JSON.stringify(r.error),
-    );
+    await endedAs('cancel', deviceId, ['cancelled', 'Cancelled', 'cancelled', 'runTraversal']);
     assert.ok(!pidAlive(jarPid), 'the jar was ended');
     assert.deepEqual(traversalPids(deviceId), []);
     assert.deepEqual(stack.agent.installed(deviceId), [], 'the app was uninstalled');

@@ -8,9 +8,6 @@ import { requestTraversal } from '../src/starter/task-bridge';
 import assert from 'node:assert/strict';
 import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import Redis from 'ioredis';
-import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/net/ports';
@@ -39,10 +36,9 @@ import {
   type Proc,
 } from './support/procs';
 import { enqueueSignals } from './support/history';
+import { FaultSuite, MiB } from './support/fault-suite';
 import { waitForResult } from '../dev/wait';
 import { startStack, type Stack } from '../dev/stack';
-
-const MiB = 1024 * 1024;
 
 describe('starters killed: every task is started exactly once', function () {
   let stack: Stack;
@@ -219,20 +215,17 @@ describe('starters killed: every task is started exactly once', function () {
 });
 
 describe('the Temporal server and Redis killed and restarted', function () {
-  const id = randomUUID().slice(0, 8);
-  const dir = mkdtempSync(path.join(os.tmpdir(), `dt-faults-s-${id}-`));
-  const logDir = path.join(dir, 'logs');
-  const prefix = `fs${id}:`;
-  const procs: Proc[] = [];
+  const suite = new FaultSuite('s');
+  const { id, dir, logDir, prefix, procs } = suite;
   let results: Redis;
 
   before(async function () {
     results = new Redis(process.env.TEST_REDIS_URL!);
   });
   after(async function () {
-    await Promise.all(procs.map((p) => p.stop()));
+    await suite.stopProcs();
     results?.disconnect();
-    rmSync(dir, { recursive: true, force: true });
+    await suite.close();
   });
 
   const waitResult = (taskId: string, deviceId: string, timeoutMs = 120_000): Promise<TraversalResult> =>

@@ -7,13 +7,10 @@
  * Each test has its own task queue and workers, and stops them at its end.
  */
 import assert from 'node:assert/strict';
-import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
-import Redis from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { resultKey } from '../src/contract/redis-keys';
 import { WORKER_LOST } from '../src/activities/traversal/attempt-journal';
@@ -25,8 +22,7 @@ import {
   type TraversalResult,
 } from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
-import { ApkOrigin, type ApkInfo } from '../sim/origin';
-import { requestTraversal } from '../src/starter/task-bridge';
+import type { ApkInfo } from '../sim/origin';
 import {
   pendingActivity,
   pidAlive,
@@ -37,33 +33,22 @@ import {
   traversalPids,
   waitFor,
   type PendingActivity,
-  type Proc,
 } from './support/procs';
 import { activityStarts, eventMs } from './support/history';
+import { assertInstalledOnce, faultRequest, FaultSuite, HEARTBEAT_MS, LONG_SEC, MiB } from './support/fault-suite';
 import { waitForResult } from '../dev/wait';
 
-const MiB = 1024 * 1024;
-const HEARTBEAT_MS = 3000;
 /** DT_STICKY_TIMEOUT of the workers here, well apart from the SDK's default of 10 s. */
 const STICKY_MS = 2000;
 /** The SDK's own sticky schedule-to-start timeout, which the worker's setting replaces. */
 const SDK_DEFAULT_STICKY_MS = 10_000;
-/** A jar budget far beyond any test here: such runs end by a budget signal or a failure. */
-const LONG_SEC = 3600;
 
 const EventType = temporal.api.enums.v1.EventType;
 
 describe('a worker killed at the edges of a run: inside the launch, between decisions, on every attempt', function () {
-  const id = randomUUID().slice(0, 8);
-  const prefix = `fws${id}:`;
-  const root = mkdtempSync(path.join(os.tmpdir(), `dt-faults-ws-${id}-`));
-  const logDir = path.join(root, 'logs');
-  let origin: ApkOrigin;
+  const suite = new FaultSuite('ws');
+  const { id, prefix, dir: root, logDir, procs } = suite;
   let apk: ApkInfo & { url: string };
-  let connection: Connection;
-  let client: Client;
-  let redis: Redis;
-  const procs: Proc[] = [];
   const agents: AgentSimulator[] = [];
 
   /** A worker on `taskQueue` whose host is the data folder `host`. */
@@ -82,66 +67,47 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     procs.push(w);
     return w;
   };
-  const startAgent = async (deviceId: string, latencyMs = 0) => {
-    const a = new AgentSimulator({ devices: [deviceId], latencyMs, coldStartMs: [100, 200] });
-    await a.start();
-    agents.push(a);
-    return a;
+  /**
+   * What a test has of its own: task queue `fws-<name>-<id>`, device `fws-<name>` with an agent of
+   * its own (every call answered after `latencyMs`), and task `<name>-<id>`.
+   */
+  const lane = async (name: string, latencyMs = 0) => {
+    const deviceId = `fws-${name}`;
+    const agent = new AgentSimulator({ devices: [deviceId], latencyMs, coldStartMs: [100, 200] });
+    await agent.start();
+    agents.push(agent);
+    return { taskQueue: `fws-${name}-${id}`, deviceId, taskId: `${name}-${id}`, agent };
   };
-  const request = (
-    fields: Partial<TraversalRequest> & { taskId: string; deviceId: string; agentUrl: string },
-  ): TraversalRequest => ({
-    apkUrl: apk.url,
-    apkSha256: apk.sha256,
-    packageName: `com.example.${fields.taskId.replace(/\W/g, '')}`,
-    traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
-    policy: { heartbeatTimeoutMs: HEARTBEAT_MS, initialRetryMs: 200, maxAttempts: 3, measureLaunch: false },
-    ...fields,
-  });
-  const enqueue = async (taskQueue: string, req: TraversalRequest): Promise<WorkflowHandle> => {
-    await requestTraversal(client, taskQueue, req);
-    return client.workflow.getHandle(traversalWorkflowId(req.taskId, req.deviceId));
-  };
+  /** Requests the traversal of a lane, `fields` over the suite's defaults. */
+  const enqueue = (l: Awaited<ReturnType<typeof lane>>, fields: Partial<TraversalRequest> = {}) =>
+    suite.enqueue(
+      faultRequest(apk, { taskId: l.taskId, deviceId: l.deviceId, agentUrl: l.agent.url, ...fields }),
+      l.taskQueue,
+    );
   const workerOf = (identity: string | undefined) => procs.find((w) => w.alive() && identity?.startsWith(`${w.pid}@`));
 
   before(async function () {
-    origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
-    await origin.start();
-    apk = { ...(await origin.addApk('faults-steps.apk', 1 * MiB)), url: origin.url('faults-steps.apk') };
-    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
-    client = new Client({ connection });
-    redis = new Redis(process.env.TEST_REDIS_URL!);
+    await suite.start();
+    apk = await suite.addApk('faults-steps.apk', 1 * MiB);
   });
 
   afterEach(async function () {
-    await Promise.all(procs.splice(0).map((p) => p.stop()));
-    // A failed test may leave a jar of an hour's budget behind; it must not run into the next file.
-    for (const deviceId of ['fws-launch', 'fws-sticky', 'fws-max', 'fws-spawn'])
-      for (const pid of traversalPids(deviceId)) process.kill(pid, 'SIGKILL');
+    await suite.stopProcs(['fws-launch', 'fws-sticky', 'fws-max', 'fws-spawn']);
   });
 
   after(async function () {
-    redis?.disconnect();
-    await connection?.close();
-    await Promise.all([...agents.map((a) => a.close()), origin?.close()]);
-    rmSync(root, { recursive: true, force: true });
+    await Promise.all(agents.map((a) => a.close()));
+    await suite.close();
   });
 
   it('killed during the app launch: a worker on another host launches again after the heartbeat timeout, and the run completes, installed and cleaned once', async function () {
-    const taskQueue = `fws-launch-${id}`;
-    const deviceId = 'fws-launch';
     // Every call to this agent takes 1.5 s, so a launch is in flight long enough to kill its caller in it.
-    const agent = await startAgent(deviceId, 1500);
+    const launchLane = await lane('launch', 1500);
+    const { taskQueue, deviceId, taskId, agent } = launchLane;
     const first = await startWorker(taskQueue, 'launch-a');
-    const handle = await enqueue(
-      taskQueue,
-      request({
-        taskId: `launch-${id}`,
-        deviceId,
-        agentUrl: agent.url,
-        policy: { heartbeatTimeoutMs: HEARTBEAT_MS, initialRetryMs: 200, maxAttempts: 3, measureLaunch: true },
-      }),
-    );
+    const handle = await enqueue(launchLane, {
+      policy: { heartbeatTimeoutMs: HEARTBEAT_MS, initialRetryMs: 200, maxAttempts: 3, measureLaunch: true },
+    });
     const launch = await waitFor(() => agent.inFlight(deviceId, 'launch')[0], 60_000, 'a launch call in flight');
     await first.kill('SIGKILL');
     const killedAt = Date.now();
@@ -149,7 +115,7 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     // Another host: no journal of the dead worker to fail its attempt early, only the heartbeat timeout.
     const second = await startWorker(taskQueue, 'launch-b');
 
-    const r = await waitForResult(redis, prefix, `launch-${id}`, deviceId, 90_000);
+    const r = await waitForResult(suite.redis, prefix, taskId, deviceId, 90_000);
     assert.equal(r.status, 'completed', JSON.stringify(r.error));
     assert.equal(typeof r.coldStartMs, 'number', 'the launch was measured');
     assert.equal(r.traversalAttempt, 1, 'the traversal itself ran once');
@@ -166,28 +132,18 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     console.log(
       `      launch retried ${((eventMs(startedEvent!) - killedAt) / 1000).toFixed(1)} s after the kill (heartbeat timeout ${HEARTBEAT_MS / 1000} s)`,
     );
-    const calls = agent.calls.filter((c) => c.deviceId === deviceId);
-    assert.ok(calls.filter((c) => c.op === 'launch').length >= 2, 'the launch was repeated');
-    assert.equal(calls.filter((c) => c.op === 'install').length, 1, 'installed once');
-    assert.equal(calls.filter((c) => c.op === 'uninstall').length, 1, 'cleaned once');
+    const launches = agent.calls.filter((c) => c.deviceId === deviceId && c.op === 'launch');
+    assert.ok(launches.length >= 2, 'the launch was repeated');
+    assertInstalledOnce(agent, deviceId);
     assert.deepEqual(agent.installed(deviceId), [], 'nothing left installed');
   });
 
   it('killed while a workflow it had cached waits for its next decision: the workflow task waits the sticky schedule-to-start timeout (DT_STICKY_TIMEOUT), then another worker takes it', async function () {
-    const taskQueue = `fws-sticky-${id}`;
-    const deviceId = 'fws-sticky';
-    const agent = await startAgent(deviceId);
+    const stickyLane = await lane('sticky');
+    const { taskQueue, deviceId, taskId } = stickyLane;
     // One host: the survivor ends the dead worker's jar when its attempt retries.
     const first = await startWorker(taskQueue, 'sticky');
-    const handle = await enqueue(
-      taskQueue,
-      request({
-        taskId: `sticky-${id}`,
-        deviceId,
-        agentUrl: agent.url,
-        traversal: { durationSec: LONG_SEC, extraArgs: ['--tick-ms', '100'] },
-      }),
-    );
+    const handle = await enqueue(stickyLane, { traversal: { durationSec: LONG_SEC, extraArgs: ['--tick-ms', '100'] } });
     const running = await runningAt(handle, deviceId, 5);
     assert.ok(workerOf(running.workerIdentity) === first, 'the first worker runs the traversal');
     // Started now, the survivor has done no start-up sweep of the first worker's journal.
@@ -258,17 +214,14 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
 
     await runningAt(handle, deviceId, 1, 2, Number(running.details?.pid));
     await handle.signal(budgetSignal, { finishNow: true });
-    const r = await waitForResult(redis, prefix, `sticky-${id}`, deviceId, 90_000);
+    const r = await waitForResult(suite.redis, prefix, taskId, deviceId, 90_000);
     assert.equal(r.status, 'completed', JSON.stringify(r.error));
     assert.equal(r.traversalAttempt, 2);
     assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');
   });
 
   it('a traversal whose worker is killed on each of its DT_MAX_ATTEMPTS attempts fails as WorkerLost (error.kind infrastructure), and its device is still cleaned', async function () {
-    const taskQueue = `fws-max-${id}`;
-    const deviceId = 'fws-max';
-    const taskId = `max-${id}`;
-    const agent = await startAgent(deviceId);
+    const { taskQueue, deviceId, taskId, agent } = await lane('max');
     const starter = await spawnStarter({
       taskQueue,
       redisKeyPrefix: prefix,
@@ -279,7 +232,7 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     });
     procs.push(starter);
     let worker = await startWorker(taskQueue, 'max');
-    await redis.lpush(
+    await suite.redis.lpush(
       `${prefix}traversal:tasks`,
       JSON.stringify({
         taskId,
@@ -291,7 +244,7 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
         traversal: { durationSec: LONG_SEC, extraArgs: ['--tick-ms', '100'] },
       }),
     );
-    const handle = client.workflow.getHandle(traversalWorkflowId(taskId, deviceId));
+    const handle = suite.client.workflow.getHandle(traversalWorkflowId(taskId, deviceId));
     const jars: number[] = [];
     for (const attempt of [1, 2]) {
       const running = await runningAt(handle, deviceId, 5, attempt, jars.at(-1));
@@ -304,7 +257,7 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     // A third attempt would be the retry policy ignoring DT_MAX_ATTEMPTS; stop at it rather than time out.
     const outcome = await waitFor(
       async (): Promise<{ result?: TraversalResult; third?: PendingActivity } | undefined> => {
-        const raw = await redis.get(resultKey(taskId, deviceId, prefix));
+        const raw = await suite.redis.get(resultKey(taskId, deviceId, prefix));
         if (raw) return { result: JSON.parse(raw) as TraversalResult };
         const a = await pendingActivity(handle, 'runTraversal');
         return a && a.attempt > 2 ? { third: a } : undefined;
@@ -329,11 +282,9 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     assert.deepEqual(agent.installed(deviceId), [], 'nothing left installed');
   });
   it('a worker killed after it spawned the jar and before it recorded the pid: the next worker on the host finds the jar by its run marker and ends it at start-up', async function () {
-    const taskQueue = `fws-spawn-${id}`;
-    const deviceId = 'fws-spawn';
-    const agent = await startAgent(deviceId);
+    const { taskQueue, deviceId, taskId, agent } = await lane('spawn');
     const dataDir = path.join(root, 'spawn');
-    const runDir = path.join(dataDir, 'runs', `spawn-${id}`, deviceId);
+    const runDir = path.join(dataDir, 'runs', taskId, deviceId);
     mkdirSync(path.join(runDir, 'report'), { recursive: true });
     // What such a kill leaves: the record written before the spawn (no pid yet), and the jar itself,
     // started as the runner starts it (own process group, the device and run markers).
@@ -344,7 +295,7 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
       path.join(dataDir, 'pids', `${deviceId}.json`),
       JSON.stringify({
         runId,
-        workflowId: traversalWorkflowId(`spawn-${id}`, deviceId),
+        workflowId: traversalWorkflowId(taskId, deviceId),
         startedAt: new Date().toISOString(),
         workerPid: dead,
         workerStart: '1',
@@ -373,7 +324,7 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
       );
     assert.ok(ended, 'the start-up sweep logs the jar it ended');
     assert.equal(ended.childPid, jar.pid);
-    assert.equal(ended.taskId, `spawn-${id}`);
+    assert.equal(ended.taskId, taskId);
     assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');
   });
 });

@@ -3,24 +3,14 @@
  * Workers are real `src/worker.ts` processes sharing one data folder (one host); the Temporal
  * dev server and Redis are the suite-wide ones; origin and agent are real HTTP servers here.
  */
-import { requestTraversal } from '../src/starter/task-bridge';
 import assert from 'node:assert/strict';
-import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
-import Redis from 'ioredis';
-import { randomUUID } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import type { WorkflowHandle } from '@temporalio/client';
+import { readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { JOURNAL_LEASE_STALE_MS, WORKER_LOST } from '../src/activities/traversal/attempt-journal';
-import { PROJECT_ROOT } from '../src/config';
-import {
-  budgetSignal,
-  traversalWorkflowId,
-  type TraversalRequest,
-  type TraversalResult,
-} from '../src/contract/messages';
+import { budgetSignal, type TraversalRequest, type TraversalResult } from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
-import { ApkOrigin, type ApkInfo } from '../sim/origin';
+import type { ApkInfo } from '../sim/origin';
 import {
   pendingActivity,
   pidAlive,
@@ -29,38 +19,23 @@ import {
   traversalPids,
   waitFor,
   workerJournals,
-  type Proc,
 } from './support/procs';
+import { assertInstalledOnce, faultRequest, FaultSuite, HEARTBEAT_MS, LONG_SEC, MiB } from './support/fault-suite';
 import { waitForResult } from '../dev/wait';
 
-const MiB = 1024 * 1024;
-const HEARTBEAT_MS = 3000;
 /** The default heartbeat timeout (DT_HEARTBEAT_TIMEOUT), which a same-host restart must not wait for. */
 const DEFAULT_HEARTBEAT_MS = 30_000;
 /** How soon after the restarted worker reports ready the tool must run again (generous: the measure is printed). */
 const RESTART_RESUME_MS = 20_000;
-/**
- * A jar budget far beyond any test here, so a jar never ends by itself while a test watches it:
- * an orphan found dead was ended by the worker. Such runs are finished with a budget signal.
- */
-const LONG_SEC = 3600;
 
 describe('a worker killed anywhere: the run resumes and nothing is lost', function () {
-  const id = randomUUID().slice(0, 8);
-  const taskQueue = `faults-w-${id}`;
-  const prefix = `fw${id}:`;
-  const dataDir = mkdtempSync(path.join(os.tmpdir(), `dt-faults-w-${id}-`));
-  const logDir = path.join(dataDir, 'logs');
+  const suite = new FaultSuite('w');
+  const { taskQueue, prefix, logDir, dir: dataDir, procs: workers } = suite;
   const devices = ['fw-dl', 'fw-run', 'fw-inst', 'fw-two', 'fw-restart', 'fw-live', 'fw-ns'];
-  let origin: ApkOrigin;
   let agent: AgentSimulator;
   let slowAgent: AgentSimulator;
   let big: ApkInfo & { url: string };
   let small: ApkInfo & { url: string };
-  let connection: Connection;
-  let client: Client;
-  let redis: Redis;
-  const workers: Proc[] = [];
 
   const startWorker = async () => {
     const w = await spawnWorker({
@@ -89,55 +64,51 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
   const finishNow = (handle: WorkflowHandle) => handle.signal(budgetSignal, { finishNow: true });
   const long = { durationSec: LONG_SEC, extraArgs: ['--tick-ms', '100'] };
 
-  function request(fields: Partial<TraversalRequest> & { taskId: string; deviceId: string }): TraversalRequest {
-    return {
-      agentUrl: agent.url,
-      apkUrl: small.url,
-      apkSha256: small.sha256,
-      packageName: `com.example.${fields.taskId.replace(/\W/g, '')}`,
-      traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
-      policy: { heartbeatTimeoutMs: HEARTBEAT_MS, initialRetryMs: 200, maxAttempts: 3, measureLaunch: false },
-      ...fields,
-    };
-  }
-  async function enqueue(req: TraversalRequest): Promise<WorkflowHandle> {
-    await requestTraversal(client, taskQueue, req);
-    return client.workflow.getHandle(traversalWorkflowId(req.taskId, req.deviceId));
+  const request = (fields: Partial<TraversalRequest> & { taskId: string; deviceId: string }): TraversalRequest =>
+    faultRequest(small, { agentUrl: agent.url, ...fields });
+  const enqueue = (req: TraversalRequest): Promise<WorkflowHandle> => suite.enqueue(req);
+  /** A run of an hour's budget, task `taskId` on device `fw-<taskId>`; `policy` replaces the suite's. */
+  const enqueueLong = (taskId: string, policy?: TraversalRequest['policy']): Promise<WorkflowHandle> =>
+    enqueue(request({ taskId, deviceId: `fw-${taskId}`, traversal: long, ...(policy && { policy }) }));
+  /** Ends the long run `taskId` now and checks that it completed after `attempts` attempts; returns its result. */
+  async function finishLong(
+    handle: WorkflowHandle,
+    taskId: string,
+    attempts: number,
+    opts: { message?: string; timeoutMs?: number } = {},
+  ): Promise<TraversalResult> {
+    await finishNow(handle);
+    const r = await waitResult(taskId, `fw-${taskId}`, opts.timeoutMs);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.equal(r.traversalAttempt, attempts, opts.message);
+    return r;
   }
   const waitResult = (taskId: string, deviceId: string, timeoutMs = 90_000): Promise<TraversalResult> =>
-    waitForResult(redis, prefix, taskId, deviceId, timeoutMs);
+    waitForResult(suite.redis, prefix, taskId, deviceId, timeoutMs);
   /** The worker process that ran the last attempt of an activity (identity is `<pid>@<host>`). */
   const workerOf = (identity: string | undefined) => live().find((w) => identity?.startsWith(`${w.pid}@`));
 
   before(async function () {
-    origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
-    await origin.start();
-    big = { ...(await origin.addApk('faults-big.apk', 16 * MiB)), url: origin.url('faults-big.apk') };
-    small = { ...(await origin.addApk('faults-small.apk', 1 * MiB)), url: origin.url('faults-small.apk') };
+    await suite.start();
+    big = await suite.addApk('faults-big.apk', 16 * MiB);
+    small = await suite.addApk('faults-small.apk', 1 * MiB);
     agent = new AgentSimulator({ devices, coldStartMs: [100, 200] });
     await agent.start();
     // Installs take 4 s after the bytes arrived, so a worker can be killed in the middle of one.
     slowAgent = new AgentSimulator({ devices: ['fw-inst'], installDelayMs: 4000, coldStartMs: [100, 200] });
     await slowAgent.start();
-    connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
-    client = new Client({ connection });
-    redis = new Redis(process.env.TEST_REDIS_URL!);
     await startWorker();
   });
 
   after(async function () {
-    await Promise.all(workers.map((w) => w.stop()));
-    // A failed test may leave a jar of an hour's budget behind; it must not run into the next file.
-    for (const deviceId of devices) for (const pid of traversalPids(deviceId)) process.kill(pid, 'SIGKILL');
-    redis?.disconnect();
-    await connection?.close();
-    await Promise.all([agent?.close(), slowAgent?.close(), origin?.close()]);
-    rmSync(dataDir, { recursive: true, force: true });
+    await suite.stopProcs(devices);
+    await Promise.all([agent?.close(), slowAgent?.close()]);
+    await suite.close();
   });
 
   it('killed during the APK download: the next attempt resumes with a Range request and the origin serves the APK about once', async function () {
     await ensureOneWorker();
-    origin.throttleBytesPerSec = 2 * MiB; // 16 MiB in about 8 s: the kill lands long before the end
+    suite.origin.throttleBytesPerSec = 2 * MiB; // 16 MiB in about 8 s: the kill lands long before the end
     try {
       const handle = await enqueue(
         request({ taskId: 'dl', deviceId: 'fw-dl', apkUrl: big.url, apkSha256: big.sha256 }),
@@ -165,21 +136,21 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
         Number(resumed.resumeFrom) >= heartbeatBytes,
         `Range from ${String(resumed.resumeFrom)}, last heartbeat said ${heartbeatBytes}`,
       );
-      const stats = origin.stats('faults-big.apk');
+      const stats = suite.origin.stats('faults-big.apk');
       assert.equal(stats.rangeGets, 1, 'one Range request');
       assert.ok(
         stats.bytesServed <= 1.05 * big.size,
         `origin served ${(stats.bytesServed / big.size).toFixed(3)} × the APK size`,
       );
     } finally {
-      origin.throttleBytesPerSec = undefined;
+      suite.origin.throttleBytesPerSec = undefined;
     }
   });
 
   it('killed during the traversal: the next worker ends the orphaned jar at start-up (and logs it) before it reports ready; the next attempt resumes from the last checkpoint, installs nothing again, cleans once', async function () {
     const victim = await onlyOneWorker();
     const deviceId = 'fw-run';
-    const handle = await enqueue(request({ taskId: 'run', deviceId, traversal: long }));
+    const handle = await enqueueLong('run');
     const before = await runningAt(handle, deviceId, 10);
     const checkpoint = Number(before.details?.checkpoint ?? 0);
     const pids = traversalPids(deviceId);
@@ -209,19 +180,14 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
       !next.logs().some((e) => e.msg === 'ending stale traversal process group left by a previous attempt'),
       'the new attempt found nothing left to end',
     );
-    await finishNow(handle);
-    const r = await waitResult('run', deviceId);
-    assert.equal(r.status, 'completed', JSON.stringify(r.error));
-    assert.equal(r.traversalAttempt, 2);
+    const r = await finishLong(handle, 'run', 2);
     assert.ok(
       Number(r.resumedFrom) >= checkpoint && checkpoint > 0,
       `resumed from ${r.resumedFrom}, last heartbeat checkpoint ${checkpoint}`,
     );
     const log2 = readFileSync(path.join(dataDir, 'runs', 'run', deviceId, 'attempt-2.log'), 'utf8');
     assert.match(log2, new RegExp(`RESUMED from=${r.resumedFrom}\\b`), 'the jar confirmed it resumed');
-    const calls = agent.calls.filter((c) => c.deviceId === deviceId);
-    assert.equal(calls.filter((c) => c.op === 'install').length, 1, 'installed once');
-    assert.equal(calls.filter((c) => c.op === 'uninstall').length, 1, 'cleaned once');
+    assertInstalledOnce(agent, deviceId);
     assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');
   });
 
@@ -281,7 +247,7 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
   it('two workers, the one running the traversal killed: the survivor takes over after the heartbeat timeout and ends the orphaned jar before it spawns its own, so two jars never drive one phone', async function () {
     while (live().length < 2) await startWorker();
     const deviceId = 'fw-two';
-    const handle = await enqueue(request({ taskId: 'two', deviceId, traversal: long }));
+    const handle = await enqueueLong('two');
     const running = await runningAt(handle, deviceId, 10);
     const victim = workerOf(running.workerIdentity);
     assert.ok(victim, `the running worker (${running.workerIdentity}) is one of ours`);
@@ -323,10 +289,7 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
     assert.equal(ended.taskId, 'two');
     assert.ok(pidAlive(newJar), 'the survivor’s jar runs');
 
-    await finishNow(handle);
-    const r = await waitResult('two', deviceId);
-    assert.equal(r.status, 'completed', JSON.stringify(r.error));
-    assert.equal(r.traversalAttempt, 2);
+    const r = await finishLong(handle, 'two', 2);
     assert.ok(Number(r.resumedFrom) > 0, 'resumed from a checkpoint');
     assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');
   });
@@ -334,14 +297,7 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
   it('killed during a traversal with the default heartbeat timeout and started again on the same data folder: the dead worker’s attempt is failed as WorkerLost at start-up, so the tool runs again without waiting for the heartbeat timeout, from its checkpoint, installed once; a stale token left behind is harmless', async function () {
     const victim = await onlyOneWorker();
     const deviceId = 'fw-restart';
-    const handle = await enqueue(
-      request({
-        taskId: 'restart',
-        deviceId,
-        traversal: long,
-        policy: defaultPolicy,
-      }),
-    );
+    const handle = await enqueueLong('restart', defaultPolicy);
     const before = await runningAt(handle, deviceId, 10);
     const checkpoint = Number(before.details?.checkpoint ?? 0);
     const [javaPid] = traversalPids(deviceId);
@@ -404,31 +360,19 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
     assert.ok(still?.attempt === 2 && still.started, `attempt 2 still runs: ${JSON.stringify(still)}`);
     assert.ok(pidAlive(newJar), 'its jar still runs');
 
-    await finishNow(handle);
-    const r = await waitResult('restart', deviceId, 120_000);
-    assert.equal(r.status, 'completed', JSON.stringify(r.error));
-    assert.equal(r.traversalAttempt, 2);
+    const r = await finishLong(handle, 'restart', 2, { timeoutMs: 120_000 });
     assert.ok(
       Number(r.resumedFrom) >= checkpoint && checkpoint > 0,
       `resumed from ${r.resumedFrom}, checkpoint before the kill ${checkpoint}`,
     );
-    const calls = agent.calls.filter((c) => c.deviceId === deviceId);
-    assert.equal(calls.filter((c) => c.op === 'install').length, 1, 'installed once');
-    assert.equal(calls.filter((c) => c.op === 'uninstall').length, 1, 'cleaned once');
+    assertInstalledOnce(agent, deviceId);
     assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');
   });
 
   it('a worker that starts beside a live one on the same data folder leaves its running attempt alone, even when its journal looks like another pid namespace’s', async function () {
     const first = await onlyOneWorker();
     const deviceId = 'fw-live';
-    const handle = await enqueue(
-      request({
-        taskId: 'live',
-        deviceId,
-        traversal: long,
-        policy: defaultPolicy,
-      }),
-    );
+    const handle = await enqueueLong('live', defaultPolicy);
     await runningAt(handle, deviceId, 10);
     const journal = workerJournals(dataDir).find((j) => j.pid === first.pid);
     assert.ok(
@@ -462,23 +406,13 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
       clearInterval(renew);
       rmSync(foreign, { force: true });
     }
-    await finishNow(handle);
-    const r = await waitResult('live', deviceId);
-    assert.equal(r.status, 'completed', JSON.stringify(r.error));
-    assert.equal(r.traversalAttempt, 1, 'never retried');
+    await finishLong(handle, 'live', 1, { message: 'never retried' });
   });
 
   it('a worker of another pid namespace (a container restarted on a shared data folder) killed mid-traversal: its attempt is failed once its lease is stale', async function () {
     const victim = await onlyOneWorker();
     const deviceId = 'fw-ns';
-    const handle = await enqueue(
-      request({
-        taskId: 'ns',
-        deviceId,
-        traversal: long,
-        policy: defaultPolicy,
-      }),
-    );
+    const handle = await enqueueLong('ns', defaultPolicy);
     const first = await runningAt(handle, deviceId, 10);
     const journal = workerJournals(dataDir).find((j) => j.pid === victim.pid);
     assert.ok(journal, 'the worker has a journal');
@@ -502,10 +436,7 @@ describe('a worker killed anywhere: the run resumes and nothing is lost', functi
     );
 
     await runningAt(handle, deviceId, 1, 2, Number(first.details?.pid));
-    await finishNow(handle);
-    const r = await waitResult('ns', deviceId);
-    assert.equal(r.status, 'completed', JSON.stringify(r.error));
-    assert.equal(r.traversalAttempt, 2);
+    const r = await finishLong(handle, 'ns', 2);
     assert.ok(Number(r.resumedFrom) > 0, 'resumed from a checkpoint');
     assert.deepEqual(traversalPids(deviceId), [], 'no traversal process left');
   });
