@@ -1,5 +1,5 @@
 /**
- * Prints the README's configuration table from the declarations in src/config.ts;
+ * Prints the README's configuration table from the declarations in src/config/options.ts;
  * with --write, replaces the table in README.md (the block starting with "| variable |").
  */
 import { readFileSync, writeFileSync } from 'node:fs';

@@ -11,48 +11,16 @@
  */
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type Redis from 'ioredis';
-import { isUtf8 } from 'node:buffer';
 import { InvalidTaskError } from '../contract/errors';
 import type { ExtraArgsPolicy } from '../contract/extra-args';
 import { deviceWorkflowId, enqueueSignal, type RunPolicy, type TraversalRequest } from '../contract/messages';
 import { DEVICE_ID } from '../contract/search-attributes';
 import type { AgentDirectory } from '../device-registry';
+import { DEAD_LETTER_SCRIPT, deadLetterEntry } from './dead-letters';
 import { parseTask } from './task';
 import { starterKeys } from '../contract/redis-keys';
 import type { UrlPolicy } from '../net/url-policy';
 import { deviceWorkflow } from '../workflows/device';
-
-/**
- * One entry of the dead-letter list (`traversal:tasks:dead`, newest first), stored as JSON.
- * The item is kept byte for byte: as text in `payload` when it is valid UTF-8 (as every JSON task
- * is), otherwise base64 in `payloadBase64` (and no `payload`), so the entry itself stays JSON.
- */
-export interface DeadLetter {
-  /** Why: the rules the item broke, or why the starter refused to send it (another deployment). */
-  reason: string;
-  /** Every rule the item broke, `<field>: <rule>`. */
-  problems: string[];
-  /** The item as text, when it is valid UTF-8. */
-  payload?: string;
-  /** The item's bytes in base64, when they are not valid UTF-8. */
-  payloadBase64?: string;
-  starterId: string;
-  /** When it was dead-lettered, ISO 8601. */
-  at: string;
-}
-
-/** The exact bytes of the item a dead letter holds. */
-export function deadLetterPayload(entry: DeadLetter): Buffer {
-  return entry.payloadBase64 !== undefined
-    ? Buffer.from(entry.payloadBase64, 'base64')
-    : Buffer.from(entry.payload ?? '', 'utf8');
-}
-
-/**
- * Moves an item from the processing list to the dead-letter list only if it is still there, so a
- * command resent after a lost reply cannot dead-letter it twice. KEYS: processing, dead; ARGV: item, entry.
- */
-const DEAD_LETTER_SCRIPT = `if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[2]) return 1 end return 0`;
 
 /**
  * Puts one traversal request into its device's queue, starting the device workflow when it is not
@@ -370,13 +338,7 @@ export class TaskBridge {
 
   private async deadLetter(raw: Buffer, reason: string, problems: string[]): Promise<void> {
     this.stats.dead++;
-    const entry: DeadLetter = {
-      reason,
-      problems,
-      ...(isUtf8(raw) ? { payload: raw.toString('utf8') } : { payloadBase64: raw.toString('base64') }),
-      starterId: this.opts.starterId,
-      at: new Date().toISOString(),
-    };
+    const entry = deadLetterEntry(raw, reason, problems, this.opts.starterId);
     this.opts.log?.('warn', 'task dead-lettered', { reason: reason.slice(0, 500), dead: this.keys.dead });
     await this.withRedisRetry(() =>
       this.opts.redis.eval(DEAD_LETTER_SCRIPT, 2, this.keys.processing, this.keys.dead, raw, JSON.stringify(entry)),
