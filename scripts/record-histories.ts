@@ -143,15 +143,14 @@ const SCENARIOS: Scenario[] = [
     name: 'device-two-tasks',
     scenario:
       'a device workflow that ran two traversals one after the other and is idle (device workflows never complete)',
-    async run(stack) {
-      await pushTask(stack, 'first', 'rec-5', { packageName: 'com.example.first' });
-      await pushTask(stack, 'second', 'rec-5', { packageName: 'com.example.second' });
-      await stack.waitResult('first', 'rec-5');
-      await stack.waitResult('second', 'rec-5');
-      const handle = stack.client.workflow.getHandle(deviceWorkflowId('rec-5'));
-      await deviceIdle(handle, 2, 'the device workflow to finish both children');
-      return handle;
-    },
+    run: (stack) => twoTasks(stack, 'rec-5', ''),
+  },
+  {
+    name: 'device-two-tasks-queue-in-input',
+    scenario:
+      'two traversals one after the other on a device workflow whose input names its task queue, as the starter ' +
+      'gives it since requests carry their task queue (the replay worker polls a queue of its own)',
+    run: (stack) => twoTasks(stack, 'rec-11', 'q-'),
   },
   {
     name: 'traversal-completed-agent-heartbeats',
@@ -265,6 +264,18 @@ async function pushTask(
   return stack.client.workflow.getHandle(traversalWorkflowId(taskId, deviceId));
 }
 
+/** Two tasks for one device (ids `<prefix>first`, `<prefix>second`), run in turn; returns the idle device workflow. */
+async function twoTasks(stack: Stack, deviceId: string, prefix: string): Promise<WorkflowHandle> {
+  for (const name of ['first', 'second'])
+    await pushTask(stack, `${prefix}${name}`, deviceId, {
+      packageName: `com.example.${prefix.replace(/\W/g, '')}${name}`,
+    });
+  for (const name of ['first', 'second']) await stack.waitResult(`${prefix}${name}`, deviceId);
+  const handle = stack.client.workflow.getHandle(deviceWorkflowId(deviceId));
+  await deviceIdle(handle, 2, 'the device workflow to finish both children');
+  return handle;
+}
+
 /** Pushes a task for app.apk with its hash and waits until the traversal completed; returns its handle. */
 async function completedTraversal(
   stack: Stack,
@@ -346,7 +357,7 @@ async function main(): Promise<void> {
     stack = await startStack({
       address: temporal.address,
       redisUrl: redis.url,
-      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6', 'rec-7', 'rec-8', 'rec-9', 'rec-10'],
+      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6', 'rec-7', 'rec-8', 'rec-9', 'rec-10', 'rec-11'],
       apks: [{ name: 'app.apk', size: 2 * MiB }],
       starter: true,
       // A result reaches Redis within 2 s of its return (publish-waited-for-redis).

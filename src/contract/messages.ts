@@ -236,6 +236,12 @@ export interface DeviceWorkflowInput {
   deviceId: string;
   /** The deployment the workflow belongs to ('' or absent: none); it refuses requests of any other. */
   deployment?: string;
+  /**
+   * The task queue the starter started the workflow on; it refuses requests naming another. Held in
+   * the input, not read from the worker, so a replay on any queue (the replay test's) decides alike.
+   * Absent in workflows started before it existed: the worker's queue is used then.
+   */
+  taskQueue?: string;
   queue?: TraversalRequest[];
   seenTaskIds?: string[];
   paused?: boolean;

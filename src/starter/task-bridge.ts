@@ -31,7 +31,7 @@ export async function requestTraversal(client: Client, taskQueue: string, req: T
   await client.workflow.signalWithStart(deviceWorkflow, {
     workflowId: deviceWorkflowId(req.deviceId, deployment),
     taskQueue,
-    args: [{ deviceId: req.deviceId, ...(deployment ? { deployment } : {}) }],
+    args: [{ deviceId: req.deviceId, ...(deployment ? { deployment } : {}), taskQueue }],
     signal: enqueueSignal,
     signalArgs: [req],
     typedSearchAttributes: [{ key: DEVICE_ID, value: req.deviceId }],

@@ -57,6 +57,8 @@ function deviceFault(err: unknown, taskId: string): InfraFailure | undefined {
 export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> {
   const { deviceId } = input;
   const deployment = input.deployment ?? '';
+  // Replay uses a queue of its own; the starter's record of the queue keeps decisions the same there.
+  const ownQueue = input.taskQueue ?? workflowInfo().taskQueue;
   let refused = 0;
   let duplicates = 0;
   const queue: TraversalRequest[] = [...(input.queue ?? [])];
@@ -87,10 +89,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
       log.warn('request for another device ignored', { deviceId, requestDevice: req.deviceId, taskId: req.taskId });
       return;
     }
-    if (
-      (req.deployment ?? '') !== deployment ||
-      (req.taskQueue !== undefined && req.taskQueue !== workflowInfo().taskQueue)
-    ) {
+    if ((req.deployment ?? '') !== deployment || (req.taskQueue !== undefined && req.taskQueue !== ownQueue)) {
       // The starter checks this before it signals; this catches a request sent around it.
       refused++;
       log.warn('request from another deployment refused', {
@@ -148,6 +147,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
       await continueAsNew<typeof deviceWorkflow>({
         deviceId,
         ...(deployment ? { deployment } : {}),
+        ...(input.taskQueue ? { taskQueue: input.taskQueue } : {}),
         queue,
         seenTaskIds: [...seen],
         paused,
