@@ -6,8 +6,8 @@
  * `before` and `stopProcs()` and `close()` in its `after`, around what it stops itself.
  */
 import assert from 'node:assert/strict';
-import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
-import Redis from 'ioredis';
+import type { Client, WorkflowHandle } from '@temporalio/client';
+import type Redis from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -16,6 +16,7 @@ import { traversalWorkflowId, type TraversalRequest } from '../../src/contract/m
 import { requestTraversal } from '../../src/starter/task-bridge';
 import type { AgentSimulator } from '../../sim/agent-sim';
 import { ApkOrigin, type ApkInfo } from '../../sim/origin';
+import { connectClients, type Clients } from '../../dev/clients';
 import { APK_DIR } from '../../dev/services';
 import { traversalPids, type Proc } from './procs';
 
@@ -45,9 +46,9 @@ export class FaultSuite {
   readonly procs: Proc[] = [];
   /** The APK origin, from `start()` on. */
   origin!: ApkOrigin;
-  /** The connection to the test run's Temporal, from `start()` on. */
-  connection!: Connection;
-  /** A client on `connection`, from `start()` on. */
+  /** Clients of the test run's Temporal and Redis, from `start()` on. */
+  clients?: Clients;
+  /** The Temporal client, from `start()` on. */
   client!: Client;
   /** A connection to the test run's Redis, from `start()` on. */
   redis!: Redis;
@@ -63,9 +64,8 @@ export class FaultSuite {
   async start(): Promise<void> {
     this.origin = new ApkOrigin({ dir: APK_DIR });
     await this.origin.start();
-    this.connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
-    this.client = new Client({ connection: this.connection });
-    this.redis = new Redis(process.env.TEST_REDIS_URL!);
+    this.clients = await connectClients();
+    ({ client: this.client, redis: this.redis } = this.clients);
   }
 
   /** Serves an APK of `size` bytes from the origin as `name`. */
@@ -88,8 +88,7 @@ export class FaultSuite {
 
   /** Disconnects, stops the origin and removes the folder; safe without `start()` or after one that failed half-way. */
   async close(): Promise<void> {
-    this.redis?.disconnect();
-    await this.connection?.close();
+    await this.clients?.close();
     await this.origin?.close();
     rmSync(this.dir, { recursive: true, force: true });
   }
