@@ -24,10 +24,25 @@ export interface ClientsOptions {
   redisUrl?: string;
 }
 
+/**
+ * The test run's Temporal address and Redis URL, as test/support/global.ts announces them; throws
+ * when they are missing rather than letting a client fall back to localhost:7233.
+ */
+export function testServers(): { address: string; redisUrl: string } {
+  const address = process.env.TEST_TEMPORAL_ADDRESS;
+  const redisUrl = process.env.TEST_REDIS_URL;
+  if (!address || !redisUrl)
+    throw new Error(
+      'TEST_TEMPORAL_ADDRESS and TEST_REDIS_URL are unset: run through mocha (test/support/global.ts starts ' +
+        'the servers), or pass the address and URL explicitly',
+    );
+  return { address, redisUrl };
+}
+
 /** Connects a Temporal client (namespace default) and two Redis connections. */
 export async function connectClients(opts: ClientsOptions = {}): Promise<Clients> {
-  const redisUrl = opts.redisUrl ?? process.env.TEST_REDIS_URL!;
-  const connection = await Connection.connect({ address: opts.address ?? process.env.TEST_TEMPORAL_ADDRESS! });
+  const redisUrl = opts.redisUrl ?? testServers().redisUrl;
+  const connection = await Connection.connect({ address: opts.address ?? testServers().address });
   const redis = new Redis(redisUrl);
   const blocking = new Redis(redisUrl);
   let closing: Promise<void> | undefined;

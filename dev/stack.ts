@@ -25,12 +25,12 @@ import { scrapeSdkMetrics, sdkTelemetryOptions } from '../src/worker/sdk-metrics
 import { UrlPolicy } from '../src/net/url-policy';
 import { currentWorkflowBundle } from './bundle';
 import { APK_DIR } from './services';
-import { connectClients } from './clients';
+import { connectClients, testServers } from './clients';
 import { waitForResult } from './wait';
 
 let runtime: Promise<void> | undefined;
 /** Port of the SDK's Prometheus exporter in this test process. */
-export let sdkMetricsPort = 0;
+let sdkMetricsPort = 0;
 
 /** Installs the SDK runtime once per test process (quiet logger, Prometheus exporter on a free port). */
 export function installRuntime(): Promise<void> {
@@ -115,8 +115,8 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       ...opts.config,
     },
   );
-  const address = opts.address ?? process.env.TEST_TEMPORAL_ADDRESS!;
-  const redisUrl = opts.redisUrl ?? process.env.TEST_REDIS_URL!;
+  const address = opts.address ?? testServers().address;
+  const redisUrl = opts.redisUrl ?? testServers().redisUrl;
   const wfBundle = await workflowBundle();
 
   const origin = new ApkOrigin({ dir: APK_DIR });

@@ -11,6 +11,7 @@ import { PROJECT_ROOT } from '../src/config';
 import { SEARCH_ATTRIBUTE_NAMES } from '../src/contract/search-attributes';
 import { freePort, waitForPort } from '../src/net/ports';
 import { stopProcess } from './process';
+import { waitFor } from './wait';
 
 const run = promisify(execFile);
 
@@ -142,25 +143,20 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
   return server;
 }
 
-/** Waits until `temporal operator namespace describe` succeeds. */
+/** Waits until `temporal operator namespace describe` succeeds (the last refusal is quoted on timeout). */
 export async function waitForNamespace(
   cli: string,
   address: string,
   namespace: string,
   timeoutMs: number,
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last = '';
-  while (Date.now() < deadline) {
-    try {
-      await run(cli, ['operator', 'namespace', 'describe', '--address', address, '-n', namespace], { timeout: 15_000 });
-      return;
-    } catch (err) {
-      last = String((err as { stderr?: string }).stderr ?? err).trim();
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
-  throw new Error(`namespace ${namespace} at ${address} did not answer within ${timeoutMs} ms: ${last}`);
+  const describe = ['operator', 'namespace', 'describe', '--address', address, '-n', namespace];
+  await waitFor(
+    () => run(cli, describe, { timeout: 15_000 }).then(() => true),
+    timeoutMs,
+    `namespace ${namespace} at ${address} to answer`,
+    500,
+  );
 }
 
 /** Registers any of the project's search attributes that the namespace lacks (idempotent). */

@@ -32,7 +32,7 @@ import {
 } from '../src/contract/messages';
 import { TRAVERSAL_PHASE } from '../src/contract/search-attributes';
 import { startStack, task, workflowBundle, type Stack } from '../dev/stack';
-import { waitFor as pollUntil } from '../dev/wait';
+import { waitFor } from '../dev/wait';
 
 /** Where the recordings live; test/replay.test.ts reads every *.json here. */
 const HISTORIES_DIR = path.join(PROJECT_ROOT, 'test', 'histories');
@@ -188,8 +188,8 @@ const SCENARIOS: Scenario[] = [
       const handle = stack.client.workflow.getHandle(deviceWorkflowId(deviceId));
       await waitFor(
         async () => (await handle.query<DeviceState>('state')).quarantine !== undefined,
-        'the quarantine',
         120_000,
+        'the quarantine',
       );
       stack.agent.setOffline(deviceId, false);
       await handle.signal('resume');
@@ -219,7 +219,7 @@ const SCENARIOS: Scenario[] = [
       'waiting-for-redis and published once Redis took writes again',
     async run(stack) {
       const traversal = await pushTask(stack, 'oom', 'rec-9', { packageName: 'com.example.oom' });
-      await waitFor(async () => (await traversal.describe()) !== undefined, 'oom to start');
+      await waitFor(async () => (await traversal.describe()) !== undefined, 60_000, 'oom to start');
       await stack.redis.config('SET', 'maxmemory-policy', 'noeviction');
       await stack.redis.config('SET', 'maxmemory', '1');
       try {
@@ -227,6 +227,7 @@ const SCENARIOS: Scenario[] = [
         const publish = stack.client.workflow.getHandle(publishWorkflowId('oom', 'rec-9'));
         await waitFor(
           async () => (await publish.describe()).typedSearchAttributes.get(TRAVERSAL_PHASE) === 'waiting-for-redis',
+          60_000,
           'the publish workflow to wait for Redis',
         );
       } finally {
@@ -243,11 +244,6 @@ const SCENARIOS: Scenario[] = [
 
 function expect(ok: boolean, message: string): asserts ok {
   if (!ok) throw new Error(message);
-}
-
-/** The harness's polling helper (a throwing predicate counts as "not yet"), in this script's argument order. */
-async function waitFor(pred: () => Promise<boolean>, what: string, timeoutMs = 60_000): Promise<void> {
-  await pollUntil(pred, timeoutMs, what);
 }
 
 /**
@@ -295,15 +291,19 @@ async function progressUntil(
   ok: (p: TraversalProgress) => boolean,
   what: string,
 ): Promise<void> {
-  await waitFor(async () => ok(await handle.query<TraversalProgress>('progress')), what);
+  await waitFor(async () => ok(await handle.query<TraversalProgress>('progress')), 60_000, what);
 }
 
 /** Waits until the device workflow finished `completed` traversals, runs and queues none, and is not quarantined. */
 async function deviceIdle(handle: WorkflowHandle, completed: number, what: string): Promise<void> {
-  await waitFor(async () => {
-    const s = await handle.query<DeviceState>('state');
-    return s.completed === completed && s.current === undefined && s.queue.length === 0 && s.quarantine === undefined;
-  }, what);
+  await waitFor(
+    async () => {
+      const s = await handle.query<DeviceState>('state');
+      return s.completed === completed && s.current === undefined && s.queue.length === 0 && s.quarantine === undefined;
+    },
+    60_000,
+    what,
+  );
 }
 
 /**
@@ -312,17 +312,21 @@ async function deviceIdle(handle: WorkflowHandle, completed: number, what: strin
  */
 async function quietHistory(handle: WorkflowHandle) {
   let history = await handle.fetchHistory();
-  await waitFor(async () => {
-    const desc = await handle.describe();
-    history = await handle.fetchHistory();
-    if (desc.status.name !== 'RUNNING') return true;
-    const last = history.events?.at(-1);
-    return (
-      last?.workflowTaskCompletedEventAttributes != null &&
-      !desc.raw.pendingActivities?.length &&
-      !desc.raw.pendingChildren?.length
-    );
-  }, `${handle.workflowId} to go quiet`);
+  await waitFor(
+    async () => {
+      const desc = await handle.describe();
+      history = await handle.fetchHistory();
+      if (desc.status.name !== 'RUNNING') return true;
+      const last = history.events?.at(-1);
+      return (
+        last?.workflowTaskCompletedEventAttributes != null &&
+        !desc.raw.pendingActivities?.length &&
+        !desc.raw.pendingChildren?.length
+      );
+    },
+    60_000,
+    `${handle.workflowId} to go quiet`,
+  );
   return history;
 }
 

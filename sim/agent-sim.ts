@@ -1,5 +1,6 @@
 import http from 'node:http';
 import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'undici';
 import { listenHttp } from '../src/net/ports';
@@ -118,7 +119,6 @@ const JSON_LIMIT = 1024 * 1024;
 const FIELD_LIMIT = 64 * 1024;
 
 const now = (): number => performance.timeOrigin + performance.now();
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** A real HTTP device agent for a set of fake devices: installs APKs from URLs or multipart uploads, launches, resets. */
 export class AgentSimulator {

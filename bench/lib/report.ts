@@ -83,10 +83,6 @@ export function say(msg: string): void {
   process.stdout.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 }
 
-/** Resolves after `ms` milliseconds. */
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 /** Rounds to `digits` decimals (1 by default); NaN and infinities pass through. */
 export function round(x: number, digits = 1): number {

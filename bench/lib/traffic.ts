@@ -7,7 +7,7 @@ import type Redis from 'ioredis';
 import { resultKey, resultsStream } from '../../src/contract/redis-keys';
 import type { TraversalRequest, TraversalResult } from '../../src/contract/messages';
 import { requestTraversal } from '../../src/starter/task-bridge';
-import { sleep } from './report';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /** Sends one request the way TaskBridge does (src/starter/task-bridge.ts), stamped with the time it was sent. */
 export async function enqueue(client: Client, taskQueue: string, req: TraversalRequest): Promise<void> {

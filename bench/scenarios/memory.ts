@@ -12,6 +12,7 @@
  * MALLOC_ARENA_MAX=1, --tuned-node-args --max-semi-space-size=1 (extra cells with tuned flags),
  * --no-old, --duration 1 (traversal seconds), --tuning, --tuning-cell 20x200, --repeats 3.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import Redis from 'ioredis';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -23,19 +24,7 @@ import { ApkOrigin, type ApkInfo } from '../../sim/origin';
 import { lineChart, type Series } from '../lib/chart';
 import { TreeSampler, type TreeMemory } from '../lib/procs';
 import { ensureOldServicePython } from '../lib/python';
-import {
-  GiB,
-  mdTable,
-  median,
-  MiB,
-  parseOptions,
-  round,
-  say,
-  sizeLabel,
-  sleep,
-  toMiB,
-  type ScenarioRun,
-} from '../lib/report';
+import { GiB, mdTable, median, MiB, parseOptions, round, say, sizeLabel, toMiB, type ScenarioRun } from '../lib/report';
 import { inScenarioDir, inWorkDir, startBenchStack } from '../lib/stack';
 import { spawnLogged } from '../../dev/process';
 import type { Scope } from '../../dev/scope';

@@ -10,6 +10,7 @@
  * over), --devices 20 (end to end), --sample 50 (histories fetched), --parts start,jar,noop,serial
  * (which parts run; --no-bare-command keeps start,jar).
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Client } from '@temporalio/client';
 import { tsToMs } from '@temporalio/common/lib/time';
 import Redis from 'ioredis';
@@ -26,18 +27,7 @@ import type { ApkInfo } from '../../sim/origin';
 import { createStarter } from '../../src/starter/create';
 import type { TaskBridge } from '../../src/starter/task-bridge';
 import { parseTask } from '../../src/starter/task';
-import {
-  mdTable,
-  mean,
-  median,
-  MiB,
-  parseOptions,
-  percentile,
-  round,
-  say,
-  sleep,
-  type ScenarioRun,
-} from '../lib/report';
+import { mdTable, mean, median, MiB, parseOptions, percentile, round, say, type ScenarioRun } from '../lib/report';
 import { inScenarioDir, startBenchStack } from '../lib/stack';
 import { Scope } from '../../dev/scope';
 import { waitFor } from '../../dev/wait';
