@@ -1,7 +1,7 @@
 /** A local redis-server for the demo and the tests, with append-only persistence. */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
-import { canConnect, waitForPort } from '../src/net/ports';
+import { canConnect, waitForPort } from './ports';
 import { stopProcess } from './process';
 
 /** A running local Redis. */

@@ -9,7 +9,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { PROJECT_ROOT } from '../src/config';
 import { SEARCH_ATTRIBUTE_NAMES } from '../src/contract/search-attributes';
-import { freePort, waitForPort } from '../src/net/ports';
+import { freePort } from '../src/net/ports';
+import { waitForPort } from './ports';
 import { stopProcess } from './process';
 import { waitFor } from './wait';
 

@@ -31,7 +31,7 @@ import { loadConfig, PROJECT_ROOT } from '../src/config';
 import { resultKey } from '../src/contract/redis-keys';
 import { progressQuery, traversalWorkflowId, type TraversalResult } from '../src/contract/messages';
 import { describeInFlight, findInFlight, pendingTasks, runningTraversals, type InFlightRun } from '../dev/in-flight';
-import { canConnect, portIsFree, waitForPort } from '../src/net/ports';
+import { canConnect, portIsFree, waitForPort } from '../dev/ports';
 import { spawnLogged, type LoggedProcess } from '../dev/process';
 import { ensureRedis, type LocalRedis } from '../dev/redis-local';
 import { mib, RssSampler } from '../dev/rss';

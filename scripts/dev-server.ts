@@ -10,7 +10,7 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../src/config';
-import { canConnect } from '../src/net/ports';
+import { canConnect } from '../dev/ports';
 import { startDevServer } from '../dev/temporal-dev';
 import { SEARCH_ATTRIBUTE_NAMES } from '../src/contract/search-attributes';
 import { temporalSettings } from '../src/temporal-connection';

@@ -54,13 +54,14 @@ export function loadDeviceRegistry(file: string, defaultAgentUrl = ''): DeviceRe
 /**
  * The URL policy of a worker or starter: DT_ALLOWED_HOSTS plus the hosts of the agents the operator
  * configured (registry and default agent), which are trusted because they are configuration, not
- * task input. Throws naming DT_ALLOWED_HOSTS when an entry is malformed.
+ * task input. Throws naming DT_ALLOWED_HOSTS when an entry is malformed. `registry`: the one the
+ * caller loaded already (read from the file when absent).
  */
 export function urlPolicyFor(
   config: { allowedHosts: string; deviceRegistry: string; defaultAgentUrl: string },
   opts: UrlPolicyOptions = {},
+  registry: DeviceRegistry = loadDeviceRegistry(config.deviceRegistry, config.defaultAgentUrl),
 ): UrlPolicy {
-  const registry = loadDeviceRegistry(config.deviceRegistry, config.defaultAgentUrl);
   const agentHosts = registry.agentUrls.map((u) => new URL(u).hostname);
   try {
     return new UrlPolicy([config.allowedHosts, ...agentHosts].filter(Boolean), opts);

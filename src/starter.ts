@@ -18,7 +18,7 @@ async function main(): Promise<void> {
       ? new JsonLogger({ service: 'starter', starterId: config.starterId }, 'warn', process.stderr, secrets)
       : new JsonLogger({ service: 'starter', starterId: config.starterId }, config.logLevel, process.stdout, secrets);
   const agents = loadDeviceRegistry(config.deviceRegistry, config.defaultAgentUrl);
-  const urlPolicy = urlPolicyFor(config);
+  const urlPolicy = urlPolicyFor(config, {}, agents);
 
   // Keep retrying Redis forever: a restarted Redis must not end the starter.
   const redisOptions = { maxRetriesPerRequest: null, retryStrategy: (n: number) => Math.min(n * 200, 2000) };

@@ -19,7 +19,7 @@ import { checkIdentifier, ID_RULES } from '../contract/ids';
 const ID_FIELDS = Object.keys(ID_RULES) as (keyof typeof ID_RULES)[];
 
 /** Problems with the identifier fields (taskId, deviceId, packageName) present in an activity input. */
-export function identifierProblems(input: unknown): string[] {
+function identifierProblems(input: unknown): string[] {
   if (typeof input !== 'object' || input === null) return [];
   const rec = input as Record<string, unknown>;
   return ID_FIELDS.filter((f) => rec[f] !== undefined)

@@ -131,7 +131,7 @@ export async function checkDeviceOnline(
 }
 
 /** Heartbeats every second while a long call is pending, so a dead worker is noticed and cancels arrive. */
-export function keepAlive(details?: () => unknown): () => void {
+function keepAlive(details?: () => unknown): () => void {
   const ctx = Context.current();
   const beat = () => ctx.heartbeat(details?.());
   beat();

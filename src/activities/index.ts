@@ -1,8 +1,7 @@
 /** Builds every activity from explicit dependencies, so tests hand them real local servers. */
 import type Redis from 'ioredis';
-import path from 'node:path';
 import type { Dispatcher } from 'undici';
-import type { Config } from '../config';
+import { dataFolders, type Config } from '../config';
 import type { ProgressUpdate, TraversalBudget } from '../contract/messages';
 import type { Metrics } from '../metrics';
 import { createApkActivities } from './apk';
@@ -38,6 +37,7 @@ export interface ActivityDeps {
 /** The activity implementations, behind the activity boundary (identifier guard, typed failures). */
 export function createActivities(deps: ActivityDeps) {
   const { config } = deps;
+  const folders = dataFolders(config.dataDir);
   const agentDeps: DeviceAgentDeps = {
     dispatcher: deps.dispatcher,
     metrics: deps.metrics,
@@ -56,8 +56,8 @@ export function createActivities(deps: ActivityDeps) {
         installUrlOf: installUrlResolver({ cache: deps.cache, installUrlFor: deps.installUrlFor }),
       }),
       ...createTraversalRunnerActivities({
-        runsDir: path.join(config.dataDir, 'runs'),
-        pidsDir: path.join(config.dataDir, 'pids'),
+        runsDir: folders.runs,
+        pidsDir: folders.pids,
         command: config.traversalCommand,
         resumeArgs: config.traversalResumeArgs,
         extraArgs: config.traversalExtraArgs,
@@ -76,7 +76,7 @@ export function createActivities(deps: ActivityDeps) {
         deviceCheckMs: config.deviceCheckMs,
       }),
       ...createReportSinkActivities({
-        runsDir: path.join(config.dataDir, 'runs'),
+        runsDir: folders.runs,
         sink: config.reportSink,
         token: config.reportSinkToken,
         dispatcher: deps.dispatcher,

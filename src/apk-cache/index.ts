@@ -89,11 +89,6 @@ export class ApkCache {
     return this.store.evict(keep, opts);
   }
 
-  /** Bytes free for this process on the cache's disk, and the reserve downloads leave there. */
-  diskSpace(): Promise<{ free: number; reserve: number }> {
-    return this.store.diskSpace();
-  }
-
   /**
    * Removes part files (and their metadata) of downloads that nobody runs: none in this process and
    * no live lock holder, and not written for `olderThanMs` (0: whatever their age).

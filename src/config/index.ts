@@ -18,6 +18,18 @@ export const PROJECT_ROOT = path.resolve(
   __dirname.includes(`${path.sep}lib${path.sep}`) ? '../../..' : '../..',
 );
 
+/** The folders a worker keeps under DT_DATA_DIR (the APK cache has its own, DT_APK_CACHE_DIR). */
+export function dataFolders(dataDir: string): { runs: string; pids: string; workers: string } {
+  return {
+    // One folder per run: report, logs, control file, findings.
+    runs: path.join(dataDir, 'runs'),
+    // One record per running traversal process, written before it is spawned.
+    pids: path.join(dataDir, 'pids'),
+    // One journal per worker process: the attempts it runs.
+    workers: path.join(dataDir, 'workers'),
+  };
+}
+
 /** The validated configuration, passed down from entry points. */
 export interface Config {
   redisUrl: string;

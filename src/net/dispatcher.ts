@@ -17,7 +17,7 @@ import { MAX_REDIRECTS, UrlRefusedError, type UrlPolicy } from './url-policy';
  * happy-eyeballs still picks among them. The original host name keeps driving the Host header, TLS
  * SNI and certificate checks.
  */
-export function policedConnector(policy: UrlPolicy, base: buildConnector.BuildOptions = {}): buildConnector.connector {
+function policedConnector(policy: UrlPolicy, base: buildConnector.BuildOptions = {}): buildConnector.connector {
   const lookup = (hostname: string, options: { all?: boolean }, cb: (...args: unknown[]) => void): void => {
     policy.resolve('http:', hostname).then(
       (addresses) => (options?.all ? cb(null, addresses) : cb(null, addresses[0]!.address, addresses[0]!.family)),
@@ -113,7 +113,7 @@ function policyInterceptor(policy: UrlPolicy): Dispatcher.DispatcherComposeInter
  * Redirect interceptor plus the policy check on every hop. Compose after the Agent:
  * `agent.compose(...policedRedirects(policy))`.
  */
-export function policedRedirects(
+function policedRedirects(
   policy: UrlPolicy,
   maxRedirections = MAX_REDIRECTS,
 ): Dispatcher.DispatcherComposeInterceptor[] {

@@ -7,9 +7,11 @@
  *   instanceof) that the caller's retryable error reports;
  * - a status: 2xx success; a 3xx handed back once the redirect limit is reached; 404/410 not
  *   found; 408, 429 and 5xx transient, so retried; any other 4xx refused for good.
- * APK origins (cache and direct delivery) take the statuses as they are; device agents read their
- * protocol's own statuses first (device-agent.ts); report sinks treat every failed status as a
- * retryable ReportUploadError (report-store.ts).
+ * APK origins (cache and direct delivery) take these status verdicts as they are. Device agents and
+ * report sinks take only the thrown-request mapping and the 2xx test from here: an agent maps the
+ * other statuses by its protocol (device-agent.ts; a status it does not know, 401 included, is a
+ * retryable AgentUnavailable), and a sink retries every failed status as ReportUploadError
+ * (report-store.ts).
  */
 import { ApkDownloadError, ApkFetchRejectedError, ApkNotFoundError, TraversalError } from '../contract/errors';
 import { MAX_REDIRECTS, refusedFor, UrlRefusedError } from './url-policy';

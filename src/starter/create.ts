@@ -34,7 +34,7 @@ export interface StarterOptions {
 }
 
 /** The run policy a starter puts into every request, from the settings the starter reads. */
-export function runPolicyFor(config: Config): RunPolicy {
+function runPolicyFor(config: Config): RunPolicy {
   return {
     heartbeatTimeoutMs: config.heartbeatTimeoutMs,
     maxAttempts: config.maxAttempts,
@@ -48,6 +48,9 @@ export function runPolicyFor(config: Config): RunPolicy {
 /** A task bridge configured from `config`; not started (call `start()`). */
 export function createStarter(opts: StarterOptions): TaskBridge {
   const { config } = opts;
+  // The registry file is read at most once, for the agents and the URL policy alike.
+  const registry =
+    opts.agents && opts.urlPolicy ? undefined : loadDeviceRegistry(config.deviceRegistry, config.defaultAgentUrl);
   return new TaskBridge({
     redis: opts.redis,
     blocking: opts.blocking,
@@ -55,8 +58,8 @@ export function createStarter(opts: StarterOptions): TaskBridge {
     taskQueue: config.taskQueue,
     starterId: config.starterId,
     concurrency: config.starterConcurrency,
-    agents: opts.agents ?? loadDeviceRegistry(config.deviceRegistry, config.defaultAgentUrl),
-    urlPolicy: opts.urlPolicy ?? urlPolicyFor(config),
+    agents: opts.agents ?? registry!,
+    urlPolicy: opts.urlPolicy ?? urlPolicyFor(config, {}, registry),
     extraArgs: extraArgsPolicyFor(config),
     keyPrefix: opts.keyPrefix ?? config.redisKeyPrefix,
     deployment: config.deployment,

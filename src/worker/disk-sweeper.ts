@@ -21,6 +21,7 @@ import { recordedRuns } from '../activities/traversal/process-group';
 import { readJournals } from '../activities/traversal/attempt-journal';
 import { parseWorkflowId } from '../contract/messages';
 import type { Metrics } from '../metrics';
+import { dataFolders } from '../config';
 
 /** Options of the sweeper. */
 export interface DiskSweeperOptions {
@@ -130,7 +131,7 @@ export class DiskSweeper {
   }
 
   private async sweepRuns(): Promise<SweepReport['runs']> {
-    const runsDir = path.join(this.opts.dataDir, 'runs');
+    const runsDir = dataFolders(this.opts.dataDir).runs;
     const folders = await listRunFolders(runsDir);
     const out = { removed: 0, bytes: 0, active: 0, totalBytes: folders.reduce((n, f) => n + f.bytes, 0) };
     let active = await this.activeRuns();
@@ -176,7 +177,7 @@ export class DiskSweeper {
   private async activeRuns(): Promise<Set<string>> {
     const ids = [
       ...(await readJournals(this.opts.dataDir)).flatMap((j) => j.attempts.map((a) => a.workflowId)),
-      ...(await recordedRuns(path.join(this.opts.dataDir, 'pids'))).map((r) => r.workflowId),
+      ...(await recordedRuns(dataFolders(this.opts.dataDir).pids)).map((r) => r.workflowId),
     ];
     const runs = new Set<string>();
     for (const id of ids) {

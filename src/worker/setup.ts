@@ -10,7 +10,6 @@
 import type { Client } from '@temporalio/client';
 import { Worker, type NativeConnection, type WorkflowBundleOption } from '@temporalio/worker';
 import type Redis from 'ioredis';
-import path from 'node:path';
 import type { Dispatcher } from 'undici';
 import { urlPolicyFor } from '../device-registry';
 import { createDispatcher } from '../net/dispatcher';
@@ -19,7 +18,7 @@ import { createActivities } from '../activities';
 import { ApkCache } from '../apk-cache';
 import { endOrphanedRuns } from '../activities/traversal/process-group';
 import { ArtifactServer, artifactInstallUrl } from './artifact-server';
-import type { Config } from '../config';
+import { dataFolders, type Config } from '../config';
 import { DiskSweeper } from './disk-sweeper';
 import { budgetQuery, progressSignal } from '../contract/messages';
 import { Metrics } from '../metrics';
@@ -96,13 +95,14 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
   let artifactUrl = config.artifactPublicUrl.replace(/\/+$/, '');
 
   // A worker that died left its traversal processes running; end them before taking new work.
-  await endOrphanedRuns(path.join(config.dataDir, 'pids'), config.killGraceMs, opts.log && { warn: opts.log });
+  await endOrphanedRuns(dataFolders(config.dataDir).pids, config.killGraceMs, opts.log && { warn: opts.log });
 
   // Only once those processes are gone: fail the attempts a dead worker was running, so their retries
   // start now (from the last heartbeat's checkpoint) instead of after the heartbeat timeout.
   const identity = opts.identity ?? `${process.pid}@${os.hostname()}`;
+  const journalFolder = journalDir(config.dataDir);
   const journal = new AttemptJournal({
-    dir: journalDir(config.dataDir),
+    dir: journalFolder,
     identity,
     namespace: opts.namespace,
     log: opts.log,
@@ -110,7 +110,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
   await journal.open();
   const sweepAbort = new AbortController();
   const sweep = await failDeadWorkerAttempts({
-    dir: journalDir(config.dataDir),
+    dir: journalFolder,
     client: opts.client,
     namespace: opts.namespace,
     identity,

@@ -29,7 +29,8 @@ import type { Info } from '@temporalio/activity';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { processStartTime } from './process-group';
+import { OWN_START, processStartTime } from './process-group';
+import { dataFolders } from '../../config';
 
 /** Failure type of an attempt failed because its worker died; retryable. */
 export const WORKER_LOST = 'WorkerLost';
@@ -42,7 +43,7 @@ const FAIL_CALL_DEADLINE_MS = 10_000;
 
 /** The folder of worker journals under a data folder. */
 export function journalDir(dataDir: string): string {
-  return path.join(dataDir, 'workers');
+  return dataFolders(dataDir).workers;
 }
 
 /** One running attempt as recorded in a journal. */
@@ -86,7 +87,7 @@ let own: Promise<WorkerFacts> | undefined;
 export function ownFacts(): Promise<WorkerFacts> {
   own ??= (async () => ({
     pid: process.pid,
-    startTime: await processStartTime(process.pid),
+    startTime: await OWN_START,
     pidNamespace: await fsp.readlink('/proc/self/ns/pid').catch(() => undefined),
     bootId: await fsp
       .readFile('/proc/sys/kernel/random/boot_id', 'utf8')

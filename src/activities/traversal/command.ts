@@ -62,11 +62,6 @@ export function usesControlFile(command: string[]): boolean {
   return command.some((a) => a.includes('{controlFile}'));
 }
 
-/** The extra-args allow-list of a template, checked against the template's own arguments. */
-export function extraArgsPolicy(t: CommandTemplate): ExtraArgsPolicy {
-  return new ExtraArgsPolicy(t.extraArgs ?? '', [...t.command, ...t.resumeArgs]);
-}
-
 /** Throws InvalidTaskError for extraArgs the allow-list refuses or a duration that is no number of seconds. */
 export function checkRequest(policy: ExtraArgsPolicy, req: CommandRequest): void {
   const refused = policy.check(req.extraArgs ?? []);

@@ -217,8 +217,8 @@ export async function processStartTime(pid: number): Promise<string | undefined>
   }
 }
 
-/** This process's start time, read once. */
-const OWN_START = processStartTime(process.pid);
+/** This process's start time, read once (the attempt journal records the same value). */
+export const OWN_START = processStartTime(process.pid);
 
 /** True when the worker that recorded a run is still that same living process. */
 async function workerAlive(rec: RunRecord): Promise<boolean> {

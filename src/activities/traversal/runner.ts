@@ -21,7 +21,8 @@ import { Context } from '@temporalio/activity';
 import type { ProgressUpdate, TraversalBudget } from '../../contract/messages';
 import type { Metrics } from '../../metrics';
 import type { ReportStore } from '../report-store';
-import { checkRequest, extraArgsPolicy, type CommandRequest } from './command';
+import { extraArgsPolicyFor } from '../../contract/extra-args';
+import { checkRequest, type CommandRequest } from './command';
 import { runOne } from './run';
 
 /** Options of the traversal runner. */
@@ -106,7 +107,11 @@ export interface TraversalCheckpoint {
 /** Builds the runTraversal activity. */
 export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
   let running = 0;
-  const extraArgs = extraArgsPolicy(deps);
+  const extraArgs = extraArgsPolicyFor({
+    traversalExtraArgs: deps.extraArgs ?? '',
+    traversalCommand: deps.command,
+    traversalResumeArgs: deps.resumeArgs,
+  });
   return {
     /** Runs the traversal command to the end, heartbeating its progress; resumes from the last checkpoint on retry. */
     async runTraversal(input: RunTraversalInput): Promise<RunTraversalResult> {
