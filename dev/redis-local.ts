@@ -42,18 +42,16 @@ export async function startRedis(opts: {
       (exitNote = `${err.message}; install it (Debian: apt-get install redis-server) or set REDIS_URL to a running Redis`),
   );
   child.once('exit', (code, sig) => (exitNote ??= `exit ${code ?? sig}`));
-  await waitForPort('127.0.0.1', opts.port, 30_000, 'redis-server', () => exitNote);
-  let stopped = false;
-  return {
-    url: `redis://127.0.0.1:${opts.port}`,
-    port: opts.port,
-    process: child,
-    async stop() {
-      if (stopped) return;
-      stopped = true;
-      await stopProcess(child);
-    },
-  };
+  let stopping: Promise<void> | undefined;
+  // A second call waits for the same stop, so no caller returns before the server has exited.
+  const stop = () => (stopping ??= stopProcess(child));
+  try {
+    await waitForPort('127.0.0.1', opts.port, 30_000, 'redis-server', () => exitNote);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { url: `redis://127.0.0.1:${opts.port}`, port: opts.port, process: child, stop };
 }
 
 /** Uses the Redis at `url` when reachable; otherwise starts one on that port when the URL is local. */

@@ -119,18 +119,15 @@ export async function startDevServer(opts: DevServerOptions = {}): Promise<DevSe
   child.once('exit', (code, sig) => (exitNote = `exit ${code ?? sig}${opts.logFile ? `; see ${opts.logFile}` : ''}`));
   child.once('error', (err) => (exitNote = err.message));
   const address = `${ip}:${port}`;
-  let stopped = false;
+  let stopping: Promise<void> | undefined;
   const server: DevServer = {
     address,
     namespace,
     uiUrl: uiPort === 0 ? undefined : `http://${ip}:${uiPort}`,
     process: child,
     cli,
-    async stop() {
-      if (stopped) return;
-      stopped = true;
-      await stopProcess(child);
-    },
+    // A second call waits for the same stop, so no caller returns before the server has exited.
+    stop: () => (stopping ??= stopProcess(child)),
   };
   try {
     const timeout = opts.startTimeoutMs ?? 90_000;
