@@ -167,6 +167,26 @@ export interface WorkerProc {
 }
 
 /**
+ * The environment every local worker or starter shares: the servers, the task queue, loopback on
+ * the URL policy's allow-list (the origin and agents listen there, which it refuses otherwise) and
+ * the simulator's speed and finding knobs as allowed extra arguments.
+ */
+export function localServiceEnv(s: {
+  temporalAddress: string;
+  redisUrl: string;
+  taskQueue: string;
+}): Record<string, string> {
+  return {
+    TEMPORAL_ADDRESS: s.temporalAddress,
+    TEMPORAL_NAMESPACE: 'default',
+    REDIS_URL: s.redisUrl,
+    TASK_QUEUE: s.taskQueue,
+    DT_ALLOWED_HOSTS: '127.0.0.1',
+    DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
+  };
+}
+
+/**
  * Starts `node lib/src/worker.js` with the prebuilt bundle and waits until it is ready: its artifact
  * server listens only once the Temporal worker exists (src/worker/setup.ts), so an open port means
  * ready whatever DT_LOG_LEVEL says.
@@ -179,19 +199,12 @@ export async function startWorkerProc(scope: Scope, opts: WorkerProcOptions): Pr
     scope,
     graceMs: 15_000,
     env: {
-      TEMPORAL_ADDRESS: opts.temporalAddress,
-      TEMPORAL_NAMESPACE: 'default',
-      REDIS_URL: opts.redisUrl,
-      TASK_QUEUE: opts.taskQueue,
+      ...localServiceEnv(opts),
       DT_DATA_DIR: opts.dataDir,
       DT_ARTIFACT_HOST: '127.0.0.1',
       DT_ARTIFACT_PORT: String(port),
       DT_SDK_METRICS_PORT: '0',
       DT_WORKFLOW_BUNDLE: BUNDLE_JS,
-      // Origin and agents listen on loopback, which the URL policy refuses unless allow-listed.
-      DT_ALLOWED_HOSTS: '127.0.0.1',
-      // Benchmark requests drive the simulator's speed and finding knobs.
-      DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
       ...opts.env,
     },
   });

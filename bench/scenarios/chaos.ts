@@ -28,12 +28,11 @@ import { loadConfig, PROJECT_ROOT } from '../../src/config';
 import { traversalWorkflowId, type TraversalResult } from '../../src/contract/messages';
 import { AgentSimulator } from '../../sim/agent-sim';
 import { ApkOrigin } from '../../sim/origin';
-import { SIM_EXTRA_ARGS } from '../../sim/traversal-sim-args';
 import { createStarter } from '../../src/starter/create';
 import { mdTable, median, MiB, parseOptions, percentile, round, say, type ScenarioRun } from '../lib/report';
 import { Scope } from '../../dev/scope';
 import { currentBundleFile } from '../../dev/bundle';
-import { APK_DIR, startLocalRedis, startSourceProcess, startTemporal } from '../../dev/services';
+import { APK_DIR, localServiceEnv, startLocalRedis, startSourceProcess, startTemporal } from '../../dev/services';
 
 const DEVICES = ['chaos-1', 'chaos-2', 'chaos-3', 'chaos-4', 'chaos-5'];
 const APK_COUNT = 3;
@@ -127,10 +126,7 @@ export const run: ScenarioRun = async ({ args }) => {
     const bundleFile = await currentBundleFile();
     const taskQueue = 'chaos';
     const workerEnv = {
-      TEMPORAL_ADDRESS: temporal.address,
-      TEMPORAL_NAMESPACE: 'default',
-      REDIS_URL: redisLocal.url,
-      TASK_QUEUE: taskQueue,
+      ...localServiceEnv({ temporalAddress: temporal.address, redisUrl: redisLocal.url, taskQueue }),
       DT_DATA_DIR: path.join(workDir, 'worker'),
       DT_ARTIFACT_PORT: '0',
       DT_WORKFLOW_BUNDLE: bundleFile,
@@ -139,9 +135,6 @@ export const run: ScenarioRun = async ({ args }) => {
       DT_KILL_GRACE: '2s',
       DT_DEVICE_CHECK_INTERVAL: '2s',
       DT_LOG_LEVEL: 'info',
-      // Origin and agent listen on loopback, which the URL policy refuses unless allow-listed.
-      DT_ALLOWED_HOSTS: '127.0.0.1',
-      DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
     };
     const logFile = path.join(workDir, 'worker.log');
     const startWorker = () => startSourceProcess('worker', workerEnv, { logFile, graceMs: 15_000 });
