@@ -6,6 +6,7 @@
  */
 import { requestTraversal } from '../src/starter/task-bridge';
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import Redis from 'ioredis';
 import path from 'node:path';
@@ -23,19 +24,10 @@ import {
 } from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
 import { starterKeys } from '../src/contract/redis-keys';
-import {
-  devServerOnFile,
-  pendingActivity,
-  sleep,
-  spawnStarter,
-  spawnWorker,
-  TcpProxy,
-  waitFor,
-  type Proc,
-} from './support/procs';
+import { devServerOnFile, pendingActivity, spawnStarter, spawnWorker, TcpProxy, type Proc } from './support/procs';
 import { enqueueSignals } from './support/history';
 import { FaultSuite, MiB } from './support/fault-suite';
-import { waitForResult } from '../dev/wait';
+import { waitFor, waitForResult } from '../dev/wait';
 import { startStack, type Stack } from '../dev/stack';
 
 describe('starters killed: every task is started exactly once', function () {

@@ -31,13 +31,11 @@ import {
   spawnStarter,
   spawnWorker,
   timeoutTypeName,
-  traversalPids,
-  waitFor,
   type PendingActivity,
 } from './support/procs';
 import { activityStarts, eventMs } from './support/history';
 import { assertInstalledOnce, faultRequest, FaultSuite, HEARTBEAT_MS, LONG_SEC, MiB } from './support/fault-suite';
-import { waitForResult } from '../dev/wait';
+import { traversalPids, waitFor, waitForResult } from '../dev/wait';
 
 /** DT_STICKY_TIMEOUT of the workers here, well apart from the SDK's default of 10 s. */
 const STICKY_MS = 2000;

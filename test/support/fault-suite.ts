@@ -18,7 +18,8 @@ import type { AgentSimulator } from '../../sim/agent-sim';
 import { ApkOrigin, type ApkInfo } from '../../sim/origin';
 import { connectClients, type Clients } from '../../dev/clients';
 import { APK_DIR } from '../../dev/services';
-import { traversalPids, type Proc } from './procs';
+import type { Proc } from './procs';
+import { traversalPids } from '../../dev/wait';
 
 /** A mebibyte, bytes. */
 export const MiB = 1024 * 1024;
