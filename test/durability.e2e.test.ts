@@ -28,9 +28,9 @@ import { AgentSimulator } from '../sim/agent-sim';
 import { ApkOrigin, type ApkInfo } from '../sim/origin';
 import { requestTraversal } from '../src/starter/task-bridge';
 import { startHttpSink, type HttpSink } from './support/http-sink';
-import { pendingActivity, pidAlive, spawnWorker, traversalPids, waitFor, type Proc } from './support/procs';
+import { pendingActivity, pidAlive, spawnWorker, type Proc } from './support/procs';
 import { startStack, type Stack } from '../dev/stack';
-import { waitForResult } from '../dev/wait';
+import { traversalPids, waitFor, waitForResult } from '../dev/wait';
 
 const MiB = 1024 * 1024;
 const EventType = temporal.api.enums.v1.EventType;

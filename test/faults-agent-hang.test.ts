@@ -12,10 +12,10 @@ import path from 'node:path';
 import { runDir } from '../src/activities/traversal/run';
 import { AgentSimulator } from '../sim/agent-sim';
 import type { ApkInfo } from '../sim/origin';
-import { pidAlive, spawnWorker, TcpProxy, traversalPids, waitFor } from './support/procs';
+import { pidAlive, spawnWorker, TcpProxy } from './support/procs';
 import { activityStarts } from './support/history';
 import { faultRequest, FaultSuite, HEARTBEAT_MS, MiB } from './support/fault-suite';
-import { waitForResult } from '../dev/wait';
+import { traversalPids, waitFor, waitForResult } from '../dev/wait';
 
 describe('a hung jar on a host cut off from Temporal', function () {
   const suite = new FaultSuite('hang');

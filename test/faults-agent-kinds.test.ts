@@ -21,7 +21,8 @@ import {
 } from '../src/contract/messages';
 import { DEVICE_HEALTH } from '../src/contract/search-attributes';
 import { requestTraversal } from '../src/starter/task-bridge';
-import { pidAlive, traversalPids, waitFor } from './support/procs';
+import { pidAlive } from './support/procs';
+import { traversalPids, waitFor } from '../dev/wait';
 import { startStack, type Stack } from '../dev/stack';
 
 const MiB = 1024 * 1024;

@@ -16,7 +16,8 @@ import {
   type TraversalRequest,
 } from '../src/contract/messages';
 import { DEVICE_HEALTH } from '../src/contract/search-attributes';
-import { pidAlive, traversalPids, waitFor } from './support/procs';
+import { pidAlive } from './support/procs';
+import { traversalPids, waitFor } from '../dev/wait';
 import { startStack, type Stack } from '../dev/stack';
 
 const MiB = 1024 * 1024;

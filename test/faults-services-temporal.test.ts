@@ -5,52 +5,38 @@
  */
 import assert from 'node:assert/strict';
 import { Client, Connection } from '@temporalio/client';
-import Redis from 'ioredis';
-import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { PROJECT_ROOT } from '../src/config';
 import { startDevServer, type DevServer } from '../dev/temporal-dev';
 import { deviceWorkflowId } from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
-import { ApkOrigin } from '../sim/origin';
 import { starterKeys } from '../src/contract/redis-keys';
 import { enqueueSignals } from './support/history';
-import { devServerOnFile, spawnStarter, spawnWorker, type Proc } from './support/procs';
+import { devServerOnFile, spawnStarter, spawnWorker } from './support/procs';
+import { FaultSuite, MiB } from './support/fault-suite';
 import { waitFor, waitForResult } from '../dev/wait';
 
-const MiB = 1024 * 1024;
-
 describe('starters while the Temporal server restarts', function () {
-  const id = randomUUID().slice(0, 8);
-  const dir = mkdtempSync(path.join(os.tmpdir(), `dt-faults-t-${id}-`));
-  const logDir = path.join(dir, 'logs');
-  const prefix = `ft${id}:`;
-  const taskQueue = `faults-t-${id}`;
+  const suite = new FaultSuite('t');
+  const { dir, logDir, prefix, taskQueue, procs } = suite;
   const devices = ['tr-1', 'tr-2', 'tr-3'];
-  const procs: Proc[] = [];
   let server: DevServer | undefined;
-  let redis: Redis;
-  let origin: ApkOrigin;
+  let apkUrl: string;
   let agent: AgentSimulator;
 
   before(async function () {
-    redis = new Redis(process.env.TEST_REDIS_URL!);
-    origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
-    await origin.start();
-    await origin.addApk('faults-tr.apk', 1 * MiB);
+    await suite.start();
+    ({ url: apkUrl } = await suite.addApk('faults-tr.apk', 1 * MiB));
     agent = new AgentSimulator({ devices, coldStartMs: [100, 200] });
     await agent.start();
   });
   after(async function () {
-    await Promise.all(procs.map((p) => p.stop()));
-    await Promise.all([server?.stop(), agent?.close(), origin?.close()]);
-    redis?.disconnect();
-    rmSync(dir, { recursive: true, force: true });
+    await suite.stopProcs();
+    await Promise.all([server?.stop(), agent?.close()]);
+    await suite.close();
   });
 
   it('tasks queued while the server is down are bridged once it is back: none lost, none dead-lettered, each run once', async function () {
+    const { redis } = suite;
     const serverOptions = await devServerOnFile(dir, logDir);
     server = await startDevServer(serverOptions);
     const service = {
@@ -72,7 +58,7 @@ describe('starters while the Temporal server restarts', function () {
       taskId,
       deviceId,
       agentUrl: agent.url,
-      apkUrl: origin.url('faults-tr.apk'),
+      apkUrl,
       packageName: `com.example.${taskId.replace(/\W/g, '')}`,
       traversal: { durationSec: 1, extraArgs: ['--tick-ms', '50'] },
     });

@@ -6,10 +6,10 @@
  */
 import { requestTraversal } from '../src/starter/task-bridge';
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
 import Redis from 'ioredis';
 import path from 'node:path';
-import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/net/ports';
 import { startRedis, type LocalRedis } from '../dev/redis-local';
 import { startDevServer, type DevServer } from '../dev/temporal-dev';
@@ -23,21 +23,11 @@ import {
   type TraversalResult,
 } from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
-import { ApkOrigin } from '../sim/origin';
 import { starterKeys } from '../src/contract/redis-keys';
-import {
-  devServerOnFile,
-  pendingActivity,
-  sleep,
-  spawnStarter,
-  spawnWorker,
-  TcpProxy,
-  waitFor,
-  type Proc,
-} from './support/procs';
+import { devServerOnFile, pendingActivity, spawnStarter, spawnWorker, TcpProxy, type Proc } from './support/procs';
 import { enqueueSignals } from './support/history';
 import { FaultSuite, MiB } from './support/fault-suite';
-import { waitForResult } from '../dev/wait';
+import { waitFor, waitForResult } from '../dev/wait';
 import { startStack, type Stack } from '../dev/stack';
 
 describe('starters killed: every task is started exactly once', function () {
@@ -130,7 +120,7 @@ describe('starters killed: every task is started exactly once', function () {
     await stopStarters();
     const [a, b] = [await starter('one-a'), await starter('one-b')];
     const tasks = Array.from({ length: 16 }, (_, i) => task(`s-one-${i}`, devices[i % devices.length]!));
-    await stack.redis.lpush(`${stack.prefix}traversal:tasks`, ...tasks.map((t) => JSON.stringify(t)));
+    await stack.redis.lpush(starterKeys('one-a', stack.prefix).tasks, ...tasks.map((t) => JSON.stringify(t)));
     const results = await Promise.all(tasks.map((t) => stack.waitResult(t.taskId, t.deviceId)));
     for (const r of results) assert.equal(r.status, 'completed', `${r.taskId}: ${JSON.stringify(r.error)}`);
     const byTask = await senders(tasks);
@@ -152,7 +142,7 @@ describe('starters killed: every task is started exactly once', function () {
     const ids = ['pair-a', 'pair-b'];
     const [a, b] = [await starter(ids[0]!), await starter(ids[1]!)];
     const tasks = Array.from({ length: 16 }, (_, i) => task(`s-pair-${i}`, devices[i % devices.length]!));
-    await stack.redis.lpush(`${stack.prefix}traversal:tasks`, ...tasks.map((t) => JSON.stringify(t)));
+    await stack.redis.lpush(starterKeys(ids[0]!, stack.prefix).tasks, ...tasks.map((t) => JSON.stringify(t)));
     await a!.waitForLog('traversal requested', 10_000);
     await a!.kill('SIGKILL');
     const a2 = await starter(ids[0]!);
@@ -185,17 +175,17 @@ describe('starters killed: every task is started exactly once', function () {
     // Alone on the queue, so its counters account for every task.
     await stopStarters();
     const first = await starter('graceful');
+    const keys = starterKeys('graceful', stack.prefix);
     const tasks = Array.from({ length: 40 }, (_, i) => task(`s-term-${i}`, devices[i % devices.length]!));
-    await stack.redis.lpush(`${stack.prefix}traversal:tasks`, ...tasks.map((t) => JSON.stringify(t)));
+    await stack.redis.lpush(keys.tasks, ...tasks.map((t) => JSON.stringify(t)));
     await first.waitForLog('traversal requested', 10_000);
     await first.kill('SIGTERM');
     assert.equal((await first.exited).code, 0, 'exit code 0');
     const stopped = first.logs().find((l) => l.msg === 'starter stopped');
     assert.ok(stopped, 'logged "starter stopped" with its counters');
     // Whatever it took it either handed to Temporal or left in its processing list; nothing in between.
-    const processing = starterKeys('graceful', stack.prefix).processing;
-    const left = (await stack.redis.lrange(processing, 0, -1)).length;
-    const queued = await stack.redis.llen(`${stack.prefix}traversal:tasks`);
+    const left = (await stack.redis.lrange(keys.processing, 0, -1)).length;
+    const queued = await stack.redis.llen(keys.tasks);
     assert.equal(
       Number(stopped.started) + left + queued,
       tasks.length,
@@ -210,33 +200,29 @@ describe('starters killed: every task is started exactly once', function () {
       const installs = stack.agent.calls.filter((c) => c.op === 'install' && c.packageName === t.packageName);
       assert.equal(installs.length, 1, `${t.taskId} ran once`);
     }
-    assert.equal(await stack.redis.llen(processing), 0);
+    assert.equal(await stack.redis.llen(keys.processing), 0);
   });
 });
 
 describe('the Temporal server and Redis killed and restarted', function () {
   const suite = new FaultSuite('s');
   const { id, dir, logDir, prefix, procs } = suite;
-  let results: Redis;
 
   before(async function () {
-    results = new Redis(process.env.TEST_REDIS_URL!);
+    await suite.start();
   });
   after(async function () {
     await suite.stopProcs();
-    results?.disconnect();
     await suite.close();
   });
 
   const waitResult = (taskId: string, deviceId: string, timeoutMs = 120_000): Promise<TraversalResult> =>
-    waitForResult(results, prefix, taskId, deviceId, timeoutMs);
+    waitForResult(suite.redis, prefix, taskId, deviceId, timeoutMs);
 
   it('the dev server killed and restarted on the same database file: running traversals continue to completion', async function () {
     const serverOptions = await devServerOnFile(dir, logDir);
     let server: DevServer = await startDevServer(serverOptions);
-    const origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
-    await origin.start();
-    await origin.addApk('faults-srv.apk', 1 * MiB);
+    const apk = await suite.addApk('faults-srv.apk', 1 * MiB);
     const agent = new AgentSimulator({ devices: ['srv-1', 'srv-2'], coldStartMs: [100, 200] });
     await agent.start();
     const connection = await Connection.connect({ address: server.address });
@@ -257,7 +243,7 @@ describe('the Temporal server and Redis killed and restarted', function () {
           taskId: `srv-${deviceId}`,
           deviceId,
           agentUrl: agent.url,
-          apkUrl: origin.url('faults-srv.apk'),
+          apkUrl: apk.url,
           packageName: 'com.example.srv',
           traversal: { durationSec: 6, extraArgs: ['--tick-ms', '100'] },
           policy: { heartbeatTimeoutMs: 5000, initialRetryMs: 200, maxAttempts: 3, measureLaunch: false },
@@ -288,7 +274,7 @@ describe('the Temporal server and Redis killed and restarted', function () {
     } finally {
       await connection.close();
       await Promise.all(procs.map((p) => p.stop()));
-      await Promise.all([server.stop(), agent.close(), origin.close()]);
+      await Promise.all([server.stop(), agent.close()]);
     }
   });
 
@@ -296,17 +282,14 @@ describe('the Temporal server and Redis killed and restarted', function () {
     const port = await freePort();
     const redisDir = path.join(dir, 'redis');
     let redisServer: LocalRedis = await startRedis({ port, dir: redisDir });
-    const origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
-    await origin.start();
-    await origin.addApk('faults-rd.apk', 1 * MiB);
+    const apk = await suite.addApk('faults-rd.apk', 1 * MiB);
     const devices = ['rd-1', 'rd-2', 'rd-3'];
     const agent = new AgentSimulator({ devices, coldStartMs: [100, 200] });
     await agent.start();
     // The test reads and writes through its own client; it must survive the outage too.
     const redis = new Redis(redisServer.url, { maxRetriesPerRequest: null, retryStrategy: () => 200 });
     redis.on('error', () => undefined);
-    const connection = await Connection.connect({ address: process.env.TEST_TEMPORAL_ADDRESS! });
-    const client = new Client({ connection });
+    const { client } = suite;
     // The starter reaches Temporal through a proxy, so the test can hold its requests.
     const proxy = new TcpProxy('127.0.0.1', Number(process.env.TEST_TEMPORAL_ADDRESS!.split(':')[1]));
     const viaProxy = await proxy.start();
@@ -339,7 +322,7 @@ describe('the Temporal server and Redis killed and restarted', function () {
           taskId,
           deviceId,
           agentUrl: agent.url,
-          apkUrl: origin.url('faults-rd.apk'),
+          apkUrl: apk.url,
           packageName: `com.example.${taskId.replace(/\W/g, '')}`,
           traversal: { durationSec, extraArgs: ['--tick-ms', '100'] },
         });
@@ -451,8 +434,7 @@ describe('the Temporal server and Redis killed and restarted', function () {
       await proxy.close();
       await Promise.all(procs.map((p) => p.stop()));
       redis.disconnect();
-      await connection.close();
-      await Promise.all([agent.close(), origin.close(), redisServer.stop()]);
+      await Promise.all([agent.close(), redisServer.stop()]);
     }
   });
 });

@@ -12,7 +12,8 @@ import { randomUUID } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { resultKey } from '../src/contract/redis-keys';
+import { resultKey, starterKeys } from '../src/contract/redis-keys';
+import { runDir } from '../src/activities/traversal/run';
 import { WORKER_LOST } from '../src/activities/traversal/attempt-journal';
 import { PROJECT_ROOT } from '../src/config';
 import {
@@ -30,13 +31,11 @@ import {
   spawnStarter,
   spawnWorker,
   timeoutTypeName,
-  traversalPids,
-  waitFor,
   type PendingActivity,
 } from './support/procs';
 import { activityStarts, eventMs } from './support/history';
 import { assertInstalledOnce, faultRequest, FaultSuite, HEARTBEAT_MS, LONG_SEC, MiB } from './support/fault-suite';
-import { waitForResult } from '../dev/wait';
+import { traversalPids, waitFor, waitForResult } from '../dev/wait';
 
 /** DT_STICKY_TIMEOUT of the workers here, well apart from the SDK's default of 10 s. */
 const STICKY_MS = 2000;
@@ -233,7 +232,7 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     procs.push(starter);
     let worker = await startWorker(taskQueue, 'max');
     await suite.redis.lpush(
-      `${prefix}traversal:tasks`,
+      starterKeys(`max-${id}`, prefix).tasks,
       JSON.stringify({
         taskId,
         deviceId,
@@ -284,8 +283,8 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
   it('a worker killed after it spawned the jar and before it recorded the pid: the next worker on the host finds the jar by its run marker and ends it at start-up', async function () {
     const { taskQueue, deviceId, taskId, agent } = await lane('spawn');
     const dataDir = path.join(root, 'spawn');
-    const runDir = path.join(dataDir, 'runs', taskId, deviceId);
-    mkdirSync(path.join(runDir, 'report'), { recursive: true });
+    const run = runDir(path.join(dataDir, 'runs'), taskId, deviceId);
+    mkdirSync(path.join(run, 'report'), { recursive: true });
     // What such a kill leaves: the record written before the spawn (no pid yet), and the jar itself,
     // started as the runner starts it (own process group, the device and run markers).
     const runId = randomUUID();
@@ -303,11 +302,11 @@ describe('a worker killed at the edges of a run: inside the launch, between deci
     );
     const jarArgs = [
       ...['-jar', path.join(PROJECT_ROOT, '.tools', 'traversal-sim.jar'), '--device', deviceId, '--agent', agent.url],
-      ...['--package', 'com.example.spawn', '--out', path.join(runDir, 'report'), '--duration', String(LONG_SEC)],
+      ...['--package', 'com.example.spawn', '--out', path.join(run, 'report'), '--duration', String(LONG_SEC)],
       ...['--tick-ms', '100'],
     ];
     const jar = spawn('java', jarArgs, {
-      cwd: runDir,
+      cwd: run,
       detached: true,
       stdio: 'ignore',
       env: { ...process.env, DT_TRAVERSAL_DEVICE: deviceId, DT_TRAVERSAL_RUN: runId },

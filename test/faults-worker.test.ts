@@ -11,17 +11,9 @@ import { JOURNAL_LEASE_STALE_MS, WORKER_LOST } from '../src/activities/traversal
 import { budgetSignal, type TraversalRequest, type TraversalResult } from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
 import type { ApkInfo } from '../sim/origin';
-import {
-  pendingActivity,
-  pidAlive,
-  runningAt,
-  spawnWorker,
-  traversalPids,
-  waitFor,
-  workerJournals,
-} from './support/procs';
+import { pendingActivity, pidAlive, runningAt, spawnWorker, workerJournals } from './support/procs';
 import { assertInstalledOnce, faultRequest, FaultSuite, HEARTBEAT_MS, LONG_SEC, MiB } from './support/fault-suite';
-import { waitForResult } from '../dev/wait';
+import { traversalPids, waitFor, waitForResult } from '../dev/wait';
 
 /** The default heartbeat timeout (DT_HEARTBEAT_TIMEOUT), which a same-host restart must not wait for. */
 const DEFAULT_HEARTBEAT_MS = 30_000;

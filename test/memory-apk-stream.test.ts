@@ -12,12 +12,13 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { promises as fsp, readFileSync } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { PROJECT_ROOT } from '../src/config';
 import { ApkOrigin } from '../sim/origin';
+import { mib, readMemory } from '../dev/rss';
 
 const MiB = 1024 * 1024;
 const APK_BYTES = 1024 * MiB;
@@ -52,14 +53,12 @@ process.on('message', async (m) => {
 server.start().then((base) => process.send({ op: 'ready', base }));
 `;
 
-/** Resident memory figures of a process, bytes. */
+/** Resident memory figures of the child, bytes; fails the test once it is gone. */
 function memoryOf(pid: number): { rss: number; hwm: number } {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)![1]) * 1024;
-  return { rss: kb('VmRSS'), hwm: kb('VmHWM') };
+  const m = readMemory(pid);
+  assert.ok(m, `no memory figures for pid ${pid}: the child is gone`);
+  return m;
 }
-
-const mib = (n: number) => `${(n / MiB).toFixed(0)} MiB`;
 
 describe('APK memory', function () {
   this.timeout(180_000);
@@ -134,7 +133,11 @@ describe('APK memory', function () {
     const served = await new Promise<{ sha256: string; bytes: number }>((resolve, reject) => {
       http
         .get(`${base}/apk/${downloaded.sha256}.apk`, { agent: false }, (res) => {
-          assert.equal(res.statusCode, 200);
+          if (res.statusCode !== 200) {
+            res.resume();
+            reject(new Error(`the artifact server answered ${res.statusCode}, not 200`));
+            return;
+          }
           const hash = createHash('sha256');
           let bytes = 0;
           res.on('data', (c: Buffer) => {

@@ -8,6 +8,7 @@
  * generous, for a busy machine, and the measured figures are printed.
  */
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
@@ -28,7 +29,6 @@ import { ApkOrigin } from '../sim/origin';
 import { createDispatcher } from '../src/net/dispatcher';
 
 const MiB = 1024 * 1024;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Reply {
   status: number;

@@ -7,56 +7,42 @@
  * not the starter's check of the task.
  */
 import assert from 'node:assert/strict';
-import type { Client } from '@temporalio/client';
-import type Redis from 'ioredis';
-import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { TraversalRequest } from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
-import { ApkOrigin } from '../sim/origin';
-import { requestTraversal } from '../src/starter/task-bridge';
-import { spawnWorker, type Proc } from './support/procs';
+import { spawnWorker } from './support/procs';
+import { FaultSuite } from './support/fault-suite';
 import { waitForResult } from '../dev/wait';
-import { connectClients, type Clients } from '../dev/clients';
 
 describe("agents of the device registry and DT_DEFAULT_AGENT_URL pass the worker's URL policy", function () {
   this.timeout(180_000);
-  const id = randomUUID().slice(0, 8);
-  const taskQueue = `tq-reg-${id}`;
-  const prefix = `treg${id}:`;
-  let tmp: string;
-  let origin: ApkOrigin;
+  const suite = new FaultSuite('reg');
+  const { taskQueue, prefix } = suite;
+  let apkUrl: string;
   /** Named in the registry file, on 127.0.0.3. */
   let registered: AgentSimulator;
   /** DT_DEFAULT_AGENT_URL, on 127.0.0.5. */
   let fallback: AgentSimulator;
   /** Named by no configuration, on 127.0.0.4: the kind of address the others have. */
   let stranger: AgentSimulator;
-  let worker: Proc | undefined;
-  let clients: Clients | undefined;
-  let client: Client;
-  let redis: Redis;
 
   before(async () => {
-    tmp = mkdtempSync(path.join(os.tmpdir(), 'dt-registry-'));
-    origin = new ApkOrigin({ dir: path.join(tmp, 'origin') });
-    await origin.start();
-    await origin.addApk('reg.apk', 64 * 1024);
+    await suite.start();
+    ({ url: apkUrl } = await suite.addApk('reg.apk', 64 * 1024));
     registered = new AgentSimulator({ devices: ['reg-1'], coldStartMs: [100, 200] });
     fallback = new AgentSimulator({ devices: ['def-1'], coldStartMs: [100, 200] });
     stranger = new AgentSimulator({ devices: ['rogue-1'], coldStartMs: [100, 200] });
     await registered.start(0, '127.0.0.3');
     await fallback.start(0, '127.0.0.5');
     await stranger.start(0, '127.0.0.4');
-    const registry = path.join(tmp, 'devices.json');
+    const registry = path.join(suite.dir, 'devices.json');
     writeFileSync(registry, JSON.stringify({ 'reg-1': registered.url }));
-    worker = await spawnWorker({
+    const worker = await spawnWorker({
       taskQueue,
       redisKeyPrefix: prefix,
-      logDir: path.join(tmp, 'logs'),
-      dataDir: path.join(tmp, 'data'),
+      logDir: suite.logDir,
+      dataDir: path.join(suite.dir, 'data'),
       env: {
         // Only the origin's address; the agents' addresses come from the registry and the default.
         DT_ALLOWED_HOSTS: '127.0.0.1',
@@ -64,15 +50,12 @@ describe("agents of the device registry and DT_DEFAULT_AGENT_URL pass the worker
         DT_DEFAULT_AGENT_URL: fallback.url,
       },
     });
-    clients = await connectClients();
-    ({ client, redis } = clients);
+    suite.procs.push(worker);
   });
   after(async () => {
-    await worker?.stop();
-    await clients?.close();
+    await suite.stopProcs();
     for (const s of [registered, fallback, stranger]) await s?.close();
-    await origin?.close();
-    if (tmp) rmSync(tmp, { recursive: true, force: true });
+    await suite.close();
   });
 
   function request(taskId: string, deviceId: string, agentUrl: string): TraversalRequest {
@@ -80,7 +63,7 @@ describe("agents of the device registry and DT_DEFAULT_AGENT_URL pass the worker
       taskId,
       deviceId,
       agentUrl,
-      apkUrl: origin.url('reg.apk'),
+      apkUrl,
       packageName: 'com.example.app',
       traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
       policy: { initialRetryMs: 200, heartbeatTimeoutMs: 10_000 },
@@ -89,11 +72,11 @@ describe("agents of the device registry and DT_DEFAULT_AGENT_URL pass the worker
   }
 
   it('a traversal through the registry agent and one through the default agent complete, though DT_ALLOWED_HOSTS lists neither', async () => {
-    await requestTraversal(client, taskQueue, request('reg-task', 'reg-1', registered.url));
-    await requestTraversal(client, taskQueue, request('def-task', 'def-1', fallback.url));
+    await suite.enqueue(request('reg-task', 'reg-1', registered.url));
+    await suite.enqueue(request('def-task', 'def-1', fallback.url));
     const [viaRegistry, viaDefault] = await Promise.all([
-      waitForResult(redis, prefix, 'reg-task', 'reg-1'),
-      waitForResult(redis, prefix, 'def-task', 'def-1'),
+      waitForResult(suite.redis, prefix, 'reg-task', 'reg-1'),
+      waitForResult(suite.redis, prefix, 'def-task', 'def-1'),
     ]);
     assert.equal(viaRegistry.status, 'completed', JSON.stringify(viaRegistry.error));
     assert.equal(viaDefault.status, 'completed', JSON.stringify(viaDefault.error));
@@ -102,8 +85,8 @@ describe("agents of the device registry and DT_DEFAULT_AGENT_URL pass the worker
   });
 
   it('a request naming an agent that no configuration lists, on the same kind of address, fails as UrlRefused and never reaches it', async () => {
-    await requestTraversal(client, taskQueue, request('rogue-task', 'rogue-1', stranger.url));
-    const r = await waitForResult(redis, prefix, 'rogue-task', 'rogue-1');
+    await suite.enqueue(request('rogue-task', 'rogue-1', stranger.url));
+    const r = await waitForResult(suite.redis, prefix, 'rogue-task', 'rogue-1');
     assert.equal(r.status, 'failed');
     assert.equal(r.error?.type, 'UrlRefused');
     assert.equal(r.error?.nonRetryable, true);

@@ -7,16 +7,13 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
 import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
-import Redis from 'ioredis';
-import { PROJECT_ROOT } from '../src/config';
+import { starterKeys } from '../src/contract/redis-keys';
 import { AgentSimulator } from '../sim/agent-sim';
-import { ApkOrigin } from '../sim/origin';
-import { spawnStarter, spawnWorker, type Proc } from './support/procs';
+import { spawnStarter, spawnWorker } from './support/procs';
+import { FaultSuite } from './support/fault-suite';
 import { waitForResult } from '../dev/wait';
 
 const hex = (n: number) => randomBytes(n).toString('hex');
@@ -109,25 +106,21 @@ function withoutPseudo(h: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders 
 
 describe('the Temporal API key, checked by a proxy in front of the server', function () {
   this.timeout(180_000);
-  const id = hex(4);
+  const suite = new FaultSuite('key');
+  const { id, prefix, taskQueue, procs } = suite;
   const key = `tk-${hex(16)}`;
-  const prefix = `tkey${id}:`;
-  const taskQueue = `tkey-${id}`;
   const deviceId = `key-${id}`;
-  let tmp: string;
   let proxy: KeyCheckingProxy;
   let address: string;
-  let origin: ApkOrigin;
+  let apkUrl: string;
   let agent: AgentSimulator;
-  let redis: Redis;
-  const procs: Proc[] = [];
 
   const service = (name: string, env: Record<string, string>) => ({
     temporalAddress: address,
     taskQueue,
     redisKeyPrefix: prefix,
-    logDir: path.join(tmp, 'logs'),
-    dataDir: path.join(tmp, name),
+    logDir: suite.logDir,
+    dataDir: path.join(suite.dir, name),
     starterId: `${name}-${id}`,
     env: {
       // The proxy speaks plaintext; an API key would otherwise switch TLS on.
@@ -138,25 +131,20 @@ describe('the Temporal API key, checked by a proxy in front of the server', func
   });
 
   before(async () => {
-    tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'dt-api-key-'));
     proxy = new KeyCheckingProxy(process.env.TEST_TEMPORAL_ADDRESS!, key);
     address = await proxy.start();
-    origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
-    await origin.start();
-    await origin.addApk('key.apk', 128 * 1024);
+    await suite.start();
+    ({ url: apkUrl } = await suite.addApk('key.apk', 128 * 1024));
     agent = new AgentSimulator({ devices: [deviceId], coldStartMs: [50, 100] });
     await agent.start();
-    redis = new Redis(process.env.TEST_REDIS_URL!);
   });
   after(async () => {
-    for (const p of procs) await p.stop();
-    const keys = await redis?.keys(`${prefix}*`);
-    if (keys?.length) await redis.del(...keys);
-    redis?.disconnect();
+    await suite.stopProcs();
+    const keys = await suite.clients?.redis.keys(`${prefix}*`);
+    if (keys?.length) await suite.redis.del(...keys);
     await agent?.close();
-    await origin?.close();
     await proxy?.close();
-    await fsp.rm(tmp, { recursive: true, force: true });
+    await suite.close();
   });
 
   it('the worker and the starter send the key on every call and run a task through the proxy', async () => {
@@ -165,17 +153,17 @@ describe('the Temporal API key, checked by a proxy in front of the server', func
     const starter = await spawnStarter(service('starter', { TEMPORAL_API_KEY: key }));
     procs.push(starter);
     const taskId = `tkey-${id}`;
-    await redis.lpush(
-      `${prefix}traversal:tasks`,
+    await suite.redis.lpush(
+      starterKeys(`starter-${id}`, prefix).tasks,
       JSON.stringify({
         taskId,
         deviceId,
-        apkUrl: origin.url('key.apk'),
+        apkUrl,
         packageName: 'com.example.key',
         traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
       }),
     );
-    const result = await waitForResult(redis, prefix, taskId, deviceId);
+    const result = await waitForResult(suite.redis, prefix, taskId, deviceId);
     assert.equal(result.status, 'completed', JSON.stringify(result.error));
 
     const methods = new Set(proxy.calls.map((c) => c.path.split('/').pop()));

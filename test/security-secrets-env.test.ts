@@ -7,27 +7,20 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { promises as fsp, readFileSync } from 'node:fs';
-import os from 'node:os';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import type { Client } from '@temporalio/client';
-import type Redis from 'ioredis';
-import { PROJECT_ROOT } from '../src/config';
-import { budgetSignal, traversalWorkflowId } from '../src/contract/messages';
+import { budgetSignal } from '../src/contract/messages';
 import { AgentSimulator } from '../sim/agent-sim';
-import { ApkOrigin } from '../sim/origin';
-import { requestTraversal } from '../src/starter/task-bridge';
 import { spawnWorker, type Proc } from './support/procs';
+import { FaultSuite } from './support/fault-suite';
 import { traversalPids, waitFor, waitForResult } from '../dev/wait';
-import { connectClients, type Clients } from '../dev/clients';
 
 const hex = (n: number) => randomBytes(n).toString('hex');
 
 describe("the traversal tool's environment", function () {
   this.timeout(180_000);
-  const id = hex(4);
-  const prefix = `tenv${id}:`;
-  const taskQueue = `tenv-${id}`;
+  const suite = new FaultSuite('env');
+  const { id, prefix, taskQueue } = suite;
   const deviceId = `env-${id}`;
   const secrets = {
     TEMPORAL_API_KEY: `tk-${hex(12)}`,
@@ -36,28 +29,20 @@ describe("the traversal tool's environment", function () {
     REDIS_TLS_CA_SECRET: `rc-${hex(12)}`,
   };
   const probe = `kept-${hex(6)}`;
-  let tmp: string;
-  let origin: ApkOrigin;
+  let apkUrl: string;
   let agent: AgentSimulator;
   let worker: Proc | undefined;
-  let clients: Clients | undefined;
-  let redis: Redis;
-  let client: Client;
 
   before(async () => {
-    tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'dt-tool-env-'));
-    origin = new ApkOrigin({ dir: path.join(PROJECT_ROOT, '.tools', 'apks') });
-    await origin.start();
-    await origin.addApk('env.apk', 128 * 1024);
+    await suite.start();
+    ({ url: apkUrl } = await suite.addApk('env.apk', 128 * 1024));
     agent = new AgentSimulator({ devices: [deviceId], coldStartMs: [50, 100] });
     await agent.start();
-    clients = await connectClients();
-    ({ client, redis } = clients);
     worker = await spawnWorker({
       taskQueue,
       redisKeyPrefix: prefix,
-      logDir: path.join(tmp, 'logs'),
-      dataDir: path.join(tmp, 'data'),
+      logDir: suite.logDir,
+      dataDir: path.join(suite.dir, 'data'),
       env: {
         ...secrets,
         // The dev server speaks plaintext; an API key would otherwise switch TLS on.
@@ -65,24 +50,23 @@ describe("the traversal tool's environment", function () {
         TRAVERSAL_ENV_PROBE: probe,
       },
     });
+    suite.procs.push(worker);
   });
   after(async () => {
-    await worker?.stop();
-    const keys = await redis?.keys(`${prefix}*`);
-    if (keys?.length) await redis.del(...keys);
-    await clients?.close();
+    await suite.stopProcs();
+    const keys = await suite.clients?.redis.keys(`${prefix}*`);
+    if (keys?.length) await suite.redis.del(...keys);
     await agent?.close();
-    await origin?.close();
-    await fsp.rm(tmp, { recursive: true, force: true });
+    await suite.close();
   });
 
   it('has no TEMPORAL_*, REDIS_* or token variable, and no secret value, while other variables pass', async () => {
     const taskId = `tenv-${id}`;
-    await requestTraversal(client, taskQueue, {
+    const handle = await suite.enqueue({
       taskId,
       deviceId,
       agentUrl: agent.url,
-      apkUrl: origin.url('env.apk'),
+      apkUrl,
       packageName: 'com.example.env',
       // Long enough to be read while it runs; it is told to finish once read.
       traversal: { durationSec: 600 },
@@ -98,7 +82,7 @@ describe("the traversal tool's environment", function () {
     );
     const environ = readFileSync(`/proc/${pid}/environ`, 'utf8');
     const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    await client.workflow.getHandle(traversalWorkflowId(taskId, deviceId)).signal(budgetSignal, { finishNow: true });
+    await handle.signal(budgetSignal, { finishNow: true });
 
     assert.equal(path.basename(cmdline[0]!), 'java', `the process read is the tool itself: ${cmdline.join(' ')}`);
     const env = new Map(
@@ -131,7 +115,7 @@ describe("the traversal tool's environment", function () {
         `the worker has ${name}`,
       );
 
-    const result = await waitForResult(redis, prefix, taskId, deviceId);
+    const result = await waitForResult(suite.redis, prefix, taskId, deviceId);
     assert.equal(result.status, 'completed', JSON.stringify(result.error));
     console.log(
       `      the tool (pid ${pid}) had ${env.size} variables; the worker ${workerEnv.split('\0').filter(Boolean).length}`,

@@ -6,17 +6,14 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import type { Client } from '@temporalio/client';
-import { temporal } from '@temporalio/proto';
-import { defaultPayloadConverter } from '@temporalio/common';
 import type Redis from 'ioredis';
-import { deviceWorkflowId, type TraversalRequest } from '../src/contract/messages';
+import { deviceWorkflowId } from '../src/contract/messages';
 import { loadConfig } from '../src/config';
 import { createStarter } from '../src/starter/create';
 import { connectClients, type Clients } from '../dev/clients';
 import { waitFor } from '../dev/wait';
 import { terminateAll } from './support/device-tasks';
-
-const EventType = temporal.api.enums.v1.EventType;
+import { enqueueSignals } from './support/history';
 
 describe('the starter with several items in flight', function () {
   let clients: Clients;
@@ -70,15 +67,7 @@ describe('the starter with several items in flight', function () {
       );
       assert.equal(bridge.stats.dead, 0);
       for (const deviceId of devices) {
-        const history = await client.workflow.getHandle(deviceWorkflowId(deviceId)).fetchHistory();
-        const received = (history.events ?? [])
-          .filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
-          .map(
-            (e) =>
-              defaultPayloadConverter.fromPayload<TraversalRequest>(
-                e.workflowExecutionSignaledEventAttributes!.input!.payloads![0]!,
-              ).taskId,
-          );
+        const received = (await enqueueSignals(client, deviceWorkflowId(deviceId))).map((s) => s.taskId);
         assert.deepEqual(received, pushed.get(deviceId), `requests for ${deviceId} arrive in push order, each once`);
       }
     } finally {
@@ -125,11 +114,9 @@ describe('the starter with several items in flight', function () {
     try {
       await waitFor(() => bridge.stats.started + bridge.stats.dead > 0, 60_000, 'the request to be sent');
       assert.equal(bridge.stats.dead, 0);
-      const history = await handle.fetchHistory();
-      const signal = history.events?.find((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED);
-      const req = defaultPayloadConverter.fromPayload<TraversalRequest>(
-        signal!.workflowExecutionSignaledEventAttributes!.input!.payloads![0]!,
-      );
+      const [signal] = await enqueueSignals(client, handle.workflowId);
+      assert.ok(signal, 'an enqueue signal');
+      const req = signal.request;
       assert.deepEqual(req.policy, {
         heartbeatTimeoutMs: 45_000,
         maxAttempts: 5,

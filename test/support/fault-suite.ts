@@ -18,7 +18,8 @@ import type { AgentSimulator } from '../../sim/agent-sim';
 import { ApkOrigin, type ApkInfo } from '../../sim/origin';
 import { connectClients, type Clients } from '../../dev/clients';
 import { APK_DIR } from '../../dev/services';
-import { traversalPids, type Proc } from './procs';
+import type { Proc } from './procs';
+import { traversalPids } from '../../dev/wait';
 
 /** A mebibyte, bytes. */
 export const MiB = 1024 * 1024;
@@ -48,10 +49,16 @@ export class FaultSuite {
   origin!: ApkOrigin;
   /** Clients of the test run's Temporal and Redis, from `start()` on. */
   clients?: Clients;
+
   /** The Temporal client, from `start()` on. */
-  client!: Client;
+  get client(): Client {
+    return this.started().client;
+  }
+
   /** A connection to the test run's Redis, from `start()` on. */
-  redis!: Redis;
+  get redis(): Redis {
+    return this.started().redis;
+  }
 
   constructor(tag: string) {
     this.taskQueue = `faults-${tag}-${this.id}`;
@@ -65,7 +72,12 @@ export class FaultSuite {
     this.origin = new ApkOrigin({ dir: APK_DIR });
     await this.origin.start();
     this.clients = await connectClients();
-    ({ client: this.client, redis: this.redis } = this.clients);
+  }
+
+  /** The clients; throws before `start()`. */
+  private started(): Clients {
+    if (!this.clients) throw new Error('FaultSuite: start() first');
+    return this.clients;
   }
 
   /** Serves an APK of `size` bytes from the origin as `name`. */

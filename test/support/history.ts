@@ -15,6 +15,8 @@ type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
 /** One `enqueue` signal a device workflow received. */
 export interface EnqueueSignal {
   taskId: string;
+  /** The request the signal carried. */
+  request: TraversalRequest;
   /** Identity of the client that sent it. */
   identity: string;
   runId: string;
@@ -45,7 +47,7 @@ export async function enqueueSignals(client: Client, workflowId: string): Promis
       const a = e.workflowExecutionSignaledEventAttributes;
       if (a?.signalName !== 'enqueue') continue;
       const req = defaultPayloadConverter.fromPayload<TraversalRequest>(a.input!.payloads![0]!);
-      out.push({ taskId: req.taskId, identity: a.identity ?? '', runId, eventId: Number(e.eventId) });
+      out.push({ taskId: req.taskId, request: req, identity: a.identity ?? '', runId, eventId: Number(e.eventId) });
     }
   }
   return out;

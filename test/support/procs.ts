@@ -11,7 +11,6 @@ import path from 'node:path';
 import { journalDir, type JournalFile } from '../../src/activities/traversal/attempt-journal';
 import { onFreePorts, type DevServerOptions } from '../../dev/temporal-dev';
 import { SIM_EXTRA_ARGS } from '../../sim/traversal-sim-args';
-import { TRAVERSAL_PHASE } from '../../src/contract/search-attributes';
 import { currentBundleFile } from '../../dev/bundle';
 import type { LoggedProcess } from '../../dev/process';
 import { startSourceProcess } from '../../dev/services';
@@ -135,9 +134,6 @@ export class TcpProxy {
   }
 }
 
-/** Pids of live traversal processes of a device (shared with the other end-to-end suites). */
-export { traversalPids } from '../../dev/wait';
-
 /** True while a pid exists and is not a zombie. */
 export function pidAlive(pid: number): boolean {
   try {
@@ -145,14 +141,6 @@ export function pidAlive(pid: number): boolean {
   } catch {
     return false;
   }
-}
-
-/** The shared polling helper (a throwing predicate counts as "not yet"). */
-export { waitFor } from '../../dev/wait';
-
-/** Resolves after `ms`. */
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 /** What `describe` says about a workflow's pending activity of one type. */
@@ -246,12 +234,6 @@ export function runningAt(
     60_000,
     `attempt ${attempt} of the traversal on ${deviceId} past checkpoint ${steps}`,
   );
-}
-
-/** The TraversalPhase search attribute of a traversal (read from the server, so no worker is needed). */
-export async function phaseOf(handle: WorkflowHandle): Promise<string | undefined> {
-  const desc = await handle.describe();
-  return desc.typedSearchAttributes.get(TRAVERSAL_PHASE);
 }
 
 /** The worker journals of a data folder (src/activities/traversal/attempt-journal.ts), each with its path. */
