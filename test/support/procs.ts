@@ -10,10 +10,10 @@ import net from 'node:net';
 import path from 'node:path';
 import { journalDir, type JournalFile } from '../../src/activities/traversal/attempt-journal';
 import { onFreePorts, type DevServerOptions } from '../../dev/temporal-dev';
-import { SIM_EXTRA_ARGS } from '../../sim/traversal-sim-args';
 import { currentBundleFile } from '../../dev/bundle';
 import type { LoggedProcess } from '../../dev/process';
-import { startSourceProcess } from '../../dev/services';
+import { localServiceEnv, startSourceProcess } from '../../dev/services';
+import { testServers } from '../../dev/clients';
 import { traversalPids, waitFor } from '../../dev/wait';
 
 /** A spawned worker or starter, its output in a log file of the suite (kept when it is killed). */
@@ -43,17 +43,15 @@ export interface ServiceEnv {
 /** The variables a spawned worker and starter share: where the services are, and the suites' defaults. */
 function sharedEnv(s: ServiceEnv): Record<string, string> {
   return {
-    TEMPORAL_ADDRESS: s.temporalAddress ?? process.env.TEST_TEMPORAL_ADDRESS!,
-    TEMPORAL_NAMESPACE: 'default',
-    REDIS_URL: s.redisUrl ?? process.env.TEST_REDIS_URL!,
-    TASK_QUEUE: s.taskQueue,
+    ...localServiceEnv({
+      temporalAddress: s.temporalAddress ?? testServers().address,
+      redisUrl: s.redisUrl ?? testServers().redisUrl,
+      taskQueue: s.taskQueue,
+    }),
     DT_REDIS_KEY_PREFIX: s.redisKeyPrefix,
     // Unscoped workflow ids, as the tests name them (test/deployments.e2e.test.ts covers named ones).
     DT_DEPLOYMENT: 'none',
     DT_LOG_LEVEL: 'info',
-    // Every test server listens on loopback, which the URL policy refuses unless allow-listed.
-    DT_ALLOWED_HOSTS: '127.0.0.1',
-    DT_TRAVERSAL_EXTRA_ARGS: SIM_EXTRA_ARGS,
   };
 }
 
