@@ -51,6 +51,12 @@ if ! command -v redis-server >/dev/null; then
 fi
 # Debian's package may start a system instance on 6379; it is harmless, the project uses its own ports.
 
+# 3b. adb (Debian's package: the real adb client and server; the fake phones in sim/fake-phone speak to it)
+if ! command -v adb >/dev/null && [ -z "${DT_ADB:-}" ]; then
+  say "installing adb (Debian package)"
+  apt_install adb || { echo "[setup] adb is missing and could not be installed; install Debian's adb or set DT_ADB" >&2; exit 1; }
+fi
+
 # 4. java + javac
 if ! command -v javac >/dev/null || ! command -v java >/dev/null; then
   say "installing a JDK (Debian package openjdk-17-jdk-headless)"
