@@ -58,6 +58,11 @@ export interface Config {
   reportSinkToken: string;
   reportMaxBytes: number;
   traversalJar: string;
+  engine: 'jar' | 'monkey' | 'fastbot';
+  adbBin: string;
+  adbServer: string;
+  fastbotDir: string;
+  engineThrottleMs: number;
   traversalCommand: string[];
   traversalResumeArgs: string[];
   traversalExtraArgs: string;
@@ -196,6 +201,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   cfg.dataDir = path.resolve(PROJECT_ROOT, cfg.dataDir);
   cfg.apkCacheDir = cfg.apkCacheDir ? path.resolve(PROJECT_ROOT, cfg.apkCacheDir) : path.join(cfg.dataDir, 'apk-cache');
   cfg.traversalJar = path.resolve(PROJECT_ROOT, cfg.traversalJar);
+  if (cfg.fastbotDir) cfg.fastbotDir = path.resolve(PROJECT_ROOT, cfg.fastbotDir);
+  if (cfg.adbServer && !/^[^\s:]+:\d{1,5}$/.test(cfg.adbServer))
+    throw new ConfigError(`DT_ADB_SERVER=${cfg.adbServer} is invalid: expected host:port, e.g. 10.0.0.5:5037`);
   if (cfg.workflowBundle) cfg.workflowBundle = path.resolve(PROJECT_ROOT, cfg.workflowBundle);
   cfg.reportSink = cfg.reportSink || `file://${path.join(cfg.dataDir, 'reports')}`;
   if (!/^(file|https?):\/\//.test(cfg.reportSink)) {

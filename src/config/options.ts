@@ -175,6 +175,37 @@ export const OPTIONS = {
     default: '.tools/traversal-sim.jar',
     doc: 'Traversal jar used by the default command (relative to the project).',
   },
+  engine: {
+    env: 'DT_ENGINE',
+    kind: 'enum',
+    values: ['jar', 'monkey', 'fastbot'],
+    default: 'jar',
+    doc: "Traversal engine: 'jar' runs DT_TRAVERSAL_COMMAND; 'monkey' runs Android's Monkey and 'fastbot' runs Fastbot on the phone through adb (the phone's serial comes from its agent).",
+  },
+  adbBin: {
+    env: 'DT_ADB',
+    kind: 'string',
+    default: 'adb',
+    doc: 'The adb binary used by the monkey and fastbot engines and by the adb agent (a name on PATH or a path).',
+  },
+  adbServer: {
+    env: 'DT_ADB_SERVER',
+    kind: 'string',
+    default: '',
+    doc: "adb server as host:port (passed as -H/-P) for phones attached to another host; empty uses adb's own default (ADB_SERVER_SOCKET or 127.0.0.1:5037).",
+  },
+  fastbotDir: {
+    env: 'DT_FASTBOT_DIR',
+    kind: 'string',
+    default: '',
+    doc: "Folder holding Fastbot's monkeyq.jar, framework.jar, fastbot-thirdpart.jar and libs/<abi>/libfastbot_native.so, pushed to each phone once and checked by hash; required when DT_ENGINE=fastbot.",
+  },
+  engineThrottleMs: {
+    env: 'DT_ENGINE_THROTTLE',
+    kind: 'int',
+    default: '300',
+    doc: 'Pause between two events of the monkey and fastbot engines, ms (their --throttle).',
+  },
   traversalCommand: {
     env: 'DT_TRAVERSAL_COMMAND',
     kind: 'json-array',
