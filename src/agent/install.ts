@@ -4,11 +4,14 @@
  * An install downloads the URL into the agent's APK cache (src/apk-cache: on disk, never in memory;
  * one download per URL on this host however many phones install it at once, the same rule as the
  * worker's cache; bounded, least recently used first), checks the sha256 before the phone sees a
- * byte, then streams the file into `cmd package install -r -S <size>` over `adb exec-in` (what
- * `adb install --streaming` does, without a copy in /data/local/tmp, and never incremental, which
- * would need this host to keep serving blocks after "Success"). pm's one status line is the verdict.
+ * byte, then has `adb install` stream the file into `cmd package install -r -S <size>` (adb's own
+ * streamed install: no copy in /data/local/tmp; on a phone without `cmd` adb pushes and runs pm).
+ * Never incremental, which would need this host to keep serving blocks after "Success". pm's one
+ * status line is the verdict.
+ *
+ * Why not `adb exec-in cmd package install …` fed from here: the adb client's exec-in only copies
+ * stdin to the phone and drops what the phone answers, so pm's Success/Failure line never arrives.
  */
-import { createReadStream } from 'node:fs';
 import type { Adb } from '../adb';
 import type { ApkCache, CachedApk } from '../apk-cache';
 import { ApkHashMismatchError, InsufficientStorageError, TraversalError } from '../contract/errors';
@@ -123,9 +126,10 @@ async function streamInstall(
   signal: AbortSignal,
 ): Promise<void> {
   const timeoutMs = installTimeoutMs(deps.installTimeout, apk.size);
-  // --pkg makes pm refuse an APK whose manifest names another package (INSTALL_FAILED_INVALID_APK).
-  const command = `cmd package install -r --pkg ${pkg} -S ${apk.size}`;
-  const r = await deps.adb.execIn(phone.serial, command, createReadStream(apk.path), { timeoutMs, signal });
+  // adb passes options it does not know on to pm; --pkg makes pm refuse an APK whose manifest names
+  // another package (INSTALL_FAILED_INVALID_APK) instead of installing something else.
+  const args = ['install', '-r', ...(await noIncremental(deps.adb)), '--pkg', pkg, apk.path];
+  const r = await deps.adb.run(phone.serial, args, { timeoutMs, signal });
   const out = `${r.stdout}\n${r.stderr}`;
   if (/^Success/m.test(r.stdout)) return;
   const failure = /Failure \[((?:INSTALL_|DELETE_)?[A-Z0-9_]+)[^\]]*\]/.exec(out);
@@ -144,6 +148,24 @@ async function streamInstall(
     );
   }
   throw await deps.phones.callFailure(phone, `install of ${pkg} on ${phone.id}`, r);
+}
+
+const incrementalFlags = new WeakMap<Adb, Promise<string[]>>();
+
+/**
+ * `--no-incremental` when this adb knows it (adb 30 and later try an incremental install first by
+ * default); older adb never installs incrementally and refuses the flag.
+ */
+function noIncremental(adb: Adb): Promise<string[]> {
+  let flags = incrementalFlags.get(adb);
+  if (!flags) {
+    flags = adb.run(undefined, ['help'], { timeoutMs: 10_000 }).then(
+      (r) => (`${r.stdout}${r.stderr}`.includes('--no-incremental') ? ['--no-incremental'] : []),
+      () => [],
+    );
+    incrementalFlags.set(adb, flags);
+  }
+  return flags;
 }
 
 function hintFor(code: string): string {
