@@ -114,8 +114,8 @@ export class AdbAgent {
   /** Stops polling and listening, cancels calls in progress; safe to call twice. */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      this.phones.close();
       for (const c of this.running) c.abort(new Error('agent closing'));
+      await this.phones.close();
       const server = this.server;
       if (server)
         await new Promise<void>((resolve) => {
@@ -133,8 +133,8 @@ export class AdbAgent {
    */
   private async prepare(phone: Phone): Promise<void> {
     const [model, sdk] = await Promise.all([
-      getprop(this.opts.adb, phone.serial, 'ro.product.model'),
-      getprop(this.opts.adb, phone.serial, 'ro.build.version.sdk'),
+      getprop(this.opts.adb, phone.serial, 'ro.product.model', { signal: this.phones.signal }),
+      getprop(this.opts.adb, phone.serial, 'ro.build.version.sdk', { signal: this.phones.signal }),
     ]);
     if (model) phone.model = model;
     if (/^\d+$/.test(sdk)) phone.sdk = Number(sdk);

@@ -88,6 +88,10 @@ export class PhoneTracker {
   private polling?: Promise<void>;
   private lastPollError?: string;
   private closed = false;
+  // Ends the adb calls of polls, preparations and shells when the agent closes: an adb client left
+  // running against a server that is gone would start a new server on its own.
+  private readonly stopper = new AbortController();
+  private readonly preparing = new Set<Promise<void>>();
 
   constructor(private readonly opts: PhoneTrackerOptions) {}
 
@@ -113,10 +117,17 @@ export class PhoneTracker {
     tick();
   }
 
-  /** Stops polling; safe to call twice. */
-  close(): void {
+  /** Aborted when the tracker closes; adb calls on its phones pass it. */
+  get signal(): AbortSignal {
+    return this.stopper.signal;
+  }
+
+  /** Stops polling, ends adb calls in progress and waits for preparations; safe to call twice. */
+  async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
+    this.stopper.abort(new Error('agent closing'));
+    await Promise.allSettled([this.polling, ...this.preparing]);
   }
 
   /** Every known phone, by id. */
@@ -138,8 +149,9 @@ export class PhoneTracker {
   private async poll(): Promise<void> {
     let listed: AdbDevice[];
     try {
-      listed = await this.opts.adb.devices();
+      listed = await this.opts.adb.devices({ signal: this.signal });
     } catch (err) {
+      if (this.closed) return;
       const message = (err as Error).message;
       if (message !== this.lastPollError) this.opts.log?.('adb devices failed', { error: message });
       this.lastPollError = message;
@@ -184,12 +196,14 @@ export class PhoneTracker {
 
   private startPreparing(phone: Phone): Promise<void> {
     const ready = this.opts.prepare(phone).catch((err: Error) => {
-      this.opts.log?.('phone preparation failed', { phone: phone.id, error: err.message });
+      if (!this.closed) this.opts.log?.('phone preparation failed', { phone: phone.id, error: err.message });
       // Forgotten, so the next call (or the next time the phone comes back) prepares it again.
       if (phone.ready === ready) phone.ready = undefined;
       throw err;
     });
-    ready.catch(() => undefined);
+    const settled = ready.catch(() => undefined);
+    this.preparing.add(settled);
+    void settled.then(() => this.preparing.delete(settled));
     phone.ready = ready;
     return ready;
   }
@@ -258,7 +272,8 @@ export class PhoneTracker {
    * the HttpError of callFailure. The command's own exit code is left to the caller.
    */
   async shell(phone: Phone, command: string, what: string, o: AdbCallOptions = {}): Promise<AdbResult> {
-    const r = await this.opts.adb.shell(phone.serial, command, { timeoutMs: 30_000, ...o });
+    const signal = o.signal ? AbortSignal.any([o.signal, this.signal]) : this.signal;
+    const r = await this.opts.adb.shell(phone.serial, command, { timeoutMs: 30_000, ...o, signal });
     if (r.timedOut || r.code === null || isAdbTransportError(r)) throw await this.callFailure(phone, what, r);
     return r;
   }

@@ -38,16 +38,18 @@ export async function reset(deps: ResetDeps, phone: Phone, body: Json): Promise<
  * by the preparation of a phone that (re)appeared.
  */
 export async function endEngines(deps: Pick<ResetDeps, 'adb' | 'phones'>, phone: Phone): Promise<number[]> {
+  const o = { signal: deps.phones.signal };
   let ended: number[];
   try {
-    ended = await sweepEngines(deps.adb, phone.serial);
+    ended = await sweepEngines(deps.adb, phone.serial, o);
   } catch (err) {
+    if (o.signal.aborted) throw err;
     await deps.phones.refresh();
     deps.phones.requireOnline(phone);
     throw new HttpError(502, `ending engines on ${phone.id} failed: ${(err as Error).message}`);
   }
   for (const name of ENGINE_PROCESS_NAMES) {
-    const left = await pidsOf(deps.adb, phone.serial, name);
+    const left = await pidsOf(deps.adb, phone.serial, name, o);
     if (left.length)
       throw new HttpError(502, `${name} (pids ${left.join(', ')}) still runs on ${phone.id} after kill -9; reboot it`);
   }
