@@ -4,9 +4,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'undici';
 import { listenHttp } from '../src/net/ports';
+import { HttpError, parseRoute, readJson, send, type AgentOp as ProtocolOp, type Json } from '../src/agent/protocol';
 
 /** Operations recorded in {@link AgentSimulator.calls}. */
-export type AgentOp = 'status' | 'install' | 'install-multipart' | 'launch' | 'uninstall' | 'reset';
+export type AgentOp = Exclude<ProtocolOp, 'list'>;
 
 /** One handled request; the intervals let tests prove a device never ran two operations at once. */
 export interface AgentCall {
@@ -94,18 +95,6 @@ interface Device {
   failQueue: Map<AgentOp, number[]>;
 }
 
-type Json = Record<string, unknown>;
-
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly extra: Json = {},
-  ) {
-    super(message);
-  }
-}
-
 const DEFAULT_MODELS: DeviceModel[] = [
   { model: 'Pixel 7', sdk: 34 },
   { model: 'Galaxy S22', sdk: 33 },
@@ -115,7 +104,6 @@ const DEFAULT_MODELS: DeviceModel[] = [
 ];
 const PACKAGE_RE = /^[A-Za-z0-9._-]{1,255}$/;
 const SHA_RE = /^[0-9a-fA-F]{64}$/;
-const JSON_LIMIT = 1024 * 1024;
 const FIELD_LIMIT = 64 * 1024;
 
 const now = (): number => performance.timeOrigin + performance.now();
@@ -284,6 +272,15 @@ export class AgentSimulator {
     this.stats.requests++;
     const route = parseRoute(req);
     if ('error' in route) return send(res, route.status, { error: route.error });
+    if (route.op === 'list') {
+      const mobiles = [...this.devices.values()].map((d) => ({
+        id: d.id,
+        state: d.offline ? 'offline' : 'device',
+        model: d.model.model,
+        sdk: d.model.sdk,
+      }));
+      return send(res, 200, { mobiles });
+    }
     const { deviceId, op } = route;
     const call: AgentCall = { deviceId, op, startedAt: now(), endedAt: 0, status: 0 };
     this.running.add(call);
@@ -590,70 +587,6 @@ function parseHeaders(block: string): Record<string, string> {
   return out;
 }
 
-type Route = { deviceId: string; op: AgentOp } | { status: number; error: string };
-
-function parseRoute(req: http.IncomingMessage): Route {
-  const pathname = (req.url ?? '/').split('?')[0] ?? '/';
-  const parts = pathname.split('/').filter((p) => p !== '');
-  const [root, rawId, action] = parts;
-  if (root !== 'mobile' || rawId === undefined || parts.length > 3) {
-    return {
-      status: 404,
-      error: `unknown endpoint ${pathname}; use /mobile/<deviceId>[/installApp|launchApp|uninstallApp|reset]`,
-    };
-  }
-  let deviceId: string;
-  try {
-    deviceId = decodeURIComponent(rawId);
-  } catch {
-    return { status: 400, error: `device id in ${pathname} is not valid URL encoding` };
-  }
-  const method = req.method ?? 'GET';
-  const want = (m: string, op: AgentOp): Route =>
-    method === m ? { deviceId, op } : { status: 405, error: `${pathname} expects ${m}, got ${method}` };
-  switch (action) {
-    case undefined:
-      return want('GET', 'status');
-    case 'installApp': {
-      const multipart = /^multipart\/form-data/i.test(req.headers['content-type'] ?? '');
-      return want('POST', multipart ? 'install-multipart' : 'install');
-    }
-    case 'launchApp':
-      return want('POST', 'launch');
-    case 'uninstallApp':
-      return want('POST', 'uninstall');
-    case 'reset':
-      return want('POST', 'reset');
-    default:
-      return {
-        status: 404,
-        error: `unknown action ${action} for device ${deviceId}; use installApp, launchApp, uninstallApp or reset`,
-      };
-  }
-}
-
-async function readJson(req: http.IncomingMessage): Promise<Json> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > JSON_LIMIT)
-      throw new HttpError(400, `JSON body larger than ${JSON_LIMIT} bytes; send APKs by URL or multipart`);
-    chunks.push(chunk as Buffer);
-  }
-  const text = Buffer.concat(chunks).toString('utf8').trim();
-  if (text === '') return {};
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch (err) {
-    throw new HttpError(400, `body is not valid JSON: ${(err as Error).message}`);
-  }
-  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
-    throw new HttpError(400, 'body must be a JSON object');
-  return parsed as Json;
-}
-
 function requirePackage(value: unknown, call: AgentCall): string {
   if (typeof value !== 'string' || !PACKAGE_RE.test(value)) {
     throw new HttpError(
@@ -675,11 +608,4 @@ function optionalSha(value: unknown): string | undefined {
 function checkRate(rate: number): number {
   if (!(rate >= 0 && rate <= 1)) throw new Error(`failure rate ${rate} is outside 0..1`);
   return rate;
-}
-
-function send(res: http.ServerResponse, status: number, body: Json): void {
-  if (res.headersSent || res.destroyed) return;
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
-  res.end(text);
 }

@@ -150,7 +150,11 @@ export class Adb {
     return this.run(serial, ['shell', command], o);
   }
 
-  /** `adb -s <serial> exec-in <command>` with `stdin` streamed to the command (no shell, no PTY). */
+  /**
+   * `adb -s <serial> exec-in <command>` with `stdin` streamed to the command (no shell, no PTY).
+   * The adb client's exec-in only copies stdin to the phone: what the command prints is dropped, so
+   * stdout stays empty (an install's Success/Failure line never arrives; use `adb install` for that).
+   */
   execIn(serial: string, command: string, stdin: Readable, o: AdbCallOptions = {}): Promise<AdbResult> {
     return this.run(serial, ['exec-in', command], { ...o, stdin });
   }
