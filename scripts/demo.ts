@@ -19,6 +19,11 @@
  *   --origin-port P    port of the APK origin (default 7390)
  *   --agent-port P     port of the device agent simulator (default 7301)
  *   --artifact-port P  port of the worker's artifact and metrics server (default DT_ARTIFACT_PORT, 7380)
+ *   --engine E         jar (default: the traversal simulator jar on simulated devices), monkey or fastbot
+ *                      (Android's Monkey or Fastbot on phones through adb and the adb agent)
+ *   --phones fake|real with --engine monkey|fastbot: five fake phones on a real adb server (default),
+ *                      or the phones `adb devices` lists (then also --apk-file F --package P)
+ *   --phone-port P     first port of the fake phones (default 5601; five ports from there)
  * A restarted demo must use the ports of the one it resumes. Temporal and Redis come from
  * TEMPORAL_ADDRESS and REDIS_URL (reused when reachable), the task queue from TASK_QUEUE.
  */
@@ -40,17 +45,55 @@ import { ensureSearchAttributes, findTemporalCli, startDevServer, type DevServer
 import { deviceStates, progressRow, queuedReason, type BoardRow } from '../src/starter/progress-board';
 import { AgentSimulator } from '../sim/agent-sim';
 import { ApkOrigin } from '../sim/origin';
+import { startPhoneBench } from '../dev/phones';
+import { adbFor } from '../src/adb';
+import { AdbAgent } from '../src/agent/http';
+import type { Finding } from '../src/contract/messages';
 import { starterKeys } from '../src/contract/redis-keys';
 import { temporalSettings } from '../src/temporal-connection';
 
 let interrupted = false;
 /** Processes the demo started, for a second Ctrl-C that does not wait. */
 const children: ChildProcess[] = [];
-const DEVICES = ['sim-1', 'sim-2', 'sim-3', 'sim-4', 'sim-5'];
+const SIM_DEVICES = ['sim-1', 'sim-2', 'sim-3', 'sim-4', 'sim-5'];
+/** The devices of this demo: the simulator's, or the phones the adb agent lists (set once, at start). */
+const DEVICES: string[] = [];
+/** Fake phones the demo starts for --engine monkey|fastbot. */
+const FAKE_PHONES = 5;
+/** What Monkey meets on the demo's fake phones: two crashes and an ANR of the demo app. */
+const DEMO_SCENARIO = {
+  events: [
+    {
+      atEvent: 40,
+      kind: 'crash' as const,
+      exception: 'java.lang.IllegalStateException',
+      message: 'cart is empty',
+      frames: [
+        'at com.example.demo.cart.CartPresenter.checkout(CartPresenter.kt:88)',
+        'at com.example.demo.cart.CartFragment.onPayClicked(CartFragment.kt:41)',
+        'at android.view.View.performClick(View.java:7448)',
+      ],
+    },
+    {
+      atEvent: 90,
+      kind: 'crash' as const,
+      exception: 'java.lang.NullPointerException',
+      message: "Attempt to invoke virtual method 'int java.lang.String.length()' on a null object reference",
+      frames: [
+        'at com.example.demo.search.QueryParser.parse(QueryParser.java:17)',
+        'at com.example.demo.search.SearchActivity.onQuery(SearchActivity.java:63)',
+        'at android.widget.TextView.onEditorAction(TextView.java:6910)',
+      ],
+    },
+    { atEvent: 130, kind: 'anr' as const, message: 'Input dispatching timed out' },
+  ],
+};
 const MiB = 1024 * 1024;
 const STARTER_ID = 'demo-starter';
 const USAGE = `usage: npm run demo -- [--apk-mib 100] [--duration 8] [--timeout-sec 600] [--keep-cache]
-                        [--origin-port 7390] [--agent-port 7301] [--artifact-port 7380]`;
+                        [--origin-port 7390] [--agent-port 7301] [--artifact-port 7380]
+                        [--engine jar|monkey|fastbot] [--phones fake|real] [--phone-port 5601]
+                        [--apk-file app.apk --package com.your.app]   (for --phones real)`;
 
 /** One traversal the demo watches: pushed by this demo, or resumed from an earlier one. */
 interface Job {
@@ -69,6 +112,11 @@ interface DemoMemory {
 }
 
 interface DemoArgs {
+  engine: 'jar' | 'monkey' | 'fastbot';
+  phones: 'fake' | 'real';
+  apkFile?: string;
+  packageName?: string;
+  phonePort: number;
   apkMiB: number;
   durationSec: number;
   timeoutSec: number;
@@ -107,6 +155,13 @@ async function main(): Promise<void> {
       { port: args.ports.origin, what: 'the APK origin', flag: '--origin-port' },
       { port: args.ports.agent, what: 'the device agent simulator', flag: '--agent-port' },
       { port: args.ports.artifact, what: "the worker's artifact server", flag: '--artifact-port' },
+      ...(onFakePhones(args)
+        ? Array.from({ length: FAKE_PHONES }, (_, i) => ({
+            port: args.phonePort + i,
+            what: `fake phone ${i + 1}`,
+            flag: '--phone-port',
+          }))
+        : []),
     ]);
 
     // 1. Temporal: reuse a reachable server, else start the dev server with a SQLite file.
@@ -182,18 +237,18 @@ async function main(): Promise<void> {
     // 4. Origin with two generated APKs, and 5 simulated devices, on their fixed ports.
     const origin = new ApkOrigin({ dir: path.join(demoDir, 'apks') });
     step(`Origin: generating APKs (${apkMiB} MiB and 20 MiB; reused on later runs)…`);
-    const big = await origin.addApk('demo-app.apk', apkMiB * MiB);
+    const big = args.apkFile
+      ? await origin.addFile('demo-app.apk', args.apkFile)
+      : await origin.addApk('demo-app.apk', apkMiB * MiB);
     const lite = await origin.addApk('demo-lite.apk', 20 * MiB);
     const originUrl = await listen(() => origin.start(args.ports.origin), args.ports.origin, '--origin-port');
     scope.add('APK origin', () => origin.close());
-    const agent = new AgentSimulator({
-      devices: DEVICES,
-      installDelayMs: 300,
-      stateFile: path.join(demoDir, 'agent-state.json'),
-    });
-    const agentUrl = await listen(() => agent.start(args.ports.agent), args.ports.agent, '--agent-port');
-    scope.add('agent simulator', () => agent.close());
-    step(`Origin: ${originUrl}; devices ${DEVICES.join(', ')} on the agent simulator at ${agentUrl}`);
+    const { agentUrl, devices } =
+      args.engine === 'jar'
+        ? await simulatedDevices(scope, args, demoDir)
+        : await adbPhones(scope, args, demoDir, config);
+    DEVICES.push(...devices);
+    step(`Origin: ${originUrl}; devices ${DEVICES.join(', ')} on the agent at ${agentUrl}`);
 
     // 5. Worker and starter as real processes (compiled JS, as in production).
     const env: NodeJS.ProcessEnv = {
@@ -209,6 +264,9 @@ async function main(): Promise<void> {
       DT_ALLOWED_HOSTS: '127.0.0.1,localhost',
       // The demo's tasks ask the simulator for findings; nothing else may reach its argv.
       DT_TRAVERSAL_EXTRA_ARGS: process.env.DT_TRAVERSAL_EXTRA_ARGS ?? '--crashes <int:0-10>, --anrs <int:0-10>',
+      DT_ENGINE: args.engine,
+      // Fake phones take an event every 50 ms, so a short demo still reaches the scenario's crashes.
+      ...(onFakePhones(args) ? { DT_ENGINE_THROTTLE: process.env.DT_ENGINE_THROTTLE ?? '50' } : {}),
       DT_STARTER_ID: STARTER_ID,
       DT_WORKFLOW_BUNDLE: process.env.DT_WORKFLOW_BUNDLE ?? path.join(PROJECT_ROOT, 'lib', 'workflow-bundle.js'),
       DT_HEARTBEAT_TIMEOUT: process.env.DT_HEARTBEAT_TIMEOUT ?? '15s',
@@ -248,7 +306,13 @@ async function main(): Promise<void> {
     const stamp = new Date().toISOString().replace(/[-:T]/g, '').slice(0, 14);
     const taskA = `demo-${stamp}-a`;
     const taskB = `demo-${stamp}-b`;
-    const traversal = { durationSec: args.durationSec, extraArgs: ['--crashes', '2', '--anrs', '1'] };
+    // The simulator jar is told which findings to make; Monkey and Fastbot find what the phones do.
+    const traversal =
+      args.engine === 'jar'
+        ? { durationSec: args.durationSec, extraArgs: ['--crashes', '2', '--anrs', '1'] }
+        : { durationSec: args.durationSec };
+    const packageA = args.packageName ?? 'com.example.demo';
+    const liteDevices = args.phones === 'real' ? [] : DEVICES.slice(0, 2);
     await redis.lpush(
       keys.tasks,
       JSON.stringify({
@@ -256,20 +320,27 @@ async function main(): Promise<void> {
         devices: DEVICES,
         apkUrl: origin.url('demo-app.apk'),
         apkSha256: big.sha256,
-        packageName: 'com.example.demo',
+        packageName: packageA,
         traversal,
       }),
-      JSON.stringify({
-        taskId: taskB,
-        devices: ['sim-1', 'sim-2'],
-        apkUrl: origin.url('demo-lite.apk'),
-        apkSha256: lite.sha256,
-        packageName: 'com.example.lite',
-        traversal: { durationSec: Math.max(2, Math.round(args.durationSec / 2)) },
-      }),
+      ...(liteDevices.length
+        ? [
+            JSON.stringify({
+              taskId: taskB,
+              devices: liteDevices,
+              apkUrl: origin.url('demo-lite.apk'),
+              apkSha256: lite.sha256,
+              packageName: 'com.example.lite',
+              traversal: { durationSec: Math.max(2, Math.round(args.durationSec / 2)) },
+            }),
+          ]
+        : []),
     );
     remember({ apkMiB, ports: args.ports, unfinished: true });
-    step(`Pushed 2 tasks (7 traversals): ${taskA} on 5 devices, ${taskB} on sim-1 and sim-2`);
+    step(
+      `Pushed ${liteDevices.length ? 2 : 1} task(s) (${DEVICES.length + liteDevices.length} traversals): ${taskA} on ${DEVICES.length} devices` +
+        (liteDevices.length ? `, ${taskB} on ${liteDevices.join(' and ')}` : ''),
+    );
     const jobs: Job[] = [
       ...inFlight.map((r: InFlightRun) => ({
         taskId: r.taskId,
@@ -277,8 +348,8 @@ async function main(): Promise<void> {
         packageName: r.packageName ?? '?',
         resumed: true,
       })),
-      ...DEVICES.map((d) => ({ taskId: taskA, deviceId: d, packageName: 'com.example.demo', resumed: false })),
-      ...['sim-1', 'sim-2'].map((d) => ({
+      ...DEVICES.map((d) => ({ taskId: taskA, deviceId: d, packageName: packageA, resumed: false })),
+      ...liteDevices.map((d) => ({
         taskId: taskB,
         deviceId: d,
         packageName: 'com.example.lite',
@@ -305,6 +376,69 @@ async function main(): Promise<void> {
   }
 }
 
+/** True when the demo runs an adb engine on fake phones it starts itself. */
+function onFakePhones(args: DemoArgs): boolean {
+  return args.engine !== 'jar' && args.phones === 'fake';
+}
+
+/** The device agent simulator with five devices, keeping their installed apps across demos. */
+async function simulatedDevices(
+  scope: Scope,
+  args: DemoArgs,
+  demoDir: string,
+): Promise<{ agentUrl: string; devices: string[] }> {
+  const agent = new AgentSimulator({
+    devices: SIM_DEVICES,
+    installDelayMs: 300,
+    stateFile: path.join(demoDir, 'agent-state.json'),
+  });
+  const agentUrl = await listen(() => agent.start(args.ports.agent), args.ports.agent, '--agent-port');
+  scope.add('agent simulator', () => agent.close());
+  return { agentUrl, devices: SIM_DEVICES };
+}
+
+/**
+ * Phones through the real adb: five fake phones (a double of real phones) connected to the adb
+ * server, or the real phones already attached; then the adb agent for them.
+ */
+async function adbPhones(
+  scope: Scope,
+  args: DemoArgs,
+  demoDir: string,
+  config: ReturnType<typeof loadConfig>,
+): Promise<{ agentUrl: string; devices: string[] }> {
+  const adb = adbFor(config);
+  if (args.phones === 'fake') {
+    // adb's own server (not a private one), so `adb devices` in another terminal shows the phones.
+    const bench = await startPhoneBench({
+      phones: FAKE_PHONES,
+      stateDir: path.join(demoDir, 'fake-phones'),
+      adbPort: adb.options.serverPort ?? (Number(process.env.ANDROID_ADB_SERVER_PORT) || 5037),
+      adbBin: config.adbBin,
+      ports: Array.from({ length: FAKE_PHONES }, (_, i) => args.phonePort + i),
+    });
+    scope.add('fake phones', () => bench.stop());
+    for (const phone of bench.phones) phone.setScenario(args.packageName ?? 'com.example.demo', DEMO_SCENARIO);
+    step(`Phones: ${FAKE_PHONES} fake phones on adb (${bench.serials.join(', ')}); each meets 2 crashes and an ANR`);
+  } else {
+    await adb.startServer();
+  }
+  const agent = new AdbAgent({ adb, dataDir: path.join(demoDir, 'agent') });
+  const agentUrl = await listen(() => agent.start(args.ports.agent), args.ports.agent, '--agent-port');
+  scope.add('adb agent', () => agent.close());
+  const res = await fetch(`${agentUrl}/mobile`);
+  const { mobiles } = (await res.json()) as { mobiles: { id: string; online: boolean; state: string }[] };
+  const online = mobiles.filter((m) => m.online).map((m) => m.id);
+  for (const m of mobiles.filter((x) => !x.online)) step(`Phone ${m.id} is ${m.state}: left out`);
+  if (!online.length)
+    throw new Error(
+      args.phones === 'real'
+        ? 'no phone is online: `adb devices` must list one as "device" (enable USB debugging and accept the prompt)'
+        : 'the fake phones did not come online on adb',
+    );
+  return { agentUrl, devices: online };
+}
+
 function step(msg: string): void {
   process.stdout.write(`• ${msg}\n`);
 }
@@ -314,17 +448,32 @@ function parseArgs(argv: string[], artifactPort: number): DemoArgs | undefined {
   const values: Record<string, string> = {};
   const given = new Set<string>();
   const booleans = new Set(['keep-cache']);
-  const numeric = new Set(['apk-mib', 'duration', 'timeout-sec', 'origin-port', 'agent-port', 'artifact-port']);
+  const numeric = new Set([
+    'apk-mib',
+    'duration',
+    'timeout-sec',
+    'origin-port',
+    'agent-port',
+    'artifact-port',
+    'phone-port',
+  ]);
+  const texts = new Set(['engine', 'phones', 'apk-file', 'package']);
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--help' || a === '-h') return undefined;
     if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}\n${USAGE}`);
     const eq = a.indexOf('=');
     const name = a.slice(2, eq > 0 ? eq : undefined);
-    if (!booleans.has(name) && !numeric.has(name)) throw new Error(`unknown option --${name}\n${USAGE}`);
+    if (!booleans.has(name) && !numeric.has(name) && !texts.has(name))
+      throw new Error(`unknown option --${name}\n${USAGE}`);
     given.add(name);
     if (booleans.has(name)) continue;
     const value = eq > 0 ? a.slice(eq + 1) : argv[++i];
+    if (texts.has(name)) {
+      if (!value) throw new Error(`--${name} needs a value\n${USAGE}`);
+      values[name] = value;
+      continue;
+    }
     if (value === undefined || !/^\d+(\.\d+)?$/.test(value))
       throw new Error(`--${name} needs a number, got ${value ?? 'nothing'}\n${USAGE}`);
     values[name] = value;
@@ -340,7 +489,23 @@ function parseArgs(argv: string[], artifactPort: number): DemoArgs | undefined {
   // Tasks take whole seconds (src/starter/task.ts); a fraction would be dead-lettered by the starter.
   if (!Number.isInteger(durationSec) || durationSec < 1)
     throw new Error(`--duration must be a whole number of seconds, at least 1, got ${durationSec}\n${USAGE}`);
+  const engine = values.engine ?? 'jar';
+  if (engine !== 'jar' && engine !== 'monkey' && engine !== 'fastbot')
+    throw new Error(`--engine must be jar, monkey or fastbot, got ${engine}\n${USAGE}`);
+  const phones = values.phones ?? 'fake';
+  if (phones !== 'fake' && phones !== 'real') throw new Error(`--phones must be fake or real, got ${phones}\n${USAGE}`);
+  if (given.has('phones') && engine === 'jar')
+    throw new Error(`--phones needs --engine monkey or fastbot (the jar engine runs on simulated devices)\n${USAGE}`);
+  // A real phone refuses the generated demo APKs: it needs a real app and its package name.
+  if (phones === 'real' && (!values['apk-file'] || !values.package))
+    throw new Error(`--phones real needs --apk-file <app.apk> and --package <its package name>\n${USAGE}`);
+  if (values['apk-file'] && !values.package) throw new Error(`--apk-file needs --package\n${USAGE}`);
   return {
+    engine,
+    phones,
+    apkFile: values['apk-file'] ? path.resolve(values['apk-file']) : undefined,
+    packageName: values.package,
+    phonePort: port('phone-port', 5601),
     apkMiB: num('apk-mib', 100),
     durationSec,
     timeoutSec: num('timeout-sec', 600),
@@ -523,6 +688,7 @@ function printSummary(
     rows,
   );
   const all = [...results.values()];
+  printFindings(all);
   const resumed = jobs.filter((j) => j.resumed).length;
   const failed = all.filter((r) => r.status !== 'completed').length;
   process.stdout.write(
@@ -540,6 +706,34 @@ function printSummary(
     `\nPeak worker RSS: ${mib(sampler.peak)} sampled at 10 Hz (${sampler.samples} samples), VmHWM ${mib(sampler.hwm)}, idle ${mib(idleRss)}\n`,
   );
   process.stdout.write(`Web UI: ${uiUrl}/namespaces/${namespace}/workflows\n`);
+}
+
+/** The findings of every result, one row per signature: what it is, where it was seen, how often. */
+function printFindings(results: TraversalResult[]): void {
+  const groups = new Map<string, { first: Finding; count: number; devices: Set<string> }>();
+  for (const r of results)
+    for (const f of r.findings ?? []) {
+      const g = groups.get(f.signature) ?? { first: f, count: 0, devices: new Set<string>() };
+      if (!g.first.frames.length && f.frames.length) g.first = f;
+      g.count++;
+      g.devices.add(r.deviceId);
+      groups.set(f.signature, g);
+    }
+  if (!groups.size) return;
+  process.stdout.write(`\nFindings, grouped by signature (${groups.size}):\n`);
+  const clip = (t: string, n: number) => (t.length > n ? `${t.slice(0, n - 1)}…` : t);
+  table(
+    ['signature', 'kind', 'exception', 'message', 'top frame', 'seen', 'devices'],
+    [...groups.entries()].map(([sig, g]) => [
+      sig,
+      g.first.kind,
+      g.first.exception,
+      clip(g.first.message, 40),
+      clip((g.first.frames[0] ?? '-').replace(/^at\s+/, ''), 50),
+      String(g.count),
+      String(g.devices.size),
+    ]),
+  );
 }
 
 function table(head: string[], rows: string[][]): void {

@@ -92,6 +92,29 @@ export class ApkOrigin {
     return p;
   }
 
+  /** Serves a copy of an existing file (a real APK, say) at /apps/<name>. */
+  async addFile(name: string, source: string): Promise<ApkInfo> {
+    if (!NAME_RE.test(name))
+      throw new Error(`invalid APK name ${JSON.stringify(name)}: use only letters, digits, '.', '_' and '-'`);
+    await fs.promises.mkdir(this.dir, { recursive: true });
+    const file = path.join(this.dir, name);
+    if (path.resolve(source) !== path.resolve(file)) await fs.promises.copyFile(source, file);
+    const hash = createHash('sha256');
+    for await (const chunk of fs.createReadStream(file)) hash.update(chunk as Buffer);
+    const sha256 = hash.digest('hex');
+    const size = (await fs.promises.stat(file)).size;
+    await fs.promises.writeFile(`${file}.sha256`, `${sha256}  ${name}\n`);
+    const prev = this.apks.get(name);
+    this.apks.set(name, {
+      path: file,
+      size,
+      sha256,
+      stats: prev?.stats ?? { gets: 0, heads: 0, rangeGets: 0, bytesServed: 0, inFlight: 0 },
+      missing: false,
+    });
+    return { path: file, url: this.baseUrl ? this.url(name) : undefined, sha256, size };
+  }
+
   /** Binds the HTTP server and resolves to its base URL, e.g. http://127.0.0.1:40123. */
   async start(port = 0, host = '127.0.0.1'): Promise<string> {
     if (this.server) throw new Error('ApkOrigin already started');
