@@ -140,7 +140,7 @@ describe('the Monkey output parser', function () {
     assert.equal(a!.signature, b!.signature, 'line numbers do not split a signature');
   });
 
-  it('turns an ANR block (header, reason, unprefixed process stats) into an ANR finding', function () {
+  it("turns an ANR block (header, reason, unprefixed process stats and traces) into an ANR finding with main's frames", function () {
     const p = new MonkeyOutput();
     const found = feedAll(
       p,
@@ -154,6 +154,14 @@ describe('the Monkey output parser', function () {
         'err:CPU usage from 5000ms to 0ms ago:',
         'err:  12% 4243/com.example.app: 10% user + 2% kernel',
         'err:anr traces:',
+        'err:----- pid 4243 at 2024-01-01 10:00:00 -----',
+        'err:Cmd line: com.example.app',
+        'err:"main" prio=5 tid=1 Blocked',
+        'err:  at com.example.app.Main.onClick(Main.java:3)',
+        'err:"Signal Catcher" daemon prio=5 tid=2 Runnable',
+        'err:  at dalvik.system.NativeStart.run(Native Method)',
+        'err:----- end 4243 -----',
+        'err:// ',
         'out:    // Sending event #600',
       ].join('\n'),
     );
@@ -161,6 +169,7 @@ describe('the Monkey output parser', function () {
     assert.equal(found[0]!.kind, 'anr');
     assert.equal(found[0]!.exception, 'ANR');
     assert.match(String(found[0]!.message), /com\.example\.app \(pid 4243\): Input dispatching timed out/);
+    assert.deepEqual(found[0]!.frames, ['at com.example.app.Main.onClick(Main.java:3)'], "main's frames only");
     assert.equal(p.anrs, 1);
     assert.equal(p.events, 600);
     assert.ok(typeof toFinding(found[0]!, 1) !== 'string');

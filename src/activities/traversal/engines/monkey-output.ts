@@ -39,6 +39,9 @@ const RUN_COMMENT = /^(\[calendar_time|Sending event #|Monkey finished|App appea
 /** Lines of the process stats that follow an ANR header. */
 const ANR_STATS = /^\s*(ANR in |PID: |Reason: |Parent: |Frozen: |Load: |CPU usage |[\d.]+% )/;
 
+/** Lines of the `anr traces:` dump that may follow; only the first thread's (main's) frames are kept. */
+const ANR_TRACES = /^(anr traces:|----- (pid|end) |Cmd line: |"[^"]*".* tid=|\s+at\s|\s+- |\s*\| )/;
+
 /** Prefixes Fastbot puts before its lines. */
 const FASTBOT_PREFIX = /^\[Fastbot\](\[[^\]]*\]|\*\*\* (ERROR|WARNING) \*\*\*)\s*/;
 
@@ -51,6 +54,8 @@ interface Block {
   longMsg?: string;
   reason?: string;
   frames: string[];
+  /** An ANR's traces moved past the first thread: no more frames. */
+  framesDone?: boolean;
 }
 
 /** Incremental parser of one Monkey or Fastbot run's output. */
@@ -77,8 +82,8 @@ export class MonkeyOutput {
     const text = comment ? comment[1]!.trimEnd() : undefined;
     const start = text !== undefined ? /^(CRASH|NOT RESPONDING): (\S+) \(pid (\d+)\)/.exec(text) : null;
     const openAnr = this.open[stream]?.kind === 'anr' ? this.open[stream] : undefined;
-    if (openAnr && text === undefined && ANR_STATS.test(line)) {
-      // Monkey prints the ANR's process stats after its header without the `// ` prefix.
+    if (openAnr && text === undefined && (ANR_STATS.test(line) || ANR_TRACES.test(line))) {
+      // Monkey prints the ANR's process stats and the traces after its header without the `// ` prefix.
       this.addToBlock(openAnr, line);
       return out;
     }
@@ -127,9 +132,11 @@ export class MonkeyOutput {
       else if (field[1] === 'Reason') block.reason = field[2];
       return;
     }
+    if (/^"[^"]*".* tid=/.test(text) && block.frames.length) block.framesDone = true;
     const frame = /^\s*at\s+(.+?)\s*$/.exec(text);
-    if (frame) block.frames.push(`at ${frame[1]}`);
-    else if (block.kind === 'anr' && !block.reason && text.trim() && !ANR_STATS.test(text)) block.reason = text.trim();
+    if (frame && !block.framesDone) block.frames.push(`at ${frame[1]}`);
+    else if (block.kind === 'anr' && !block.reason && text.trim() && !ANR_STATS.test(text) && !ANR_TRACES.test(text))
+      block.reason = text.trim();
   }
 
   private other(line: string): void {
