@@ -46,7 +46,9 @@ export interface ActivityDeps {
 export function engineOf(config: Config, agentDeps: Pick<DeviceAgentDeps, 'dispatcher' | 'callTimeoutMs'>): Engine {
   return engineFor(config, adbFor(config), {
     serialOf: async (agentUrl, deviceId, signal) => {
-      const status = await agentCall<{ serial?: unknown }>(agentDeps, agentUrl, deviceId, '', undefined, signal);
+      // A status call is quick; the install-sized default timeout is not for it.
+      const quick = { ...agentDeps, callTimeoutMs: Math.min(agentDeps.callTimeoutMs ?? 10_000, 10_000) };
+      const status = await agentCall<{ serial?: unknown }>(quick, agentUrl, deviceId, '', undefined, signal);
       return typeof status.serial === 'string' && status.serial ? status.serial : deviceId;
     },
     jar: {
