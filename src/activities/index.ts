@@ -6,12 +6,14 @@ import type { ProgressUpdate, TraversalBudget } from '../contract/messages';
 import type { Metrics } from '../metrics';
 import { createApkActivities } from './apk';
 import type { ApkCache } from '../apk-cache';
-import { checkDeviceOnline, createDeviceAgentActivities, type DeviceAgentDeps } from './device-agent';
+import { adbFor } from '../adb';
+import { agentCall, checkDeviceOnline, createDeviceAgentActivities, type DeviceAgentDeps } from './device-agent';
 import { activityBoundary } from './boundary';
 import { installUrlResolver } from './install-source';
 import { createReportSinkActivities } from './report-sink';
 import { ReportStore } from './report-store';
 import { createResultPublisherActivities } from './result-publisher';
+import { engineFor, type Engine } from './traversal/engines';
 import { createTraversalRunnerActivities } from './traversal/runner';
 
 /** Everything the activities need; created by the worker entry point (or a test). */
@@ -32,6 +34,32 @@ export interface ActivityDeps {
   readBudget?: (workflowId: string) => Promise<TraversalBudget | undefined>;
   /** Prefix of every Redis key written (tests use a unique one). */
   redisKeyPrefix?: string;
+  /** The traversal engine, already checked by the worker; default engineOf(config). */
+  engine?: Engine;
+}
+
+/**
+ * The traversal engine DT_ENGINE names. Monkey and Fastbot reach the phone by its adb serial, which
+ * the device's agent reports (`GET /mobile/<id>` → `serial`); an agent that reports none means the
+ * device id is the serial.
+ */
+export function engineOf(config: Config, agentDeps: Pick<DeviceAgentDeps, 'dispatcher' | 'callTimeoutMs'>): Engine {
+  return engineFor(config, adbFor(config), {
+    serialOf: async (agentUrl, deviceId, signal) => {
+      // A status call is quick; the install-sized default timeout is not for it.
+      const quick = { ...agentDeps, callTimeoutMs: Math.min(agentDeps.callTimeoutMs ?? 10_000, 10_000) };
+      const status = await agentCall<{ serial?: unknown }>(quick, agentUrl, deviceId, '', undefined, signal);
+      return typeof status.serial === 'string' && status.serial ? status.serial : deviceId;
+    },
+    jar: {
+      command: config.traversalCommand,
+      resumeArgs: config.traversalResumeArgs,
+      extraArgs: config.traversalExtraArgs,
+      jar: config.traversalJar,
+      progressPattern: config.progressPattern,
+      findingPattern: config.findingPattern,
+    },
+  });
 }
 
 /** The activity implementations, behind the activity boundary (identifier guard, typed failures). */
@@ -74,6 +102,7 @@ export function createActivities(deps: ActivityDeps) {
         metrics: deps.metrics,
         checkDevice: (agentUrl, deviceId, signal) => checkDeviceOnline(agentDeps, agentUrl, deviceId, signal),
         deviceCheckMs: config.deviceCheckMs,
+        engine: deps.engine ?? engineOf(config, agentDeps),
       }),
       ...createReportSinkActivities({
         runsDir: folders.runs,

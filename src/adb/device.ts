@@ -47,11 +47,19 @@ export async function pidsOf(adb: Adb, serial: string, name: string, o: AdbCallO
     .map(Number);
 }
 
-/** True while a process with this pid exists on the phone. */
+/**
+ * True while a process with this pid exists on the phone. Read from `ps` rather than probed with
+ * `kill -0`: looking sends no signal, so a shell that takes `-0` for another signal (the fake phone
+ * of the tests sends TERM) cannot end what it checks. The PID column is found by its header, which
+ * toybox (`-o PID,NAME`) and the older toolbox ps (full table) both print.
+ */
 export async function pidAlive(adb: Adb, serial: string, pid: number, o: AdbCallOptions = {}): Promise<boolean> {
-  const r = await adb.shell(serial, `kill -0 ${pid}`, { timeoutMs: SHELL_TIMEOUT_MS, ...o });
-  if (r.timedOut || r.code === null) throw new Error(`adb -s ${serial} shell kill -0 ${pid}: ${tail(r)}`);
-  return r.code === 0;
+  const r = await adb.shell(serial, 'ps -A -o PID,NAME', { timeoutMs: SHELL_TIMEOUT_MS, ...o });
+  if (r.timedOut || r.code === null) throw new Error(`adb -s ${serial} shell ps: ${tail(r)}`);
+  const [header = '', ...rows] = r.stdout.split('\n');
+  const col = header.trim().split(/\s+/).indexOf('PID');
+  if (col < 0) throw new Error(`adb -s ${serial} shell ps: no PID column in "${header.trim()}"`);
+  return rows.some((row) => row.trim().split(/\s+/)[col] === String(pid));
 }
 
 /**

@@ -195,6 +195,20 @@ export class TraversalStartError extends TraversalError {
   }
 }
 
+/**
+ * The traversal engine cannot run as this worker or phone is set up: DT_FASTBOT_DIR missing or
+ * incomplete, or output showing the tool never started (no launchable activity, a missing class).
+ * Retrying the same setup gives the same answer, so it is permanent.
+ */
+export class EngineSetupError extends TraversalError {
+  readonly code = 'EngineSetup';
+  readonly nonRetryable = true;
+  constructor(engine: string, reason: string, fix: string) {
+    super(`the ${engine} engine cannot run: ${reason}; ${fix}`);
+    this.details = { engine, reason };
+  }
+}
+
 /** The report could not be delivered to the sink. */
 export class ReportUploadError extends TraversalError {
   readonly code = 'ReportUploadFailed';
@@ -215,6 +229,7 @@ export const PERMANENT_ERROR_TYPES = [
   'InstallRejected',
   'InvalidTask',
   'TraversalStartFailed',
+  'EngineSetup',
 ];
 
 /**
@@ -231,7 +246,7 @@ export const INFRASTRUCTURE_ERROR_TYPES = [
   'ReportUploadFailed',
 ];
 /** Failure types of the traversal command itself. */
-export const TOOL_ERROR_TYPES = ['TraversalExit', 'TraversalHung', 'TraversalStartFailed'];
+export const TOOL_ERROR_TYPES = ['TraversalExit', 'TraversalHung', 'TraversalStartFailed', 'EngineSetup'];
 
 /**
  * Classifies a failure (an ApplicationFailure type, `Timeout:…` or `Cancelled`, and whether it was

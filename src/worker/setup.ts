@@ -14,7 +14,7 @@ import type { Dispatcher } from 'undici';
 import { urlPolicyFor } from '../device-registry';
 import { createDispatcher } from '../net/dispatcher';
 import type { UrlPolicy } from '../net/url-policy';
-import { createActivities } from '../activities';
+import { createActivities, engineOf } from '../activities';
 import { ApkCache } from '../apk-cache';
 import { endOrphanedRuns } from '../activities/traversal/process-group';
 import { ArtifactServer, artifactInstallUrl } from './artifact-server';
@@ -70,6 +70,12 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
   const { config } = opts;
   const metrics = new Metrics();
   const dispatcher = createDispatcher(opts.urlPolicy ?? urlPolicyFor(config));
+  // A worker that cannot run its engine (DT_ENGINE=fastbot without a complete DT_FASTBOT_DIR) says so before taking work.
+  const engine = engineOf(config, { dispatcher, callTimeoutMs: config.agentTimeoutMs });
+  await engine.checkSetup().catch(async (err) => {
+    await dispatcher.close().catch(() => undefined);
+    throw err;
+  });
   const cache = new ApkCache({
     dir: config.apkCacheDir,
     maxBytes: config.apkMaxBytes,
@@ -143,6 +149,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     metrics,
     installUrlFor: (sha256) => artifactInstallUrl(artifactUrl, sha256, config.artifactToken, config.artifactUrlTtlMs),
     redisKeyPrefix: opts.redisKeyPrefix,
+    engine,
     pushProgress: (workflowId, update) =>
       clientCall(() => opts.client.workflow.getHandle(workflowId).signal(progressSignal, update)),
     readBudget: (workflowId) => clientCall(() => opts.client.workflow.getHandle(workflowId).query(budgetQuery)),

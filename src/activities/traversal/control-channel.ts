@@ -2,7 +2,8 @@
  * Budget changes and pause, from the workflow to the running tool. The workflow's state is read with
  * a query every DT_CONTROL_POLL_INTERVAL (a query writes no history). A command that names
  * {controlFile} is told through that file; any other is stopped with TERM (finish now) and held
- * with STOP/CONT of its process group (pause).
+ * with STOP/CONT of its process group (pause). An engine whose budget the runner keeps (monkey,
+ * fastbot) is handed the budget, and paused and stopped on the phone, through `engine`.
  */
 import type { Context } from '@temporalio/activity';
 import { promises as fsp } from 'node:fs';
@@ -21,6 +22,18 @@ export interface ControlTarget {
   pid: number;
   /** Called when the tool was paused or continued. */
   onPause: (paused: boolean) => void;
+  /** Set for an engine whose budget the runner keeps: it takes the budget, pause and finish-now instead of the process group. */
+  engine?: EngineControl;
+}
+
+/** How the runner applies the workflow's budget to an engine that runs on a phone. */
+export interface EngineControl {
+  /** The budget in force, seconds. */
+  budget(durationSec: number): void;
+  /** Holds or continues the engine; rejects when it cannot. */
+  pause(paused: boolean): Promise<void>;
+  /** Ends the engine now; the run counts as stopped. */
+  finish(): void;
 }
 
 /** Applies the workflow's budget and pause state to the running tool. */
@@ -54,7 +67,7 @@ export class ControlChannel {
     const pauseChanged = paused !== this.paused;
     this.version = Math.max(this.version, b.version);
     this.paused = paused;
-    const { pid, controlFile } = this.target;
+    const { pid, controlFile, engine } = this.target;
     this.ctx.log.info(
       pauseChanged
         ? paused
@@ -68,7 +81,27 @@ export class ControlChannel {
         childPid: pid,
       },
     );
-    if (controlFile) {
+    let held = pauseChanged;
+    if (engine) {
+      engine.budget(b.durationSec);
+      if (pauseChanged)
+        held = await engine.pause(paused).then(
+          () => true,
+          (err: Error) => {
+            this.ctx.log.warn(
+              paused
+                ? 'pause is not supported for this engine here; it keeps running and its budget keeps counting'
+                : 'could not continue the engine',
+              { error: err.message, childPid: pid },
+            );
+            return false;
+          },
+        );
+      if (b.finishNow && !this.stopRequested) {
+        this.stopRequested = true;
+        engine.finish();
+      }
+    } else if (controlFile) {
       // The tool polls this file: 'stop' ends it gracefully, 'pause' holds it, 'duration=N' sets its budget.
       const tmp = `${controlFile}.tmp`;
       await fsp.writeFile(tmp, controlText(b));
@@ -82,6 +115,6 @@ export class ControlChannel {
         signalGroup(pid, 'SIGTERM');
       }
     }
-    if (pauseChanged) this.target.onPause(paused);
+    if (held) this.target.onPause(paused);
   }
 }

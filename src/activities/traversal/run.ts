@@ -1,20 +1,25 @@
 /**
  * One attempt of the traversal command, from spawn to its result. `TraversalRun.start` prepares the
- * run folder and spawns the command; `watch` follows it (progress lines, findings, budget, hangs, the
- * device, cancellation) until it exits; `wrapUp` ships what is left; `outcome` turns the exit into a
- * result or a typed error. The fields hold what happened on the way, so the outcome reads them
- * rather than flags spread over closures.
+ * run folder, has the engine (engines/) prepare the phone and spawns the command; `watch` follows it
+ * (progress lines, findings, budget, hangs, the device, cancellation) until it exits; `wrapUp` ships
+ * what is left; `outcome` turns the engine's verdict into a result or a typed error. The fields hold
+ * what happened on the way, so the outcome reads them rather than flags spread over closures.
+ *
+ * An engine that runs on the phone and cannot resume (monkey, fastbot) has its time budget kept
+ * here: the checkpoint is the seconds of budget used (paused time does not count), a retry gets
+ * the rest, and when the budget is used up the engine is stopped on the phone.
  */
 import type { Context } from '@temporalio/activity';
 import { randomUUID } from 'node:crypto';
 import { createWriteStream, promises as fsp, type WriteStream } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
-import { ReportUploadError, TraversalExitError, TraversalHungError, TraversalStartError } from '../../contract/errors';
-import { parseFindingLine, toFinding } from '../findings';
+import { DeviceOfflineError, ReportUploadError, TraversalHungError, TraversalStartError } from '../../contract/errors';
+import { toFinding, type RawFinding } from '../findings';
 import { AttemptShipper } from '../report-parts';
-import { commandLine, usesControlFile } from './command';
+import { usesControlFile } from './command';
 import { ControlChannel } from './control-channel';
+import type { Engine, EngineAttempt } from './engines';
 import {
   childEnv,
   endStaleRun,
@@ -51,16 +56,21 @@ interface StartedRun {
   log: WriteStream;
   group: RunningGroup;
   startedAt: number;
+  /** The engine's side of this attempt. */
+  engine: EngineAttempt;
+  /** Seconds of the time budget earlier attempts used (engines whose budget the runner keeps). */
+  usedBeforeSec: number;
 }
 
 /** One run of the command, from spawn to its result. */
 export async function runOne(
   deps: TraversalRunnerDeps,
+  engine: Engine,
   ctx: Context,
   input: RunTraversalInput,
   previous: TraversalCheckpoint | undefined,
 ): Promise<RunTraversalResult> {
-  const run = await TraversalRun.start(deps, ctx, input, previous);
+  const run = await TraversalRun.start(deps, engine, ctx, input, previous);
   const exit = await run.watch();
   const problems = await run.wrapUp();
   return run.outcome(exit, problems);
@@ -81,6 +91,15 @@ export class TraversalRun {
   private checkingDevice = false;
   /** From spawn to exit, ms; set once the command has exited. */
   private durationMs = 0;
+  /** Why the runner ended the engine, when it did. */
+  private stoppedBy?: 'budget' | 'finish';
+  /** Set once the engine is being ended: the ending in progress. */
+  private stopping?: Promise<void>;
+  /** The time budget in force, seconds (a budget signal may change it while the engine runs). */
+  private budgetSec: number;
+  /** Time spent paused so far, and since when the current pause holds, ms. */
+  private pausedMs = 0;
+  private pausedSince?: number;
 
   private constructor(
     private readonly deps: TraversalRunnerDeps,
@@ -89,7 +108,8 @@ export class TraversalRun {
     previous: TraversalCheckpoint | undefined,
     private readonly started: StartedRun,
   ) {
-    const { workflowId, shipper, resumeFrom, group } = started;
+    const { workflowId, shipper, resumeFrom, group, engine } = started;
+    this.budgetSec = input.durationSec;
     this.progress = new ProgressReporter(
       ctx,
       { workflowId, shipper, pushProgress: deps.pushProgress },
@@ -100,9 +120,27 @@ export class TraversalRun {
     this.control = new ControlChannel(ctx, {
       workflowId,
       readBudget: deps.readBudget,
-      controlFile: usesControlFile(deps.command) ? started.controlFile : undefined,
+      controlFile: engine.budgetKeeper === 'tool' && usesControlFile(deps.command) ? started.controlFile : undefined,
       pid: group.pid,
+      engine:
+        engine.budgetKeeper === 'runner'
+          ? {
+              budget: (sec) => (this.budgetSec = sec),
+              pause: (paused) =>
+                engine.pause ? engine.pause(paused) : Promise.reject(new Error('this engine cannot be paused')),
+              finish: () => {
+                this.stoppedBy ??= 'finish';
+                void this.stopGroup();
+              },
+            }
+          : undefined,
       onPause: (paused) => {
+        const now = Date.now();
+        if (paused) this.pausedSince ??= now;
+        else if (this.pausedSince !== undefined) {
+          this.pausedMs += now - this.pausedSince;
+          this.pausedSince = undefined;
+        }
         this.progress.state.paused = paused || undefined;
         this.lastProgressAt = Date.now();
         this.progress.heartbeat();
@@ -113,6 +151,7 @@ export class TraversalRun {
   /** Prepares the run folder, ends a stale run of the device and spawns the command. */
   static async start(
     deps: TraversalRunnerDeps,
+    engine: Engine,
     ctx: Context,
     input: RunTraversalInput,
     previous: TraversalCheckpoint | undefined,
@@ -143,11 +182,30 @@ export class TraversalRun {
     });
     await shipper.open();
 
-    const argv = commandLine(deps, input, { reportDir, controlFile, resumeFrom });
+    const runId = randomUUID();
+    // For an engine whose budget the runner keeps, the checkpoint is the seconds of budget used.
+    const usedBeforeSec = Math.max(0, Number(resumeFrom ?? 0) || 0);
+    let attemptEngine: EngineAttempt;
+    try {
+      attemptEngine = await engine.prepare({
+        input,
+        attempt,
+        runId,
+        reportDir,
+        controlFile,
+        resumeFrom,
+        remainingSec: Math.max(0, input.durationSec - usedBeforeSec),
+        signal: ctx.cancellationSignal,
+        log: ctx.log,
+      });
+    } catch (err) {
+      await shipper.close();
+      throw err;
+    }
+    const argv = attemptEngine.argv;
     const [cmd, ...args] = argv;
     // Recorded before the spawn: a worker killed between the spawn and the pid's record still leaves
     // a record that the next worker or attempt finds the process by.
-    const runId = randomUUID();
     await recordRun(deps.pidsDir, input.deviceId, { runId, workflowId });
     const log = createWriteStream(logFile, { flags: 'a' });
     log.write(`# attempt ${attempt} ${new Date().toISOString()} argv=${JSON.stringify(argv)}\n`);
@@ -159,17 +217,32 @@ export class TraversalRun {
       log.end();
       await shipper.close();
       await forgetRun(deps.pidsDir, input.deviceId, runId);
+      await attemptEngine.cleanup();
       throw new TraversalStartError(cmd, (err as Error).message);
     }
     await recordRun(deps.pidsDir, input.deviceId, { runId, pid: group.pid, workflowId });
     ctx.log.info('traversal command started', {
+      engine: engine.id,
       childPid: group.pid,
       deviceId: input.deviceId,
       taskId: input.taskId,
       resumeFrom,
       logFile,
     });
-    const started = { reportDir, controlFile, logFile, workflowId, resumeFrom, runId, shipper, log, group, startedAt };
+    const started = {
+      reportDir,
+      controlFile,
+      logFile,
+      workflowId,
+      resumeFrom,
+      runId,
+      shipper,
+      log,
+      group,
+      startedAt,
+      engine: attemptEngine,
+      usedBeforeSec: attemptEngine.budgetKeeper === 'runner' ? usedBeforeSec : 0,
+    };
     return new TraversalRun(deps, ctx, input, previous, started);
   }
 
@@ -184,17 +257,26 @@ export class TraversalRun {
     this.readOutput();
     const onCancel = () => {
       ctx.log.warn('traversal cancelled; stopping its process group', { childPid: started.group.pid });
-      this.stopGroup();
+      void this.stopGroup();
     };
     ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
     progress.heartbeat();
     progress.signal(true);
     this.watchForHang();
     this.watchDevice();
+    if (started.engine.budgetKeeper === 'runner') this.keepBudget();
+    void started.engine.afterStart().then((enginePid) => {
+      if (enginePid === undefined) return;
+      progress.state.enginePid = enginePid;
+      progress.heartbeat();
+    });
 
     const exit = await started.group.exited;
     ctx.cancellationSignal.removeEventListener('abort', onCancel);
     for (const t of this.timers) clearInterval(t);
+    for (const raw of started.engine.endOfOutput()) this.addFinding(raw);
+    await this.stopping;
+    await started.engine.cleanup();
     await new Promise<void>((resolve) => started.log.end(resolve));
     await forgetRun(deps.pidsDir, this.input.deviceId, started.runId);
     this.durationMs = Date.now() - started.startedAt;
@@ -238,10 +320,13 @@ export class TraversalRun {
       deps.metrics?.traversals.inc({ outcome: 'device-offline' });
       throw this.offline;
     }
-    const stoppedOnRequest = this.control.stopRequested && (exit.signal === 'SIGTERM' || exit.code === 143);
-    if (exit.code !== 0 && !stoppedOnRequest) {
-      deps.metrics?.traversals.inc({ outcome: 'failed' });
-      throw new TraversalExitError(exit.code, exit.signal, this.stderrTail.join('\n'));
+    const stoppedBy = this.stoppedBy ?? (this.control.stopRequested ? 'finish' : undefined);
+    let verdict: { status?: string };
+    try {
+      verdict = await started.engine.verdict({ exit, stoppedBy, stderrTail: this.stderrTail.join('\n') });
+    } catch (err) {
+      deps.metrics?.traversals.inc({ outcome: err instanceof DeviceOfflineError ? 'device-offline' : 'failed' });
+      throw err;
     }
     // A retry resumes at the end and ships again; nothing found is given up for a sink hiccup.
     if (problems.length && deps.store)
@@ -255,7 +340,7 @@ export class TraversalRun {
     progress.signal(false);
     await progress.settle();
     return {
-      status: stoppedOnRequest ? 'stopped' : typeof summary.status === 'string' ? summary.status : 'completed',
+      status: verdict.status ?? (typeof summary.status === 'string' ? summary.status : 'completed'),
       screens: num(summary.screens, progress.state.screens),
       crashes: num(summary.crashes, progress.state.crashes),
       anrs: num(summary.anrs, progress.state.anrs),
@@ -273,46 +358,98 @@ export class TraversalRun {
     this.timers.push(setInterval(tick, ms));
   }
 
-  /** Ends the process group, continuing it first in case it is paused. */
-  private stopGroup(): void {
-    signalGroup(this.started.group.pid, 'SIGCONT');
-    void killGroup(this.started.group.child, this.deps.killGraceMs);
+  /**
+   * Ends the engine where it runs (on the phone: by its recorded pid, checked gone), then the host
+   * process group, continuing it first in case it is paused. Safe to call twice.
+   */
+  private stopGroup(): Promise<void> {
+    this.stopping ??= (async () => {
+      const { engine, group } = this.started;
+      await engine.stop().catch((err: Error) =>
+        this.ctx.log.warn('could not end the engine on the phone; the next attempt sweeps it', {
+          deviceId: this.input.deviceId,
+          error: err.message,
+        }),
+      );
+      signalGroup(group.pid, 'SIGCONT');
+      await killGroup(group.child, this.deps.killGraceMs);
+    })();
+    return this.stopping;
   }
 
-  /** Writes stdout and stderr to the attempt's log; parses progress and findings, keeps stderr's tail. */
-  private readOutput(): void {
-    const { ctx, deps, input, started } = this;
-    const out = readline.createInterface({ input: started.group.child.stdout!, crlfDelay: Infinity });
-    out.on('line', (line) => {
-      started.log.write(line + '\n');
-      const raw = deps.findingPattern ? parseFindingLine(line, deps.findingPattern) : undefined;
-      if (raw) {
-        const finding = toFinding(raw, ctx.info.attempt);
-        if (typeof finding === 'string')
-          ctx.log.warn('ignoring a malformed finding line', { problem: finding, deviceId: input.deviceId });
-        else {
-          ctx.log.info('finding reported', {
-            kind: finding.kind,
-            signature: finding.signature,
-            exception: finding.exception,
-            step: finding.step,
-            deviceId: input.deviceId,
-          });
-          started.shipper.addFinding(finding, () => this.progress.release());
-        }
-        return;
+  /** Seconds of the time budget used so far, earlier attempts included; paused time does not count. */
+  private usedSec(): number {
+    const now = Date.now();
+    const pausedMs = this.pausedMs + (this.pausedSince !== undefined ? now - this.pausedSince : 0);
+    return this.started.usedBeforeSec + (now - this.started.startedAt - pausedMs) / 1000;
+  }
+
+  /**
+   * For an engine that cannot keep a time budget: progress is the budget used (or the engine's own
+   * count, whichever is further), the checkpoint the seconds used, and the engine is stopped once
+   * the budget is used up.
+   */
+  private keepBudget(): void {
+    const tick = () => {
+      if (this.progress.paused) return;
+      const used = this.usedSec();
+      const budget = this.budgetSec;
+      const byTime = budget > 0 ? (100 * used) / budget : 100;
+      const percent = Math.min(99, Math.max(byTime, this.started.engine.toolPercent()));
+      this.progress.update({ percent: String(Math.floor(percent)), checkpoint: String(Math.floor(used)) });
+      if (used >= budget && !this.stoppedBy) {
+        this.stoppedBy = 'budget';
+        this.ctx.log.info('time budget used up; stopping the engine', {
+          deviceId: this.input.deviceId,
+          budgetSec: budget,
+          usedSec: Math.round(used),
+        });
+        void this.stopGroup();
       }
-      const m = deps.progressPattern.exec(line);
-      if (!m?.groups) return;
-      this.lastProgressAt = Date.now();
-      this.progress.update(m.groups);
+    };
+    this.every(250, tick);
+  }
+
+  /** Ships one finding at once; for an engine whose budget the runner keeps, it also counts it. */
+  private addFinding(raw: RawFinding): void {
+    const { ctx, input, started } = this;
+    const finding = toFinding(raw, ctx.info.attempt);
+    if (typeof finding === 'string') {
+      ctx.log.warn('ignoring a malformed finding line', { problem: finding, deviceId: input.deviceId });
+      return;
+    }
+    ctx.log.info('finding reported', {
+      kind: finding.kind,
+      signature: finding.signature,
+      exception: finding.exception,
+      step: finding.step,
+      deviceId: input.deviceId,
     });
-    const err = readline.createInterface({ input: started.group.child.stderr!, crlfDelay: Infinity });
-    err.on('line', (line) => {
-      started.log.write(`[stderr] ${line}\n`);
-      this.stderrTail.push(line.length > 500 ? line.slice(0, 500) + '…' : line);
-      if (this.stderrTail.length > STDERR_TAIL_LINES) this.stderrTail.shift();
-    });
+    if (started.engine.budgetKeeper === 'runner') {
+      if (finding.kind === 'crash') this.progress.state.crashes++;
+      else this.progress.state.anrs++;
+    }
+    started.shipper.addFinding(finding, () => this.progress.release());
+  }
+
+  /** Writes stdout and stderr to the attempt's log; the engine reads progress and findings; keeps stderr's tail. */
+  private readOutput(): void {
+    const { started } = this;
+    const follow = (stream: 'stdout' | 'stderr') => (line: string) => {
+      if (stream === 'stdout') started.log.write(line + '\n');
+      else {
+        started.log.write(`[stderr] ${line}\n`);
+        this.stderrTail.push(line.length > 500 ? line.slice(0, 500) + '…' : line);
+        if (this.stderrTail.length > STDERR_TAIL_LINES) this.stderrTail.shift();
+      }
+      const reading = started.engine.read(stream, line);
+      for (const raw of reading.findings) this.addFinding(raw);
+      if (reading.alive) this.lastProgressAt = Date.now();
+      if (reading.progress) this.progress.update(reading.progress);
+    };
+    const { stdout, stderr } = started.group.child;
+    readline.createInterface({ input: stdout!, crlfDelay: Infinity }).on('line', follow('stdout'));
+    readline.createInterface({ input: stderr!, crlfDelay: Infinity }).on('line', follow('stderr'));
   }
 
   /**
@@ -334,7 +471,7 @@ export class TraversalRun {
         childPid: pid,
         silentMs,
       });
-      void killGroup(this.started.group.child, this.deps.killGraceMs);
+      void this.stopGroup();
     });
   }
 
@@ -358,7 +495,7 @@ export class TraversalRun {
             childPid: this.started.group.pid,
             error: err.message,
           });
-          this.stopGroup();
+          void this.stopGroup();
         })
         .finally(() => (this.checkingDevice = false));
     });

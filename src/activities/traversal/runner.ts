@@ -14,15 +14,19 @@
  *   is in the sink, so a lost host at worst makes the retry find it again.
  *
  * This file holds the activity's interface and its slot limit. One attempt is a TraversalRun (run.ts),
- * which uses the command template (command.ts), the process group and its records (process-group.ts),
- * a ProgressReporter (progress-reporter.ts) and a ControlChannel (control-channel.ts).
+ * which uses the engine (engines/: the jar's command template, or Monkey or Fastbot on the phone), the
+ * process group and its records (process-group.ts), a ProgressReporter (progress-reporter.ts) and a
+ * ControlChannel (control-channel.ts).
  */
 import { Context } from '@temporalio/activity';
 import type { ProgressUpdate, TraversalBudget } from '../../contract/messages';
 import type { Metrics } from '../../metrics';
 import type { ReportStore } from '../report-store';
 import { extraArgsPolicyFor } from '../../contract/extra-args';
+import { InvalidTaskError } from '../../contract/errors';
 import { checkRequest, type CommandRequest } from './command';
+import type { Engine } from './engines';
+import { JarEngine } from './engines/jar';
 import { runOne } from './run';
 
 /** Options of the traversal runner. */
@@ -67,6 +71,8 @@ export interface TraversalRunnerDeps {
   deviceCheckMs?: number;
   /** Commands this worker runs at once; later calls wait (heartbeating) for a slot. 0 or unset: no limit. */
   maxConcurrent?: number;
+  /** The traversal engine (DT_ENGINE); unset: the jar engine on `command` and the patterns above. */
+  engine?: Engine;
   metrics?: Metrics;
 }
 
@@ -93,12 +99,15 @@ export interface RunTraversalResult {
 
 /** Heartbeat details of runTraversal; the checkpoint is what a retry resumes from. */
 export interface TraversalCheckpoint {
+  /** Where a retry resumes: the jar's own checkpoint, or for monkey and fastbot the seconds of budget used. */
   checkpoint?: string;
   percent: number;
   screens: number;
   crashes: number;
   anrs: number;
   pid?: number;
+  /** The engine's pid on the phone (monkey, fastbot), as recorded there right after the start. */
+  enginePid?: number;
   /** Findings this attempt reported so far. */
   findings?: number;
   paused?: boolean;
@@ -107,6 +116,7 @@ export interface TraversalCheckpoint {
 /** Builds the runTraversal activity. */
 export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
   let running = 0;
+  const engine = deps.engine ?? new JarEngine(deps);
   const extraArgs = extraArgsPolicyFor({
     traversalExtraArgs: deps.extraArgs ?? '',
     traversalCommand: deps.command,
@@ -117,6 +127,9 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
     async runTraversal(input: RunTraversalInput): Promise<RunTraversalResult> {
       // The starter checks this too, but a workflow can be started around it (CLI, Web UI, a client).
       checkRequest(extraArgs, input);
+      // Arguments for the jar mean nothing to an engine on the phone, and would be pasted into its shell line.
+      if (engine.id !== 'jar' && input.extraArgs?.length)
+        throw new InvalidTaskError([`traversal.extraArgs: the ${engine.id} engine takes none`]);
       const ctx = Context.current();
       const previous = (ctx.info.heartbeatDetails ?? undefined) as TraversalCheckpoint | undefined;
       if (deps.maxConcurrent && running >= deps.maxConcurrent) {
@@ -133,7 +146,7 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
       }
       running++;
       try {
-        return await runOne(deps, ctx, input, previous);
+        return await runOne(deps, engine, ctx, input, previous);
       } finally {
         running--;
       }
