@@ -74,6 +74,14 @@ bash sim/traversal-sim/build.sh "$TOOLS/traversal-sim.jar"
 
 # 6. compiled JavaScript for the worker and starter processes (incremental)
 say "compiling TypeScript"
+# tsc never deletes: a compiled file whose source moved away would still win a require
+# (lib/src/config.js before lib/src/config/index.js), so outputs without a source go first.
+if [ -d lib ]; then
+  find lib -name '*.js' -not -name 'workflow-bundle*' | while read -r js; do
+    src="${js#lib/}"; src="${src%.js}.ts"
+    [ -f "$src" ] || rm -f "$js" "$js.map" "${js%.js}.d.ts"
+  done
+fi
 npx tsc -p tsconfig.json
 # 7. the prebuilt workflow bundle used by the demo and production workers (DT_WORKFLOW_BUNDLE)
 npx ts-node --transpile-only scripts/build-bundle.ts
