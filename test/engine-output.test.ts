@@ -91,7 +91,7 @@ describe('the Monkey output parser', function () {
     const raw = found[0]!;
     assert.equal(raw.kind, 'crash');
     assert.equal(raw.exception, 'java.lang.IllegalStateException');
-    assert.match(String(raw.message), /^com\.example\.app \(pid 4242\): java\.lang\.IllegalStateException: it broke$/);
+    assert.match(String(raw.message), /^it broke \(in com\.example\.app \(pid 4242\)\)$/);
     assert.equal((raw.frames as string[]).length, 34);
     assert.equal((raw.frames as string[])[0], 'at com.example.app.Screen0.onClick(Screen0.java:10)');
     assert.ok((raw.frames as string[]).every((f) => !f.startsWith('//')));
@@ -168,7 +168,7 @@ describe('the Monkey output parser', function () {
     assert.equal(found.length, 1);
     assert.equal(found[0]!.kind, 'anr');
     assert.equal(found[0]!.exception, 'ANR');
-    assert.match(String(found[0]!.message), /com\.example\.app \(pid 4243\): Input dispatching timed out/);
+    assert.match(String(found[0]!.message), /^Input dispatching timed out.* \(in com\.example\.app \(pid 4243\)\)$/);
     assert.deepEqual(found[0]!.frames, ['at com.example.app.Main.onClick(Main.java:3)'], "main's frames only");
     assert.equal(p.anrs, 1);
     assert.equal(p.events, 600);

@@ -166,17 +166,20 @@ function toRawFinding(b: Block): RawFinding {
     return {
       kind: 'anr',
       exception: 'ANR',
-      message: `${where}: ${b.reason ?? 'not responding'}`,
+      message: `${b.reason ?? 'not responding'} (in ${where})`,
       frames: b.frames,
     };
   }
   // The exception class is the Long Msg's first line up to ':'; the Short Msg is the fallback.
   const long = (b.longMsg ?? '').split('\n')[0]!.trim();
-  const exception = (long.split(':')[0] || b.shortMsg || 'crash').trim();
+  const colon = long.indexOf(':');
+  const exception = (colon >= 0 ? long.slice(0, colon) : long || b.shortMsg || 'crash').trim();
+  // What the exception says comes first (it is what a reader scans for); the process and pid follow.
+  const said = colon >= 0 ? long.slice(colon + 1).trim() : '';
   return {
     kind: 'crash',
     exception,
-    message: `${where}: ${long || b.shortMsg || ''}`.trim(),
+    message: `${said || b.shortMsg || exception} (in ${where})`,
     frames: b.frames,
   };
 }
