@@ -37,6 +37,8 @@ export interface PhoneBench {
   serials: string[];
   /** `DT_ADB_SERVER` for a worker or agent that must use this bench's adb server. */
   adbServer: string;
+  /** Starts one more fake phone with its own options and connects it. */
+  addPhone(options?: PhoneBenchOptions['phone']): Promise<FakePhone>;
   /** Reconnects a phone that came back after goOffline, and waits until adb lists it as `device`. */
   reconnect(phone: FakePhone): Promise<void>;
   /** Waits until adb lists the phone in this state. */
@@ -88,8 +90,16 @@ export async function startPhoneBench(o: PhoneBenchOptions): Promise<PhoneBench>
     adb,
     adbPort,
     phones,
-    serials: phones.map((p) => p.address),
+    get serials() {
+      return phones.map((p) => p.address);
+    },
     adbServer: `127.0.0.1:${adbPort}`,
+    async addPhone(options) {
+      const phone = await FakePhone.start({ ...o.phone, ...options, stateDir: o.stateDir, port: 0 });
+      phones.push(phone);
+      await connect(phone);
+      return phone;
+    },
     async reconnect(phone) {
       // adb reconnects a dropped TCP device by itself within about 10 s; disconnect + connect is at once.
       await adb.run(undefined, ['disconnect', phone.address], { timeoutMs: 10_000 });

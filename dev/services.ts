@@ -217,22 +217,22 @@ export async function startWorkerProc(scope: Scope, opts: WorkerProcOptions): Pr
 }
 
 /** The line each entry point logs once it takes work. */
-const READY_LINE = { worker: 'worker started', starter: 'starter consuming' } as const;
+const READY_LINE = { worker: 'worker started', starter: 'starter consuming', agent: 'adb agent listening' } as const;
 
 /**
- * Starts `src/worker.ts` or `src/starter.ts` of the current source (through ts-node) with `env` as its
+ * Starts `src/worker.ts`, `src/starter.ts` or `src/agent.ts` of the current source (through ts-node) with `env` as its
  * settings, and waits until it logged that it takes work. A worker's log file may be shared by the
  * workers of several restarts: its lines carry its pid, so only this one's ready line counts.
  */
 export async function startSourceProcess(
   entry: keyof typeof READY_LINE,
   env: Record<string, string>,
-  opts: { logFile: string; name?: string; scope?: Scope; graceMs?: number; readyTimeoutMs?: number },
+  opts: { logFile: string; name?: string; scope?: Scope; graceMs?: number; readyTimeoutMs?: number; args?: string[] },
 ): Promise<LoggedProcess> {
   const proc = spawnLogged(
     opts.name ?? entry,
     process.execPath,
-    ['-r', 'ts-node/register/transpile-only', `src/${entry}.ts`],
+    ['-r', 'ts-node/register/transpile-only', `src/${entry}.ts`, ...(opts.args ?? [])],
     { logFile: opts.logFile, env, scope: opts.scope, graceMs: opts.graceMs },
   );
   await proc.waitForLog(READY_LINE[entry], opts.readyTimeoutMs ?? 90_000, entry === 'worker' ? { pid: proc.pid } : {});

@@ -7,6 +7,7 @@ import {
   ActivityCancellationType,
   ApplicationFailure,
   CancellationScope,
+  CancelledFailure,
   condition,
   isCancellation,
   log,
@@ -256,7 +257,14 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     log.warn('traversal step failed', { step: currentStep, error: describeFailure(err) });
   }
 
-  const cancelled = failure !== undefined && isCancellation(failure);
+  // A cancel that reaches a step whose worker died ends that step with a timeout rather than a
+  // cancellation (nobody is left to acknowledge it); the run was still cancelled by its user.
+  const cancelledMidStep =
+    failure !== undefined &&
+    !isCancellation(failure) &&
+    CancellationScope.current().consideredCancelled &&
+    patched('cancel-over-lost-step');
+  const cancelled = failure !== undefined && (isCancellation(failure) || cancelledMidStep);
   const status = failure === undefined ? 'completed' : cancelled ? 'cancelled' : 'failed';
   let result: TraversalResult | undefined;
   await CancellationScope.nonCancellable(async () => {
@@ -307,7 +315,18 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       stoppedEarly: run ? run.status === 'stopped' : undefined,
       budgetSec: budget.durationSec,
       resumedFrom: run?.resumedFrom,
-      ...(failure !== undefined ? { error: errorOf(failure, failedStep) } : {}),
+      ...(failure !== undefined
+        ? {
+            error: cancelledMidStep
+              ? {
+                  type: 'Cancelled',
+                  message: `the traversal was cancelled; ${failedStep ?? 'its step'} ended with ${describeFailure(failure).type} while cancelling`,
+                  kind: failureKind('Cancelled', undefined),
+                  step: failedStep,
+                }
+              : errorOf(failure, failedStep),
+          }
+        : {}),
       startedAt: new Date(startedAt).toISOString(),
       finishedAt: new Date(finishedAt).toISOString(),
       workflowId: info.workflowId,
@@ -343,7 +362,7 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   });
 
   if (failure !== undefined) {
-    if (cancelled) throw failure;
+    if (cancelled) throw cancelledMidStep ? new CancelledFailure('the traversal was cancelled') : failure;
     const d = describeFailure(failure);
     throw ApplicationFailure.create({
       type: d.type,

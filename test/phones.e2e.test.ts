@@ -1,0 +1,477 @@
+/**
+ * Real phones end to end, through a real Temporal dev server and real Redis: tasks pushed into Redis,
+ * the starter, the worker running DT_ENGINE=monkey (and fastbot), the adb device agent, Debian's real
+ * adb client and a private adb server per suite.
+ *
+ * The phones are fake phones (sim/fake-phone): a double of a real phone, the one part this machine
+ * cannot have. They speak adb's wire protocol, run Monkey and Fastbot in their real output formats,
+ * meet the crashes and ANRs of a scenario, and keep Monkey running when the host adb goes away, as
+ * real phones do. Everything the agent and the engines do goes through the real adb.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startPhoneBench, type PhoneBench } from '../dev/phones';
+import { RssSampler, mib } from '../dev/rss';
+import { startSourceProcess } from '../dev/services';
+import { startStack, type Stack } from '../dev/stack';
+import { stopProcess } from '../dev/process';
+import type { FakePhone } from '../sim/fake-phone';
+import { pidsOf } from '../src/adb/device';
+import { AdbAgent } from '../src/agent/http';
+import { serialToId } from '../src/agent/phones';
+import { budgetSignal, traversalWorkflowId, type TraversalResult } from '../src/contract/messages';
+import { freePort } from '../src/net/ports';
+import { activityStarts } from './support/history';
+import { spawnStarter, spawnWorker, type Proc } from './support/procs';
+
+const PKG = 'com.example.shop';
+const MONKEY = 'com.android.commands.monkey';
+const MiB = 1024 * 1024;
+/** Two crashes and an ANR of the app, early enough for a short run at a 20 ms throttle. */
+const SCENARIO = {
+  events: [
+    {
+      atEvent: 20,
+      kind: 'crash' as const,
+      exception: 'java.lang.IllegalStateException',
+      message: 'basket is empty',
+      frames: [
+        'at com.example.shop.Basket.checkout(Basket.kt:12)',
+        'at com.example.shop.BasketView.onPay(BasketView.kt:30)',
+      ],
+    },
+    {
+      atEvent: 60,
+      kind: 'crash' as const,
+      exception: 'java.lang.NullPointerException',
+      message: 'no price',
+      frames: ['at com.example.shop.Price.format(Price.java:7)', 'at com.example.shop.ItemRow.bind(ItemRow.java:21)'],
+    },
+    { atEvent: 100, kind: 'anr' as const, message: 'Input dispatching timed out' },
+  ],
+};
+
+async function until<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe('real phones through Temporal and Redis: the adb agent and the Monkey engine (fake phones, real adb)', function () {
+  this.timeout(180_000);
+  let tmp: string;
+  let bench: PhoneBench;
+  let agent: AdbAgent;
+  let stack: Stack;
+  let apk: { url: string; sha256: string; size: number };
+  let n = 0;
+
+  before(async () => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'dt-phones-'));
+    bench = await startPhoneBench({ phones: 4, stateDir: path.join(tmp, 'phones') });
+    for (const p of bench.phones) p.setScenario(PKG, SCENARIO);
+    agent = new AdbAgent({ adb: bench.adb, dataDir: path.join(tmp, 'agent'), pollMs: 500 });
+    await agent.start(0);
+    stack = await startStack({
+      devices: ['sim-unused'],
+      starter: true,
+      apks: [{ name: 'shop.apk', size: 8 * MiB }],
+      // Retries far enough apart that a phone unplugged for a few seconds is back for the next one.
+      policy: { initialRetryMs: 2000, maxAttempts: 5 },
+      config: {
+        engine: 'monkey',
+        adbServer: bench.adbServer,
+        engineThrottleMs: 20,
+        heartbeatTimeoutMs: 10_000,
+        deviceCheckMs: 1000,
+      },
+    });
+    apk = stack.apks['shop.apk']!;
+  });
+
+  after(async () => {
+    await stack?.stop();
+    await agent?.close();
+    await bench?.stop();
+    rmSync(tmp, { recursive: true, force: true });
+  });
+
+  const idOf = (p: FakePhone) => serialToId(p.address);
+  const push = async (phone: FakePhone, fields: Record<string, unknown> = {}) => {
+    const taskId = `phones-${++n}`;
+    await stack.push({
+      taskId,
+      deviceId: idOf(phone),
+      agentUrl: agent.url,
+      apkUrl: apk.url,
+      apkSha256: apk.sha256,
+      packageName: PKG,
+      traversal: { durationSec: 5 },
+      ...fields,
+    });
+    return taskId;
+  };
+  const monkeysOn = (p: FakePhone) => pidsOf(bench.adb, p.address, MONKEY);
+  const handle = (taskId: string, phone: FakePhone) =>
+    stack.client.workflow.getHandle(traversalWorkflowId(taskId, idOf(phone)));
+
+  it('a Monkey run with two crashes and an ANR yields three findings with signatures', async () => {
+    const phone = bench.phones[0]!;
+    const taskId = await push(phone);
+    // cleanupDevice uninstalls the app at the end, so the install is checked while the run is on.
+    const installed = await until('the app on the phone', async () =>
+      phone.state().packages.find((p) => p.name === PKG),
+    );
+    assert.equal(installed.sha256, apk.sha256);
+    const r = await stack.waitResult(taskId, idOf(phone), 120_000);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.equal(r.findings.length, 3, JSON.stringify(r.findings));
+    assert.deepEqual(r.findings.map((f) => f.kind).sort(), ['anr', 'crash', 'crash']);
+    assert.deepEqual(
+      r.findings.filter((f) => f.kind === 'crash').map((f) => f.exception),
+      ['java.lang.IllegalStateException', 'java.lang.NullPointerException'],
+    );
+    for (const f of r.findings) assert.match(f.signature, /^[0-9a-f]{12}$/);
+    assert.equal(new Set(r.findings.map((f) => f.signature)).size, 3);
+    assert.deepEqual(r.findings.find((f) => f.exception === 'java.lang.IllegalStateException')!.frames, [
+      'at com.example.shop.Basket.checkout(Basket.kt:12)',
+      'at com.example.shop.BasketView.onPay(BasketView.kt:30)',
+    ]);
+    assert.equal(r.crashes, 2);
+    assert.equal(r.anrs, 1);
+    // Monkey is gone once the run ended, and so is the app.
+    assert.equal(
+      phone.state().packages.find((p) => p.name === PKG),
+      undefined,
+    );
+    assert.deepEqual(await monkeysOn(phone), []);
+  });
+
+  it('cancel leaves no engine process on the phone', async () => {
+    const phone = bench.phones[1]!;
+    const taskId = await push(phone, { traversal: { durationSec: 60 } });
+    await until(
+      'Monkey running on the phone',
+      async () => ((await monkeysOn(phone)).length ? true : undefined),
+      60_000,
+    );
+    const cancelledAt = Date.now();
+    await handle(taskId, phone).cancel();
+    await until('Monkey gone from the phone', async () => ((await monkeysOn(phone)).length ? undefined : true));
+    const goneMs = Date.now() - cancelledAt;
+    const r = await stack.waitResult(taskId, idOf(phone), 60_000);
+    assert.equal(r.status, 'cancelled');
+    assert.deepEqual(await monkeysOn(phone), []);
+    console.log(`      cancel → Monkey gone on the phone: ${goneMs} ms`);
+  });
+
+  it('finish-now stops Monkey on the phone and keeps what it found', async () => {
+    const phone = bench.phones[2]!;
+    const taskId = await push(phone, { traversal: { durationSec: 60 } });
+    // Past the first crash (event 20 at 20 ms an event), then finish now.
+    await until(
+      'Monkey running on the phone',
+      async () => ((await monkeysOn(phone)).length ? true : undefined),
+      60_000,
+    );
+    await new Promise((r) => setTimeout(r, 1500));
+    await handle(taskId, phone).signal(budgetSignal, { finishNow: true });
+    const r = await stack.waitResult(taskId, idOf(phone), 60_000);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.equal(r.stoppedEarly, true);
+    assert.ok(r.findings.length >= 1, 'the crash found before finish-now is kept');
+    assert.ok((r.timings.runTraversal ?? 0) < 30_000, `stopped early, ran ${r.timings.runTraversal} ms`);
+    assert.deepEqual(await monkeysOn(phone), []);
+  });
+
+  it('an unplugged phone mid-run fails the attempt as DeviceOffline, and the retry resumes for the rest of the budget', async () => {
+    const phone = bench.phones[3]!;
+    const taskId = await push(phone, { traversal: { durationSec: 10 } });
+    await until(
+      'Monkey running on the phone',
+      async () => ((await monkeysOn(phone)).length ? true : undefined),
+      60_000,
+    );
+    await new Promise((r) => setTimeout(r, 2000));
+    phone.goOffline();
+    await bench.waitState(phone.address, 'offline');
+    await new Promise((r) => setTimeout(r, 3000));
+    phone.comeBack();
+    await bench.reconnect(phone);
+    const r = await stack.waitResult(taskId, idOf(phone), 120_000);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.ok((r.traversalAttempt ?? 1) >= 2, `resumed in a later attempt, got ${r.traversalAttempt}`);
+    const events = (await handle(taskId, phone).fetchHistory()).events ?? [];
+    const started = activityStarts(events, 'runTraversal').at(-1)!.activityTaskStartedEventAttributes!;
+    assert.equal(
+      started.lastFailure?.applicationFailureInfo?.type,
+      'DeviceOffline',
+      started.lastFailure?.message ?? '',
+    );
+    // The retry ran only what was left: far less than a second full 10 s budget.
+    assert.ok(r.timings.runTraversal! < 25_000, `runTraversal took ${r.timings.runTraversal} ms`);
+    assert.deepEqual(await monkeysOn(phone), []);
+  });
+
+  it('INSTALL_FAILED_INSUFFICIENT_STORAGE becomes a non-retryable InstallRejected that names the code', async () => {
+    const small = await bench.addPhone({ freeBytes: 2 * MiB });
+    small.setScenario(PKG, SCENARIO);
+    await until('the agent to see the new phone', async () => {
+      const res = await fetch(`${agent.url}/mobile/${idOf(small)}`);
+      return res.status === 200 && ((await res.json()) as { online: boolean }).online ? true : undefined;
+    });
+    const taskId = await push(small);
+    const r = await stack.waitResult(taskId, idOf(small), 60_000);
+    assert.equal(r.status, 'failed');
+    assert.equal(r.error?.type, 'InstallRejected');
+    assert.match(r.error!.message, /INSTALL_FAILED_INSUFFICIENT_STORAGE/);
+    const events = (await handle(taskId, small).fetchHistory()).events ?? [];
+    assert.equal(Number(activityStarts(events, 'installApp').at(-1)!.activityTaskStartedEventAttributes!.attempt), 1);
+    assert.equal(
+      small.state().packages.find((p) => p.name === PKG),
+      undefined,
+    );
+  });
+});
+
+describe('real phones through Temporal and Redis: a killed worker and the agent as processes (fake phones, real adb)', function () {
+  this.timeout(300_000);
+  let tmp: string;
+  let bench: PhoneBench;
+  let agentProc: Proc;
+  let agentUrl: string;
+  let stack: Stack;
+  const procs: Proc[] = [];
+
+  before(async () => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'dt-phones-proc-'));
+    bench = await startPhoneBench({ phones: 2, stateDir: path.join(tmp, 'phones') });
+    const port = await freePort();
+    agentProc = await startSourceProcess(
+      'agent',
+      { DT_ADB: process.env.DT_ADB ?? 'adb' },
+      {
+        logFile: path.join(tmp, 'agent.log'),
+        args: ['--adb', '--port', String(port), '-P', String(bench.adbPort), '--data-dir', path.join(tmp, 'agent')],
+      },
+    );
+    agentUrl = `http://127.0.0.1:${port}`;
+    // The stack gives the origin, Temporal and Redis clients; its in-process worker polls another queue.
+    stack = await startStack({
+      devices: ['sim-unused'],
+      apks: [
+        { name: 'big.apk', size: 1024 * MiB },
+        { name: 'shop.apk', size: 8 * MiB },
+      ],
+    });
+  });
+
+  after(async () => {
+    for (const p of procs) await stopProcess(p.child, 2000);
+    if (agentProc) await stopProcess(agentProc.child, 5000);
+    await stack?.stop();
+    await bench?.stop();
+    if (!process.env.KEEP_TMP) rmSync(tmp, { recursive: true, force: true });
+  });
+
+  const env = (queue: string) => ({
+    taskQueue: queue,
+    redisKeyPrefix: `${queue}:`,
+    logDir: path.join(tmp, 'logs'),
+  });
+  const workerEnv = {
+    DT_ENGINE: 'monkey',
+    DT_ENGINE_THROTTLE: '20',
+    DT_ALLOWED_HOSTS: '127.0.0.1',
+    DT_HEARTBEAT_TIMEOUT: '4s',
+    DT_DEVICE_CHECK_INTERVAL: '1s',
+  };
+
+  it('a 1 GiB APK installs with the agent RSS flat', async () => {
+    const queue = `phones-big-${Date.now()}`;
+    const big = stack.apks['big.apk']!;
+    const phone = bench.phones[0]!;
+    const worker = await spawnWorker({
+      ...env(queue),
+      dataDir: path.join(tmp, 'w-big'),
+      env: { ...workerEnv, DT_ADB_SERVER: bench.adbServer, DT_DELIVERY: 'direct' },
+    });
+    procs.push(worker);
+    const starter = await spawnStarter({
+      ...env(queue),
+      starterId: `s-${queue}`,
+      env: { DT_ALLOWED_HOSTS: '127.0.0.1', DT_DELIVERY: 'direct' },
+    });
+    procs.push(starter);
+    const sampler = new RssSampler(agentProc.pid).start();
+    const idle = sampler.sample() ?? 0;
+    await stack.redis.lpush(
+      `${queue}:traversal:tasks`,
+      JSON.stringify({
+        taskId: 'big-1',
+        deviceId: serialToId(phone.address),
+        agentUrl,
+        apkUrl: big.url,
+        apkSha256: big.sha256,
+        packageName: PKG,
+        traversal: { durationSec: 1 },
+      }),
+    );
+    const installed = await until(
+      'the 1 GiB app on the phone',
+      async () => phone.state().packages.find((p) => p.name === PKG),
+      240_000,
+    );
+    assert.equal(installed.sha256, big.sha256);
+    const raw = await until(
+      'the result of big-1',
+      async () => (await stack.redis.get(`${queue}:traversal:result:big-1:${serialToId(phone.address)}`)) ?? undefined,
+      240_000,
+    );
+    sampler.stop();
+    const r = JSON.parse(raw) as TraversalResult;
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    const growth = sampler.peak - idle;
+    console.log(`      agent RSS: idle ${mib(idle)}, peak ${mib(sampler.peak)} while installing 1 GiB`);
+    assert.ok(growth < 64 * MiB, `agent RSS grew by ${mib(growth)} for a 1 GiB APK`);
+    await stopProcess(starter.child, 5000);
+    await stopProcess(worker.child, 5000);
+  });
+
+  it('a wrong sha256 installs nothing', async () => {
+    const queue = `phones-sha-${Date.now()}`;
+    const shop = stack.apks['shop.apk']!;
+    const phone = bench.phones[1]!;
+    procs.push(
+      await spawnWorker({
+        ...env(queue),
+        dataDir: path.join(tmp, 'w-sha'),
+        env: { ...workerEnv, DT_ADB_SERVER: bench.adbServer, DT_DELIVERY: 'direct' },
+      }),
+      await spawnStarter({
+        ...env(queue),
+        starterId: `s-${queue}`,
+        env: { DT_ALLOWED_HOSTS: '127.0.0.1', DT_DELIVERY: 'direct' },
+      }),
+    );
+    await stack.redis.lpush(
+      `${queue}:traversal:tasks`,
+      JSON.stringify({
+        taskId: 'sha-1',
+        deviceId: serialToId(phone.address),
+        agentUrl,
+        apkUrl: shop.url,
+        apkSha256: 'f'.repeat(64),
+        packageName: 'com.example.wrong',
+        traversal: { durationSec: 1 },
+      }),
+    );
+    const raw = await until(
+      'the result of sha-1',
+      async () => (await stack.redis.get(`${queue}:traversal:result:sha-1:${serialToId(phone.address)}`)) ?? undefined,
+      120_000,
+    );
+    const r = JSON.parse(raw) as TraversalResult;
+    assert.equal(r.status, 'failed');
+    assert.match(`${r.error?.type} ${r.error?.message}`, /sha256|hash/i);
+    assert.equal(
+      phone.state().packages.find((p) => p.name === 'com.example.wrong'),
+      undefined,
+    );
+  });
+
+  it('cancel leaves no engine process on the phone even when the worker (and its host adb) was killed first', async () => {
+    const queue = `phones-kill-${Date.now()}`;
+    const shop = stack.apks['shop.apk']!;
+    const phone = bench.phones[1]!;
+    const id = serialToId(phone.address);
+    const dataDir = path.join(tmp, 'w-kill');
+    const worker1 = await spawnWorker({
+      ...env(queue),
+      dataDir,
+      env: { ...workerEnv, DT_ADB_SERVER: bench.adbServer },
+    });
+    procs.push(worker1);
+    procs.push(await spawnStarter({ ...env(queue), starterId: `s-${queue}`, env: { DT_ALLOWED_HOSTS: '127.0.0.1' } }));
+    await stack.redis.lpush(
+      `${queue}:traversal:tasks`,
+      JSON.stringify({
+        taskId: 'kill-1',
+        deviceId: id,
+        agentUrl,
+        apkUrl: shop.url,
+        apkSha256: shop.sha256,
+        packageName: PKG,
+        traversal: { durationSec: 120 },
+      }),
+    );
+    const pids = await until(
+      'Monkey running on the phone',
+      async () => {
+        const p = await pidsOf(bench.adb, phone.address, MONKEY);
+        return p.length ? p : undefined;
+      },
+      90_000,
+    );
+    // The whole container dies: the worker and the host-side adb of the engine, at once.
+    for (const pid of hostAdbShells(phone.address)) process.kill(pid, 'SIGKILL');
+    process.kill(worker1.pid, 'SIGKILL');
+    await worker1.exited;
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.deepEqual(await pidsOf(bench.adb, phone.address, MONKEY), pids, 'Monkey ignores the hang-up and runs on');
+    await stack.client.workflow.getHandle(traversalWorkflowId('kill-1', id)).cancel();
+    // A new worker takes over: the lost attempt times out, and cleanupDevice's reset ends Monkey.
+    procs.push(
+      await spawnWorker({
+        ...env(queue),
+        dataDir: path.join(tmp, 'w-kill-2'),
+        env: { ...workerEnv, DT_ADB_SERVER: bench.adbServer },
+      }),
+    );
+    const raw = await until(
+      'the result of kill-1',
+      async () => (await stack.redis.get(`${queue}:traversal:result:kill-1:${id}`)) ?? undefined,
+      120_000,
+    );
+    assert.equal((JSON.parse(raw) as TraversalResult).status, 'cancelled');
+    assert.deepEqual(await pidsOf(bench.adb, phone.address, MONKEY), []);
+  });
+
+  it('Fastbot with its folder missing fails with a clear setup error', async () => {
+    const queue = `phones-fastbot-${Date.now()}`;
+    const missing = path.join(tmp, 'no-such-fastbot');
+    await assert.rejects(
+      spawnWorker({
+        ...env(queue),
+        dataDir: path.join(tmp, 'w-fb'),
+        env: { ...workerEnv, DT_ADB_SERVER: bench.adbServer, DT_ENGINE: 'fastbot', DT_FASTBOT_DIR: missing },
+      }),
+    );
+    const logs = readdirSync(path.join(tmp, 'logs')).filter((f) => f.startsWith('worker-'));
+    const text = logs.map((f) => readFileSync(path.join(tmp, 'logs', f), 'utf8')).join('\n');
+    assert.match(text, /DT_FASTBOT_DIR/);
+    assert.ok(text.includes(missing), 'the error names the folder');
+  });
+});
+
+/** Host-side `adb … -s <serial> shell …` processes (the engine's host end), found in /proc. */
+function hostAdbShells(serial: string): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      if (path.basename(argv[0] ?? '') === 'adb' && argv.includes(serial) && argv.includes('shell'))
+        out.push(Number(d));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
