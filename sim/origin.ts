@@ -104,15 +104,7 @@ export class ApkOrigin {
     const sha256 = hash.digest('hex');
     const size = (await fs.promises.stat(file)).size;
     await fs.promises.writeFile(`${file}.sha256`, `${sha256}  ${name}\n`);
-    const prev = this.apks.get(name);
-    this.apks.set(name, {
-      path: file,
-      size,
-      sha256,
-      stats: prev?.stats ?? { gets: 0, heads: 0, rangeGets: 0, bytesServed: 0, inFlight: 0 },
-      missing: false,
-    });
-    return { path: file, url: this.baseUrl ? this.url(name) : undefined, sha256, size };
+    return this.register(name, file, size, sha256);
   }
 
   /** Binds the HTTP server and resolves to its base URL, e.g. http://127.0.0.1:40123. */
@@ -191,6 +183,11 @@ export class ApkOrigin {
       await fs.promises.writeFile(sidecar, `${sha256}  ${name}\n`);
       this.log('origin generated apk', { name, size, ms: Date.now() - t0 });
     }
+    return this.register(name, file, size, sha256);
+  }
+
+  /** Serves a file at /apps/<name>, keeping the counters of an earlier file of that name. */
+  private register(name: string, file: string, size: number, sha256: string): ApkInfo {
     const prev = this.apks.get(name);
     this.apks.set(name, {
       path: file,

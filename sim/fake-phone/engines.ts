@@ -26,6 +26,8 @@ export class EngineProcess {
   stop: 'HUP' | 'TERM' | 'KILL' | undefined;
   readonly pid: number;
   private wake: (() => void) | undefined;
+  /** Set while a STOP holds the process; resolved by CONT or by a signal that ends it. */
+  private held: { until: Promise<void>; release: () => void } | undefined;
   private readonly offHangup: () => void;
 
   constructor(
@@ -34,19 +36,38 @@ export class EngineProcess {
     ignoresHup: boolean,
   ) {
     const proc = io.phone.state.spawn(PROCESS_NAME, args, (sig) => {
+      if (sig === 'STOP') {
+        if (!this.held) {
+          let release = () => {};
+          const until = new Promise<void>((resolve) => (release = resolve));
+          this.held = { until, release };
+        }
+        return;
+      }
+      if (sig === 'CONT') return this.continue();
       if (sig === 'HUP' && ignoresHup) return;
       this.stop ??= sig;
+      // A held process takes KILL at once; TERM and HUP wait for CONT, as on Linux.
+      if (sig === 'KILL') this.continue();
       this.wake?.();
     });
     this.pid = proc.pid;
     this.offHangup = io.onHangup(() => proc.signal('HUP'));
   }
 
-  /** Sleeps, waking early when a signal ends the process. */
+  /** Sleeps, waking early when a signal ends the process; while a STOP holds it, waits for CONT. */
   async pause(ms: number): Promise<void> {
-    if (this.stop || ms <= 0) return;
-    await Promise.race([sleep(ms), new Promise<void>((resolve) => (this.wake = resolve))]);
-    this.wake = undefined;
+    if (!this.stop && ms > 0) {
+      await Promise.race([sleep(ms), new Promise<void>((resolve) => (this.wake = resolve))]);
+      this.wake = undefined;
+    }
+    while (this.held) await this.held.until;
+  }
+
+  private continue(): void {
+    const held = this.held;
+    this.held = undefined;
+    held?.release();
   }
 
   /** Leaves the process table; returns the status sh reports. */

@@ -3,7 +3,7 @@
  * processes that `am start` creates.
  */
 import type { Command, Io, PhoneContext } from './io';
-import type { LiveProcess } from './state';
+import type { LiveProcess, Signal } from './state';
 
 /** Processes every phone has; listed by ps but never killable by the shell user. */
 const SYSTEM: Array<{ pid: number; name: string; args: string; user: string }> = [
@@ -20,8 +20,8 @@ export function appProcess(phone: PhoneContext, pkg: string): { proc: LiveProces
   const running = phone.state.processes().find((p) => p.name === pkg);
   if (running) return { proc: running, cold: false };
   const proc = phone.state.spawn(pkg, pkg, (sig) => {
-    // Apps keep running on SIGHUP: they are not children of the shell.
-    if (sig !== 'HUP') phone.state.exit(proc.pid);
+    // Apps keep running on SIGHUP: they are not children of the shell. STOP and CONT do not end them.
+    if (sig === 'TERM' || sig === 'KILL') phone.state.exit(proc.pid);
   });
   return { proc, cold: true };
 }
@@ -87,7 +87,12 @@ export const ps: Command = async (argv, io) => {
   return 0;
 };
 
-const SIGNALS: Record<string, 'HUP' | 'TERM' | 'KILL'> = {
+const SIGNALS: Record<string, Signal | '0'> = {
+  '0': '0',
+  '18': 'CONT',
+  CONT: 'CONT',
+  '19': 'STOP',
+  STOP: 'STOP',
   '1': 'HUP',
   HUP: 'HUP',
   '9': 'KILL',
@@ -98,7 +103,7 @@ const SIGNALS: Record<string, 'HUP' | 'TERM' | 'KILL'> = {
 
 /** `kill [-9|-15|-s SIG] <pid>…`; exits 1 if any pid was not signalled. */
 export const kill: Command = async (argv, io) => {
-  let sig: 'HUP' | 'TERM' | 'KILL' = 'TERM';
+  let sig: Signal | '0' = 'TERM';
   const pids: string[] = [];
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i] as string;
@@ -110,8 +115,10 @@ export const kill: Command = async (argv, io) => {
   for (const a of pids) {
     const pid = Number(a);
     const proc = io.phone.state.process(pid);
-    if (proc) proc.signal(sig);
-    else {
+    // Signal 0 only asks whether the process exists.
+    if (proc) {
+      if (sig !== '0') proc.signal(sig);
+    } else {
       status = 1;
       const system = SYSTEM.some((p) => p.pid === pid);
       await io.err(`kill: pid ${a}: ${system ? 'Operation not permitted' : 'No such process'}\n`);

@@ -68,9 +68,12 @@ const DEFAULT_SETTINGS: Record<Namespace, Record<string, string>> = {
 const WRITABLE = ['/sdcard', '/data/local/tmp', '/storage/emulated/0'];
 
 /** A running process plus how it reacts to signals. */
+/** The signals the fake phone delivers: the ending ones, and STOP/CONT, which hold and continue a process. */
+export type Signal = 'HUP' | 'TERM' | 'KILL' | 'STOP' | 'CONT';
+
 export interface LiveProcess extends ProcessInfo {
   /** Delivers a signal; the process decides whether it dies (it then calls {@link PhoneState.exit}). */
-  signal(sig: 'HUP' | 'TERM' | 'KILL'): void;
+  signal(sig: Signal): void;
 }
 
 /** The phone's state folder with the in-memory process table. */

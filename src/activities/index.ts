@@ -51,15 +51,20 @@ export function engineOf(config: Config, agentDeps: Pick<DeviceAgentDeps, 'dispa
       const status = await agentCall<{ serial?: unknown }>(quick, agentUrl, deviceId, '', undefined, signal);
       return typeof status.serial === 'string' && status.serial ? status.serial : deviceId;
     },
-    jar: {
-      command: config.traversalCommand,
-      resumeArgs: config.traversalResumeArgs,
-      extraArgs: config.traversalExtraArgs,
-      jar: config.traversalJar,
-      progressPattern: config.progressPattern,
-      findingPattern: config.findingPattern,
-    },
+    jar: jarTemplate(config),
   });
+}
+
+/** The jar engine's command template and output patterns, as the configuration names them. */
+function jarTemplate(config: Config) {
+  return {
+    command: config.traversalCommand,
+    resumeArgs: config.traversalResumeArgs,
+    extraArgs: config.traversalExtraArgs,
+    jar: config.traversalJar,
+    progressPattern: config.progressPattern,
+    findingPattern: config.findingPattern,
+  };
 }
 
 /** The activity implementations, behind the activity boundary (identifier guard, typed failures). */
@@ -86,12 +91,7 @@ export function createActivities(deps: ActivityDeps) {
       ...createTraversalRunnerActivities({
         runsDir: folders.runs,
         pidsDir: folders.pids,
-        command: config.traversalCommand,
-        resumeArgs: config.traversalResumeArgs,
-        extraArgs: config.traversalExtraArgs,
-        jar: config.traversalJar,
-        progressPattern: config.progressPattern,
-        findingPattern: config.findingPattern,
+        ...jarTemplate(config),
         store,
         reportShipMs: config.reportShipMs,
         killGraceMs: config.killGraceMs,

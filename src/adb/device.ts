@@ -70,7 +70,11 @@ export async function killOnPhone(adb: Adb, serial: string, pids: number[], o: A
   const found: number[] = [];
   for (const pid of pids) if (await pidAlive(adb, serial, pid, o)) found.push(pid);
   if (!found.length) return [];
-  await adb.shell(serial, `kill ${found.join(' ')}`, { timeoutMs: SHELL_TIMEOUT_MS, ...o });
+  // CONT after TERM: a process held by STOP (a paused engine) acts on TERM only once it runs again.
+  await adb.shell(serial, `kill ${found.join(' ')}; kill -CONT ${found.join(' ')}`, {
+    timeoutMs: SHELL_TIMEOUT_MS,
+    ...o,
+  });
   const deadline = Date.now() + KILL_GRACE_MS;
   let alive = found;
   while (alive.length && Date.now() < deadline) {

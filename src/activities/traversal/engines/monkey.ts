@@ -19,7 +19,7 @@ import {
   sweepEngines,
   writeEngineRecord,
 } from '../../../adb/device';
-import { shellQuote } from '../../../adb';
+import { shellQuote, tail } from '../../../adb';
 import { DeviceOfflineError, EngineSetupError, TraversalExitError } from '../../../contract/errors';
 import type { RawFinding } from '../../findings';
 import { MonkeyOutput } from './monkey-output';
@@ -117,6 +117,16 @@ export class PhoneAttempt implements EngineAttempt {
       await new Promise((r) => setTimeout(r, 200));
     }
     return undefined;
+  }
+
+  /** Holds or continues the engine on the phone (STOP/CONT to its recorded pid); events stop meanwhile. */
+  async pause(paused: boolean): Promise<void> {
+    const pid = this.enginePid ?? (await this.finding);
+    if (!pid) throw new Error('the engine has no recorded pid on the phone yet');
+    const r = await this.phone.adb.shell(this.serial, `kill -${paused ? 'STOP' : 'CONT'} ${pid}`, {
+      timeoutMs: CALL_MS,
+    });
+    if (r.code !== 0) throw new Error(`kill -${paused ? 'STOP' : 'CONT'} ${pid} on ${this.serial}: ${tail(r)}`);
   }
 
   /** Kills the recorded pid on the phone, then checks it is gone. */
