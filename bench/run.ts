@@ -11,9 +11,9 @@ import { findTemporalCli } from '../dev/temporal-dev';
 import { machineInfo, say, type Machine, type ScenarioRun } from './lib/report';
 import { closeAllScopes } from '../dev/scope';
 
-const SCENARIOS = ['memory', 'dedupe', 'download', 'throughput', 'chaos', 'history'] as const;
+const SCENARIOS = ['memory', 'dedupe', 'download', 'throughput', 'phones', 'chaos', 'history'] as const;
 type ScenarioName = (typeof SCENARIOS)[number];
-const DEFAULT_RUN: ScenarioName[] = ['memory', 'dedupe', 'download', 'throughput'];
+const DEFAULT_RUN: ScenarioName[] = ['memory', 'dedupe', 'download', 'throughput', 'phones'];
 
 const USAGE = `usage: npm run bench -- [${SCENARIOS.join('|')}]… [--quick] [scenario options]
   no scenario: ${DEFAULT_RUN.join(', ')} (chaos and history only when named)

@@ -102,6 +102,7 @@ export function createActivities(deps: ActivityDeps) {
         metrics: deps.metrics,
         checkDevice: (agentUrl, deviceId, signal) => checkDeviceOnline(agentDeps, agentUrl, deviceId, signal),
         deviceCheckMs: config.deviceCheckMs,
+        deviceReturnMs: config.deviceReturnMs,
         engine: deps.engine ?? engineOf(config, agentDeps),
       }),
       ...createReportSinkActivities({

@@ -85,6 +85,7 @@ export interface Config {
   measureLaunch: boolean;
   agentTimeoutMs: number;
   deviceCheckMs: number;
+  deviceReturnMs: number;
   quarantineAfter: number;
   publishRetryMaxMs: number;
   stickyTimeoutMs: number;

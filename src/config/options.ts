@@ -335,6 +335,12 @@ export const OPTIONS = {
     default: '15m',
     doc: 'Longest wait for one device agent answer (installs of big APKs included) before the call fails as AgentUnavailable and is retried, ms or duration.',
   },
+  deviceReturnMs: {
+    env: 'DT_DEVICE_RETURN_WAIT',
+    kind: 'duration',
+    default: '60s',
+    doc: 'How long a traversal attempt that finds its device offline (a phone unplugged and plugged back) waits for it, heartbeating, before it fails as DeviceOffline, ms or duration.',
+  },
   deviceCheckMs: {
     env: 'DT_DEVICE_CHECK_INTERVAL',
     kind: 'duration',

@@ -164,8 +164,8 @@ export class TraversalRun {
     const workflowId = ctx.info.workflowExecution?.workflowId ?? '';
     await fsp.mkdir(dir, { recursive: true });
     await endStaleRun(deps, input.deviceId, ctx.log);
-    // A retry after the device dropped off fails fast here instead of starting the tool blind.
-    await deps.checkDevice?.(input.agentUrl, input.deviceId, ctx.cancellationSignal);
+    // A retry after the device dropped off does not start the tool blind: it waits for the phone.
+    await waitForDevice(deps, ctx, input, previous);
 
     const resumeFrom = previous?.checkpoint && previous.checkpoint !== '0' ? previous.checkpoint : undefined;
     if (!resumeFrom) await fsp.rm(reportDir, { recursive: true, force: true });
@@ -499,6 +499,42 @@ export class TraversalRun {
         })
         .finally(() => (this.checkingDevice = false));
     });
+  }
+}
+
+/**
+ * Returns once the agent says the device is online. A phone that was unplugged (or dropped off USB)
+ * mostly comes back within seconds, so an offline device is waited for, heartbeating the earlier
+ * checkpoint, up to deps.deviceReturnMs; only then does the attempt fail as DeviceOffline.
+ */
+async function waitForDevice(
+  deps: TraversalRunnerDeps,
+  ctx: Context,
+  input: RunTraversalInput,
+  previous: TraversalCheckpoint | undefined,
+): Promise<void> {
+  if (!deps.checkDevice) return;
+  const deadline = Date.now() + (deps.deviceReturnMs ?? 0);
+  let since: number | undefined;
+  for (;;) {
+    try {
+      await deps.checkDevice(input.agentUrl, input.deviceId, ctx.cancellationSignal);
+      if (since !== undefined)
+        ctx.log.info('device back online', { deviceId: input.deviceId, waitedMs: Date.now() - since });
+      return;
+    } catch (err) {
+      if (!(err instanceof DeviceOfflineError) || Date.now() >= deadline) throw err;
+      if (since === undefined) {
+        since = Date.now();
+        ctx.log.warn('device offline; waiting for it to come back before starting', {
+          deviceId: input.deviceId,
+          waitMs: deps.deviceReturnMs,
+          error: err.message,
+        });
+      }
+      ctx.heartbeat(previous);
+      await ctx.sleep(1000);
+    }
   }
 }
 

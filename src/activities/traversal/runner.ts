@@ -69,6 +69,8 @@ export interface TraversalRunnerDeps {
   checkDevice?: (agentUrl: string, deviceId: string, signal: AbortSignal) => Promise<Error | undefined>;
   /** Time between two device checks while the command runs, ms (default 5000). */
   deviceCheckMs?: number;
+  /** How long an attempt that finds its device offline waits for it before failing, ms (default 0: no wait). */
+  deviceReturnMs?: number;
   /** Commands this worker runs at once; later calls wait (heartbeating) for a slot. 0 or unset: no limit. */
   maxConcurrent?: number;
   /** The traversal engine (DT_ENGINE); unset: the jar engine on `command` and the patterns above. */
