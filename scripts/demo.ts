@@ -338,7 +338,7 @@ async function main(): Promise<void> {
     );
     remember({ apkMiB, ports: args.ports, unfinished: true });
     step(
-      `Pushed ${liteDevices.length ? 2 : 1} task(s) (${DEVICES.length + liteDevices.length} traversals): ${taskA} on ${DEVICES.length} devices` +
+      `Pushed ${liteDevices.length ? '2 tasks' : '1 task'} (${DEVICES.length + liteDevices.length} traversals): ${taskA} on ${DEVICES.length} devices` +
         (liteDevices.length ? `, ${taskB} on ${liteDevices.join(' and ')}` : ''),
     );
     const jobs: Job[] = [

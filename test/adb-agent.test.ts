@@ -17,7 +17,12 @@ import { serialToId } from '../src/agent/phones';
 import { PROJECT_ROOT } from '../src/config';
 import type { FakePhone } from '../sim/fake-phone';
 import { ApkOrigin } from '../sim/origin';
-import { AdbServer, until } from './support/adb-phones';
+import { startPhoneBench, type PhoneBench } from '../dev/phones';
+import { waitFor } from '../dev/wait';
+
+/** Polls `check` until it gives a value; fails naming `what` after `timeoutMs`. */
+const until = <T>(what: string, check: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> =>
+  waitFor(check, timeoutMs, what) as Promise<T>;
 
 type Json = Record<string, any>;
 
@@ -50,7 +55,7 @@ describe('adb agent: device ids', () => {
 describe('adb agent (real adb, fake phones)', function () {
   this.timeout(120_000);
   let tmp: string;
-  let server: AdbServer;
+  let bench: PhoneBench;
   let origin: ApkOrigin;
   let agent: AdbAgent;
   let base: string;
@@ -62,15 +67,14 @@ describe('adb agent (real adb, fake phones)', function () {
   const id = (p: FakePhone) => serialToId(p.address);
   const post = (p: FakePhone, op: string, body: Json) => call(base, 'POST', `/mobile/${id(p)}/${op}`, body);
   const status = (p: FakePhone) => call(base, 'GET', `/mobile/${id(p)}`);
-  const shell = (p: FakePhone, command: string) => server.adb.shell(p.address, command, { timeoutMs: 15_000 });
+  const shell = (p: FakePhone, command: string) => bench.adb.shell(p.address, command, { timeoutMs: 15_000 });
 
   before(async () => {
     tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'dt-adb-agent-'));
-    server = await AdbServer.start();
-    const stateDir = path.join(tmp, 'phones');
-    pixel = await server.phone({ stateDir, model: 'Pixel 8', sdk: 34 });
-    galaxy = await server.phone({ stateDir, model: 'Galaxy S22', sdk: 33 });
-    tiny = await server.phone({ stateDir, model: 'Tiny', sdk: 30, freeBytes: 1024 * 1024 });
+    bench = await startPhoneBench({ phones: 0, stateDir: path.join(tmp, 'phones') });
+    pixel = await bench.addPhone({ model: 'Pixel 8', sdk: 34 });
+    galaxy = await bench.addPhone({ model: 'Galaxy S22', sdk: 33 });
+    tiny = await bench.addPhone({ model: 'Tiny', sdk: 30, freeBytes: 1024 * 1024 });
     origin = new ApkOrigin({ dir: path.join(tmp, 'apks') });
     await origin.addApk('app.apk', 3 * 1024 * 1024 + 77);
     await origin.addApk('shared.apk', 8 * 1024 * 1024);
@@ -78,7 +82,7 @@ describe('adb agent (real adb, fake phones)', function () {
     await origin.addApk('big2.apk', 64 * 1024 * 1024);
     await origin.start(0, '127.0.0.1');
     agent = new AdbAgent({
-      adb: server.adb,
+      adb: bench.adb,
       dataDir: path.join(tmp, 'agent'),
       pollMs: 300,
       log: (msg, meta) => logs.push({ msg, meta }),
@@ -88,8 +92,8 @@ describe('adb agent (real adb, fake phones)', function () {
 
   after(async () => {
     await agent?.close();
-    await Promise.all([pixel, galaxy, tiny, ...extra].map((p) => p?.close()));
-    await server?.stop();
+    await Promise.all(extra.map((p) => p.close()));
+    await bench?.stop();
     await origin?.close();
     if (tmp) await fsp.rm(tmp, { recursive: true, force: true });
   });
@@ -215,7 +219,7 @@ describe('adb agent (real adb, fake phones)', function () {
     await shell(pixel, 'settings put system user_rotation 1');
     assert.notDeepEqual(pixel.state().settings, before);
 
-    const [bin, ...args] = server.adb.argv(pixel.address, 'shell', 'monkey', '-p', 'com.example.app', '1000000');
+    const [bin, ...args] = bench.adb.argv(pixel.address, 'shell', 'monkey', '-p', 'com.example.app', '1000000');
     const host = spawn(bin, args, { stdio: 'ignore' });
     const pid = await until('monkey to run on the phone', async () =>
       pixel.state().processes.find((p) => p.name === 'com.android.commands.monkey'),
@@ -249,7 +253,7 @@ describe('adb agent (real adb, fake phones)', function () {
     const refused = await post(galaxy, 'reset', {});
     assert.equal(refused.status, 503);
     galaxy.comeBack();
-    await server.connect(galaxy.address);
+    await bench.reconnect(galaxy);
     const on = await until('galaxy to be back', async () => {
       const s = await status(galaxy);
       return s.body.online === true && s;
@@ -259,7 +263,7 @@ describe('adb agent (real adb, fake phones)', function () {
   });
 
   it('serves a newly connected phone without a restart', async () => {
-    const fresh = await server.phone({ stateDir: path.join(tmp, 'phones'), model: 'Moto G', sdk: 31 });
+    const fresh = await bench.addPhone({ model: 'Moto G', sdk: 31 });
     extra.push(fresh);
     const s = await until('the new phone to be listed', async () => {
       const r = await status(fresh);

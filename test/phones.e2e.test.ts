@@ -15,6 +15,7 @@ import path from 'node:path';
 import { startPhoneBench, type PhoneBench } from '../dev/phones';
 import { RssSampler, mib } from '../dev/rss';
 import { startSourceProcess } from '../dev/services';
+import { waitFor } from '../dev/wait';
 import { startStack, type Stack } from '../dev/stack';
 import { stopProcess } from '../dev/process';
 import type { FakePhone } from '../sim/fake-phone';
@@ -59,15 +60,9 @@ const SCENARIO = {
   ],
 };
 
-async function until<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** Polls `check` until it gives a value; fails naming `what` after `timeoutMs`. */
+const until = <T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> =>
+  waitFor(check, timeoutMs, what);
 
 describe('real phones through Temporal and Redis: the adb agent and the Monkey engine (fake phones, real adb)', function () {
   this.timeout(180_000);
