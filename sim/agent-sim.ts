@@ -4,7 +4,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'undici';
 import { listenHttp } from '../src/net/ports';
-import { HttpError, parseRoute, readJson, send, type AgentOp as ProtocolOp, type Json } from '../src/agent/protocol';
+import {
+  failureAnswer,
+  HttpError,
+  parseRoute,
+  readJson,
+  send,
+  type AgentOp as ProtocolOp,
+  type Json,
+} from '../src/agent/protocol';
 
 /** Operations recorded in {@link AgentSimulator.calls}. */
 export type AgentOp = Exclude<ProtocolOp, 'list'>;
@@ -319,13 +327,7 @@ export class AgentSimulator {
       }
       body = await this.run(op, dev, req, call);
     } catch (err) {
-      if (err instanceof HttpError) {
-        status = err.status;
-        body = { error: err.message, deviceId, ...err.extra };
-      } else {
-        status = 500;
-        body = { error: `agent simulator failed on ${op} for device ${deviceId}: ${(err as Error).message}`, deviceId };
-      }
+      ({ status, body } = failureAnswer(err, 'agent simulator', op, deviceId));
     }
     call.endedAt = now();
     call.status = status;

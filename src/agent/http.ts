@@ -26,7 +26,7 @@ import { PhoneRecords, readSettings } from './baseline';
 import { installApp, uninstallApp, type InstallTimeout } from './install';
 import { launchApp } from './launch';
 import { PhoneTracker, stateHint, type AgentLog, type Phone } from './phones';
-import { HttpError, parseRoute, readJson, send, type Json } from './protocol';
+import { failureAnswer, HttpError, parseRoute, readJson, send, type Json } from './protocol';
 import { endEngines, reset } from './reset';
 
 /** Longest a status call waits for the preparation of a phone that just appeared, ms. */
@@ -225,13 +225,7 @@ export class AdbAgent {
         }
       }
     } catch (err) {
-      if (err instanceof HttpError) {
-        status = err.status;
-        body = { error: err.message, deviceId, ...err.extra };
-      } else {
-        status = 500;
-        body = { error: `adb agent failed on ${op} for device ${deviceId}: ${(err as Error).message}`, deviceId };
-      }
+      ({ status, body } = failureAnswer(err, 'adb agent', op, deviceId));
     } finally {
       release?.();
       this.running.delete(controller);

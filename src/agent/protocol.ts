@@ -26,6 +26,15 @@ export class HttpError extends Error {
   }
 }
 
+/** The status and body of a failed call: an HttpError as it says, anything else a 500 naming `who`. */
+export function failureAnswer(err: unknown, who: string, op: string, deviceId: string): { status: number; body: Json } {
+  if (err instanceof HttpError) return { status: err.status, body: { error: err.message, deviceId, ...err.extra } };
+  return {
+    status: 500,
+    body: { error: `${who} failed on ${op} for device ${deviceId}: ${(err as Error).message}`, deviceId },
+  };
+}
+
 /** A request matched to a device and operation, or the error answer for one that matches nothing. */
 export type Route = { deviceId: string; op: AgentOp } | { status: number; error: string };
 
