@@ -280,7 +280,7 @@ describe('real phones through Temporal and Redis: a killed worker and the agent 
   before(async () => {
     tmp = mkdtempSync(path.join(os.tmpdir(), 'dt-phones-proc-'));
     // One phone per test: a phone's device workflow belongs to the task queue that first used it.
-    bench = await startPhoneBench({ phones: 3, stateDir: path.join(tmp, 'phones') });
+    bench = await startPhoneBench({ phones: 4, stateDir: path.join(tmp, 'phones') });
     const port = await freePort();
     agentProc = await startSourceProcess(
       'agent',
@@ -421,23 +421,33 @@ describe('real phones through Temporal and Redis: a killed worker and the agent 
     );
   });
 
-  it('cancel leaves no engine process on the phone even when the worker (and its host adb) was killed first', async () => {
-    const queue = `phones-kill-${Date.now()}`;
+  /**
+   * Starts a long Monkey run on a phone under a worker process, kills that worker and the engine's
+   * host-side adb at once (a container that dies), checks Monkey runs on, then does `then` and starts a
+   * new worker. Resolves with the run's result.
+   */
+  const afterWorkerDied = async (
+    phoneIndex: number,
+    then: (handle: ReturnType<Stack['client']['workflow']['getHandle']>) => Promise<unknown>,
+  ): Promise<{ result: TraversalResult; phone: FakePhone }> => {
+    const queue = `phones-kill-${phoneIndex}-${Date.now()}`;
     const shop = stack.apks['shop.apk']!;
-    const phone = bench.phones[2]!;
+    const phone = bench.phones[phoneIndex]!;
     const id = serialToId(phone.address);
-    const dataDir = path.join(tmp, 'w-kill');
-    const worker1 = await spawnWorker({
-      ...env(queue),
-      dataDir,
-      env: { ...workerEnv, DT_ADB_SERVER: bench.adbServer },
-    });
+    const workerOn = (dir: string) =>
+      spawnWorker({
+        ...env(queue),
+        dataDir: path.join(tmp, dir),
+        env: { ...workerEnv, DT_ADB_SERVER: bench.adbServer },
+      });
+    const worker1 = await workerOn(`w-${queue}-1`);
     procs.push(worker1);
     procs.push(await spawnStarter({ ...env(queue), starterId: `s-${queue}`, env: { DT_ALLOWED_HOSTS: '127.0.0.1' } }));
+    const taskId = `kill-${phoneIndex}`;
     await stack.redis.lpush(
       `${queue}:traversal:tasks`,
       JSON.stringify({
-        taskId: 'kill-1',
+        taskId,
         deviceId: id,
         agentUrl,
         apkUrl: shop.url,
@@ -454,27 +464,34 @@ describe('real phones through Temporal and Redis: a killed worker and the agent 
       },
       90_000,
     );
-    // The whole container dies: the worker and the host-side adb of the engine, at once.
     for (const pid of hostAdbShells(phone.address)) process.kill(pid, 'SIGKILL');
     process.kill(worker1.pid, 'SIGKILL');
     await worker1.exited;
     await new Promise((r) => setTimeout(r, 1000));
     assert.deepEqual(await pidsOf(bench.adb, phone.address, MONKEY), pids, 'Monkey ignores the hang-up and runs on');
-    await stack.client.workflow.getHandle(traversalWorkflowId('kill-1', id)).cancel();
-    // A new worker takes over: the lost attempt times out, and cleanupDevice's reset ends Monkey.
-    procs.push(
-      await spawnWorker({
-        ...env(queue),
-        dataDir: path.join(tmp, 'w-kill-2'),
-        env: { ...workerEnv, DT_ADB_SERVER: bench.adbServer },
-      }),
-    );
+    await then(stack.client.workflow.getHandle(traversalWorkflowId(taskId, id)));
+    procs.push(await workerOn(`w-${queue}-2`));
     const raw = await until(
-      'the result of kill-1',
-      async () => (await stack.redis.get(`${queue}:traversal:result:kill-1:${id}`)) ?? undefined,
+      `the result of ${taskId}`,
+      async () => (await stack.redis.get(`${queue}:traversal:result:${taskId}:${id}`)) ?? undefined,
       120_000,
     );
-    assert.equal((JSON.parse(raw) as TraversalResult).status, 'cancelled');
+    return { result: JSON.parse(raw) as TraversalResult, phone };
+  };
+
+  it('cancel leaves no engine process on the phone even when the worker (and its host adb) was killed first', async () => {
+    // The lost attempt times out on the new worker, and cleanupDevice's reset ends Monkey.
+    const { result, phone } = await afterWorkerDied(2, (h) => h.cancel());
+    assert.equal(result.status, 'cancelled', JSON.stringify(result.error));
+    assert.deepEqual(await pidsOf(bench.adb, phone.address, MONKEY), []);
+  });
+
+  it('finish-now leaves no engine process on the phone even when the worker (and its host adb) was killed first', async () => {
+    // The retry on the new worker sweeps the leftover Monkey, reads finish-now and stops at once.
+    const { result, phone } = await afterWorkerDied(3, (h) => h.signal(budgetSignal, { finishNow: true }));
+    assert.equal(result.status, 'completed', JSON.stringify(result.error));
+    assert.equal(result.stoppedEarly, true);
+    assert.ok((result.timings.runTraversal ?? 0) < 60_000, `stopped early: ${result.timings.runTraversal} ms`);
     assert.deepEqual(await pidsOf(bench.adb, phone.address, MONKEY), []);
   });
 
