@@ -11,6 +11,7 @@ import { mkdirSync } from 'node:fs';
 import { Adb } from '../src/adb';
 import { freePort } from '../src/net/ports';
 import { FakePhone, type FakePhoneOptions } from '../sim/fake-phone';
+import { waitFor } from './wait';
 
 /** What to start. */
 export interface PhoneBenchOptions {
@@ -60,16 +61,12 @@ export async function startPhoneBench(o: PhoneBenchOptions): Promise<PhoneBench>
     if (ownServer) await adb.run(undefined, ['kill-server'], { timeoutMs: 10_000 }).catch(() => {});
   };
   const waitState = async (serial: string, state: string, timeoutMs = 20_000) => {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const list = await adb.devices();
-      if (list.some((d) => d.serial === serial && d.state === state)) return;
-      if (Date.now() > deadline)
-        throw new Error(
-          `adb did not list ${serial} as ${state} within ${timeoutMs} ms: ${JSON.stringify(list.map((d) => `${d.serial} ${d.state}`))}`,
-        );
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    await waitFor(
+      async () => (await adb.devices()).some((d) => d.serial === serial && d.state === state),
+      timeoutMs,
+      `adb listing ${serial} as ${state}`,
+      200,
+    );
   };
   const connect = async (p: FakePhone) => {
     const r = await adb.run(undefined, ['connect', p.address], { timeoutMs: 15_000 });
@@ -108,9 +105,4 @@ export async function startPhoneBench(o: PhoneBenchOptions): Promise<PhoneBench>
     waitState,
     stop,
   };
-}
-
-/** The agent's device id of an adb serial: characters outside the id rule become '-'. */
-export function deviceIdOf(serial: string): string {
-  return serial.replace(/[^A-Za-z0-9._-]/g, '-');
 }

@@ -3,7 +3,7 @@
  * protocol for the phones of one adb server (src/agent/http.ts); the simulator is `npm run agent-sim`.
  */
 import path from 'node:path';
-import { Adb } from './adb';
+import { Adb, adbFor } from './adb';
 import { AdbAgent } from './agent/http';
 import { loadConfig, parseDuration } from './config';
 
@@ -89,11 +89,11 @@ async function main(): Promise<void> {
     return;
   }
   const config = loadConfig();
-  const [envHost, envPort] = config.adbServer ? config.adbServer.split(':') : [];
+  const configured = adbFor(config).options;
   const adb = new Adb({
-    bin: config.adbBin,
-    serverHost: args.adbHost ?? envHost,
-    serverPort: args.adbPort ?? (envPort ? Number(envPort) : undefined),
+    ...configured,
+    serverHost: args.adbHost ?? configured.serverHost,
+    serverPort: args.adbPort ?? configured.serverPort,
   });
   const log = (msg: string, meta?: Record<string, unknown>) =>
     process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), msg, ...meta })}\n`);

@@ -18,6 +18,7 @@ import { PROJECT_ROOT } from '../src/config';
 import type { FakePhone } from '../sim/fake-phone';
 import { ApkOrigin } from '../sim/origin';
 import { startPhoneBench, type PhoneBench } from '../dev/phones';
+import { mib, RssSampler } from '../dev/rss';
 import { waitFor } from '../dev/wait';
 
 /** Polls `check` until it gives a value; fails naming `what` after `timeoutMs`. */
@@ -276,16 +277,15 @@ describe('adb agent (real adb, fake phones)', function () {
 
   it('keeps its memory flat while it installs a 64 MiB APK', async () => {
     global.gc?.();
-    const start = process.memoryUsage().rss;
-    let peak = start;
-    const t = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
+    const sampler = new RssSampler(process.pid, 20).start();
+    const start = sampler.sample() ?? 0;
     try {
       const r = await post(pixel, 'installApp', { url: origin.url('big2.apk'), packageName: 'com.big.app' });
       assert.equal(r.status, 200, JSON.stringify(r.body));
     } finally {
-      clearInterval(t);
+      sampler.stop();
     }
-    assert.ok(peak - start < 40 * 1024 * 1024, `RSS grew by ${((peak - start) / 1024 / 1024).toFixed(1)} MiB`);
+    assert.ok(sampler.peak - start < 40 * 1024 * 1024, `RSS grew by ${mib(sampler.peak - start)}`);
   });
 
   it('logs one line per call with phone, op, ms and outcome', () => {

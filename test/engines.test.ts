@@ -17,7 +17,8 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { DefaultLogger, type LogEntry } from '@temporalio/worker';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { FakePhone, startFakePhones } from '../sim/fake-phone';
+import { startPhoneBench, type PhoneBench } from '../dev/phones';
+import type { FakePhone } from '../sim/fake-phone';
 import { Adb } from '../src/adb';
 import { pidsOf, readEngineRecord } from '../src/adb/device';
 import { engineFor, type Engine } from '../src/activities/traversal/engines';
@@ -30,7 +31,6 @@ import {
 import { runDir } from '../src/activities/traversal/run';
 import { localFindingsFile } from '../src/activities/report-parts';
 import type { Finding } from '../src/contract/messages';
-import { freePort } from '../src/net/ports';
 
 const ADB = process.env.DT_ADB || 'adb';
 const PKG = 'com.example.app';
@@ -43,6 +43,7 @@ describe('the monkey and fastbot engines on fake phones through the real adb', f
   let serverPort: number;
   let adb: Adb;
   let phones: FakePhone[];
+  let bench: PhoneBench;
 
   const adbRun = (args: string[]): Promise<{ code: number; stdout: string; stderr: string }> =>
     new Promise((resolve) =>
@@ -89,26 +90,15 @@ describe('the monkey and fastbot engines on fake phones through the real adb', f
 
   before(async function () {
     tmp = mkdtempSync(path.join(os.tmpdir(), 'dt-engines-'));
-    serverPort = await freePort();
-    adb = new Adb({ bin: ADB, serverPort });
-    phones = await startFakePhones(3, { stateDir: path.join(tmp, 'phones') });
-    assert.equal((await adbRun(['start-server'])).code, 0);
+    bench = await startPhoneBench({ phones: 3, stateDir: path.join(tmp, 'phones'), adbBin: ADB });
+    ({ adb, adbPort: serverPort, phones } = bench);
     const apk = path.join(tmp, 'app.apk');
     writeFileSync(apk, Buffer.concat([Buffer.from(`package="${PKG}"`), Buffer.alloc(50_000, 7)]));
-    for (const p of phones) {
-      assert.match((await adbRun(['connect', p.address])).stdout, /connected to/);
-      for (let i = 0; ; i++) {
-        if ((await adbRun(['-s', p.address, 'get-state'])).stdout.trim() === 'device') break;
-        if (i > 100) throw new Error(`${p.address} never came online`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      assert.match((await adbRun(['-s', p.address, 'install', apk])).stdout, /Success/);
-    }
+    for (const p of phones) assert.match((await adbRun(['-s', p.address, 'install', apk])).stdout, /Success/);
   });
 
   after(async () => {
-    await adbRun(['kill-server']);
-    await Promise.all((phones ?? []).map((p) => p.close()));
+    await bench?.stop();
     rmSync(tmp, { recursive: true, force: true });
   });
 

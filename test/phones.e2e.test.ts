@@ -15,7 +15,7 @@ import path from 'node:path';
 import { startPhoneBench, type PhoneBench } from '../dev/phones';
 import { RssSampler, mib } from '../dev/rss';
 import { startSourceProcess } from '../dev/services';
-import { waitFor } from '../dev/wait';
+import { waitFor, waitForResult } from '../dev/wait';
 import { startStack, type Stack } from '../dev/stack';
 import { stopProcess } from '../dev/process';
 import type { FakePhone } from '../sim/fake-phone';
@@ -63,6 +63,20 @@ const SCENARIO = {
 /** Polls `check` until it gives a value; fails naming `what` after `timeoutMs`. */
 const until = <T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> =>
   waitFor(check, timeoutMs, what);
+
+/** Pids of Monkey on a phone. */
+const monkeysOn = (bench: PhoneBench, p: FakePhone) => pidsOf(bench.adb, p.address, MONKEY);
+
+/** Waits until Monkey runs on the phone; its pids. */
+const monkeyRunning = (bench: PhoneBench, p: FakePhone): Promise<number[]> =>
+  until(
+    'Monkey running on the phone',
+    async () => {
+      const pids = await monkeysOn(bench, p);
+      return pids.length ? pids : undefined;
+    },
+    90_000,
+  );
 
 describe('real phones through Temporal and Redis: the adb agent and the Monkey engine (fake phones, real adb)', function () {
   this.timeout(180_000);
@@ -116,7 +130,6 @@ describe('real phones through Temporal and Redis: the adb agent and the Monkey e
     });
     return taskId;
   };
-  const monkeysOn = (p: FakePhone) => pidsOf(bench.adb, p.address, MONKEY);
   const handle = (taskId: string, phone: FakePhone) =>
     stack.client.workflow.getHandle(traversalWorkflowId(taskId, idOf(phone)));
 
@@ -149,24 +162,20 @@ describe('real phones through Temporal and Redis: the adb agent and the Monkey e
       phone.state().packages.find((p) => p.name === PKG),
       undefined,
     );
-    assert.deepEqual(await monkeysOn(phone), []);
+    assert.deepEqual(await monkeysOn(bench, phone), []);
   });
 
   it('cancel leaves no engine process on the phone', async () => {
     const phone = bench.phones[1]!;
     const taskId = await push(phone, { traversal: { durationSec: 60 } });
-    await until(
-      'Monkey running on the phone',
-      async () => ((await monkeysOn(phone)).length ? true : undefined),
-      60_000,
-    );
+    await monkeyRunning(bench, phone);
     const cancelledAt = Date.now();
     await handle(taskId, phone).cancel();
-    await until('Monkey gone from the phone', async () => ((await monkeysOn(phone)).length ? undefined : true));
+    await until('Monkey gone from the phone', async () => ((await monkeysOn(bench, phone)).length ? undefined : true));
     const goneMs = Date.now() - cancelledAt;
     const r = await stack.waitResult(taskId, idOf(phone), 60_000);
     assert.equal(r.status, 'cancelled');
-    assert.deepEqual(await monkeysOn(phone), []);
+    assert.deepEqual(await monkeysOn(bench, phone), []);
     console.log(`      cancel → Monkey gone on the phone: ${goneMs} ms`);
   });
 
@@ -174,11 +183,7 @@ describe('real phones through Temporal and Redis: the adb agent and the Monkey e
     const phone = bench.phones[2]!;
     const taskId = await push(phone, { traversal: { durationSec: 60 } });
     // Past the first crash (event 20 at 20 ms an event), then finish now.
-    await until(
-      'Monkey running on the phone',
-      async () => ((await monkeysOn(phone)).length ? true : undefined),
-      60_000,
-    );
+    await monkeyRunning(bench, phone);
     await new Promise((r) => setTimeout(r, 1500));
     await handle(taskId, phone).signal(budgetSignal, { finishNow: true });
     const r = await stack.waitResult(taskId, idOf(phone), 60_000);
@@ -186,17 +191,13 @@ describe('real phones through Temporal and Redis: the adb agent and the Monkey e
     assert.equal(r.stoppedEarly, true);
     assert.ok(r.findings.length >= 1, 'the crash found before finish-now is kept');
     assert.ok((r.timings.runTraversal ?? 0) < 30_000, `stopped early, ran ${r.timings.runTraversal} ms`);
-    assert.deepEqual(await monkeysOn(phone), []);
+    assert.deepEqual(await monkeysOn(bench, phone), []);
   });
 
   it('pause holds Monkey on the phone (no events, budget not counting) and resume continues it', async () => {
     const phone = bench.phones[0]!;
     const taskId = await push(phone, { traversal: { durationSec: 4 } });
-    await until(
-      'Monkey running on the phone',
-      async () => ((await monkeysOn(phone)).length ? true : undefined),
-      60_000,
-    );
+    await monkeyRunning(bench, phone);
     await handle(taskId, phone).signal(pauseSignal);
     const log = path.join(stack.dataDir, 'runs', taskId, idOf(phone), 'attempt-1.log');
     const events = () => (readFileSync(log, 'utf8').match(/Sending event #/g) ?? []).length;
@@ -205,7 +206,7 @@ describe('real phones through Temporal and Redis: the adb agent and the Monkey e
     const held = events();
     await new Promise((r) => setTimeout(r, 2500));
     assert.equal(events(), held, 'no event while paused');
-    assert.equal((await monkeysOn(phone)).length, 1, 'paused, not ended');
+    assert.equal((await monkeysOn(bench, phone)).length, 1, 'paused, not ended');
     await handle(taskId, phone).signal(resumeSignal);
     const r = await stack.waitResult(taskId, idOf(phone), 60_000);
     assert.equal(r.status, 'completed', JSON.stringify(r.error));
@@ -214,17 +215,13 @@ describe('real phones through Temporal and Redis: the adb agent and the Monkey e
       r.timings.runTraversal! >= 6000,
       `the 4 s budget did not count the pause: ran ${r.timings.runTraversal} ms`,
     );
-    assert.deepEqual(await monkeysOn(phone), []);
+    assert.deepEqual(await monkeysOn(bench, phone), []);
   });
 
   it('an unplugged phone mid-run fails the attempt as DeviceOffline, and the retry resumes for the rest of the budget', async () => {
     const phone = bench.phones[3]!;
     const taskId = await push(phone, { traversal: { durationSec: 10 } });
-    await until(
-      'Monkey running on the phone',
-      async () => ((await monkeysOn(phone)).length ? true : undefined),
-      60_000,
-    );
+    await monkeyRunning(bench, phone);
     await new Promise((r) => setTimeout(r, 2000));
     phone.goOffline();
     await bench.waitState(phone.address, 'offline');
@@ -244,7 +241,7 @@ describe('real phones through Temporal and Redis: the adb agent and the Monkey e
     );
     // The retry ran only what was left: far less than a second full 10 s budget.
     assert.ok(r.timings.runTraversal! < 25_000, `runTraversal took ${r.timings.runTraversal} ms`);
-    assert.deepEqual(await monkeysOn(phone), []);
+    assert.deepEqual(await monkeysOn(bench, phone), []);
   });
 
   it('INSTALL_FAILED_INSUFFICIENT_STORAGE becomes a non-retryable InstallRejected that names the code', async () => {
@@ -322,97 +319,90 @@ describe('real phones through Temporal and Redis: a killed worker and the agent 
     DT_DEVICE_CHECK_INTERVAL: '1s',
   };
 
-  it('a 1 GiB APK installs with the agent RSS flat: its peak is that of an 8 MiB install', async () => {
-    const queue = `phones-big-${Date.now()}`;
-    const phone = bench.phones[0]!;
-    const id = serialToId(phone.address);
-    const worker = await spawnWorker({
-      ...env(queue),
-      dataDir: path.join(tmp, 'w-big'),
-      env: { ...workerEnv, DT_ADB_SERVER: bench.adbServer, DT_DELIVERY: 'direct' },
-    });
-    procs.push(worker);
+  /**
+   * A task queue of its own with a worker process (DT_ENGINE=monkey on the bench's adb server) and a
+   * starter process; `env` goes to both. A test takes its own lane and its own phone, since a phone's
+   * device workflow belongs to the task queue that first used it.
+   */
+  const lane = async (name: string, extra: Record<string, string> = {}) => {
+    const queue = `phones-${name}-${Date.now()}`;
+    let n = 0;
+    const startWorker = async () => {
+      const worker = await spawnWorker({
+        ...env(queue),
+        dataDir: path.join(tmp, `w-${name}-${++n}`),
+        env: { ...workerEnv, DT_ADB_SERVER: bench.adbServer, ...extra },
+      });
+      procs.push(worker);
+      return worker;
+    };
+    const worker = await startWorker();
     const starter = await spawnStarter({
       ...env(queue),
       starterId: `s-${queue}`,
-      env: { DT_ALLOWED_HOSTS: '127.0.0.1', DT_DELIVERY: 'direct' },
+      env: { DT_ALLOWED_HOSTS: '127.0.0.1', ...extra },
     });
     procs.push(starter);
+    return {
+      worker,
+      startWorker,
+      /** Pushes a task for one phone, with the named APK of the stack's origin. */
+      push: (taskId: string, phone: FakePhone, apkName: string, fields: Record<string, unknown> = {}) => {
+        const apk = stack.apks[apkName]!;
+        return stack.redis.lpush(
+          `${queue}:traversal:tasks`,
+          JSON.stringify({
+            taskId,
+            deviceId: serialToId(phone.address),
+            agentUrl,
+            apkUrl: apk.url,
+            apkSha256: apk.sha256,
+            packageName: PKG,
+            traversal: { durationSec: 1 },
+            ...fields,
+          }),
+        );
+      },
+      result: (taskId: string, phone: FakePhone, timeoutMs = 120_000) =>
+        waitForResult(stack.redis, `${queue}:`, taskId, serialToId(phone.address), timeoutMs),
+      /** Stops this lane's processes now (the suite's after() would, later). */
+      stop: () => Promise.all([starter, worker].map((p) => stopProcess(p.child, 5000))),
+    };
+  };
+
+  it('a 1 GiB APK installs with the agent RSS flat: its peak is that of an 8 MiB install', async () => {
+    const phone = bench.phones[0]!;
+    const big = await lane('big', { DT_DELIVERY: 'direct' });
     // One install after the other on one phone, each with its own sampler of the agent process.
     const installWatched = async (taskId: string, name: string) => {
       const apk = stack.apks[name]!;
       const sampler = new RssSampler(agentProc.pid, 50).start();
-      await stack.redis.lpush(
-        `${queue}:traversal:tasks`,
-        JSON.stringify({
-          taskId,
-          deviceId: id,
-          agentUrl,
-          apkUrl: apk.url,
-          apkSha256: apk.sha256,
-          packageName: PKG,
-          traversal: { durationSec: 1 },
-        }),
-      );
+      await big.push(taskId, phone, name);
       const installed = await until(
         `${name} on the phone`,
         async () => phone.state().packages.find((p) => p.name === PKG && p.sha256 === apk.sha256),
         240_000,
       );
       assert.equal(installed.size, apk.size);
-      const raw = await until(
-        `the result of ${taskId}`,
-        async () => (await stack.redis.get(`${queue}:traversal:result:${taskId}:${id}`)) ?? undefined,
-        240_000,
-      );
+      const r = await big.result(taskId, phone, 240_000);
       sampler.stop();
-      assert.equal((JSON.parse(raw) as TraversalResult).status, 'completed', raw);
+      assert.equal(r.status, 'completed', JSON.stringify(r.error));
       return sampler.peak;
     };
     const small = await installWatched('small-1', 'shop.apk');
-    const big = await installWatched('big-1', 'big.apk');
-    console.log(`      agent peak RSS: ${mib(small)} installing 8 MiB, ${mib(big)} installing 1 GiB`);
+    const peak = await installWatched('big-1', 'big.apk');
+    console.log(`      agent peak RSS: ${mib(small)} installing 8 MiB, ${mib(peak)} installing 1 GiB`);
     // Flat means independent of the APK's size: a whole APK held in memory would add 1 GiB here; the
     // margin is for the stream buffers and GC timing of an 18 s transfer against a 1 s one.
-    assert.ok(big - small < 48 * MiB, `the agent's peak RSS grew by ${mib(big - small)} from 8 MiB to 1 GiB`);
-    await stopProcess(starter.child, 5000);
-    await stopProcess(worker.child, 5000);
+    assert.ok(peak - small < 48 * MiB, `the agent's peak RSS grew by ${mib(peak - small)} from 8 MiB to 1 GiB`);
+    await big.stop();
   });
 
   it('a wrong sha256 installs nothing', async () => {
-    const queue = `phones-sha-${Date.now()}`;
-    const shop = stack.apks['shop.apk']!;
     const phone = bench.phones[1]!;
-    procs.push(
-      await spawnWorker({
-        ...env(queue),
-        dataDir: path.join(tmp, 'w-sha'),
-        env: { ...workerEnv, DT_ADB_SERVER: bench.adbServer, DT_DELIVERY: 'direct' },
-      }),
-      await spawnStarter({
-        ...env(queue),
-        starterId: `s-${queue}`,
-        env: { DT_ALLOWED_HOSTS: '127.0.0.1', DT_DELIVERY: 'direct' },
-      }),
-    );
-    await stack.redis.lpush(
-      `${queue}:traversal:tasks`,
-      JSON.stringify({
-        taskId: 'sha-1',
-        deviceId: serialToId(phone.address),
-        agentUrl,
-        apkUrl: shop.url,
-        apkSha256: 'f'.repeat(64),
-        packageName: 'com.example.wrong',
-        traversal: { durationSec: 1 },
-      }),
-    );
-    const raw = await until(
-      'the result of sha-1',
-      async () => (await stack.redis.get(`${queue}:traversal:result:sha-1:${serialToId(phone.address)}`)) ?? undefined,
-      120_000,
-    );
-    const r = JSON.parse(raw) as TraversalResult;
+    const sha = await lane('sha', { DT_DELIVERY: 'direct' });
+    await sha.push('sha-1', phone, 'shop.apk', { apkSha256: 'f'.repeat(64), packageName: 'com.example.wrong' });
+    const r = await sha.result('sha-1', phone);
     assert.equal(r.status, 'failed');
     assert.match(`${r.error?.type} ${r.error?.message}`, /sha256|hash/i);
     assert.equal(
@@ -430,60 +420,26 @@ describe('real phones through Temporal and Redis: a killed worker and the agent 
     phoneIndex: number,
     then: (handle: ReturnType<Stack['client']['workflow']['getHandle']>) => Promise<unknown>,
   ): Promise<{ result: TraversalResult; phone: FakePhone }> => {
-    const queue = `phones-kill-${phoneIndex}-${Date.now()}`;
-    const shop = stack.apks['shop.apk']!;
     const phone = bench.phones[phoneIndex]!;
-    const id = serialToId(phone.address);
-    const workerOn = (dir: string) =>
-      spawnWorker({
-        ...env(queue),
-        dataDir: path.join(tmp, dir),
-        env: { ...workerEnv, DT_ADB_SERVER: bench.adbServer },
-      });
-    const worker1 = await workerOn(`w-${queue}-1`);
-    procs.push(worker1);
-    procs.push(await spawnStarter({ ...env(queue), starterId: `s-${queue}`, env: { DT_ALLOWED_HOSTS: '127.0.0.1' } }));
+    const kill = await lane(`kill-${phoneIndex}`);
     const taskId = `kill-${phoneIndex}`;
-    await stack.redis.lpush(
-      `${queue}:traversal:tasks`,
-      JSON.stringify({
-        taskId,
-        deviceId: id,
-        agentUrl,
-        apkUrl: shop.url,
-        apkSha256: shop.sha256,
-        packageName: PKG,
-        traversal: { durationSec: 120 },
-      }),
-    );
-    const pids = await until(
-      'Monkey running on the phone',
-      async () => {
-        const p = await pidsOf(bench.adb, phone.address, MONKEY);
-        return p.length ? p : undefined;
-      },
-      90_000,
-    );
+    await kill.push(taskId, phone, 'shop.apk', { traversal: { durationSec: 120 } });
+    const pids = await monkeyRunning(bench, phone);
     for (const pid of hostAdbShells(phone.address)) process.kill(pid, 'SIGKILL');
-    process.kill(worker1.pid, 'SIGKILL');
-    await worker1.exited;
+    process.kill(kill.worker.pid, 'SIGKILL');
+    await kill.worker.exited;
     await new Promise((r) => setTimeout(r, 1000));
-    assert.deepEqual(await pidsOf(bench.adb, phone.address, MONKEY), pids, 'Monkey ignores the hang-up and runs on');
-    await then(stack.client.workflow.getHandle(traversalWorkflowId(taskId, id)));
-    procs.push(await workerOn(`w-${queue}-2`));
-    const raw = await until(
-      `the result of ${taskId}`,
-      async () => (await stack.redis.get(`${queue}:traversal:result:${taskId}:${id}`)) ?? undefined,
-      120_000,
-    );
-    return { result: JSON.parse(raw) as TraversalResult, phone };
+    assert.deepEqual(await monkeysOn(bench, phone), pids, 'Monkey ignores the hang-up and runs on');
+    await then(stack.client.workflow.getHandle(traversalWorkflowId(taskId, serialToId(phone.address))));
+    await kill.startWorker();
+    return { result: await kill.result(taskId, phone), phone };
   };
 
   it('cancel leaves no engine process on the phone even when the worker (and its host adb) was killed first', async () => {
     // The lost attempt times out on the new worker, and cleanupDevice's reset ends Monkey.
     const { result, phone } = await afterWorkerDied(2, (h) => h.cancel());
     assert.equal(result.status, 'cancelled', JSON.stringify(result.error));
-    assert.deepEqual(await pidsOf(bench.adb, phone.address, MONKEY), []);
+    assert.deepEqual(await monkeysOn(bench, phone), []);
   });
 
   it('finish-now leaves no engine process on the phone even when the worker (and its host adb) was killed first', async () => {
@@ -492,12 +448,13 @@ describe('real phones through Temporal and Redis: a killed worker and the agent 
     assert.equal(result.status, 'completed', JSON.stringify(result.error));
     assert.equal(result.stoppedEarly, true);
     assert.ok((result.timings.runTraversal ?? 0) < 60_000, `stopped early: ${result.timings.runTraversal} ms`);
-    assert.deepEqual(await pidsOf(bench.adb, phone.address, MONKEY), []);
+    assert.deepEqual(await monkeysOn(bench, phone), []);
   });
 
   it('Fastbot with its folder missing fails with a clear setup error', async () => {
     const queue = `phones-fastbot-${Date.now()}`;
     const missing = path.join(tmp, 'no-such-fastbot');
+    // The worker exits before its ready line, which fails the spawn.
     await assert.rejects(
       spawnWorker({
         ...env(queue),

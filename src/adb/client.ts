@@ -4,12 +4,11 @@
  * Everything goes through the real adb and its server (the server keeps the USB or TCP transports),
  * so a phone on this host, a phone behind an adb server on another host (`-H`/`-P`, or the
  * `ADB_SERVER_SOCKET` variable, which adb reads itself) and a fake phone in the tests are driven the
- * same way. Output of one call is captured up to a cap, never without bound; the bytes of an install
- * go in through a stream and are never held here.
+ * same way. Output of one call is captured up to a cap, never without bound; an install hands adb the
+ * file's path (`adb install`), so its bytes never pass through this process.
  */
 import { spawn } from 'node:child_process';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 
 /** Which adb binary to run and which server it talks to. */
 export interface AdbOptions {
@@ -28,8 +27,6 @@ export interface AdbCallOptions {
   /** Ends the call (SIGKILL to the adb client) after this long, ms; the result then says timedOut. */
   timeoutMs?: number;
   signal?: AbortSignal;
-  /** Bytes fed to adb's stdin (for `exec-in`); the stream is consumed, never buffered here. */
-  stdin?: Readable;
   /** Most bytes of stdout (and of stderr) kept; the rest is dropped. Default 1 MiB. */
   maxOutputBytes?: number;
 }
@@ -111,7 +108,7 @@ export class Adb {
     const max = o.maxOutputBytes ?? DEFAULT_MAX_OUTPUT;
     return new Promise<AdbResult>((resolve, reject) => {
       if (o.signal?.aborted) return reject(new AdbUnavailableError(`adb ${args[0] ?? ''} cancelled`));
-      const child = spawn(bin, rest, { env: this.env, stdio: [o.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+      const child = spawn(bin, rest, { env: this.env, stdio: ['ignore', 'pipe', 'pipe'] });
       const out = capture(child.stdout!, max);
       const err = capture(child.stderr!, max);
       let timedOut = false;
@@ -123,10 +120,6 @@ export class Adb {
         : undefined;
       const onAbort = () => child.kill('SIGKILL');
       o.signal?.addEventListener('abort', onAbort, { once: true });
-      if (o.stdin && child.stdin) {
-        // A phone that stops reading (install refused early) closes the pipe: that is not our error.
-        pipeline(o.stdin, child.stdin).catch(() => o.stdin?.destroy());
-      }
       child.once('error', (e: NodeJS.ErrnoException) => {
         clearTimeout(timer);
         o.signal?.removeEventListener('abort', onAbort);
@@ -148,15 +141,6 @@ export class Adb {
   /** `adb -s <serial> shell <command>`: the command is one line of the phone's shell. */
   shell(serial: string, command: string, o: AdbCallOptions = {}): Promise<AdbResult> {
     return this.run(serial, ['shell', command], o);
-  }
-
-  /**
-   * `adb -s <serial> exec-in <command>` with `stdin` streamed to the command (no shell, no PTY).
-   * The adb client's exec-in only copies stdin to the phone: what the command prints is dropped, so
-   * stdout stays empty (an install's Success/Failure line never arrives; use `adb install` for that).
-   */
-  execIn(serial: string, command: string, stdin: Readable, o: AdbCallOptions = {}): Promise<AdbResult> {
-    return this.run(serial, ['exec-in', command], { ...o, stdin });
   }
 
   /** The phones the server knows, with their states. */

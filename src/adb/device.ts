@@ -48,18 +48,19 @@ export async function pidsOf(adb: Adb, serial: string, name: string, o: AdbCallO
 }
 
 /**
- * True while a process with this pid exists on the phone. Read from `ps` rather than probed with
- * `kill -0`: looking sends no signal, so a shell that takes `-0` for another signal (the fake phone
- * of the tests sends TERM) cannot end what it checks. The PID column is found by its header, which
- * toybox (`-o PID,NAME`) and the older toolbox ps (full table) both print.
+ * Which of these pids are running on the phone, from one `ps` call. Read from `ps` rather than
+ * probed with `kill -0`, so looking never signals anything. The PID column is found by its header,
+ * which toybox (`-o PID,NAME`) and the older toolbox ps (full table) both print.
  */
-export async function pidAlive(adb: Adb, serial: string, pid: number, o: AdbCallOptions = {}): Promise<boolean> {
+export async function alivePids(adb: Adb, serial: string, pids: number[], o: AdbCallOptions = {}): Promise<number[]> {
+  if (!pids.length) return [];
   const r = await adb.shell(serial, 'ps -A -o PID,NAME', { timeoutMs: SHELL_TIMEOUT_MS, ...o });
   if (r.timedOut || r.code === null) throw new Error(`adb -s ${serial} shell ps: ${tail(r)}`);
   const [header = '', ...rows] = r.stdout.split('\n');
   const col = header.trim().split(/\s+/).indexOf('PID');
   if (col < 0) throw new Error(`adb -s ${serial} shell ps: no PID column in "${header.trim()}"`);
-  return rows.some((row) => row.trim().split(/\s+/)[col] === String(pid));
+  const running = new Set(rows.map((row) => row.trim().split(/\s+/)[col]));
+  return pids.filter((pid) => running.has(String(pid)));
 }
 
 /**
@@ -67,8 +68,7 @@ export async function pidAlive(adb: Adb, serial: string, pid: number, o: AdbCall
  * with the pids that were found running; throws when one survives KILL.
  */
 export async function killOnPhone(adb: Adb, serial: string, pids: number[], o: AdbCallOptions = {}): Promise<number[]> {
-  const found: number[] = [];
-  for (const pid of pids) if (await pidAlive(adb, serial, pid, o)) found.push(pid);
+  const found = await alivePids(adb, serial, pids, o);
   if (!found.length) return [];
   // CONT after TERM: a process held by STOP (a paused engine) acts on TERM only once it runs again.
   await adb.shell(serial, `kill ${found.join(' ')}; kill -CONT ${found.join(' ')}`, {
@@ -79,21 +79,15 @@ export async function killOnPhone(adb: Adb, serial: string, pids: number[], o: A
   let alive = found;
   while (alive.length && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 200));
-    alive = await filterAlive(adb, serial, alive, o);
+    alive = await alivePids(adb, serial, alive, o);
   }
   if (alive.length) {
     await adb.shell(serial, `kill -9 ${alive.join(' ')}`, { timeoutMs: SHELL_TIMEOUT_MS, ...o });
     await new Promise((r) => setTimeout(r, 200));
-    alive = await filterAlive(adb, serial, alive, o);
+    alive = await alivePids(adb, serial, alive, o);
     if (alive.length) throw new Error(`processes ${alive.join(', ')} on ${serial} survived kill -9`);
   }
   return found;
-}
-
-async function filterAlive(adb: Adb, serial: string, pids: number[], o: AdbCallOptions): Promise<number[]> {
-  const out: number[] = [];
-  for (const pid of pids) if (await pidAlive(adb, serial, pid, o)) out.push(pid);
-  return out;
 }
 
 /** Records the running engine on the phone. */

@@ -90,6 +90,9 @@ export class AdbAgent {
   async start(port = 7301, host = '127.0.0.1'): Promise<string> {
     if (this.server) throw new Error('AdbAgent already started');
     for (const rec of await this.records.all()) this.phones.remember(rec);
+    // Parts an agent that died left behind: a recent one may still be resumed, an old one never is.
+    const swept = await this.cache.removeOrphanParts(60 * 60_000);
+    if (swept.files) this.log('removed stale partial downloads', swept);
     await this.phones.start();
     const server = http.createServer((req, res) => {
       this.handle(req, res).catch((err: Error) => {

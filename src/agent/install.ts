@@ -16,7 +16,6 @@ import type { Adb } from '../adb';
 import type { ApkCache, CachedApk } from '../apk-cache';
 import { ApkHashMismatchError, InsufficientStorageError, TraversalError } from '../contract/errors';
 import { PACKAGE_PATTERN } from '../contract/ids';
-import { UrlRefusedError } from '../net/url-policy';
 import { HttpError, type Json } from './protocol';
 import type { Phone, PhoneTracker } from './phones';
 
@@ -105,8 +104,9 @@ async function download(
     // This host's disk, not the APK: retryable, and not the phone's fault (so not 503).
     if (err instanceof InsufficientStorageError)
       throw new HttpError(507, `the agent's disk is full: ${err.message}`, { code: err.code });
-    if (err instanceof UrlRefusedError || err instanceof TraversalError) {
-      const code = (err as TraversalError).code;
+    // UrlRefusedError is a TraversalError too.
+    if (err instanceof TraversalError) {
+      const code = err.code;
       throw new HttpError(
         422,
         `download of ${url} failed for device ${phone.id}: ${err.message}; check the URL is reachable from the agent`,

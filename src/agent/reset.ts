@@ -5,7 +5,7 @@
  * Every step is a no-op when there is nothing to do, so a retried reset is harmless.
  */
 import type { Adb } from '../adb';
-import { ENGINE_PROCESS_NAMES, pidsOf, sweepEngines } from '../adb/device';
+import { sweepEngines } from '../adb/device';
 import { restoreSettings, type PhoneRecords, type Restored } from './baseline';
 import { requirePackage } from './install';
 import type { AgentLog, Phone, PhoneTracker } from './phones';
@@ -48,10 +48,6 @@ export async function endEngines(deps: Pick<ResetDeps, 'adb' | 'phones'>, phone:
     deps.phones.requireOnline(phone);
     throw new HttpError(502, `ending engines on ${phone.id} failed: ${(err as Error).message}`);
   }
-  for (const name of ENGINE_PROCESS_NAMES) {
-    const left = await pidsOf(deps.adb, phone.serial, name, o);
-    if (left.length)
-      throw new HttpError(502, `${name} (pids ${left.join(', ')}) still runs on ${phone.id} after kill -9; reboot it`);
-  }
+  // sweepEngines (killOnPhone) has checked that every engine it found is gone, and throws otherwise.
   return ended;
 }

@@ -385,8 +385,8 @@ export class TraversalRun {
   }
 
   /**
-   * For an engine that cannot keep a time budget: progress is the budget used (or the engine's own
-   * count, whichever is further), the checkpoint the seconds used, and the engine is stopped once
+   * For an engine that cannot keep a time budget: progress is the budget used, the checkpoint the
+   * seconds used, and the engine is stopped once
    * the budget is used up.
    */
   private keepBudget(): void {
@@ -395,7 +395,7 @@ export class TraversalRun {
       const used = this.usedSec();
       const budget = this.budgetSec;
       const byTime = budget > 0 ? (100 * used) / budget : 100;
-      const percent = Math.min(99, Math.max(byTime, this.started.engine.toolPercent()));
+      const percent = Math.min(99, byTime);
       this.progress.update({ percent: String(Math.floor(percent)), checkpoint: String(Math.floor(used)) });
       if (used >= budget && !this.stoppedBy) {
         this.stoppedBy = 'budget';

@@ -6,7 +6,7 @@
  * Its files go to the phone once (fastbot-files.ts); its logs come back into the report after the run.
  */
 import { shellQuote } from '../../../adb';
-import { CRASH_DUMP, fastbotFiles, pullFastbotFiles, pushFastbotFiles } from './fastbot-files';
+import { CRASH_DUMP, FASTBOT_JARS, fastbotFiles, pullFastbotFiles, pushFastbotFiles } from './fastbot-files';
 import { PhoneAttempt, seedFor, sweepPhone } from './monkey';
 import type { AttemptPlan, Engine, EngineAttempt, PhoneAccess } from './index';
 
@@ -45,7 +45,7 @@ export class FastbotEngine implements Engine {
     const outputDir = `${PHONE_OUTPUT_ROOT}/${plan.runId}`;
     const minutes = Math.max(1, Math.ceil(plan.remainingSec / 60));
     const line = [
-      `CLASSPATH=/sdcard/monkeyq.jar:/sdcard/framework.jar:/sdcard/fastbot-thirdpart.jar`,
+      `CLASSPATH=${FASTBOT_JARS.map((n) => `/sdcard/${n}`).join(':')}`,
       'exec app_process /system/bin com.android.commands.monkey.Monkey',
       `-p ${shellQuote(input.packageName)}`,
       '--agent reuseq',
@@ -59,6 +59,6 @@ export class FastbotEngine implements Engine {
       const pulled = await pullFastbotFiles(phone.adb, serial, outputDir, plan.reportDir);
       plan.log.info("collected Fastbot's files", { serial, deviceId: input.deviceId, pulled });
     };
-    return new PhoneAttempt('fastbot', phone, serial, plan, line, 0, collect);
+    return new PhoneAttempt('fastbot', phone, serial, plan, line, collect);
   }
 }

@@ -77,8 +77,6 @@ export interface EngineAttempt {
   read(stream: 'stdout' | 'stderr', line: string): LineReading;
   /** The output ended: findings of blocks still open. */
   endOfOutput(): RawFinding[];
-  /** Percent of the run done by the tool's own count (0 when it has none). */
-  toolPercent(): number;
   /** Right after the start: finds the engine's process where it runs and records it; its pid, if any. */
   afterStart(): Promise<number | undefined>;
   /** Holds or continues the engine where it runs. Unset: the runner signals the host process group. */

@@ -38,7 +38,6 @@ export class JarEngine implements Engine {
       budgetKeeper: 'tool',
       read: (stream, line) => readJarLine(settings, stream, line),
       endOfOutput: () => [],
-      toolPercent: () => 0,
       afterStart: async () => undefined,
       // Everything the tool started is in its host process group, which the runner ends.
       stop: async () => undefined,

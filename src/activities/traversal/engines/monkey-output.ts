@@ -117,11 +117,6 @@ export class MonkeyOutput {
     return (['stdout', 'stderr'] as const).map((s) => this.close(s)).filter((f): f is RawFinding => f !== undefined);
   }
 
-  /** Percent of an event budget done, 0–100. */
-  eventPercent(count: number): number {
-    return count > 0 ? Math.min(100, (100 * this.events) / count) : 0;
-  }
-
   private addToBlock(block: Block, text: string): void {
     const field = /^\s*(Short Msg|Long Msg|Reason|Build Label|Build Changelist|Build Time|Version|stat): ?(.*)$/.exec(
       text,
@@ -182,25 +177,4 @@ function toRawFinding(b: Block): RawFinding {
     message: `${said || b.shortMsg || exception} (in ${where})`,
     frames: b.frames,
   };
-}
-
-/**
- * The crash and ANR records of Fastbot's `/sdcard/crash-dump.log`, which it appends one run after
- * another: `<timestamp>` / `crash:` or `anr:` / the `// …` lines / `crash end` or `anr end`.
- */
-export function parseCrashDump(text: string): RawFinding[] {
-  const parser = new MonkeyOutput();
-  const out: RawFinding[] = [];
-  for (const line of text.split('\n')) {
-    const ends = /(crash|anr) end\s*$/.test(line);
-    // The record opens an ANR with `// ANR:` and then repeats it as `// NOT RESPONDING: … (stat …`.
-    const l = line
-      .replace(/(crash|anr) end\s*$/, '')
-      .replace(/^\/\/ NOT RESPONDING: /, '// stat: ')
-      .replace(/^\/\/ ANR: /, '// NOT RESPONDING: ');
-    out.push(...parser.feed('stderr', l));
-    if (ends) out.push(...parser.end());
-  }
-  out.push(...parser.end());
-  return out;
 }

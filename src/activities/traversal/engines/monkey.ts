@@ -5,8 +5,7 @@
  * the runner ends Monkey when the budget (which a signal may change) is used up. Monkey's launcher
  * script ignores hang-up, so ending the host-side adb leaves it running: its pid is found with
  * `pidof` right after the start, recorded on the phone (src/adb/device.ts), and killed there.
- * Pause is not offered: it would need `kill -STOP`/`-CONT` on the phone, which the fake phone the
- * tests drive does not know, so it could not be tested; the runner logs that the engine keeps running.
+ * Pause sends `kill -STOP` / `-CONT` to that pid.
  * PhoneAttempt holds what Monkey and Fastbot share; FastbotEngine (fastbot.ts) builds on it.
  */
 import { createHash } from 'node:crypto';
@@ -60,8 +59,6 @@ export class PhoneAttempt implements EngineAttempt {
     readonly serial: string,
     private readonly plan: AttemptPlan,
     shellLine: string,
-    /** Events Monkey was given (0: timed, as Fastbot is). */
-    private readonly count: number,
     /** Extra work after the run (Fastbot pulls its files). */
     private readonly collect?: () => Promise<void>,
   ) {
@@ -69,22 +66,13 @@ export class PhoneAttempt implements EngineAttempt {
   }
 
   read(stream: 'stdout' | 'stderr', line: string): LineReading {
-    const before = this.output.events;
-    const findings = this.output.feed(stream, line);
-    const progress =
-      this.output.events !== before || findings.length
-        ? { crashes: String(this.output.crashes), anrs: String(this.output.anrs) }
-        : undefined;
-    // Any line shows the engine is alive: with -v -v Monkey prints each event it sends.
-    return { findings, alive: line.trim() !== '', ...(progress ? { progress } : {}) };
+    // The runner counts the findings (earlier attempts' included); any line shows the engine is
+    // alive: with -v -v Monkey prints each event it sends.
+    return { findings: this.output.feed(stream, line), alive: line.trim() !== '' };
   }
 
   endOfOutput(): RawFinding[] {
     return this.output.end();
-  }
-
-  toolPercent(): number {
-    return this.output.eventPercent(this.count);
   }
 
   /** Polls `pidof` until the engine shows up (the sweep before the start ended any other), then records it on the phone. */
@@ -136,7 +124,7 @@ export class PhoneAttempt implements EngineAttempt {
     const { adb } = this.phone;
     const pids = pid ? [pid] : await pidsOf(adb, this.serial, ENGINE_PROCESS_NAMES[0]!, { timeoutMs: CALL_MS });
     if (!pids.length) return;
-    // killOnPhone checks each pid with `kill -0` after TERM and KILL, and throws when one survives.
+    // killOnPhone checks each pid in `ps` after TERM and KILL, and throws when one survives.
     await killOnPhone(adb, this.serial, pids, { timeoutMs: CALL_MS });
   }
 
@@ -145,7 +133,9 @@ export class PhoneAttempt implements EngineAttempt {
     const { adb } = this.phone;
     const meta = { engine: this.engine, serial: this.serial, deviceId: this.plan.input.deviceId };
     try {
-      if (this.enginePid) await killOnPhone(adb, this.serial, [this.enginePid], { timeoutMs: CALL_MS });
+      // After a stop() the engine was already ended and checked gone.
+      if (this.enginePid && !this.stopped)
+        await killOnPhone(adb, this.serial, [this.enginePid], { timeoutMs: CALL_MS });
       // Another attempt may already have replaced the record: only ours is removed.
       const rec = await readEngineRecord(adb, this.serial, { timeoutMs: CALL_MS });
       if (rec?.runId === this.plan.runId) await clearEngineRecord(adb, this.serial, { timeoutMs: CALL_MS });
@@ -238,6 +228,6 @@ export class MonkeyEngine implements Engine {
       '-v',
       String(count),
     ].join(' ');
-    return new PhoneAttempt('monkey', phone, serial, plan, line, count);
+    return new PhoneAttempt('monkey', phone, serial, plan, line);
   }
 }
