@@ -153,6 +153,52 @@ export interface Finding {
   foundAt: string;
   /** Screenshot path inside the report archive. */
   screenshot?: string;
+  /**
+   * Set when the result was published: true when the app's group of this signature was first seen
+   * in this task (a new bug), false when an earlier task had met it. Absent before publishing.
+   */
+  newForApp?: boolean;
+}
+
+/** What a running traversal shows of a finding before its report exists (the Web UI's live table). */
+export interface FindingBrief {
+  kind: FindingKind;
+  signature: string;
+  exception: string;
+  /** The message, cut short. */
+  message: string;
+  attempt: number;
+  step?: number;
+}
+
+/**
+ * The state of one task across its devices (`traversal:summary:<taskId>`), rewritten by every
+ * published result of the task; `finished` once no device of it is pending.
+ */
+export interface TaskSummary {
+  taskId: string;
+  packageName: string;
+  /** Devices the starter sent the task to. */
+  devices: number;
+  completed: number;
+  failed: number;
+  cancelled: number;
+  /** Devices whose result is not published yet. */
+  pending: number;
+  /** Each device's status, `pending` until its result is published. */
+  deviceStatus: Record<string, TraversalStatus | 'pending'>;
+  /** Distinct signatures found by the task's devices. */
+  uniqueFindings: number;
+  /** Of those, the signatures first seen for the app in this task. */
+  newFindings: number;
+  /** Occurrences over all devices. */
+  crashes: number;
+  anrs: number;
+  finished: boolean;
+  updatedAt: string;
+  finishedAt?: string;
+  /** Where the task's JUnit XML was uploaded, once the last device finished. */
+  junitUrl?: string;
 }
 
 /** A change of a traversal's time budget, sent with the `budget` signal. */
