@@ -112,7 +112,12 @@ export function createActivities(deps: ActivityDeps) {
         dispatcher: deps.dispatcher,
         maxBytes: config.reportMaxBytes,
       }),
-      ...createResultPublisherActivities({ redis: deps.redis, keyPrefix: deps.redisKeyPrefix, metrics: deps.metrics }),
+      ...createResultPublisherActivities({
+        redis: deps.redis,
+        keyPrefix: deps.redisKeyPrefix,
+        taskRetentionMs: config.taskRetentionMs,
+        metrics: deps.metrics,
+      }),
     },
     (activity, type) => deps.metrics.failures.inc({ activity, type }),
   );

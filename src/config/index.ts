@@ -91,6 +91,7 @@ export interface Config {
   stickyTimeoutMs: number;
   deployment: string;
   redisKeyPrefix: string;
+  taskRetentionMs: number;
   controlPollMs: number;
   progress: 'auto' | 'bars' | 'lines' | 'off';
   logLevel: 'debug' | 'info' | 'warn' | 'error';

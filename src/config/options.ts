@@ -377,6 +377,12 @@ export const OPTIONS = {
     default: '',
     doc: 'Prefix put before every Redis key the starter and worker use (tasks, dead letters, results), for sharing one Redis between deployments.',
   },
+  taskRetentionMs: {
+    env: 'DT_TASK_RETENTION',
+    kind: 'duration',
+    default: '30d',
+    doc: "How long Redis keeps a task's record, summary and list of signatures after its last published result (finding groups and results are kept without limit), ms or duration.",
+  },
   controlPollMs: {
     env: 'DT_CONTROL_POLL_INTERVAL',
     kind: 'duration',

@@ -21,3 +21,40 @@ export function resultKey(taskId: string, deviceId: string, prefix = ''): string
 export function resultsStream(prefix = ''): string {
   return `${prefix}traversal:results`;
 }
+
+/** The apps that have finding groups, scored by the last time any of their findings was seen (ms). */
+export function findingAppsKey(prefix = ''): string {
+  return `${prefix}traversal:findings:apps`;
+}
+
+/** One app's finding groups: signature → last seen (ms). */
+export function appFindingsKey(packageName: string, prefix = ''): string {
+  return `${prefix}traversal:findings:app:${packageName}`;
+}
+
+/**
+ * One finding group (an app's bug): a hash of its counts, times and example, and three sorted sets
+ * of the devices, tasks and APK hashes it was seen on (member → last seen, ms).
+ */
+export function findingGroupKeys(packageName: string, signature: string, prefix = '') {
+  const base = `${prefix}traversal:finding:${packageName}:${signature}`;
+  return { group: base, devices: `${base}:devices`, tasks: `${base}:tasks`, apks: `${base}:apks` };
+}
+
+/**
+ * One task as the starter accepted it: a hash of its package, acceptance time and one
+ * `device:<deviceId>` field per device (`pending` until that device's result is published).
+ */
+export function taskKey(taskId: string, prefix = ''): string {
+  return `${prefix}traversal:task:${taskId}`;
+}
+
+/** The signatures a task's devices found: signature → `new` (first seen for the app in this task) or `seen`. */
+export function taskSignaturesKey(taskId: string, prefix = ''): string {
+  return `${prefix}traversal:task:${taskId}:signatures`;
+}
+
+/** A task's summary (TaskSummary JSON), rewritten by each published result of the task. */
+export function taskSummaryKey(taskId: string, prefix = ''): string {
+  return `${prefix}traversal:summary:${taskId}`;
+}

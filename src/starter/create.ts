@@ -62,6 +62,7 @@ export function createStarter(opts: StarterOptions): TaskBridge {
     urlPolicy: opts.urlPolicy ?? urlPolicyFor(config, {}, registry),
     extraArgs: extraArgsPolicyFor(config),
     keyPrefix: opts.keyPrefix ?? config.redisKeyPrefix,
+    taskRetentionMs: config.taskRetentionMs,
     deployment: config.deployment,
     policy: { ...runPolicyFor(config), ...opts.policy },
     ...(opts.blockTimeoutSec !== undefined ? { blockTimeoutSec: opts.blockTimeoutSec } : {}),

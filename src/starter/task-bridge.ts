@@ -17,6 +17,7 @@ import { deviceWorkflowId, enqueueSignal, type RunPolicy, type TraversalRequest 
 import { DEVICE_ID } from '../contract/search-attributes';
 import type { AgentDirectory } from '../device-registry';
 import { DEAD_LETTER_SCRIPT, deadLetterEntry } from './dead-letters';
+import { dropTaskDevices, recordTask } from './task-record';
 import { parseTask } from './task';
 import { starterKeys } from '../contract/redis-keys';
 import type { UrlPolicy } from '../net/url-policy';
@@ -76,6 +77,8 @@ const OWNER_CHECK_TTL_MS = 60_000;
 interface SendOutcome {
   stopped?: boolean;
   refused?: string;
+  /** The device of a refused request. */
+  deviceId?: string;
 }
 
 /** Options of the bridge. */
@@ -95,6 +98,8 @@ export interface TaskBridgeOptions {
   /** Run policy copied into every request. */
   policy?: RunPolicy;
   keyPrefix?: string;
+  /** How long a task's record outlives its last result, ms (DT_TASK_RETENTION; default 30 days). */
+  taskRetentionMs?: number;
   /** DT_DEPLOYMENT: the name that scopes this deployment's workflow ids ('' or absent: none). */
   deployment?: string;
   /**
@@ -153,6 +158,10 @@ export class TaskBridge {
       if (this.connectedBefore) this.replayPending = true;
       this.connectedBefore = true;
     });
+  }
+
+  private get prefix(): string {
+    return this.opts.keyPrefix ?? '';
   }
 
   /** Items handled at once. */
@@ -252,6 +261,12 @@ export class TaskBridge {
     }
     const enqueuedAt = new Date().toISOString();
     const deployment = this.opts.deployment ?? '';
+    // Recorded before any request goes out, so the first result to publish finds every device of the task.
+    const recorded = await this.withRedisRetry(async () => {
+      await recordTask(this.opts.redis, requests, enqueuedAt, this.opts.taskRetentionMs ?? 30 * 86_400_000, this.prefix);
+      return true;
+    });
+    if (!recorded) return; // stopping: the item stays in the processing list and is replayed later
     // Chain each request behind the previous one for its device, synchronously (before any await),
     // so requests for one device keep the order of their items even with several items in flight.
     const sent = requests.map((req) => {
@@ -278,6 +293,10 @@ export class TaskBridge {
     if (outcomes.some((o) => o.stopped)) return; // stopping: the item stays in the processing list and is replayed later
     const refused = outcomes.flatMap((o) => (o.refused ? [o.refused] : []));
     if (refused.length > 0) {
+      const refusedDevices = outcomes.flatMap((o) => (o.deviceId ? [o.deviceId] : []));
+      await this.withRedisRetry(() =>
+        dropTaskDevices(this.opts.redis, requests[0]!.taskId, refusedDevices, this.prefix),
+      );
       const others = requests.length - refused.length;
       const reason = `${refused.join('; ')}${others > 0 ? ` (the task's ${others} other request(s) were sent)` : ''}`;
       await this.deadLetter(raw, reason, refused);
@@ -307,7 +326,7 @@ export class TaskBridge {
             deviceId: req.deviceId,
             reason: refused,
           });
-          return { refused };
+          return { refused, deviceId: req.deviceId };
         }
         await this.opts.client.withDeadline(deadline, () =>
           requestTraversal(this.opts.client, this.opts.taskQueue, req),

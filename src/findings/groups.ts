@@ -1,0 +1,88 @@
+/**
+ * Finding groups: one per app and signature, kept in Redis across runs, devices and tasks, the way a
+ * crash reporter folds stack traces into issues. This module holds the shapes and the pure parts;
+ * the publish script (activities/publish-script.ts) writes groups, and `read.ts` reads them back.
+ */
+import type { Finding, FindingKind } from '../contract/messages';
+
+/** How many members a group's sorted sets keep (the most recent ones); counts stay exact. */
+export const GROUP_CAPS = { devices: 500, tasks: 200, apks: 100 };
+
+/** One signature's share of a result, as the publish script takes it. */
+export interface GroupUpdate {
+  signature: string;
+  kind: FindingKind;
+  exception: string;
+  message: string;
+  /** Occurrences in this result. */
+  count: number;
+  /** First and last time found in this result, ms since the epoch. */
+  firstMs: number;
+  lastMs: number;
+  /** The occurrence with frames, as JSON: the group's example when the group is new. */
+  example: string;
+}
+
+/**
+ * Folds a result's findings into one update per signature, in the order first found. Repeats in a
+ * result carry no frames, so the example is the occurrence that has them.
+ */
+export function groupUpdates(findings: readonly Finding[]): GroupUpdate[] {
+  const bySignature = new Map<string, GroupUpdate & { framed: boolean }>();
+  for (const f of findings) {
+    const at = Date.parse(f.foundAt);
+    const ms = Number.isNaN(at) ? 0 : at;
+    const seen = bySignature.get(f.signature);
+    if (!seen) {
+      bySignature.set(f.signature, {
+        signature: f.signature,
+        kind: f.kind,
+        exception: f.exception,
+        message: f.message,
+        count: 1,
+        firstMs: ms,
+        lastMs: ms,
+        example: exampleJson(f),
+        framed: f.frames.length > 0,
+      });
+      continue;
+    }
+    seen.count++;
+    seen.firstMs = Math.min(seen.firstMs, ms);
+    seen.lastMs = Math.max(seen.lastMs, ms);
+    if (!seen.framed && f.frames.length > 0) {
+      Object.assign(seen, { message: f.message || seen.message, example: exampleJson(f), framed: true });
+    }
+  }
+  return [...bySignature.values()].map(({ framed: _framed, ...u }) => u);
+}
+
+/** A finding as a group keeps it: without the per-result flag. */
+function exampleJson(f: Finding): string {
+  const { newForApp: _flag, ...rest } = f;
+  return JSON.stringify(rest);
+}
+
+/** A group as read back from Redis. */
+export interface FindingGroup {
+  packageName: string;
+  signature: string;
+  kind: FindingKind;
+  exception: string;
+  message: string;
+  /** Occurrences over every published result. */
+  count: number;
+  firstSeen: string;
+  lastSeen: string;
+  /** The task and device that met it first and last. */
+  firstTask: string;
+  firstDevice: string;
+  lastTask: string;
+  lastDevice: string;
+  /** The most recent devices, tasks and APK hashes (sha256) it was seen on, newest first (capped by GROUP_CAPS). */
+  devices: string[];
+  tasks: string[];
+  apks: string[];
+  /** One occurrence with its frames. */
+  example?: Finding;
+}
