@@ -127,7 +127,15 @@ export interface ProgressUpdate {
   anrs: number;
   checkpoint?: string;
   attempt: number;
+  /** Signatures found since the last update, each sent once per attempt (at most LIVE_FINDINGS_MAX). */
+  found?: FindingBrief[];
 }
+
+/**
+ * Most distinct signatures one attempt sends to its workflow as they are found. Each may cost one
+ * signal (about four history events), so the cap bounds what findings add to history.
+ */
+export const LIVE_FINDINGS_MAX = 20;
 
 /** What a finding is: an app crash or an ANR (Application Not Responding). */
 export type FindingKind = 'crash' | 'anr';

@@ -1,10 +1,12 @@
 /**
  * The progress of one attempt and where it goes. Every progress line becomes a heartbeat (no history;
- * the SDK throttles it); the workflow gets a signal only when the phase starts or the percent enters a
- * new 5-point step, so an attempt writes at most ~21 progress events into history whatever it lasts.
+ * the SDK throttles it); the workflow gets a signal only when the phase starts, the percent enters a
+ * new 5-point step, or a signature is found for the first time in the attempt (at most
+ * LIVE_FINDINGS_MAX of them), so an attempt writes at most ~41 progress signals into history
+ * whatever it lasts or finds.
  */
 import type { Context } from '@temporalio/activity';
-import type { ProgressUpdate } from '../../contract/messages';
+import { LIVE_FINDINGS_MAX, type Finding, type FindingBrief, type ProgressUpdate } from '../../contract/messages';
 import type { AttemptShipper } from '../report-parts';
 import type { TraversalCheckpoint } from './runner';
 
@@ -30,6 +32,10 @@ export class ProgressReporter {
   private latest?: string;
   private lastStep = -1;
   private pushing?: Promise<void>;
+  /** Signatures this attempt has queued or sent to the workflow. */
+  private readonly announced = new Set<string>();
+  /** Briefs waiting for the next signal. */
+  private queued: FindingBrief[] = [];
 
   constructor(
     private readonly ctx: Context,
@@ -74,18 +80,39 @@ export class ProgressReporter {
     this.state.findings = this.target.shipper.findings;
   }
 
+  /** Queues a finding's brief for the workflow's live table, once per signature, and signals it. */
+  found(f: Finding): void {
+    if (this.announced.has(f.signature) || this.announced.size >= LIVE_FINDINGS_MAX) return;
+    this.announced.add(f.signature);
+    const message = f.message.length > 200 ? `${f.message.slice(0, 199)}…` : f.message;
+    this.queued.push({
+      kind: f.kind,
+      signature: f.signature,
+      exception: f.exception,
+      message,
+      attempt: f.attempt,
+      ...(f.step !== undefined ? { step: f.step } : {}),
+    });
+    this.signal(true);
+  }
+
   /** Sends the current state as the activity's heartbeat details. */
   heartbeat(): void {
     this.ctx.heartbeat(this.state);
   }
 
-  /** Signals the workflow when the percent entered a new step (or always with `force`). */
+  /**
+   * Signals the workflow when the percent entered a new step (or always with `force`), with the
+   * briefs queued since the last signal; briefs that arrive while a signal is on its way follow it.
+   */
   signal(force: boolean): void {
     const push = this.target.pushProgress;
     const step = Math.floor(this.state.percent / PROGRESS_STEP_PERCENT);
     if (!push || this.pushing || (!force && step === this.lastStep)) return;
     this.lastStep = step;
     const { percent, screens, crashes, anrs, checkpoint } = this.state;
+    const found = this.queued;
+    this.queued = [];
     this.pushing = push(this.target.workflowId, {
       percent,
       screens,
@@ -93,9 +120,19 @@ export class ProgressReporter {
       anrs,
       checkpoint,
       attempt: this.ctx.info.attempt,
-    })
-      .catch((err) => this.ctx.log.debug('progress signal failed', { error: String(err) }))
-      .finally(() => (this.pushing = undefined));
+      ...(found.length ? { found } : {}),
+    }).then(
+      () => {
+        this.pushing = undefined;
+        if (this.queued.length) this.signal(true);
+      },
+      (err) => {
+        // Kept for the next signal; not retried at once, so an unreachable workflow costs no loop.
+        this.pushing = undefined;
+        this.queued.unshift(...found);
+        this.ctx.log.debug('progress signal failed', { error: String(err) });
+      },
+    );
   }
 
   /** Waits for a signal still on its way (so the last one is not lost when the activity returns). */

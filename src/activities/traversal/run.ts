@@ -430,6 +430,7 @@ export class TraversalRun {
       else this.progress.state.anrs++;
     }
     started.shipper.addFinding(finding, () => this.progress.release());
+    this.progress.found(finding);
   }
 
   /** Writes stdout and stderr to the attempt's log; the engine reads progress and findings; keeps stderr's tail. */

@@ -1,0 +1,213 @@
+/**
+ * The Markdown the Temporal Web UI shows on a workflow's page ("Summary & Details"): what a
+ * traversal is (static details, fixed at start), how it goes and what it found (current details,
+ * answered from the workflow's memory, so it writes no history), and a device's last results.
+ * Pure functions of workflow state: workflow code calls them.
+ */
+import type { Finding, FindingBrief, FindingKind, TraversalRequest, TraversalResult } from './messages';
+
+/** Most finding rows a details table shows; the rest are counted below it. */
+export const DETAILS_MAX_ROWS = 20;
+
+/** Text made safe for one cell of a Markdown table: one line, no column breaks, cut short. */
+export function cell(text: string | number | undefined, max = 80): string {
+  const flat = String(text ?? '')
+    .replace(/\s+/g, ' ')
+    .trim();
+  const cut = flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
+  return cut.replace(/\\/g, '\\\\').replace(/\|/g, '\\|').replace(/`/g, "'").replace(/</g, '&lt;');
+}
+
+/** A Markdown table; every cell already made safe with `cell`. */
+function table(head: string[], rows: string[][]): string {
+  return [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join(
+    '\n',
+  );
+}
+
+/** The last segment of a URL's path (the APK's file name), or the URL. */
+function fileOf(url: string): string {
+  const noQuery = url.split(/[?#]/, 1)[0]!;
+  return noQuery.slice(noQuery.lastIndexOf('/') + 1) || url;
+}
+
+const KIND: Record<FindingKind, string> = { crash: 'crash', anr: 'ANR' };
+
+/** What a traversal is, set once when its device workflow starts it. */
+export function traversalStaticDetails(req: TraversalRequest): string {
+  const rows = [
+    ['App', `\`${cell(req.packageName)}\`${req.mainActivity ? ` (${cell(req.mainActivity)})` : ''}`],
+    ['Device', `\`${cell(req.deviceId)}\``],
+    ['Task', `\`${cell(req.taskId)}\``],
+    ['APK', `${cell(fileOf(req.apkUrl))}${req.apkSha256 ? ` (sha256 ${req.apkSha256.slice(0, 12)}…)` : ''}`],
+    ['Time budget', `${req.traversal.durationSec} s`],
+  ];
+  if (req.enqueuedAt) rows.push(['Accepted', cell(req.enqueuedAt)]);
+  if (req.deployment) rows.push(['Deployment', cell(req.deployment)]);
+  return `### Traversal of ${cell(req.packageName)} on ${cell(req.deviceId)}\n\n${table(['', ''], rows)}`;
+}
+
+/** One line of state, the first line of the current details (and all of it before anything is found). */
+export interface TraversalHeadline {
+  packageName: string;
+  deviceId: string;
+  phase: string;
+  /** Set while traversing: `, 45%, 12 screens, 1 crashes, 0 ANRs`. */
+  progress?: string;
+}
+
+/** The first line of a traversal's details: `<app> on <device> — <phase><progress>`. */
+export function headline(h: TraversalHeadline): string {
+  return `${h.packageName} on ${h.deviceId} — ${h.phase}${h.progress ?? ''}`;
+}
+
+/** A running traversal's details: the headline, then the signatures found so far, as they arrived. */
+export function runningDetails(h: TraversalHeadline, found: readonly FindingBrief[], more: number): string {
+  if (found.length === 0) return headline(h);
+  const rows = found
+    .slice(0, DETAILS_MAX_ROWS)
+    .map((f) => [KIND[f.kind], cell(f.exception, 60), cell(f.message), `\`${f.signature}\``, String(f.attempt)]);
+  const hidden = more + Math.max(0, found.length - DETAILS_MAX_ROWS);
+  return [
+    `**${headline(h)}**`,
+    '',
+    `Found so far (${found.length + more} distinct):`,
+    '',
+    table(['kind', 'exception', 'message', 'signature', 'attempt'], rows),
+    ...(hidden > 0 ? ['', `…and ${hidden} more (all are in the report's findings.json).`] : []),
+  ].join('\n');
+}
+
+/** A result's findings grouped by signature: the occurrence with frames, how often, the step first met. */
+interface ResultGroup {
+  finding: Finding;
+  count: number;
+}
+
+function bySignature(findings: readonly Finding[]): ResultGroup[] {
+  const groups = new Map<string, ResultGroup>();
+  for (const f of findings) {
+    const g = groups.get(f.signature);
+    if (!g) groups.set(f.signature, { finding: f, count: 1 });
+    else {
+      g.count++;
+      if (g.finding.frames.length === 0 && f.frames.length > 0) g.finding = f;
+    }
+  }
+  return [...groups.values()];
+}
+
+/** The `new` column: whether the app met the signature before this task, when publishing has said. */
+function novelty(f: Finding): string {
+  if (f.newForApp === undefined) return 'not known yet';
+  return f.newForApp ? '**new**' : 'seen before';
+}
+
+/** The in-app frame a reader looks at first: the first frame that is not the platform's, else the first. */
+export function topFrame(frames: readonly string[]): string {
+  const plain = frames.map((f) => f.trim().replace(/^at\s+/, ''));
+  const platform = /^(android|androidx|com\.android|java|javax|kotlin|kotlinx|dalvik|libcore|sun)\./;
+  return plain.find((f) => !platform.test(f)) ?? plain[0] ?? '';
+}
+
+/**
+ * A finished traversal's details: status and counts, the findings by signature (kind, exception,
+ * message, signature, how often, new or seen before) and where the report is.
+ * `publishNote` says why new/seen is not known when publishing had not answered.
+ */
+export function finishedDetails(result: TraversalResult, publishNote?: string): string {
+  const lines = [`**${headline({ packageName: result.packageName, deviceId: result.deviceId, phase: result.status })}**`, ''];
+  const facts = [
+    ['Status', result.status + (result.stoppedEarly ? ' (stopped early)' : '')],
+    ['Screens', String(result.screens)],
+    ['Crashes', String(result.crashes)],
+    ['ANRs', String(result.anrs)],
+  ];
+  if (result.traversalAttempt && result.traversalAttempt > 1)
+    facts.push(['Attempts', `${result.traversalAttempt} (resumed from ${cell(result.resumedFrom ?? 'the start')})`]);
+  if (result.error)
+    facts.push(['Error', `${cell(result.error.type)} in ${cell(result.error.step ?? '?')}: ${cell(result.error.message, 200)}`]);
+  lines.push(table(['', ''], facts), '');
+  const groups = bySignature(result.findings ?? []);
+  if (groups.length === 0) lines.push('No crash or ANR found.');
+  else {
+    const rows = groups
+      .slice(0, DETAILS_MAX_ROWS)
+      .map(({ finding: f, count }) => [
+        KIND[f.kind],
+        cell(f.exception, 60),
+        cell(f.message),
+        `\`${f.signature}\``,
+        String(count),
+        novelty(f),
+        cell(topFrame(f.frames), 70),
+      ]);
+    lines.push(
+      `Findings (${groups.length} distinct):`,
+      '',
+      table(['kind', 'exception', 'message', 'signature', 'times', 'new for the app', 'top frame'], rows),
+    );
+    if (groups.length > DETAILS_MAX_ROWS)
+      lines.push('', `…and ${groups.length - DETAILS_MAX_ROWS} more (all are in the report's findings.json).`);
+    if (publishNote) lines.push('', publishNote);
+  }
+  lines.push('', `Report: ${result.reportUrl ? `\`${cell(result.reportUrl, 300)}\`` : 'none uploaded'}`);
+  return lines.join('\n');
+}
+
+/** One line of a device's recent results. */
+export interface DeviceRecentResult {
+  taskId: string;
+  packageName: string;
+  status: string;
+  crashes?: number;
+  anrs?: number;
+  /** Signatures new for the app, when the result says. */
+  newFindings?: number;
+  finishedAt?: string;
+  /** The failure type of a failed run. */
+  error?: string;
+}
+
+/** How many results a device workflow remembers for its details. */
+export const DEVICE_RECENT_RESULTS = 5;
+
+/** A device workflow's details: its headline, then its last results, newest first. */
+export function deviceDetails(line: string, recent: readonly DeviceRecentResult[]): string {
+  if (recent.length === 0) return line;
+  const rows = [...recent]
+    .reverse()
+    .map((r) => [
+      `\`${cell(r.taskId, 40)}\``,
+      cell(r.packageName, 50),
+      r.error ? `${r.status} (${cell(r.error, 40)})` : r.status,
+      r.crashes === undefined ? '' : String(r.crashes),
+      r.anrs === undefined ? '' : String(r.anrs),
+      r.newFindings === undefined ? '' : String(r.newFindings),
+      cell(r.finishedAt ?? ''),
+    ]);
+  return [
+    `**${cell(line, 300)}**`,
+    '',
+    'Last results:',
+    '',
+    table(['task', 'app', 'status', 'crashes', 'ANRs', 'new findings', 'finished'], rows),
+  ].join('\n');
+}
+
+/** The short form of a result a device keeps. */
+export function recentOf(result: TraversalResult): DeviceRecentResult {
+  const fresh = new Set((result.findings ?? []).filter((f) => f.newForApp).map((f) => f.signature));
+  const findings = result.findings ?? [];
+  const known = findings.length === 0 || findings.some((f) => f.newForApp !== undefined);
+  return {
+    taskId: result.taskId,
+    packageName: result.packageName,
+    status: result.status,
+    crashes: result.crashes,
+    anrs: result.anrs,
+    ...(known ? { newFindings: fresh.size } : {}),
+    finishedAt: result.finishedAt,
+    ...(result.error ? { error: result.error.type } : {}),
+  };
+}
