@@ -2,7 +2,8 @@
 // the layout of docs/ARCHITECTURE.md true:
 // - workflow code imports only workflow-safe modules: its own folder, contract/, and activity types;
 // - nothing in contract/ imports upward (it is the floor every process stands on);
-// - findings/ holds pure functions over contract/ types: no Node built-in, nothing else of the project;
+// - findings/ (grouping, reading back, JUnit) imports only contract/ and no Node built-in; it reads
+//   Redis through a client it is handed;
 // - production code (src/) never imports the simulators (sim/), the local stack (dev/) or the tests.
 // Flat config does not merge one rule across blocks (the last block wins), so each block below
 // repeats the src-wide patterns it builds on.

@@ -13,6 +13,7 @@ import { installUrlResolver } from './install-source';
 import { createReportSinkActivities } from './report-sink';
 import { ReportStore } from './report-store';
 import { createResultPublisherActivities } from './result-publisher';
+import { createTaskReportActivities } from './task-report';
 import { engineFor, type Engine } from './traversal/engines';
 import { createTraversalRunnerActivities } from './traversal/runner';
 
@@ -112,6 +113,7 @@ export function createActivities(deps: ActivityDeps) {
         dispatcher: deps.dispatcher,
         maxBytes: config.reportMaxBytes,
       }),
+      ...createTaskReportActivities({ redis: deps.redis, store, keyPrefix: deps.redisKeyPrefix }),
       ...createResultPublisherActivities({
         redis: deps.redis,
         keyPrefix: deps.redisKeyPrefix,

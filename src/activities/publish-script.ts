@@ -3,7 +3,7 @@
  * event, the app's finding groups and the task's summary, all in one step or none. Redis runs a
  * script atomically, so a retried publish either finds everything written or nothing.
  */
-import { GROUP_CAPS, groupUpdates } from '../findings/groups';
+import { GROUP_CAPS, groupUpdates, withoutFlag } from '../findings/groups';
 import type { TraversalResult } from '../contract/messages';
 import {
   appFindingsKey,
@@ -238,10 +238,7 @@ export function publishCall(result: TraversalResult, s: PublishSettings): Publis
       String(u.lastMs),
       u.example,
     );
-  for (const f of findings) {
-    const { newForApp: _flag, ...plain } = f;
-    args.push(f.signature, JSON.stringify(plain));
-  }
+  for (const f of findings) args.push(f.signature, JSON.stringify(withoutFlag(f)));
   return { script: SCRIPT, keys, args };
 }
 

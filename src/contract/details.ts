@@ -20,9 +20,11 @@ export function cell(text: string | number | undefined, max = 80): string {
 
 /** A Markdown table; every cell already made safe with `cell`. */
 function table(head: string[], rows: string[][]): string {
-  return [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join(
-    '\n',
-  );
+  return [
+    `| ${head.join(' | ')} |`,
+    `|${head.map(() => '---').join('|')}|`,
+    ...rows.map((r) => `| ${r.join(' | ')} |`),
+  ].join('\n');
 }
 
 /** The last segment of a URL's path (the APK's file name), or the URL. */
@@ -116,7 +118,10 @@ export function topFrame(frames: readonly string[]): string {
  * `publishNote` says why new/seen is not known when publishing had not answered.
  */
 export function finishedDetails(result: TraversalResult, publishNote?: string): string {
-  const lines = [`**${headline({ packageName: result.packageName, deviceId: result.deviceId, phase: result.status })}**`, ''];
+  const lines = [
+    `**${headline({ packageName: result.packageName, deviceId: result.deviceId, phase: result.status })}**`,
+    '',
+  ];
   const facts = [
     ['Status', result.status + (result.stoppedEarly ? ' (stopped early)' : '')],
     ['Screens', String(result.screens)],
@@ -126,7 +131,10 @@ export function finishedDetails(result: TraversalResult, publishNote?: string): 
   if (result.traversalAttempt && result.traversalAttempt > 1)
     facts.push(['Attempts', `${result.traversalAttempt} (resumed from ${cell(result.resumedFrom ?? 'the start')})`]);
   if (result.error)
-    facts.push(['Error', `${cell(result.error.type)} in ${cell(result.error.step ?? '?')}: ${cell(result.error.message, 200)}`]);
+    facts.push([
+      'Error',
+      `${cell(result.error.type)} in ${cell(result.error.step ?? '?')}: ${cell(result.error.message, 200)}`,
+    ]);
   lines.push(table(['', ''], facts), '');
   const groups = bySignature(result.findings ?? []);
   if (groups.length === 0) lines.push('No crash or ANR found.');

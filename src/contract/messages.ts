@@ -3,6 +3,7 @@
  * Only types and message definitions live here, so workflow code can import it safely.
  */
 import { defineQuery, defineSignal } from '@temporalio/workflow';
+import type { DeviceRecentResult } from './details';
 
 /** How the agent gets the APK: from this worker's cache server, or straight from the origin. */
 export type Delivery = 'cache' | 'direct';
@@ -306,6 +307,8 @@ export interface DeviceWorkflowInput {
   infraFailures?: InfraFailure[];
   /** Quarantine in force, carried across continue-as-new. */
   quarantine?: DeviceQuarantine;
+  /** The device's last results (at most DEVICE_RECENT_RESULTS), carried across continue-as-new. */
+  recent?: DeviceRecentResult[];
 }
 
 /** One infrastructure failure of a traversal on a device. */
@@ -339,6 +342,8 @@ export interface DeviceState {
   refused?: number;
   /** Repeated requests (a task id already seen) this run of the workflow ignored. */
   duplicates?: number;
+  /** The last results, oldest first. */
+  recent?: DeviceRecentResult[];
 }
 
 /** Adds a traversal request to a device's queue (duplicates by taskId are ignored). */

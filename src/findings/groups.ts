@@ -59,8 +59,14 @@ export function groupUpdates(findings: readonly Finding[]): GroupUpdate[] {
 
 /** A finding as a group keeps it: without the per-result flag. */
 function exampleJson(f: Finding): string {
-  const { newForApp: _flag, ...rest } = f;
-  return JSON.stringify(rest);
+  return JSON.stringify(withoutFlag(f));
+}
+
+/** A finding without its `newForApp` flag, which belongs to one published result. */
+export function withoutFlag(f: Finding): Finding {
+  const plain = { ...f };
+  delete plain.newForApp;
+  return plain;
 }
 
 /** A group as read back from Redis. */

@@ -263,7 +263,13 @@ export class TaskBridge {
     const deployment = this.opts.deployment ?? '';
     // Recorded before any request goes out, so the first result to publish finds every device of the task.
     const recorded = await this.withRedisRetry(async () => {
-      await recordTask(this.opts.redis, requests, enqueuedAt, this.opts.taskRetentionMs ?? 30 * 86_400_000, this.prefix);
+      await recordTask(
+        this.opts.redis,
+        requests,
+        enqueuedAt,
+        this.opts.taskRetentionMs ?? 30 * 86_400_000,
+        this.prefix,
+      );
       return true;
     });
     if (!recorded) return; // stopping: the item stays in the processing list and is replayed later

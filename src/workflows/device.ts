@@ -6,6 +6,7 @@
 import {
   allHandlersFinished,
   ApplicationFailure,
+  CancelledFailure,
   ChildWorkflowFailure,
   condition,
   continueAsNew,
@@ -33,6 +34,13 @@ import {
   type TraversalResult,
 } from '../contract/messages';
 import { isDeviceFault } from '../contract/errors';
+import {
+  DEVICE_RECENT_RESULTS,
+  deviceDetails,
+  recentOf,
+  traversalStaticDetails,
+  type DeviceRecentResult,
+} from '../contract/details';
 import { APP_PACKAGE, DEVICE_HEALTH, DEVICE_ID, TASK_ID, TRAVERSAL_PHASE } from '../contract/search-attributes';
 import { traversalWorkflow } from './traversal';
 
@@ -53,6 +61,20 @@ function deviceFault(err: unknown, taskId: string): InfraFailure | undefined {
   return { taskId, type, message: app.message, at: result?.finishedAt ?? new Date().toISOString() };
 }
 
+/** A failed or cancelled child as one of the device's recent results. */
+function recentOfFailure(err: unknown, req: TraversalRequest): DeviceRecentResult {
+  const app = err instanceof ChildWorkflowFailure ? err.cause : undefined;
+  const result = app instanceof ApplicationFailure ? (app.details?.[0] as TraversalResult | undefined) : undefined;
+  if (result?.taskId) return recentOf(result);
+  const cancelled = app instanceof CancelledFailure;
+  return {
+    taskId: req.taskId,
+    packageName: req.packageName,
+    status: cancelled ? 'cancelled' : 'failed',
+    ...(cancelled ? {} : { error: (app ?? (err as Error))?.message?.slice(0, 100) ?? 'unknown' }),
+  };
+}
+
 /** The device workflow. */
 export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> {
   const { deviceId } = input;
@@ -71,6 +93,12 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
   const quarantines = patched('device-quarantine');
   let infraFailures: InfraFailure[] = [...(input.infraFailures ?? [])];
   let quarantine: DeviceQuarantine | undefined = input.quarantine;
+  // The last few results, for the details (carried across continue-as-new, bounded).
+  const recent: DeviceRecentResult[] = [...(input.recent ?? [])];
+  const remember = (r: DeviceRecentResult) => {
+    recent.push(r);
+    if (recent.length > DEVICE_RECENT_RESULTS) recent.splice(0, recent.length - DEVICE_RECENT_RESULTS);
+  };
 
   const describe = () => {
     const doing = quarantine
@@ -80,7 +108,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
         : current
           ? `running ${current.taskId} (${current.packageName})`
           : 'idle';
-    setCurrentDetails(`${deviceId}: ${doing}, ${queue.length} queued, ${completed} done`);
+    setCurrentDetails(deviceDetails(`${deviceId}: ${doing}, ${queue.length} queued, ${completed} done`, recent));
   };
   const setHealth = (value: 'ok' | 'quarantined') => upsertSearchAttributes([{ key: DEVICE_HEALTH, value }]);
 
@@ -136,6 +164,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
     infraFailuresInRow: infraFailures.length,
     ...(refused ? { refused } : {}),
     ...(duplicates ? { duplicates } : {}),
+    ...(recent.length > 0 ? { recent } : {}),
   }));
   describe();
 
@@ -155,6 +184,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
         ...(input.historyLimit ? { historyLimit: input.historyLimit } : {}),
         ...(infraFailures.length > 0 ? { infraFailures } : {}),
         ...(quarantine ? { quarantine } : {}),
+        ...(recent.length > 0 ? { recent } : {}),
       });
     }
     const req = queue.shift()!;
@@ -162,7 +192,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
     current = { taskId: req.taskId, workflowId, packageName: req.packageName };
     describe();
     try {
-      await executeChild(traversalWorkflow, {
+      const result = await executeChild(traversalWorkflow, {
         workflowId,
         args: [req],
         // A traversal that already ran (even one the dedupe memory forgot) is never run again.
@@ -170,6 +200,7 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
         // Finish the phone's current run even if the device workflow is terminated.
         parentClosePolicy: ParentClosePolicy.ABANDON,
         staticSummary: `${req.packageName} on ${deviceId} (task ${req.taskId})`,
+        staticDetails: traversalStaticDetails(req),
         typedSearchAttributes: [
           { key: TASK_ID, value: req.taskId },
           { key: DEVICE_ID, value: deviceId },
@@ -178,8 +209,10 @@ export async function deviceWorkflow(input: DeviceWorkflowInput): Promise<void> 
         ],
       });
       infraFailures = [];
+      remember(recentOf(result));
     } catch (err) {
       log.warn('traversal ended without success', { deviceId, taskId: req.taskId, error: (err as Error).message });
+      remember(recentOfFailure(err, req));
       const fault = quarantines ? deviceFault(err, req.taskId) : undefined;
       if (fault) {
         infraFailures.push(fault);

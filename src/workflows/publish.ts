@@ -1,11 +1,13 @@
 /**
  * The publish workflow (id `publish/<taskId>/<deviceId>`): writes one finished traversal's result
- * into Redis, retrying until Redis takes it. The traversal starts it and ends at once, so its device
- * takes the next task while Redis is away; the result itself is already safe as the traversal's
- * workflow result.
+ * into Redis, retrying until Redis takes it. The traversal starts it and waits for it only briefly,
+ * so its device takes the next task while Redis is away; the result itself is already safe as the
+ * traversal's workflow result. When the result was its task's last, it also writes the task's
+ * JUnit report beside the task's reports.
  */
 import {
   log,
+  patched,
   proxyActivities,
   setCurrentDetails,
   upsertSearchAttributes,
@@ -24,11 +26,21 @@ export interface PublishInput {
   maxRetryMs?: number;
 }
 
+/** What publishing found out; runs recorded before it existed returned nothing. */
+export interface PublishedResult {
+  /** Signatures of the result first seen for the app in this task. */
+  newSignatures: string[];
+  /** No device of the task is pending any more. */
+  taskFinished: boolean;
+  /** Where the task's JUnit XML went, when this result finished the task. */
+  junitUrl?: string;
+}
+
 /** Attempts before the workflow says it is waiting for Redis (about 15 s with the defaults). */
 export const QUICK_ATTEMPTS = 5;
 
 /** Publishes the result; returns when it is in Redis. Never gives up: its history stays a few events long. */
-export async function publishWorkflow(input: PublishInput): Promise<void> {
+export async function publishWorkflow(input: PublishInput): Promise<PublishedResult | void> {
   const { result } = input;
   // No maximumAttempts: unlimited.
   const retry = (maximumAttempts?: number): ActivityOptions['retry'] => ({
@@ -41,10 +53,12 @@ export async function publishWorkflow(input: PublishInput): Promise<void> {
   });
   const what = `result of ${result.taskId} on ${result.deviceId} (${result.status})`;
   setCurrentDetails(`publishing the ${what}`);
+  let outcome: Awaited<ReturnType<Activities['publishResult']>>;
   try {
-    await proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry(QUICK_ATTEMPTS) }).publishResult(
-      result,
-    );
+    outcome = await proxyActivities<Activities>({
+      startToCloseTimeout: '1m',
+      retry: retry(QUICK_ATTEMPTS),
+    }).publishResult(result);
   } catch (err) {
     // Retries from here on are the server's: the history does not grow while Redis is away.
     const reason =
@@ -56,8 +70,33 @@ export async function publishWorkflow(input: PublishInput): Promise<void> {
     });
     upsertSearchAttributes([{ key: TRAVERSAL_PHASE, value: 'waiting-for-redis' }]);
     setCurrentDetails(`waiting for Redis to take the ${what}; last error: ${reason.slice(0, 300)}`);
-    await proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry() }).publishResult(result);
+    outcome = await proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry() }).publishResult(result);
   }
   upsertSearchAttributes([{ key: TRAVERSAL_PHASE, value: 'published' }]);
-  setCurrentDetails(`published the ${what}`);
+  const fresh = outcome.newSignatures ?? [];
+  setCurrentDetails(
+    `published the ${what}; ${fresh.length} of its signatures new for the app${outcome.taskFinished ? '; the task is finished' : ''}`,
+  );
+  if (!patched('task-report')) return;
+  const published: PublishedResult = { newSignatures: fresh, taskFinished: outcome.taskFinished ?? false };
+  if (published.taskFinished) {
+    try {
+      const report = await proxyActivities<Activities>({
+        startToCloseTimeout: '10m',
+        heartbeatTimeout: '1m',
+        retry: { initialInterval: input.initialRetryMs ?? 1000, maximumInterval: '1m', maximumAttempts: 10 },
+      }).publishTaskReport({ taskId: result.taskId });
+      published.junitUrl = report.junitUrl;
+      setCurrentDetails(
+        `published the ${what}; it was the task's last device: JUnit report at ${report.junitUrl}, ${report.uniqueFindings} distinct findings`,
+      );
+    } catch (err) {
+      // The report is rebuilt from Redis at any time: `npm run findings -- --task <id> --junit out.xml`.
+      log.error("the task's JUnit report was not uploaded", { taskId: result.taskId, error: (err as Error).message });
+      setCurrentDetails(
+        `published the ${what}; the task's JUnit report failed to upload (npm run findings -- --task ${result.taskId} --junit out.xml builds it)`,
+      );
+    }
+  }
+  return published;
 }

@@ -31,6 +31,7 @@ import { failureKind, PERMANENT_ERROR_TYPES } from '../contract/errors';
 import {
   budgetQuery,
   budgetSignal,
+  LIVE_FINDINGS_MAX,
   pauseSignal,
   progressQuery,
   progressSignal,
@@ -38,6 +39,7 @@ import {
   queuedProgress,
   resumeSignal,
   type Phase,
+  type FindingBrief,
   type StepName,
   type TraversalBudget,
   type TraversalProgress,
@@ -45,7 +47,11 @@ import {
   type TraversalResult,
 } from '../contract/messages';
 import { TRAVERSAL_PHASE } from '../contract/search-attributes';
-import { publishWorkflow } from './publish';
+import { finishedDetails, runningDetails } from '../contract/details';
+import { publishWorkflow, type PublishedResult } from './publish';
+
+/** How long a finished traversal waits for its result to be published, to show which findings are new. */
+export const PUBLISH_WAIT_MS = 10_000;
 
 function retry(maximumAttempts: number, initialMs: number): ActivityOptions['retry'] {
   return {
@@ -144,7 +150,15 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     paused = false;
     describe();
   });
+  // Signatures found so far, as the running tool reports them (each attempt sends a bounded number).
+  const found: FindingBrief[] = [];
+  let foundMore = 0;
   setHandler(progressSignal, (u) => {
+    for (const f of u.found ?? []) {
+      if (found.some((k) => k.signature === f.signature)) continue;
+      if (found.length < LIVE_FINDINGS_MAX) found.push(f);
+      else foundMore++;
+    }
     if (progress.phase !== 'traversing' && progress.phase !== 'paused') return;
     Object.assign(progress, {
       percent: u.percent,
@@ -156,13 +170,25 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     describe();
   });
 
+  // Set once the result exists: from then on the details show it.
+  let finished: { result: TraversalResult; note?: string } | undefined;
   function describe(): void {
-    const found = progress.crashes + progress.anrs > 0 ? `, ${progress.crashes} crashes, ${progress.anrs} ANRs` : '';
+    if (finished) {
+      setCurrentDetails(finishedDetails(finished.result, finished.note));
+      return;
+    }
+    const counts = progress.crashes + progress.anrs > 0 ? `, ${progress.crashes} crashes, ${progress.anrs} ANRs` : '';
     const pct =
       progress.phase === 'traversing'
-        ? `${paused ? ' (paused)' : ''}, ${progress.percent}%, ${progress.screens} screens${found}`
+        ? `${paused ? ' (paused)' : ''}, ${progress.percent}%, ${progress.screens} screens${counts}`
         : '';
-    setCurrentDetails(`${req.packageName} on ${req.deviceId} — ${progress.phase}${pct}`);
+    setCurrentDetails(
+      runningDetails(
+        { packageName: req.packageName, deviceId: req.deviceId, phase: progress.phase, progress: pct },
+        found,
+        foundMore,
+      ),
+    );
   }
   function setPhase(phase: Phase): void {
     progress.phase = phase;
@@ -332,17 +358,41 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       workflowId: info.workflowId,
       runId: info.runId,
     };
+    // The details show the result from here on (setCurrentDetails writes no history).
+    finished = { result };
     if (patched('publish-apart')) {
       // Redis gets the result from a workflow of its own that retries until Redis takes it, so
       // the device is free at once even while Redis refuses writes.
       try {
-        await startChild(publishWorkflow, {
+        const findingsDetails = patched('findings-details');
+        const child = await startChild(publishWorkflow, {
           workflowId: publishWorkflowId(req.taskId, req.deviceId, req.deployment),
           args: [{ result, initialRetryMs: init, maxRetryMs: policy.publishRetryMaxMs }],
           parentClosePolicy: ParentClosePolicy.ABANDON,
           staticSummary: `publish the result of ${req.taskId} on ${req.deviceId}`,
+          // Kept by the server: the outcome stays readable in the Web UI with no worker running.
+          ...(findingsDetails ? { staticDetails: finishedDetails(result) } : {}),
           typedSearchAttributes: [{ key: TRAVERSAL_PHASE, value: 'publishing' }],
         });
+        if (findingsDetails) {
+          // Publishing says which findings are new for the app; wait a little for it, never long:
+          // while Redis refuses writes the device must not wait for it.
+          let published: PublishedResult | undefined;
+          child.result().then(
+            (p) => (published = p ?? { newSignatures: [], taskFinished: false }),
+            () => undefined,
+          );
+          const inTime = await condition(() => published !== undefined, PUBLISH_WAIT_MS);
+          if (inTime && published) {
+            const fresh = new Set(published.newSignatures);
+            result.findings = result.findings.map((f) => ({ ...f, newForApp: fresh.has(f.signature) }));
+            finished = { result };
+          } else
+            finished = {
+              result,
+              note: `Whether these are new for the app is not known yet: Redis has not taken the result (see the workflow ${publishWorkflowId(req.taskId, req.deviceId, req.deployment)}).`,
+            };
+        }
       } catch (err) {
         // Only when a publish workflow of this id still runs (a reset traversal): it publishes.
         log.error('the publish workflow could not start', { error: describeFailure(err) });
