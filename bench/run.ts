@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- scenario… [options]]`: runs benchmark scenarios and writes, per scenario,
  * bench/results/<scenario>.md and .json (plus charts the scenario draws). With no scenario it runs
- * memory, dedupe, download and throughput; `chaos` and `history` run only when named. `--quick` shrinks every
+ * memory, dedupe, download, throughput, phones and findings; `chaos` and `history` run only when named. `--quick` shrinks every
  * scenario. Ctrl-C stops every server and process the run started.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -11,9 +11,9 @@ import { findTemporalCli } from '../dev/temporal-dev';
 import { machineInfo, say, type Machine, type ScenarioRun } from './lib/report';
 import { closeAllScopes } from '../dev/scope';
 
-const SCENARIOS = ['memory', 'dedupe', 'download', 'throughput', 'phones', 'chaos', 'history'] as const;
+const SCENARIOS = ['memory', 'dedupe', 'download', 'throughput', 'phones', 'findings', 'chaos', 'history'] as const;
 type ScenarioName = (typeof SCENARIOS)[number];
-const DEFAULT_RUN: ScenarioName[] = ['memory', 'dedupe', 'download', 'throughput', 'phones'];
+const DEFAULT_RUN: ScenarioName[] = ['memory', 'dedupe', 'download', 'throughput', 'phones', 'findings'];
 
 const USAGE = `usage: npm run bench -- [${SCENARIOS.join('|')}]… [--quick] [scenario options]
   no scenario: ${DEFAULT_RUN.join(', ')} (chaos and history only when named)

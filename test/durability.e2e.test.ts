@@ -112,8 +112,9 @@ describe('a traversal at production shape', function () {
     );
     assert.ok(h15.events <= 250 && h60.events <= 250, `${h15.events} and ${h60.events} events`);
     assert.ok(h60.events - h15.events <= 12, `a 60 s run wrote ${h60.events - h15.events} events more than a 15 s run`);
-    // Percent still reaches the workflow in 5-point steps: one signal per step at most, plus the start.
-    assert.ok(h60.signals <= 22 && h60.signals >= 15, `${h60.signals} progress signals`);
+    // Percent still reaches the workflow in 5-point steps: one signal per step at most, plus the start,
+    // plus one per distinct signature found (three here), so the live details show each as it arrives.
+    assert.ok(h60.signals <= 22 + 3 && h60.signals >= 15, `${h60.signals} progress signals`);
 
     // The findings came with the result, counted and signed.
     for (const r of [r15, r60]) {

@@ -136,8 +136,15 @@ describe('publishing while Redis refuses writes', function () {
       assert.equal(stored.status, 'completed');
     }
     const events = await redis.xrange(resultsStream(prefix), '-', '+');
-    const tasks = events.map(([, fields]) => fields[fields.indexOf('taskId') + 1]).sort();
-    assert.deepEqual(tasks, ['pub-a', 'pub-b'], 'one stream event per result');
+    const kinds = events.map(
+      ([, fields]) => `${fields[fields.indexOf('event') + 1]} ${fields[fields.indexOf('taskId') + 1]}`,
+    );
+    // One event per result, and one per task whose last device finished.
+    assert.deepEqual(
+      kinds.sort(),
+      ['result pub-a', 'result pub-b', 'task-finished pub-a', 'task-finished pub-b'],
+      'one stream event per result and per finished task',
+    );
     assert.equal((await pubA.describe()).typedSearchAttributes.get(TRAVERSAL_PHASE), 'published');
     assert.equal(stack.worker.metrics.resultsWaiting.size(), 0);
   });

@@ -1,21 +1,40 @@
 /**
  * The Temporal Web UI, driven by headless Chromium (Debian's chromium with playwright-core):
  * after a small run, the workflow list filtered by DeviceId shows it and its page shows the
- * static summary and current details. Screenshots go to test-output/.
+ * static summary and current details; a run with findings shows them as a table while it runs and
+ * when it is done (new or seen before), and the device's page lists its last results.
+ * Screenshots go to test-output/; with UPDATE_DOCS_SCREENSHOTS=1 the findings pages also go to docs/.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/net/ports';
 import { onFreePorts, startDevServer, type DevServer } from '../dev/temporal-dev';
-import { traversalWorkflowId } from '../src/contract/messages';
+import { deviceWorkflowId, traversalWorkflowId } from '../src/contract/messages';
 import { startStack, task, type Stack } from '../dev/stack';
 
 const CHROMIUM = '/usr/bin/chromium';
 const OUT = path.join(PROJECT_ROOT, 'test-output');
+const DOCS = path.join(PROJECT_ROOT, 'docs');
+
+/** Saves a screenshot of the page into test-output/, and into docs/ when asked to refresh the docs' pictures. */
+async function keep(page: Page, name: string): Promise<string> {
+  const file = path.join(OUT, name);
+  await page.screenshot({ path: file, fullPage: true });
+  if (process.env.UPDATE_DOCS_SCREENSHOTS === '1') copyFileSync(file, path.join(DOCS, name));
+  return file;
+}
+
+/** Opens a workflow's User Metadata tab (summary and details). */
+async function openMetadata(page: Page, uiUrl: string, workflowId: string, runId = ''): Promise<void> {
+  await page.goto(
+    `${uiUrl}/namespaces/default/workflows/${encodeURIComponent(workflowId)}${runId ? `/${runId}` : ''}/history`,
+  );
+  await page.getByText('User Metadata', { exact: true }).filter({ visible: true }).first().click({ timeout: 60_000 });
+}
 
 /** Polls every frame of the page until one shows `text`; false after `timeoutMs`. */
 async function textInSomeFrame(page: Page, text: string, timeoutMs: number): Promise<boolean> {
@@ -112,5 +131,58 @@ describe('the Temporal Web UI', function () {
     console.log(
       `      screenshots: ${path.relative(PROJECT_ROOT, OUT)}/web-ui-list.png, ${path.relative(PROJECT_ROOT, shot)}`,
     );
+  });
+  it('shows findings as they arrive, then by signature with new or seen, and the device\u2019s last results', async function () {
+    const apkUrl = stack.apks['ui.apk']!.url;
+    const run = (taskId: string, durationSec: number, crashes: number, anrs: number) =>
+      task(stack, {
+        taskId,
+        deviceId: 'ui-1',
+        apkUrl,
+        packageName: 'com.example.ui',
+        traversal: {
+          durationSec,
+          extraArgs: ['--tick-ms', '100', '--crashes', String(crashes), '--anrs', String(anrs)],
+        },
+      });
+    // A first task meets three bugs; the second, watched while it runs, meets them again and two more.
+    await stack.push(run('ui-first', 2, 2, 1));
+    assert.equal((await stack.waitResult('ui-first', 'ui-1')).status, 'completed');
+    await stack.push(run('ui-findings', 14, 3, 2));
+    const workflowId = traversalWorkflowId('ui-findings', 'ui-1');
+    const page = await browser.newPage({ viewport: { width: 1500, height: 1000 } });
+
+    // While it runs: the page, reloaded, shows the findings found so far.
+    let live = false;
+    for (const deadline = Date.now() + 90_000; !live && Date.now() < deadline;) {
+      await openMetadata(page, server.uiUrl!, workflowId).catch(() => undefined);
+      live = await textInSomeFrame(page, 'Found so far (2 distinct)', 4000);
+    }
+    if (live) await keep(page, 'web-ui-running-findings.png');
+    else await page.screenshot({ path: path.join(OUT, 'web-ui-failure.png'), fullPage: true });
+    assert.ok(live, 'the running traversal shows its findings (see test-output/web-ui-failure.png)');
+
+    const result = await stack.waitResult('ui-findings', 'ui-1', 120_000);
+    assert.equal(result.status, 'completed');
+    assert.equal(result.findings.length, 5);
+    await openMetadata(page, server.uiUrl!, workflowId, result.runId);
+    assert.deepEqual(
+      result.findings.map((f) => f.newForApp).sort(),
+      [false, false, false, true, true],
+      'three bugs met before, two new',
+    );
+    const sig = result.findings.find((f) => f.newForApp)!.signature;
+    const table = await textInSomeFrame(page, 'new for the app', 60_000);
+    const row = table && (await textInSomeFrame(page, sig, 10_000));
+    const seen = row && (await textInSomeFrame(page, 'seen before', 10_000));
+    const shot = await keep(page, 'web-ui-findings.png');
+    assert.ok(table && row && seen, `the findings table with ${sig}, seen before (see ${shot})`);
+
+    await openMetadata(page, server.uiUrl!, deviceWorkflowId('ui-1'));
+    const recent =
+      (await textInSomeFrame(page, 'Last results:', 60_000)) && (await textInSomeFrame(page, 'ui-findings', 10_000));
+    const deviceShot = await keep(page, 'web-ui-device.png');
+    assert.ok(recent, `the device lists its last results (see ${deviceShot})`);
+    console.log(`      screenshots: test-output/web-ui-running-findings.png, web-ui-findings.png, web-ui-device.png`);
   });
 });

@@ -51,7 +51,7 @@ import { finishedDetails, runningDetails } from '../contract/details';
 import { publishWorkflow, type PublishedResult } from './publish';
 
 /** How long a finished traversal waits for its result to be published, to show which findings are new. */
-export const PUBLISH_WAIT_MS = 10_000;
+export const PUBLISH_WAIT_MS = 5_000;
 
 function retry(maximumAttempts: number, initialMs: number): ActivityOptions['retry'] {
   return {
