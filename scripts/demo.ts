@@ -48,7 +48,8 @@ import { ApkOrigin } from '../sim/origin';
 import { startPhoneBench } from '../dev/phones';
 import { adbFor } from '../src/adb';
 import { AdbAgent } from '../src/agent/http';
-import type { Finding } from '../src/contract/messages';
+import { groupTaskFindings, readTaskFindings, type TaskFindings } from '../src/findings/read';
+import { taskFindingsTable } from '../src/findings/table';
 import { starterKeys } from '../src/contract/redis-keys';
 import { temporalSettings } from '../src/temporal-connection';
 
@@ -369,7 +370,8 @@ async function main(): Promise<void> {
 
     // 9. Summary.
     sampler.sample();
-    printSummary(jobs, results, origin, { big, lite }, sampler, idleRss, uiUrl, temporal.namespace);
+    const tasks = await readTasks(redis, [...new Set(jobs.map((j) => j.taskId))], config.redisKeyPrefix);
+    printSummary(jobs, results, origin, { big, lite }, sampler, idleRss, uiUrl, temporal.namespace, tasks);
     remember({ apkMiB, ports: args.ports, unfinished: false });
   } finally {
     await stopAll();
@@ -664,6 +666,7 @@ function printSummary(
   idleRss: number,
   uiUrl: string,
   namespace: string,
+  tasks: TaskFindings[],
 ): void {
   const rows = jobs.map((j) => {
     const r = results.get(`${j.taskId}/${j.deviceId}`)!;
@@ -688,7 +691,7 @@ function printSummary(
     rows,
   );
   const all = [...results.values()];
-  printFindings(all);
+  printFindings(all, tasks);
   const resumed = jobs.filter((j) => j.resumed).length;
   const failed = all.filter((r) => r.status !== 'completed').length;
   process.stdout.write(
@@ -708,32 +711,45 @@ function printSummary(
   process.stdout.write(`Web UI: ${uiUrl}/namespaces/${namespace}/workflows\n`);
 }
 
-/** The findings of every result, one row per signature: what it is, where it was seen, how often. */
-function printFindings(results: TraversalResult[]): void {
-  const groups = new Map<string, { first: Finding; count: number; devices: Set<string> }>();
-  for (const r of results)
-    for (const f of r.findings ?? []) {
-      const g = groups.get(f.signature) ?? { first: f, count: 0, devices: new Set<string>() };
-      if (!g.first.frames.length && f.frames.length) g.first = f;
-      g.count++;
-      g.devices.add(r.deviceId);
-      groups.set(f.signature, g);
-    }
-  if (!groups.size) return;
-  process.stdout.write(`\nFindings, grouped by signature (${groups.size}):\n`);
-  const clip = (t: string, n: number) => (t.length > n ? `${t.slice(0, n - 1)}…` : t);
+/**
+ * The findings of every result, one row per signature (what it is, how often, on how many devices,
+ * new for the app or seen in an earlier task), then each task's summary from Redis.
+ */
+function printFindings(results: TraversalResult[], tasks: TaskFindings[]): void {
+  const groups = groupTaskFindings(results);
+  if (groups.length) {
+    process.stdout.write(`\nFindings, grouped by signature (${groups.length}):\n`);
+    process.stdout.write(`${taskFindingsTable(groups)}\n`);
+  }
+  if (!tasks.length) return;
+  process.stdout.write('\nTasks (traversal:summary:<taskId> in Redis):\n');
   table(
-    ['signature', 'kind', 'exception', 'message', 'top frame', 'seen', 'devices'],
-    [...groups.entries()].map(([sig, g]) => [
-      sig,
-      g.first.kind,
-      g.first.exception,
-      clip(g.first.message, 40),
-      clip((g.first.frames[0] ?? '-').replace(/^at\s+/, ''), 50),
-      String(g.count),
-      String(g.devices.size),
-    ]),
+    ['task', 'devices', 'completed', 'failed', 'cancelled', 'distinct findings', 'new for the app', 'JUnit'],
+    tasks.map((t) => {
+      const s = t.summary;
+      return [
+        t.taskId,
+        String(s?.devices ?? t.results.length),
+        String(s?.completed ?? '-'),
+        String(s?.failed ?? '-'),
+        String(s?.cancelled ?? '-'),
+        String(s?.uniqueFindings ?? groupTaskFindings(t.results).length),
+        String(s?.newFindings ?? '-'),
+        s?.junitUrl ? path.relative(PROJECT_ROOT, s.junitUrl.replace('file://', '')) : '-',
+      ];
+    }),
   );
+}
+
+/** Each task's findings and summary; waits a little for the JUnit file the last device's publish writes. */
+async function readTasks(redis: Redis, taskIds: string[], prefix: string): Promise<TaskFindings[]> {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const tasks = await Promise.all(taskIds.map((id) => readTaskFindings(redis, id, prefix)));
+    const ready = tasks.every((t) => !t.summary || (t.summary.finished && t.summary.junitUrl));
+    if (ready || Date.now() > deadline) return tasks;
+    await new Promise((r) => setTimeout(r, 300));
+  }
 }
 
 function table(head: string[], rows: string[][]): void {

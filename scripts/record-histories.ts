@@ -213,6 +213,69 @@ const SCENARIOS: Scenario[] = [
     run: (stack) => completedTraversal(stack, 'on-worker', 'rec-10', { packageName: 'com.example.onworker' }),
   },
   {
+    name: 'traversal-findings-new-or-seen',
+    scenario:
+      'a traversal recorded after the findings-details patch: its tool found crashes and an ANR (each new signature ' +
+      'signalled once, for the live details), the publish workflow said which are new for the app, and the traversal ' +
+      'waited for that answer (a child completion and a cancelled timer) before it ended',
+    async run(stack) {
+      const handle = await pushTask(stack, 'new-or-seen', 'rec-12', {
+        packageName: 'com.example.newseen',
+        traversal: { durationSec: 3, extraArgs: ['--tick-ms', '100', '--crashes', '3', '--anrs', '1'] },
+      });
+      const r = await stack.waitResult('new-or-seen', 'rec-12');
+      expect(
+        r.status === 'completed' && r.findings.length === 4 && r.findings.every((f) => f.newForApp === true),
+        `traversal-findings-new-or-seen ended ${r.status} with ${JSON.stringify(r.findings?.map((f) => f.newForApp))}`,
+      );
+      await handle.result();
+      return handle;
+    },
+  },
+  {
+    name: 'publish-task-report',
+    scenario:
+      'a publish workflow recorded after the task-report patch whose result was its task\u2019s last: it published, ' +
+      'then wrote the task\u2019s JUnit report to the sink (publishTaskReport) and returned the new signatures',
+    async run(stack) {
+      await pushTask(stack, 'task-report', 'rec-13', {
+        packageName: 'com.example.taskreport',
+        traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100', '--crashes', '1'] },
+      });
+      await stack.waitResult('task-report', 'rec-13');
+      const publish = stack.client.workflow.getHandle(publishWorkflowId('task-report', 'rec-13'));
+      const out = (await publish.result()) as { junitUrl?: string } | undefined;
+      expect(!!out?.junitUrl, `publish-task-report returned ${JSON.stringify(out)}`);
+      return publish;
+    },
+  },
+  {
+    name: 'traversal-publish-wait-timed-out',
+    scenario:
+      'a traversal recorded after the findings-details patch whose Redis refused writes: it waited for its publish ' +
+      'workflow up to PUBLISH_WAIT_MS, its timer fired, and it ended saying new-or-seen is not known yet',
+    async run(stack) {
+      const traversal = await pushTask(stack, 'wait-timeout', 'rec-14', {
+        packageName: 'com.example.waittimeout',
+        traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100', '--crashes', '1'] },
+      });
+      await waitFor(async () => (await traversal.describe()) !== undefined, 60_000, 'wait-timeout to start');
+      await stack.redis.config('SET', 'maxmemory-policy', 'noeviction');
+      await stack.redis.config('SET', 'maxmemory', '1');
+      try {
+        const r = (await traversal.result()) as { findings: { newForApp?: boolean }[] };
+        expect(
+          r.findings.every((f) => f.newForApp === undefined),
+          'the traversal ended before its publish answered',
+        );
+      } finally {
+        await stack.redis.config('SET', 'maxmemory', '0');
+      }
+      await stack.waitResult('wait-timeout', 'rec-14');
+      return traversal;
+    },
+  },
+  {
     name: 'publish-waited-for-redis',
     scenario:
       'a publish workflow whose Redis refused writes (maxmemory 1 byte, noeviction): its quick attempts failed, it said ' +
@@ -361,7 +424,22 @@ async function main(): Promise<void> {
     stack = await startStack({
       address: temporal.address,
       redisUrl: redis.url,
-      devices: ['rec-1', 'rec-2', 'rec-3', 'rec-4', 'rec-5', 'rec-6', 'rec-7', 'rec-8', 'rec-9', 'rec-10', 'rec-11'],
+      devices: [
+        'rec-1',
+        'rec-2',
+        'rec-3',
+        'rec-4',
+        'rec-5',
+        'rec-6',
+        'rec-7',
+        'rec-8',
+        'rec-9',
+        'rec-10',
+        'rec-11',
+        'rec-12',
+        'rec-13',
+        'rec-14',
+      ],
       apks: [{ name: 'app.apk', size: 2 * MiB }],
       starter: true,
       // A result reaches Redis within 2 s of its return (publish-waited-for-redis).

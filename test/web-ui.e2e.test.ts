@@ -28,11 +28,9 @@ async function keep(page: Page, name: string): Promise<string> {
   return file;
 }
 
-/** Opens a workflow's User Metadata tab (summary and details). */
-async function openMetadata(page: Page, uiUrl: string, workflowId: string, runId = ''): Promise<void> {
-  await page.goto(
-    `${uiUrl}/namespaces/default/workflows/${encodeURIComponent(workflowId)}${runId ? `/${runId}` : ''}/history`,
-  );
+/** Opens a workflow run's User Metadata tab (summary and details); the UI's pages need the run id. */
+async function openMetadata(page: Page, uiUrl: string, workflowId: string, runId: string): Promise<void> {
+  await page.goto(`${uiUrl}/namespaces/default/workflows/${encodeURIComponent(workflowId)}/${runId}/history`);
   await page.getByText('User Metadata', { exact: true }).filter({ visible: true }).first().click({ timeout: 60_000 });
 }
 
@@ -148,15 +146,24 @@ describe('the Temporal Web UI', function () {
     // A first task meets three bugs; the second, watched while it runs, meets them again and two more.
     await stack.push(run('ui-first', 2, 2, 1));
     assert.equal((await stack.waitResult('ui-first', 'ui-1')).status, 'completed');
-    await stack.push(run('ui-findings', 14, 3, 2));
+    await stack.push(run('ui-findings', 24, 3, 2));
     const workflowId = traversalWorkflowId('ui-findings', 'ui-1');
-    const page = await browser.newPage({ viewport: { width: 1500, height: 1000 } });
+    const page = await browser.newPage({ viewport: { width: 1920, height: 1080 } });
 
     // While it runs: the page, reloaded, shows the findings found so far.
     let live = false;
     for (const deadline = Date.now() + 90_000; !live && Date.now() < deadline;) {
-      await openMetadata(page, server.uiUrl!, workflowId).catch(() => undefined);
-      live = await textInSomeFrame(page, 'Found so far (2 distinct)', 4000);
+      const runId = await stack.client.workflow
+        .getHandle(workflowId)
+        .describe()
+        .then((d) => d.runId)
+        .catch(() => undefined);
+      if (!runId) {
+        await page.waitForTimeout(500);
+        continue;
+      }
+      await openMetadata(page, server.uiUrl!, workflowId, runId).catch(() => undefined);
+      live = await textInSomeFrame(page, 'Found so far (', 4000);
     }
     if (live) await keep(page, 'web-ui-running-findings.png');
     else await page.screenshot({ path: path.join(OUT, 'web-ui-failure.png'), fullPage: true });
@@ -172,13 +179,14 @@ describe('the Temporal Web UI', function () {
       'three bugs met before, two new',
     );
     const sig = result.findings.find((f) => f.newForApp)!.signature;
-    const table = await textInSomeFrame(page, 'new for the app', 60_000);
+    const table = await textInSomeFrame(page, 'for the app', 60_000);
     const row = table && (await textInSomeFrame(page, sig, 10_000));
     const seen = row && (await textInSomeFrame(page, 'seen before', 10_000));
     const shot = await keep(page, 'web-ui-findings.png');
     assert.ok(table && row && seen, `the findings table with ${sig}, seen before (see ${shot})`);
 
-    await openMetadata(page, server.uiUrl!, deviceWorkflowId('ui-1'));
+    const device = await stack.client.workflow.getHandle(deviceWorkflowId('ui-1')).describe();
+    await openMetadata(page, server.uiUrl!, deviceWorkflowId('ui-1'), device.runId);
     const recent =
       (await textInSomeFrame(page, 'Last results:', 60_000)) && (await textInSomeFrame(page, 'ui-findings', 10_000));
     const deviceShot = await keep(page, 'web-ui-device.png');

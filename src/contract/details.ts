@@ -68,14 +68,20 @@ export function runningDetails(h: TraversalHeadline, found: readonly FindingBrie
   if (found.length === 0) return headline(h);
   const rows = found
     .slice(0, DETAILS_MAX_ROWS)
-    .map((f) => [KIND[f.kind], cell(f.exception, 60), cell(f.message), `\`${f.signature}\``, String(f.attempt)]);
+    .map((f) => [
+      KIND[f.kind],
+      `\`${f.signature}\``,
+      String(f.attempt),
+      cell(shortClass(f.exception), 40),
+      cell(f.message, 50),
+    ]);
   const hidden = more + Math.max(0, found.length - DETAILS_MAX_ROWS);
   return [
     `**${headline(h)}**`,
     '',
     `Found so far (${found.length + more} distinct):`,
     '',
-    table(['kind', 'exception', 'message', 'signature', 'attempt'], rows),
+    table(['kind', 'signature', 'attempt', 'exception', 'message'], rows),
     ...(hidden > 0 ? ['', `…and ${hidden} more (all are in the report's findings.json).`] : []),
   ].join('\n');
 }
@@ -99,10 +105,15 @@ function bySignature(findings: readonly Finding[]): ResultGroup[] {
   return [...groups.values()];
 }
 
-/** The `new` column: whether the app met the signature before this task, when publishing has said. */
+/** The `for the app` column: whether the app met the signature before this task, when publishing has said. */
 function novelty(f: Finding): string {
   if (f.newForApp === undefined) return 'not known yet';
   return f.newForApp ? '**new**' : 'seen before';
+}
+
+/** A Java class name without its package (`android.view.WindowManager$BadTokenException` → `WindowManager$BadTokenException`). */
+export function shortClass(name: string): string {
+  return /^[\w$]+(\.[\w$]+)+$/.test(name) ? name.slice(name.lastIndexOf('.') + 1) : name;
 }
 
 /** The in-app frame a reader looks at first: the first frame that is not the platform's, else the first. */
@@ -114,7 +125,8 @@ export function topFrame(frames: readonly string[]): string {
 
 /**
  * A finished traversal's details: status and counts, the findings by signature (kind, exception,
- * message, signature, how often, new or seen before) and where the report is.
+ * message, signature, how often, new or seen before; frames are in the report and `npm run
+ * findings`, the Web UI's half-width panel has no room for them) and where the report is.
  * `publishNote` says why new/seen is not known when publishing had not answered.
  */
 export function finishedDetails(result: TraversalResult, publishNote?: string): string {
@@ -143,17 +155,16 @@ export function finishedDetails(result: TraversalResult, publishNote?: string): 
       .slice(0, DETAILS_MAX_ROWS)
       .map(({ finding: f, count }) => [
         KIND[f.kind],
-        cell(f.exception, 60),
-        cell(f.message),
         `\`${f.signature}\``,
-        String(count),
         novelty(f),
-        cell(topFrame(f.frames), 70),
+        String(count),
+        cell(shortClass(f.exception), 40),
+        cell(f.message, 50),
       ]);
     lines.push(
       `Findings (${groups.length} distinct):`,
       '',
-      table(['kind', 'exception', 'message', 'signature', 'times', 'new for the app', 'top frame'], rows),
+      table(['kind', 'signature', 'for the app', 'times', 'exception', 'message'], rows),
     );
     if (groups.length > DETAILS_MAX_ROWS)
       lines.push('', `…and ${groups.length - DETAILS_MAX_ROWS} more (all are in the report's findings.json).`);
