@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import {
   cell,
+  code,
   deviceDetails,
   DETAILS_MAX_ROWS,
   finishedDetails,
@@ -60,7 +61,13 @@ function rows(md: string): string[][] {
 
 describe('Web UI details (Markdown)', function () {
   it('keeps a table cell on one line and its column breaks escaped', function () {
-    assert.equal(cell('a | b\nc `d` <e>'), "a \\| b c 'd' &lt;e>");
+    assert.equal(cell('a | b\nc `d` <e>'), 'a \\| b c \\`d\\` \\<e\\>');
+    // What an app prints never becomes a link, an image or emphasis.
+    assert.equal(
+      cell('![x](http://h/i.png) [y](http://h) *z* _w_'),
+      '\\!\\[x\\]\\(http://h/i.png\\) \\[y\\]\\(http://h\\) \\*z\\* \\_w\\_',
+    );
+    assert.equal(code('a`b|c'), "`a'b\\|c`");
     assert.equal(cell('x'.repeat(100), 10), `${'x'.repeat(9)}…`);
     assert.equal(shortClass('android.view.WindowManager$BadTokenException'), 'WindowManager$BadTokenException');
     assert.equal(shortClass('ANR'), 'ANR');

@@ -9,13 +9,26 @@ import type { Finding, FindingBrief, FindingKind, TraversalRequest, TraversalRes
 /** Most finding rows a details table shows; the rest are counted below it. */
 export const DETAILS_MAX_ROWS = 20;
 
-/** Text made safe for one cell of a Markdown table: one line, no column breaks, cut short. */
-export function cell(text: string | number | undefined, max = 80): string {
+/** Text on one line, cut to `max` characters. */
+function oneLine(text: string | number | undefined, max: number): string {
   const flat = String(text ?? '')
     .replace(/\s+/g, ' ')
     .trim();
-  const cut = flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
-  return cut.replace(/\\/g, '\\\\').replace(/\|/g, '\\|').replace(/`/g, "'").replace(/</g, '&lt;');
+  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
+}
+
+/**
+ * Text made safe for a Markdown table cell: one line, cut short, and every character Markdown
+ * gives a meaning escaped, so what an app under test prints (a crash message) shows as written and
+ * never becomes a link, an image, markup or a new column.
+ */
+export function cell(text: string | number | undefined, max = 80): string {
+  return oneLine(text, max).replace(/[\\`*_[\]()<>|#!~]/g, '\\$&');
+}
+
+/** Text for a code span in a table cell: no backtick can end the span, no pipe can end the cell. */
+export function code(text: string | number | undefined, max = 80): string {
+  return `\`${oneLine(text, max).replace(/`/g, "'").replace(/\|/g, '\\|')}\``;
 }
 
 /** A Markdown table; every cell already made safe with `cell`. */
@@ -38,9 +51,9 @@ const KIND: Record<FindingKind, string> = { crash: 'crash', anr: 'ANR' };
 /** What a traversal is, set once when its device workflow starts it. */
 export function traversalStaticDetails(req: TraversalRequest): string {
   const rows = [
-    ['App', `\`${cell(req.packageName)}\`${req.mainActivity ? ` (${cell(req.mainActivity)})` : ''}`],
-    ['Device', `\`${cell(req.deviceId)}\``],
-    ['Task', `\`${cell(req.taskId)}\``],
+    ['App', `${code(req.packageName)}${req.mainActivity ? ` (${code(req.mainActivity)})` : ''}`],
+    ['Device', code(req.deviceId)],
+    ['Task', code(req.taskId)],
     ['APK', `${cell(fileOf(req.apkUrl))}${req.apkSha256 ? ` (sha256 ${req.apkSha256.slice(0, 12)}…)` : ''}`],
     ['Time budget', `${req.traversal.durationSec} s`],
   ];
@@ -170,7 +183,7 @@ export function finishedDetails(result: TraversalResult, publishNote?: string): 
       lines.push('', `…and ${groups.length - DETAILS_MAX_ROWS} more (all are in the report's findings.json).`);
     if (publishNote) lines.push('', publishNote);
   }
-  lines.push('', `Report: ${result.reportUrl ? `\`${cell(result.reportUrl, 300)}\`` : 'none uploaded'}`);
+  lines.push('', `Report: ${result.reportUrl ? code(result.reportUrl, 300) : 'none uploaded'}`);
   return lines.join('\n');
 }
 
@@ -197,7 +210,7 @@ export function deviceDetails(line: string, recent: readonly DeviceRecentResult[
   const rows = [...recent]
     .reverse()
     .map((r) => [
-      `\`${cell(r.taskId, 40)}\``,
+      code(r.taskId, 40),
       cell(r.packageName, 50),
       r.error ? `${r.status} (${cell(r.error, 40)})` : r.status,
       r.crashes === undefined ? '' : String(r.crashes),
