@@ -14,6 +14,7 @@ import path from 'node:path';
 import { createResultPublisherActivities } from '../../src/activities/result-publisher';
 import { signatureOf } from '../../src/activities/findings';
 import type { Finding, TraversalResult } from '../../src/contract/messages';
+import { findingGroupKeys } from '../../src/contract/redis-keys';
 import { redisClient, startLocalRedis } from '../../dev/services';
 import { mdTable, mean, parseOptions, percentile, round, say, type ScenarioRun } from '../lib/report';
 import { inScenarioDir } from '../lib/stack';
@@ -156,6 +157,13 @@ export const run: ScenarioRun = async ({ args }) => {
     const baseUs = base.usec / Math.max(1, base.calls);
     const baseMs = mean(client['no findings']!);
     const memory = Number(/used_memory:(\d+)/.exec(await redis.info('memory'))?.[1] ?? 0);
+    // What one group keeps, measured on a group met by every result of the run (its sets are full).
+    const busy = resultOf(shapes[1]!, 'probe', 'probe', 0).findings[0]!.signature;
+    const keys = Object.values(findingGroupKeys(APP, busy, 'bench:'));
+    const groupBytes = (await Promise.all(keys.map((k) => redis.memory('USAGE', k)))).reduce<number>(
+      (sum, n) => sum + Number(n ?? 0),
+      0,
+    );
     return [...shapes, after].map((shape) => {
       const times = client[shape.name]!;
       const s = server[shape.name]!;
@@ -171,6 +179,7 @@ export const run: ScenarioRun = async ({ args }) => {
         redisUsPerFinding: perFinding === undefined ? undefined : round(perFinding, 1),
         clientUsPerFinding: perFindingClient === undefined ? undefined : round(perFindingClient, 1),
         redisMemoryMiB: round(memory / 1024 / 1024, 1),
+        busiestGroupKiB: round(groupBytes / 1024, 1),
       };
     });
   });
@@ -204,7 +213,8 @@ export const run: ScenarioRun = async ({ args }) => {
       ]),
     ),
     '',
-    `Redis memory at the end: ${rows[0]?.redisMemoryMiB} MiB.`,
+    `Redis memory at the end: ${rows[0]?.redisMemoryMiB} MiB (results, stream and groups). The busiest group ` +
+      `(met by most results, its device, task and APK sets at their caps) takes ${rows[0]?.busiestGroupKiB} KiB in all four keys.`,
   ].join('\n');
   return { markdown, json: { rows }, file: 'findings' };
 };
