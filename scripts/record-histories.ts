@@ -26,6 +26,7 @@ import { requestTraversal } from '../src/starter/task-bridge';
 import {
   deviceWorkflowId,
   publishWorkflowId,
+  taskReportWorkflowId,
   traversalWorkflowId,
   type DeviceState,
   type TraversalProgress,
@@ -236,7 +237,7 @@ const SCENARIOS: Scenario[] = [
     name: 'publish-task-report',
     scenario:
       'a publish workflow recorded after the task-report patch whose result was its task\u2019s last: it published, ' +
-      'then wrote the task\u2019s JUnit report to the sink (publishTaskReport) and returned the new signatures',
+      'started the task report workflow (abandoned child) and returned the new signatures',
     async run(stack) {
       await pushTask(stack, 'task-report', 'rec-13', {
         packageName: 'com.example.taskreport',
@@ -244,9 +245,24 @@ const SCENARIOS: Scenario[] = [
       });
       await stack.waitResult('task-report', 'rec-13');
       const publish = stack.client.workflow.getHandle(publishWorkflowId('task-report', 'rec-13'));
-      const out = (await publish.result()) as { junitUrl?: string } | undefined;
-      expect(!!out?.junitUrl, `publish-task-report returned ${JSON.stringify(out)}`);
+      const out = (await publish.result()) as { taskFinished?: boolean; newSignatures?: string[] } | undefined;
+      expect(
+        out?.taskFinished === true && out.newSignatures?.length === 1,
+        `publish-task-report returned ${JSON.stringify(out)}`,
+      );
       return publish;
+    },
+  },
+  {
+    name: 'task-report-written',
+    scenario:
+      'the task report workflow of a finished task: it wrote the task\u2019s JUnit XML to the sink and returned its URL',
+    async run(stack) {
+      const handle = stack.client.workflow.getHandle(taskReportWorkflowId('task-report'));
+      await waitFor(async () => (await handle.describe()) !== undefined, 60_000, 'the task report workflow to start');
+      const out = (await handle.result()) as { junitUrl?: string } | undefined;
+      expect(!!out?.junitUrl, `task-report-written returned ${JSON.stringify(out)}`);
+      return handle;
     },
   },
   {

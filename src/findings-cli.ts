@@ -12,6 +12,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Redis from 'ioredis';
 import { loadConfig, parseDuration } from './config';
+import { checkIdentifier, PACKAGE_PATTERN, preview } from './contract/ids';
 import { junitXml } from './findings/junit';
 import { groupTaskFindings, readAppGroups, readTaskFindings } from './findings/read';
 import { appGroupsTable, taskFindingsTable } from './findings/table';
@@ -31,7 +32,9 @@ export interface FindingsArgs {
 }
 
 /** A usage error: the message and the usage text, exit code 2. */
-export class UsageError extends Error {}
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
 
 /** Reads the command line; undefined for --help. */
 export function parseFindingsArgs(argv: string[], now = Date.now()): FindingsArgs | undefined {
@@ -76,6 +79,14 @@ export function parseFindingsArgs(argv: string[], now = Date.now()): FindingsArg
     }
   }
   if ((out.task === undefined) === (out.app === undefined)) throw new UsageError('give either --task or --app');
+  // Checked as the starter checks them: an id is a literal, never a pattern of keys.
+  const problem =
+    out.task !== undefined
+      ? checkIdentifier('taskId', out.task, '--task')
+      : PACKAGE_PATTERN.test(out.app!)
+        ? undefined
+        : `--app: must be an Android application id like com.example.app, got ${preview(out.app)}`;
+  if (problem) throw new UsageError(problem);
   if (out.junit !== undefined && out.task === undefined) throw new UsageError('--junit goes with --task');
   if (out.sinceMs !== undefined && out.app === undefined) throw new UsageError('--since goes with --app');
   return out;

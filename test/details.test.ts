@@ -65,7 +65,12 @@ describe('Web UI details (Markdown)', function () {
     // What an app prints never becomes a link, an image or emphasis.
     assert.equal(
       cell('![x](http://h/i.png) [y](http://h) *z* _w_'),
-      '\\!\\[x\\]\\(http://h/i.png\\) \\[y\\]\\(http://h\\) \\*z\\* \\_w\\_',
+      '\\!\\[x\\]\\(http:\u200b//h/i.png\\) \\[y\\]\\(http:\u200b//h\\) \\*z\\* \\_w\\_',
+    );
+    // Nor does a bare address: a zero-width space breaks what a renderer would link.
+    assert.equal(
+      cell('see https://evil.example or www.evil.example, mail a@b.c'),
+      'see https:\u200b//evil.example or www.\u200bevil.example, mail a@\u200bb.c',
     );
     assert.equal(code('a`b|c'), "`a'b\\|c`");
     assert.equal(cell('x'.repeat(100), 10), `${'x'.repeat(9)}…`);

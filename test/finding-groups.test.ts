@@ -47,8 +47,8 @@ function result(taskId: string, deviceId: string, findings: Finding[], runId = `
     crashes,
     anrs: findings.length - crashes,
     findings,
-    startedAt: '2026-12-01T10:00:00.000Z',
-    finishedAt: '2026-12-01T10:05:00.000Z',
+    startedAt: '2026-11-01T10:00:00.000Z',
+    finishedAt: '2026-11-01T10:05:00.000Z',
     workflowId: `traversal/${taskId}/${deviceId}`,
     runId,
   } as TraversalResult;
@@ -85,13 +85,13 @@ describe('finding groups in Redis', function () {
         { taskId: 't1', deviceId: 'd1', packageName: APP } as never,
         { taskId: 't1', deviceId: 'd2', packageName: APP } as never,
       ],
-      '2026-12-01T09:59:00.000Z',
+      '2026-11-01T09:59:00.000Z',
       60_000,
       prefix,
     );
     const r1 = result('t1', 'd1', [
-      crashA('2026-12-01T10:01:00.000Z', 4),
-      { ...crashA('2026-12-01T10:02:00.000Z', 9), message: '', frames: [] },
+      crashA('2026-11-01T10:01:00.000Z', 4),
+      { ...crashA('2026-11-01T10:02:00.000Z', 9), message: '', frames: [] },
     ]);
     const out1 = await publishResult(r1);
     assert.deepEqual(out1.newSignatures, [r1.findings[0]!.signature]);
@@ -100,7 +100,7 @@ describe('finding groups in Redis', function () {
     assert.equal(summary.pending, 1);
     assert.equal(summary.finished, false);
 
-    const r2 = result('t1', 'd2', [crashA('2026-12-01T10:03:00.000Z'), anrB('2026-12-01T10:04:00.000Z')]);
+    const r2 = result('t1', 'd2', [crashA('2026-11-01T10:03:00.000Z'), anrB('2026-11-01T10:04:00.000Z')]);
     const out2 = await publishResult(r2);
     assert.equal(out2.taskFinished, true);
     assert.deepEqual(out2.newSignatures.sort(), [crashA('x').signature, anrB('x').signature].sort());
@@ -113,8 +113,8 @@ describe('finding groups in Redis', function () {
     assert.deepEqual(a.devices.sort(), ['d1', 'd2']);
     assert.deepEqual(a.tasks, ['t1']);
     assert.deepEqual(a.apks, ['a'.repeat(64)]);
-    assert.equal(a.firstSeen, '2026-12-01T10:01:00.000Z');
-    assert.equal(a.lastSeen, '2026-12-01T10:03:00.000Z');
+    assert.equal(a.firstSeen, '2026-11-01T10:01:00.000Z');
+    assert.equal(a.lastSeen, '2026-11-01T10:03:00.000Z');
     assert.equal(a.firstTask, 't1');
     assert.deepEqual(a.example?.frames, CART, 'the example keeps its frames');
 
@@ -138,7 +138,7 @@ describe('finding groups in Redis', function () {
   it('counts nothing twice when a publish is retried, and answers the same', async function () {
     const before = (await readGroup(redis, APP, crashA('x').signature, prefix))!.count;
     const length = await redis.xlen(resultsStream(prefix));
-    const r2 = result('t1', 'd2', [crashA('2026-12-01T10:03:00.000Z'), anrB('2026-12-01T10:04:00.000Z')]);
+    const r2 = result('t1', 'd2', [crashA('2026-11-01T10:03:00.000Z'), anrB('2026-11-01T10:04:00.000Z')]);
     const again = await publishResult(r2);
     assert.equal(again.streamId, null);
     assert.equal(again.taskFinished, true);
@@ -149,7 +149,7 @@ describe('finding groups in Redis', function () {
 
   it('marks a later task\u2019s repeat as seen before and its new bug as new; lists the app by count, new first', async function () {
     const out = await publishResult(
-      result('t2', 'd1', [crashA('2026-12-02T10:00:00.000Z'), crashC('2026-12-02T10:01:00.000Z')]),
+      result('t2', 'd1', [crashA('2026-11-02T10:00:00.000Z'), crashC('2026-11-02T10:01:00.000Z')]),
     );
     assert.deepEqual(out.newSignatures, [crashC('x').signature]);
     const [a, c] = (await stored('t2', 'd1')).findings;
@@ -165,7 +165,7 @@ describe('finding groups in Redis', function () {
       [4, 1, 1],
     );
     // Since Dec 2: A (seen again) and C (first seen then); C is new in the window, so it comes first.
-    const recent = await readAppGroups(redis, APP, { prefix, sinceMs: Date.parse('2026-12-02T00:00:00.000Z') });
+    const recent = await readAppGroups(redis, APP, { prefix, sinceMs: Date.parse('2026-11-02T00:00:00.000Z') });
     assert.deepEqual(
       recent.map((g) => g.signature),
       [crashC('x').signature, crashA('x').signature],
@@ -181,9 +181,9 @@ describe('finding groups in Redis', function () {
       60_000,
       prefix,
     );
-    await publishResult(result('t3', 'd1', [crashA('2026-12-03T10:00:00.000Z')]));
+    await publishResult(result('t3', 'd1', [crashA('2026-11-03T10:00:00.000Z')]));
     await publishResult(
-      result('t3', 'd2', [crashA('2026-12-03T10:00:00.000Z'), { ...crashA('2026-12-03T10:01:00.000Z'), frames: [] }]),
+      result('t3', 'd2', [crashA('2026-11-03T10:00:00.000Z'), { ...crashA('2026-11-03T10:01:00.000Z'), frames: [] }]),
     );
     const t = await readTaskFindings(redis, 't3', prefix);
     assert.deepEqual(t.pending, ['d3']);
@@ -205,10 +205,11 @@ describe('finding groups in Redis', function () {
     );
     const outs = await Promise.all(
       devices.map((d) =>
-        publishResult(result('t4', d, [crashA('2026-12-04T10:00:00.000Z'), crashA('2026-12-04T10:00:01.000Z')])),
+        publishResult(result('t4', d, [crashA('2026-11-04T10:00:00.000Z'), crashA('2026-11-04T10:00:01.000Z')])),
       ),
     );
     assert.equal(outs.filter((o) => o.taskFinished).length, 1, 'exactly one publish sees the task finish');
+    assert.equal((await events()).filter((e) => e.event === 'task-finished' && e.taskId === 't4').length, 1);
     const group = (await readGroup(redis, APP, crashA('x').signature, prefix))!;
     assert.equal(group.count, 4 + 3 + 60);
     const summary = JSON.parse((await redis.get(taskSummaryKey('t4', prefix)))!) as TaskSummary;
@@ -217,7 +218,7 @@ describe('finding groups in Redis', function () {
 
   it('keeps odd text intact and writes nothing when a group key has the wrong type', async function () {
     const odd = {
-      ...crashC('2026-12-05T10:00:00.000Z'),
+      ...crashC('2026-11-05T10:00:00.000Z'),
       message: 'quote " slash \\ @@findings@@ "findings":"@@findings@@" \u2603 \ud83d\ude00 tab\t',
     };
     await publishResult(result('t5', 'd1', [odd]));
@@ -229,7 +230,7 @@ describe('finding groups in Redis', function () {
       'crash',
       'java.lang.ArithmeticException',
       ['at com.example.Calc.div(Calc.java:1)'],
-      '2026-12-05T10:00:00.000Z',
+      '2026-11-05T10:00:00.000Z',
     );
     await redis.set(findingGroupKeys(APP, bug.signature, prefix).devices, 'not a zset');
     await assert.rejects(
@@ -240,6 +241,36 @@ describe('finding groups in Redis', function () {
       await redis.exists(resultKey('t6', 'd1', prefix), findingGroupKeys(APP, bug.signature, prefix).group),
       0,
     );
+  });
+
+  it('forgets groups not seen within the retention, and never dates one into the future', async function () {
+    const short = createResultPublisherActivities({ redis, keyPrefix: prefix, findingRetentionMs: 60_000 });
+    const old = finding(
+      'crash',
+      'java.lang.OutOfMemoryError',
+      ['at com.example.Big.load(Big.java:1)'],
+      new Date(Date.now() - 3_600_000).toISOString(),
+    );
+    await short.publishResult(result('t8', 'd1', [old]));
+    const keys = findingGroupKeys(APP, old.signature, prefix);
+    const ttl = await redis.ttl(keys.group);
+    assert.ok(ttl > 0 && ttl <= 60, `the group expires with the retention (ttl ${ttl} s)`);
+    assert.equal(
+      await redis.zscore(appFindingsKey(APP, prefix), old.signature),
+      null,
+      'last seen an hour ago: out of the app index',
+    );
+
+    const future = finding(
+      'crash',
+      'java.lang.IllegalArgumentException',
+      ['at com.example.Clock.tick(Clock.java:1)'],
+      '2099-01-01T00:00:00.000Z',
+    );
+    const before = Date.now();
+    await publishResult(result('t9', 'd1', [future]));
+    const g = (await readGroup(redis, APP, future.signature, prefix))!;
+    assert.ok(Date.parse(g.lastSeen) <= Date.now() && Date.parse(g.lastSeen) >= before - 1000, g.lastSeen);
   });
 
   it('publishes a result that carries no findings field (runs from before findings existed)', async function () {

@@ -118,6 +118,7 @@ export function createActivities(deps: ActivityDeps) {
         redis: deps.redis,
         keyPrefix: deps.redisKeyPrefix,
         taskRetentionMs: config.taskRetentionMs,
+        findingRetentionMs: config.findingRetentionMs,
         metrics: deps.metrics,
       }),
     },

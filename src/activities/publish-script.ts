@@ -1,7 +1,8 @@
 /**
  * The one Redis script that publishes a traversal's result: the result key, the results stream
- * event, the app's finding groups and the task's summary, all in one step or none. Redis runs a
- * script atomically, so a retried publish either finds everything written or nothing.
+ * event, the app's finding groups and the task's summary, in one step. Redis runs a script with
+ * nothing else in between, and everything that could fail it (memory, key types) is checked before
+ * its first write, so a retried publish finds either everything written or nothing.
  */
 import { GROUP_CAPS, groupUpdates, withoutFlag } from '../findings/groups';
 import type { TraversalResult } from '../contract/messages';
@@ -31,20 +32,24 @@ const FINDINGS_SLOT = '"findings":"@@findings@@"';
  *    first task is this one, so every device of the task that found it says so.
  * 4. Writes the result (each finding marked `newForApp`) and its stream event.
  * 5. For a task the starter registered: marks this device done, rewrites the summary, and when no
- *    device is pending any more, adds a `task-finished` event to the stream, once.
+ *    device is pending any more, adds a `task-finished` event to the stream, once (when the task's
+ *    `finishedAt` is first set).
+ * 6. Groups expire `findingRetention` after they were last seen, and the app's and the apps' indexes
+ *    drop what was last seen before that, so what Redis keeps follows the lab's rate, not its age.
  *
  * KEYS: result, stream, apps index, app index, task, task signatures, summary, then per group: group,
  *   devices, tasks, apks.
  * ARGV: 1 result JSON with FINDINGS_SLOT, 2 runId, 3 stream max length, 4 taskId, 5 deviceId,
  *   6 status, 7 package, 8 now (ms), 9 now (ISO), 10 APK sha256 or '', 11 task retention (s),
  *   12 crashes, 13 anrs, 14 group count G, 15 finding count F, 16-18 caps (devices, tasks, apks),
+ *   19 finding retention (s),
  *   then G × (signature, kind, exception, message, count, first ms, last ms, example),
  *   then F × (signature, finding JSON).
  * Returns { stream id or '', 1 when the task has no pending device else 0, the stored result when it
  *   was published before or '', the signatures new for the app joined by commas }.
  */
 const SCRIPT = `#!lua
-local GROUP_ARGS, HEAD = 8, 18
+local GROUP_ARGS, HEAD = 8, 19
 local function check(key, wanted)
   local t = redis.call('TYPE', key)['ok']
   if t ~= 'none' and t ~= wanted then
@@ -95,15 +100,17 @@ for g = 1, groups do
       'firstTask', taskId, 'firstDevice', deviceId, 'lastTask', taskId, 'lastDevice', deviceId)
   end
   redis.call('HINCRBY', group, 'count', ARGV[a + 5])
-  if tonumber(ARGV[a + 6]) < tonumber(redis.call('HGET', group, 'firstSeen')) then
+  -- A group missing a field (written by hand, say) takes this result's value instead of failing.
+  if tonumber(ARGV[a + 6]) < tonumber(redis.call('HGET', group, 'firstSeen') or ARGV[a + 6]) then
     redis.call('HSET', group, 'firstSeen', ARGV[a + 6])
   end
-  if tonumber(last) >= tonumber(redis.call('HGET', group, 'lastSeen')) then
+  if tonumber(last) >= tonumber(redis.call('HGET', group, 'lastSeen') or last) then
     redis.call('HSET', group, 'lastSeen', last, 'lastTask', taskId, 'lastDevice', deviceId)
   end
   remember(KEYS[k + 2], last, deviceId, caps[1])
   remember(KEYS[k + 3], last, taskId, caps[2])
   if ARGV[10] ~= '' then remember(KEYS[k + 4], last, ARGV[10], caps[3]) end
+  for j = 1, 4 do redis.call('EXPIRE', KEYS[k + j], ARGV[19]) end
   redis.call('ZADD', KEYS[4], redis.call('HGET', group, 'lastSeen'), sig)
   if appLast == nil or tonumber(last) > tonumber(appLast) then appLast = last end
   local fresh = redis.call('HGET', group, 'firstTask') == taskId
@@ -112,6 +119,9 @@ for g = 1, groups do
   if taskKnown then redis.call('HSETNX', KEYS[6], sig, fresh and 'new' or 'seen') end
 end
 if appLast then redis.call('ZADD', KEYS[3], 'GT', appLast, ARGV[7]) end
+local cutoff = tonumber(now) - tonumber(ARGV[19]) * 1000
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. cutoff)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. cutoff)
 
 local parts = {}
 local f0 = HEAD + groups * GROUP_ARGS
@@ -128,9 +138,7 @@ local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'taskId', ta
 redis.call('SET', KEYS[1], result)
 
 if taskKnown then
-  local field = 'device:' .. deviceId
-  local before = redis.call('HGET', KEYS[5], field)
-  redis.call('HSET', KEYS[5], field, ARGV[6])
+  redis.call('HSET', KEYS[5], 'device:' .. deviceId, ARGV[6])
   redis.call('HINCRBY', KEYS[5], 'crashes', ARGV[12])
   redis.call('HINCRBY', KEYS[5], 'anrs', ARGV[13])
   local s = { taskId = taskId, packageName = redis.call('HGET', KEYS[5], 'package') or ARGV[7],
@@ -151,8 +159,9 @@ if taskKnown then
     if v == 'new' then s.newFindings = s.newFindings + 1 end
   end
   s.finished = s.pending == 0
+  local finishing = false
   if s.finished then
-    redis.call('HSETNX', KEYS[5], 'finishedAt', ARGV[9])
+    finishing = redis.call('HSETNX', KEYS[5], 'finishedAt', ARGV[9]) == 1
     s.finishedAt = redis.call('HGET', KEYS[5], 'finishedAt')
   end
   s.junitUrl = redis.call('HGET', KEYS[5], 'junitUrl') or nil
@@ -161,7 +170,7 @@ if taskKnown then
   redis.call('SET', KEYS[7], summary, 'EX', ttl)
   redis.call('EXPIRE', KEYS[5], ttl)
   redis.call('EXPIRE', KEYS[6], ttl)
-  if s.finished and before == 'pending' then
+  if finishing then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'task-finished', 'taskId', taskId,
       'summary', summary)
   end
@@ -181,6 +190,8 @@ export interface PublishSettings {
   prefix: string;
   streamMaxLen: number;
   taskRetentionSec: number;
+  /** How long a group is kept after it was last seen, s. */
+  findingRetentionSec: number;
   now?: Date;
 }
 
@@ -190,7 +201,8 @@ export function publishCall(result: TraversalResult, s: PublishSettings): Publis
   const now = s.now ?? new Date();
   // Results of runs from before findings existed carry none.
   const findings = result.findings ?? [];
-  const updates = groupUpdates(findings);
+  // A tool's clock (or its bug) must not date a group into the future, which would pin it there.
+  const updates = groupUpdates(findings, now.getTime());
   const keys = [
     resultKey(result.taskId, result.deviceId, p),
     resultsStream(p),
@@ -226,6 +238,7 @@ export function publishCall(result: TraversalResult, s: PublishSettings): Publis
     String(GROUP_CAPS.devices),
     String(GROUP_CAPS.tasks),
     String(GROUP_CAPS.apks),
+    String(Math.max(1, Math.round(s.findingRetentionSec))),
   ];
   for (const u of updates)
     args.push(

@@ -7,7 +7,7 @@
 import type Redis from 'ioredis';
 import type { TraversalResult } from '../contract/messages';
 import type { Metrics } from '../metrics';
-import { resultKey } from '../contract/redis-keys';
+import { DEFAULT_FINDING_RETENTION_MS, DEFAULT_TASK_RETENTION_MS, resultKey } from '../contract/redis-keys';
 import { parseReply, publishCall } from './publish-script';
 
 /** Options of the result publisher. */
@@ -17,8 +17,10 @@ export interface ResultPublisherDeps {
   keyPrefix?: string;
   /** Approximate cap of the results stream length. */
   streamMaxLen?: number;
-  /** How long a task's record and summary outlive its last result, ms (default 30 days). */
+  /** How long a task's record and summary outlive its last result, ms (default DEFAULT_TASK_RETENTION_MS). */
   taskRetentionMs?: number;
+  /** How long a finding group outlives its last sighting, ms (default DEFAULT_FINDING_RETENTION_MS). */
+  findingRetentionMs?: number;
   metrics?: Metrics;
 }
 
@@ -47,7 +49,8 @@ export function createResultPublisherActivities(deps: ResultPublisherDeps) {
       const call = publishCall(result, {
         prefix,
         streamMaxLen: deps.streamMaxLen ?? 100_000,
-        taskRetentionSec: (deps.taskRetentionMs ?? 30 * 86_400_000) / 1000,
+        taskRetentionSec: (deps.taskRetentionMs ?? DEFAULT_TASK_RETENTION_MS) / 1000,
+        findingRetentionSec: (deps.findingRetentionMs ?? DEFAULT_FINDING_RETENTION_MS) / 1000,
       });
       try {
         const reply = parseReply(await deps.redis.eval(call.script, call.keys.length, ...call.keys, ...call.args));

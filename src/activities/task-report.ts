@@ -31,6 +31,23 @@ export function junitKey(taskId: string): string[] {
   return [taskId, 'junit.xml'];
 }
 
+/**
+ * Records the JUnit URL in the task's record and summary, in one step, keeping their expiry; a
+ * record or summary that expired is not brought back. KEYS: task, summary. ARGV: the URL.
+ */
+const RECORD_JUNIT_SCRIPT = `
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'junitUrl', ARGV[1]) end
+local text = redis.call('GET', KEYS[2])
+if text then
+  local ok, summary = pcall(cjson.decode, text)
+  if ok and type(summary) == 'table' then
+    summary.junitUrl = ARGV[1]
+    redis.call('SET', KEYS[2], cjson.encode(summary), 'KEEPTTL')
+  end
+end
+return 1
+`;
+
 /** Builds the publishTaskReport activity. */
 export function createTaskReportActivities(deps: TaskReportDeps) {
   const prefix = deps.keyPrefix ?? '';
@@ -51,11 +68,13 @@ export function createTaskReportActivities(deps: TaskReportDeps) {
       const key = junitKey(input.taskId);
       await deps.store.put(key, xml, ctx.cancellationSignal);
       const junitUrl = deps.store.url(key);
-      // The summary keeps its expiry; a summary that expired is not brought back.
-      await deps.redis.hset(taskKey(input.taskId, prefix), 'junitUrl', junitUrl);
-      const summaryKey = taskSummaryKey(input.taskId, prefix);
-      const text = await deps.redis.get(summaryKey);
-      if (text) await deps.redis.set(summaryKey, JSON.stringify({ ...JSON.parse(text), junitUrl }), 'KEEPTTL');
+      await deps.redis.eval(
+        RECORD_JUNIT_SCRIPT,
+        2,
+        taskKey(input.taskId, prefix),
+        taskSummaryKey(input.taskId, prefix),
+        junitUrl,
+      );
       return {
         junitUrl,
         devices: task.results.length + task.pending.length,

@@ -92,6 +92,7 @@ export interface Config {
   deployment: string;
   redisKeyPrefix: string;
   taskRetentionMs: number;
+  findingRetentionMs: number;
   controlPollMs: number;
   progress: 'auto' | 'bars' | 'lines' | 'off';
   logLevel: 'debug' | 'info' | 'warn' | 'error';

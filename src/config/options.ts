@@ -381,7 +381,13 @@ export const OPTIONS = {
     env: 'DT_TASK_RETENTION',
     kind: 'duration',
     default: '30d',
-    doc: "How long Redis keeps a task's record, summary and list of signatures after its last published result (finding groups and results are kept without limit), ms or duration.",
+    doc: "How long Redis keeps a task's record, summary and list of signatures after its last published result, ms or duration.",
+  },
+  findingRetentionMs: {
+    env: 'DT_FINDING_RETENTION',
+    kind: 'duration',
+    default: '180d',
+    doc: "How long Redis keeps a finding group (an app's bug: its count, devices, tasks and example) after it was last seen; a bug seen again after that counts as new. Results are kept without limit. Ms or duration.",
   },
   controlPollMs: {
     env: 'DT_CONTROL_POLL_INTERVAL',

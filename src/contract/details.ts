@@ -23,7 +23,14 @@ function oneLine(text: string | number | undefined, max: number): string {
  * never becomes a link, an image, markup or a new column.
  */
 export function cell(text: string | number | undefined, max = 80): string {
-  return oneLine(text, max).replace(/[\\`*_[\]()<>|#!~]/g, '\\$&');
+  return (
+    oneLine(text, max)
+      .replace(/[\\`*_[\]()<>|#!~]/g, '\\$&')
+      // A zero-width space keeps a bare address from being turned into a link.
+      .replace(/:\/\//g, ':\u200b//')
+      .replace(/\bwww\./gi, (w) => `${w}\u200b`)
+      .replace(/@/g, '@\u200b')
+  );
 }
 
 /** Text for a code span in a table cell: no backtick can end the span, no pipe can end the cell. */
@@ -83,7 +90,7 @@ export function runningDetails(h: TraversalHeadline, found: readonly FindingBrie
     .slice(0, DETAILS_MAX_ROWS)
     .map((f) => [
       KIND[f.kind],
-      `\`${f.signature}\``,
+      code(f.signature, 20),
       String(f.attempt),
       cell(shortClass(f.exception), 40),
       cell(f.message, 50),
@@ -168,7 +175,7 @@ export function finishedDetails(result: TraversalResult, publishNote?: string): 
       .slice(0, DETAILS_MAX_ROWS)
       .map(({ finding: f, count }) => [
         KIND[f.kind],
-        `\`${f.signature}\``,
+        code(f.signature, 20),
         novelty(f),
         String(count),
         cell(shortClass(f.exception), 40),

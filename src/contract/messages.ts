@@ -389,6 +389,11 @@ export function publishWorkflowId(taskId: string, deviceId: string, deployment?:
   return `${scope(deployment)}publish/${taskId}/${deviceId}`;
 }
 
+/** Workflow id of the workflow that writes a finished task's report: `[<deployment>/]task-report/<taskId>`. */
+export function taskReportWorkflowId(taskId: string, deployment?: string): string {
+  return `${scope(deployment)}task-report/${taskId}`;
+}
+
 /** What a workflow id of this project names, or undefined for any other id. */
 export function parseWorkflowId(
   id: string,

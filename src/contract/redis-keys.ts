@@ -3,6 +3,11 @@
  * deployments that share one Redis never read each other's tasks or results.
  */
 
+/** How long a task's record, summary and signatures outlive its last result by default (DT_TASK_RETENTION). */
+export const DEFAULT_TASK_RETENTION_MS = 30 * 86_400_000;
+/** How long a finding group outlives its last sighting by default (DT_FINDING_RETENTION). */
+export const DEFAULT_FINDING_RETENTION_MS = 180 * 86_400_000;
+
 /** Redis keys used by the starter. */
 export function starterKeys(starterId: string, prefix = '') {
   return {

@@ -5,7 +5,7 @@
  */
 import type { Finding, FindingKind } from '../contract/messages';
 
-/** How many members a group's sorted sets keep (the most recent ones); counts stay exact. */
+/** How many members a group's sorted sets keep (the most recent ones); the count counts every occurrence published. */
 export const GROUP_CAPS = { devices: 500, tasks: 200, apks: 100 };
 
 /** One signature's share of a result, as the publish script takes it. */
@@ -25,13 +25,14 @@ export interface GroupUpdate {
 
 /**
  * Folds a result's findings into one update per signature, in the order first found. Repeats in a
- * result carry no frames, so the example is the occurrence that has them.
+ * result carry no frames, so the example is the occurrence that has them. Times after `nowMs` (a
+ * tool's clock ahead of ours) count as `nowMs`.
  */
-export function groupUpdates(findings: readonly Finding[]): GroupUpdate[] {
+export function groupUpdates(findings: readonly Finding[], nowMs = Date.now()): GroupUpdate[] {
   const bySignature = new Map<string, GroupUpdate & { framed: boolean }>();
   for (const f of findings) {
     const at = Date.parse(f.foundAt);
-    const ms = Number.isNaN(at) ? 0 : at;
+    const ms = Number.isNaN(at) ? nowMs : Math.min(at, nowMs);
     const seen = bySignature.get(f.signature);
     if (!seen) {
       bySignature.set(f.signature, {

@@ -13,9 +13,13 @@ export function textTable(head: string[], rows: string[][]): string {
   return [line(head), '|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|', ...rows.map(line)].join('\n');
 }
 
-/** Text on one line, cut to `max` characters. */
+/** Text on one line, without control characters (an app's text must not drive the terminal), cut to `max` characters. */
 export function clip(text: string, max: number): string {
-  const flat = text.replace(/\s+/g, ' ').trim();
+  // eslint-disable-next-line no-control-regex
+  const flat = text
+    .replace(/[\u0000-\u001f\u007f-\u009f]+/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
   return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
 }
 
@@ -29,7 +33,7 @@ export function taskFindingsTable(groups: readonly TaskFindingGroup[]): string {
   return textTable(
     ['signature', 'kind', 'exception', 'message', 'top frame', 'seen', 'devices', 'for the app'],
     groups.map((g) => [
-      g.signature,
+      clip(g.signature, 12),
       g.kind,
       clip(g.exception, 40),
       clip(g.message, 40),
@@ -46,7 +50,7 @@ export function appGroupsTable(groups: readonly FindingGroup[], sinceMs: number)
   return textTable(
     ['signature', 'kind', 'exception', 'message', 'count', 'devices', 'tasks', 'first seen', 'last seen', 'in window'],
     groups.map((g) => [
-      g.signature,
+      clip(g.signature, 12),
       g.kind,
       clip(g.exception, 40),
       clip(g.message, 40),

@@ -19,7 +19,7 @@ import type { AgentDirectory } from '../device-registry';
 import { DEAD_LETTER_SCRIPT, deadLetterEntry } from './dead-letters';
 import { dropTaskDevices, recordTask } from './task-record';
 import { parseTask } from './task';
-import { starterKeys } from '../contract/redis-keys';
+import { DEFAULT_TASK_RETENTION_MS, starterKeys } from '../contract/redis-keys';
 import type { UrlPolicy } from '../net/url-policy';
 import { deviceWorkflow } from '../workflows/device';
 
@@ -98,7 +98,7 @@ export interface TaskBridgeOptions {
   /** Run policy copied into every request. */
   policy?: RunPolicy;
   keyPrefix?: string;
-  /** How long a task's record outlives its last result, ms (DT_TASK_RETENTION; default 30 days). */
+  /** How long a task's record outlives its last result, ms (DT_TASK_RETENTION). */
   taskRetentionMs?: number;
   /** DT_DEPLOYMENT: the name that scopes this deployment's workflow ids ('' or absent: none). */
   deployment?: string;
@@ -261,21 +261,26 @@ export class TaskBridge {
     }
     const enqueuedAt = new Date().toISOString();
     const deployment = this.opts.deployment ?? '';
+    // Requests for a device workflow of another deployment are refused before anything is
+    // recorded, so the task's record lists only devices whose results will come.
+    const verdicts = await Promise.all(requests.map((req) => this.ownerVerdict(req)));
+    if (verdicts.some((v) => v.stopped)) return; // stopping: the item stays in the processing list and is replayed later
+    const accepted = requests.filter((_, i) => !verdicts[i]!.refused);
     // Recorded before any request goes out, so the first result to publish finds every device of the task.
     const recorded = await this.withRedisRetry(async () => {
       await recordTask(
         this.opts.redis,
-        requests,
+        accepted,
         enqueuedAt,
-        this.opts.taskRetentionMs ?? 30 * 86_400_000,
+        this.opts.taskRetentionMs ?? DEFAULT_TASK_RETENTION_MS,
         this.prefix,
       );
       return true;
     });
-    if (!recorded) return; // stopping: the item stays in the processing list and is replayed later
+    if (!recorded) return;
     // Chain each request behind the previous one for its device, synchronously (before any await),
     // so requests for one device keep the order of their items even with several items in flight.
-    const sent = requests.map((req) => {
+    const sent = accepted.map((req) => {
       const full: TraversalRequest = {
         ...req,
         enqueuedAt,
@@ -297,18 +302,46 @@ export class TaskBridge {
     });
     const outcomes = await Promise.all(sent);
     if (outcomes.some((o) => o.stopped)) return; // stopping: the item stays in the processing list and is replayed later
-    const refused = outcomes.flatMap((o) => (o.refused ? [o.refused] : []));
+    // A device whose workflow changed hands between the check and the send (rare) leaves the record.
+    const late = outcomes.flatMap((o) => (o.refused && o.deviceId ? [o.deviceId] : []));
+    if (late.length)
+      await this.withRedisRetry(() => dropTaskDevices(this.opts.redis, requests[0]!.taskId, late, this.prefix));
+    const refused = [...verdicts, ...outcomes].flatMap((o) => (o.refused ? [o.refused] : []));
     if (refused.length > 0) {
-      const refusedDevices = outcomes.flatMap((o) => (o.deviceId ? [o.deviceId] : []));
-      await this.withRedisRetry(() =>
-        dropTaskDevices(this.opts.redis, requests[0]!.taskId, refusedDevices, this.prefix),
-      );
       const others = requests.length - refused.length;
       const reason = `${refused.join('; ')}${others > 0 ? ` (the task's ${others} other request(s) were sent)` : ''}`;
       await this.deadLetter(raw, reason, refused);
       return;
     }
     await this.withRedisRetry(() => this.opts.redis.lrem(this.keys.processing, 1, raw));
+  }
+
+  /** The owner check of one request, retried while Temporal does not answer; `stopped` when the bridge stops. */
+  private async ownerVerdict(req: TraversalRequest): Promise<SendOutcome> {
+    for (let delay = 500; ; delay = Math.min(delay * 2, 30_000)) {
+      try {
+        const deadline = Date.now() + (this.opts.temporalTimeoutMs ?? 10_000);
+        const refused = await this.opts.client.withDeadline(deadline, () => this.checkOwner(req));
+        if (!refused) return {};
+        this.opts.log?.('warn', 'request refused: its device workflow belongs to another deployment', {
+          taskId: req.taskId,
+          deviceId: req.deviceId,
+          reason: refused,
+        });
+        return { refused, deviceId: req.deviceId };
+      } catch (err) {
+        if (this.stopping) return { stopped: true };
+        this.stats.temporalRetries++;
+        this.opts.log?.('warn', 'Temporal did not answer the owner check; retrying', {
+          taskId: req.taskId,
+          deviceId: req.deviceId,
+          error: (err as Error).message,
+          retryInMs: delay,
+        });
+        await this.pause(delay);
+        if (this.stopping) return { stopped: true };
+      }
+    }
   }
 
   /** Whether the device workflow this request goes to is ours; a positive answer is kept a minute. */

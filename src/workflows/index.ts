@@ -2,3 +2,4 @@
 export { deviceWorkflow } from './device';
 export { traversalWorkflow } from './traversal';
 export { publishWorkflow } from './publish';
+export { taskReportWorkflow } from './task-report';

@@ -2,19 +2,28 @@
  * The publish workflow (id `publish/<taskId>/<deviceId>`): writes one finished traversal's result
  * into Redis, retrying until Redis takes it. The traversal starts it and waits for it only briefly,
  * so its device takes the next task while Redis is away; the result itself is already safe as the
- * traversal's workflow result. When the result was its task's last, it also writes the task's
- * JUnit report beside the task's reports.
+ * traversal's workflow result. When the result was its task's last, it starts the task's report
+ * workflow (task-report.ts), which writes the task's JUnit XML beside the task's reports.
  */
 import {
   log,
+  ParentClosePolicy,
   patched,
   proxyActivities,
   setCurrentDetails,
+  startChild,
   upsertSearchAttributes,
+  workflowInfo,
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import { PUBLISH_RETRY_CAP_MS, type TraversalResult } from '../contract/messages';
+import {
+  parseWorkflowId,
+  PUBLISH_RETRY_CAP_MS,
+  taskReportWorkflowId,
+  type TraversalResult,
+} from '../contract/messages';
+import { taskReportWorkflow } from './task-report';
 import { TRAVERSAL_PHASE } from '../contract/search-attributes';
 
 /** Input of the publish workflow. */
@@ -30,10 +39,8 @@ export interface PublishInput {
 export interface PublishedResult {
   /** Signatures of the result first seen for the app in this task. */
   newSignatures: string[];
-  /** No device of the task is pending any more. */
+  /** No device of the task is pending any more: this publish started the task's report. */
   taskFinished: boolean;
-  /** Where the task's JUnit XML went, when this result finished the task. */
-  junitUrl?: string;
 }
 
 /** Attempts before the workflow says it is waiting for Redis (about 15 s with the defaults). */
@@ -80,22 +87,21 @@ export async function publishWorkflow(input: PublishInput): Promise<PublishedRes
   if (!patched('task-report')) return;
   const published: PublishedResult = { newSignatures: fresh, taskFinished: outcome.taskFinished ?? false };
   if (published.taskFinished) {
+    // The report is a workflow of its own: this one answers its traversal now, and one id per task
+    // keeps a task to one report while it is being written.
+    const deployment = parseWorkflowId(workflowInfo().workflowId)?.deployment;
     try {
-      const report = await proxyActivities<Activities>({
-        startToCloseTimeout: '10m',
-        heartbeatTimeout: '1m',
-        retry: { initialInterval: input.initialRetryMs ?? 1000, maximumInterval: '1m', maximumAttempts: 10 },
-      }).publishTaskReport({ taskId: result.taskId });
-      published.junitUrl = report.junitUrl;
-      setCurrentDetails(
-        `published the ${what}; it was the task's last device: JUnit report at ${report.junitUrl}, ${report.uniqueFindings} distinct findings`,
-      );
+      await startChild(taskReportWorkflow, {
+        workflowId: taskReportWorkflowId(result.taskId, deployment),
+        args: [{ taskId: result.taskId, initialRetryMs: input.initialRetryMs }],
+        parentClosePolicy: ParentClosePolicy.ABANDON,
+        staticSummary: `JUnit report of task ${result.taskId}`,
+      });
     } catch (err) {
-      // The report is rebuilt from Redis at any time: `npm run findings -- --task <id> --junit out.xml`.
-      log.error("the task's JUnit report was not uploaded", { taskId: result.taskId, error: (err as Error).message });
-      setCurrentDetails(
-        `published the ${what}; the task's JUnit report failed to upload (npm run findings -- --task ${result.taskId} --junit out.xml builds it)`,
-      );
+      log.info("the task's report workflow is already running", {
+        taskId: result.taskId,
+        error: (err as Error).message,
+      });
     }
   }
   return published;

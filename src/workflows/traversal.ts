@@ -152,12 +152,13 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   });
   // Signatures found so far, as the running tool reports them (each attempt sends a bounded number).
   const found: FindingBrief[] = [];
-  let foundMore = 0;
+  // Signatures past the table's rows, kept only to be counted once (bounded like everything here).
+  const foundMore = new Set<string>();
   setHandler(progressSignal, (u) => {
     for (const f of u.found ?? []) {
       if (found.some((k) => k.signature === f.signature)) continue;
       if (found.length < LIVE_FINDINGS_MAX) found.push(f);
-      else foundMore++;
+      else if (foundMore.size < 10 * LIVE_FINDINGS_MAX) foundMore.add(f.signature);
     }
     if (progress.phase !== 'traversing' && progress.phase !== 'paused') return;
     Object.assign(progress, {
@@ -186,7 +187,7 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       runningDetails(
         { packageName: req.packageName, deviceId: req.deviceId, phase: progress.phase, progress: pct },
         found,
-        foundMore,
+        foundMore.size,
       ),
     );
   }
@@ -377,20 +378,24 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
         if (findingsDetails) {
           // Publishing says which findings are new for the app; wait a little for it, never long:
           // while Redis refuses writes the device must not wait for it.
-          let published: PublishedResult | undefined;
+          // 'unknown': a publish workflow of an older worker, which answers nothing.
+          let published: PublishedResult | 'unknown' | undefined;
           child.result().then(
-            (p) => (published = p ?? { newSignatures: [], taskFinished: false }),
+            (p) => (published = p ?? 'unknown'),
             () => undefined,
           );
           const inTime = await condition(() => published !== undefined, PUBLISH_WAIT_MS);
-          if (inTime && published) {
+          if (inTime && published && published !== 'unknown') {
             const fresh = new Set(published.newSignatures);
             result.findings = result.findings.map((f) => ({ ...f, newForApp: fresh.has(f.signature) }));
             finished = { result };
           } else
             finished = {
               result,
-              note: `Whether these are new for the app is not known yet: Redis has not taken the result (see the workflow ${publishWorkflowId(req.taskId, req.deviceId, req.deployment)}).`,
+              note:
+                published === 'unknown'
+                  ? 'Whether these are new for the app is in the published result in Redis (`npm run findings -- --task <id>`).'
+                  : `Whether these are new for the app is not known yet: Redis has not taken the result (see the workflow ${publishWorkflowId(req.taskId, req.deviceId, req.deployment)}).`,
             };
         }
       } catch (err) {
