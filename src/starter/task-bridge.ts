@@ -263,9 +263,16 @@ export class TaskBridge {
     const deployment = this.opts.deployment ?? '';
     // Requests for a device workflow of another deployment are refused before anything is
     // recorded, so the task's record lists only devices whose results will come.
-    const verdicts = await Promise.all(requests.map((req) => this.ownerVerdict(req)));
+    const full = requests.map((req): TraversalRequest => ({
+      ...req,
+      enqueuedAt,
+      ...(this.opts.policy ? { policy: this.opts.policy } : {}),
+      ...(deployment ? { deployment } : {}),
+      taskQueue: this.opts.taskQueue,
+    }));
+    const verdicts = await Promise.all(full.map((req) => this.ownerVerdict(req)));
     if (verdicts.some((v) => v.stopped)) return; // stopping: the item stays in the processing list and is replayed later
-    const accepted = requests.filter((_, i) => !verdicts[i]!.refused);
+    const accepted = full.filter((_, i) => !verdicts[i]!.refused);
     // Recorded before any request goes out, so the first result to publish finds every device of the task.
     const recorded = await this.withRedisRetry(async () => {
       await recordTask(
@@ -281,17 +288,10 @@ export class TaskBridge {
     // Chain each request behind the previous one for its device, synchronously (before any await),
     // so requests for one device keep the order of their items even with several items in flight.
     const sent = accepted.map((req) => {
-      const full: TraversalRequest = {
-        ...req,
-        enqueuedAt,
-        ...(this.opts.policy ? { policy: this.opts.policy } : {}),
-        ...(deployment ? { deployment } : {}),
-        taskQueue: this.opts.taskQueue,
-      };
       const before = this.deviceTail.get(req.deviceId) ?? Promise.resolve(true);
       // A request whose predecessor was not sent (stopping) is not sent either: both are replayed later, in order.
       const mine = before.then((ok): Promise<SendOutcome> =>
-        ok ? this.startWithRetry(full, raw) : Promise.resolve({ stopped: true }),
+        ok ? this.startWithRetry(req, raw) : Promise.resolve({ stopped: true }),
       );
       const tail = mine.then((o) => !o.stopped);
       this.deviceTail.set(req.deviceId, tail);
