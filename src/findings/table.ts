@@ -15,7 +15,6 @@ export function textTable(head: string[], rows: string[][]): string {
 
 /** Text on one line, without control characters (an app's text must not drive the terminal), cut to `max` characters. */
 export function clip(text: string, max: number): string {
-  // eslint-disable-next-line no-control-regex
   const flat = text
     .replace(/[\u0000-\u001f\u007f-\u009f]+/g, ' ')
     .replace(/\s+/g, ' ')
