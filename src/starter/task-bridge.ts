@@ -270,29 +270,16 @@ export class TaskBridge {
       ...(deployment ? { deployment } : {}),
       taskQueue: this.opts.taskQueue,
     }));
-    const verdicts = await Promise.all(full.map((req) => this.ownerVerdict(req)));
-    if (verdicts.some((v) => v.stopped)) return; // stopping: the item stays in the processing list and is replayed later
-    const accepted = full.filter((_, i) => !verdicts[i]!.refused);
-    // Recorded before any request goes out, so the first result to publish finds every device of the task.
-    const recorded = await this.withRedisRetry(async () => {
-      await recordTask(
-        this.opts.redis,
-        accepted,
-        enqueuedAt,
-        this.opts.taskRetentionMs ?? DEFAULT_TASK_RETENTION_MS,
-        this.prefix,
-      );
-      return true;
-    });
-    if (!recorded) return;
+    const prepared = this.prepare(full, enqueuedAt);
     // Chain each request behind the previous one for its device, synchronously (before any await),
     // so requests for one device keep the order of their items even with several items in flight.
-    const sent = accepted.map((req) => {
+    const sent = full.map((req, i) => {
       const before = this.deviceTail.get(req.deviceId) ?? Promise.resolve(true);
       // A request whose predecessor was not sent (stopping) is not sent either: both are replayed later, in order.
-      const mine = before.then((ok): Promise<SendOutcome> =>
-        ok ? this.startWithRetry(req, raw) : Promise.resolve({ stopped: true }),
-      );
+      const mine = Promise.all([before, prepared]).then(([ok, ready]): Promise<SendOutcome> => {
+        if (!ok || !ready) return Promise.resolve({ stopped: true });
+        return ready[i]!.refused ? Promise.resolve(ready[i]!) : this.startWithRetry(req, raw);
+      });
       const tail = mine.then((o) => !o.stopped);
       this.deviceTail.set(req.deviceId, tail);
       void tail.then(() => {
@@ -302,11 +289,14 @@ export class TaskBridge {
     });
     const outcomes = await Promise.all(sent);
     if (outcomes.some((o) => o.stopped)) return; // stopping: the item stays in the processing list and is replayed later
-    // A device whose workflow changed hands between the check and the send (rare) leaves the record.
-    const late = outcomes.flatMap((o) => (o.refused && o.deviceId ? [o.deviceId] : []));
-    if (late.length)
-      await this.withRedisRetry(() => dropTaskDevices(this.opts.redis, requests[0]!.taskId, late, this.prefix));
-    const refused = [...verdicts, ...outcomes].flatMap((o) => (o.refused ? [o.refused] : []));
+    // A device whose workflow changed hands between the check and the send (rare) leaves the record;
+    // one refused at the check was never in it.
+    const refusedDevices = outcomes.flatMap((o) => (o.refused && o.deviceId ? [o.deviceId] : []));
+    if (refusedDevices.length)
+      await this.withRedisRetry(() =>
+        dropTaskDevices(this.opts.redis, requests[0]!.taskId, refusedDevices, this.prefix),
+      );
+    const refused = outcomes.flatMap((o) => (o.refused ? [o.refused] : []));
     if (refused.length > 0) {
       const others = requests.length - refused.length;
       const reason = `${refused.join('; ')}${others > 0 ? ` (the task's ${others} other request(s) were sent)` : ''}`;
@@ -314,6 +304,27 @@ export class TaskBridge {
       return;
     }
     await this.withRedisRetry(() => this.opts.redis.lrem(this.keys.processing, 1, raw));
+  }
+
+  /**
+   * Checks who owns each request's device workflow, then records the task with the devices it will
+   * be sent to (a request for another deployment's workflow is refused before anything is
+   * recorded, so the task can still finish). Each request's verdict, or undefined when stopping.
+   */
+  private async prepare(requests: TraversalRequest[], acceptedAt: string): Promise<SendOutcome[] | undefined> {
+    const verdicts = await Promise.all(requests.map((req) => this.ownerVerdict(req)));
+    if (verdicts.some((v) => v.stopped)) return undefined;
+    const recorded = await this.withRedisRetry(async () => {
+      await recordTask(
+        this.opts.redis,
+        requests.filter((_, i) => !verdicts[i]!.refused),
+        acceptedAt,
+        this.opts.taskRetentionMs ?? DEFAULT_TASK_RETENTION_MS,
+        this.prefix,
+      );
+      return true;
+    });
+    return recorded ? verdicts : undefined;
   }
 
   /** The owner check of one request, retried while Temporal does not answer; `stopped` when the bridge stops. */
@@ -332,9 +343,11 @@ export class TaskBridge {
       } catch (err) {
         if (this.stopping) return { stopped: true };
         this.stats.temporalRetries++;
-        this.opts.log?.('warn', 'Temporal did not answer the owner check; retrying', {
+        // The same words as a failed send: to an operator both mean Temporal is not taking requests.
+        this.opts.log?.('warn', 'Temporal did not accept the request; retrying', {
           taskId: req.taskId,
           deviceId: req.deviceId,
+          step: 'owner check',
           error: (err as Error).message,
           retryInMs: delay,
         });
