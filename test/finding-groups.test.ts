@@ -11,6 +11,7 @@ import { appFindingsKey, findingGroupKeys, resultKey, resultsStream, taskSummary
 import { readAppGroups, readGroup, readTaskFindings, groupTaskFindings } from '../src/findings/read';
 import { recordTask } from '../src/starter/task-record';
 import { signatureOf } from '../src/activities/findings';
+import { madeUpResult } from '../dev/results';
 
 const APP = 'com.example.groups';
 
@@ -34,24 +35,11 @@ const anrB = (at: string) => finding('anr', 'ANR', MAIN, at);
 const crashC = (at: string) => finding('crash', 'java.lang.NullPointerException', SEARCH, at);
 
 function result(taskId: string, deviceId: string, findings: Finding[], runId = `run-${taskId}-${deviceId}`) {
-  const crashes = findings.filter((f) => f.kind === 'crash').length;
-  return {
-    taskId,
-    deviceId,
-    packageName: APP,
-    apkUrl: 'http://127.0.0.1/app.apk',
-    status: 'completed',
-    timings: {},
-    apk: { sha256: 'a'.repeat(64), size: 1, fromCache: false },
-    screens: 3,
-    crashes,
-    anrs: findings.length - crashes,
-    findings,
+  return madeUpResult(taskId, deviceId, APP, findings, {
+    runId,
     startedAt: '2026-11-01T10:00:00.000Z',
     finishedAt: '2026-11-01T10:05:00.000Z',
-    workflowId: `traversal/${taskId}/${deviceId}`,
-    runId,
-  } as TraversalResult;
+  });
 }
 
 describe('finding groups in Redis', function () {

@@ -16,6 +16,7 @@ import { signatureOf } from '../../src/activities/findings';
 import type { Finding, TraversalResult } from '../../src/contract/messages';
 import { findingGroupKeys } from '../../src/contract/redis-keys';
 import { redisClient, startLocalRedis } from '../../dev/services';
+import { madeUpResult } from '../../dev/results';
 import { mdTable, mean, parseOptions, percentile, round, say, type ScenarioRun } from '../lib/report';
 import { inScenarioDir } from '../lib/stack';
 
@@ -70,23 +71,11 @@ function resultOf(shape: Shape, taskId: string, deviceId: string, firstBug: numb
       foundAt: new Date(Date.now() + i).toISOString(),
     });
   }
-  return {
-    taskId,
-    deviceId,
-    packageName: APP,
-    apkUrl: 'http://127.0.0.1/app.apk',
-    status: 'completed',
-    timings: {},
+  return madeUpResult(taskId, deviceId, APP, findings, {
     apk: { sha256: 'b'.repeat(64), size: 1, fromCache: true },
     screens: 40,
-    crashes: findings.length,
-    anrs: 0,
-    findings,
-    startedAt: new Date().toISOString(),
-    finishedAt: new Date().toISOString(),
-    workflowId: `traversal/${taskId}/${deviceId}`,
     runId: `${taskId}-${deviceId}`,
-  };
+  });
 }
 
 /** Redis's own time in EVAL/EVALSHA since the last reset, µs, and the calls. */

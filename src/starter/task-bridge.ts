@@ -328,26 +328,42 @@ export class TaskBridge {
   }
 
   /** The owner check of one request, retried while Temporal does not answer; `stopped` when the bridge stops. */
-  private async ownerVerdict(req: TraversalRequest): Promise<SendOutcome> {
+  private ownerVerdict(req: TraversalRequest): Promise<SendOutcome> {
+    return this.withTemporalRetry(req, 'owner check', async (deadline) =>
+      this.verdict(req, await this.opts.client.withDeadline(deadline, () => this.checkOwner(req))),
+    );
+  }
+
+  /** A request refused for `refused` (logged), or accepted when it is undefined. */
+  private verdict(req: TraversalRequest, refused: string | undefined): SendOutcome {
+    if (!refused) return {};
+    this.opts.log?.('warn', 'request refused: its device workflow belongs to another deployment', {
+      taskId: req.taskId,
+      deviceId: req.deviceId,
+      reason: refused,
+    });
+    return { refused, deviceId: req.deviceId };
+  }
+
+  /**
+   * Runs `attempt` (with the deadline of one request to Temporal) until Temporal answers, backing
+   * off up to 30 s between tries; `stopped` when the bridge stops meanwhile.
+   */
+  private async withTemporalRetry(
+    req: TraversalRequest,
+    step: string,
+    attempt: (deadline: number) => Promise<SendOutcome>,
+  ): Promise<SendOutcome> {
     for (let delay = 500; ; delay = Math.min(delay * 2, 30_000)) {
       try {
-        const deadline = Date.now() + (this.opts.temporalTimeoutMs ?? 10_000);
-        const refused = await this.opts.client.withDeadline(deadline, () => this.checkOwner(req));
-        if (!refused) return {};
-        this.opts.log?.('warn', 'request refused: its device workflow belongs to another deployment', {
-          taskId: req.taskId,
-          deviceId: req.deviceId,
-          reason: refused,
-        });
-        return { refused, deviceId: req.deviceId };
+        return await attempt(Date.now() + (this.opts.temporalTimeoutMs ?? 10_000));
       } catch (err) {
         if (this.stopping) return { stopped: true };
         this.stats.temporalRetries++;
-        // The same words as a failed send: to an operator both mean Temporal is not taking requests.
         this.opts.log?.('warn', 'Temporal did not accept the request; retrying', {
           taskId: req.taskId,
           deviceId: req.deviceId,
-          step: 'owner check',
+          step,
           error: (err as Error).message,
           retryInMs: delay,
         });
@@ -366,45 +382,21 @@ export class TaskBridge {
     return why;
   }
 
-  private async startWithRetry(req: TraversalRequest, raw: Buffer): Promise<SendOutcome> {
-    let delay = 500;
-    for (;;) {
-      try {
-        const deadline = Date.now() + (this.opts.temporalTimeoutMs ?? 10_000);
-        const refused = await this.opts.client.withDeadline(deadline, () => this.checkOwner(req));
-        if (refused) {
-          this.opts.log?.('warn', 'request refused: its device workflow belongs to another deployment', {
-            taskId: req.taskId,
-            deviceId: req.deviceId,
-            reason: refused,
-          });
-          return { refused, deviceId: req.deviceId };
-        }
-        await this.opts.client.withDeadline(deadline, () =>
-          requestTraversal(this.opts.client, this.opts.taskQueue, req),
-        );
-        this.stats.started++;
-        this.opts.log?.('info', 'traversal requested', {
-          taskId: req.taskId,
-          deviceId: req.deviceId,
-          packageName: req.packageName,
-        });
-        this.opts.onStarted?.(req, raw);
-        return {};
-      } catch (err) {
-        if (this.stopping) return { stopped: true };
-        this.stats.temporalRetries++;
-        this.opts.log?.('warn', 'Temporal did not accept the request; retrying', {
-          taskId: req.taskId,
-          deviceId: req.deviceId,
-          error: (err as Error).message,
-          retryInMs: delay,
-        });
-        await this.pause(delay);
-        if (this.stopping) return { stopped: true };
-        delay = Math.min(delay * 2, 30_000);
-      }
-    }
+  /** Sends one request (its owner checked again, from the cache), retried until Temporal takes it. */
+  private startWithRetry(req: TraversalRequest, raw: Buffer): Promise<SendOutcome> {
+    return this.withTemporalRetry(req, 'send', async (deadline) => {
+      const refused = this.verdict(req, await this.opts.client.withDeadline(deadline, () => this.checkOwner(req)));
+      if (refused.refused) return refused;
+      await this.opts.client.withDeadline(deadline, () => requestTraversal(this.opts.client, this.opts.taskQueue, req));
+      this.stats.started++;
+      this.opts.log?.('info', 'traversal requested', {
+        taskId: req.taskId,
+        deviceId: req.deviceId,
+        packageName: req.packageName,
+      });
+      this.opts.onStarted?.(req, raw);
+      return {};
+    });
   }
 
   private async deadLetter(raw: Buffer, reason: string, problems: string[]): Promise<void> {
