@@ -49,7 +49,7 @@ import { startPhoneBench } from '../dev/phones';
 import { adbFor } from '../src/adb';
 import { AdbAgent } from '../src/agent/http';
 import { groupTaskFindings, readTaskFindings, type TaskFindings } from '../src/findings/read';
-import { taskFindingsTable } from '../src/findings/table';
+import { taskFindingsTable, textTable } from '../src/findings/table';
 import { starterKeys } from '../src/contract/redis-keys';
 import { temporalSettings } from '../src/temporal-connection';
 
@@ -753,11 +753,7 @@ async function readTasks(redis: Redis, taskIds: string[], prefix: string): Promi
 }
 
 function table(head: string[], rows: string[][]): void {
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]) => '| ' + cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ') + ' |';
-  process.stdout.write(
-    [line(head), '|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|', ...rows.map(line)].join('\n') + '\n',
-  );
+  process.stdout.write(`${textTable(head, rows)}\n`);
 }
 
 main()

@@ -6,8 +6,8 @@
  * traversals and devices, and `npm run findings` as a real process.
  */
 import { strict as assert } from 'node:assert';
-import { execFile, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -24,8 +24,8 @@ import { resultsStream, taskSummaryKey } from '../src/contract/redis-keys';
 import { readGroup } from '../src/findings/read';
 import { startStack, task, type Stack } from '../dev/stack';
 import { waitFor } from '../dev/wait';
+import { requireJunitSchema, validateJunit } from './support/junit-schema';
 
-const XSD = path.join(PROJECT_ROOT, '.tools', 'schemas', 'junit-10.xsd');
 const APP = 'com.example.findings';
 const run = promisify(execFile);
 
@@ -50,8 +50,8 @@ async function findingsCli(stack: Stack, ...args: string[]): Promise<{ code: num
 
 /** Asserts that Jenkins' JUnit schema accepts the file. */
 function assertJunitValid(file: string): void {
-  const r = spawnSync('xmllint', ['--noout', '--schema', XSD, file], { encoding: 'utf8' });
-  assert.equal(r.status, 0, `xmllint rejected ${file}:\n${r.stdout}${r.stderr}`);
+  const { status, output } = validateJunit(file);
+  assert.equal(status, 0, `xmllint rejected ${file}:\n${output}`);
 }
 
 describe('findings across runs, in Redis, the Web UI details and CI', function () {
@@ -61,8 +61,7 @@ describe('findings across runs, in Redis, the Web UI details and CI', function (
   const devices = ['fd-1', 'fd-2', 'fd-3'];
 
   before(async function () {
-    if (spawnSync('xmllint', ['--version']).error || !existsSync(XSD))
-      throw new Error('xmllint or .tools/schemas/junit-10.xsd is missing: run `bash scripts/setup.sh`');
+    requireJunitSchema();
     stack = await startStack({ devices, apks: [{ name: 'findings.apk', size: 200_000 }], starter: true });
     out = mkdtempSync(path.join(os.tmpdir(), 'dt-findings-'));
   });

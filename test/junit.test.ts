@@ -4,14 +4,13 @@
  * junit-10.xsd, the schema of Jenkins' xunit plugin, which scripts/setup.sh fetches into .tools/.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Finding, TraversalResult } from '../src/contract/messages';
+import { JUNIT_XSD, requireJunitSchema, xmllint } from './support/junit-schema';
 import { junitXml, junitSeconds, shorten, xmlAttr, xmlEscape, xmlSafe } from '../src/findings/junit';
 
-const XSD = path.join(__dirname, '..', '.tools', 'schemas', 'junit-10.xsd');
 const PKG = 'com.example.shop';
 const TASK = 'task-2024-05-01.1';
 
@@ -133,33 +132,27 @@ describe('JUnit XML of a task', function () {
   let n = 0;
 
   /** Runs xmllint on the text; its exit status and what it printed. */
-  function xmllint(xml: string, ...args: string[]): { status: number | null; output: string } {
+  function xmllintText(xml: string, ...args: string[]): { status: number | null; output: string } {
     const file = path.join(dir, `junit-${++n}.xml`);
     writeFileSync(file, xml);
-    const run = spawnSync('xmllint', [...args, file], { encoding: 'utf8' });
-    return { status: run.status, output: `${run.stdout}${run.stderr}` };
+    return xmllint(file, ...args);
   }
 
   /** Asserts that the schema accepts the XML, showing xmllint's complaint when it does not. */
   function assertValid(xml: string): void {
-    const { status, output } = xmllint(xml, '--noout', '--schema', XSD);
+    const { status, output } = xmllintText(xml, '--noout', '--schema', JUNIT_XSD);
     assert.equal(status, 0, `xmllint rejected the JUnit XML:\n${output}`);
   }
 
   /** The string value of an XPath expression, as a conforming parser reads the XML (xmllint adds a newline). */
   function xpath(xml: string, expr: string): string {
-    const { status, output } = xmllint(xml, '--xpath', expr);
+    const { status, output } = xmllintText(xml, '--xpath', expr);
     assert.equal(status, 0, `xmllint --xpath ${expr} failed:\n${output}`);
     return output.replace(/\n$/, '');
   }
 
   before(function () {
-    if (spawnSync('xmllint', ['--version']).error) {
-      throw new Error('xmllint is not installed: run `bash scripts/setup.sh` (it installs Debian libxml2-utils)');
-    }
-    if (!existsSync(XSD)) {
-      throw new Error(`${XSD} is missing: run \`bash scripts/setup.sh\`, which fetches it from PyPI's pytest sdist`);
-    }
+    requireJunitSchema();
     dir = mkdtempSync(path.join(os.tmpdir(), 'dt-junit-'));
   });
 
@@ -261,12 +254,12 @@ describe('JUnit XML of a task', function () {
     const xml = junitXml(TASK_INPUT);
     const noName = xml.replace(/<testsuite name="[^"]*"/, '<testsuite');
     assert.notEqual(noName, xml);
-    const missing = xmllint(noName, '--noout', '--schema', XSD);
+    const missing = xmllintText(noName, '--noout', '--schema', JUNIT_XSD);
     assert.notEqual(missing.status, 0, 'xmllint accepted a testsuite without a name');
     assert.match(missing.output, /attribute 'name' is required/);
-    const unescaped = xmllint(xml.replace('no result yet', 'no result\u0007yet'), '--noout', '--schema', XSD);
+    const unescaped = xmllintText(xml.replace('no result yet', 'no result\u0007yet'), '--noout', '--schema', JUNIT_XSD);
     assert.notEqual(unescaped.status, 0, 'xmllint accepted a raw BEL character');
-    const badTime = xmllint(xml.replace(/time="312\.345"/, 'time="5 min"'), '--noout', '--schema', XSD);
+    const badTime = xmllintText(xml.replace(/time="312\.345"/, 'time="5 min"'), '--noout', '--schema', JUNIT_XSD);
     assert.notEqual(badTime.status, 0, 'xmllint accepted a suite time the SUREFIRE_TIME pattern forbids');
   });
 

@@ -9,6 +9,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Finding, FindingKind } from '../contract/messages';
+import { isFrameworkFrame } from '../contract/signature-groups';
 
 /** Version of the signature algorithm, part of the hashed text. */
 export const SIGNATURE_VERSION = 'v1';
@@ -16,23 +17,6 @@ export const SIGNATURE_VERSION = 'v1';
 export const SIGNATURE_FRAMES = 5;
 /** Hex characters of a signature. */
 const SIGNATURE_LENGTH = 12;
-
-/** Packages whose frames are the platform's, not the app's. */
-const FRAMEWORK_PREFIXES = [
-  'android.',
-  'androidx.',
-  'com.android.',
-  'com.google.android.',
-  'dalvik.',
-  'java.',
-  'javax.',
-  'jdk.',
-  'kotlin.',
-  'kotlinx.',
-  'libcore.',
-  'sun.',
-  'org.apache.harmony.',
-];
 
 /** Caps that keep one finding small: it travels through heartbeats, history and Redis. */
 const LIMITS = { exception: 200, message: 500, frame: 300, frames: 30, screenshot: 300 };
@@ -62,11 +46,6 @@ export function frameKey(frame: string): string | undefined {
     /0x[0-9a-f]+/gi,
     '',
   );
-}
-
-/** True for frames of the platform (android.*, java.*, kotlin.*, …). */
-export function isFrameworkFrame(key: string): boolean {
-  return FRAMEWORK_PREFIXES.some((p) => key.startsWith(p));
 }
 
 /** The exception's class name without a message (`java.lang.X: boom` → `java.lang.X`). */

@@ -78,7 +78,7 @@ end
 local old = redis.call('GET', KEYS[1])
 if old then
   local ok, prev = pcall(cjson.decode, old)
-  if ok and type(prev) == 'table' and prev.runId == ARGV[2] then return { '', taskDone(), old } end
+  if ok and type(prev) == 'table' and prev.runId == ARGV[2] then return { '', taskDone(), old, '' } end
 end
 
 local taskKnown = redis.call('EXISTS', KEYS[5]) == 1
@@ -137,6 +137,7 @@ local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'taskId', ta
   'status', ARGV[6], 'runId', ARGV[2], 'result', result, 'event', 'result', 'newSignatures', table.concat(newList, ','))
 redis.call('SET', KEYS[1], result)
 
+local done = 0
 if taskKnown then
   redis.call('HSET', KEYS[5], 'device:' .. deviceId, ARGV[6])
   redis.call('HINCRBY', KEYS[5], 'crashes', ARGV[12])
@@ -159,6 +160,7 @@ if taskKnown then
     if v == 'new' then s.newFindings = s.newFindings + 1 end
   end
   s.finished = s.pending == 0
+  if s.finished then done = 1 end
   local finishing = false
   if s.finished then
     finishing = redis.call('HSETNX', KEYS[5], 'finishedAt', ARGV[9]) == 1
@@ -175,7 +177,7 @@ if taskKnown then
       'summary', summary)
   end
 end
-return { id, taskDone(), '', table.concat(newList, ',') }
+return { id, done, '', table.concat(newList, ',') }
 `;
 
 /** What the caller needs to run the publish script for one result. */

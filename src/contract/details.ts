@@ -5,6 +5,7 @@
  * Pure functions of workflow state: workflow code calls them.
  */
 import type { Finding, FindingBrief, FindingKind, TraversalRequest, TraversalResult } from './messages';
+import { signatureGroups } from './signature-groups';
 
 /** Most finding rows a details table shows; the rest are counted below it. */
 export const DETAILS_MAX_ROWS = 20;
@@ -106,25 +107,6 @@ export function runningDetails(h: TraversalHeadline, found: readonly FindingBrie
   ].join('\n');
 }
 
-/** A result's findings grouped by signature: the occurrence with frames, how often, the step first met. */
-interface ResultGroup {
-  finding: Finding;
-  count: number;
-}
-
-function bySignature(findings: readonly Finding[]): ResultGroup[] {
-  const groups = new Map<string, ResultGroup>();
-  for (const f of findings) {
-    const g = groups.get(f.signature);
-    if (!g) groups.set(f.signature, { finding: f, count: 1 });
-    else {
-      g.count++;
-      if (g.finding.frames.length === 0 && f.frames.length > 0) g.finding = f;
-    }
-  }
-  return [...groups.values()];
-}
-
 /** The `for the app` column: whether the app met the signature before this task, when publishing has said. */
 function novelty(f: Finding): string {
   if (f.newForApp === undefined) return 'not known yet';
@@ -134,13 +116,6 @@ function novelty(f: Finding): string {
 /** A Java class name without its package (`android.view.WindowManager$BadTokenException` → `WindowManager$BadTokenException`). */
 export function shortClass(name: string): string {
   return /^[\w$]+(\.[\w$]+)+$/.test(name) ? name.slice(name.lastIndexOf('.') + 1) : name;
-}
-
-/** The in-app frame a reader looks at first: the first frame that is not the platform's, else the first. */
-export function topFrame(frames: readonly string[]): string {
-  const plain = frames.map((f) => f.trim().replace(/^at\s+/, ''));
-  const platform = /^(android|androidx|com\.android|java|javax|kotlin|kotlinx|dalvik|libcore|sun)\./;
-  return plain.find((f) => !platform.test(f)) ?? plain[0] ?? '';
 }
 
 /**
@@ -168,16 +143,16 @@ export function finishedDetails(result: TraversalResult, publishNote?: string): 
       `${cell(result.error.type)} in ${cell(result.error.step ?? '?')}: ${cell(result.error.message, 200)}`,
     ]);
   lines.push(table(['', ''], facts), '');
-  const groups = bySignature(result.findings ?? []);
+  const groups = signatureGroups(result.findings ?? []);
   if (groups.length === 0) lines.push('No crash or ANR found.');
   else {
     const rows = groups
       .slice(0, DETAILS_MAX_ROWS)
-      .map(({ finding: f, count }) => [
+      .map(({ example: f, occurrences }) => [
         KIND[f.kind],
         code(f.signature, 20),
         novelty(f),
-        String(count),
+        String(occurrences.length),
         cell(shortClass(f.exception), 40),
         cell(f.message, 50),
       ]);

@@ -4,6 +4,7 @@
  * the publish script (activities/publish-script.ts) writes groups, and `read.ts` reads them back.
  */
 import type { Finding, FindingKind } from '../contract/messages';
+import { signatureGroups } from '../contract/signature-groups';
 
 /** How many members a group's sorted sets keep (the most recent ones); the count counts every occurrence published. */
 export const GROUP_CAPS = { devices: 500, tasks: 200, apks: 100 };
@@ -29,33 +30,23 @@ export interface GroupUpdate {
  * tool's clock ahead of ours) count as `nowMs`.
  */
 export function groupUpdates(findings: readonly Finding[], nowMs = Date.now()): GroupUpdate[] {
-  const bySignature = new Map<string, GroupUpdate & { framed: boolean }>();
-  for (const f of findings) {
+  const msOf = (f: Finding) => {
     const at = Date.parse(f.foundAt);
-    const ms = Number.isNaN(at) ? nowMs : Math.min(at, nowMs);
-    const seen = bySignature.get(f.signature);
-    if (!seen) {
-      bySignature.set(f.signature, {
-        signature: f.signature,
-        kind: f.kind,
-        exception: f.exception,
-        message: f.message,
-        count: 1,
-        firstMs: ms,
-        lastMs: ms,
-        example: exampleJson(f),
-        framed: f.frames.length > 0,
-      });
-      continue;
-    }
-    seen.count++;
-    seen.firstMs = Math.min(seen.firstMs, ms);
-    seen.lastMs = Math.max(seen.lastMs, ms);
-    if (!seen.framed && f.frames.length > 0) {
-      Object.assign(seen, { message: f.message || seen.message, example: exampleJson(f), framed: true });
-    }
-  }
-  return [...bySignature.values()].map(({ framed: _framed, ...u }) => u);
+    return Number.isNaN(at) ? nowMs : Math.min(at, nowMs);
+  };
+  return signatureGroups(findings).map(({ signature, example, occurrences }) => {
+    const times = occurrences.map(msOf);
+    return {
+      signature,
+      kind: example.kind,
+      exception: example.exception,
+      message: example.message,
+      count: occurrences.length,
+      firstMs: Math.min(...times),
+      lastMs: Math.max(...times),
+      example: exampleJson(example),
+    };
+  });
 }
 
 /** A finding as a group keeps it: without the per-result flag. */

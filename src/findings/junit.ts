@@ -12,7 +12,8 @@
  * Text from the app and the device (messages, frames) can hold anything: characters XML 1.0 cannot
  * carry become U+FFFD, and no CDATA section is written, so `]]>` needs no special case.
  */
-import type { Finding, TraversalResult } from '../contract/messages';
+import type { TraversalResult } from '../contract/messages';
+import { signatureGroups, type SignatureGroup } from '../contract/signature-groups';
 
 /** What `junitXml` reports on: one task, the results published so far and the devices still running. */
 export interface JunitTask {
@@ -34,12 +35,6 @@ interface Testcase {
   deviceId: string;
   outcome: Outcome;
   xml: string;
-}
-
-/** Occurrences of one signature on one device, in the order found. */
-interface FindingGroup {
-  signature: string;
-  occurrences: Finding[];
 }
 
 // Everything XML 1.0 allows (its `Char` production). With the `u` flag a surrogate pair is one code
@@ -92,26 +87,9 @@ export function shorten(text: string, max = MESSAGE_MAX): string {
   return chars.length <= max ? line : `${chars.slice(0, max - 1).join('')}…`;
 }
 
-/** Findings grouped by signature, groups in the order their signature was first found. */
-export function groupFindings(findings: Finding[]): FindingGroup[] {
-  const groups = new Map<string, FindingGroup>();
-  for (const f of findings) {
-    const group = groups.get(f.signature) ?? { signature: f.signature, occurrences: [] };
-    group.occurrences.push(f);
-    groups.set(f.signature, group);
-  }
-  return [...groups.values()];
-}
-
-/** The occurrence that carries the details: the first with frames, else the first with a message. */
-function fullestOccurrence(group: FindingGroup): Finding {
-  const all = group.occurrences;
-  return all.find((f) => f.frames.length > 0) ?? all.find((f) => f.message) ?? all[0]!;
-}
-
 /** `<failure>` for one signature on one device. */
-function failureXml(group: FindingGroup): string {
-  const full = fullestOccurrence(group);
+function failureXml(group: SignatureGroup): string {
+  const full = group.example;
   const first = group.occurrences[0]!;
   const count = group.occurrences.length;
   const times = count > 1 ? ` (${count} times on this device)` : '';
@@ -194,7 +172,7 @@ function resultTestcase(result: TraversalResult): Testcase {
   const outcome = outcomeOf(result);
   const children = [
     ...(result.status === 'failed' ? [errorXml(result)] : []),
-    ...groupFindings(result.findings).map(failureXml),
+    ...signatureGroups(result.findings ?? []).map(failureXml),
     ...(outcome === 'skipped' ? [cancelledXml(result)] : []),
     systemOutXml(result),
   ];

@@ -6,6 +6,7 @@ import type Redis from 'ioredis';
 import type { Finding, FindingKind, TaskSummary, TraversalResult } from '../contract/messages';
 import { appFindingsKey, findingGroupKeys, resultKey, taskKey, taskSummaryKey } from '../contract/redis-keys';
 import type { FindingGroup } from './groups';
+import { signatureGroups } from '../contract/signature-groups';
 
 /** A task's published results, its devices still pending, and its summary if the starter recorded it. */
 export interface TaskFindings {
@@ -69,32 +70,24 @@ export interface TaskFindingGroup {
 
 /** Groups a task's findings by signature: most devices first, then most occurrences. */
 export function groupTaskFindings(results: readonly TraversalResult[]): TaskFindingGroup[] {
-  const groups = new Map<string, TaskFindingGroup>();
-  for (const r of results)
-    for (const f of r.findings ?? []) {
-      let g = groups.get(f.signature);
-      if (!g) {
-        g = {
-          signature: f.signature,
-          kind: f.kind,
-          exception: f.exception,
-          message: f.message,
-          example: f,
-          count: 0,
-          devices: [],
-          newForApp: f.newForApp,
-        };
-        groups.set(f.signature, g);
-      }
-      g.count++;
-      if (!g.devices.includes(r.deviceId)) g.devices.push(r.deviceId);
-      if (g.example.frames.length === 0 && f.frames.length > 0) {
-        g.example = f;
-        g.message = f.message || g.message;
-      }
-      if (f.newForApp !== undefined) g.newForApp = (g.newForApp ?? false) || f.newForApp;
-    }
-  return [...groups.values()].sort((a, b) => b.devices.length - a.devices.length || b.count - a.count);
+  const deviceOf = new Map<Finding, string>();
+  for (const r of results) for (const f of r.findings ?? []) deviceOf.set(f, r.deviceId);
+  return signatureGroups(deviceOf.keys())
+    .map(({ signature, example, occurrences }) => ({
+      signature,
+      kind: example.kind,
+      exception: example.exception,
+      message: example.message,
+      example,
+      count: occurrences.length,
+      devices: [...new Set(occurrences.map((f) => deviceOf.get(f)!))],
+      newForApp: occurrences.some((f) => f.newForApp === true)
+        ? true
+        : occurrences.some((f) => f.newForApp === false)
+          ? false
+          : undefined,
+    }))
+    .sort((a, b) => b.devices.length - a.devices.length || b.count - a.count);
 }
 
 /** Reads one group, or undefined when the app never met the signature. */
@@ -151,11 +144,9 @@ export async function readAppGroups(
   const prefix = opts.prefix ?? '';
   const since = opts.sinceMs ?? 0;
   const signatures = await redis.zrevrangebyscore(appFindingsKey(packageName, prefix), '+inf', since);
-  const groups: FindingGroup[] = [];
-  for (const sig of signatures) {
-    const g = await readGroup(redis, packageName, sig, prefix);
-    if (g) groups.push(g);
-  }
+  // Sent together: one connection carries them back to back.
+  const read = await Promise.all(signatures.map((sig) => readGroup(redis, packageName, sig, prefix)));
+  const groups = read.filter((g): g is FindingGroup => g !== undefined);
   const isNew = (g: FindingGroup) => Date.parse(g.firstSeen) >= since;
   groups.sort((a, b) => Number(isNew(b)) - Number(isNew(a)) || b.count - a.count);
   return opts.limit ? groups.slice(0, opts.limit) : groups;

@@ -2,7 +2,7 @@
  * Findings as terminal tables: a task's findings by signature, and an app's groups. Plain text in
  * Markdown's pipe-table shape, so a table pasted into an issue or a chat renders too.
  */
-import { topFrame } from '../contract/details';
+import { topFrame } from '../contract/signature-groups';
 import type { FindingGroup } from './groups';
 import type { TaskFindingGroup } from './read';
 
