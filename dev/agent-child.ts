@@ -14,6 +14,7 @@ interface AgentChildOptions {
   coldStartMs: [number, number];
   latencyMs: number;
   installDelayMs: number;
+  hostId?: string;
 }
 
 async function main(): Promise<void> {
@@ -24,6 +25,7 @@ async function main(): Promise<void> {
     coldStartMs: o.coldStartMs,
     latencyMs: o.latencyMs,
     installDelayMs: o.installDelayMs,
+    hostId: o.hostId,
     log: (msg, meta) => process.stdout.write(`${JSON.stringify({ msg, ...meta })}\n`),
   });
   const url = await sim.start(o.port, '127.0.0.1');

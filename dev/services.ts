@@ -113,6 +113,8 @@ export interface AgentSimProcOptions {
   latencyMs?: number;
   /** Time an install takes after the download, ms (default 0). */
   installDelayMs?: number;
+  /** The phone host the agent names as the owner of its devices. */
+  hostId?: string;
 }
 
 /** A running agent simulator process. */
@@ -130,6 +132,7 @@ export async function startAgentSim(scope: Scope, opts: AgentSimProcOptions): Pr
     coldStartMs: opts.coldStartMs ?? [10, 50],
     latencyMs: opts.latencyMs ?? 0,
     installDelayMs: opts.installDelayMs ?? 0,
+    hostId: opts.hostId,
   };
   const proc = spawnLogged(
     'agent simulator',

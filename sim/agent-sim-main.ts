@@ -9,11 +9,13 @@ interface AgentSimArgs {
   offline: string[];
   installDelayMs: number;
   stateFile?: string;
+  hostId?: string;
 }
 
 const USAGE = `usage: npm run agent-sim -- [--devices 5 | --devices sim-1,sim-2] [--port 7301] [--host 127.0.0.1]
        [--latency-ms 0] [--failure-rate 0] [--offline sim-2,sim-3] [--install-delay-ms 0]
-       [--state-file path.json]   keep installed apps across restarts (default: memory only)`;
+       [--state-file path.json]   keep installed apps across restarts (default: memory only)
+       [--host-id rack-a]         the phone host named as the owner of the devices (default: DT_HOST_ID or the host name)`;
 
 // Returns undefined for --help; throws with the usage text on bad input.
 function parseArgs(argv: string[]): AgentSimArgs | undefined {
@@ -56,6 +58,9 @@ function parseArgs(argv: string[]): AgentSimArgs | undefined {
       case '--install-delay-ms':
         out.installDelayMs = num(flag, value);
         break;
+      case '--host-id':
+        out.hostId = value;
+        break;
       case '--state-file':
         out.stateFile = value;
         break;
@@ -97,6 +102,7 @@ async function main(): Promise<void> {
     offline: args.offline,
     installDelayMs: args.installDelayMs,
     ...(args.stateFile ? { stateFile: args.stateFile } : {}),
+    ...(args.hostId ? { hostId: args.hostId } : {}),
     // One JSON object per line keeps the output greppable and machine-readable for the demo.
     log: (msg, meta) => process.stdout.write(`${JSON.stringify({ msg, ...meta })}\n`),
   });

@@ -1,3 +1,4 @@
+import os from 'node:os';
 import http from 'node:http';
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -62,6 +63,8 @@ export interface AgentSimOptions {
    * restarts: read at construction, rewritten after every install, uninstall and wipe. Unset: memory only.
    */
   stateFile?: string;
+  /** The phone host this agent says owns its devices (`host` in its answers); default DT_HOST_ID or the host name. */
+  hostId?: string;
 }
 
 /** Aggregate counters of {@link AgentSimulator.stats}. */
@@ -124,6 +127,8 @@ export class AgentSimulator {
   readonly stats: AgentSimStats = { installs: 0, uploadedBytes: 0, downloadedBytes: 0, requests: 0 };
 
   private readonly devices = new Map<string, Device>();
+  /** The phone host named as the owner of every device. */
+  readonly hostId: string;
   private readonly running = new Set<AgentCall>();
   private readonly installDelayMs: number;
   private readonly coldStart: [number, number];
@@ -149,6 +154,7 @@ export class AgentSimulator {
       throw new Error(`coldStartMs min ${this.coldStart[0]} exceeds max ${this.coldStart[1]}`);
     this.random = opts.random ?? Math.random;
     this.log = opts.log ?? (() => {});
+    this.hostId = opts.hostId || process.env.DT_HOST_ID || os.hostname();
     const offline = new Set(opts.offline ?? []);
     opts.devices.forEach((id, i) => {
       if (this.devices.has(id)) throw new Error(`duplicate device id ${id}`);
@@ -286,6 +292,7 @@ export class AgentSimulator {
         state: d.offline ? 'offline' : 'device',
         model: d.model.model,
         sdk: d.model.sdk,
+        host: this.hostId,
       }));
       return send(res, 200, { mobiles });
     }
@@ -347,6 +354,7 @@ export class AgentSimulator {
           online: true,
           model: dev.model.model,
           sdk: dev.model.sdk,
+          host: this.hostId,
           installed: [...dev.installed.keys()],
           busy: dev.busy !== undefined,
         };

@@ -105,6 +105,7 @@ async function main(): Promise<void> {
     apkCacheMaxBytes: config.apkCacheMaxBytes,
     apkDiskReserveBytes: config.apkDiskReserveBytes,
     maxDownloads: config.maxOriginDownloads,
+    hostId: config.hostId,
     installTimeout: {
       ...(args.installBaseMs !== undefined ? { baseMs: args.installBaseMs } : {}),
       ...(args.installMsPerMiB !== undefined ? { msPerMiB: args.installMsPerMiB } : {}),

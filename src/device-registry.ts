@@ -1,6 +1,11 @@
-/** The device registry: a JSON file mapping device ids to agent URLs, plus a default agent. */
+/**
+ * The device registry: a JSON file mapping device ids to their agent (and, on a farm of hosts, the
+ * host whose USB the phone hangs off), plus a default agent:
+ *   {"sim-1": "http://10.0.0.5:7301", "pixel-7": {"agent": "http://10.0.0.6:7301", "host": "rack-b"}}
+ */
 import { readFileSync } from 'node:fs';
 import { checkHttpUrl, DEVICE_ID_PATTERN } from './contract/ids';
+import { HOST_ID_PATTERN } from './contract/messages';
 import { UrlPolicy, type UrlPolicyOptions } from './net/url-policy';
 
 /** Where device ids are looked up when a task names no agent. */
@@ -9,6 +14,8 @@ export interface AgentDirectory {
   agentFor(deviceId: string): string | undefined;
   /** True when the URL is one of the directory's agents (so a task may name it). */
   knows?(agentUrl: string): boolean;
+  /** The host the registry says owns the phone, or undefined when it names none. */
+  hostFor?(deviceId: string): string | undefined;
 }
 
 /** A loaded registry: lookups, its device ids and every agent URL it names (the default included). */
@@ -21,6 +28,7 @@ function normalise(url: string): string {
 /** Loads the registry file (if any); throws naming the file and the bad entry. */
 export function loadDeviceRegistry(file: string, defaultAgentUrl = ''): DeviceRegistry {
   const map = new Map<string, string>();
+  const hosts = new Map<string, string>();
   if (file) {
     let doc: unknown;
     try {
@@ -30,9 +38,21 @@ export function loadDeviceRegistry(file: string, defaultAgentUrl = ''): DeviceRe
     }
     if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
       throw new Error(`${file}: expected an object {"deviceId": "http://agent"}`);
-    for (const [id, url] of Object.entries(doc as Record<string, unknown>)) {
+    for (const [id, entry] of Object.entries(doc as Record<string, unknown>)) {
       if (!DEVICE_ID_PATTERN.test(id))
         throw new Error(`${file}: device id ${JSON.stringify(id).slice(0, 80)} must match ${DEVICE_ID_PATTERN.source}`);
+      let url: unknown = entry;
+      if (typeof entry === 'object' && entry !== null && !Array.isArray(entry)) {
+        const { agent, host, ...rest } = entry as Record<string, unknown>;
+        const extra = Object.keys(rest);
+        if (extra.length) throw new Error(`${file}: device ${id} has unknown fields ${extra.join(', ')} (expected agent, host)`);
+        if (host !== undefined) {
+          if (typeof host !== 'string' || !HOST_ID_PATTERN.test(host))
+            throw new Error(`${file}: host of ${id} must match ${HOST_ID_PATTERN.source}`);
+          hosts.set(id, host);
+        }
+        url = agent;
+      }
       const problem = checkHttpUrl(`agent of ${id}`, url);
       if (problem) throw new Error(`${file}: ${problem}`);
       map.set(id, normalise(url as string));
@@ -48,6 +68,7 @@ export function loadDeviceRegistry(file: string, defaultAgentUrl = ''): DeviceRe
     agentUrls,
     agentFor: (deviceId) => map.get(deviceId) ?? (defaultAgentUrl ? normalise(defaultAgentUrl) : undefined),
     knows: (agentUrl) => agentUrls.includes(normalise(agentUrl)),
+    hostFor: (deviceId) => hosts.get(deviceId),
   };
 }
 

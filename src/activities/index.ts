@@ -5,6 +5,7 @@ import { dataFolders, type Config } from '../config';
 import type { ProgressUpdate, TraversalBudget } from '../contract/messages';
 import type { Metrics } from '../metrics';
 import { createApkActivities } from './apk';
+import { createLocateActivities } from './locate';
 import type { ApkCache } from '../apk-cache';
 import { adbFor } from '../adb';
 import { agentCall, checkDeviceOnline, createDeviceAgentActivities, type DeviceAgentDeps } from './device-agent';
@@ -37,6 +38,8 @@ export interface ActivityDeps {
   redisKeyPrefix?: string;
   /** The traversal engine, already checked by the worker; default engineOf(config). */
   engine?: Engine;
+  /** The host the device registry names for a phone (locateDevice asks the agent otherwise). */
+  hostFor?: (deviceId: string) => string | undefined;
 }
 
 /**
@@ -84,6 +87,13 @@ export function createActivities(deps: ActivityDeps) {
   });
   return activityBoundary(
     {
+      ...createLocateActivities({
+        routing: config.routing,
+        taskQueue: config.taskQueue,
+        hostWaitMs: config.hostWaitMs,
+        hostFor: deps.hostFor,
+        agent: agentDeps,
+      }),
       ...createApkActivities({ cache: deps.cache, dispatcher: deps.dispatcher, delivery: config.delivery }),
       ...createDeviceAgentActivities({
         ...agentDeps,

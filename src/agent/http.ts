@@ -2,8 +2,8 @@
  * The adb-backed device agent: the protocol's HTTP server in front of the phones of one adb server.
  *
  * Answers (bodies are JSON; errors are `{error, deviceId, …}`):
- *   GET  /mobile            200 {mobiles: [{id, serial, state, online, model, sdk}]}
- *   GET  /mobile/<id>       200 {online, model, sdk, serial, state[, error]}; 404 unknown id
+ *   GET  /mobile            200 {mobiles: [{id, serial, state, online, model, sdk, host}]}
+ *   GET  /mobile/<id>       200 {online, model, sdk, serial, state, host[, error]}; 404 unknown id
  *   POST …/installApp       200 {installed, versionCode, ms, bytes, sha256}; 422 hash mismatch, failed
  *                           download or pm's INSTALL_… code; 504 install timed out; 507 agent disk full
  *   POST …/launchApp        200 {coldStartMs, activity}; 422 not installed / no launcher / start error
@@ -49,6 +49,8 @@ export interface AdbAgentOptions {
   maxDownloads?: number;
   /** Install time limit (default 60 s + 200 ms per MiB). */
   installTimeout?: Partial<InstallTimeout>;
+  /** The phone host reported as the owner of every phone (`host`), so workers route its steps here. */
+  hostId?: string;
   log?: AgentLog;
 }
 
@@ -167,6 +169,7 @@ export class AdbAgent {
       sdk: phone.sdk ?? null,
       serial: phone.serial,
       state: phone.state,
+      host: this.opts.hostId,
       busy: phone.busy !== undefined,
       ...(online ? {} : { error: stateHint(phone) }),
     };

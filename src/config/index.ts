@@ -6,7 +6,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { extraArgsPolicyFor } from '../contract/extra-args';
-import { DEPLOYMENT_PATTERN, type Delivery } from '../contract/messages';
+import { DEPLOYMENT_PATTERN, HOST_ID_PATTERN, type Delivery } from '../contract/messages';
 import { parseAllowList } from '../net/url-policy';
 import { OPTIONS, type OptionSpec } from './options';
 
@@ -47,6 +47,9 @@ export interface Config {
   sweepIntervalMs: number;
   allowedHosts: string;
   delivery: Delivery;
+  hostId: string;
+  routing: 'host' | 'any';
+  hostWaitMs: number;
   artifactHost: string;
   artifactPort: number;
   artifactToken: string;
@@ -227,6 +230,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   } catch (err) {
     throw new ConfigError(
       `DT_TRAVERSAL_EXTRA_ARGS=${JSON.stringify(cfg.traversalExtraArgs)} is invalid: ${(err as Error).message}`,
+    );
+  }
+  cfg.hostId = cfg.hostId || os.hostname();
+  if (!HOST_ID_PATTERN.test(cfg.hostId)) {
+    throw new ConfigError(
+      `DT_HOST_ID=${cfg.hostId} is invalid: use 1-64 letters, digits, dot, dash or underscore, starting with a letter or digit (the host name does not fit; set DT_HOST_ID)`,
     );
   }
   cfg.starterId = cfg.starterId || os.hostname();

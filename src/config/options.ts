@@ -30,6 +30,25 @@ export const OPTIONS = {
     default: 'device-traversal',
     doc: 'Temporal task queue of workers and starters.',
   },
+  hostId: {
+    env: 'DT_HOST_ID',
+    kind: 'string',
+    default: '',
+    doc: "This phone host's name in the farm (empty: the machine's host name). A worker polls the task queue `<TASK_QUEUE>/host/<DT_HOST_ID>` beside the shared one; an agent reports it as the owner of its phones.",
+  },
+  routing: {
+    env: 'DT_ROUTING',
+    kind: 'enum',
+    values: ['host', 'any'],
+    default: 'host',
+    doc: "Where a traversal's device steps run: 'host' on the worker of the phone's host (named by the registry or the agent), 'any' on whichever worker polls the shared queue (agents every worker can reach). Read by the worker that starts the run.",
+  },
+  hostWaitMs: {
+    env: 'DT_HOST_WAIT',
+    kind: 'duration',
+    default: '60s',
+    doc: "How long a device step waits for its host's worker before the run says `waiting for host <id>` (it keeps waiting; it never moves to another host), ms or duration.",
+  },
   dataDir: {
     env: 'DT_DATA_DIR',
     kind: 'string',

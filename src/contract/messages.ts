@@ -86,6 +86,8 @@ export type Phase =
   /** A publish workflow that wrote its result. */
   | 'published'
   | 'paused'
+  /** A device step that its host's worker has not taken for DT_HOST_WAIT: the run waits for that host. */
+  | 'waiting-for-host'
   | 'completed'
   | 'failed'
   | 'cancelled';
@@ -102,6 +104,10 @@ export interface TraversalProgress {
   elapsedMs: number;
   attempt: number;
   paused: boolean;
+  /** The phone's host, when the run's device steps go to that host's task queue. */
+  host?: string;
+  /** Set while a device step waits for the worker of the phone's host. */
+  waitingForHost?: string;
 }
 
 /** The progress of a traversal that has not started yet: queued, nothing counted. */
@@ -372,6 +378,29 @@ export const DEPLOYMENT_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** `<deployment>/` or nothing: ids of a deployment without a name are those of earlier versions. */
 function scope(deployment = ''): string {
   return deployment ? `${deployment}/` : '';
+}
+
+/** Host names (DT_HOST_ID): they end a task queue name, so no `/`. */
+export const HOST_ID_PATTERN = DEPLOYMENT_PATTERN;
+
+/** The task queue of one phone host's workers: `<shared queue>/host/<hostId>`. */
+export function hostTaskQueue(sharedQueue: string, hostId: string): string {
+  return `${sharedQueue}/host/${hostId}`;
+}
+
+/**
+ * Where a traversal's device steps run, as locateDevice found it (recorded in history, so a run
+ * keeps its host for good): a host's task queue, or none when any worker may run them.
+ */
+export interface DeviceLocation {
+  /** The host owning the phone; absent when the registry and the agent name none. */
+  host?: string;
+  /** The host's task queue; absent with DT_ROUTING=any or no known host. */
+  taskQueue?: string;
+  /** How long a device step waits for the host's worker before the run shows it waits, ms. */
+  hostWaitMs: number;
+  /** Where the host came from, for the log and the details. */
+  source: 'registry' | 'agent' | 'none' | 'routing-any';
 }
 
 /** Workflow id of a device's entity workflow: `[<deployment>/]device/<deviceId>`. */

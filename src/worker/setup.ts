@@ -8,10 +8,10 @@
  * the disk sweep (src/worker/disk-sweeper.ts) removes orphaned APK part files and old run folders.
  */
 import type { Client } from '@temporalio/client';
-import { Worker, type NativeConnection, type WorkflowBundleOption } from '@temporalio/worker';
+import { Worker, type NativeConnection, type WorkerOptions, type WorkflowBundleOption } from '@temporalio/worker';
 import type Redis from 'ioredis';
 import type { Dispatcher } from 'undici';
-import { urlPolicyFor } from '../device-registry';
+import { loadDeviceRegistry, urlPolicyFor } from '../device-registry';
 import { createDispatcher } from '../net/dispatcher';
 import type { UrlPolicy } from '../net/url-policy';
 import { createActivities, engineOf } from '../activities';
@@ -20,7 +20,7 @@ import { endOrphanedRuns } from '../activities/traversal/process-group';
 import { ArtifactServer, artifactInstallUrl } from './artifact-server';
 import { dataFolders, type Config } from '../config';
 import { DiskSweeper } from './disk-sweeper';
-import { budgetQuery, progressSignal } from '../contract/messages';
+import { budgetQuery, hostTaskQueue, progressSignal } from '../contract/messages';
 import { Metrics } from '../metrics';
 import os from 'node:os';
 import { AttemptJournal, failDeadWorkerAttempts, journalDir } from '../activities/traversal/attempt-journal';
@@ -61,6 +61,10 @@ export interface TraversalWorker {
   sweeper: DiskSweeper;
   /** Runs the worker until shutdown, then closes the side servers. */
   run(): Promise<void>;
+  /** The worker polling this host's task queue (DT_ROUTING=host). */
+  hostWorker?: Worker;
+  /** This worker's host (DT_HOST_ID). */
+  hostId: string;
   /** Asks the worker to stop (graceful); safe to call twice. */
   shutdown(): void;
 }
@@ -69,7 +73,8 @@ export interface TraversalWorker {
 export async function createTraversalWorker(opts: TraversalWorkerOptions): Promise<TraversalWorker> {
   const { config } = opts;
   const metrics = new Metrics();
-  const dispatcher = createDispatcher(opts.urlPolicy ?? urlPolicyFor(config));
+  const registry = loadDeviceRegistry(config.deviceRegistry, config.defaultAgentUrl);
+  const dispatcher = createDispatcher(opts.urlPolicy ?? urlPolicyFor(config, {}, registry));
   // A worker that cannot run its engine (DT_ENGINE=fastbot without a complete DT_FASTBOT_DIR) says so before taking work.
   const engine = engineOf(config, { dispatcher, callTimeoutMs: config.agentTimeoutMs });
   await engine.checkSetup().catch(async (err) => {
@@ -105,7 +110,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
 
   // Only once those processes are gone: fail the attempts a dead worker was running, so their retries
   // start now (from the last heartbeat's checkpoint) instead of after the heartbeat timeout.
-  const identity = opts.identity ?? `${process.pid}@${os.hostname()}`;
+  const identity = opts.identity ?? `${process.pid}@${config.hostId === os.hostname() ? config.hostId : `${os.hostname()}/${config.hostId}`}`;
   const journalFolder = journalDir(config.dataDir);
   const journal = new AttemptJournal({
     dir: journalFolder,
@@ -150,32 +155,42 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     installUrlFor: (sha256) => artifactInstallUrl(artifactUrl, sha256, config.artifactToken, config.artifactUrlTtlMs),
     redisKeyPrefix: opts.redisKeyPrefix,
     engine,
+    hostFor: (deviceId) => registry.hostFor?.(deviceId),
     pushProgress: (workflowId, update) =>
       clientCall(() => opts.client.workflow.getHandle(workflowId).signal(progressSignal, update)),
     readBudget: (workflowId) => clientCall(() => opts.client.workflow.getHandle(workflowId).query(budgetQuery)),
   });
 
+  const activityOptions: Omit<WorkerOptions, 'taskQueue'> = {
+    connection: opts.connection,
+    namespace: opts.namespace,
+    identity,
+    interceptors: { activity: [journal.interceptors] },
+    activities,
+    maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,
+    shutdownGraceTime: '10s',
+    // Heartbeats normally wait up to 0.8 × heartbeatTimeout; a cancel only arrives with one, so keep them frequent.
+    maxHeartbeatThrottleInterval: config.heartbeatThrottleMs,
+    defaultHeartbeatThrottleInterval: config.heartbeatThrottleMs,
+  };
   let worker: Worker;
+  let hostWorker: Worker | undefined;
   try {
+    // The shared queue: workflows, and the steps any worker may run (all of them, for runs routed
+    // before host routing existed and for DT_ROUTING=any).
     worker = await Worker.create({
-      connection: opts.connection,
-      namespace: opts.namespace,
+      ...activityOptions,
       taskQueue: config.taskQueue,
-      identity,
-      interceptors: { activity: [journal.interceptors] },
       ...(opts.workflowBundle
         ? { workflowBundle: opts.workflowBundle }
         : { workflowsPath: require.resolve('../workflows') }),
-      activities,
-      maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,
       maxCachedWorkflows: config.maxCachedWorkflows,
       maxConcurrentWorkflowTaskExecutions: 20,
       stickyQueueScheduleToStartTimeout: config.stickyTimeoutMs,
-      shutdownGraceTime: '10s',
-      // Heartbeats normally wait up to 0.8 × heartbeatTimeout; a cancel only arrives with one, so keep them frequent.
-      maxHeartbeatThrottleInterval: config.heartbeatThrottleMs,
-      defaultHeartbeatThrottleInterval: config.heartbeatThrottleMs,
     });
+    // This host's queue: the device steps of the phones hanging off this host (activities only).
+    if (config.routing === 'host')
+      hostWorker = await Worker.create({ ...activityOptions, taskQueue: hostTaskQueue(config.taskQueue, config.hostId) });
   } catch (err) {
     await closeJournal();
     throw err;
@@ -199,6 +214,8 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
   let closed = false;
   return {
     worker,
+    hostWorker,
+    hostId: config.hostId,
     artifactServer,
     artifactUrl,
     metrics,
@@ -207,7 +224,13 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     sweeper,
     async run() {
       try {
-        await worker.run();
+        // One stopping stops both, so a host never keeps taking device steps without its workflows' worker.
+        const runs = [worker, hostWorker].filter((w): w is Worker => w !== undefined).map((w) =>
+          w.run().finally(() => stopWorker(worker) && stopWorker(hostWorker)),
+        );
+        const outcomes = await Promise.allSettled(runs);
+        const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+        if (failed) throw failed.reason;
       } finally {
         await sweeper.close();
         await Promise.all([...pendingCalls]);
@@ -220,7 +243,14 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
       }
     },
     shutdown() {
-      if (worker.getState() === 'RUNNING') worker.shutdown();
+      stopWorker(worker);
+      stopWorker(hostWorker);
     },
   };
+}
+
+/** Asks a running worker to stop; true, so calls chain. */
+function stopWorker(w: Worker | undefined): boolean {
+  if (w?.getState() === 'RUNNING') w.shutdown();
+  return true;
 }

@@ -26,7 +26,7 @@ import {
 import type { Activities } from '../activities';
 import type { ResolvedApk } from '../activities/apk';
 import type { UploadReportResult } from '../activities/report-sink';
-import type { RunTraversalResult } from '../activities/traversal/runner';
+import type { RunTraversalResult, TraversalCheckpoint } from '../activities/traversal/runner';
 import { failureKind, PERMANENT_ERROR_TYPES } from '../contract/errors';
 import {
   budgetQuery,
@@ -38,6 +38,7 @@ import {
   publishWorkflowId,
   queuedProgress,
   resumeSignal,
+  type DeviceLocation,
   type Phase,
   type FindingBrief,
   type StepName,
@@ -95,37 +96,99 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   const init = policy.initialRetryMs;
   const startedAt = Date.now();
 
-  const download = proxyActivities<Activities>({
+  // The device steps' options; with host routing they go to the task queue of the phone's host.
+  const downloadOptions: ActivityOptions = {
     startToCloseTimeout: '2h',
     heartbeatTimeout: hb,
     retry: retry(10, init),
     summary: `download ${req.apkUrl}`,
-  });
+  };
   // Quick agent calls heartbeat too, so a worker killed during one is noticed after the heartbeat
   // timeout instead of the 2-minute start-to-close timeout (runs recorded before lack the marker).
-  const agentQuick = proxyActivities<Activities>({
+  const agentQuickOptions: ActivityOptions = {
     startToCloseTimeout: '2m',
     ...(patched('agent-call-heartbeats') ? { heartbeatTimeout: hb } : {}),
     retry: retry(5, init),
-  });
-  const agentInstall = proxyActivities<Activities>({
+  };
+  const agentInstallOptions: ActivityOptions = {
     startToCloseTimeout: '30m',
     heartbeatTimeout: hb,
     retry: retry(5, init),
-  });
-  const runner = proxyActivities<Activities>({
+  };
+  const runnerOptions: ActivityOptions = {
     // A hung tool is caught by the heartbeat timeout; this only bounds runs whose budget was extended.
     startToCloseTimeout: Math.round(req.traversal.durationSec * 3000) + 24 * 3600_000,
     heartbeatTimeout: hb,
     retry: retry(policy.maxAttempts, init),
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     summary: `traverse ${req.packageName} on ${req.deviceId}`,
-  });
-  const uploader = proxyActivities<Activities>({
+  };
+  const uploaderOptions: ActivityOptions = {
     startToCloseTimeout: '30m',
     heartbeatTimeout: hb,
     retry: retry(5, init),
-  });
+  };
+  // Host routing (src/activities/locate.ts): the device steps run on the task queue of the phone's
+  // host. A step its host's worker does not take within DT_HOST_WAIT ends with a schedule-to-start
+  // timeout; the run then says it waits for that host and schedules the step there again, with no
+  // bound: it never moves to a host that cannot reach the phone. One timeout per outage, so a host
+  // that is down for hours adds a few events, not one per minute.
+  const hostRouting = patched('host-routing');
+  const locator = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry(10, init) });
+  let where: DeviceLocation | undefined;
+  /** The phase to show again once the host's worker takes the step. */
+  let phaseBeforeWait: Phase | undefined;
+  /** How many times a traversal step was scheduled again after its host came back. */
+  let traversalReschedules = 0;
+  function deviceSteps(options: ActivityOptions, bounded: boolean): Activities {
+    if (!where?.taskQueue) return proxyActivities<Activities>(options);
+    return proxyActivities<Activities>({
+      ...options,
+      taskQueue: where.taskQueue,
+      ...(bounded ? { scheduleToStartTimeout: where.hostWaitMs } : {}),
+    });
+  }
+  /** Runs a device step on the phone's host, waiting for that host when its worker is gone. */
+  async function onHost<T>(
+    options: ActivityOptions,
+    call: (acts: Activities, lastHeartbeat: unknown) => Promise<T>,
+  ): Promise<T> {
+    if (!where?.taskQueue) return call(proxyActivities<Activities>(options), undefined);
+    try {
+      return await call(deviceSteps(options, true), undefined);
+    } catch (err) {
+      const timeout =
+        err instanceof ActivityFailure &&
+        err.cause instanceof TimeoutFailure &&
+        err.cause.timeoutType === 'SCHEDULE_TO_START'
+          ? err.cause
+          : undefined;
+      if (!timeout) throw err;
+      waitForHost();
+      try {
+        return await call(deviceSteps(options, false), timeout.lastHeartbeatDetails);
+      } finally {
+        hostBack();
+      }
+    }
+  }
+  function waitForHost(): void {
+    if (progress.waitingForHost) return;
+    phaseBeforeWait = progress.phase;
+    progress.waitingForHost = where?.host;
+    log.warn('the phone host has not taken the step; waiting for it', {
+      host: where?.host,
+      step: currentStep,
+      waitedMs: where?.hostWaitMs,
+    });
+    setPhase('waiting-for-host');
+  }
+  function hostBack(): void {
+    if (!progress.waitingForHost) return;
+    log.info('the phone host took the step', { host: progress.waitingForHost, step: currentStep });
+    progress.waitingForHost = undefined;
+    setPhase(phaseBeforeWait ?? progress.phase);
+  }
   const publisher = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry(10, init) });
 
   const progress: TraversalProgress = queuedProgress(req.taskId, req.deviceId, 1);
@@ -160,6 +223,8 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       if (found.length < LIVE_FINDINGS_MAX) found.push(f);
       else if (foundMore.size < 10 * LIVE_FINDINGS_MAX) foundMore.add(f.signature);
     }
+    // The traversal reports progress: its host's worker took the step.
+    if (progress.waitingForHost && phaseBeforeWait === 'traversing') hostBack();
     if (progress.phase !== 'traversing' && progress.phase !== 'paused') return;
     Object.assign(progress, {
       percent: u.percent,
@@ -182,10 +247,13 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     const pct =
       progress.phase === 'traversing'
         ? `${paused ? ' (paused)' : ''}, ${progress.percent}%, ${progress.screens} screens${counts}`
-        : '';
+        : progress.waitingForHost
+          ? `: its worker has not taken the ${currentStep ?? 'next'} step for ${Math.round((where?.hostWaitMs ?? 0) / 1000)} s (down, or every slot busy); the run stays on that host and goes on once it does`
+          : '';
+    const phaseText = progress.waitingForHost ? `waiting for host ${progress.waitingForHost}` : progress.phase;
     setCurrentDetails(
       runningDetails(
-        { packageName: req.packageName, deviceId: req.deviceId, phase: progress.phase, progress: pct },
+        { packageName: req.packageName, deviceId: req.deviceId, phase: phaseText, progress: pct },
         found,
         foundMore.size,
       ),
@@ -231,12 +299,19 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   let failedStep: StepName | undefined;
 
   try {
+    if (hostRouting) {
+      currentStep = 'prepareDevice';
+      where = await locator.locateDevice(device);
+      if (where.host) progress.host = where.host;
+    }
     apk = await step('resolveApk', 'downloading', () =>
-      download.resolveApk({ url: req.apkUrl, sha256: req.apkSha256, delivery: policy.delivery }),
+      onHost(downloadOptions, (a) =>
+        a.resolveApk({ url: req.apkUrl, sha256: req.apkSha256, delivery: policy.delivery }),
+      ),
     );
-    await step('prepareDevice', 'preparing', () => agentQuick.prepareDevice(device));
+    await step('prepareDevice', 'preparing', () => onHost(agentQuickOptions, (a) => a.prepareDevice(device)));
     const installed = await step('installApp', 'installing', () =>
-      agentInstall.installApp(
+      onHost(agentInstallOptions, (a) => a.installApp(
         // The worker that installs derives the install URL, so no worker's URL enters history;
         // runs recorded before passed the one resolveApk built (installApp still accepts it).
         patched('install-url-on-worker')
@@ -246,24 +321,38 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
               apk: { originUrl: req.apkUrl, sha256: apk!.sha256, delivery: apk!.delivery },
             }
           : { ...device, url: apk!.installUrl, packageName: req.packageName, sha256: apk!.sha256 },
-      ),
+      )),
     );
     installMs = installed.ms;
     if (policy.measureLaunch) {
       const launch = await step('measureLaunch', 'launching', () =>
-        agentQuick.measureLaunch({ ...device, packageName: req.packageName, activity: req.mainActivity }),
+        onHost(agentQuickOptions, (a) =>
+          a.measureLaunch({ ...device, packageName: req.packageName, activity: req.mainActivity }),
+        ),
       );
       coldStartMs = launch.coldStartMs;
     }
     run = await step('runTraversal', 'traversing', () =>
-      runner.runTraversal({
-        taskId: req.taskId,
-        deviceId: req.deviceId,
-        agentUrl: req.agentUrl,
-        packageName: req.packageName,
-        mainActivity: req.mainActivity,
-        durationSec: req.traversal.durationSec,
-        extraArgs: req.traversal.extraArgs,
+      onHost(runnerOptions, (a, lastHeartbeat) => {
+        // Scheduled again after a wait for the host: a new activity, so it is handed the last
+        // checkpoint and takes attempt numbers after any the earlier one could have used.
+        const again = progress.waitingForHost !== undefined;
+        if (again) traversalReschedules++;
+        return a.runTraversal({
+          taskId: req.taskId,
+          deviceId: req.deviceId,
+          agentUrl: req.agentUrl,
+          packageName: req.packageName,
+          mainActivity: req.mainActivity,
+          durationSec: req.traversal.durationSec,
+          extraArgs: req.traversal.extraArgs,
+          ...(again
+            ? {
+                attemptBase: traversalReschedules * policy.maxAttempts,
+                ...(lastHeartbeat ? { resume: lastHeartbeat as TraversalCheckpoint } : {}),
+              }
+            : {}),
+        });
       }),
     );
     Object.assign(progress, {
@@ -275,7 +364,9 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     });
     // Built from every attempt's parts, wherever they ran, so a run resumed on another host keeps all it found.
     report = await step('uploadReport', 'uploading', () =>
-      uploader.uploadReport({ taskId: req.taskId, deviceId: req.deviceId, attempts: run!.attempt }),
+      onHost(uploaderOptions, (a) =>
+        a.uploadReport({ taskId: req.taskId, deviceId: req.deviceId, attempts: run!.attempt }),
+      ),
     );
     reportUrl = report.url;
   } catch (err) {
@@ -298,12 +389,14 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     // A run stopped during the traversal still leaves what it found: upload the partial report.
     if (failure !== undefined && failedStep === 'runTraversal') {
       try {
-        report = await uploader.uploadReport({
-          taskId: req.taskId,
-          deviceId: req.deviceId,
-          attempts: policy.maxAttempts,
-          partial: true,
-        });
+        report = await onHost(uploaderOptions, (a) =>
+          a.uploadReport({
+            taskId: req.taskId,
+            deviceId: req.deviceId,
+            attempts: (traversalReschedules + 1) * policy.maxAttempts,
+            partial: true,
+          }),
+        );
         reportUrl = report.url;
       } catch (err) {
         log.warn('partial report upload failed', { error: describeFailure(err) });
@@ -312,7 +405,7 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     setPhase('cleaning');
     const t0 = Date.now();
     try {
-      await agentQuick.cleanupDevice({ ...device, packageName: req.packageName });
+      await onHost(agentQuickOptions, (a) => a.cleanupDevice({ ...device, packageName: req.packageName }));
     } catch (err) {
       log.error('device cleanup failed', { deviceId: req.deviceId, error: describeFailure(err) });
     }

@@ -43,6 +43,7 @@ export class ProgressReporter {
     previous: TraversalCheckpoint | undefined,
     resumeFrom: string | undefined,
     pid: number,
+    private readonly attempt: number,
   ) {
     this.latest = resumeFrom;
     this.state = {
@@ -53,6 +54,7 @@ export class ProgressReporter {
       anrs: previous?.anrs ?? 0,
       pid,
       findings: 0,
+      attempt,
     };
   }
 
@@ -119,7 +121,7 @@ export class ProgressReporter {
       crashes,
       anrs,
       checkpoint,
-      attempt: this.ctx.info.attempt,
+      attempt: this.attempt,
       ...(found.length ? { found } : {}),
     }).then(
       () => {

@@ -34,6 +34,11 @@ import {
 import { ProgressReporter } from './progress-reporter';
 import type { RunTraversalInput, RunTraversalResult, TraversalCheckpoint, TraversalRunnerDeps } from './runner';
 
+/** The traversal's attempt number: this activity's, after those of the activities scheduled before it. */
+export function attemptOf(ctx: Context, input: Pick<RunTraversalInput, 'attemptBase'>): number {
+  return (input.attemptBase ?? 0) + ctx.info.attempt;
+}
+
 /** Longest wait for the last shipment of an attempt's report parts, ms. */
 const FINAL_SHIP_MS = 120_000;
 /** Lines of the command's stderr kept for the error of a failed run. */
@@ -116,6 +121,7 @@ export class TraversalRun {
       previous,
       resumeFrom,
       group.pid,
+      attemptOf(ctx, input),
     );
     this.control = new ControlChannel(ctx, {
       workflowId,
@@ -156,7 +162,7 @@ export class TraversalRun {
     input: RunTraversalInput,
     previous: TraversalCheckpoint | undefined,
   ): Promise<TraversalRun> {
-    const { attempt } = ctx.info;
+    const attempt = attemptOf(ctx, input);
     const dir = runDir(deps.runsDir, input.taskId, input.deviceId);
     const reportDir = path.join(dir, 'report');
     const controlFile = path.join(dir, 'control');
@@ -348,7 +354,7 @@ export class TraversalRun {
       reportDir: started.reportDir,
       logFile: started.logFile,
       ...(started.resumeFrom ? { resumedFrom: started.resumeFrom } : {}),
-      attempt: ctx.info.attempt,
+      attempt: attemptOf(ctx, this.input),
       exitCode: 0,
       durationMs: this.durationMs,
     };
@@ -413,7 +419,7 @@ export class TraversalRun {
   /** Ships one finding at once; for an engine whose budget the runner keeps, it also counts it. */
   private addFinding(raw: RawFinding): void {
     const { ctx, input, started } = this;
-    const finding = toFinding(raw, ctx.info.attempt);
+    const finding = toFinding(raw, attemptOf(ctx, this.input));
     if (typeof finding === 'string') {
       ctx.log.warn('ignoring a malformed finding line', { problem: finding, deviceId: input.deviceId });
       return;

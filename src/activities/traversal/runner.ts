@@ -81,7 +81,16 @@ export interface TraversalRunnerDeps {
 /** Input of runTraversal: what the command is run for (device, agent, app, budget, extraArgs), and the task. */
 export interface RunTraversalInput extends CommandRequest {
   taskId: string;
+  /**
+   * Set by a workflow that scheduled the traversal again after its host's worker did not take it in
+   * time (host routing): where to resume, as the last attempt heartbeated it. A fresh activity has
+   * no heartbeat details of its own.
+   */
+  resume?: TraversalCheckpoint;
+  /** Added to this activity's attempt numbers, so a rescheduled traversal's attempts follow the earlier ones'. */
+  attemptBase?: number;
 }
+
 
 /** What a finished traversal produced. */
 export interface RunTraversalResult {
@@ -113,6 +122,8 @@ export interface TraversalCheckpoint {
   /** Findings this attempt reported so far. */
   findings?: number;
   paused?: boolean;
+  /** The attempt that sent these details (attemptOf). */
+  attempt?: number;
 }
 
 /** Builds the runTraversal activity. */
@@ -133,7 +144,7 @@ export function createTraversalRunnerActivities(deps: TraversalRunnerDeps) {
       if (engine.id !== 'jar' && input.extraArgs?.length)
         throw new InvalidTaskError([`traversal.extraArgs: the ${engine.id} engine takes none`]);
       const ctx = Context.current();
-      const previous = (ctx.info.heartbeatDetails ?? undefined) as TraversalCheckpoint | undefined;
+      const previous = (ctx.info.heartbeatDetails ?? input.resume ?? undefined) as TraversalCheckpoint | undefined;
       if (deps.maxConcurrent && running >= deps.maxConcurrent) {
         ctx.log.info('waiting for a free traversal slot', {
           deviceId: input.deviceId,
