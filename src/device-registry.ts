@@ -45,7 +45,8 @@ export function loadDeviceRegistry(file: string, defaultAgentUrl = ''): DeviceRe
       if (typeof entry === 'object' && entry !== null && !Array.isArray(entry)) {
         const { agent, host, ...rest } = entry as Record<string, unknown>;
         const extra = Object.keys(rest);
-        if (extra.length) throw new Error(`${file}: device ${id} has unknown fields ${extra.join(', ')} (expected agent, host)`);
+        if (extra.length)
+          throw new Error(`${file}: device ${id} has unknown fields ${extra.join(', ')} (expected agent, host)`);
         if (host !== undefined) {
           if (typeof host !== 'string' || !HOST_ID_PATTERN.test(host))
             throw new Error(`${file}: host of ${id} must match ${HOST_ID_PATTERN.source}`);

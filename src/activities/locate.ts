@@ -31,7 +31,8 @@ export function createLocateActivities(deps: LocateDeps) {
       const base = { hostWaitMs: deps.hostWaitMs };
       if (deps.routing === 'any') return { ...base, source: 'routing-any' };
       const registered = deps.hostFor?.(device.deviceId);
-      if (registered) return { ...base, host: registered, taskQueue: hostTaskQueue(deps.taskQueue, registered), source: 'registry' };
+      if (registered)
+        return { ...base, host: registered, taskQueue: hostTaskQueue(deps.taskQueue, registered), source: 'registry' };
       // A status call is quick; the install-sized default timeout is not for it.
       const quick = { ...deps.agent, callTimeoutMs: Math.min(deps.agent.callTimeoutMs ?? 10_000, 10_000) };
       const status = await agentCall<{ host?: unknown }>(

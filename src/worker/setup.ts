@@ -110,7 +110,9 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
 
   // Only once those processes are gone: fail the attempts a dead worker was running, so their retries
   // start now (from the last heartbeat's checkpoint) instead of after the heartbeat timeout.
-  const identity = opts.identity ?? `${process.pid}@${config.hostId === os.hostname() ? config.hostId : `${os.hostname()}/${config.hostId}`}`;
+  const identity =
+    opts.identity ??
+    `${process.pid}@${config.hostId === os.hostname() ? config.hostId : `${os.hostname()}/${config.hostId}`}`;
   const journalFolder = journalDir(config.dataDir);
   const journal = new AttemptJournal({
     dir: journalFolder,
@@ -190,7 +192,10 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     });
     // This host's queue: the device steps of the phones hanging off this host (activities only).
     if (config.routing === 'host')
-      hostWorker = await Worker.create({ ...activityOptions, taskQueue: hostTaskQueue(config.taskQueue, config.hostId) });
+      hostWorker = await Worker.create({
+        ...activityOptions,
+        taskQueue: hostTaskQueue(config.taskQueue, config.hostId),
+      });
   } catch (err) {
     await closeJournal();
     throw err;
@@ -225,9 +230,9 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     async run() {
       try {
         // One stopping stops both, so a host never keeps taking device steps without its workflows' worker.
-        const runs = [worker, hostWorker].filter((w): w is Worker => w !== undefined).map((w) =>
-          w.run().finally(() => stopWorker(worker) && stopWorker(hostWorker)),
-        );
+        const runs = [worker, hostWorker]
+          .filter((w): w is Worker => w !== undefined)
+          .map((w) => w.run().finally(() => stopWorker(worker) && stopWorker(hostWorker)));
         const outcomes = await Promise.allSettled(runs);
         const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
         if (failed) throw failed.reason;

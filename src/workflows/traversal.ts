@@ -311,17 +311,19 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     );
     await step('prepareDevice', 'preparing', () => onHost(agentQuickOptions, (a) => a.prepareDevice(device)));
     const installed = await step('installApp', 'installing', () =>
-      onHost(agentInstallOptions, (a) => a.installApp(
-        // The worker that installs derives the install URL, so no worker's URL enters history;
-        // runs recorded before passed the one resolveApk built (installApp still accepts it).
-        patched('install-url-on-worker')
-          ? {
-              ...device,
-              packageName: req.packageName,
-              apk: { originUrl: req.apkUrl, sha256: apk!.sha256, delivery: apk!.delivery },
-            }
-          : { ...device, url: apk!.installUrl, packageName: req.packageName, sha256: apk!.sha256 },
-      )),
+      onHost(agentInstallOptions, (a) =>
+        a.installApp(
+          // The worker that installs derives the install URL, so no worker's URL enters history;
+          // runs recorded before passed the one resolveApk built (installApp still accepts it).
+          patched('install-url-on-worker')
+            ? {
+                ...device,
+                packageName: req.packageName,
+                apk: { originUrl: req.apkUrl, sha256: apk!.sha256, delivery: apk!.delivery },
+              }
+            : { ...device, url: apk!.installUrl, packageName: req.packageName, sha256: apk!.sha256 },
+        ),
+      ),
     );
     installMs = installed.ms;
     if (policy.measureLaunch) {

@@ -91,7 +91,6 @@ export interface RunTraversalInput extends CommandRequest {
   attemptBase?: number;
 }
 
-
 /** What a finished traversal produced. */
 export interface RunTraversalResult {
   status: string;
