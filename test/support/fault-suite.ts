@@ -102,7 +102,7 @@ export class FaultSuite {
   async close(): Promise<void> {
     await this.clients?.close();
     await this.origin?.close();
-    rmSync(this.dir, { recursive: true, force: true });
+    if (!process.env.KEEP_FAULT_DIRS) rmSync(this.dir, { recursive: true, force: true });
   }
 }
 

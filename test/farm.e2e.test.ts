@@ -1,0 +1,200 @@
+/**
+ * A farm of three phone hosts on one machine: each host is its own worker process (DT_HOST_ID,
+ * data folder, artifact server) and its own agent (reporting that host as the owner of its phones),
+ * all on one shared task queue, the suite's Temporal dev server and Redis. The hosts share the
+ * loopback address here; test/farm-netns.e2e.test.ts puts them in network namespaces of their own.
+ */
+import assert from 'node:assert/strict';
+import type { WorkflowHandle } from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
+import path from 'node:path';
+import {
+  budgetSignal,
+  hostTaskQueue,
+  progressQuery,
+  type TraversalRequest,
+  type TraversalResult,
+} from '../src/contract/messages';
+import { AgentSimulator } from '../sim/agent-sim';
+import type { ApkInfo } from '../sim/origin';
+import { pendingActivity, spawnWorker, type Proc } from './support/procs';
+import { faultRequest, FaultSuite, HEARTBEAT_MS, LONG_SEC, MiB } from './support/fault-suite';
+import { waitFor, waitForResult } from '../dev/wait';
+
+const HOSTS = ['farm-a', 'farm-b', 'farm-c'] as const;
+type Host = (typeof HOSTS)[number];
+/** DT_HOST_WAIT of the suite's workers. */
+const HOST_WAIT_MS = 3000;
+/** The steps bound to the phone's host. */
+const DEVICE_STEPS = ['resolveApk', 'prepareDevice', 'installApp', 'runTraversal', 'uploadReport', 'cleanupDevice'];
+
+const { EventType } = temporal.api.enums.v1;
+
+/** Per activity run of a workflow: its type, the task queue it was scheduled on and the identity of the worker that started it. */
+async function activityRuns(handle: WorkflowHandle): Promise<{ type: string; queue: string; identity: string }[]> {
+  const history = await handle.fetchHistory();
+  const scheduled = new Map<string, { type: string; queue: string }>();
+  const runs: { type: string; queue: string; identity: string }[] = [];
+  for (const e of history.events ?? []) {
+    if (e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED) {
+      const a = e.activityTaskScheduledEventAttributes!;
+      scheduled.set(String(e.eventId), { type: a.activityType?.name ?? '', queue: a.taskQueue?.name ?? '' });
+    } else if (e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED) {
+      const a = e.activityTaskStartedEventAttributes!;
+      const s = scheduled.get(String(a.scheduledEventId));
+      if (s) runs.push({ ...s, identity: a.identity ?? '' });
+    }
+  }
+  return runs;
+}
+
+describe('a farm of hosts: per-host routing, waiting for a host that is down', function () {
+  const suite = new FaultSuite('farm');
+  const { taskQueue, prefix, logDir, dir } = suite;
+  const phones: Record<Host, string[]> = { 'farm-a': ['fa-1', 'fa-2'], 'farm-b': ['fb-1', 'fb-2'], 'farm-c': ['fc-1'] };
+  const agents = {} as Record<Host, AgentSimulator>;
+  const workers = {} as Record<Host, Proc>;
+  let apk: ApkInfo & { url: string };
+
+  const startWorker = async (host: Host) => {
+    const w = await spawnWorker({
+      taskQueue,
+      redisKeyPrefix: prefix,
+      dataDir: path.join(dir, host),
+      logDir,
+      env: {
+        DT_HOST_ID: host,
+        DT_HOST_WAIT: `${HOST_WAIT_MS}ms`,
+        DT_HEARTBEAT_TIMEOUT: `${HEARTBEAT_MS}ms`,
+        DT_STICKY_TIMEOUT: '2s',
+      },
+    });
+    suite.procs.push(w);
+    workers[host] = w;
+    return w;
+  };
+  const request = (host: Host, deviceId: string, fields: Partial<TraversalRequest> & { taskId: string }) =>
+    faultRequest(apk, { agentUrl: agents[host].url, deviceId, ...fields });
+  const waitResult = (taskId: string, deviceId: string, timeoutMs = 90_000): Promise<TraversalResult> =>
+    waitForResult(suite.redis, prefix, taskId, deviceId, timeoutMs);
+
+  before(async function () {
+    await suite.start();
+    apk = await suite.addApk('farm.apk', 2 * MiB);
+    for (const host of HOSTS) {
+      agents[host] = new AgentSimulator({ devices: phones[host], coldStartMs: [50, 100], hostId: host });
+      await agents[host].start();
+    }
+    await Promise.all(HOSTS.map((h) => startWorker(h)));
+  });
+
+  after(async function () {
+    await suite.stopProcs(Object.values(phones).flat());
+    await Promise.all(HOSTS.map((h) => agents[h]?.close()));
+    await suite.close();
+  });
+
+  it("runs every device step of a phone on its own host's queue and worker", async function () {
+    const runs: { host: Host; deviceId: string; handle: WorkflowHandle }[] = [];
+    for (const host of HOSTS)
+      for (const deviceId of phones[host])
+        runs.push({ host, deviceId, handle: await suite.enqueue(request(host, deviceId, { taskId: 'route' })) });
+    for (const r of runs) {
+      const result = await waitResult('route', r.deviceId);
+      assert.equal(result.status, 'completed', JSON.stringify(result.error));
+      const acts = await activityRuns(r.handle);
+      const locate = acts.find((a) => a.type === 'locateDevice');
+      assert.equal(locate?.queue, taskQueue, 'the host is looked up on the shared queue');
+      for (const step of DEVICE_STEPS) {
+        const ran = acts.filter((a) => a.type === step);
+        assert.ok(ran.length > 0, `${r.deviceId}: ${step} ran`);
+        for (const a of ran) {
+          assert.equal(a.queue, hostTaskQueue(taskQueue, r.host), `${r.deviceId}: ${step} on its host's queue`);
+          assert.ok(a.identity.endsWith(`/${r.host}`), `${r.deviceId}: ${step} ran on ${a.identity}, not ${r.host}`);
+        }
+      }
+      // The agent installed from its own host's artifact server.
+      const install = agents[r.host].calls.find((c) => c.deviceId === r.deviceId && c.op === 'install');
+      assert.ok(install, `${r.deviceId} installed`);
+    }
+  });
+
+  it("a host's worker killed: its phones wait for it and say so, the others finish; restarted, its runs resume", async function () {
+    const long = { durationSec: LONG_SEC, extraArgs: ['--tick-ms', '100'] };
+    const handles = new Map<string, { host: Host; handle: WorkflowHandle }>();
+    for (const host of HOSTS) {
+      const deviceId = phones[host][0]!;
+      handles.set(deviceId, {
+        host,
+        handle: await suite.enqueue(request(host, deviceId, { taskId: 'down', traversal: long })),
+      });
+    }
+    // Every run traversing, with a checkpoint past the start.
+    for (const [deviceId, { handle }] of handles)
+      await waitFor(
+        async () => Number((await pendingActivity(handle, 'runTraversal'))?.details?.screens ?? 0) >= 3,
+        60_000,
+        `${deviceId} traversing`,
+      );
+    const victim = 'farm-a';
+    const waiting = handles.get(phones[victim][0]!)!.handle;
+    const before = (await pendingActivity(waiting, 'runTraversal'))!.details!;
+    const killedAt = Date.now();
+    await workers[victim].kill('SIGKILL');
+
+    // Its phone says it waits for its host; it never moves to another one.
+    let waitingAt = 0;
+    await waitFor(
+      async () => {
+        const p = await waiting.query(progressQuery);
+        if (p.phase === 'waiting-for-host' && p.waitingForHost === victim) waitingAt = Date.now();
+        return waitingAt > 0;
+      },
+      HEARTBEAT_MS + HOST_WAIT_MS + 30_000,
+      `${phones[victim][0]} waiting for ${victim}`,
+    );
+    const desc = await waiting.describe();
+    assert.equal(desc.searchAttributes?.TraversalPhase?.[0], 'waiting-for-host', 'the Web UI and the CLI find it');
+
+    // The other hosts finish their runs meanwhile.
+    for (const [deviceId, { host, handle }] of handles) {
+      if (host === victim) continue;
+      await handle.signal(budgetSignal, { finishNow: true });
+      const r = await waitResult('down', deviceId);
+      assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    }
+    const still = await waiting.query(progressQuery);
+    assert.equal(still.phase, 'waiting-for-host', 'still waiting while its host is down');
+
+    // Back: the run resumes on its own host from its checkpoint.
+    const restartedAt = Date.now();
+    await startWorker(victim);
+    let resumedAt = 0;
+    await waitFor(
+      async () => {
+        const p = await waiting.query(progressQuery);
+        if (p.phase === 'traversing' && p.waitingForHost === undefined) resumedAt = Date.now();
+        return resumedAt > 0;
+      },
+      60_000,
+      `${phones[victim][0]} traversing again`,
+    );
+    await waiting.signal(budgetSignal, { finishNow: true });
+    const r = await waitResult('down', phones[victim][0]!);
+    assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    assert.ok(r.resumedFrom, 'resumed from a checkpoint, not from zero');
+    assert.ok(r.screens >= Number(before.screens), `kept its screens (${r.screens} ≥ ${String(before.screens)})`);
+    assert.ok(
+      (r.traversalAttempt ?? 0) > 3,
+      `a rescheduled traversal's attempts follow the earlier ones (${r.traversalAttempt})`,
+    );
+    const acts = await activityRuns(waiting);
+    for (const a of acts.filter((x) => DEVICE_STEPS.includes(x.type)))
+      assert.ok(a.identity.endsWith(`/${victim}`), `${a.type} ran on ${a.identity}`);
+    console.log(
+      `      farm: ${victim} killed → its phone waiting after ${((waitingAt - killedAt) / 1000).toFixed(1)} s ` +
+        `(heartbeat ${HEARTBEAT_MS / 1000} s + DT_HOST_WAIT ${HOST_WAIT_MS / 1000} s); ` +
+        `restarted → traversing again after ${((resumedAt - restartedAt) / 1000).toFixed(1)} s`,
+    );
+  });
+});
