@@ -81,6 +81,11 @@ export class Metrics {
     'dt_apk_bytes_downloaded_total',
     'Bytes streamed from APK origins to the cache',
   );
+  readonly peerDownloads = new Counter(
+    'dt_apk_peer_downloads_total',
+    "APK downloads started against another host's artifact server",
+  );
+  readonly peerBytes = new Counter('dt_apk_peer_bytes_total', 'Bytes streamed from peer hosts to the cache');
   readonly bytesServed = new Counter('dt_artifact_bytes_served_total', 'Bytes served by the artifact server to agents');
   readonly installs = new Counter('dt_installs_total', 'Install-by-URL calls that succeeded');
   readonly traversals = new Counter('dt_traversals_total', 'Traversal command runs by outcome');

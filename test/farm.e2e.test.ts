@@ -7,7 +7,11 @@
 import assert from 'node:assert/strict';
 import type { WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
+import { promises as fsp } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
+import { APK_DIR } from '../dev/services';
+import { apkPeersKey } from '../src/contract/redis-keys';
 import {
   budgetSignal,
   hostTaskQueue,
@@ -116,6 +120,71 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
       // The agent installed from its own host's artifact server.
       const install = agents[r.host].calls.find((c) => c.deviceId === r.deviceId && c.op === 'install');
       assert.ok(install, `${r.deviceId} installed`);
+    }
+  });
+
+  it('an APK leaves the origin once for the whole farm: the other hosts fetch it from the host that has it', async function () {
+    const once = await suite.addApk('farm-once.apk', 8 * MiB);
+    const all = HOSTS.flatMap((host) => phones[host].map((deviceId) => ({ host, deviceId })));
+    for (const { host, deviceId } of all)
+      await suite.enqueue({ ...request(host, deviceId, { taskId: 'once' }), apkUrl: once.url, apkSha256: once.sha256 });
+    const results = await Promise.all(all.map(({ deviceId }) => waitResult('once', deviceId)));
+    for (const r of results) assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    const stats = suite.origin.stats('farm-once.apk');
+    assert.equal(stats.bytesServed, once.size, `the origin sent ${stats.bytesServed / once.size}× the APK`);
+    assert.equal(stats.gets, 1, 'one GET at the origin');
+    // One host took it from the origin; every other host from a peer.
+    const fetchedBy = new Map<Host, string | undefined>();
+    all.forEach(({ host }, i) => {
+      const apkOf = results[i]!.apk;
+      if (apkOf && !apkOf.fromCache) fetchedBy.set(host, apkOf.fromPeer);
+    });
+    assert.equal(fetchedBy.size, HOSTS.length, `each host downloaded once (${JSON.stringify([...fetchedBy])})`);
+    const fromOrigin = [...fetchedBy].filter(([, peer]) => peer === undefined);
+    assert.equal(fromOrigin.length, 1, `one host from the origin: ${JSON.stringify([...fetchedBy])}`);
+    for (const [host, peer] of fetchedBy) if (peer) assert.notEqual(peer, host, 'a peer is another host');
+    console.log(
+      `      farm: ${HOSTS.length} hosts, ${all.length} phones, one ${once.size / MiB} MiB APK: origin sent ${stats.bytesServed / once.size}× ` +
+        `(${[...fetchedBy].map(([h, p]) => `${h} ← ${p ?? 'origin'}`).join(', ')})`,
+    );
+  });
+
+  it('a peer failing mid-transfer: the download goes on from the origin with Range, and the APK is whole', async function () {
+    const apkHalf = await suite.addApk('farm-half.apk', 6 * MiB);
+    // A real HTTP server posing as a host that holds the APK: it sends half, then drops the connection.
+    const bytes = await fsp.readFile(path.join(APK_DIR, 'farm-half.apk'));
+    const half = Math.floor(bytes.length / 2);
+    const flaky = http.createServer((req, res) => {
+      res.writeHead(200, {
+        'content-length': String(bytes.length),
+        'content-type': 'application/vnd.android.package-archive',
+      });
+      res.write(bytes.subarray(0, half), () => res.destroy());
+    });
+    await new Promise<void>((resolve) => flaky.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (flaky.address() as { port: number }).port;
+      await suite.redis.hset(apkPeersKey(apkHalf.sha256, prefix), 'farm-gone', `http://127.0.0.1:${port}`);
+      const deviceId = phones['farm-c'][0]!;
+      await suite.enqueue({
+        ...request('farm-c', deviceId, { taskId: 'half' }),
+        apkUrl: apkHalf.url,
+        apkSha256: apkHalf.sha256,
+      });
+      const r = await waitResult('half', deviceId);
+      assert.equal(r.status, 'completed', JSON.stringify(r.error));
+      assert.equal(r.apk?.sha256, apkHalf.sha256, 'the APK is whole: its sha256 checked');
+      assert.equal(r.apk?.fromPeer, undefined, 'it ended at the origin');
+      const stats = suite.origin.stats('farm-half.apk');
+      assert.equal(stats.rangeGets, 1, 'the origin was asked for the rest with Range');
+      // What reached the disk before the drop is kept: the origin sends at most the rest of the file.
+      assert.ok(
+        stats.bytesServed >= bytes.length - half && stats.bytesServed < bytes.length,
+        `the origin sent ${stats.bytesServed} of ${bytes.length} bytes (the peer had sent ${half})`,
+      );
+    } finally {
+      flaky.closeAllConnections();
+      await new Promise((resolve) => flaky.close(resolve));
     }
   });
 

@@ -35,6 +35,10 @@ export interface ResolvedApk {
   fromCache: boolean;
   downloadedBytes: number;
   resumedFrom?: number;
+  /** Of downloadedBytes, those fetched from peer hosts of the farm. */
+  peerBytes?: number;
+  /** The peer host the APK came from (the last source when a download moved between sources). */
+  fromPeer?: string;
   delivery: Delivery;
 }
 
@@ -76,6 +80,7 @@ export function createApkActivities(deps: ApkActivityDeps) {
         size: apk.size,
         fromCache: apk.fromCache,
         downloadedBytes: apk.downloadedBytes,
+        ...(apk.peerBytes ? { peerBytes: apk.peerBytes, fromPeer: apk.fromPeer } : {}),
       });
       return {
         sha256: apk.sha256,
@@ -84,6 +89,8 @@ export function createApkActivities(deps: ApkActivityDeps) {
         fromCache: apk.fromCache,
         downloadedBytes: apk.downloadedBytes,
         ...(apk.resumedFrom !== undefined ? { resumedFrom: apk.resumedFrom } : {}),
+        ...(apk.peerBytes ? { peerBytes: apk.peerBytes } : {}),
+        ...(apk.fromPeer ? { fromPeer: apk.fromPeer } : {}),
         delivery,
       };
     },

@@ -40,6 +40,10 @@ export interface CachedApk {
   downloadedBytes: number;
   /** Offset the download resumed from, when it did. */
   resumedFrom?: number;
+  /** Of downloadedBytes, those that came from peer hosts of the farm rather than the origin. */
+  peerBytes?: number;
+  /** The peer host the last bytes came from, when the download ended on a peer. */
+  fromPeer?: string;
 }
 
 const SHA_RE = /^[a-f0-9]{64}$/;

@@ -20,10 +20,30 @@ import type { Metrics } from '../metrics';
 import { UrlRefusedError } from '../net/url-policy';
 import { BlobStore, urlKey, type BlobStoreOptions, type CachedApk } from './blob-store';
 import { breakLock, createLock, staleLock } from './host-lock';
-import { OriginDownload, type DownloadContext, type DownloadState } from './origin-download';
+import { OriginDownload, type DownloadContext, type DownloadState, type PeerSource } from './origin-download';
 import { Slots } from './slots';
 
-export { urlKey, type CachedApk, type DownloadState };
+export { urlKey, type CachedApk, type DownloadState, type PeerSource };
+
+/**
+ * The other hosts of a farm that hold APKs (src/worker/peer-directory.ts keeps them in Redis), so a
+ * host fetches an APK inside the farm and the origin sends it once per farm.
+ */
+export interface ApkPeers {
+  /** Hosts other than this one that say they hold the blob, in the order to try them. */
+  find(sha256: string): Promise<PeerSource[]>;
+  /** Says this host holds the blob now. */
+  announce(sha256: string): Promise<void>;
+  /** Says this host no longer holds these blobs (evicted). */
+  withdraw(sha256s: string[]): Promise<void>;
+  /** A peer that failed; a 404 means it no longer holds the blob. */
+  failed(peer: PeerSource, sha256: string, err: unknown): Promise<void>;
+  /**
+   * Claims the one origin download of a blob for the farm: a claim (kept alive until released)
+   * when no other host holds one, else false; the others wait for the holder to announce it.
+   */
+  claim(sha256: string): Promise<{ release(): Promise<void> } | false>;
+}
 
 /** Options of the cache (the folder's own options are in BlobStoreOptions). */
 export interface ApkCacheOptions extends BlobStoreOptions {
@@ -36,6 +56,10 @@ export interface ApkCacheOptions extends BlobStoreOptions {
   lockPollMs?: number;
   /** Origin downloads this cache runs at once; 0 or unset means no cap. */
   maxConcurrentDownloads?: number;
+  /** The farm's other hosts, asked before the origin (downloads whose sha256 is known). */
+  peers?: ApkPeers;
+  /** How often a host waiting for another host's origin download looks for it, ms (default 500). */
+  peerPollMs?: number;
 }
 
 /** A download of one URL in this process, shared by every caller waiting for it. */
@@ -64,6 +88,10 @@ export class ApkCache {
       log: opts.log,
       pendingBytes: (key) => this.pendingBytes(key),
       removeIdleParts: (key) => this.removeOrphanParts(0, key),
+      peerFailed: async (peer, err) => {
+        const sha = /\/apk\/([a-f0-9]{64})\.apk/.exec(peer.url)?.[1];
+        if (sha) await this.peerCall(() => this.opts.peers?.failed(peer, sha, err));
+      },
     };
   }
 
@@ -85,8 +113,20 @@ export class ApkCache {
    * `freeBytes`, until its disk has that many bytes free; never one that is leased, served by this
    * process, or listed in `keep`. Returns the evicted sha256s. Runs one at a time per cache.
    */
-  evict(keep: string[] = [], opts: { freeBytes?: number } = {}): Promise<string[]> {
-    return this.store.evict(keep, opts);
+  async evict(keep: string[] = [], opts: { freeBytes?: number } = {}): Promise<string[]> {
+    const evicted = await this.store.evict(keep, opts);
+    if (evicted.length) await this.peerCall(() => this.opts.peers?.withdraw(evicted));
+    return evicted;
+  }
+
+  /** A call to the peer directory, which never fails a download: the origin is always there. */
+  private async peerCall<T>(fn: () => Promise<T> | undefined): Promise<T | undefined> {
+    try {
+      return await fn();
+    } catch (err) {
+      this.opts.log?.('the peer directory failed; going on without it', { error: (err as Error).message });
+      return undefined;
+    }
   }
 
   /**
@@ -134,6 +174,7 @@ export class ApkCache {
     const hit = await this.store.lookup(key, url, expectedSha);
     if (hit) {
       this.opts.metrics?.cacheHits.inc();
+      await this.peerCall(() => this.opts.peers?.announce(hit.sha256));
       return hit;
     }
     let flight = this.flights.get(key);
@@ -205,13 +246,9 @@ export class ApkCache {
           if (lock.writeError !== undefined) throw lock.writeError;
           const done = await this.store.lookup(key, url, expectedSha);
           if (done) return done;
-          state.phase = 'waiting-slot';
-          const release = await this.slots.acquire(signal);
-          try {
-            return await download.run();
-          } finally {
-            release();
-          }
+          const fetched = await this.fetchInFarm(download);
+          await this.peerCall(() => this.opts.peers?.announce(fetched.sha256));
+          return fetched;
         } catch (err) {
           throw await download.failure(err);
         } finally {
@@ -230,6 +267,52 @@ export class ApkCache {
       await sleep(this.opts.lockPollMs ?? 200, signal);
       const done = await this.store.lookup(key, url, expectedSha);
       if (done) return done;
+    }
+  }
+
+  /**
+   * The download, from the farm's hosts when one holds the APK, else from the origin by the one host
+   * that claimed it; the other hosts wait for that one to announce it, then fetch from it. Without a
+   * peer directory or a known sha256: the origin.
+   */
+  private async fetchInFarm(download: OriginDownload): Promise<CachedApk> {
+    const { peers } = this.opts;
+    const sha = download.expectedSha;
+    if (!peers || !sha) return this.runInSlot(download, []);
+    let waitingSince: number | undefined;
+    for (;;) {
+      download.signal.throwIfAborted();
+      const holders = (await this.peerCall(() => peers.find(sha))) ?? [];
+      if (holders.length) return this.runInSlot(download, holders);
+      const claim = await this.peerCall(() => peers.claim(sha));
+      // A claim, or a directory that does not answer (then the origin, as without one).
+      if (claim !== false) {
+        try {
+          return await this.runInSlot(download, []);
+        } finally {
+          if (claim) await this.peerCall(() => claim.release());
+        }
+      }
+      if (waitingSince === undefined) {
+        waitingSince = Date.now();
+        this.opts.log?.('another host is downloading this APK from the origin; waiting to fetch it from that host', {
+          url: download.url,
+          sha256: sha,
+        });
+      }
+      download.state.phase = 'waiting-peer';
+      await sleep(this.opts.peerPollMs ?? 500, download.signal);
+    }
+  }
+
+  /** Runs a download in one of the download slots. */
+  private async runInSlot(download: OriginDownload, holders: PeerSource[]): Promise<CachedApk> {
+    download.state.phase = 'waiting-slot';
+    const release = await this.slots.acquire(download.signal);
+    try {
+      return await download.run(holders);
+    } finally {
+      release();
     }
   }
 

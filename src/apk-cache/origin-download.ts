@@ -29,7 +29,7 @@ import type { BlobStore, CacheLog, CachedApk } from './blob-store';
 export interface DownloadState {
   bytes: number;
   total?: number;
-  phase: 'waiting-lock' | 'waiting-slot' | 'hashing-partial' | 'downloading' | 'done';
+  phase: 'waiting-lock' | 'waiting-peer' | 'waiting-slot' | 'hashing-partial' | 'downloading' | 'done';
 }
 
 /** What a download needs from the cache that runs it; the same for all its downloads. */
@@ -45,6 +45,14 @@ export interface DownloadContext {
   pendingBytes: (key: string) => number;
   /** Removes part files no download holds, except this URL key's. */
   removeIdleParts: (key: string) => Promise<unknown>;
+  /** Told when a peer failed (a 404 means it no longer holds the APK). */
+  peerFailed?: (peer: PeerSource, err: unknown) => Promise<void>;
+}
+
+/** A host of the farm that holds an APK: its name and a URL of the APK on its artifact server (signed). */
+export interface PeerSource {
+  host: string;
+  url: string;
 }
 
 /** While streaming, free space is checked each time this many bytes more were written. */
@@ -75,6 +83,10 @@ export class OriginDownload {
   private offset = 0;
   /** ETag the part file's bytes came with, sent as If-Range when resuming. */
   private etag?: string;
+  /** The peer host the current response comes from (undefined: the origin). */
+  private peer?: PeerSource;
+  /** Bytes this download took from peer hosts. */
+  private peerBytes = 0;
 
   constructor(
     private readonly ctx: DownloadContext,
@@ -89,13 +101,41 @@ export class OriginDownload {
     this.metaPath = `${this.partPath}.json`;
   }
 
-  /** Streams the URL into the part file (resuming it when possible), verifies and publishes the blob. */
-  async run(): Promise<CachedApk> {
+  /**
+   * Streams the APK into the part file (resuming it when possible), verifies and publishes the blob.
+   * With `peers` (hosts of the farm that hold the APK, when its sha256 is known) they are asked first,
+   * in order; a peer that fails, even mid-transfer, hands over to the next source, which carries on
+   * from the bytes already written with Range. The origin is the last source.
+   */
+  async run(peers: PeerSource[] = []): Promise<CachedApk> {
+    for (const peer of this.expectedSha ? peers : []) {
+      try {
+        return await this.fetchFrom(peer);
+      } catch (err) {
+        // Local trouble (disk, size cap) or a cancel ends the download whatever the source.
+        if (this.signal.aborted || err instanceof InsufficientStorageError || isNoSpace(err)) throw err;
+        if (err instanceof ApkTooLargeError) throw err;
+        this.ctx.log?.('APK from a peer host failed; trying the next source', {
+          url: this.url,
+          peer: peer.host,
+          bytesSoFar: await this.partSize(),
+          error: (err as Error).message,
+        });
+        await this.ctx.peerFailed?.(peer, err).catch(() => undefined);
+      }
+    }
+    return this.fetchFrom(undefined);
+  }
+
+  /** One source: a peer's artifact server, or the origin when `peer` is undefined. */
+  private async fetchFrom(peer: PeerSource | undefined): Promise<CachedApk> {
     const { url, signal, partPath } = this;
-    // run() starts again after a 416, so nothing is carried over from an earlier run.
+    const from = peer?.url ?? url;
+    // Every source starts from what the part file holds, so nothing is carried over in memory.
     this.hash = createHash('sha256');
     this.offset = 0;
     this.etag = undefined;
+    this.peer = peer;
     const previous = await readJson<{ url: string; etag?: string }>(this.metaPath);
     const partSize = await this.partSize();
     if (previous?.url === url && partSize > 0 && partSize <= this.ctx.maxBytes) {
@@ -110,19 +150,25 @@ export class OriginDownload {
     const headers: Record<string, string> = { 'user-agent': 'device-traversal' };
     if (this.offset > 0) {
       headers.range = `bytes=${this.offset}-`;
-      if (this.etag) headers['if-range'] = this.etag;
+      // The ETag is the origin's; a peer is checked by the sha256 at the end instead.
+      if (this.etag && !peer) headers['if-range'] = this.etag;
     }
-    this.ctx.metrics?.originDownloads.inc();
-    this.ctx.log?.('downloading APK', { url, resumeFrom: this.offset });
+    if (peer) this.ctx.metrics?.peerDownloads.inc();
+    else this.ctx.metrics?.originDownloads.inc();
+    this.ctx.log?.(peer ? 'downloading APK from a peer host' : 'downloading APK', {
+      url,
+      resumeFrom: this.offset,
+      ...(peer ? { peer: peer.host } : {}),
+    });
     let res: Dispatcher.ResponseData;
     try {
-      res = await request(url, { method: 'GET', headers, signal, dispatcher: this.ctx.dispatcher });
+      res = await request(from, { method: 'GET', headers, signal, dispatcher: this.ctx.dispatcher });
     } catch (err) {
-      throw apkRequestError(url, err, signal);
+      throw apkRequestError(peer ? `${url} (from peer ${peer.host})` : url, err, signal);
     }
 
     if (this.offset > 0 && res.statusCode === 200) {
-      // The origin ignored the range (or the file changed): start over with this response.
+      // The source ignored the range (or the file changed): start over with this response.
       this.hash.destroy?.();
       this.hash = createHash('sha256');
       this.offset = 0;
@@ -132,11 +178,11 @@ export class OriginDownload {
     if (res.statusCode === 416 && this.offset > 0) {
       discard(res);
       await fsp.rm(partPath, { force: true });
-      return this.run();
+      return this.fetchFrom(peer);
     }
     if (res.statusCode !== 200 && res.statusCode !== 206) {
       discard(res);
-      throw apkStatusError(url, res.statusCode);
+      throw apkStatusError(peer ? `${url} (from peer ${peer.host})` : url, res.statusCode);
     }
     return this.accept(res, false);
   }
@@ -183,8 +229,9 @@ export class OriginDownload {
     }
     if (rewrite) await fsp.rm(this.partPath, { force: true });
     if (total !== undefined) await this.makeRoom(res, total - offset);
-    const etag = typeof res.headers.etag === 'string' ? res.headers.etag : undefined;
-    await fsp.writeFile(this.metaPath, JSON.stringify({ url, etag: etag ?? this.etag }));
+    // Only the origin's ETag is kept: a peer's names the same bytes differently.
+    const etag = !this.peer && typeof res.headers.etag === 'string' ? res.headers.etag : undefined;
+    await fsp.writeFile(this.metaPath, JSON.stringify({ url, etag: this.peer ? undefined : (etag ?? this.etag) }));
     return this.stream(res, total);
   }
 
@@ -232,6 +279,11 @@ export class OriginDownload {
   private async stream(res: Dispatcher.ResponseData, total: number | undefined): Promise<CachedApk> {
     const { url, state, hash, offset, signal, partPath } = this;
     const { maxBytes: max, metrics, store } = this.ctx;
+    const fromPeer = this.peer !== undefined;
+    const counted = (n: number) => {
+      if (fromPeer) this.peerBytes += n;
+      (fromPeer ? metrics?.peerBytes : metrics?.bytesDownloaded)?.inc({}, n);
+    };
     state.phase = 'downloading';
     state.bytes = offset;
     state.total = total;
@@ -247,7 +299,7 @@ export class OriginDownload {
           }
           hash.update(chunk);
           state.bytes = written;
-          metrics?.bytesDownloaded.inc({}, chunk.length);
+          counted(chunk.length);
           cb(null, chunk);
         };
         if (written + chunk.length < nextSpaceCheck) return pass();
@@ -282,7 +334,14 @@ export class OriginDownload {
     }
     const blob = await store.publish(this.key, url, partPath, sha256, written);
     state.phase = 'done';
-    this.ctx.log?.('APK cached', { url, sha256, size: written, resumedFrom: offset || undefined });
+    const peerHost = this.peer?.host;
+    this.ctx.log?.('APK cached', {
+      url,
+      sha256,
+      size: written,
+      resumedFrom: offset || undefined,
+      ...(this.peerBytes ? { peerBytes: this.peerBytes, lastSource: peerHost ?? 'origin' } : {}),
+    });
     return {
       sha256,
       size: written,
@@ -290,6 +349,8 @@ export class OriginDownload {
       fromCache: false,
       downloadedBytes: written - offset,
       ...(offset > 0 ? { resumedFrom: offset } : {}),
+      ...(this.peerBytes ? { peerBytes: this.peerBytes } : {}),
+      ...(peerHost ? { fromPeer: peerHost } : {}),
     };
   }
 

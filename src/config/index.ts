@@ -50,6 +50,7 @@ export interface Config {
   hostId: string;
   routing: 'host' | 'any';
   hostWaitMs: number;
+  peerFetch: 'on' | 'off';
   artifactHost: string;
   artifactPort: number;
   artifactToken: string;

@@ -49,6 +49,13 @@ export const OPTIONS = {
     default: '60s',
     doc: "How long a device step waits for its host's worker before the run says `waiting for host <id>` (it keeps waiting; it never moves to another host), ms or duration.",
   },
+  peerFetch: {
+    env: 'DT_PEER_FETCH',
+    kind: 'enum',
+    values: ['on', 'off'],
+    default: 'on',
+    doc: "With 'on' a worker that lacks an APK of known sha256 first fetches it from the farm's hosts that hold it (listed in Redis, through their artifact servers with URLs signed by the shared DT_ARTIFACT_TOKEN; their addresses must pass DT_ALLOWED_HOSTS), then from the origin, so the origin sends each APK once per farm.",
+  },
   dataDir: {
     env: 'DT_DATA_DIR',
     kind: 'string',

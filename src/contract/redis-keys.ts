@@ -17,6 +17,16 @@ export function starterKeys(starterId: string, prefix = '') {
   };
 }
 
+/** The farm's hosts holding an APK: host id → base URL of its artifact server (src/worker/peer-directory.ts). */
+export function apkPeersKey(sha256: string, prefix = ''): string {
+  return `${prefix}traversal:apk-peers:${sha256}`;
+}
+
+/** The one host of the farm downloading an APK from its origin now (src/worker/peer-directory.ts). */
+export function apkFetchClaimKey(sha256: string, prefix = ''): string {
+  return `${prefix}traversal:apk-fetch:${sha256}`;
+}
+
 /** Redis key of one traversal's result. */
 export function resultKey(taskId: string, deviceId: string, prefix = ''): string {
   return `${prefix}traversal:result:${taskId}:${deviceId}`;

@@ -20,6 +20,7 @@ import { endOrphanedRuns } from '../activities/traversal/process-group';
 import { ArtifactServer, artifactInstallUrl } from './artifact-server';
 import { dataFolders, type Config } from '../config';
 import { DiskSweeper } from './disk-sweeper';
+import { PeerDirectory } from './peer-directory';
 import { budgetQuery, hostTaskQueue, progressSignal } from '../contract/messages';
 import { Metrics } from '../metrics';
 import os from 'node:os';
@@ -81,7 +82,21 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     await dispatcher.close().catch(() => undefined);
     throw err;
   });
+  // Set once the artifact server listens; the peer directory announces nothing before.
+  let artifactUrl = config.artifactPublicUrl.replace(/\/+$/, '');
+  const peers =
+    config.peerFetch === 'on'
+      ? new PeerDirectory({
+          redis: opts.redis,
+          prefix: opts.redisKeyPrefix,
+          hostId: config.hostId,
+          baseUrl: () => artifactUrl,
+          token: config.artifactToken,
+          urlTtlMs: config.artifactUrlTtlMs,
+        })
+      : undefined;
   const cache = new ApkCache({
+    peers,
     dir: config.apkCacheDir,
     maxBytes: config.apkMaxBytes,
     maxCacheBytes: config.apkCacheMaxBytes,
@@ -103,7 +118,6 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     maxPerAddress: config.artifactMaxPerAddress,
     log: opts.log,
   });
-  let artifactUrl = config.artifactPublicUrl.replace(/\/+$/, '');
 
   // A worker that died left its traversal processes running; end them before taking new work.
   await endOrphanedRuns(dataFolders(config.dataDir).pids, config.killGraceMs, opts.log && { warn: opts.log });

@@ -421,7 +421,14 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       status,
       timings,
       ...(apk?.sha256 && apk.size !== undefined
-        ? { apk: { sha256: apk.sha256, size: apk.size, fromCache: apk.fromCache } }
+        ? {
+            apk: {
+              sha256: apk.sha256,
+              size: apk.size,
+              fromCache: apk.fromCache,
+              ...(apk.fromPeer ? { fromPeer: apk.fromPeer } : {}),
+            },
+          }
         : {}),
       installMs,
       coldStartMs,
