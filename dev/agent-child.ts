@@ -15,6 +15,7 @@ interface AgentChildOptions {
   latencyMs: number;
   installDelayMs: number;
   hostId?: string;
+  host?: string;
 }
 
 async function main(): Promise<void> {
@@ -28,7 +29,7 @@ async function main(): Promise<void> {
     hostId: o.hostId,
     log: (msg, meta) => process.stdout.write(`${JSON.stringify({ msg, ...meta })}\n`),
   });
-  const url = await sim.start(o.port, '127.0.0.1');
+  const url = await sim.start(o.port, o.host ?? '127.0.0.1');
   process.stdout.write(`${JSON.stringify({ msg: 'agent-sim listening', url, devices: o.devices.length })}\n`);
   const stop = () => {
     sim.close().then(

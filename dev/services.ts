@@ -115,6 +115,10 @@ export interface AgentSimProcOptions {
   installDelayMs?: number;
   /** The phone host the agent names as the owner of its devices. */
   hostId?: string;
+  /** Address it listens on (default 127.0.0.1). */
+  host?: string;
+  /** A command it runs under, e.g. `ip netns exec <ns>`. */
+  wrap?: string[];
 }
 
 /** A running agent simulator process. */
@@ -126,26 +130,31 @@ export interface AgentSimProc {
 /** Starts the device agent simulator as its own process on a free port. */
 export async function startAgentSim(scope: Scope, opts: AgentSimProcOptions): Promise<AgentSimProc> {
   const port = await freePort();
+  const host = opts.host ?? '127.0.0.1';
   const options = {
     devices: opts.devices,
     port,
+    host,
     coldStartMs: opts.coldStartMs ?? [10, 50],
     latencyMs: opts.latencyMs ?? 0,
     installDelayMs: opts.installDelayMs ?? 0,
     hostId: opts.hostId,
   };
-  const proc = spawnLogged(
-    'agent simulator',
+  const [command, ...args] = [
+    ...(opts.wrap ?? []),
     process.execPath,
-    ['-r', 'ts-node/register/transpile-only', path.join(__dirname, 'agent-child.ts'), JSON.stringify(options)],
-    { logFile: opts.logFile, scope, graceMs: 15_000 },
-  );
+    '-r',
+    'ts-node/register/transpile-only',
+    path.join(__dirname, 'agent-child.ts'),
+    JSON.stringify(options),
+  ];
+  const proc = spawnLogged('agent simulator', command!, args, { logFile: opts.logFile, scope, graceMs: 15_000 });
   try {
-    await waitForPort('127.0.0.1', port, 60_000, 'agent simulator', () => proc.exitNote());
+    await waitForPort(host, port, 60_000, 'agent simulator', () => proc.exitNote());
   } catch (err) {
     throw new Error(`${(err as Error).message}\n${logTail(proc.logFile)}`);
   }
-  return { url: `http://127.0.0.1:${port}`, proc };
+  return { url: `http://${host}:${port}`, proc };
 }
 
 /** Options of a worker process. */
@@ -230,14 +239,31 @@ const READY_LINE = { worker: 'worker started', starter: 'starter consuming', age
 export async function startSourceProcess(
   entry: keyof typeof READY_LINE,
   env: Record<string, string>,
-  opts: { logFile: string; name?: string; scope?: Scope; graceMs?: number; readyTimeoutMs?: number; args?: string[] },
+  opts: {
+    logFile: string;
+    name?: string;
+    scope?: Scope;
+    graceMs?: number;
+    readyTimeoutMs?: number;
+    args?: string[];
+    /** A command the process runs under, e.g. `ip netns exec <ns>` (it must exec node, not fork it). */
+    wrap?: string[];
+  },
 ): Promise<LoggedProcess> {
-  const proc = spawnLogged(
-    opts.name ?? entry,
+  const [command, ...args] = [
+    ...(opts.wrap ?? []),
     process.execPath,
-    ['-r', 'ts-node/register/transpile-only', `src/${entry}.ts`, ...(opts.args ?? [])],
-    { logFile: opts.logFile, env, scope: opts.scope, graceMs: opts.graceMs },
-  );
+    '-r',
+    'ts-node/register/transpile-only',
+    `src/${entry}.ts`,
+    ...(opts.args ?? []),
+  ];
+  const proc = spawnLogged(opts.name ?? entry, command!, args, {
+    logFile: opts.logFile,
+    env,
+    scope: opts.scope,
+    graceMs: opts.graceMs,
+  });
   await proc.waitForLog(READY_LINE[entry], opts.readyTimeoutMs ?? 90_000, entry === 'worker' ? { pid: proc.pid } : {});
   return proc;
 }

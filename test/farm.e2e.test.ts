@@ -1,16 +1,22 @@
 /**
- * A farm of three phone hosts on one machine: each host is its own worker process (DT_HOST_ID,
- * data folder, artifact server) and its own agent (reporting that host as the owner of its phones),
- * all on one shared task queue, the suite's Temporal dev server and Redis. The hosts share the
- * loopback address here; test/farm-netns.e2e.test.ts puts them in network namespaces of their own.
+ * A farm of three phone hosts on one machine. Each host is a network namespace made by the suite
+ * (root only; test/support/farm-hosts.ts) with its own address, its own worker process (DT_HOST_ID,
+ * data folder, artifact server) and its own agent process (reporting that host as the owner of its
+ * phones); a bridge joins them to the suite's Temporal dev server and Redis (through forwarders) and
+ * to the APK origin. Without root (or with DT_TEST_FARM=loopback) the hosts share loopback instead,
+ * and the suite says so.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import type { WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, readFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { APK_DIR } from '../dev/services';
+import { APK_DIR, startAgentSim, type AgentSimProc } from '../dev/services';
+import { Scope } from '../dev/scope';
+import { testServers } from '../dev/clients';
+import { placeFarm, type FarmPlacement } from './support/farm-hosts';
 import { apkPeersKey } from '../src/contract/redis-keys';
 import {
   budgetSignal,
@@ -19,7 +25,6 @@ import {
   type TraversalRequest,
   type TraversalResult,
 } from '../src/contract/messages';
-import { AgentSimulator } from '../sim/agent-sim';
 import type { ApkInfo } from '../sim/origin';
 import { pendingActivity, spawnWorker, type Proc } from './support/procs';
 import { faultRequest, FaultSuite, HEARTBEAT_MS, LONG_SEC, MiB } from './support/fault-suite';
@@ -33,6 +38,22 @@ const HOST_WAIT_MS = 3000;
 const DEVICE_STEPS = ['resolveApk', 'prepareDevice', 'installApp', 'runTraversal', 'uploadReport', 'cleanupDevice'];
 
 const { EventType } = temporal.api.enums.v1;
+/** DT_ARTIFACT_TOKEN shared by the farm's hosts. */
+const FARM_TOKEN = 'farm-test-token-0123456789abcdef';
+
+/** The JSON lines of a log file. */
+function logLines(file: string): Record<string, unknown>[] {
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => {
+      try {
+        return JSON.parse(l) as Record<string, unknown>;
+      } catch {
+        return {};
+      }
+    });
+}
 
 /** Per activity run of a workflow: its type, the task queue it was scheduled on and the identity of the worker that started it. */
 async function activityRuns(handle: WorkflowHandle): Promise<{ type: string; queue: string; identity: string }[]> {
@@ -56,21 +77,33 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
   const suite = new FaultSuite('farm');
   const { taskQueue, prefix, logDir, dir } = suite;
   const phones: Record<Host, string[]> = { 'farm-a': ['fa-1', 'fa-2'], 'farm-b': ['fb-1', 'fb-2'], 'farm-c': ['fc-1'] };
-  const agents = {} as Record<Host, AgentSimulator>;
+  const agents = {} as Record<Host, AgentSimProc>;
   const workers = {} as Record<Host, Proc>;
+  const scope = new Scope('farm');
+  let farm: FarmPlacement;
   let apk: ApkInfo & { url: string };
+  const hostOf = (host: Host) => farm.hosts.find((h) => h.name === host)!;
 
-  const startWorker = async (host: Host) => {
+  const startWorker = async (host: Host, env: Record<string, string> = {}) => {
+    const h = hostOf(host);
     const w = await spawnWorker({
       taskQueue,
       redisKeyPrefix: prefix,
       dataDir: path.join(dir, host),
       logDir,
+      temporalAddress: farm.temporalAddress,
+      redisUrl: farm.redisUrl,
+      wrap: h.wrap,
       env: {
         DT_HOST_ID: host,
         DT_HOST_WAIT: `${HOST_WAIT_MS}ms`,
         DT_HEARTBEAT_TIMEOUT: `${HEARTBEAT_MS}ms`,
         DT_STICKY_TIMEOUT: '2s',
+        DT_ARTIFACT_HOST: h.ip,
+        DT_ALLOWED_HOSTS: farm.allowedHosts,
+        // The hosts' artifact servers sign the URLs they hand each other with the farm's token.
+        DT_ARTIFACT_TOKEN: FARM_TOKEN,
+        ...env,
       },
     });
     suite.procs.push(w);
@@ -83,18 +116,33 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
     waitForResult(suite.redis, prefix, taskId, deviceId, timeoutMs);
 
   before(async function () {
-    await suite.start();
+    const servers = testServers();
+    farm = await placeFarm([...HOSTS], servers.address, servers.redisUrl);
+    scope.add('farm hosts', () => farm.close());
+    console.log(
+      farm.kind === 'netns'
+        ? `      hosts in network namespaces: ${farm.hosts.map((h) => `${h.name} ${h.ip}`).join(', ')}; services at ${farm.serviceIp}`
+        : `      hosts on loopback (${farm.why})`,
+    );
+    await suite.start(farm.serviceIp);
     apk = await suite.addApk('farm.apk', 2 * MiB);
     for (const host of HOSTS) {
-      agents[host] = new AgentSimulator({ devices: phones[host], coldStartMs: [50, 100], hostId: host });
-      await agents[host].start();
+      const h = hostOf(host);
+      agents[host] = await startAgentSim(scope, {
+        devices: phones[host],
+        coldStartMs: [50, 100],
+        hostId: host,
+        host: h.ip,
+        wrap: h.wrap,
+        logFile: path.join(logDir, `agent-${host}.log`),
+      });
     }
     await Promise.all(HOSTS.map((h) => startWorker(h)));
   });
 
   after(async function () {
     await suite.stopProcs(Object.values(phones).flat());
-    await Promise.all(HOSTS.map((h) => agents[h]?.close()));
+    await scope.close();
     await suite.close();
   });
 
@@ -118,8 +166,14 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
         }
       }
       // The agent installed from its own host's artifact server.
-      const install = agents[r.host].calls.find((c) => c.deviceId === r.deviceId && c.op === 'install');
-      assert.ok(install, `${r.deviceId} installed`);
+      const installs = logLines(agents[r.host].proc.logFile).filter(
+        (l) => l.msg === 'agent call' && l.deviceId === r.deviceId && l.op === 'install',
+      );
+      assert.equal(installs.length, 1, `${r.deviceId} installed once`);
+      assert.ok(
+        String(installs[0]!.url ?? '').startsWith(`http://${hostOf(r.host).ip}:`),
+        `${r.deviceId} installed from ${String(installs[0]!.url)}, its own host's artifact server`,
+      );
     }
   });
 
@@ -161,10 +215,10 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
       });
       res.write(bytes.subarray(0, half), () => res.destroy());
     });
-    await new Promise<void>((resolve) => flaky.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => flaky.listen(0, farm.serviceIp, resolve));
     try {
       const port = (flaky.address() as { port: number }).port;
-      await suite.redis.hset(apkPeersKey(apkHalf.sha256, prefix), 'farm-gone', `http://127.0.0.1:${port}`);
+      await suite.redis.hset(apkPeersKey(apkHalf.sha256, prefix), 'farm-gone', `http://${farm.serviceIp}:${port}`);
       const deviceId = phones['farm-c'][0]!;
       await suite.enqueue({
         ...request('farm-c', deviceId, { taskId: 'half' }),
@@ -265,5 +319,46 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
         `(heartbeat ${HEARTBEAT_MS / 1000} s + DT_HOST_WAIT ${HOST_WAIT_MS / 1000} s); ` +
         `restarted → traversing again after ${((resumedAt - restartedAt) / 1000).toFixed(1)} s`,
     );
+  });
+  it("a host whose disk is full fails only its own downloads; the other hosts' runs complete", async function () {
+    if (process.getuid?.() !== 0) {
+      console.warn('      skipped: this test mounts a small tmpfs and needs root');
+      this.skip();
+    }
+    // farm-c's APK cache on an 8 MiB tmpfs; the APK is 12 MiB.
+    const small = path.join(dir, 'farm-c-small-disk');
+    await fsp.mkdir(small, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', small], { stdio: 'pipe' });
+    scope.add('small disk', () => execFileSync('umount', ['-l', small], { stdio: 'pipe' }));
+    await workers['farm-c'].stop();
+    await startWorker('farm-c', { DT_APK_CACHE_DIR: small });
+    const big = await suite.addApk('farm-big.apk', 12 * MiB);
+    const all = HOSTS.flatMap((host) => phones[host].map((deviceId) => ({ host, deviceId })));
+    const handles = new Map<string, WorkflowHandle>();
+    for (const { host, deviceId } of all)
+      handles.set(
+        deviceId,
+        await suite.enqueue({ ...request(host, deviceId, { taskId: 'full' }), apkUrl: big.url, apkSha256: big.sha256 }),
+      );
+    const full = phones['farm-c'][0]!;
+    await waitFor(
+      async () =>
+        (await pendingActivity(handles.get(full)!, 'resolveApk'))?.lastFailure?.type === 'InsufficientStorage',
+      60_000,
+      `${full}: the download fails as InsufficientStorage`,
+    );
+    for (const { host, deviceId } of all) {
+      if (host === 'farm-c') continue;
+      const r = await waitResult('full', deviceId);
+      assert.equal(r.status, 'completed', `${deviceId} on ${host}: ${JSON.stringify(r.error)}`);
+    }
+    const failing = await pendingActivity(handles.get(full)!, 'resolveApk');
+    assert.match(failing?.lastFailure?.message ?? '', /disk|space|storage/i, 'the failure says the disk is full');
+    await handles.get(full)!.cancel();
+    const r = await waitResult('full', full);
+    assert.equal(r.status, 'cancelled');
+    // Its host is back to a disk with room for the suite's next runs.
+    await workers['farm-c'].stop();
+    await startWorker('farm-c');
   });
 });

@@ -67,10 +67,13 @@ export class FaultSuite {
     this.logDir = path.join(this.dir, 'logs');
   }
 
-  /** Starts the APK origin and connects to the test run's Temporal (TEST_TEMPORAL_ADDRESS) and Redis (TEST_REDIS_URL). */
-  async start(): Promise<void> {
+  /**
+   * Starts the APK origin (on `originHost`, default 127.0.0.1) and connects to the test run's
+   * Temporal (TEST_TEMPORAL_ADDRESS) and Redis (TEST_REDIS_URL).
+   */
+  async start(originHost = '127.0.0.1'): Promise<void> {
     this.origin = new ApkOrigin({ dir: APK_DIR });
-    await this.origin.start();
+    await this.origin.start(0, originHost);
     this.clients = await connectClients();
   }
 

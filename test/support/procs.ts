@@ -38,6 +38,8 @@ export interface ServiceEnv {
   logDir: string;
   /** Extra DT_* variables. */
   env?: Record<string, string>;
+  /** A command the process runs under, e.g. `ip netns exec <ns>`. */
+  wrap?: string[];
 }
 
 /** The variables a spawned worker and starter share: where the services are, and the suites' defaults. */
@@ -66,7 +68,7 @@ export async function spawnWorker(s: ServiceEnv & { dataDir: string }): Promise<
     DT_CONTROL_POLL_INTERVAL: '500ms',
     ...s.env,
   };
-  return startSourceProcess('worker', env, { logFile: nextLogFile(s.logDir, 'worker') });
+  return startSourceProcess('worker', env, { logFile: nextLogFile(s.logDir, 'worker'), wrap: s.wrap });
 }
 
 /** Starts `src/starter.ts` as a process and waits until it consumes. */
@@ -90,8 +92,8 @@ export class TcpProxy {
     private readonly targetPort: number,
   ) {}
 
-  /** Listens on a free port of 127.0.0.1; resolves to "127.0.0.1:<port>". */
-  async start(): Promise<string> {
+  /** Listens on a free port of `host` (default 127.0.0.1); resolves to "<host>:<port>". */
+  async start(host = '127.0.0.1'): Promise<string> {
     this.server = net.createServer((client) => {
       this.sockets.add(client);
       client.once('close', () => this.sockets.delete(client));
@@ -106,9 +108,9 @@ export class TcpProxy {
       upstream.once('close', () => client.destroy());
       client.pipe(upstream).pipe(client);
     });
-    await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', () => resolve()));
+    await new Promise<void>((resolve) => this.server!.listen(0, host, () => resolve()));
     this.port = (this.server.address() as net.AddressInfo).port;
-    return `127.0.0.1:${this.port}`;
+    return `${host}:${this.port}`;
   }
 
   /** Cuts every connection and holds new ones. */
