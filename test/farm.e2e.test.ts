@@ -203,6 +203,30 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
     );
   });
 
+  it('for contrast, with DT_PEER_FETCH=off every host downloads the APK from the origin', async function () {
+    await Promise.all(HOSTS.map((h) => workers[h].stop()));
+    await Promise.all(HOSTS.map((h) => startWorker(h, { DT_PEER_FETCH: 'off' })));
+    try {
+      const alone = await suite.addApk('farm-alone.apk', 8 * MiB);
+      const all = HOSTS.flatMap((host) => phones[host].map((deviceId) => ({ host, deviceId })));
+      for (const { host, deviceId } of all)
+        await suite.enqueue({
+          ...request(host, deviceId, { taskId: 'alone' }),
+          apkUrl: alone.url,
+          apkSha256: alone.sha256,
+        });
+      for (const { deviceId } of all) assert.equal((await waitResult('alone', deviceId)).status, 'completed');
+      const stats = suite.origin.stats('farm-alone.apk');
+      assert.equal(stats.bytesServed, HOSTS.length * alone.size, 'one origin download per host');
+      console.log(
+        `      farm: the same shape without peer fetch: origin sent ${stats.bytesServed / alone.size}× the ${alone.size / MiB} MiB APK`,
+      );
+    } finally {
+      await Promise.all(HOSTS.map((h) => workers[h].stop()));
+      await Promise.all(HOSTS.map((h) => startWorker(h)));
+    }
+  });
+
   it('a peer failing mid-transfer: the download goes on from the origin with Range, and the APK is whole', async function () {
     const apkHalf = await suite.addApk('farm-half.apk', 6 * MiB);
     // A real HTTP server posing as a host that holds the APK: it sends half, then drops the connection.
