@@ -12,7 +12,10 @@
  * workflow change is made behind `patched()`, add a new recording next to the old ones.
  */
 import type { WorkflowHandle } from '@temporalio/client';
-import { Worker } from '@temporalio/worker';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { AgentSimulator } from '../sim/agent-sim';
+import { createTraversalWorker, type TraversalWorker } from '../src/worker/setup';
+import { UrlPolicy } from '../src/net/url-policy';
 import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -59,6 +62,9 @@ interface Scenario {
   scenario: string;
   run(stack: Stack): Promise<WorkflowHandle>;
 }
+
+/** The recording's dev server (scenarios that start workers of their own connect to it). */
+let recordingAddress = '';
 
 const SCENARIOS: Scenario[] = [
   {
@@ -292,6 +298,70 @@ const SCENARIOS: Scenario[] = [
     },
   },
   {
+    name: 'traversal-host-routed',
+    scenario:
+      'a completed traversal recorded after the host-routing patch: locateDevice on the shared queue found the ' +
+      "phone's host through its agent, and every device step ran on that host's task queue with a schedule-to-start bound",
+    run: (stack) => completedTraversal(stack, 'host-routed', 'rec-15', { packageName: 'com.example.hostrouted' }),
+  },
+  {
+    name: 'traversal-waited-for-host',
+    scenario:
+      "a traversal whose phone's host had no worker at first: resolveApk ended with a schedule-to-start timeout on " +
+      "that host's queue, the run said waiting-for-host and scheduled the step there again with no bound; a worker " +
+      'of that host came up, took it, and the run completed',
+    async run(stack) {
+      const agent = new AgentSimulator({ devices: ['rec-16'], coldStartMs: [50, 100], hostId: 'rec-host' });
+      await agent.start();
+      const dataDir = mkdtempSync(path.join(os.tmpdir(), 'dt-rec-host-'));
+      let late: TraversalWorker | undefined;
+      let running: Promise<void> | undefined;
+      const connection = await NativeConnection.connect({ address: recordingAddress });
+      try {
+        const apk = stack.apks['app.apk']!;
+        await requestTraversal(stack.client, stack.taskQueue, {
+          taskId: 'waited',
+          deviceId: 'rec-16',
+          agentUrl: agent.url,
+          apkUrl: apk.url,
+          apkSha256: apk.sha256,
+          packageName: 'com.example.waitedforhost',
+          traversal: { durationSec: 1, extraArgs: ['--tick-ms', '100'] },
+          policy: { initialRetryMs: 200, measureLaunch: false },
+        });
+        const handle = stack.client.workflow.getHandle(traversalWorkflowId('waited', 'rec-16'));
+        await progressUntil(handle, (p) => p.phase === 'waiting-for-host', 'waiting for host rec-host');
+        late = await createTraversalWorker({
+          config: {
+            ...stack.config,
+            hostId: 'rec-host',
+            dataDir,
+            apkCacheDir: path.join(dataDir, 'apk-cache'),
+            reportSink: stack.config.reportSink,
+          },
+          connection,
+          namespace: 'default',
+          client: stack.client,
+          redis: stack.redis,
+          workflowBundle: await workflowBundle(),
+          redisKeyPrefix: stack.prefix,
+          urlPolicy: new UrlPolicy('127.0.0.1'),
+        });
+        running = late.run();
+        const r = await stack.waitResult('waited', 'rec-16');
+        expect(r.status === 'completed', `waited ended ${r.status}: ${JSON.stringify(r.error)}`);
+        await handle.result();
+        return handle;
+      } finally {
+        late?.shutdown();
+        await running?.catch(() => undefined);
+        await connection.close();
+        await agent.close();
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+    },
+  },
+  {
     name: 'publish-waited-for-redis',
     scenario:
       'a publish workflow whose Redis refused writes (maxmemory 1 byte, noeviction): its quick attempts failed, it said ' +
@@ -438,7 +508,7 @@ async function main(): Promise<void> {
       freePort().then((port) => startRedis({ port, dir: path.join(dir, 'redis') })),
     ]);
     stack = await startStack({
-      address: temporal.address,
+      address: (recordingAddress = temporal.address),
       redisUrl: redis.url,
       devices: [
         'rec-1',
@@ -455,11 +525,14 @@ async function main(): Promise<void> {
         'rec-12',
         'rec-13',
         'rec-14',
+        'rec-15',
       ],
       apks: [{ name: 'app.apk', size: 2 * MiB }],
       starter: true,
       // A result reaches Redis within 2 s of its return (publish-waited-for-redis).
       policy: { publishRetryMaxMs: 2000 },
+      // A step its host's worker does not take says so after 2 s (traversal-waited-for-host).
+      config: { hostWaitMs: 2000 },
     });
 
     mkdirSync(outDir, { recursive: true });
