@@ -2,6 +2,7 @@
 import { DefaultLogger, Runtime } from '@temporalio/worker';
 import Redis from 'ioredis';
 import { loadConfig } from './config';
+import { hostTaskQueue } from './contract/messages';
 import { JsonLogger } from './logger';
 import { freePort } from './net/ports';
 import { scrapeSdkMetrics, sdkTelemetryOptions } from './worker/sdk-metrics';
@@ -43,6 +44,11 @@ async function main(): Promise<void> {
       temporal: temporal.address,
       namespace: temporal.namespace,
       taskQueue: config.taskQueue,
+      host: config.hostId,
+      routing: config.routing,
+      ...(tw.hostWorker ? { hostTaskQueue: hostTaskQueue(config.taskQueue, config.hostId) } : {}),
+      peerFetch: config.peerFetch,
+      ...(config.workerDeployment ? { workerDeployment: config.workerDeployment, buildId: config.buildId } : {}),
       artifactServer: tw.artifactUrl,
       metrics: `${tw.artifactUrl}/metrics`,
       cacheDir: config.apkCacheDir,

@@ -51,6 +51,8 @@ export interface Config {
   routing: 'host' | 'any';
   hostWaitMs: number;
   peerFetch: 'on' | 'off';
+  workerDeployment: string;
+  buildId: string;
   artifactHost: string;
   artifactPort: number;
   artifactToken: string;
@@ -239,6 +241,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
       `DT_HOST_ID=${cfg.hostId} is invalid: use 1-64 letters, digits, dot, dash or underscore, starting with a letter or digit (the host name does not fit; set DT_HOST_ID)`,
     );
   }
+  if (!cfg.workerDeployment !== !cfg.buildId)
+    throw new ConfigError(
+      'DT_WORKER_DEPLOYMENT and DT_BUILD_ID go together: set both to use Worker Deployment versioning, or neither',
+    );
+  for (const [name, value] of [
+    ['DT_WORKER_DEPLOYMENT', cfg.workerDeployment],
+    ['DT_BUILD_ID', cfg.buildId],
+  ] as const)
+    if (value && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(value))
+      throw new ConfigError(`${name}=${value} is invalid: use 1-128 letters, digits, dot, dash or underscore`);
   cfg.starterId = cfg.starterId || os.hostname();
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(cfg.starterId)) {
     throw new ConfigError(

@@ -56,6 +56,18 @@ export const OPTIONS = {
     default: 'on',
     doc: "With 'on' a worker that lacks an APK of known sha256 first fetches it from the farm's hosts that hold it (listed in Redis, through their artifact servers with URLs signed by the shared DT_ARTIFACT_TOKEN; their addresses must pass DT_ALLOWED_HOSTS), then from the origin, so the origin sends each APK once per farm.",
   },
+  workerDeployment: {
+    env: 'DT_WORKER_DEPLOYMENT',
+    kind: 'string',
+    default: '',
+    doc: "Temporal Worker Deployment name; with DT_BUILD_ID the worker uses Worker Deployment versioning (auto-upgrade: runs move to the deployment's current version, which `temporal worker deployment set-current-version` chooses). Empty: unversioned workers (docs/DEPLOYMENT.md, Upgrading).",
+  },
+  buildId: {
+    env: 'DT_BUILD_ID',
+    kind: 'string',
+    default: '',
+    doc: "This worker build's id within DT_WORKER_DEPLOYMENT (e.g. the release or git commit).",
+  },
   dataDir: {
     env: 'DT_DATA_DIR',
     kind: 'string',
@@ -316,7 +328,7 @@ export const OPTIONS = {
     env: 'DT_DEVICE_REGISTRY',
     kind: 'string',
     default: '',
-    doc: 'JSON file mapping device ids to agent URLs: {"sim-1": "http://host:7301"}.',
+    doc: 'JSON file mapping device ids to agent URLs, or to an agent and the phone host it hangs off: {"sim-1": "http://host:7301", "pixel-7": {"agent": "http://10.0.0.6:7301", "host": "rack-b"}}.',
   },
   starterId: {
     env: 'DT_STARTER_ID',

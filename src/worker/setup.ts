@@ -183,6 +183,17 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     identity,
     interceptors: { activity: [journal.interceptors] },
     activities,
+    // Worker Deployment versioning: runs auto-upgrade, so a traversal of hours moves to the current
+    // version (its workflow changes are behind patched(), its steps resume from their checkpoints).
+    ...(config.workerDeployment
+      ? {
+          workerDeploymentOptions: {
+            version: { deploymentName: config.workerDeployment, buildId: config.buildId },
+            useWorkerVersioning: true,
+            defaultVersioningBehavior: 'AUTO_UPGRADE',
+          },
+        }
+      : {}),
     maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,
     shutdownGraceTime: '10s',
     // Heartbeats normally wait up to 0.8 × heartbeatTimeout; a cancel only arrives with one, so keep them frequent.
