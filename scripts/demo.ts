@@ -24,6 +24,10 @@
  *   --phones fake|real with --engine monkey|fastbot: five fake phones on a real adb server (default),
  *                      or the phones `adb devices` lists (then also --apk-file F --package P)
  *   --phone-port P     first port of the fake phones (default 5601; five ports from there)
+ *   --hosts N          a farm of N phone hosts on this machine (1-5, jar engine): each its own agent
+ *                      simulator (--agent-port + i), worker (--artifact-port + i, own data folder and
+ *                      APK cache, DT_HOST_ID demo-host-<i>), the devices spread over them; the summary
+ *                      shows where each host's APK came from (the origin once, then peers)
  * A restarted demo must use the ports of the one it resumes. Temporal and Redis come from
  * TEMPORAL_ADDRESS and REDIS_URL (reused when reachable), the task queue from TASK_QUEUE.
  */
@@ -93,7 +97,7 @@ const MiB = 1024 * 1024;
 const STARTER_ID = 'demo-starter';
 const USAGE = `usage: npm run demo -- [--apk-mib 100] [--duration 8] [--timeout-sec 600] [--keep-cache]
                         [--origin-port 7390] [--agent-port 7301] [--artifact-port 7380]
-                        [--engine jar|monkey|fastbot] [--phones fake|real] [--phone-port 5601]
+                        [--engine jar|monkey|fastbot] [--phones fake|real] [--phone-port 5601] [--hosts 1]
                         [--apk-file app.apk --package com.your.app]   (for --phones real)`;
 
 /** One traversal the demo watches: pushed by this demo, or resumed from an earlier one. */
@@ -110,6 +114,8 @@ interface DemoMemory {
   ports?: Record<string, number>;
   /** Set once tasks are pushed, cleared after the summary: an earlier demo that ends with it set was stopped mid-run. */
   unfinished?: boolean;
+  /** --hosts of the demo that pushed the tasks: its runs wait for those hosts. */
+  hosts?: number;
 }
 
 interface DemoArgs {
@@ -122,7 +128,17 @@ interface DemoArgs {
   durationSec: number;
   timeoutSec: number;
   keepCache: boolean;
+  /** Phone hosts of the farm the demo makes on this machine (1: one worker and one agent, as before). */
+  hosts: number;
   ports: { origin: number; agent: number; artifact: number };
+}
+
+/** One phone host of a demo farm: its name, agent, devices and ports. */
+interface DemoHost {
+  id: string;
+  agentUrl: string;
+  devices: string[];
+  artifactPort: number;
 }
 
 async function main(): Promise<void> {
@@ -154,8 +170,18 @@ async function main(): Promise<void> {
     // 0. The fixed ports, before anything starts: a taken one is someone else's program.
     await checkPorts([
       { port: args.ports.origin, what: 'the APK origin', flag: '--origin-port' },
-      { port: args.ports.agent, what: 'the device agent simulator', flag: '--agent-port' },
-      { port: args.ports.artifact, what: "the worker's artifact server", flag: '--artifact-port' },
+      ...Array.from({ length: args.hosts }, (_, i) => [
+        {
+          port: args.ports.agent + i,
+          what: `the device agent simulator${args.hosts > 1 ? ` of demo-host-${i + 1}` : ''}`,
+          flag: '--agent-port',
+        },
+        {
+          port: args.ports.artifact + i,
+          what: `the artifact server of ${args.hosts > 1 ? `demo-host-${i + 1}'s worker` : 'the worker'}`,
+          flag: '--artifact-port',
+        },
+      ]).flat(),
       ...(onFakePhones(args)
         ? Array.from({ length: FAKE_PHONES }, (_, i) => ({
             port: args.phonePort + i,
@@ -223,6 +249,12 @@ async function main(): Promise<void> {
         );
         apkMiB = memory.apkMiB;
       }
+      if ((memory.hosts ?? 1) !== args.hosts) {
+        step(
+          `Runs in flight belong to the phone hosts of a demo with --hosts ${memory.hosts ?? 1}: keeping that farm (--hosts ${args.hosts} applies once none is in flight)`,
+        );
+        args.hosts = memory.hosts ?? 1;
+      }
       for (const [name, port] of Object.entries(memory.ports ?? {})) {
         const now = args.ports[name as keyof DemoArgs['ports']];
         if (now !== port)
@@ -231,9 +263,11 @@ async function main(): Promise<void> {
     } else if (!args.keepCache) {
       // Start from an empty APK cache so the summary shows the dedupe (one origin download per APK).
       rmSync(path.join(demoDir, 'apk-cache'), { recursive: true, force: true });
+      for (let i = 1; i <= SIM_DEVICES.length; i++)
+        rmSync(path.join(demoDir, 'hosts', `demo-host-${i}`, 'apk-cache'), { recursive: true, force: true });
     }
     const remember = (m: DemoMemory) => writeFileSync(memoryFile, JSON.stringify(m, null, 2));
-    remember({ apkMiB, ports: args.ports, unfinished: resuming });
+    remember({ apkMiB, ports: args.ports, unfinished: resuming, hosts: args.hosts });
 
     // 4. Origin with two generated APKs, and 5 simulated devices, on their fixed ports.
     const origin = new ApkOrigin({ dir: path.join(demoDir, 'apks') });
@@ -244,12 +278,19 @@ async function main(): Promise<void> {
     const lite = await origin.addApk('demo-lite.apk', 20 * MiB);
     const originUrl = await listen(() => origin.start(args.ports.origin), args.ports.origin, '--origin-port');
     scope.add('APK origin', () => origin.close());
-    const { agentUrl, devices } =
-      args.engine === 'jar'
+    const farm = args.hosts > 1 ? await demoFarm(scope, args, demoDir) : undefined;
+    const { agentUrl, devices } = farm
+      ? { agentUrl: farm.hosts[0]!.agentUrl, devices: farm.hosts.flatMap((h) => h.devices) }
+      : args.engine === 'jar'
         ? await simulatedDevices(scope, args, demoDir)
         : await adbPhones(scope, args, demoDir, config);
     DEVICES.push(...devices);
-    step(`Origin: ${originUrl}; devices ${DEVICES.join(', ')} on the agent at ${agentUrl}`);
+    if (farm)
+      step(
+        `Origin: ${originUrl}; a farm of ${farm.hosts.length} hosts: ` +
+          farm.hosts.map((h) => `${h.id} (${h.devices.join(', ')}; agent ${h.agentUrl})`).join(', '),
+      );
+    else step(`Origin: ${originUrl}; devices ${DEVICES.join(', ')} on the agent at ${agentUrl}`);
 
     // 5. Worker and starter as real processes (compiled JS, as in production).
     const env: NodeJS.ProcessEnv = {
@@ -260,7 +301,8 @@ async function main(): Promise<void> {
       TASK_QUEUE: config.taskQueue,
       DT_DATA_DIR: demoDir,
       DT_ARTIFACT_PORT: String(args.ports.artifact),
-      DT_DEFAULT_AGENT_URL: agentUrl,
+      // A farm names each device's agent and host in a registry; one host has the one agent.
+      ...(farm ? { DT_DEVICE_REGISTRY: farm.registryFile } : { DT_DEFAULT_AGENT_URL: agentUrl }),
       // The demo's origin and devices listen on loopback, which the URL policy refuses unless allow-listed.
       DT_ALLOWED_HOSTS: '127.0.0.1,localhost',
       // The demo's tasks ask the simulator for findings; nothing else may reach its argv.
@@ -281,14 +323,35 @@ async function main(): Promise<void> {
       MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '1',
       NODE_OPTIONS: process.env.NODE_OPTIONS ?? '--max-semi-space-size=1 --max-old-space-size=256',
     };
-    const worker = launch(scope, 'worker', workerEnv, demoDir);
+    // One worker per host; each has its own data folder (APK cache) on a farm, as separate machines would.
+    const workerHosts = farm?.hosts ?? [undefined];
+    const workers = workerHosts.map((h) =>
+      launch(
+        scope,
+        'worker',
+        h
+          ? {
+              ...workerEnv,
+              DT_HOST_ID: h.id,
+              DT_DATA_DIR: path.join(demoDir, 'hosts', h.id),
+              DT_ARTIFACT_PORT: String(h.artifactPort),
+            }
+          : workerEnv,
+        demoDir,
+        h?.id,
+      ),
+    );
+    const worker = workers[0]!;
     const sampler = new RssSampler(worker.pid).start();
     scope.add('RSS sampler', () => sampler.stop());
-    await waitForPort('127.0.0.1', args.ports.artifact, 120_000, 'worker', () => worker.exitNote());
+    for (const [i, w] of workers.entries())
+      await waitForPort('127.0.0.1', args.ports.artifact + i, 120_000, 'worker', () => w.exitNote());
     const idleRss = sampler.sample() ?? 0;
-    step(
-      `Worker: pid ${worker.pid}, artifact server and /metrics on http://127.0.0.1:${args.ports.artifact}, idle RSS ${mib(idleRss)}`,
-    );
+    for (const [i, w] of workers.entries())
+      step(
+        `Worker${farm ? ` of ${farm.hosts[i]!.id}` : ''}: pid ${w.pid}, artifact server and /metrics on http://127.0.0.1:${args.ports.artifact + i}` +
+          (i === 0 ? `, idle RSS ${mib(idleRss)}` : ''),
+      );
 
     // 6. With a worker answering queries: what the earlier runs are doing (before the starter takes
     //    the tasks an earlier demo left in Redis, so they are counted once).
@@ -337,7 +400,7 @@ async function main(): Promise<void> {
           ]
         : []),
     );
-    remember({ apkMiB, ports: args.ports, unfinished: true });
+    remember({ apkMiB, ports: args.ports, unfinished: true, hosts: args.hosts });
     step(
       `Pushed ${liteDevices.length ? '2 tasks' : '1 task'} (${DEVICES.length + liteDevices.length} traversals): ${taskA} on ${DEVICES.length} devices` +
         (liteDevices.length ? `, ${taskB} on ${liteDevices.join(' and ')}` : ''),
@@ -371,8 +434,8 @@ async function main(): Promise<void> {
     // 9. Summary.
     sampler.sample();
     const tasks = await readTasks(redis, [...new Set(jobs.map((j) => j.taskId))], config.redisKeyPrefix);
-    printSummary(jobs, results, origin, { big, lite }, sampler, idleRss, uiUrl, temporal.namespace, tasks);
-    remember({ apkMiB, ports: args.ports, unfinished: false });
+    printSummary(jobs, results, origin, { big, lite }, sampler, idleRss, uiUrl, temporal.namespace, tasks, farm?.hosts);
+    remember({ apkMiB, ports: args.ports, unfinished: false, hosts: args.hosts });
   } finally {
     await stopAll();
   }
@@ -397,6 +460,39 @@ async function simulatedDevices(
   const agentUrl = await listen(() => agent.start(args.ports.agent), args.ports.agent, '--agent-port');
   scope.add('agent simulator', () => agent.close());
   return { agentUrl, devices: SIM_DEVICES };
+}
+
+/**
+ * A farm on this machine: `--hosts` agent simulators, each the owner (`hostId`) of a share of the
+ * devices, on consecutive ports from --agent-port, and the registry that names each device's agent and
+ * host for the starter and the workers.
+ */
+async function demoFarm(
+  scope: Scope,
+  args: DemoArgs,
+  demoDir: string,
+): Promise<{ hosts: DemoHost[]; registryFile: string }> {
+  const hosts: DemoHost[] = [];
+  for (let i = 0; i < args.hosts; i++) {
+    const id = `demo-host-${i + 1}`;
+    const devices = SIM_DEVICES.filter((_, d) => Math.floor((d * args.hosts) / SIM_DEVICES.length) === i);
+    const agent = new AgentSimulator({
+      devices,
+      installDelayMs: 300,
+      hostId: id,
+      stateFile: path.join(demoDir, `agent-state-${id}.json`),
+    });
+    const port = args.ports.agent + i;
+    const agentUrl = await listen(() => agent.start(port), port, '--agent-port');
+    scope.add(`agent simulator of ${id}`, () => agent.close());
+    hosts.push({ id, agentUrl, devices, artifactPort: args.ports.artifact + i });
+  }
+  const registry = Object.fromEntries(
+    hosts.flatMap((h) => h.devices.map((d) => [d, { agent: h.agentUrl, host: h.id }] as const)),
+  );
+  const registryFile = path.join(demoDir, 'farm-registry.json');
+  writeFileSync(registryFile, `${JSON.stringify(registry, null, 2)}\n`);
+  return { hosts, registryFile };
 }
 
 /**
@@ -458,6 +554,7 @@ function parseArgs(argv: string[], artifactPort: number): DemoArgs | undefined {
     'agent-port',
     'artifact-port',
     'phone-port',
+    'hosts',
   ]);
   const texts = new Set(['engine', 'phones', 'apk-file', 'package']);
   for (let i = 0; i < argv.length; i++) {
@@ -502,7 +599,15 @@ function parseArgs(argv: string[], artifactPort: number): DemoArgs | undefined {
   if (phones === 'real' && (!values['apk-file'] || !values.package))
     throw new Error(`--phones real needs --apk-file <app.apk> and --package <its package name>\n${USAGE}`);
   if (values['apk-file'] && !values.package) throw new Error(`--apk-file needs --package\n${USAGE}`);
+  const hosts = num('hosts', 1);
+  if (!Number.isInteger(hosts) || hosts < 1 || hosts > SIM_DEVICES.length)
+    throw new Error(`--hosts must be a whole number from 1 to ${SIM_DEVICES.length}, got ${hosts}\n${USAGE}`);
+  if (hosts > 1 && engine !== 'jar')
+    throw new Error(
+      `--hosts needs the jar engine (simulated devices); a farm of real phones is docs/DEPLOYMENT.md\n${USAGE}`,
+    );
   return {
+    hosts,
     engine,
     phones,
     apkFile: values['apk-file'] ? path.resolve(values['apk-file']) : undefined,
@@ -556,18 +661,29 @@ function readMemory(file: string): DemoMemory {
 }
 
 /** Starts the compiled worker or starter (lib/src/<name>.js) with its log in `<dir>/<name>.log`; the scope stops it. */
-function launch(scope: Scope, name: 'worker' | 'starter', env: NodeJS.ProcessEnv, dir: string): LoggedProcess {
-  const logFile = path.join(dir, `${name}.log`);
+function launch(
+  scope: Scope,
+  name: 'worker' | 'starter',
+  env: NodeJS.ProcessEnv,
+  dir: string,
+  host?: string,
+): LoggedProcess {
+  const logFile = path.join(dir, host ? `${name}-${host}.log` : `${name}.log`);
   // Own process group: a Ctrl-C reaches only the demo, which stops the starter and worker before the
   // servers they report to (a worker that can still reach Temporal fails its attempts at once, so
   // a restarted demo resumes them without waiting for the heartbeat timeout).
-  const proc = spawnLogged(name, process.execPath, [path.join(PROJECT_ROOT, 'lib', 'src', `${name}.js`)], {
-    logFile,
-    fullEnv: env,
-    detached: true,
-    scope,
-    graceMs: 15_000,
-  });
+  const proc = spawnLogged(
+    host ? `${name} of ${host}` : name,
+    process.execPath,
+    [path.join(PROJECT_ROOT, 'lib', 'src', `${name}.js`)],
+    {
+      logFile,
+      fullEnv: env,
+      detached: true,
+      scope,
+      graceMs: 15_000,
+    },
+  );
   children.push(proc.child);
   void proc.exited.then(({ code, signal }) => {
     if (code !== 0 && signal === null && !interrupted)
@@ -667,6 +783,7 @@ function printSummary(
   uiUrl: string,
   namespace: string,
   tasks: TaskFindings[],
+  hosts?: DemoHost[],
 ): void {
   const rows = jobs.map((j) => {
     const r = results.get(`${j.taskId}/${j.deviceId}`)!;
@@ -686,10 +803,24 @@ function printSummary(
           : '-',
     ];
   });
-  table(
-    ['device', 'task', 'package', 'status', 'install ms', 'cold start ms', 'traversal s', 'crashes/ANRs', 'report'],
-    rows,
-  );
+  const head = [
+    'device',
+    'task',
+    'package',
+    'status',
+    'install ms',
+    'cold start ms',
+    'traversal s',
+    'crashes/ANRs',
+    'report',
+  ];
+  // On a farm, the host whose worker ran each device's steps goes beside the device.
+  if (hosts)
+    table(
+      [head[0]!, 'host', ...head.slice(1)],
+      rows.map((r, i) => [r[0]!, results.get(`${jobs[i]!.taskId}/${jobs[i]!.deviceId}`)?.host ?? '-', ...r.slice(1)]),
+    );
+  else table(head, rows);
   const all = [...results.values()];
   printFindings(all, tasks);
   const resumed = jobs.filter((j) => j.resumed).length;
@@ -705,6 +836,26 @@ function printSummary(
       return [name, mib(size), String(s.gets), (s.bytesServed / size).toFixed(2)];
     }),
   );
+  if (hosts) {
+    // Where each host's copy came from: one host from the origin, the others from a host that had it.
+    process.stdout.write(
+      '\nThe farm (each host downloads an APK once: from the origin, or from a host that has it):\n',
+    );
+    table(
+      ['host', 'devices', 'demo-app.apk came from', 'demo-lite.apk came from'],
+      hosts.map((h) => {
+        const from = (apkSize: number) => {
+          const fetched = all.find(
+            (r) => h.devices.includes(r.deviceId) && r.apk && r.apk.size === apkSize && !r.apk.fromCache,
+          );
+          if (!fetched)
+            return all.some((r) => h.devices.includes(r.deviceId) && r.apk?.size === apkSize) ? 'its cache' : '-';
+          return fetched.apk!.fromPeer ? `peer ${fetched.apk!.fromPeer}` : 'the origin';
+        };
+        return [h.id, h.devices.join(', '), from(apks.big.size), from(apks.lite.size)];
+      }),
+    );
+  }
   process.stdout.write(
     `\nPeak worker RSS: ${mib(sampler.peak)} sampled at 10 Hz (${sampler.samples} samples), VmHWM ${mib(sampler.hwm)}, idle ${mib(idleRss)}\n`,
   );

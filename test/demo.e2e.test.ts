@@ -17,6 +17,7 @@ import Redis from 'ioredis';
 import { resultKey } from '../src/contract/redis-keys';
 import { deploymentFromPrefix, PROJECT_ROOT } from '../src/config';
 import { freePort } from '../src/net/ports';
+import { portIsFree } from '../dev/ports';
 import { findTemporalCli, waitForNamespace } from '../dev/temporal-dev';
 import {
   budgetSignal,
@@ -210,6 +211,7 @@ describe('the demo stopped with Ctrl-C and started again', function () {
   const id = randomUUID().slice(0, 8);
   const namespace = `demo-${id}`;
   const prefix = `demo${id}:`;
+  const farmPrefix = `farm${id}:`;
   let address: string;
   let dataDir: string;
   let ports: string[];
@@ -240,18 +242,25 @@ describe('the demo stopped with Ctrl-C and started again', function () {
   });
   after(async () => {
     for (const c of running) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-    for (let n = 1; n <= 5; n++)
-      await client?.workflow
-        .getHandle(deviceWorkflowId(`sim-${n}`, deploymentFromPrefix(prefix)))
-        .terminate('test over')
-        .catch(() => undefined);
+    for (const p of [prefix, farmPrefix])
+      for (let n = 1; n <= 5; n++)
+        await client?.workflow
+          .getHandle(deviceWorkflowId(`sim-${n}`, deploymentFromPrefix(p)))
+          .terminate('test over')
+          .catch(() => undefined);
     await connection?.close();
     redis?.disconnect();
     if (dataDir) rmSync(dataDir, { recursive: true, force: true });
   });
 
-  /** Starts the demo as `npm run demo` does (without setup), in its own process group like a terminal job. */
-  function demo(args: string[]): { child: ChildProcess; output: () => string; exited: Promise<number | null> } {
+  /**
+   * Starts the demo as `npm run demo` does (without setup), in its own process group like a terminal
+   * job; `own` gives it a data folder, key prefix and ports of its own instead of the suite's.
+   */
+  function demo(
+    args: string[],
+    own?: { dataDir: string; prefix: string; ports: string[] },
+  ): { child: ChildProcess; output: () => string; exited: Promise<number | null> } {
     const env: NodeJS.ProcessEnv = {};
     for (const [k, v] of Object.entries(process.env))
       if (!/^(TEMPORAL_|REDIS_URL$|TASK_QUEUE$|DT_)/.test(k)) env[k] = v;
@@ -260,13 +269,13 @@ describe('the demo stopped with Ctrl-C and started again', function () {
       TEMPORAL_NAMESPACE: namespace,
       REDIS_URL: process.env.TEST_REDIS_URL!,
       TASK_QUEUE: `tq-demo-${id}`,
-      DT_DATA_DIR: dataDir,
-      DT_REDIS_KEY_PREFIX: prefix,
+      DT_DATA_DIR: own?.dataDir ?? dataDir,
+      DT_REDIS_KEY_PREFIX: own?.prefix ?? prefix,
       DT_HEARTBEAT_TIMEOUT: '10s',
     });
     const child = spawn(
       process.execPath,
-      ['-r', 'ts-node/register/transpile-only', 'scripts/demo.ts', ...args, ...ports],
+      ['-r', 'ts-node/register/transpile-only', 'scripts/demo.ts', ...args, ...(own?.ports ?? ports)],
       {
         cwd: PROJECT_ROOT,
         env,
@@ -323,6 +332,65 @@ describe('the demo stopped with Ctrl-C and started again', function () {
     for (let n = 1; n <= 5; n++) {
       const r = JSON.parse((await redis.get(resultKey(taskA, `sim-${n}`, prefix)))!) as TraversalResult;
       assert.ok((r.traversalAttempt ?? 1) >= 2, `sim-${n} resumed in a new attempt`);
+    }
+  });
+  it('with --hosts 3 shows a farm: each host runs its own devices, and each APK leaves the origin once', async function () {
+    this.timeout(300_000);
+    const farmDir = mkdtempSync(path.join(os.tmpdir(), `dt-demo-farm-${id}-`));
+    try {
+      // Three agents and three artifact servers on consecutive ports from the ones given.
+      const base = async () => {
+        for (;;) {
+          const p = await freePort();
+          if (p < 65000 && (await portIsFree(p + 1)) && (await portIsFree(p + 2))) return String(p);
+        }
+      };
+      const farmPorts = [
+        '--origin-port',
+        String(await freePort()),
+        '--agent-port',
+        await base(),
+        '--artifact-port',
+        await base(),
+      ];
+      const run3 = demo(['--hosts', '3', '--apk-mib', '4', '--duration', '2'], {
+        dataDir: farmDir,
+        prefix: farmPrefix,
+        ports: farmPorts,
+      });
+      const code = await run3.exited;
+      const out = run3.output();
+      assert.equal(code, 0, out);
+      assert.match(
+        out,
+        /a farm of 3 hosts: demo-host-1 \(sim-1, sim-2; .*demo-host-2 \(sim-3, sim-4; .*demo-host-3 \(sim-5; /,
+      );
+      assert.match(out, /7 traversals: 7 completed, 0 failed or cancelled/);
+      // The origin sent each APK once (one GET, 1.00 × its size) for the whole farm.
+      assert.match(out, /\| demo-app\.apk\s+\| [\d.]+ MiB\s+\| 1\s+\| 1\.00\s+\|/);
+      assert.match(out, /\| demo-lite\.apk\s+\| [\d.]+ MiB\s+\| 1\s+\| 1\.00\s+\|/);
+      const farmRows = [...out.matchAll(/^\| (demo-host-\d)\s+\| [^|]+\| ([^|]+?)\s+\| ([^|]+?)\s+\|/gm)];
+      assert.equal(farmRows.length, 3, out);
+      const sources = farmRows.map((m) => m[2]!);
+      assert.equal(
+        sources.filter((x) => x === 'the origin').length,
+        1,
+        `one host from the origin: ${sources.join(', ')}`,
+      );
+      assert.equal(
+        sources.filter((x) => x.startsWith('peer demo-host-')).length,
+        2,
+        `two from a peer: ${sources.join(', ')}`,
+      );
+      // Every device's steps ran on the host that owns it.
+      const taskA = /Pushed 2 tasks \(7 traversals\): (demo-\d+-a) on 5 devices/.exec(out)![1]!;
+      const owner = ['demo-host-1', 'demo-host-1', 'demo-host-2', 'demo-host-2', 'demo-host-3'];
+      for (let n = 1; n <= 5; n++) {
+        const r = JSON.parse((await redis.get(resultKey(taskA, `sim-${n}`, farmPrefix)))!) as TraversalResult;
+        assert.equal(r.host, owner[n - 1], `sim-${n} ran on ${r.host}`);
+      }
+    } finally {
+      rmSync(farmDir, { recursive: true, force: true });
     }
   });
 });

@@ -258,6 +258,8 @@ export interface TraversalResult {
   /** Milliseconds per step that ran. */
   timings: Partial<Record<StepName, number>>;
   /** The APK installed; no install URL, which belongs to one worker's artifact server. */
+  /** The phone host whose worker ran the device steps (host routing). */
+  host?: string;
   /** `fromPeer`: the host of the farm it was fetched from, instead of the origin. */
   apk?: { sha256: string; size: number; fromCache: boolean; fromPeer?: string };
   installMs?: number;

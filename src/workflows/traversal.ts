@@ -419,6 +419,7 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       packageName: req.packageName,
       apkUrl: req.apkUrl,
       status,
+      ...(where?.host ? { host: where.host } : {}),
       timings,
       ...(apk?.sha256 && apk.size !== undefined
         ? {
