@@ -1,10 +1,10 @@
-import os from 'node:os';
 import http from 'node:http';
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'undici';
 import { listenHttp } from '../src/net/ports';
+import { defaultHostId } from '../src/config';
 import {
   failureAnswer,
   HttpError,
@@ -154,7 +154,7 @@ export class AgentSimulator {
       throw new Error(`coldStartMs min ${this.coldStart[0]} exceeds max ${this.coldStart[1]}`);
     this.random = opts.random ?? Math.random;
     this.log = opts.log ?? (() => {});
-    this.hostId = opts.hostId || process.env.DT_HOST_ID || os.hostname();
+    this.hostId = opts.hostId || process.env.DT_HOST_ID || defaultHostId();
     const offline = new Set(opts.offline ?? []);
     opts.devices.forEach((id, i) => {
       if (this.devices.has(id)) throw new Error(`duplicate device id ${id}`);

@@ -235,7 +235,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
       `DT_TRAVERSAL_EXTRA_ARGS=${JSON.stringify(cfg.traversalExtraArgs)} is invalid: ${(err as Error).message}`,
     );
   }
-  cfg.hostId = cfg.hostId || os.hostname();
+  cfg.hostId = cfg.hostId || defaultHostId();
   if (!HOST_ID_PATTERN.test(cfg.hostId)) {
     throw new ConfigError(
       `DT_HOST_ID=${cfg.hostId} is invalid: use 1-64 letters, digits, dot, dash or underscore, starting with a letter or digit (the host name does not fit; set DT_HOST_ID)`,
@@ -259,6 +259,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   }
   cfg.deployment = resolveDeployment(cfg.deployment, cfg.redisKeyPrefix);
   return { ...(cfg as Config), ...overrides };
+}
+
+/**
+ * The phone host's name when DT_HOST_ID is unset: the machine's host name, with anything a task queue
+ * name or a host id may not hold turned into '-' (so an unusual host name never stops a worker).
+ */
+export function defaultHostId(hostname = os.hostname()): string {
+  const id = hostname
+    .replace(/[^A-Za-z0-9._-]/g, '-')
+    .replace(/^[^A-Za-z0-9]+/, '')
+    .slice(0, 64);
+  return id || 'host';
 }
 
 /** The deployment name a Redis key prefix gives: the prefix without its trailing separators (`lab-a:` → `lab-a`). */

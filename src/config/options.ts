@@ -34,7 +34,7 @@ export const OPTIONS = {
     env: 'DT_HOST_ID',
     kind: 'string',
     default: '',
-    doc: "This phone host's name in the farm (empty: the machine's host name). A worker polls the task queue `<TASK_QUEUE>/host/<DT_HOST_ID>` beside the shared one; an agent reports it as the owner of its phones.",
+    doc: "This phone host's name in the farm (empty: the machine's host name, any character a task queue name may not hold turned into '-'). A worker polls the task queue `<TASK_QUEUE>/host/<DT_HOST_ID>` beside the shared one; an agent reports it as the owner of its phones.",
   },
   routing: {
     env: 'DT_ROUTING',
