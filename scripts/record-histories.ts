@@ -35,6 +35,7 @@ import {
   type TraversalProgress,
 } from '../src/contract/messages';
 import { TRAVERSAL_PHASE } from '../src/contract/search-attributes';
+import { farmHostsKey } from '../src/contract/redis-keys';
 import { startStack, task, workflowBundle, type Stack } from '../dev/stack';
 import { waitFor } from '../dev/wait';
 
@@ -307,9 +308,10 @@ const SCENARIOS: Scenario[] = [
   {
     name: 'traversal-waited-for-host',
     scenario:
-      "a traversal whose phone's host had no worker at first: resolveApk ended with a schedule-to-start timeout on " +
-      "that host's queue, the run said waiting-for-host and scheduled the step there again with no bound; a worker " +
-      'of that host came up, took it, and the run completed',
+      "a traversal whose phone's host (known to the farm) had no worker running: resolveApk ended with a " +
+      "schedule-to-start timeout on that host's queue, the run said waiting-for-host and scheduled the step there " +
+      'again with no bound (activity id host-wait-1); a worker of that host came up, took it and signalled ' +
+      'host-took-step, and the run completed',
     async run(stack) {
       const agent = new AgentSimulator({ devices: ['rec-16'], coldStartMs: [50, 100], hostId: 'rec-host' });
       await agent.start();
@@ -319,6 +321,12 @@ const SCENARIOS: Scenario[] = [
       const connection = await NativeConnection.connect({ address: recordingAddress });
       try {
         const apk = stack.apks['app.apk']!;
+        // A host of the farm whose worker ran before and is down now.
+        await stack.redis.hset(
+          farmHostsKey(stack.prefix),
+          'rec-host',
+          JSON.stringify({ artifactUrl: '', lastSeen: Date.now() - 3_600_000 }),
+        );
         await requestTraversal(stack.client, stack.taskQueue, {
           taskId: 'waited',
           deviceId: 'rec-16',

@@ -37,7 +37,7 @@ export interface ResolvedApk {
   resumedFrom?: number;
   /** Of downloadedBytes, those fetched from peer hosts of the farm. */
   peerBytes?: number;
-  /** The peer host the APK came from (the last source when a download moved between sources). */
+  /** The peer host the APK came from, when no byte came from the origin. */
   fromPeer?: string;
   delivery: Delivery;
 }

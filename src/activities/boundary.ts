@@ -6,6 +6,8 @@
  *   be started or signalled directly through Temporal (CLI, Web UI, another client).
  * - Out: project errors become ApplicationFailures typed by their code (toFailure), and each
  *   failure is counted.
+ * - Start: `onStart` hears of every activity that passed the guard (the worker uses it to tell a run
+ *   that waited for its host that the host took the step).
  *
  * A wrapper rather than the SDK's activity inbound interceptor: an interceptor runs only inside a
  * Worker, while tests and tools call the functions of createActivities(...) directly and must meet
@@ -34,6 +36,7 @@ function identifierProblems(input: unknown): string[] {
 export function activityBoundary<T extends Record<string, (...args: any[]) => Promise<unknown>>>(
   acts: T,
   onFailure?: (activity: string, type: string) => void,
+  onStart?: (activity: string) => void,
 ): T {
   const wrapped: Record<string, unknown> = {};
   for (const [name, fn] of Object.entries(acts)) {
@@ -41,6 +44,7 @@ export function activityBoundary<T extends Record<string, (...args: any[]) => Pr
       try {
         const problems = args.flatMap(identifierProblems);
         if (problems.length) throw new InvalidTaskError(problems);
+        onStart?.(name);
         return await fn(...args);
       } catch (err) {
         const failure = toFailure(err);

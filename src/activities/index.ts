@@ -2,7 +2,13 @@
 import type Redis from 'ioredis';
 import type { Dispatcher } from 'undici';
 import { dataFolders, type Config } from '../config';
-import type { ProgressUpdate, TraversalBudget } from '../contract/messages';
+import { Context } from '@temporalio/activity';
+import {
+  HOST_WAIT_ACTIVITY_PREFIX,
+  type HostTookStep,
+  type ProgressUpdate,
+  type TraversalBudget,
+} from '../contract/messages';
 import type { Metrics } from '../metrics';
 import { createApkActivities } from './apk';
 import { createLocateActivities } from './locate';
@@ -40,6 +46,28 @@ export interface ActivityDeps {
   engine?: Engine;
   /** The host the device registry names for a phone (locateDevice asks the agent otherwise). */
   hostFor?: (deviceId: string) => string | undefined;
+  /** Tells a run that waited for this host that the host's worker took its step (hostTookStepSignal). */
+  hostTookStep?: (workflowId: string, step: HostTookStep) => Promise<void>;
+}
+
+/**
+ * Called as each activity starts: a device step scheduled again after its run waited for this host
+ * (its activity id says so) tells the run that the host is back. Best effort: a lost signal leaves the
+ * run saying it waits until the step ends.
+ */
+function announceHostSteps(deps: ActivityDeps): (activity: string) => void {
+  return (activity) => {
+    if (!deps.hostTookStep) return;
+    let info: ReturnType<typeof Context.current>['info'];
+    try {
+      info = Context.current().info;
+    } catch {
+      return; // called outside an activity (a test calling the function directly)
+    }
+    const workflowId = info.workflowExecution?.workflowId;
+    if (!workflowId || !info.activityId.startsWith(HOST_WAIT_ACTIVITY_PREFIX)) return;
+    void deps.hostTookStep(workflowId, { host: deps.config.hostId, activityType: activity }).catch(() => undefined);
+  };
 }
 
 /**
@@ -93,6 +121,8 @@ export function createActivities(deps: ActivityDeps) {
         hostWaitMs: config.hostWaitMs,
         hostFor: deps.hostFor,
         agent: agentDeps,
+        redis: deps.redis,
+        keyPrefix: deps.redisKeyPrefix,
       }),
       ...createApkActivities({ cache: deps.cache, dispatcher: deps.dispatcher, delivery: config.delivery }),
       ...createDeviceAgentActivities({
@@ -133,6 +163,7 @@ export function createActivities(deps: ActivityDeps) {
       }),
     },
     (activity, type) => deps.metrics.failures.inc({ activity, type }),
+    announceHostSteps(deps),
   );
 }
 

@@ -4,9 +4,16 @@
  * task queue of that host (`<TASK_QUEUE>/host/<hostId>`). The answer is recorded in the workflow's
  * history, so a run keeps its host for good: it waits for that host rather than moving to one that
  * cannot reach the phone.
+ *
+ * Where the host comes from, in order: the device registry's `host`; the `host` the phone's agent
+ * reports, if a worker of that host has ever run (src/worker/host-records.ts); when the agent does
+ * not answer, the host the phone was last found on. Without any of them the steps run on the shared
+ * queue, as before host routing, and the device steps report what is wrong with the agent.
  */
 import { Context } from '@temporalio/activity';
+import type Redis from 'ioredis';
 import { HOST_ID_PATTERN, hostTaskQueue, type DeviceLocation } from '../contract/messages';
+import { deviceHostsKey, farmHostsKey } from '../contract/redis-keys';
 import { agentCall, type DeviceAgentDeps, type DeviceRef } from './device-agent';
 
 /** Dependencies of locateDevice. */
@@ -20,38 +27,77 @@ export interface LocateDeps {
   /** The host the device registry names for a phone, if it names one. */
   hostFor?: (deviceId: string) => string | undefined;
   agent: DeviceAgentDeps;
+  /** Redis of the farm's host records and the phones' last hosts (none: the agent's word alone). */
+  redis?: Redis;
+  keyPrefix?: string;
 }
 
 /** Builds the locateDevice activity. */
 export function createLocateActivities(deps: LocateDeps) {
+  const routed = (host: string, source: DeviceLocation['source']): DeviceLocation => ({
+    host,
+    taskQueue: hostTaskQueue(deps.taskQueue, host),
+    hostWaitMs: deps.hostWaitMs,
+    source,
+  });
+  const shared: DeviceLocation = { hostWaitMs: deps.hostWaitMs, source: 'none' };
   return {
-    /** The host owning the phone: the registry's entry first, else what the phone's agent reports. */
+    /** The host owning the phone, and the task queue of its device steps. */
     async locateDevice(device: DeviceRef): Promise<DeviceLocation> {
       const ctx = Context.current();
-      const base = { hostWaitMs: deps.hostWaitMs };
-      if (deps.routing === 'any') return { ...base, source: 'routing-any' };
+      if (deps.routing === 'any') return { hostWaitMs: deps.hostWaitMs, source: 'routing-any' };
       const registered = deps.hostFor?.(device.deviceId);
-      if (registered)
-        return { ...base, host: registered, taskQueue: hostTaskQueue(deps.taskQueue, registered), source: 'registry' };
-      // A status call is quick; the install-sized default timeout is not for it.
-      const quick = { ...deps.agent, callTimeoutMs: Math.min(deps.agent.callTimeoutMs ?? 10_000, 10_000) };
-      const status = await agentCall<{ host?: unknown }>(
-        quick,
-        device.agentUrl,
-        device.deviceId,
-        '',
-        undefined,
-        ctx.cancellationSignal,
-      );
-      const host = status.host;
-      if (typeof host === 'string' && HOST_ID_PATTERN.test(host))
-        return { ...base, host, taskQueue: hostTaskQueue(deps.taskQueue, host), source: 'agent' };
-      ctx.log.warn('neither the device registry nor the agent names the phone host; any worker runs its steps', {
-        deviceId: device.deviceId,
-        agentUrl: device.agentUrl,
-        ...(host !== undefined ? { invalidHost: String(host).slice(0, 80) } : {}),
-      });
-      return { ...base, source: 'none' };
+      if (registered) return routed(registered, 'registry');
+
+      let reported: unknown;
+      try {
+        // A status call is quick; the install-sized default timeout is not for it.
+        const quick = { ...deps.agent, callTimeoutMs: Math.min(deps.agent.callTimeoutMs ?? 10_000, 10_000) };
+        const status = await agentCall<{ host?: unknown }>(
+          quick,
+          device.agentUrl,
+          device.deviceId,
+          '',
+          undefined,
+          ctx.cancellationSignal,
+        );
+        reported = status.host;
+      } catch (err) {
+        // The agent (or its whole host) is down: the phone's runs wait for the host it was last on.
+        const last = await deps.redis?.hget(deviceHostsKey(deps.keyPrefix), device.deviceId);
+        if (last && HOST_ID_PATTERN.test(last)) {
+          ctx.log.warn('the agent did not answer; routing to the host the phone was last found on', {
+            deviceId: device.deviceId,
+            host: last,
+            error: (err as Error).message,
+          });
+          return routed(last, 'last-known');
+        }
+        ctx.log.warn('the agent did not answer and the phone was never located; any worker runs its steps', {
+          deviceId: device.deviceId,
+          error: (err as Error).message,
+        });
+        return shared;
+      }
+
+      if (typeof reported !== 'string' || !HOST_ID_PATTERN.test(reported)) {
+        ctx.log.warn('neither the device registry nor the agent names the phone host; any worker runs its steps', {
+          deviceId: device.deviceId,
+          agentUrl: device.agentUrl,
+          ...(reported !== undefined ? { invalidHost: String(reported).slice(0, 80) } : {}),
+        });
+        return shared;
+      }
+      // A host no worker ever ran on (an agent on a machine of its own): nobody would take its steps.
+      if (deps.redis && !(await deps.redis.hexists(farmHostsKey(deps.keyPrefix), reported))) {
+        ctx.log.warn(
+          'the agent names a host where no worker has run; any worker runs its steps (run a worker there with this DT_HOST_ID, or name the host in the device registry)',
+          { deviceId: device.deviceId, host: reported },
+        );
+        return shared;
+      }
+      await deps.redis?.hset(deviceHostsKey(deps.keyPrefix), device.deviceId, reported);
+      return routed(reported, 'agent');
     },
   };
 }

@@ -27,6 +27,8 @@ export interface BlobStoreOptions {
   /** Free space downloads leave on the cache's disk, bytes (default 64 MiB; at most 5% of the disk counts). */
   diskReserveBytes?: number;
   log?: CacheLog;
+  /** Told of the blobs each eviction removed (the farm's peer directory withdraws them). */
+  onEvicted?: (sha256s: string[]) => void;
 }
 
 /** A completed cache entry. */
@@ -42,7 +44,7 @@ export interface CachedApk {
   resumedFrom?: number;
   /** Of downloadedBytes, those that came from peer hosts of the farm rather than the origin. */
   peerBytes?: number;
-  /** The peer host the last bytes came from, when the download ended on a peer. */
+  /** When every byte this download fetched came from peer hosts: the (last) one they came from. */
   fromPeer?: string;
 }
 
@@ -222,6 +224,7 @@ export class BlobStore {
       total -= b.size;
       evicted.push(b.sha);
     }
+    if (evicted.length) this.opts.onEvicted?.(evicted);
     if (evicted.length || overCap()) {
       const wanted = freeBytes !== undefined ? { wantedFreeBytes: freeBytes } : {};
       this.opts.log?.('APK cache eviction', {

@@ -62,6 +62,9 @@ export interface ApkCacheOptions extends BlobStoreOptions {
   peerPollMs?: number;
 }
 
+/** Longest wait for the peer directory (Redis) before a download goes on without it, ms. */
+const PEER_CALL_TIMEOUT_MS = 3000;
+
 /** A download of one URL in this process, shared by every caller waiting for it. */
 interface Flight {
   promise: Promise<CachedApk>;
@@ -78,7 +81,11 @@ export class ApkCache {
   private readonly downloads: DownloadContext;
 
   constructor(private readonly opts: ApkCacheOptions) {
-    this.store = new BlobStore(opts);
+    // Every eviction (the cap, a full disk, the sweeper) withdraws the blobs from the farm's directory.
+    this.store = new BlobStore({
+      ...opts,
+      onEvicted: (evicted) => void this.peerCall(() => opts.peers?.withdraw(evicted)),
+    });
     this.slots = new Slots(opts.maxConcurrentDownloads ?? 0);
     this.downloads = {
       store: this.store,
@@ -113,19 +120,29 @@ export class ApkCache {
    * `freeBytes`, until its disk has that many bytes free; never one that is leased, served by this
    * process, or listed in `keep`. Returns the evicted sha256s. Runs one at a time per cache.
    */
-  async evict(keep: string[] = [], opts: { freeBytes?: number } = {}): Promise<string[]> {
-    const evicted = await this.store.evict(keep, opts);
-    if (evicted.length) await this.peerCall(() => this.opts.peers?.withdraw(evicted));
-    return evicted;
+  evict(keep: string[] = [], opts: { freeBytes?: number } = {}): Promise<string[]> {
+    return this.store.evict(keep, opts);
   }
 
-  /** A call to the peer directory, which never fails a download: the origin is always there. */
+  /**
+   * A call to the peer directory, which never fails or holds up a download: the origin is always
+   * there. An error, or no answer within PEER_CALL_TIMEOUT_MS, is logged and answers undefined.
+   */
   private async peerCall<T>(fn: () => Promise<T> | undefined): Promise<T | undefined> {
+    let timer: NodeJS.Timeout | undefined;
     try {
-      return await fn();
+      const call = fn();
+      if (!call) return undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer in ${PEER_CALL_TIMEOUT_MS} ms`)), PEER_CALL_TIMEOUT_MS);
+      });
+      call.catch(() => undefined);
+      return await Promise.race([call, late]);
     } catch (err) {
       this.opts.log?.('the peer directory failed; going on without it', { error: (err as Error).message });
       return undefined;
+    } finally {
+      if (timer) clearTimeout(timer);
     }
   }
 
@@ -174,7 +191,8 @@ export class ApkCache {
     const hit = await this.store.lookup(key, url, expectedSha);
     if (hit) {
       this.opts.metrics?.cacheHits.inc();
-      await this.peerCall(() => this.opts.peers?.announce(hit.sha256));
+      // Not waited for: a slow Redis must not slow a hit.
+      void this.peerCall(() => this.opts.peers?.announce(hit.sha256));
       return hit;
     }
     let flight = this.flights.get(key);
@@ -272,23 +290,35 @@ export class ApkCache {
 
   /**
    * The download, from the farm's hosts when one holds the APK, else from the origin by the one host
-   * that claimed it; the other hosts wait for that one to announce it, then fetch from it. Without a
-   * peer directory or a known sha256: the origin.
+   * that claimed it; the other hosts wait for that one to announce it, then fetch from it. Holders
+   * that fail are not asked again by this download; once none is left, the origin is claimed too.
+   * Without a peer directory or a known sha256: the origin.
    */
   private async fetchInFarm(download: OriginDownload): Promise<CachedApk> {
     const { peers } = this.opts;
     const sha = download.expectedSha;
-    if (!peers || !sha) return this.runInSlot(download, []);
+    if (!peers || !sha) return this.runInSlot(download, () => download.fromOrigin());
+    const failed = new Set<string>();
     let waitingSince: number | undefined;
     for (;;) {
       download.signal.throwIfAborted();
-      const holders = (await this.peerCall(() => peers.find(sha))) ?? [];
-      if (holders.length) return this.runInSlot(download, holders);
+      // The same APK may have arrived under another URL meanwhile (this host's other downloads).
+      const here = await this.store.lookup(download.key, download.url, sha);
+      if (here) return here;
+      const holders = ((await this.peerCall(() => peers.find(sha))) ?? []).filter((h) => !failed.has(h.host));
+      if (holders.length) {
+        const got = await this.runInSlot(download, () => download.tryPeers(holders, (p) => failed.add(p.host)));
+        if (got) return got;
+        continue;
+      }
       const claim = await this.peerCall(() => peers.claim(sha));
       // A claim, or a directory that does not answer (then the origin, as without one).
       if (claim !== false) {
         try {
-          return await this.runInSlot(download, []);
+          const got = await this.runInSlot(download, () => download.fromOrigin());
+          // Announced before the claim goes, so a waiting host finds this one rather than the origin.
+          await this.peerCall(() => peers.announce(got.sha256));
+          return got;
         } finally {
           if (claim) await this.peerCall(() => claim.release());
         }
@@ -305,12 +335,12 @@ export class ApkCache {
     }
   }
 
-  /** Runs a download in one of the download slots. */
-  private async runInSlot(download: OriginDownload, holders: PeerSource[]): Promise<CachedApk> {
+  /** Runs one source of a download in one of the download slots. */
+  private async runInSlot<T>(download: OriginDownload, fetch: () => Promise<T>): Promise<T> {
     download.state.phase = 'waiting-slot';
     const release = await this.slots.acquire(download.signal);
     try {
-      return await download.run(holders);
+      return await fetch();
     } finally {
       release();
     }

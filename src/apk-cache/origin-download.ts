@@ -85,8 +85,13 @@ export class OriginDownload {
   private etag?: string;
   /** The peer host the current response comes from (undefined: the origin). */
   private peer?: PeerSource;
-  /** Bytes this download took from peer hosts. */
+  /** Bytes this download took from peer hosts, and from the origin. */
   private peerBytes = 0;
+  private originBytes = 0;
+  /** The last peer host that sent bytes. */
+  private lastPeer?: string;
+  /** Bytes the part file held when this download began (before any source of it). */
+  private startOffset?: number;
 
   constructor(
     private readonly ctx: DownloadContext,
@@ -102,12 +107,19 @@ export class OriginDownload {
   }
 
   /**
-   * Streams the APK into the part file (resuming it when possible), verifies and publishes the blob.
-   * With `peers` (hosts of the farm that hold the APK, when its sha256 is known) they are asked first,
-   * in order; a peer that fails, even mid-transfer, hands over to the next source, which carries on
-   * from the bytes already written with Range. The origin is the last source.
+   * Streams the APK into the part file (resuming it when possible), verifies and publishes the blob:
+   * from `peers` first (tryPeers), then from the origin.
    */
   async run(peers: PeerSource[] = []): Promise<CachedApk> {
+    return (await this.tryPeers(peers)) ?? this.fromOrigin();
+  }
+
+  /**
+   * Asks hosts of the farm that hold the APK (when its sha256 is known), in order. A peer that fails,
+   * even mid-transfer, hands over to the next, which carries on from the bytes already in the part
+   * file with Range. Undefined when none delivered it; `onFailed` hears of each that failed.
+   */
+  async tryPeers(peers: PeerSource[], onFailed?: (peer: PeerSource) => void): Promise<CachedApk | undefined> {
     for (const peer of this.expectedSha ? peers : []) {
       try {
         return await this.fetchFrom(peer);
@@ -121,9 +133,15 @@ export class OriginDownload {
           bytesSoFar: await this.partSize(),
           error: (err as Error).message,
         });
+        onFailed?.(peer);
         await this.ctx.peerFailed?.(peer, err).catch(() => undefined);
       }
     }
+    return undefined;
+  }
+
+  /** The APK from its origin, from wherever the part file got to. */
+  fromOrigin(): Promise<CachedApk> {
     return this.fetchFrom(undefined);
   }
 
@@ -146,6 +164,7 @@ export class OriginDownload {
     } else if (partSize > 0) {
       await fsp.rm(partPath, { force: true });
     }
+    this.startOffset ??= this.offset;
 
     const headers: Record<string, string> = { 'user-agent': 'device-traversal' };
     if (this.offset > 0) {
@@ -280,8 +299,12 @@ export class OriginDownload {
     const { url, state, hash, offset, signal, partPath } = this;
     const { maxBytes: max, metrics, store } = this.ctx;
     const fromPeer = this.peer !== undefined;
+    const peerHost = this.peer?.host;
     const counted = (n: number) => {
-      if (fromPeer) this.peerBytes += n;
+      if (fromPeer) {
+        this.peerBytes += n;
+        this.lastPeer = peerHost;
+      } else this.originBytes += n;
       (fromPeer ? metrics?.peerBytes : metrics?.bytesDownloaded)?.inc({}, n);
     };
     state.phase = 'downloading';
@@ -334,23 +357,25 @@ export class OriginDownload {
     }
     const blob = await store.publish(this.key, url, partPath, sha256, written);
     state.phase = 'done';
-    const peerHost = this.peer?.host;
+    // Counted over every source of this download: where the bytes came from, and where it began.
+    const began = this.startOffset ?? offset;
+    const wholeFromPeers = this.peerBytes > 0 && this.originBytes === 0 ? this.lastPeer : undefined;
     this.ctx.log?.('APK cached', {
       url,
       sha256,
       size: written,
-      resumedFrom: offset || undefined,
-      ...(this.peerBytes ? { peerBytes: this.peerBytes, lastSource: peerHost ?? 'origin' } : {}),
+      resumedFrom: began || undefined,
+      ...(this.peerBytes ? { peerBytes: this.peerBytes, originBytes: this.originBytes } : {}),
     });
     return {
       sha256,
       size: written,
       path: blob,
       fromCache: false,
-      downloadedBytes: written - offset,
-      ...(offset > 0 ? { resumedFrom: offset } : {}),
+      downloadedBytes: written - began,
+      ...(began > 0 ? { resumedFrom: began } : {}),
       ...(this.peerBytes ? { peerBytes: this.peerBytes } : {}),
-      ...(peerHost ? { fromPeer: peerHost } : {}),
+      ...(wholeFromPeers ? { fromPeer: wholeFromPeers } : {}),
     };
   }
 

@@ -367,6 +367,8 @@ export const progressSignal = defineSignal<[ProgressUpdate]>('progress-update');
 export const budgetSignal = defineSignal<[BudgetChange]>('budget');
 /** The current time budget of a traversal (read by the running traversal activity). */
 export const budgetQuery = defineQuery<TraversalBudget>('budget');
+/** A device step the run waited for was taken by its host's worker (one signal per wait). */
+export const hostTookStepSignal = defineSignal<[HostTookStep]>('host-took-step');
 /** Progress of a traversal. */
 export const progressQuery = defineQuery<TraversalProgress>('progress');
 /** Queue and current run of a device. */
@@ -381,6 +383,18 @@ export const DEPLOYMENT_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** `<deployment>/` or nothing: ids of a deployment without a name are those of earlier versions. */
 function scope(deployment = ''): string {
   return deployment ? `${deployment}/` : '';
+}
+
+/**
+ * Activity ids of device steps scheduled again after their run waited for the phone's host: the
+ * worker that takes such a step signals hostTookStepSignal, so the run stops saying it waits.
+ */
+export const HOST_WAIT_ACTIVITY_PREFIX = 'host-wait-';
+
+/** What the worker that took a waiting device step says. */
+export interface HostTookStep {
+  host: string;
+  activityType: string;
 }
 
 /** Host names (DT_HOST_ID): they end a task queue name, so no `/`. */
@@ -403,7 +417,7 @@ export interface DeviceLocation {
   /** How long a device step waits for the host's worker before the run shows it waits, ms. */
   hostWaitMs: number;
   /** Where the host came from, for the log and the details. */
-  source: 'registry' | 'agent' | 'none' | 'routing-any';
+  source: 'registry' | 'agent' | 'last-known' | 'none' | 'routing-any';
 }
 
 /** Workflow id of a device's entity workflow: `[<deployment>/]device/<deviceId>`. */

@@ -17,6 +17,16 @@ export function starterKeys(starterId: string, prefix = '') {
   };
 }
 
+/** The farm's phone hosts whose workers have run: host id → {artifactUrl, lastSeen} (src/worker/host-records.ts). */
+export function farmHostsKey(prefix = ''): string {
+  return `${prefix}traversal:hosts`;
+}
+
+/** The host each phone was last found on: device id → host id (src/activities/locate.ts). */
+export function deviceHostsKey(prefix = ''): string {
+  return `${prefix}traversal:device-hosts`;
+}
+
 /** The farm's hosts holding an APK: host id → base URL of its artifact server (src/worker/peer-directory.ts). */
 export function apkPeersKey(sha256: string, prefix = ''): string {
   return `${prefix}traversal:apk-peers:${sha256}`;

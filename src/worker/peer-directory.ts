@@ -13,6 +13,7 @@ import { ApkNotFoundError } from '../contract/errors';
 import { randomUUID } from 'node:crypto';
 import { apkFetchClaimKey, apkPeersKey } from '../contract/redis-keys';
 import { artifactInstallUrl } from './artifact-server';
+import { HOST_STALE_MS, readHostRecords } from './host-records';
 
 /** Options of the directory. */
 export interface PeerDirectoryOptions {
@@ -52,9 +53,17 @@ export class PeerDirectory implements ApkPeers {
   }
 
   async find(sha256: string): Promise<PeerSource[]> {
-    const holders = await this.opts.redis.hgetall(this.key(sha256));
+    const [holders, hosts] = await Promise.all([
+      this.opts.redis.hgetall(this.key(sha256)),
+      readHostRecords(this.opts.redis, this.opts.prefix),
+    ]);
+    // A holder whose host has not renewed its record for a while is down: not worth a connect timeout.
+    const stale = (host: string) => {
+      const r = hosts.get(host);
+      return r !== undefined && Date.now() - r.lastSeen > HOST_STALE_MS;
+    };
     const peers = Object.entries(holders)
-      .filter(([host, base]) => host !== this.opts.hostId && /^https?:\/\//.test(base))
+      .filter(([host, base]) => host !== this.opts.hostId && /^https?:\/\//.test(base) && !stale(host))
       .map(([host, base]) => ({
         host,
         url: artifactInstallUrl(base, sha256, this.opts.token, this.opts.urlTtlMs),

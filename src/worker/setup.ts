@@ -21,7 +21,8 @@ import { ArtifactServer, artifactInstallUrl } from './artifact-server';
 import { dataFolders, type Config } from '../config';
 import { DiskSweeper } from './disk-sweeper';
 import { PeerDirectory } from './peer-directory';
-import { budgetQuery, hostTaskQueue, progressSignal } from '../contract/messages';
+import { HostRecordKeeper } from './host-records';
+import { budgetQuery, hostTaskQueue, hostTookStepSignal, progressSignal } from '../contract/messages';
 import { Metrics } from '../metrics';
 import os from 'node:os';
 import { AttemptJournal, failDeadWorkerAttempts, journalDir } from '../activities/traversal/attempt-journal';
@@ -175,6 +176,8 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
     pushProgress: (workflowId, update) =>
       clientCall(() => opts.client.workflow.getHandle(workflowId).signal(progressSignal, update)),
     readBudget: (workflowId) => clientCall(() => opts.client.workflow.getHandle(workflowId).query(budgetQuery)),
+    hostTookStep: (workflowId, step) =>
+      clientCall(() => opts.client.workflow.getHandle(workflowId).signal(hostTookStepSignal, step)),
   });
 
   const activityOptions: Omit<WorkerOptions, 'taskQueue'> = {
@@ -228,6 +231,15 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
   // Listen only once the worker exists, so an open port means the worker is ready.
   const boundUrl = await artifactServer.start();
   artifactUrl ||= boundUrl;
+  // The farm learns of this host before it takes work (locateDevice routes only to known hosts).
+  const hostRecord = new HostRecordKeeper({
+    redis: opts.redis,
+    prefix: opts.redisKeyPrefix,
+    hostId: config.hostId,
+    artifactUrl: () => artifactUrl,
+    log: opts.log,
+  });
+  await hostRecord.start();
   // The attempt journals of the workers on this data folder (ours is open) tell it which run folders are in use.
   const sweeper = new DiskSweeper({
     dataDir: config.dataDir,
@@ -262,6 +274,7 @@ export async function createTraversalWorker(opts: TraversalWorkerOptions): Promi
         const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
         if (failed) throw failed.reason;
       } finally {
+        hostRecord.stop();
         await sweeper.close();
         await Promise.all([...pendingCalls]);
         await closeJournal();

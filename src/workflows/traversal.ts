@@ -31,6 +31,8 @@ import { failureKind, PERMANENT_ERROR_TYPES } from '../contract/errors';
 import {
   budgetQuery,
   budgetSignal,
+  HOST_WAIT_ACTIVITY_PREFIX,
+  hostTookStepSignal,
   LIVE_FINDINGS_MAX,
   pauseSignal,
   progressQuery,
@@ -134,28 +136,45 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
   // bound: it never moves to a host that cannot reach the phone. One timeout per outage, so a host
   // that is down for hours adds a few events, not one per minute.
   const hostRouting = patched('host-routing');
-  const locator = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry(10, init) });
+  const locator = proxyActivities<Activities>({ startToCloseTimeout: '1m', retry: retry(5, init) });
   let where: DeviceLocation | undefined;
-  /** The phase to show again once the host's worker takes the step. */
+  /** The phase to show again once the host's worker takes the step, and the step that waits. */
   let phaseBeforeWait: Phase | undefined;
+  let waitingStep: StepName | undefined;
   /** How many times a traversal step was scheduled again after its host came back. */
   let traversalReschedules = 0;
-  function deviceSteps(options: ActivityOptions, bounded: boolean): Activities {
+  /** The highest traversal attempt that reported progress (a rescheduled traversal's attempts follow it). */
+  let lastAttemptSeen = 0;
+  /** Ids of device steps scheduled again after a wait: the worker that takes one says so (hostTookStepSignal). */
+  let hostWaitSeq = 0;
+  /** Attempt numbers a traversal activity may use: its retry limit, or a wide block when unlimited. */
+  const attemptBlock = policy.maxAttempts > 0 ? policy.maxAttempts : 100;
+  function deviceSteps(options: ActivityOptions, again: boolean): Activities {
     if (!where?.taskQueue) return proxyActivities<Activities>(options);
     return proxyActivities<Activities>({
       ...options,
       taskQueue: where.taskQueue,
-      ...(bounded ? { scheduleToStartTimeout: where.hostWaitMs } : {}),
+      ...(again
+        ? { activityId: `${HOST_WAIT_ACTIVITY_PREFIX}${++hostWaitSeq}` }
+        : { scheduleToStartTimeout: where.hostWaitMs }),
     });
   }
-  /** Runs a device step on the phone's host, waiting for that host when its worker is gone. */
+  /**
+   * Runs a device step on the phone's host. When the host's worker does not take it within
+   * DT_HOST_WAIT: `wait` (a step of the run) says the run waits for the host and schedules the step
+   * there again with no bound; `fail` (cleanup of a run that already ended) gives up, so a cancelled
+   * run of a dead host still ends; `shared` runs it on the shared queue instead (the partial report
+   * upload, which only needs the parts already in the sink).
+   */
   async function onHost<T>(
+    stepName: StepName,
     options: ActivityOptions,
-    call: (acts: Activities, lastHeartbeat: unknown) => Promise<T>,
+    call: (acts: Activities, lastHeartbeat: unknown, again: boolean) => Promise<T>,
+    mode: 'wait' | 'fail' | 'shared' = 'wait',
   ): Promise<T> {
-    if (!where?.taskQueue) return call(proxyActivities<Activities>(options), undefined);
+    if (!where?.taskQueue) return call(proxyActivities<Activities>(options), undefined, false);
     try {
-      return await call(deviceSteps(options, true), undefined);
+      return await call(deviceSteps(options, false), undefined, false);
     } catch (err) {
       const timeout =
         err instanceof ActivityFailure &&
@@ -163,29 +182,37 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
         err.cause.timeoutType === 'SCHEDULE_TO_START'
           ? err.cause
           : undefined;
-      if (!timeout) throw err;
-      waitForHost();
+      if (!timeout || mode === 'fail') throw err;
+      if (mode === 'shared') {
+        log.warn('the phone host has not taken the step; running it on the shared queue', {
+          host: where.host,
+          step: stepName,
+        });
+        return call(proxyActivities<Activities>(options), timeout.lastHeartbeatDetails, false);
+      }
+      waitForHost(stepName);
       try {
-        return await call(deviceSteps(options, false), timeout.lastHeartbeatDetails);
+        return await call(deviceSteps(options, true), timeout.lastHeartbeatDetails, true);
       } finally {
         hostBack();
       }
     }
   }
-  function waitForHost(): void {
+  function waitForHost(stepName: StepName): void {
     if (progress.waitingForHost) return;
     phaseBeforeWait = progress.phase;
+    waitingStep = stepName;
     progress.waitingForHost = where?.host;
     log.warn('the phone host has not taken the step; waiting for it', {
       host: where?.host,
-      step: currentStep,
+      step: stepName,
       waitedMs: where?.hostWaitMs,
     });
     setPhase('waiting-for-host');
   }
   function hostBack(): void {
     if (!progress.waitingForHost) return;
-    log.info('the phone host took the step', { host: progress.waitingForHost, step: currentStep });
+    log.info('the phone host took the step', { host: progress.waitingForHost, step: waitingStep });
     progress.waitingForHost = undefined;
     setPhase(phaseBeforeWait ?? progress.phase);
   }
@@ -209,6 +236,8 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     paused = true;
     describe();
   });
+  // A device step scheduled again after a wait for its host was taken by that host's worker.
+  setHandler(hostTookStepSignal, () => hostBack());
   setHandler(resumeSignal, () => {
     paused = false;
     describe();
@@ -223,8 +252,7 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       if (found.length < LIVE_FINDINGS_MAX) found.push(f);
       else if (foundMore.size < 10 * LIVE_FINDINGS_MAX) foundMore.add(f.signature);
     }
-    // The traversal reports progress: its host's worker took the step.
-    if (progress.waitingForHost && phaseBeforeWait === 'traversing') hostBack();
+    if (typeof u.attempt === 'number' && u.attempt > lastAttemptSeen) lastAttemptSeen = u.attempt;
     if (progress.phase !== 'traversing' && progress.phase !== 'paused') return;
     Object.assign(progress, {
       percent: u.percent,
@@ -248,7 +276,7 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       progress.phase === 'traversing'
         ? `${paused ? ' (paused)' : ''}, ${progress.percent}%, ${progress.screens} screens${counts}`
         : progress.waitingForHost
-          ? `: its worker has not taken the ${currentStep ?? 'next'} step for ${Math.round((where?.hostWaitMs ?? 0) / 1000)} s (down, or every slot busy); the run stays on that host and goes on once it does`
+          ? `: its worker has not taken the ${waitingStep ?? 'next'} step for ${Math.round((where?.hostWaitMs ?? 0) / 1000)} s (down, or every slot busy); the run stays on that host and goes on once it does`
           : '';
     const phaseText = progress.waitingForHost ? `waiting for host ${progress.waitingForHost}` : progress.phase;
     setCurrentDetails(
@@ -305,13 +333,15 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
       if (where.host) progress.host = where.host;
     }
     apk = await step('resolveApk', 'downloading', () =>
-      onHost(downloadOptions, (a) =>
+      onHost('resolveApk', downloadOptions, (a) =>
         a.resolveApk({ url: req.apkUrl, sha256: req.apkSha256, delivery: policy.delivery }),
       ),
     );
-    await step('prepareDevice', 'preparing', () => onHost(agentQuickOptions, (a) => a.prepareDevice(device)));
+    await step('prepareDevice', 'preparing', () =>
+      onHost('prepareDevice', agentQuickOptions, (a) => a.prepareDevice(device)),
+    );
     const installed = await step('installApp', 'installing', () =>
-      onHost(agentInstallOptions, (a) =>
+      onHost('installApp', agentInstallOptions, (a) =>
         a.installApp(
           // The worker that installs derives the install URL, so no worker's URL enters history;
           // runs recorded before passed the one resolveApk built (installApp still accepts it).
@@ -328,18 +358,18 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     installMs = installed.ms;
     if (policy.measureLaunch) {
       const launch = await step('measureLaunch', 'launching', () =>
-        onHost(agentQuickOptions, (a) =>
+        onHost('measureLaunch', agentQuickOptions, (a) =>
           a.measureLaunch({ ...device, packageName: req.packageName, activity: req.mainActivity }),
         ),
       );
       coldStartMs = launch.coldStartMs;
     }
     run = await step('runTraversal', 'traversing', () =>
-      onHost(runnerOptions, (a, lastHeartbeat) => {
+      onHost('runTraversal', runnerOptions, (a, lastHeartbeat, again) => {
         // Scheduled again after a wait for the host: a new activity, so it is handed the last
         // checkpoint and takes attempt numbers after any the earlier one could have used.
-        const again = progress.waitingForHost !== undefined;
         if (again) traversalReschedules++;
+        const checkpoint = lastHeartbeat as TraversalCheckpoint | undefined;
         return a.runTraversal({
           taskId: req.taskId,
           deviceId: req.deviceId,
@@ -350,8 +380,8 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
           extraArgs: req.traversal.extraArgs,
           ...(again
             ? {
-                attemptBase: traversalReschedules * policy.maxAttempts,
-                ...(lastHeartbeat ? { resume: lastHeartbeat as TraversalCheckpoint } : {}),
+                attemptBase: Math.max(traversalReschedules * attemptBlock, checkpoint?.attempt ?? 0, lastAttemptSeen),
+                ...(checkpoint ? { resume: checkpoint } : {}),
               }
             : {}),
         });
@@ -366,7 +396,7 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     });
     // Built from every attempt's parts, wherever they ran, so a run resumed on another host keeps all it found.
     report = await step('uploadReport', 'uploading', () =>
-      onHost(uploaderOptions, (a) =>
+      onHost('uploadReport', uploaderOptions, (a) =>
         a.uploadReport({ taskId: req.taskId, deviceId: req.deviceId, attempts: run!.attempt }),
       ),
     );
@@ -391,13 +421,19 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     // A run stopped during the traversal still leaves what it found: upload the partial report.
     if (failure !== undefined && failedStep === 'runTraversal') {
       try {
-        report = await onHost(uploaderOptions, (a) =>
-          a.uploadReport({
-            taskId: req.taskId,
-            deviceId: req.deviceId,
-            attempts: (traversalReschedules + 1) * policy.maxAttempts,
-            partial: true,
-          }),
+        report = await onHost(
+          'uploadReport',
+          uploaderOptions,
+          (a) =>
+            a.uploadReport({
+              taskId: req.taskId,
+              deviceId: req.deviceId,
+              attempts: hostRouting
+                ? Math.max((traversalReschedules + 1) * attemptBlock, lastAttemptSeen)
+                : policy.maxAttempts,
+              partial: true,
+            }),
+          'shared',
         );
         reportUrl = report.url;
       } catch (err) {
@@ -407,7 +443,12 @@ export async function traversalWorkflow(req: TraversalRequest): Promise<Traversa
     setPhase('cleaning');
     const t0 = Date.now();
     try {
-      await onHost(agentQuickOptions, (a) => a.cleanupDevice({ ...device, packageName: req.packageName }));
+      await onHost(
+        'cleanupDevice',
+        agentQuickOptions,
+        (a) => a.cleanupDevice({ ...device, packageName: req.packageName }),
+        'fail',
+      );
     } catch (err) {
       log.error('device cleanup failed', { deviceId: req.deviceId, error: describeFailure(err) });
     }
