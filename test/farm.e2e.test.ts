@@ -344,6 +344,42 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
         `restarted → traversing again after ${((resumedAt - restartedAt) / 1000).toFixed(1)} s`,
     );
   });
+  it('a run cancelled while its host is down still ends, with its partial report and result', async function () {
+    const victim = 'farm-b';
+    const deviceId = phones[victim][1]!;
+    const handle = await suite.enqueue(
+      request(victim, deviceId, {
+        taskId: 'cancel-down',
+        traversal: { durationSec: LONG_SEC, extraArgs: ['--tick-ms', '100', '--crashes', '1'] },
+      }),
+    );
+    await waitFor(
+      async () => Number((await pendingActivity(handle, 'runTraversal'))?.details?.screens ?? 0) >= 3,
+      60_000,
+      `${deviceId} traversing`,
+    );
+    await workers[victim].kill('SIGKILL');
+    try {
+      await waitFor(
+        async () => (await handle.query(progressQuery)).phase === 'waiting-for-host',
+        HEARTBEAT_MS + HOST_WAIT_MS + 30_000,
+        `${deviceId} waiting for ${victim}`,
+      );
+      const cancelledAt = Date.now();
+      await handle.cancel();
+      const r = await waitResult('cancel-down', deviceId, 60_000);
+      assert.equal(r.status, 'cancelled', JSON.stringify(r.error));
+      // The report parts the host shipped before it died are in the sink: the partial report holds them.
+      assert.ok(r.reportUrl, 'a partial report was uploaded from the sink');
+      console.log(
+        `      farm: a run cancelled while ${victim} was down ended ${((Date.now() - cancelledAt) / 1000).toFixed(1)} s later ` +
+          `(partial upload on the shared queue, cleanup given up after DT_HOST_WAIT)`,
+      );
+    } finally {
+      await startWorker(victim);
+    }
+  });
+
   it("a host whose disk is full fails only its own downloads; the other hosts' runs complete", async function () {
     if (process.getuid?.() !== 0) {
       console.warn('      skipped: this test mounts a small tmpfs and needs root');
