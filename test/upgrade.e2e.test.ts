@@ -115,11 +115,16 @@ describe('an upgrade while a long traversal runs: it finishes on the new version
     assert.ok(out.screens >= Number(onV1?.details?.screens ?? 0), 'kept the screens of version 1');
     assert.equal(published.status, 'completed');
     const history = await handle.fetchHistory();
+    // A patch marker carries {"id": <patch id>, …} as a JSON payload among its details.
     const markers = (history.events ?? []).filter(
       (e) =>
         e.eventType === temporal.api.enums.v1.EventType.EVENT_TYPE_MARKER_RECORDED &&
-        JSON.stringify(e.markerRecordedEventAttributes?.details ?? {}).includes(
-          Buffer.from(JSON.stringify(V2_PATCH)).toString('base64'),
+        Object.values(e.markerRecordedEventAttributes?.details ?? {}).some((d) =>
+          (d.payloads ?? []).some((p) =>
+            Buffer.from(p.data ?? [])
+              .toString('utf8')
+              .includes(`"id":"${V2_PATCH}"`),
+          ),
         ),
     );
     assert.equal(markers.length, 1, 'the history records version 2 patch marker once');
