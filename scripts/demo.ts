@@ -335,6 +335,8 @@ async function main(): Promise<void> {
               DT_HOST_ID: h.id,
               DT_DATA_DIR: path.join(demoDir, 'hosts', h.id),
               DT_ARTIFACT_PORT: String(h.artifactPort),
+              // One report sink for the farm, as a real one shares an HTTP sink or a network folder.
+              DT_REPORT_SINK: process.env.DT_REPORT_SINK ?? `file://${path.join(demoDir, 'reports')}`,
             }
           : workerEnv,
         demoDir,
@@ -777,7 +779,7 @@ function printSummary(
   jobs: Job[],
   results: Map<string, TraversalResult>,
   origin: ApkOrigin,
-  apks: Record<'big' | 'lite', { size: number }>,
+  apks: Record<'big' | 'lite', { size: number; sha256: string }>,
   sampler: RssSampler,
   idleRss: number,
   uiUrl: string,
@@ -844,15 +846,13 @@ function printSummary(
     table(
       ['host', 'devices', 'demo-app.apk came from', 'demo-lite.apk came from'],
       hosts.map((h) => {
-        const from = (apkSize: number) => {
-          const fetched = all.find(
-            (r) => h.devices.includes(r.deviceId) && r.apk && r.apk.size === apkSize && !r.apk.fromCache,
-          );
-          if (!fetched)
-            return all.some((r) => h.devices.includes(r.deviceId) && r.apk?.size === apkSize) ? 'its cache' : '-';
+        const from = (sha256: string) => {
+          const on = all.filter((r) => h.devices.includes(r.deviceId) && r.apk?.sha256 === sha256);
+          const fetched = on.find((r) => !r.apk!.fromCache);
+          if (!fetched) return on.length ? 'its cache' : '-';
           return fetched.apk!.fromPeer ? `peer ${fetched.apk!.fromPeer}` : 'the origin';
         };
-        return [h.id, h.devices.join(', '), from(apks.big.size), from(apks.lite.size)];
+        return [h.id, h.devices.join(', '), from(apks.big.sha256), from(apks.lite.sha256)];
       }),
     );
   }

@@ -18,6 +18,7 @@ import { Scope } from '../dev/scope';
 import { testServers } from '../dev/clients';
 import { placeFarm, type FarmPlacement } from './support/farm-hosts';
 import { apkPeersKey } from '../src/contract/redis-keys';
+import { readHostRecords } from '../src/worker/host-records';
 import {
   budgetSignal,
   hostTaskQueue,
@@ -103,6 +104,8 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
         DT_ALLOWED_HOSTS: farm.allowedHosts,
         // The hosts' artifact servers sign the URLs they hand each other with the farm's token.
         DT_ARTIFACT_TOKEN: FARM_TOKEN,
+        // The farm's one report sink (a folder every namespace sees; an HTTP sink in a real farm).
+        DT_REPORT_SINK: `file://${path.join(dir, 'sink')}`,
         ...env,
       },
     });
@@ -201,6 +204,24 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
       `      farm: ${HOSTS.length} hosts, ${all.length} phones, one ${once.size / MiB} MiB APK: origin sent ${stats.bytesServed / once.size}× ` +
         `(${[...fetchedBy].map(([h, p]) => `${h} ← ${p ?? 'origin'}`).join(', ')})`,
     );
+  });
+
+  it('holders listed for an APK they no longer have (evicted, a wiped disk) cost no second origin download', async function () {
+    const wiped = await suite.addApk('farm-wiped.apk', 8 * MiB);
+    // Every host listed as a holder, as after a run whose caches were wiped since: each answers 404.
+    const hosts = await readHostRecords(suite.redis, prefix);
+    for (const host of HOSTS)
+      await suite.redis.hset(apkPeersKey(wiped.sha256, prefix), host, hosts.get(host)!.artifactUrl);
+    const all = HOSTS.flatMap((host) => phones[host].map((deviceId) => ({ host, deviceId })));
+    for (const { host, deviceId } of all)
+      await suite.enqueue({
+        ...request(host, deviceId, { taskId: 'wiped' }),
+        apkUrl: wiped.url,
+        apkSha256: wiped.sha256,
+      });
+    for (const { deviceId } of all) assert.equal((await waitResult('wiped', deviceId)).status, 'completed');
+    const stats = suite.origin.stats('farm-wiped.apk');
+    assert.equal(stats.bytesServed, wiped.size, `the origin sent ${stats.bytesServed / wiped.size}× the APK`);
   });
 
   it('for contrast, with DT_PEER_FETCH=off every host downloads the APK from the origin', async function () {
@@ -370,7 +391,10 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
       const r = await waitResult('cancel-down', deviceId, 60_000);
       assert.equal(r.status, 'cancelled', JSON.stringify(r.error));
       // The report parts the host shipped before it died are in the sink: the partial report holds them.
-      assert.ok(r.reportUrl, 'a partial report was uploaded from the sink');
+      assert.ok(
+        r.reportUrl?.startsWith(`file://${path.join(dir, 'sink')}/`),
+        `a partial report was uploaded to the farm's sink (${r.reportUrl})`,
+      );
       console.log(
         `      farm: a run cancelled while ${victim} was down ended ${((Date.now() - cancelledAt) / 1000).toFixed(1)} s later ` +
           `(partial upload on the shared queue, cleanup given up after DT_HOST_WAIT)`,

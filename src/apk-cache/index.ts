@@ -291,7 +291,8 @@ export class ApkCache {
   /**
    * The download, from the farm's hosts when one holds the APK, else from the origin by the one host
    * that claimed it; the other hosts wait for that one to announce it, then fetch from it. Holders
-   * that fail are not asked again by this download; once none is left, the origin is claimed too.
+   * that fail are not asked again until another host's claim is seen (the claimer may be one of them,
+   * without the APK until now); once none is left, the origin is claimed too.
    * Without a peer directory or a known sha256: the origin.
    */
   private async fetchInFarm(download: OriginDownload): Promise<CachedApk> {
@@ -323,6 +324,8 @@ export class ApkCache {
           if (claim) await this.peerCall(() => claim.release());
         }
       }
+      // The host downloading it will announce itself, perhaps one that failed us before it had the APK.
+      failed.clear();
       if (waitingSince === undefined) {
         waitingSince = Date.now();
         this.opts.log?.('another host is downloading this APK from the origin; waiting to fetch it from that host', {
