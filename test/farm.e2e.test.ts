@@ -323,6 +323,12 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
     );
     const desc = await waiting.describe();
     assert.equal(desc.searchAttributes?.TraversalPhase?.[0], 'waiting-for-host', 'the Web UI and the CLI find it');
+    const meta = await waiting.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
+    assert.match(
+      String(meta.currentDetails),
+      new RegExp(`waiting for host ${victim}: its worker has not taken the runTraversal step for 3 s`),
+      'the Web UI says which host it waits for',
+    );
 
     // The other hosts finish their runs meanwhile.
     for (const [deviceId, { host, handle }] of handles) {
