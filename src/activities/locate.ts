@@ -64,7 +64,7 @@ export function createLocateActivities(deps: LocateDeps) {
         reported = status.host;
       } catch (err) {
         // The agent (or its whole host) is down: the phone's runs wait for the host it was last on.
-        const last = await deps.redis?.hget(deviceHostsKey(deps.keyPrefix), device.deviceId);
+        const last = await deps.redis?.hget(deviceHostsKey(deps.keyPrefix), device.deviceId).catch(() => null);
         if (last && HOST_ID_PATTERN.test(last)) {
           ctx.log.warn('the agent did not answer; routing to the host the phone was last found on', {
             deviceId: device.deviceId,
@@ -89,14 +89,18 @@ export function createLocateActivities(deps: LocateDeps) {
         return shared;
       }
       // A host no worker ever ran on (an agent on a machine of its own): nobody would take its steps.
-      if (deps.redis && !(await deps.redis.hexists(farmHostsKey(deps.keyPrefix), reported))) {
+      // Redis not answering: the agent's word is taken as it is.
+      const known = await (deps.redis?.hexists(farmHostsKey(deps.keyPrefix), reported) ?? Promise.resolve(1)).catch(
+        () => 1,
+      );
+      if (!known) {
         ctx.log.warn(
           'the agent names a host where no worker has run; any worker runs its steps (run a worker there with this DT_HOST_ID, or name the host in the device registry)',
           { deviceId: device.deviceId, host: reported },
         );
         return shared;
       }
-      await deps.redis?.hset(deviceHostsKey(deps.keyPrefix), device.deviceId, reported);
+      await deps.redis?.hset(deviceHostsKey(deps.keyPrefix), device.deviceId, reported).catch(() => undefined);
       return routed(reported, 'agent');
     },
   };
