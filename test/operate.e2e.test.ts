@@ -9,6 +9,7 @@ import { readFileSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import {
+  deviceStateQuery,
   deviceWorkflowId,
   traversalWorkflowId,
   type DeviceState,
@@ -246,6 +247,13 @@ describe('operating runs with the temporal CLI', function () {
     await enqueue(req('dev-first', 'op-5', 0));
     await stack.waitResult('dev-first', 'op-5');
     const workflowId = deviceWorkflowId('op-5');
+    // The result reaches Redis a moment before its traversal ends (it waits for its publish): the
+    // device is idle only once the traversal has ended.
+    await waitFor(
+      async () => (await stack.client.workflow.getHandle(workflowId).query(deviceStateQuery)).current === undefined,
+      30_000,
+      'dev-first ended',
+    );
     await temporal('workflow', 'signal', '--workflow-id', workflowId, '--name', 'pause');
     await enqueue(req('dev-held', 'op-5', 0));
     // The device decides whether to start a request in the workflow task that delivers it, so once
