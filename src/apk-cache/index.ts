@@ -315,6 +315,15 @@ export class ApkCache {
       const claim = await this.peerCall(() => peers.claim(sha));
       // A claim, or a directory that does not answer (then the origin, as without one).
       if (claim !== false) {
+        // A host that held the claim a moment ago announced the APK before it let go of the claim:
+        // look once more now that the claim is ours, or we would fetch from the origin a second time.
+        const since = claim
+          ? ((await this.peerCall(() => peers.find(sha))) ?? []).filter((h) => !failed.has(h.host))
+          : [];
+        if (since.length) {
+          await this.peerCall(() => claim!.release());
+          continue;
+        }
         try {
           const got = await this.runInSlot(download, () => download.fromOrigin());
           // Announced before the claim goes, so a waiting host finds this one rather than the origin.
