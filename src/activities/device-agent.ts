@@ -103,6 +103,20 @@ export async function agentCall<T>(
 }
 
 /**
+ * `GET /mobile/<id>`: what the agent says of one device (online, model, serial, host…). A status call
+ * is quick, so it gets at most 10 s, not the install-sized timeout of the other calls.
+ */
+export function agentStatus<T = DeviceStatus>(
+  deps: Pick<DeviceAgentDeps, 'dispatcher' | 'metrics' | 'callTimeoutMs'>,
+  agentUrl: string,
+  deviceId: string,
+  signal?: AbortSignal,
+): Promise<T> {
+  const quick = { ...deps, callTimeoutMs: Math.min(deps.callTimeoutMs ?? 10_000, 10_000) };
+  return agentCall<T>(quick, agentUrl, deviceId, '', undefined, signal);
+}
+
+/**
  * Throws DeviceOfflineError when the agent reports the device offline (503 or online=false).
  * Other agent trouble is returned, not thrown: a running traversal does not stop because one
  * status call failed.
@@ -114,14 +128,7 @@ export async function checkDeviceOnline(
   signal?: AbortSignal,
 ): Promise<Error | undefined> {
   try {
-    const status = await agentCall<DeviceStatus>(
-      { ...deps, callTimeoutMs: Math.min(deps.callTimeoutMs ?? 10_000, 10_000) },
-      agentUrl,
-      deviceId,
-      '',
-      undefined,
-      signal,
-    );
+    const status = await agentStatus(deps, agentUrl, deviceId, signal);
     if (status.online === false) throw new DeviceOfflineError(deviceId, 'the agent reports it offline');
     return undefined;
   } catch (err) {

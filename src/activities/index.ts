@@ -14,7 +14,7 @@ import { createApkActivities } from './apk';
 import { createLocateActivities } from './locate';
 import type { ApkCache } from '../apk-cache';
 import { adbFor } from '../adb';
-import { agentCall, checkDeviceOnline, createDeviceAgentActivities, type DeviceAgentDeps } from './device-agent';
+import { agentStatus, checkDeviceOnline, createDeviceAgentActivities, type DeviceAgentDeps } from './device-agent';
 import { activityBoundary } from './boundary';
 import { installUrlResolver } from './install-source';
 import { createReportSinkActivities } from './report-sink';
@@ -78,9 +78,7 @@ function announceHostSteps(deps: ActivityDeps): (activity: string) => void {
 export function engineOf(config: Config, agentDeps: Pick<DeviceAgentDeps, 'dispatcher' | 'callTimeoutMs'>): Engine {
   return engineFor(config, adbFor(config), {
     serialOf: async (agentUrl, deviceId, signal) => {
-      // A status call is quick; the install-sized default timeout is not for it.
-      const quick = { ...agentDeps, callTimeoutMs: Math.min(agentDeps.callTimeoutMs ?? 10_000, 10_000) };
-      const status = await agentCall<{ serial?: unknown }>(quick, agentUrl, deviceId, '', undefined, signal);
+      const status = await agentStatus<{ serial?: unknown }>(agentDeps, agentUrl, deviceId, signal);
       return typeof status.serial === 'string' && status.serial ? status.serial : deviceId;
     },
     jar: jarTemplate(config),

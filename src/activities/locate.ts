@@ -14,7 +14,7 @@ import { Context } from '@temporalio/activity';
 import type Redis from 'ioredis';
 import { HOST_ID_PATTERN, hostTaskQueue, type DeviceLocation } from '../contract/messages';
 import { deviceHostsKey, farmHostsKey } from '../contract/redis-keys';
-import { agentCall, type DeviceAgentDeps, type DeviceRef } from './device-agent';
+import { agentStatus, type DeviceAgentDeps, type DeviceRef } from './device-agent';
 
 /** Dependencies of locateDevice. */
 export interface LocateDeps {
@@ -51,14 +51,10 @@ export function createLocateActivities(deps: LocateDeps) {
 
       let reported: unknown;
       try {
-        // A status call is quick; the install-sized default timeout is not for it.
-        const quick = { ...deps.agent, callTimeoutMs: Math.min(deps.agent.callTimeoutMs ?? 10_000, 10_000) };
-        const status = await agentCall<{ host?: unknown }>(
-          quick,
+        const status = await agentStatus<{ host?: unknown }>(
+          deps.agent,
           device.agentUrl,
           device.deviceId,
-          '',
-          undefined,
           ctx.cancellationSignal,
         );
         reported = status.host;

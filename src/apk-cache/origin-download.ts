@@ -107,14 +107,6 @@ export class OriginDownload {
   }
 
   /**
-   * Streams the APK into the part file (resuming it when possible), verifies and publishes the blob:
-   * from `peers` first (tryPeers), then from the origin.
-   */
-  async run(peers: PeerSource[] = []): Promise<CachedApk> {
-    return (await this.tryPeers(peers)) ?? this.fromOrigin();
-  }
-
-  /**
    * Asks hosts of the farm that hold the APK (when its sha256 is known), in order. A peer that fails,
    * even mid-transfer, hands over to the next, which carries on from the bytes already in the part
    * file with Range. Undefined when none delivered it; `onFailed` hears of each that failed.
