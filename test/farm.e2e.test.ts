@@ -118,6 +118,25 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
   const waitResult = (taskId: string, deviceId: string, timeoutMs = 90_000): Promise<TraversalResult> =>
     waitForResult(suite.redis, prefix, taskId, deviceId, timeoutMs);
 
+  /** Every phone of the farm, with its host. */
+  const allPhones = HOSTS.flatMap((host) => phones[host].map((deviceId) => ({ host, deviceId })));
+  /** One task on every phone of the farm, all for `apk`; the handles of its traversals by device. */
+  const enqueueEverywhere = async (taskId: string, apk: { url: string; sha256: string }) => {
+    const handles = new Map<string, WorkflowHandle>();
+    for (const { host, deviceId } of allPhones)
+      handles.set(
+        deviceId,
+        await suite.enqueue({ ...request(host, deviceId, { taskId }), apkUrl: apk.url, apkSha256: apk.sha256 }),
+      );
+    return handles;
+  };
+  /** Waits for every phone's result of `taskId` and checks each completed. */
+  const allCompleted = async (taskId: string) => {
+    const results = await Promise.all(allPhones.map(({ deviceId }) => waitResult(taskId, deviceId)));
+    for (const r of results) assert.equal(r.status, 'completed', `${r.deviceId}: ${JSON.stringify(r.error)}`);
+    return results;
+  };
+
   before(async function () {
     const servers = testServers();
     farm = await placeFarm([...HOSTS], servers.address, servers.redisUrl);
@@ -182,17 +201,14 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
 
   it('an APK leaves the origin once for the whole farm: the other hosts fetch it from the host that has it', async function () {
     const once = await suite.addApk('farm-once.apk', 8 * MiB);
-    const all = HOSTS.flatMap((host) => phones[host].map((deviceId) => ({ host, deviceId })));
-    for (const { host, deviceId } of all)
-      await suite.enqueue({ ...request(host, deviceId, { taskId: 'once' }), apkUrl: once.url, apkSha256: once.sha256 });
-    const results = await Promise.all(all.map(({ deviceId }) => waitResult('once', deviceId)));
-    for (const r of results) assert.equal(r.status, 'completed', JSON.stringify(r.error));
+    await enqueueEverywhere('once', once);
+    const results = await allCompleted('once');
     const stats = suite.origin.stats('farm-once.apk');
     assert.equal(stats.bytesServed, once.size, `the origin sent ${stats.bytesServed / once.size}× the APK`);
     assert.equal(stats.gets, 1, 'one GET at the origin');
     // One host took it from the origin; every other host from a peer.
     const fetchedBy = new Map<Host, string | undefined>();
-    all.forEach(({ host }, i) => {
+    allPhones.forEach(({ host }, i) => {
       const apkOf = results[i]!.apk;
       if (apkOf && !apkOf.fromCache) fetchedBy.set(host, apkOf.fromPeer);
     });
@@ -201,7 +217,7 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
     assert.equal(fromOrigin.length, 1, `one host from the origin: ${JSON.stringify([...fetchedBy])}`);
     for (const [host, peer] of fetchedBy) if (peer) assert.notEqual(peer, host, 'a peer is another host');
     console.log(
-      `      farm: ${HOSTS.length} hosts, ${all.length} phones, one ${once.size / MiB} MiB APK: origin sent ${stats.bytesServed / once.size}× ` +
+      `      farm: ${HOSTS.length} hosts, ${allPhones.length} phones, one ${once.size / MiB} MiB APK: origin sent ${stats.bytesServed / once.size}× ` +
         `(${[...fetchedBy].map(([h, p]) => `${h} ← ${p ?? 'origin'}`).join(', ')})`,
     );
   });
@@ -212,14 +228,8 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
     const hosts = await readHostRecords(suite.redis, prefix);
     for (const host of HOSTS)
       await suite.redis.hset(apkPeersKey(wiped.sha256, prefix), host, hosts.get(host)!.artifactUrl);
-    const all = HOSTS.flatMap((host) => phones[host].map((deviceId) => ({ host, deviceId })));
-    for (const { host, deviceId } of all)
-      await suite.enqueue({
-        ...request(host, deviceId, { taskId: 'wiped' }),
-        apkUrl: wiped.url,
-        apkSha256: wiped.sha256,
-      });
-    for (const { deviceId } of all) assert.equal((await waitResult('wiped', deviceId)).status, 'completed');
+    await enqueueEverywhere('wiped', wiped);
+    await allCompleted('wiped');
     const stats = suite.origin.stats('farm-wiped.apk');
     assert.equal(stats.bytesServed, wiped.size, `the origin sent ${stats.bytesServed / wiped.size}× the APK`);
   });
@@ -229,14 +239,8 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
     await Promise.all(HOSTS.map((h) => startWorker(h, { DT_PEER_FETCH: 'off' })));
     try {
       const alone = await suite.addApk('farm-alone.apk', 8 * MiB);
-      const all = HOSTS.flatMap((host) => phones[host].map((deviceId) => ({ host, deviceId })));
-      for (const { host, deviceId } of all)
-        await suite.enqueue({
-          ...request(host, deviceId, { taskId: 'alone' }),
-          apkUrl: alone.url,
-          apkSha256: alone.sha256,
-        });
-      for (const { deviceId } of all) assert.equal((await waitResult('alone', deviceId)).status, 'completed');
+      await enqueueEverywhere('alone', alone);
+      await allCompleted('alone');
       const stats = suite.origin.stats('farm-alone.apk');
       assert.equal(stats.bytesServed, HOSTS.length * alone.size, 'one origin download per host');
       console.log(
@@ -423,13 +427,7 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
     await workers['farm-c'].stop();
     await startWorker('farm-c', { DT_APK_CACHE_DIR: small });
     const big = await suite.addApk('farm-big.apk', 12 * MiB);
-    const all = HOSTS.flatMap((host) => phones[host].map((deviceId) => ({ host, deviceId })));
-    const handles = new Map<string, WorkflowHandle>();
-    for (const { host, deviceId } of all)
-      handles.set(
-        deviceId,
-        await suite.enqueue({ ...request(host, deviceId, { taskId: 'full' }), apkUrl: big.url, apkSha256: big.sha256 }),
-      );
+    const handles = await enqueueEverywhere('full', big);
     const full = phones['farm-c'][0]!;
     await waitFor(
       async () =>
@@ -437,7 +435,7 @@ describe('a farm of hosts: per-host routing, waiting for a host that is down', f
       60_000,
       `${full}: the download fails as InsufficientStorage`,
     );
-    for (const { host, deviceId } of all) {
+    for (const { host, deviceId } of allPhones) {
       if (host === 'farm-c') continue;
       const r = await waitResult('full', deviceId);
       assert.equal(r.status, 'completed', `${deviceId} on ${host}: ${JSON.stringify(r.error)}`);
